@@ -1,0 +1,161 @@
+/**
+ * SOCKS5 address encoding, shared by requests, replies and UDP headers:
+ *
+ *   +------+----------+----------+
+ *   | ATYP | DST.ADDR | DST.PORT |
+ *   +------+----------+----------+
+ *   |  1   | Variable |    2     |
+ *   +------+----------+----------+
+ *
+ * ATYP 0x01: 4 bytes IPv4; 0x03: one length byte then that many bytes of
+ * name; 0x04: 16 bytes IPv6. Pure functions, no I/O.
+ */
+import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
+import { SocksError } from '../errors.js';
+
+export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
+export type AddressType = (typeof AddressType)[keyof typeof AddressType];
+
+/** The longest name a one-byte length can carry. */
+export const MAX_DOMAIN_LENGTH = 255;
+
+/** Returned by every incremental decoder when the message is not complete yet. */
+export const NEED_MORE: unique symbol = Symbol('NEED_MORE');
+export type NeedMore = typeof NEED_MORE;
+
+/** A decoded message and how many bytes of the input it used. */
+export interface Decoded<T> {
+  readonly value: T;
+  readonly bytesRead: number;
+}
+
+export type HostKind = 'ipv4' | 'ipv6' | 'domain';
+
+/** A host and port as SOCKS carries them. */
+export interface Destination {
+  readonly kind: HostKind;
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Classifies a host string (an IP literal or a name) into a Destination. */
+export function destination(host: string, port: number): Destination {
+  const family = isIP(host);
+  if (family === 4) return { kind: 'ipv4', host, port };
+  if (family === 6) {
+    const mapped = unmapIPv4(host);
+    return mapped ? { kind: 'ipv4', host: mapped, port } : { kind: 'ipv6', host, port };
+  }
+  return { kind: 'domain', host, port };
+}
+
+/** `::ffff:1.2.3.4` → `1.2.3.4`; anything else → undefined. */
+export function unmapIPv4(host: string): string | undefined {
+  if (!host.includes('.') || !host.toLowerCase().startsWith('::ffff:')) return undefined;
+  const tail = host.slice(7);
+  return isIP(tail) === 4 ? tail : undefined;
+}
+
+/** `host:port`, with brackets around IPv6 literals. */
+export function formatDestination(d: { host: string; port: number }): string {
+  return d.host.includes(':') ? `[${d.host}]:${d.port}` : `${d.host}:${d.port}`;
+}
+
+/**
+ * Decodes ATYP, address and port starting at `at`.
+ * Throws ERR_ADDRESS_TYPE for an unknown ATYP, ERR_MALFORMED for an empty or
+ * non-printable domain name.
+ */
+export function decodeAddress(buf: Uint8Array, at: number): Decoded<Destination> | NeedMore {
+  if (buf.length < at + 1) return NEED_MORE;
+  const atyp = buf[at]!;
+  switch (atyp) {
+    case AddressType.IPV4: {
+      if (buf.length < at + 7) return NEED_MORE;
+      const host = `${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}.${buf[at + 4]}`;
+      return { value: { kind: 'ipv4', host, port: readPort(buf, at + 5) }, bytesRead: 7 };
+    }
+    case AddressType.IPV6: {
+      if (buf.length < at + 19) return NEED_MORE;
+      const host = ipv6ToString(buf.subarray(at + 1, at + 17));
+      return { value: { kind: 'ipv6', host, port: readPort(buf, at + 17) }, bytesRead: 19 };
+    }
+    case AddressType.DOMAIN: {
+      if (buf.length < at + 2) return NEED_MORE;
+      const length = buf[at + 1]!;
+      if (length === 0) throw new SocksError('ERR_MALFORMED', 'zero-length domain name');
+      // The length byte bounds the name; the port after it must be there too.
+      if (buf.length < at + 2 + length + 2) return NEED_MORE;
+      const host = decodeHostname(buf, at + 2, at + 2 + length);
+      return { value: { kind: 'domain', host, port: readPort(buf, at + 2 + length) }, bytesRead: 4 + length };
+    }
+    default:
+      throw new SocksError('ERR_ADDRESS_TYPE', `unknown address type 0x${hex(atyp)}`);
+  }
+}
+
+/** Bytes `writeAddress` will write for `d`. */
+export function encodedAddressLength(d: Destination): number {
+  if (d.kind === 'ipv4') return 7;
+  if (d.kind === 'ipv6') return 19;
+  return 4 + Buffer.byteLength(d.host, 'latin1');
+}
+
+/** Writes ATYP, address and port at `at`; returns the offset after them. */
+export function writeAddress(buf: Buffer, at: number, d: Destination): number {
+  if (d.kind === 'ipv4') {
+    buf[at] = AddressType.IPV4;
+    writeIPv4(buf, at + 1, d.host);
+    buf.writeUInt16BE(d.port, at + 5);
+    return at + 7;
+  }
+  if (d.kind === 'ipv6') {
+    buf[at] = AddressType.IPV6;
+    buf.set(ipaddr.IPv6.parse(d.host).toByteArray(), at + 1);
+    buf.writeUInt16BE(d.port, at + 17);
+    return at + 19;
+  }
+  const length = Buffer.byteLength(d.host, 'latin1');
+  if (length === 0 || length > MAX_DOMAIN_LENGTH) {
+    throw new SocksError('ERR_TOO_LONG', `domain name must be 1-${MAX_DOMAIN_LENGTH} bytes`);
+  }
+  buf[at] = AddressType.DOMAIN;
+  buf[at + 1] = length;
+  buf.write(d.host, at + 2, 'latin1');
+  buf.writeUInt16BE(d.port, at + 2 + length);
+  return at + 4 + length;
+}
+
+/** Writes a dotted IPv4 string as 4 bytes. */
+export function writeIPv4(buf: Uint8Array, at: number, host: string): void {
+  const parts = host.split('.');
+  if (parts.length !== 4) throw new SocksError('ERR_MALFORMED', `not an IPv4 address: ${host}`);
+  for (let i = 0; i < 4; i++) buf[at + i] = Number(parts[i]);
+}
+
+export function readPort(buf: Uint8Array, at: number): number {
+  return (buf[at]! << 8) | buf[at + 1]!;
+}
+
+export function ipv6ToString(bytes: Uint8Array): string {
+  return ipaddr.fromByteArray(Array.from(bytes)).toString();
+}
+
+/**
+ * Host names are printable ASCII (IDNs arrive as punycode). Anything else,
+ * NUL and control bytes above all, is refused rather than passed to a resolver.
+ */
+export function decodeHostname(buf: Uint8Array, start: number, end: number): string {
+  for (let i = start; i < end; i++) {
+    const c = buf[i]!;
+    if (c < 0x21 || c > 0x7e) {
+      throw new SocksError('ERR_MALFORMED', `host name has a non-printable byte 0x${hex(c)}`);
+    }
+  }
+  return Buffer.from(buf.buffer, buf.byteOffset + start, end - start).toString('latin1');
+}
+
+export function hex(byte: number): string {
+  return byte.toString(16).padStart(2, '0');
+}

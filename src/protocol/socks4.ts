@@ -1,0 +1,128 @@
+/**
+ * SOCKS4 and SOCKS4a (the protocol notes by Ying-Da Lee).
+ *
+ * Request:
+ *   +----+----+----+----+----+----+----+----+----+....+----+
+ *   | VN | CD | DSTPORT |      DSTIP        | USERID  |NULL|
+ *   +----+----+----+----+----+----+----+----+----+....+----+
+ *      1    1      2              4          variable   1
+ *
+ * SOCKS4a: a DSTIP of 0.0.0.x (x ≠ 0) means a NUL-terminated host name
+ * follows the USERID. Both NUL-terminated fields are bounded: a field that
+ * runs past its limit without a NUL is an error, not a reason to keep reading.
+ *
+ * Reply:
+ *   +----+----+----+----+----+----+----+----+
+ *   | VN | CD | DSTPORT |      DSTIP        |    VN = 0
+ *   +----+----+----+----+----+----+----+----+
+ */
+import { SocksError } from '../errors.js';
+import {
+  type Decoded,
+  type Destination,
+  type NeedMore,
+  NEED_MORE,
+  decodeHostname,
+  hex,
+  readPort,
+  writeIPv4,
+} from './address.js';
+
+export const SOCKS4_VERSION = 0x04;
+export const SOCKS4_REPLY_VERSION = 0x00;
+export const Socks4Command = { CONNECT: 0x01, BIND: 0x02 } as const;
+
+export interface Socks4Limits {
+  /** Longest USERID accepted, in bytes (without the NUL). */
+  readonly maxUserId: number;
+  /** Longest SOCKS4a host name accepted, in bytes (without the NUL). */
+  readonly maxHostname: number;
+}
+
+export const DEFAULT_SOCKS4_LIMITS: Socks4Limits = { maxUserId: 255, maxHostname: 255 };
+
+export interface Socks4Request {
+  /** CONNECT or BIND, or any other byte the client sent. */
+  readonly command: number;
+  readonly destination: Destination;
+  readonly userId: string;
+  /** True when the request used the SOCKS4a host name extension. */
+  readonly socks4a: boolean;
+}
+
+export function decodeSocks4Request(
+  buf: Uint8Array,
+  at = 0,
+  limits: Socks4Limits = DEFAULT_SOCKS4_LIMITS,
+): Decoded<Socks4Request> | NeedMore {
+  if (buf.length < at + 1) return NEED_MORE;
+  if (buf[at] !== SOCKS4_VERSION) {
+    throw new SocksError('ERR_BAD_VERSION', `SOCKS4 request has version 0x${hex(buf[at]!)}`);
+  }
+  if (buf.length < at + 8) return NEED_MORE;
+  const port = readPort(buf, at + 2);
+  const ip = `${buf[at + 4]}.${buf[at + 5]}.${buf[at + 6]}.${buf[at + 7]}`;
+  const socks4a = buf[at + 4] === 0 && buf[at + 5] === 0 && buf[at + 6] === 0 && buf[at + 7] !== 0;
+
+  const userEnd = findNul(buf, at + 8, limits.maxUserId, 'USERID');
+  if (userEnd === NEED_MORE) return NEED_MORE;
+  const userId = Buffer.from(buf.buffer, buf.byteOffset + at + 8, userEnd - at - 8).toString('latin1');
+  let end = userEnd + 1;
+  let destination: Destination = { kind: 'ipv4', host: ip, port };
+
+  if (socks4a) {
+    const hostEnd = findNul(buf, end, limits.maxHostname, 'host name');
+    if (hostEnd === NEED_MORE) return NEED_MORE;
+    if (hostEnd === end) throw new SocksError('ERR_MALFORMED', 'SOCKS4a request has an empty host name');
+    destination = { kind: 'domain', host: decodeHostname(buf, end, hostEnd), port };
+    end = hostEnd + 1;
+  }
+  return { value: { command: buf[at + 1]!, destination, userId, socks4a }, bytesRead: end - at };
+}
+
+/** Index of the NUL ending a field that starts at `start`, within `max` bytes. */
+function findNul(buf: Uint8Array, start: number, max: number, field: string): number | NeedMore {
+  const limit = Math.min(buf.length, start + max + 1);
+  for (let i = start; i < limit; i++) if (buf[i] === 0) return i;
+  if (buf.length > start + max) {
+    throw new SocksError('ERR_TOO_LONG', `SOCKS4 ${field} longer than ${max} bytes`);
+  }
+  return NEED_MORE;
+}
+
+export function encodeSocks4Request(request: Socks4Request): Buffer {
+  const user = Buffer.from(request.userId, 'latin1');
+  const name = request.destination.kind === 'domain' ? Buffer.from(request.destination.host + '\0', 'latin1') : null;
+  const head = Buffer.alloc(8);
+  head[0] = SOCKS4_VERSION;
+  head[1] = request.command;
+  head.writeUInt16BE(request.destination.port, 2);
+  if (name) head[7] = 1;
+  else writeIPv4(head, 4, request.destination.host);
+  return Buffer.concat(name ? [head, user, Buffer.of(0), name] : [head, user, Buffer.of(0)]);
+}
+
+export interface Socks4Reply {
+  readonly reply: number;
+  readonly port: number;
+  readonly host: string;
+}
+
+/** Encodes a reply; the address must be IPv4 (SOCKS4 has no other). */
+export function encodeSocks4Reply(reply: number, port = 0, host = '0.0.0.0'): Buffer {
+  const buf = Buffer.allocUnsafe(8);
+  buf[0] = SOCKS4_REPLY_VERSION;
+  buf[1] = reply;
+  buf.writeUInt16BE(port, 2);
+  writeIPv4(buf, 4, host);
+  return buf;
+}
+
+export function decodeSocks4Reply(buf: Uint8Array, at = 0): Decoded<Socks4Reply> | NeedMore {
+  if (buf.length < at + 8) return NEED_MORE;
+  if (buf[at] !== SOCKS4_REPLY_VERSION) {
+    throw new SocksError('ERR_BAD_VERSION', `SOCKS4 reply has version 0x${hex(buf[at]!)}`);
+  }
+  const host = `${buf[at + 4]}.${buf[at + 5]}.${buf[at + 6]}.${buf[at + 7]}`;
+  return { value: { reply: buf[at + 1]!, port: readPort(buf, at + 2), host }, bytesRead: 8 };
+}
