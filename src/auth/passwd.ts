@@ -1,0 +1,99 @@
+/**
+ * `socksgate passwd FILE USER`: adds or replaces a user's bcrypt hash in a
+ * users file. The password comes from a prompt (echo off) on a terminal, or
+ * from the first line of stdin otherwise — never from argv, where `ps` and
+ * shell history would show it.
+ */
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { hashPassword, parseUsersFile } from './users.js';
+
+const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
+
+export async function runPasswd(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { delete: { type: 'boolean' }, cost: { type: 'string' } },
+    });
+  } catch (err) {
+    return fail(`${(err as Error).message}\n${USAGE}`);
+  }
+  const [file, user, ...extra] = parsed.positionals;
+  if (!file || !user || extra.length > 0) return fail(USAGE);
+  if (user.includes(':') || /\s/.test(user)) return fail(`user name may not contain ":" or spaces: ${user}`);
+  const cost = Number(parsed.values.cost ?? 10);
+  if (!Number.isInteger(cost) || cost < 4 || cost > 15) return fail('--cost must be an integer from 4 to 15');
+
+  const lines = existsSync(file) ? readFileSync(file, 'utf8').split(/\r?\n/) : [];
+  try {
+    parseUsersFile(lines.join('\n'), file); // refuse to rewrite a file we cannot read back
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  const kept = lines.filter((line) => line.trim() !== '' && !line.startsWith(`${user}:`));
+  if (parsed.values.delete) {
+    if (kept.length === lines.filter((l) => l.trim() !== '').length) return fail(`no user ${user} in ${file}`);
+    writeAtomically(file, kept);
+    return 0;
+  }
+  const password = await readPassword();
+  if (password === '') return fail('empty password refused');
+  if (Buffer.byteLength(password) > 255) return fail('password longer than 255 bytes (SOCKS5 cannot carry it)');
+  kept.push(`${user}:${await hashPassword(password, cost)}`);
+  writeAtomically(file, kept);
+  return 0;
+}
+
+function writeAtomically(file: string, lines: string[]): void {
+  const temp = `${file}.${process.pid}.tmp`;
+  writeFileSync(temp, lines.join('\n') + '\n', { mode: 0o600 });
+  renameSync(temp, file);
+}
+
+async function readPassword(): Promise<string> {
+  if (process.stdin.isTTY) {
+    const first = await prompt('Password: ');
+    const second = await prompt('Again: ');
+    if (first !== second) throw new Error('passwords do not match');
+    return first;
+  }
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0] ?? '';
+}
+
+/** Reads one line from the terminal without echoing it. */
+function prompt(question: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const stdin = process.stdin;
+    process.stderr.write(question);
+    stdin.setRawMode(true);
+    stdin.resume();
+    let text = '';
+    const onData = (data: Buffer) => {
+      for (const char of data.toString('utf8')) {
+        if (char === '\r' || char === '\n') return done();
+        if (char === '\u0003') return done(new Error('interrupted'));
+        if (char === '\u007f' || char === '\b') text = text.slice(0, -1);
+        else text += char;
+      }
+    };
+    const done = (err?: Error) => {
+      stdin.off('data', onData);
+      stdin.setRawMode(false);
+      stdin.pause();
+      process.stderr.write('\n');
+      if (err) reject(err);
+      else resolve(text);
+    };
+    stdin.on('data', onData);
+  });
+}
+
+function fail(message: string): number {
+  process.stderr.write(`socksgate passwd: ${message}\n`);
+  return 2;
+}

@@ -1,0 +1,122 @@
+/**
+ * Users and their credentials: from the config (quick starts) and from an
+ * htpasswd-style file of `name:bcrypt-hash` lines. Verification takes the same
+ * time whether or not the user exists, and compares in constant time.
+ */
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import bcrypt from 'bcryptjs';
+
+/** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
+export interface Authenticator {
+  verify(username: string, password: string): Promise<boolean>;
+}
+
+/** A stored credential: a bcrypt hash, or (config only) a plain password. */
+export type StoredSecret = { readonly kind: 'bcrypt'; readonly hash: string } | { readonly kind: 'plain'; readonly digest: Buffer };
+
+const BCRYPT = /^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$/;
+
+export function isBcryptHash(value: string): boolean {
+  return BCRYPT.test(value);
+}
+
+/** Turns a configured password (plain text or a bcrypt hash) into a stored secret. */
+export function storedSecret(password: string): StoredSecret {
+  if (isBcryptHash(password)) return { kind: 'bcrypt', hash: password };
+  return { kind: 'plain', digest: sha256(password) };
+}
+
+export class UsersFileError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'UsersFileError';
+  }
+}
+
+/** Parses an htpasswd-style file: `name:hash` per line, `#` comments and blank lines ignored. */
+export function parseUsersFile(text: string, path = 'users file'): Map<string, StoredSecret> {
+  const users = new Map<string, StoredSecret>();
+  text.split(/\r?\n/).forEach((raw, index) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon);
+    const hash = line.slice(colon + 1);
+    if (colon <= 0 || !isBcryptHash(hash)) {
+      throw new UsersFileError(`${path}:${index + 1}: expected "name:bcrypt-hash"`);
+    }
+    users.set(name, { kind: 'bcrypt', hash });
+  });
+  return users;
+}
+
+export function readUsersFile(path: string): Map<string, StoredSecret> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new UsersFileError(`cannot read users file ${path}: ${code}`, { cause: err });
+  }
+  return parseUsersFile(text, path);
+}
+
+// Hash of a random password, compared against when the user is unknown, so a
+// wrong name costs as much time as a wrong password.
+const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
+const CACHE_LIMIT = 4096;
+
+/**
+ * Verifies against a fixed set of users. bcrypt costs tens of milliseconds,
+ * so successful checks are remembered under an HMAC of the password with a
+ * per-process key (never the password itself); the cache is bounded.
+ */
+export class UserStore implements Authenticator {
+  readonly #users: ReadonlyMap<string, StoredSecret>;
+  readonly #cacheKey = randomBytes(32);
+  readonly #verified = new Map<string, true>();
+
+  constructor(users: ReadonlyMap<string, StoredSecret>) {
+    this.#users = users;
+  }
+
+  get size(): number {
+    return this.#users.size;
+  }
+
+  async verify(username: string, password: string): Promise<boolean> {
+    const secret = this.#users.get(username);
+    if (!secret) {
+      await bcrypt.compare(password, DUMMY_HASH);
+      return false;
+    }
+    if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);
+    const cacheKey = this.#cacheEntry(username, password);
+    if (this.#verified.has(cacheKey)) return true;
+    const ok = await bcrypt.compare(password, secret.hash);
+    if (ok) this.#remember(cacheKey);
+    return ok;
+  }
+
+  #cacheEntry(username: string, password: string): string {
+    return createHmac('sha256', this.#cacheKey).update(username).update('\0').update(password).digest('base64');
+  }
+
+  #remember(key: string): void {
+    if (this.#verified.size >= CACHE_LIMIT) {
+      const oldest = this.#verified.keys().next().value;
+      if (oldest !== undefined) this.#verified.delete(oldest);
+    }
+    this.#verified.set(key, true);
+  }
+}
+
+/** A bcrypt hash for a users file entry. */
+export function hashPassword(password: string, cost = 10): Promise<string> {
+  return bcrypt.hash(password, cost);
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}

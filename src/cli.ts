@@ -1,0 +1,120 @@
+#!/usr/bin/env node
+/**
+ * The `socksgate` command: the daemon, `--check`, and the `passwd` and
+ * `schema` subcommands. Flags and the config file meet in one object that
+ * the schema validates, so both report errors the same way.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError, readConfigFile } from './config/load.js';
+import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
+import { type Config, configJsonSchema } from './config/schema.js';
+import { UsersFileError } from './auth/users.js';
+import { attachLogger, createLogger } from './observe/log.js';
+import { ListenError, SocksServer, createServer } from './server/server.js';
+import { runPasswd } from './auth/passwd.js';
+
+const USAGE = `Usage: socksgate [options]
+       socksgate passwd FILE USER [--delete] [--cost N]
+       socksgate schema
+
+Starts a SOCKS4/4a/5 proxy. Without options: 127.0.0.1:1080, SOCKS5, no auth.
+
+Options:
+  -c, --config FILE          YAML config file (flags override it)
+  -l, --listen ADDR:PORT     listen address, repeatable ([::1]:1080 for IPv6, or just PORT)
+      --socks4               also serve SOCKS4/4a on every listener
+  -u, --user NAME:PASSWORD   a user (password or bcrypt hash), repeatable; requires auth
+      --users-file FILE      htpasswd-style file of name:bcrypt-hash lines; requires auth
+      --auth METHODS         accepted methods in order: none, userpass, or userpass,none
+      --allow CIDR           networks allowed to connect, repeatable (default: any)
+      --handshake-timeout D  e.g. 10s   --connect-timeout D  e.g. 30s
+      --idle-timeout D       e.g. 1h    --shutdown-grace D   e.g. 10s
+      --log-level LEVEL      fatal, error, warn, info, debug, trace, silent
+      --log-format FORMAT    auto (readable on a terminal), json, pretty
+      --check                validate the configuration, print problems, and exit
+  -h, --help                 this text
+  -V, --version              the version
+`;
+
+/** Exit codes: 0 fine, 1 could not run (port in use…), 2 bad usage or configuration. */
+async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'passwd') return runPasswd(argv.slice(1));
+  if (argv[0] === 'schema') {
+    process.stdout.write(JSON.stringify(configJsonSchema(), null, 2) + '\n');
+    return 0;
+  }
+  let flags: Flags;
+  try {
+    flags = parseArgs({ args: argv, options: CLI_OPTIONS, allowPositionals: false, strict: true }).values;
+  } catch (err) {
+    return fail(`${(err as Error).message}\n${USAGE}`, 2);
+  }
+  if (flags.help) return write(USAGE, 0);
+  if (flags.version) return write(`${version()}\n`, 0);
+
+  let server: SocksServer;
+  try {
+    const input = mergeFlags(flags.config ? readConfigFile(flags.config) : {}, flags);
+    server = createServer(input as Parameters<typeof createServer>[0]);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      for (const problem of err.problems) process.stderr.write(`socksgate: config: ${problem}\n`);
+      return 2;
+    }
+    if (err instanceof UsersFileError) return fail(err.message, 2);
+    throw err;
+  }
+  if (flags.check) return write(`socksgate: configuration is valid\n`, 0);
+  return run(server, server.config);
+}
+
+async function run(server: SocksServer, config: Config): Promise<number> {
+  const log = createLogger(config.log);
+  attachLogger(server, log);
+  try {
+    await server.listen();
+  } catch (err) {
+    if (err instanceof ListenError) return fail(err.message, 1);
+    throw err;
+  }
+  log.info({ event: 'started', version: version(), pid: process.pid }, `socksgate ${version()} started`);
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ event: 'forced', signal }, `${signal} again: exiting now`);
+        log.flush(() => resolve(1));
+        return;
+      }
+      stopping = true;
+      log.info({ event: 'stopping', signal }, `${signal}: stopping`);
+      server.close().then(() => log.flush(() => resolve(0)));
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function write(text: string, code: number): number {
+  process.stdout.write(text);
+  return code;
+}
+
+function fail(message: string, code: number): number {
+  process.stderr.write(`socksgate: ${message}\n`);
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`socksgate: ${(err as Error)?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

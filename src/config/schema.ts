@@ -1,0 +1,139 @@
+/**
+ * The one configuration schema. The YAML file, the CLI flags and the library
+ * options all pass through it; it holds every default and exports a JSON
+ * Schema for editors (`socksgate schema`).
+ */
+import { BlockList, isIP } from 'node:net';
+import { z } from 'zod';
+
+/** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+
+export function parseDuration(text: string): number | undefined {
+  const m = DURATION.exec(text.trim());
+  if (!m) return undefined;
+  return Math.round(Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS]);
+}
+
+const duration = z
+  .union([z.number().int().min(0), z.string()])
+  .transform((value, ctx) => {
+    if (typeof value === 'number') return value;
+    const ms = parseDuration(value);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${value}" is not a duration (e.g. 500ms, 10s, 5m, 1h)` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const ipAddress = z.string().refine((v) => isIP(v) !== 0, { message: 'must be an IPv4 or IPv6 address' });
+
+/** An address or CIDR block, e.g. `10.0.0.0/8`, `::1`, `192.168.1.7`. */
+export const network = z.string().refine((v) => parseNetwork(v) !== undefined, {
+  message: 'must be an IP address or CIDR block (e.g. 10.0.0.0/8)',
+});
+
+export function parseNetwork(text: string): { address: string; prefix: number; family: 4 | 6 } | undefined {
+  const [address = '', prefixText, ...rest] = text.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return undefined;
+  const max = family === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (!/^\d+$/.test(prefixText ?? String(max)) || prefix > max) return undefined;
+  return { address, prefix, family: family as 4 | 6 };
+}
+
+const port = z.number().int().min(0).max(65535);
+
+export const listenerSchema = z.strictObject({
+  address: ipAddress.default('127.0.0.1'),
+  port: port.default(1080),
+  /** SOCKS4/4a is off unless switched on; it is refused anyway when auth is required. */
+  socks4: z.boolean().default(false),
+  backlog: z.number().int().min(1).default(256),
+});
+
+const userSchema = z.strictObject({
+  name: z.string().min(1).max(255),
+  /** A bcrypt hash, or a plain password for quick starts. */
+  password: z.string().min(1).max(255),
+});
+
+export const authMethod = z.enum(['none', 'userpass']);
+
+const authSchema = z.strictObject({
+  /** Methods in order of preference; `none` absent means authentication is required. */
+  methods: z.array(authMethod).min(1).default(['none']),
+  users: z.array(userSchema).default([]),
+  usersFile: z.string().min(1).optional(),
+});
+
+const timeoutsSchema = z.strictObject({
+  handshake: duration.default(10_000),
+  connect: duration.default(30_000),
+  idle: duration.default(3_600_000),
+  /** How long sessions may drain on SIGINT/SIGTERM before they are closed. */
+  shutdownGrace: duration.default(10_000),
+});
+
+const clientsSchema = z.strictObject({
+  /** Networks allowed to talk to the proxy at all; absent means any. */
+  allow: z.array(network).min(1).optional(),
+});
+
+const limitsSchema = z.strictObject({
+  socks4UserId: z.number().int().min(0).max(4096).default(255),
+  socks4Hostname: z.number().int().min(1).max(255).default(255),
+});
+
+const logSchema = z.strictObject({
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** `auto`: readable when stdout is a terminal, JSON otherwise. */
+  format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+});
+
+export const configSchema = z
+  .strictObject({
+    listen: z.array(listenerSchema).min(1).default([listenerSchema.parse({})]),
+    auth: authSchema.prefault({}),
+    clients: clientsSchema.prefault({}),
+    timeouts: timeoutsSchema.prefault({}),
+    limits: limitsSchema.prefault({}),
+    log: logSchema.prefault({}),
+  })
+  .superRefine((config, ctx) => {
+    if (config.auth.methods.includes('userpass') && config.auth.users.length === 0 && !config.auth.usersFile) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'methods'], message: 'userpass needs auth.users or auth.usersFile' });
+    }
+    const open = config.auth.methods.includes('none') && !config.clients.allow;
+    config.listen.forEach((listener, i) => {
+      if (open && !isLoopback(listener.address)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listen', i, 'address'],
+          message: `${listener.address} is not loopback and auth allows "none": set clients.allow or require userpass (refusing to run an open proxy)`,
+        });
+      }
+    });
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type ListenerConfig = Config['listen'][number];
+export type AuthMethodName = z.output<typeof authMethod>;
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+LOOPBACK.addSubnet('::ffff:127.0.0.0', 104, 'ipv6');
+
+export function isLoopback(address: string): boolean {
+  return LOOPBACK.check(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
+}
+
+/** The JSON Schema of the configuration file, for editors. */
+export function configJsonSchema(): unknown {
+  return z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' });
+}

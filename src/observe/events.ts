@@ -1,0 +1,87 @@
+/**
+ * The typed events a server emits. The core only emits; logs, metrics and any
+ * library user subscribe. Nothing here is emitted per chunk of relayed data.
+ */
+
+/**
+ * Why a session ended: a closed set shared by logs and metrics, saying who
+ * ended it and in which phase.
+ */
+export type CloseReason =
+  /** The client ended first after a successful relay (normal). */
+  | 'client-closed'
+  /** The destination ended first after a successful relay (normal). */
+  | 'destination-closed'
+  /** The client went away during the handshake, before a request was answered. */
+  | 'client-gone'
+  /** The client's connection failed (reset) while relaying. */
+  | 'client-error'
+  /** The destination's connection failed (reset) while relaying. */
+  | 'destination-error'
+  | 'idle-timeout'
+  | 'handshake-timeout'
+  /** The client sent bytes that are not a valid SOCKS message. */
+  | 'protocol-error'
+  | 'no-acceptable-method'
+  | 'auth-failed'
+  /** Refused by policy: client rules, SOCKS4 off or not allowed with auth. */
+  | 'not-allowed'
+  | 'command-not-supported'
+  | 'connect-failed'
+  | 'shutdown';
+
+/** One access-log record, emitted when a session ends. */
+export interface SessionRecord {
+  readonly id: number;
+  /** The listener's bound `address:port`. */
+  readonly listener: string;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  /** 4 or 5 once the first byte is read. */
+  readonly version: 4 | 5 | null;
+  readonly authMethod: 'none' | 'userpass' | null;
+  readonly user: string | null;
+  readonly command: 'connect' | 'bind' | 'udp' | null;
+  /** Destination as the client asked for it, `host:port`. */
+  readonly requested: string | null;
+  /** The address actually connected to, `ip:port`. */
+  readonly connected: string | null;
+  /** The reply code sent (SOCKS5 REP or SOCKS4 CD), or null when none was sent. */
+  readonly reply: number | null;
+  /** Payload bytes from client to destination. */
+  readonly bytesUp: number;
+  /** Payload bytes from destination to client. */
+  readonly bytesDown: number;
+  /** Epoch milliseconds. */
+  readonly startedAt: number;
+  readonly durationMs: number;
+  readonly reason: CloseReason;
+  /** The cause, for every reason but the normal ones. Never contains a password. */
+  readonly error: string | null;
+}
+
+export interface SessionOpen {
+  readonly id: number;
+  readonly listener: string;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+}
+
+export interface ListenerInfo {
+  readonly address: string;
+  readonly port: number;
+  readonly family: 'IPv4' | 'IPv6';
+  readonly socks4: boolean;
+}
+
+/** Event name → listener arguments, for `server.on(...)`. */
+export interface ServerEvents {
+  listening: [ListenerInfo];
+  'session-open': [SessionOpen];
+  'session-close': [SessionRecord];
+  /** A listener failed after it was bound (accept errors and the like). */
+  'listener-error': [{ readonly listener: string; readonly error: Error }];
+  /** Shutdown began: listeners are closed, sessions drain. */
+  draining: [{ readonly sessions: number; readonly graceMs: number }];
+  close: [];
+}

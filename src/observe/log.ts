@@ -1,0 +1,65 @@
+/**
+ * The access log and lifecycle lines: a subscriber to the server's events.
+ * One JSON line per session when it ends (pino), readable when stdout is a
+ * terminal.
+ */
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+import type { SocksServer } from '../server/server.js';
+import { formatDestination } from '../protocol/address.js';
+import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
+
+export interface LoggerOptions {
+  readonly level: string;
+  readonly format: 'auto' | 'json' | 'pretty';
+  /** Where lines go; default stdout. */
+  readonly destination?: NodeJS.WritableStream;
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const usePretty = options.format === 'pretty' || (options.format === 'auto' && !options.destination && process.stdout.isTTY === true);
+  const base = { level: options.level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime };
+  if (usePretty) {
+    return pino(base, pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  }
+  return pino(base, options.destination ?? pino.destination({ dest: 1, sync: false }));
+}
+
+/** Reasons that mean the client misbehaved or was refused: logged at warn. */
+const WARN_REASONS: ReadonlySet<CloseReason> = new Set([
+  'protocol-error',
+  'handshake-timeout',
+  'auth-failed',
+  'no-acceptable-method',
+  'not-allowed',
+]);
+
+/** Subscribes the logger to a server's events. Returns a function that unsubscribes. */
+export function attachLogger(server: SocksServer, log: Logger): () => void {
+  const onListening = (info: ListenerInfo) => {
+    const listener = formatDestination({ host: info.address, port: info.port });
+    log.info({ event: 'listening', listener, socks4: info.socks4 }, `listening on ${listener}`);
+  };
+  const onSession = (record: SessionRecord) => {
+    const level = WARN_REASONS.has(record.reason) ? 'warn' : 'info';
+    log[level]({ event: 'session', ...record }, `session ${record.id} ${record.reason}${record.error ? `: ${record.error}` : ''}`);
+  };
+  const onListenerError = ({ listener, error }: { listener: string; error: Error }) =>
+    log.error({ event: 'listener-error', listener, err: error.message }, `listener ${listener}: ${error.message}`);
+  const onDraining = ({ sessions, graceMs }: { sessions: number; graceMs: number }) =>
+    log.info({ event: 'draining', sessions, graceMs }, `stopping: ${sessions} sessions may drain for ${graceMs} ms`);
+  const onClose = () => log.info({ event: 'stopped' }, 'stopped');
+
+  server.on('listening', onListening);
+  server.on('session-close', onSession);
+  server.on('listener-error', onListenerError);
+  server.on('draining', onDraining);
+  server.on('close', onClose);
+  return () => {
+    server.off('listening', onListening);
+    server.off('session-close', onSession);
+    server.off('listener-error', onListenerError);
+    server.off('draining', onDraining);
+    server.off('close', onClose);
+  };
+}

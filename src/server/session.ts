@@ -1,0 +1,424 @@
+/**
+ * One client connection, from its first byte to its close. The handshake is
+ * an explicit state machine: `#advance` steps the phases over the bytes
+ * buffered so far, so a message may arrive one byte at a time or several
+ * messages (and the first payload bytes) in one chunk. Every refusal is
+ * terminal: the reply is sent once, the session closes, and the record names
+ * the cause.
+ */
+import type { Socket } from 'node:net';
+import { SocksError, toSocksError } from '../errors.js';
+import type { Authenticator } from '../auth/users.js';
+import type { AuthMethodName } from '../config/schema.js';
+import type { CloseReason, SessionRecord } from '../observe/events.js';
+import { type Destination, NEED_MORE, destination, formatDestination, hex } from '../protocol/address.js';
+import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
+import {
+  Command,
+  Method,
+  decodeGreeting,
+  decodeRequest,
+  encodeMethodSelection,
+  encodeReply,
+} from '../protocol/socks5.js';
+import { UserPassStatus, decodeUserPass, encodeUserPassStatus } from '../protocol/userpass.js';
+import { Socks4Reply, Socks5Reply } from '../errors.js';
+import { relay } from '../relay/tcp.js';
+import type { Dialer } from '../upstream/dialer.js';
+
+/** What a session needs from its server; passed in so tests can swap any of it. */
+export interface SessionContext {
+  /** The listener's `address:port`, for records. */
+  readonly listener: string;
+  readonly socks4: boolean;
+  /** Accepted methods, in order of preference. */
+  readonly methods: readonly AuthMethodName[];
+  readonly authenticator: Authenticator | null;
+  readonly dialer: Dialer;
+  readonly socks4Limits: Socks4Limits;
+  readonly handshakeMs: number;
+  readonly connectMs: number;
+  readonly idleMs: number;
+  readonly now: () => number;
+  readonly onClose: (record: SessionRecord) => void;
+}
+
+type Phase =
+  | 'version' // waiting for the first byte
+  | 'greeting' // SOCKS5 method offer
+  | 'auth' // RFC 1929 credentials
+  | 'request' // SOCKS5 request
+  | 'socks4' // SOCKS4/4a request
+  | 'waiting' // verifying credentials or dialing: the socket is paused
+  | 'relaying'
+  | 'closing'; // a terminal reply was sent; draining until the client closes
+
+const PHASE_NAMES: Partial<Record<Phase, string>> = {
+  version: 'first byte',
+  greeting: 'SOCKS5 greeting',
+  auth: 'username/password message',
+  request: 'SOCKS5 request',
+  socks4: 'SOCKS4 request',
+};
+
+/** After a refusal, how long to wait for the client to close before closing hard. */
+const LINGER_MS = 2000;
+const EMPTY = Buffer.alloc(0);
+const METHOD_BYTES: Record<AuthMethodName, number> = { none: Method.NONE, userpass: Method.USERPASS };
+const COMMAND_NAMES: Record<number, SessionRecord['command']> = {
+  [Command.CONNECT]: 'connect',
+  [Command.BIND]: 'bind',
+  [Command.UDP_ASSOCIATE]: 'udp',
+};
+
+export class Session {
+  readonly id: number;
+  readonly #socket: Socket;
+  readonly #ctx: SessionContext;
+  readonly #abort = new AbortController();
+  readonly #startedAt: number;
+  readonly #clientAddress: string;
+  readonly #clientPort: number;
+
+  #phase: Phase = 'version';
+  #buffer: Buffer = EMPTY;
+  #timer: NodeJS.Timeout | undefined;
+  #destination: Socket | null = null;
+  #handshakeBytesWritten = 0;
+  #recorded = false;
+
+  #version: 4 | 5 | null = null;
+  #authMethod: SessionRecord['authMethod'] = null;
+  #user: string | null = null;
+  #command: SessionRecord['command'] = null;
+  #requested: string | null = null;
+  #connected: string | null = null;
+  #reply: number | null = null;
+  #reason: CloseReason | null = null;
+  #error: string | null = null;
+
+  constructor(id: number, socket: Socket, ctx: SessionContext) {
+    this.id = id;
+    this.#socket = socket;
+    this.#ctx = ctx;
+    this.#startedAt = ctx.now();
+    this.#clientAddress = socket.remoteAddress ?? '';
+    this.#clientPort = socket.remotePort ?? 0;
+  }
+
+  /** Starts reading the handshake. */
+  start(): void {
+    const socket = this.#socket;
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onHandshakeEnd);
+    socket.on('error', this.#onHandshakeError);
+    socket.once('close', this.#onClose);
+    this.#timer = setTimeout(this.#onHandshakeTimeout, this.#ctx.handshakeMs);
+  }
+
+  /** Ends the session now, whatever its phase (server shutdown). */
+  shutdown(): void {
+    this.#reason ??= 'shutdown';
+    this.#abort.abort(new SocksError('ERR_GENERAL', 'server shutting down'));
+    if (this.#phase === 'relaying') {
+      this.#destination?.destroy();
+      this.#socket.destroy();
+    } else {
+      this.#refuse(null, 'shutdown', 'server shutting down');
+      this.#socket.destroy();
+    }
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    if (this.#phase === 'closing') return; // a refusal was sent: discard
+    this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
+    this.#advance();
+  };
+
+  /** Steps the handshake as far as the buffered bytes allow. */
+  #advance(): void {
+    try {
+      while (this.#step());
+    } catch (err) {
+      this.#protocolError(err);
+    }
+  }
+
+  /** One step; true when it consumed a message and the next phase may proceed. */
+  #step(): boolean {
+    switch (this.#phase) {
+      case 'version':
+        return this.#readVersion();
+      case 'greeting':
+        return this.#readGreeting();
+      case 'auth':
+        return this.#readCredentials();
+      case 'request':
+        return this.#readRequest();
+      case 'socks4':
+        return this.#readSocks4Request();
+      default:
+        return false;
+    }
+  }
+
+  #readVersion(): boolean {
+    if (this.#buffer.length === 0) return false;
+    const version = this.#buffer[0]!;
+    if (version === 5) {
+      this.#version = 5;
+      this.#phase = 'greeting';
+      return true;
+    }
+    if (version === 4) {
+      this.#version = 4;
+      this.#authMethod = 'none';
+      if (!this.#ctx.socks4) {
+        this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', 'SOCKS4 is disabled on this listener', Socks4Reply.REJECTED);
+      } else if (!this.#ctx.methods.includes('none')) {
+        this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', 'SOCKS4 refused: this listener requires authentication', Socks4Reply.REJECTED);
+      } else {
+        this.#phase = 'socks4';
+        return true;
+      }
+      return false;
+    }
+    throw new SocksError('ERR_BAD_VERSION', `not SOCKS: first byte 0x${hex(version)}`);
+  }
+
+  #readGreeting(): boolean {
+    const greeting = decodeGreeting(this.#buffer);
+    if (greeting === NEED_MORE) return false;
+    this.#consume(greeting.bytesRead);
+    const chosen = this.#ctx.methods.find((m) => greeting.value.methods.includes(METHOD_BYTES[m]));
+    if (chosen === undefined) {
+      const offered = greeting.value.methods.map((m) => `0x${hex(m)}`).join(',');
+      this.#refuse(encodeMethodSelection(Method.NO_ACCEPTABLE), 'no-acceptable-method', `client offered methods [${offered}], none accepted`);
+      return false;
+    }
+    this.#authMethod = chosen;
+    this.#socket.write(encodeMethodSelection(METHOD_BYTES[chosen]));
+    this.#phase = chosen === 'userpass' ? 'auth' : 'request';
+    return true;
+  }
+
+  #readCredentials(): boolean {
+    const message = decodeUserPass(this.#buffer);
+    if (message === NEED_MORE) return false;
+    this.#consume(message.bytesRead);
+    const { username, password } = message.value;
+    this.#user = username;
+    this.#wait();
+    const authenticator = this.#ctx.authenticator;
+    const verdict = authenticator ? authenticator.verify(username, password) : Promise.resolve(false);
+    verdict.then(
+      (ok) => this.#afterVerify(ok, null),
+      (err: unknown) => this.#afterVerify(false, err),
+    );
+    return false;
+  }
+
+  #afterVerify(ok: boolean, err: unknown): void {
+    if (this.#phase !== 'waiting') return; // timed out or closed meanwhile
+    if (!ok) {
+      const cause = err ? `authenticator failed: ${(err as Error).message}` : `wrong credentials for user "${this.#user}"`;
+      this.#refuse(encodeUserPassStatus(UserPassStatus.FAILURE), 'auth-failed', cause);
+      return;
+    }
+    this.#socket.write(encodeUserPassStatus(UserPassStatus.SUCCESS));
+    this.#phase = 'request';
+    this.#socket.resume();
+    this.#advance();
+  }
+
+  #readRequest(): boolean {
+    const request = decodeRequest(this.#buffer);
+    if (request === NEED_MORE) return false;
+    this.#consume(request.bytesRead);
+    const { command, destination: target } = request.value;
+    this.#command = COMMAND_NAMES[command] ?? null;
+    this.#requested = formatDestination(target);
+    if (command === Command.CONNECT) {
+      this.#connect(target);
+    } else {
+      const what = this.#command ? `${this.#command.toUpperCase()} is not supported` : `unknown command 0x${hex(command)}`;
+      this.#refuse(encodeReply(Socks5Reply.COMMAND_NOT_SUPPORTED), 'command-not-supported', what, Socks5Reply.COMMAND_NOT_SUPPORTED);
+    }
+    return false;
+  }
+
+  #readSocks4Request(): boolean {
+    const request = decodeSocks4Request(this.#buffer, 0, this.#ctx.socks4Limits);
+    if (request === NEED_MORE) return false;
+    this.#consume(request.bytesRead);
+    const { command, destination: target, userId } = request.value;
+    this.#user = userId === '' ? null : userId;
+    this.#command = command === Socks4Command.CONNECT ? 'connect' : command === Socks4Command.BIND ? 'bind' : null;
+    this.#requested = formatDestination(target);
+    if (command === Socks4Command.CONNECT) {
+      this.#connect(target);
+    } else {
+      const what = this.#command ? 'SOCKS4 BIND is not supported' : `unknown SOCKS4 command 0x${hex(command)}`;
+      this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'command-not-supported', what, Socks4Reply.REJECTED);
+    }
+    return false;
+  }
+
+  /** Dials the destination, then replies once: success and relay, or the mapped failure. */
+  #connect(target: Destination): void {
+    this.#wait();
+    clearTimeout(this.#timer); // the connect timeout takes over
+    const signal = this.#abort.signal;
+    this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal }).then(
+      (outbound) => this.#afterConnect(outbound),
+      (err: unknown) => this.#connectFailed(toSocksError(err)),
+    );
+  }
+
+  #afterConnect(outbound: Socket): void {
+    if (this.#phase !== 'waiting' || this.#socket.destroyed) {
+      outbound.destroy();
+      return;
+    }
+    this.#destination = outbound;
+    const bound = destination(outbound.localAddress ?? '0.0.0.0', outbound.localPort ?? 0);
+    this.#connected = formatDestination({ host: outbound.remoteAddress ?? '', port: outbound.remotePort ?? 0 });
+    if (this.#version === 5) {
+      this.#reply = Socks5Reply.SUCCEEDED;
+      this.#socket.write(encodeReply(Socks5Reply.SUCCEEDED, bound));
+    } else {
+      this.#reply = Socks4Reply.GRANTED;
+      const ipv4 = bound.kind === 'ipv4' ? bound.host : '0.0.0.0';
+      this.#socket.write(encodeSocks4Reply(Socks4Reply.GRANTED, bound.port, ipv4));
+    }
+    this.#startRelay(outbound);
+  }
+
+  #connectFailed(err: SocksError): void {
+    if (this.#phase !== 'waiting') return;
+    if (this.#version === 5) {
+      this.#refuse(encodeReply(err.socks5Reply), 'connect-failed', err.message, err.socks5Reply);
+    } else {
+      this.#refuse(encodeSocks4Reply(err.socks4Reply), 'connect-failed', err.message, err.socks4Reply);
+    }
+  }
+
+  #startRelay(outbound: Socket): void {
+    const socket = this.#socket;
+    this.#phase = 'relaying';
+    this.#handshakeBytesWritten = socket.bytesWritten;
+    socket.off('data', this.#onData);
+    socket.off('end', this.#onHandshakeEnd);
+    socket.off('error', this.#onHandshakeError);
+    socket.off('close', this.#onClose);
+    const firstChunk = this.#buffer;
+    this.#buffer = EMPTY;
+    relay(socket, outbound, {
+      idleMs: this.#ctx.idleMs,
+      firstChunk,
+      onEnd: ({ reason, error }) => {
+        this.#reason ??= reason;
+        if (error) this.#error ??= error.message;
+        this.#emitRecord();
+      },
+    });
+  }
+
+  /** Pauses reading while something asynchronous decides the next step. */
+  #wait(): void {
+    this.#phase = 'waiting';
+    this.#socket.pause();
+  }
+
+  #consume(bytes: number): void {
+    this.#buffer = this.#buffer.length === bytes ? EMPTY : this.#buffer.subarray(bytes);
+  }
+
+  /**
+   * The terminal step of every refusal: send the reply (if any) once, stop
+   * reading, and close. The socket is drained rather than destroyed at once,
+   * so the client reads the reply instead of a reset.
+   */
+  #refuse(reply: Buffer | null, reason: CloseReason, error: string, replyCode?: number): void {
+    if (this.#phase === 'closing') return;
+    this.#phase = 'closing';
+    this.#reason ??= reason;
+    this.#error ??= error;
+    if (replyCode !== undefined) this.#reply = replyCode;
+    this.#abort.abort(new SocksError('ERR_GENERAL', error));
+    clearTimeout(this.#timer);
+    this.#buffer = EMPTY;
+    const socket = this.#socket;
+    if (socket.destroyed) return;
+    if (reply) socket.end(reply);
+    else socket.end();
+    socket.resume();
+    this.#timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  }
+
+  #protocolError(err: unknown): void {
+    const error = toSocksError(err);
+    let reply: Buffer | null = null;
+    let code: number | undefined;
+    if (this.#phase === 'request') {
+      code = error.socks5Reply;
+      reply = encodeReply(code);
+    } else if (this.#phase === 'socks4') {
+      code = error.socks4Reply;
+      reply = encodeSocks4Reply(code);
+    }
+    const label = `${PHASE_NAMES[this.#phase] ?? this.#phase}`;
+    this.#refuse(reply, 'protocol-error', `bad ${label}: ${error.message}`, code);
+  }
+
+  readonly #onHandshakeTimeout = (): void => {
+    const label = PHASE_NAMES[this.#phase] ?? this.#phase;
+    this.#refuse(null, 'handshake-timeout', `handshake timeout after ${this.#ctx.handshakeMs} ms waiting for ${label}`);
+    this.#socket.destroy();
+  };
+
+  readonly #onHandshakeEnd = (): void => {
+    const label = PHASE_NAMES[this.#phase];
+    if (!label) return; // a refusal is already under way
+    const detail = this.#buffer.length > 0 ? `truncated ${label} (${this.#buffer.length} bytes)` : `before the ${label}`;
+    this.#refuse(null, 'client-gone', `client closed the connection mid-handshake: ${detail}`);
+  };
+
+  readonly #onHandshakeError = (err: Error): void => {
+    this.#reason ??= 'client-gone';
+    this.#error ??= `client connection failed during handshake: ${(err as NodeJS.ErrnoException).code ?? err.message}`;
+    this.#abort.abort(err);
+  };
+
+  readonly #onClose = (): void => {
+    this.#abort.abort(new SocksError('ERR_GENERAL', 'client closed'));
+    this.#emitRecord();
+  };
+
+  #emitRecord(): void {
+    clearTimeout(this.#timer);
+    if (this.#recorded) return;
+    this.#recorded = true;
+    const bytesUp = this.#destination?.bytesWritten ?? 0;
+    const bytesDown = this.#destination ? this.#socket.bytesWritten - this.#handshakeBytesWritten : 0;
+    this.#ctx.onClose({
+      id: this.id,
+      listener: this.#ctx.listener,
+      clientAddress: this.#clientAddress,
+      clientPort: this.#clientPort,
+      version: this.#version,
+      authMethod: this.#authMethod,
+      user: this.#user,
+      command: this.#command,
+      requested: this.#requested,
+      connected: this.#connected,
+      reply: this.#reply,
+      bytesUp,
+      bytesDown,
+      startedAt: this.#startedAt,
+      durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
+      reason: this.#reason ?? 'client-gone',
+      error: this.#error,
+    });
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * The direct dialer: resolves a destination and opens a TCP connection to it,
+ * racing its addresses Happy-Eyeballs style (RFC 8305): families interleaved,
+ * a new attempt every `attemptDelayMs` or as soon as the previous one fails,
+ * first success wins, the losers are destroyed.
+ */
+import { Socket, connect } from 'node:net';
+import { SocksError, toSocksError } from '../errors.js';
+import type { Destination } from '../protocol/address.js';
+import { type ResolvedAddress, type Resolver, systemResolver } from './resolver.js';
+
+export interface DialOptions {
+  /** Whole budget for resolving and connecting, in milliseconds. */
+  readonly timeoutMs: number;
+  /** Aborted when the client goes away or the server shuts down. */
+  readonly signal?: AbortSignal;
+}
+
+/** Opens the outbound connection for a CONNECT. Rejects with a SocksError. */
+export interface Dialer {
+  dial(target: Destination, options: DialOptions): Promise<Socket>;
+}
+
+export interface DirectDialerOptions {
+  readonly resolver?: Resolver;
+  /** Delay before starting the next address while one is still pending (RFC 8305 suggests 250 ms). */
+  readonly attemptDelayMs?: number;
+}
+
+export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
+  const resolver = options.resolver ?? systemResolver;
+  const attemptDelayMs = options.attemptDelayMs ?? 250;
+  return {
+    async dial(target, { timeoutMs, signal }) {
+      const deadline = new AbortController();
+      const timer = setTimeout(() => deadline.abort(timeoutError(target, timeoutMs)), timeoutMs);
+      const abort = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
+      try {
+        const addresses = target.kind === 'domain'
+          ? await raceAbort(resolveAll(resolver, target.host), abort)
+          : [{ address: target.host, family: target.kind === 'ipv6' ? 6 : 4 } as const];
+        return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort);
+      } catch (err) {
+        throw toSocksError(err);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+async function resolveAll(resolver: Resolver, host: string): Promise<readonly ResolvedAddress[]> {
+  const found = await resolver.resolve(host);
+  if (found.length === 0) throw new SocksError('ERR_HOST_NOT_FOUND', `${host} has no addresses`);
+  return found;
+}
+
+function timeoutError(target: Destination, ms: number): SocksError {
+  return new SocksError('ERR_CONNECT_TIMEOUT', `connect to ${target.host}:${target.port} timed out after ${ms} ms`);
+}
+
+/** Alternates families, keeping the resolver's order within each (RFC 8305 §4). */
+export function interleave(addresses: readonly ResolvedAddress[]): ResolvedAddress[] {
+  const first = addresses[0]?.family;
+  const preferred = addresses.filter((a) => a.family === first);
+  const other = addresses.filter((a) => a.family !== first);
+  const out: ResolvedAddress[] = [];
+  for (let i = 0; i < Math.max(preferred.length, other.length); i++) {
+    if (preferred[i]) out.push(preferred[i]!);
+    if (other[i]) out.push(other[i]!);
+  }
+  return out;
+}
+
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/**
+ * Connects to the first address that answers. When every attempt fails, the
+ * error kept is the most telling one: a refusal says more than an unreachable
+ * network (often just a missing IPv6 route).
+ */
+function connectFirst(
+  addresses: readonly ResolvedAddress[],
+  port: number,
+  attemptDelayMs: number,
+  signal: AbortSignal,
+): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const pending = new Set<Socket>();
+    const errors: unknown[] = [];
+    let next = 0;
+    let settled = false;
+    let staggerTimer: NodeJS.Timeout | undefined;
+
+    const finish = (winner: Socket | undefined, err?: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(staggerTimer);
+      signal.removeEventListener('abort', onAbort);
+      for (const s of pending) if (s !== winner) s.destroy();
+      if (winner) resolve(winner);
+      else reject(err);
+    };
+    const onAbort = () => finish(undefined, signal.reason);
+
+    const startNext = () => {
+      clearTimeout(staggerTimer);
+      if (settled) return;
+      if (next >= addresses.length) {
+        if (pending.size === 0) finish(undefined, mostTelling(errors));
+        return;
+      }
+      const { address } = addresses[next++]!;
+      const socket = connect({ host: address, port, allowHalfOpen: true, noDelay: true });
+      pending.add(socket);
+      socket.once('connect', () => {
+        socket.removeAllListeners('error');
+        finish(socket);
+      });
+      socket.once('error', (err) => {
+        pending.delete(socket);
+        errors.push(err);
+        socket.destroy();
+        startNext();
+      });
+      if (next < addresses.length) staggerTimer = setTimeout(startNext, attemptDelayMs);
+    };
+
+    if (signal.aborted) return reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    startNext();
+  });
+}
+
+const TELLING = ['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH'];
+
+function mostTelling(errors: readonly unknown[]): unknown {
+  const rank = (e: unknown) => {
+    const i = TELLING.indexOf(String((e as { code?: unknown }).code));
+    return i < 0 ? TELLING.length : i;
+  };
+  return [...errors].sort((a, b) => rank(a) - rank(b))[0] ?? new SocksError('ERR_GENERAL', 'no address to connect to');
+}

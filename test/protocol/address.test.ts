@@ -1,0 +1,358 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import {
+  AddressType,
+  MAX_DOMAIN_LENGTH,
+  NEED_MORE,
+  type Decoded,
+  type Destination,
+  type NeedMore,
+  decodeAddress,
+  decodeHostname,
+  destination,
+  encodedAddressLength,
+  formatDestination,
+  hex as hexByte,
+  ipv6ToString,
+  readPort,
+  unmapIPv4,
+  writeAddress,
+  writeIPv4,
+} from '../../src/protocol/index.js';
+import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+
+// ---------------------------------------------------------------- helpers
+
+/** '05 01 00' → <Buffer 05 01 00>; whitespace is ignored. */
+function hex(s: string): Buffer {
+  const clean = s.replace(/\s+/g, '');
+  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
+  return Buffer.from(clean, 'hex');
+}
+
+/** ASCII text as hex, to keep domain vectors readable. */
+function ascii(s: string): string {
+  return Buffer.from(s, 'latin1').toString('hex');
+}
+
+function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
+  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
+  return result;
+}
+
+function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  });
+}
+
+function encodeAddress(d: Destination): Buffer {
+  const buf = Buffer.alloc(encodedAddressLength(d));
+  assert.equal(writeAddress(buf, 0, d), buf.length);
+  return buf;
+}
+
+// ---------------------------------------------------------------- vectors
+
+interface Vector {
+  readonly name: string;
+  readonly bytes: string;
+  readonly value: Destination;
+}
+
+const LONG_NAME = 'a'.repeat(MAX_DOMAIN_LENGTH);
+
+const VECTORS: readonly Vector[] = [
+  { name: 'IPv4 127.0.0.1:80', bytes: '01 7f000001 0050', value: { kind: 'ipv4', host: '127.0.0.1', port: 80 } },
+  { name: 'IPv4 0.0.0.0:0', bytes: '01 00000000 0000', value: { kind: 'ipv4', host: '0.0.0.0', port: 0 } },
+  {
+    name: 'IPv4 255.255.255.255:65535',
+    bytes: '01 ffffffff ffff',
+    value: { kind: 'ipv4', host: '255.255.255.255', port: 65535 },
+  },
+  {
+    name: 'IPv6 ::1:443',
+    bytes: '04 00000000000000000000000000000001 01bb',
+    value: { kind: 'ipv6', host: '::1', port: 443 },
+  },
+  { name: 'IPv6 :: (unspecified)', bytes: '04 00000000000000000000000000000000 0000', value: { kind: 'ipv6', host: '::', port: 0 } },
+  {
+    name: 'IPv6 2001:db8:85a3::8a2e:370:7334',
+    bytes: '04 20010db885a3000000008a2e03707334 1f90',
+    value: { kind: 'ipv6', host: '2001:db8:85a3::8a2e:370:7334', port: 8080 },
+  },
+  {
+    name: 'IPv6 full, no zero group (2001:db8:1:2:3:4:5:6)',
+    bytes: '04 20010db8000100020003000400050006 0016',
+    value: { kind: 'ipv6', host: '2001:db8:1:2:3:4:5:6', port: 22 },
+  },
+  {
+    name: 'IPv6 all ones',
+    bytes: '04 ffffffffffffffffffffffffffffffff ffff',
+    value: { kind: 'ipv6', host: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', port: 65535 },
+  },
+  {
+    name: 'domain example.com:443',
+    bytes: `03 0b ${ascii('example.com')} 01bb`,
+    value: { kind: 'domain', host: 'example.com', port: 443 },
+  },
+  { name: 'domain of one byte', bytes: `03 01 ${ascii('a')} 0001`, value: { kind: 'domain', host: 'a', port: 1 } },
+  {
+    name: 'domain with printable edges ! and ~',
+    bytes: `03 03 ${ascii('!x~')} 0050`,
+    value: { kind: 'domain', host: '!x~', port: 80 },
+  },
+  {
+    name: 'domain of 255 bytes',
+    bytes: `03 ff ${ascii(LONG_NAME)} 0050`,
+    value: { kind: 'domain', host: LONG_NAME, port: 80 },
+  },
+  {
+    name: 'domain that looks like an IP stays a domain',
+    bytes: `03 07 ${ascii('1.2.3.4')} 0050`,
+    value: { kind: 'domain', host: '1.2.3.4', port: 80 },
+  },
+];
+
+const MALFORMED: readonly { name: string; bytes: string; code: SocksErrorCode }[] = [
+  { name: 'ATYP 0x00', bytes: '00 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'ATYP 0x02', bytes: '02 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'ATYP 0x05', bytes: '05 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'ATYP 0xff', bytes: 'ff', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'unknown ATYP with nothing after it', bytes: '02', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'zero-length domain', bytes: '03 00 0050', code: 'ERR_MALFORMED' },
+  { name: 'zero-length domain, port not yet sent', bytes: '03 00', code: 'ERR_MALFORMED' },
+  { name: 'domain with NUL', bytes: `03 04 ${ascii('ab')}00${ascii('c')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with space', bytes: `03 03 ${ascii('a b')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with tab', bytes: `03 03 ${ascii('a')}09${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with newline', bytes: `03 03 ${ascii('a')}0a${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with DEL', bytes: `03 03 ${ascii('a')}7f${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with 0x80', bytes: `03 03 ${ascii('a')}80${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with UTF-8 (é)', bytes: `03 03 ${ascii('a')}c3a9 0050`, code: 'ERR_MALFORMED' },
+  { name: 'domain with 0xff', bytes: `03 01 ff 0050`, code: 'ERR_MALFORMED' },
+];
+
+// ---------------------------------------------------------------- tests
+
+describe('decodeAddress / writeAddress: valid vectors', () => {
+  for (const v of VECTORS) {
+    describe(v.name, () => {
+      const bytes = hex(v.bytes);
+
+      it('decodes to the expected destination and length', () => {
+        const r = expectDecoded(decodeAddress(bytes, 0));
+        assert.deepEqual(r.value, v.value);
+        assert.equal(r.bytesRead, bytes.length);
+      });
+
+      it('encodes to the exact bytes', () => {
+        assert.equal(encodedAddressLength(v.value), bytes.length);
+        assert.deepEqual(encodeAddress(v.value), bytes);
+      });
+
+      it('returns NEED_MORE for every strict prefix', () => {
+        for (let n = 0; n < bytes.length; n++) {
+          assert.equal(decodeAddress(bytes.subarray(0, n), 0), NEED_MORE, `prefix of ${n} bytes`);
+        }
+      });
+
+      it('leaves trailing bytes alone and works at an offset', () => {
+        const trailing = Buffer.concat([bytes, hex('de ad be ef')]);
+        const r1 = expectDecoded(decodeAddress(trailing, 0));
+        assert.deepEqual(r1.value, v.value);
+        assert.equal(r1.bytesRead, bytes.length);
+
+        const shifted = Buffer.concat([hex('aa bb cc'), bytes, hex('de ad')]);
+        const r2 = expectDecoded(decodeAddress(shifted, 3));
+        assert.deepEqual(r2.value, v.value);
+        assert.equal(r2.bytesRead, bytes.length);
+
+        for (let n = 0; n < bytes.length; n++) {
+          assert.equal(decodeAddress(shifted.subarray(0, 3 + n), 3), NEED_MORE, `prefix of ${n} bytes at offset 3`);
+        }
+      });
+
+      it('writes at an offset without touching the neighbours', () => {
+        const buf = Buffer.alloc(bytes.length + 4, 0xee);
+        assert.equal(writeAddress(buf, 2, v.value), 2 + bytes.length);
+        assert.deepEqual(buf.subarray(2, 2 + bytes.length), bytes);
+        assert.deepEqual([buf[0], buf[1], buf[buf.length - 2], buf[buf.length - 1]], [0xee, 0xee, 0xee, 0xee]);
+      });
+    });
+  }
+
+  it('decodes from a plain Uint8Array view at a nonzero byteOffset', () => {
+    const bytes = hex(`03 0b ${ascii('example.com')} 01bb`);
+    const backing = new ArrayBuffer(bytes.length + 13);
+    const view = new Uint8Array(backing, 7, bytes.length + 2);
+    view.set(bytes, 2);
+    const r = expectDecoded(decodeAddress(view, 2));
+    assert.deepEqual(r.value, { kind: 'domain', host: 'example.com', port: 443 });
+    assert.equal(r.bytesRead, bytes.length);
+  });
+
+  it('AddressType has the RFC 1928 values', () => {
+    assert.deepEqual({ ...AddressType }, { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 });
+  });
+});
+
+describe('decodeAddress: malformed vectors', () => {
+  for (const v of MALFORMED) {
+    it(`${v.name} → ${v.code}`, () => {
+      assertSocksError(() => decodeAddress(hex(v.bytes), 0), v.code);
+      assertSocksError(() => decodeAddress(Buffer.concat([hex('05 01 00'), hex(v.bytes)]), 3), v.code);
+    });
+  }
+});
+
+describe('writeAddress: refused input', () => {
+  it('an empty domain name → ERR_TOO_LONG', () => {
+    assertSocksError(() => writeAddress(Buffer.alloc(16), 0, { kind: 'domain', host: '', port: 80 }), 'ERR_TOO_LONG');
+  });
+
+  it('a domain name of 256 bytes → ERR_TOO_LONG', () => {
+    const d: Destination = { kind: 'domain', host: 'a'.repeat(256), port: 80 };
+    assertSocksError(() => writeAddress(Buffer.alloc(300), 0, d), 'ERR_TOO_LONG');
+  });
+
+  it('an IPv4 host that is not dotted-quad → ERR_MALFORMED', () => {
+    assertSocksError(() => writeAddress(Buffer.alloc(16), 0, { kind: 'ipv4', host: '1.2.3', port: 80 }), 'ERR_MALFORMED');
+  });
+
+  it('an IPv4-mapped IPv6 host given as ipv6 is written as 16 bytes', () => {
+    assert.deepEqual(
+      encodeAddress({ kind: 'ipv6', host: '::ffff:1.2.3.4', port: 80 }),
+      hex('04 00000000000000000000ffff01020304 0050'),
+    );
+  });
+});
+
+describe('destination / unmapIPv4 / formatDestination', () => {
+  const CASES: readonly [string, Destination][] = [
+    ['1.2.3.4', { kind: 'ipv4', host: '1.2.3.4', port: 80 }],
+    ['::1', { kind: 'ipv6', host: '::1', port: 80 }],
+    ['2001:db8::1', { kind: 'ipv6', host: '2001:db8::1', port: 80 }],
+    ['::ffff:1.2.3.4', { kind: 'ipv4', host: '1.2.3.4', port: 80 }],
+    ['::FFFF:10.0.0.1', { kind: 'ipv4', host: '10.0.0.1', port: 80 }],
+    ['::ffff:102:304', { kind: 'ipv6', host: '::ffff:102:304', port: 80 }],
+    ['example.com', { kind: 'domain', host: 'example.com', port: 80 }],
+    ['1.2.3', { kind: 'domain', host: '1.2.3', port: 80 }],
+  ];
+  for (const [host, expected] of CASES) {
+    it(`destination(${JSON.stringify(host)}) → ${expected.kind} ${expected.host}`, () => {
+      assert.deepEqual(destination(host, 80), expected);
+    });
+  }
+
+  it('unmapIPv4 only unmaps ::ffff:a.b.c.d', () => {
+    assert.equal(unmapIPv4('::ffff:127.0.0.1'), '127.0.0.1');
+    assert.equal(unmapIPv4('::FFFF:127.0.0.1'), '127.0.0.1');
+    assert.equal(unmapIPv4('::ffff:7f00:1'), undefined);
+    assert.equal(unmapIPv4('127.0.0.1'), undefined);
+    assert.equal(unmapIPv4('::1'), undefined);
+    assert.equal(unmapIPv4('::ffff:999.0.0.1'), undefined);
+    assert.equal(unmapIPv4('64:ff9b::1.2.3.4'), undefined);
+  });
+
+  it('formatDestination brackets IPv6 only', () => {
+    assert.equal(formatDestination({ host: '1.2.3.4', port: 80 }), '1.2.3.4:80');
+    assert.equal(formatDestination({ host: '::1', port: 443 }), '[::1]:443');
+    assert.equal(formatDestination({ host: 'example.com', port: 8080 }), 'example.com:8080');
+  });
+});
+
+describe('small address helpers', () => {
+  it('readPort is big-endian', () => {
+    assert.equal(readPort(hex('00 50'), 0), 80);
+    assert.equal(readPort(hex('ff 01 bb'), 1), 443);
+    assert.equal(readPort(hex('ff ff'), 0), 65535);
+  });
+
+  it('writeIPv4 writes four bytes and refuses other shapes', () => {
+    const buf = new Uint8Array(6);
+    writeIPv4(buf, 1, '192.168.1.254');
+    assert.deepEqual(Array.from(buf), [0, 192, 168, 1, 254, 0]);
+    assertSocksError(() => writeIPv4(buf, 0, '::1'), 'ERR_MALFORMED');
+    assertSocksError(() => writeIPv4(buf, 0, '1.2.3.4.5'), 'ERR_MALFORMED');
+  });
+
+  it('ipv6ToString gives the compressed lower-case form', () => {
+    assert.equal(ipv6ToString(hex('00000000000000000000000000000001')), '::1');
+    assert.equal(ipv6ToString(hex('fe800000000000000000000000000001')), 'fe80::1');
+    assert.equal(ipv6ToString(hex('20010DB885A3000000008A2E03707334')), '2001:db8:85a3::8a2e:370:7334');
+  });
+
+  it('decodeHostname accepts 0x21-0x7e and refuses the rest', () => {
+    const printable = Buffer.from(Array.from({ length: 0x7e - 0x21 + 1 }, (_, i) => 0x21 + i));
+    assert.equal(decodeHostname(printable, 0, printable.length), printable.toString('latin1'));
+    for (const c of [0x00, 0x01, 0x1f, 0x20, 0x7f, 0x80, 0xff]) {
+      assertSocksError(() => decodeHostname(Buffer.of(0x61, c, 0x62), 0, 3), 'ERR_MALFORMED');
+    }
+    // Only the [start, end) range is looked at.
+    assert.equal(decodeHostname(Buffer.of(0x00, 0x61, 0x62, 0x00), 1, 3), 'ab');
+  });
+
+  it('hex pads to two digits', () => {
+    assert.equal(hexByte(0x0a), '0a');
+    assert.equal(hexByte(0xff), 'ff');
+  });
+});
+
+// ---------------------------------------------------------------- properties
+
+const printableHost = fc.string({
+  unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+  minLength: 1,
+  maxLength: MAX_DOMAIN_LENGTH,
+});
+const port = fc.integer({ min: 0, max: 65535 });
+const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
+  fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
+    kind: 'ipv4' as const,
+    host: Array.from(b).join('.'),
+    port: p,
+  })),
+  fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
+    kind: 'ipv6' as const,
+    host: ipv6ToString(b),
+    port: p,
+  })),
+  fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
+);
+
+describe('address properties', () => {
+  it('writeAddress → decodeAddress is the identity', () => {
+    fc.assert(
+      fc.property(arbDestination, fc.nat(8), (d, at) => {
+        const buf = Buffer.alloc(at + encodedAddressLength(d) + 3, 0x99);
+        const end = writeAddress(buf, at, d);
+        assert.equal(end, at + encodedAddressLength(d));
+        const r = expectDecoded(decodeAddress(buf, at));
+        assert.deepEqual(r.value, d);
+        assert.equal(r.bytesRead, end - at);
+      }),
+    );
+  });
+
+  it('random bytes decode, need more, or throw a SocksError; decoded bytes re-encode exactly', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.uint8Array({ maxLength: 40 }), fc.tuple(fc.constantFrom(1, 3, 4), fc.uint8Array({ maxLength: 40 })).map(([t, b]) => Uint8Array.of(t, ...b))), (bytes) => {
+        let r: Decoded<Destination> | NeedMore;
+        try {
+          r = decodeAddress(bytes, 0);
+        } catch (err) {
+          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+          return;
+        }
+        if (r === NEED_MORE) return;
+        assert.ok(r.bytesRead > 0 && r.bytesRead <= bytes.length);
+        assert.deepEqual(encodeAddress(r.value), Buffer.from(bytes.subarray(0, r.bytesRead)));
+        for (let n = 0; n < r.bytesRead; n++) assert.equal(decodeAddress(bytes.subarray(0, n), 0), NEED_MORE);
+      }),
+      { numRuns: 500 },
+    );
+  });
+});

@@ -1,0 +1,437 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import {
+  DEFAULT_SOCKS4_LIMITS,
+  NEED_MORE,
+  SOCKS4_REPLY_VERSION,
+  SOCKS4_VERSION,
+  Socks4Command,
+  type Decoded,
+  type NeedMore,
+  type Socks4Limits,
+  type Socks4Reply,
+  type Socks4Request,
+  decodeSocks4Reply,
+  decodeSocks4Request,
+  encodeSocks4Reply,
+  encodeSocks4Request,
+} from '../../src/protocol/index.js';
+import { SocksError, Socks4Reply as Socks4ReplyCode, type SocksErrorCode } from '../../src/errors.js';
+
+// ---------------------------------------------------------------- helpers
+
+/** '04 01 00 50' → <Buffer 04 01 00 50>; whitespace is ignored. */
+function hex(s: string): Buffer {
+  const clean = s.replace(/\s+/g, '');
+  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
+  return Buffer.from(clean, 'hex');
+}
+
+/** Latin-1 text as hex, to keep USERID and host name vectors readable. */
+function ascii(s: string): string {
+  return Buffer.from(s, 'latin1').toString('hex');
+}
+
+type Decoder<T> = (buf: Uint8Array, at?: number) => Decoded<T> | NeedMore;
+
+function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
+  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
+  return result;
+}
+
+function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  });
+}
+
+interface Vector<T> {
+  readonly name: string;
+  readonly bytes: string;
+  readonly value: T;
+  /** The encoder writes a different (canonical) form; check decoding only. */
+  readonly decodeOnly?: boolean;
+}
+
+interface BadVector {
+  readonly name: string;
+  readonly bytes: string;
+  readonly code: SocksErrorCode;
+  readonly limits?: Socks4Limits;
+}
+
+const JUNK = hex('ff 00 04');
+const TRAILER = hex('47 45 54 20 2f'); // pipelined payload: "GET /"
+
+function validVectors<T>(decode: Decoder<T>, encode: (value: T) => Buffer, vectors: readonly Vector<T>[]): void {
+  for (const v of vectors) {
+    describe(v.name, () => {
+      const bytes = hex(v.bytes);
+
+      it('decodes to the expected value and length', () => {
+        const r = expectDecoded(decode(bytes));
+        assert.deepEqual(r.value, v.value);
+        assert.equal(r.bytesRead, bytes.length);
+      });
+
+      if (!v.decodeOnly) {
+        it('encodes to the exact bytes', () => {
+          assert.deepEqual(encode(v.value), bytes);
+        });
+      }
+
+      it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
+        for (let n = 0; n < bytes.length; n++) {
+          assert.equal(decode(bytes.subarray(0, n)), NEED_MORE, `prefix of ${n} bytes`);
+          const shifted = Buffer.concat([JUNK, bytes.subarray(0, n)]);
+          assert.equal(decode(shifted, JUNK.length), NEED_MORE, `prefix of ${n} bytes at offset`);
+        }
+      });
+
+      it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
+        const r1 = expectDecoded(decode(Buffer.concat([bytes, TRAILER])));
+        assert.deepEqual(r1.value, v.value);
+        assert.equal(r1.bytesRead, bytes.length);
+
+        const r2 = expectDecoded(decode(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length));
+        assert.deepEqual(r2.value, v.value);
+        assert.equal(r2.bytesRead, bytes.length);
+      });
+    });
+  }
+}
+
+const FRED = ascii('fred');
+const EXAMPLE = ascii('example.com');
+const decodeRequest: Decoder<Socks4Request> = (buf, at) => decodeSocks4Request(buf, at);
+
+// ---------------------------------------------------------------- request
+
+const REQUESTS: readonly Vector<Socks4Request>[] = [
+  {
+    name: 'CONNECT 1.2.3.4:80, empty USERID',
+    bytes: '04 01 0050 01020304 00',
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '1.2.3.4', port: 80 }, userId: '', socks4a: false },
+  },
+  {
+    name: 'CONNECT 1.2.3.4:80, USERID fred',
+    bytes: `04 01 0050 01020304 ${FRED} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '1.2.3.4', port: 80 }, userId: 'fred', socks4a: false },
+  },
+  {
+    name: 'BIND 0.0.0.0:0 (0.0.0.0 is not SOCKS4a)',
+    bytes: '04 02 0000 00000000 00',
+    value: { command: Socks4Command.BIND, destination: { kind: 'ipv4', host: '0.0.0.0', port: 0 }, userId: '', socks4a: false },
+  },
+  {
+    name: 'CONNECT 255.255.255.255:65535',
+    bytes: '04 01 ffff ffffffff 00',
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '255.255.255.255', port: 65535 }, userId: '', socks4a: false },
+  },
+  {
+    name: '0.1.0.1 is an IP, not SOCKS4a',
+    bytes: '04 01 0050 00010001 00',
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '0.1.0.1', port: 80 }, userId: '', socks4a: false },
+  },
+  {
+    name: 'USERID in Latin-1',
+    bytes: `04 01 0050 7f000001 ${ascii('jürgen')} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '127.0.0.1', port: 80 }, userId: 'jürgen', socks4a: false },
+  },
+  {
+    name: 'USERID of exactly 255 bytes (the default limit)',
+    bytes: `04 01 0050 7f000001 ${ascii('u'.repeat(255))} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '127.0.0.1', port: 80 }, userId: 'u'.repeat(255), socks4a: false },
+  },
+  {
+    name: 'SOCKS4a CONNECT example.com:80, USERID fred',
+    bytes: `04 01 0050 00000001 ${FRED} 00 ${EXAMPLE} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'domain', host: 'example.com', port: 80 }, userId: 'fred', socks4a: true },
+  },
+  {
+    name: 'SOCKS4a, empty USERID',
+    bytes: `04 01 01bb 00000001 00 ${EXAMPLE} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'domain', host: 'example.com', port: 443 }, userId: '', socks4a: true },
+  },
+  {
+    name: 'SOCKS4a with DSTIP 0.0.0.255',
+    bytes: `04 01 0050 000000ff 00 ${ascii('a')} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'domain', host: 'a', port: 80 }, userId: '', socks4a: true },
+    decodeOnly: true,
+  },
+  {
+    name: 'SOCKS4a host name of exactly 255 bytes (the default limit)',
+    bytes: `04 01 0050 00000001 00 ${ascii('h'.repeat(255))} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'domain', host: 'h'.repeat(255), port: 80 }, userId: '', socks4a: true },
+  },
+  {
+    name: 'SOCKS4a host name that is an IP literal stays a name',
+    bytes: `04 01 0050 00000001 00 ${ascii('10.0.0.1')} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'domain', host: '10.0.0.1', port: 80 }, userId: '', socks4a: true },
+  },
+  {
+    name: 'unknown command 0x03 is kept',
+    bytes: '04 03 0050 01020304 00',
+    value: { command: 0x03, destination: { kind: 'ipv4', host: '1.2.3.4', port: 80 }, userId: '', socks4a: false },
+  },
+  {
+    name: 'unknown command 0xff is kept (SOCKS4a)',
+    bytes: `04 ff 0050 00000001 00 ${EXAMPLE} 00`,
+    value: { command: 0xff, destination: { kind: 'domain', host: 'example.com', port: 80 }, userId: '', socks4a: true },
+  },
+];
+
+const userIdOf = (n: number): string => ascii('u'.repeat(n));
+const hostOf = (n: number): string => ascii('h'.repeat(n));
+
+const BAD_REQUESTS: readonly BadVector[] = [
+  { name: 'SOCKS5 version', bytes: '05 01 00 01 7f000001 0050', code: 'ERR_BAD_VERSION' },
+  { name: 'version byte alone', bytes: '05', code: 'ERR_BAD_VERSION' },
+  { name: 'version 0', bytes: '00 5a 0050 01020304 00', code: 'ERR_BAD_VERSION' },
+  { name: 'an HTTP request', bytes: ascii('GET / HTTP/1.1\r\n'), code: 'ERR_BAD_VERSION' },
+  { name: 'USERID of 256 bytes without NUL', bytes: `04 01 0050 01020304 ${userIdOf(256)}`, code: 'ERR_TOO_LONG' },
+  { name: 'USERID of 256 bytes then NUL', bytes: `04 01 0050 01020304 ${userIdOf(256)} 00`, code: 'ERR_TOO_LONG' },
+  { name: 'USERID of 1000 bytes without NUL', bytes: `04 01 0050 01020304 ${userIdOf(1000)}`, code: 'ERR_TOO_LONG' },
+  {
+    name: 'USERID over a custom limit of 4',
+    bytes: `04 01 0050 01020304 ${ascii('freda')} 00`,
+    code: 'ERR_TOO_LONG',
+    limits: { maxUserId: 4, maxHostname: 255 },
+  },
+  {
+    name: 'any USERID with a limit of 0',
+    bytes: `04 01 0050 01020304 ${ascii('f')}`,
+    code: 'ERR_TOO_LONG',
+    limits: { maxUserId: 0, maxHostname: 255 },
+  },
+  { name: 'SOCKS4a empty host name', bytes: '04 01 0050 00000001 00 00', code: 'ERR_MALFORMED' },
+  { name: 'SOCKS4a empty host name after a USERID', bytes: `04 01 0050 00000001 ${FRED} 00 00`, code: 'ERR_MALFORMED' },
+  { name: 'SOCKS4a host name of 256 bytes without NUL', bytes: `04 01 0050 00000001 00 ${hostOf(256)}`, code: 'ERR_TOO_LONG' },
+  { name: 'SOCKS4a host name of 256 bytes then NUL', bytes: `04 01 0050 00000001 00 ${hostOf(256)} 00`, code: 'ERR_TOO_LONG' },
+  {
+    name: 'SOCKS4a host name over a custom limit of 3',
+    bytes: `04 01 0050 00000001 00 ${ascii('abcd')} 00`,
+    code: 'ERR_TOO_LONG',
+    limits: { maxUserId: 255, maxHostname: 3 },
+  },
+  { name: 'SOCKS4a host name with a space', bytes: `04 01 0050 00000001 00 ${ascii('a b')} 00`, code: 'ERR_MALFORMED' },
+  { name: 'SOCKS4a host name with LF', bytes: `04 01 0050 00000001 00 ${ascii('a')}0a${ascii('b')} 00`, code: 'ERR_MALFORMED' },
+  { name: 'SOCKS4a host name with DEL', bytes: `04 01 0050 00000001 00 7f 00`, code: 'ERR_MALFORMED' },
+  { name: 'SOCKS4a host name with 0xff', bytes: `04 01 0050 00000001 00 ${ascii('a')}ff 00`, code: 'ERR_MALFORMED' },
+];
+
+describe('SOCKS4/4a request', () => {
+  describe('valid vectors', () => {
+    validVectors<Socks4Request>(decodeRequest, encodeSocks4Request, REQUESTS);
+  });
+
+  describe('malformed vectors', () => {
+    for (const v of BAD_REQUESTS) {
+      it(`${v.name} → ${v.code}`, () => {
+        const bytes = hex(v.bytes);
+        assertSocksError(() => decodeSocks4Request(bytes, 0, v.limits), v.code);
+        assertSocksError(() => decodeSocks4Request(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length, v.limits), v.code);
+      });
+    }
+  });
+
+  describe('field limits', () => {
+    const head = hex('04 01 0050 01020304');
+    const head4a = hex('04 01 0050 00000001 00');
+
+    /** Feeds `field` byte by byte after `prefix`; returns how many bytes were fed when it threw. */
+    function throwsAfter(prefix: Buffer, field: Buffer, limits: Socks4Limits): number {
+      for (let n = 0; n <= field.length; n++) {
+        const buf = Buffer.concat([prefix, field.subarray(0, n)]);
+        let result: Decoded<Socks4Request> | NeedMore;
+        try {
+          result = decodeSocks4Request(buf, 0, limits);
+        } catch (err) {
+          assert.ok(err instanceof SocksError && err.code === 'ERR_TOO_LONG', `unexpected error ${String(err)}`);
+          return n;
+        }
+        assert.equal(result, NEED_MORE, `decoded unexpectedly after ${n} bytes`);
+      }
+      return assert.fail('never threw');
+    }
+
+    it('a USERID without NUL throws as soon as it passes the default limit', () => {
+      assert.equal(throwsAfter(head, Buffer.alloc(1000, 0x75), DEFAULT_SOCKS4_LIMITS), DEFAULT_SOCKS4_LIMITS.maxUserId + 1);
+    });
+
+    it('a USERID without NUL throws as soon as it passes a custom limit', () => {
+      assert.equal(throwsAfter(head, Buffer.alloc(100, 0x75), { maxUserId: 10, maxHostname: 255 }), 11);
+    });
+
+    it('a SOCKS4a host name without NUL throws as soon as it passes the default limit', () => {
+      assert.equal(throwsAfter(head4a, Buffer.alloc(1000, 0x68), DEFAULT_SOCKS4_LIMITS), DEFAULT_SOCKS4_LIMITS.maxHostname + 1);
+    });
+
+    it('a SOCKS4a host name without NUL throws as soon as it passes a custom limit', () => {
+      assert.equal(throwsAfter(head4a, Buffer.alloc(100, 0x68), { maxUserId: 255, maxHostname: 7 }), 8);
+    });
+
+    it('the limits apply to each field separately', () => {
+      const limits: Socks4Limits = { maxUserId: 4, maxHostname: 3 };
+      const bytes = hex(`04 01 0050 00000001 ${FRED} 00 ${ascii('abc')} 00`);
+      const r = expectDecoded(decodeSocks4Request(bytes, 0, limits));
+      assert.equal(r.value.userId, 'fred');
+      assert.deepEqual(r.value.destination, { kind: 'domain', host: 'abc', port: 80 });
+      assert.equal(r.bytesRead, bytes.length);
+    });
+
+    it('the default limits are 255 bytes each', () => {
+      assert.deepEqual(DEFAULT_SOCKS4_LIMITS, { maxUserId: 255, maxHostname: 255 });
+    });
+  });
+
+  it('encodeSocks4Request refuses a destination that is not IPv4 or a name', () => {
+    const request: Socks4Request = {
+      command: Socks4Command.CONNECT,
+      destination: { kind: 'ipv6', host: '::1', port: 80 },
+      userId: '',
+      socks4a: false,
+    };
+    assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
+  });
+
+  it('property: encode → decode round trip', () => {
+    const latin1 = fc.string({ unit: fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), maxLength: 255 });
+    const hostname = fc.string({
+      unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+      minLength: 1,
+      maxLength: 255,
+    });
+    const port = fc.integer({ min: 0, max: 65535 });
+    const ipv4 = fc
+      .uint8Array({ minLength: 4, maxLength: 4 })
+      .filter((b) => !(b[0] === 0 && b[1] === 0 && b[2] === 0 && b[3] !== 0))
+      .map((b) => Array.from(b).join('.'));
+    const request: fc.Arbitrary<Socks4Request> = fc.oneof(
+      fc.record({
+        command: fc.integer({ min: 0, max: 255 }),
+        destination: fc.record({ kind: fc.constant('ipv4' as const), host: ipv4, port }),
+        userId: latin1,
+        socks4a: fc.constant(false),
+      }),
+      fc.record({
+        command: fc.integer({ min: 0, max: 255 }),
+        destination: fc.record({ kind: fc.constant('domain' as const), host: hostname, port }),
+        userId: latin1,
+        socks4a: fc.constant(true),
+      }),
+    );
+    fc.assert(
+      fc.property(request, (req) => {
+        const bytes = encodeSocks4Request(req);
+        const r = expectDecoded(decodeSocks4Request(bytes));
+        assert.deepEqual(r.value, req);
+        assert.equal(r.bytesRead, bytes.length);
+      }),
+    );
+  });
+
+  it('property: random bytes never throw anything but SocksError', () => {
+    const arb = fc.oneof(
+      fc.uint8Array({ maxLength: 40 }),
+      fc.tuple(fc.uint8Array({ minLength: 7, maxLength: 7 }), fc.uint8Array({ maxLength: 40 })).map(([h, rest]) =>
+        Uint8Array.of(SOCKS4_VERSION, ...h, ...rest),
+      ),
+      // SOCKS4a head with a short USERID, so the host name path gets exercised.
+      fc.tuple(fc.uint8Array({ maxLength: 40 })).map(([rest]) => Uint8Array.of(4, 1, 0, 80, 0, 0, 0, 1, 0, ...rest)),
+    );
+    const limits = fc.record({ maxUserId: fc.nat(20), maxHostname: fc.nat(20) });
+    fc.assert(
+      fc.property(arb, limits, fc.nat(4), (bytes, lim, offset) => {
+        const buf = Buffer.concat([Buffer.alloc(offset, 0xab), bytes]);
+        let r: Decoded<Socks4Request> | NeedMore;
+        try {
+          r = decodeSocks4Request(buf, offset, lim);
+        } catch (err) {
+          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+          return;
+        }
+        if (r === NEED_MORE) return;
+        assert.ok(r.bytesRead >= 9 && offset + r.bytesRead <= buf.length);
+        for (let n = 0; n < r.bytesRead; n++) {
+          assert.equal(decodeSocks4Request(buf.subarray(0, offset + n), offset, lim), NEED_MORE);
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+// ---------------------------------------------------------------- reply
+
+const REPLIES: readonly Vector<Socks4Reply>[] = [
+  { name: 'granted, 0.0.0.0:0', bytes: '00 5a 0000 00000000', value: { reply: Socks4ReplyCode.GRANTED, port: 0, host: '0.0.0.0' } },
+  { name: 'granted, 10.1.2.3:1080', bytes: '00 5a 0438 0a010203', value: { reply: Socks4ReplyCode.GRANTED, port: 1080, host: '10.1.2.3' } },
+  { name: 'rejected', bytes: '00 5b 0000 00000000', value: { reply: Socks4ReplyCode.REJECTED, port: 0, host: '0.0.0.0' } },
+  { name: 'no identd', bytes: '00 5c ffff ffffffff', value: { reply: Socks4ReplyCode.NO_IDENTD, port: 65535, host: '255.255.255.255' } },
+  { name: 'identd mismatch', bytes: '00 5d 0050 7f000001', value: { reply: Socks4ReplyCode.IDENTD_MISMATCH, port: 80, host: '127.0.0.1' } },
+  { name: 'unknown code 0x00 is kept', bytes: '00 00 0000 00000000', value: { reply: 0x00, port: 0, host: '0.0.0.0' } },
+  { name: 'unknown code 0xff is kept', bytes: '00 ff 0001 01020304', value: { reply: 0xff, port: 1, host: '1.2.3.4' } },
+];
+
+describe('SOCKS4 reply', () => {
+  describe('valid vectors', () => {
+    validVectors<Socks4Reply>(decodeSocks4Reply, (r) => encodeSocks4Reply(r.reply, r.port, r.host), REPLIES);
+  });
+
+  describe('malformed vectors', () => {
+    const BAD: readonly BadVector[] = [
+      { name: 'version 4', bytes: '04 5a 0000 00000000', code: 'ERR_BAD_VERSION' },
+      { name: 'version 5', bytes: '05 00 00 01 00000000 0000', code: 'ERR_BAD_VERSION' },
+    ];
+    for (const v of BAD) {
+      it(`${v.name} → ${v.code}`, () => {
+        const bytes = hex(v.bytes);
+        assertSocksError(() => decodeSocks4Reply(bytes), v.code);
+        assertSocksError(() => decodeSocks4Reply(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length), v.code);
+      });
+    }
+  });
+
+  it('encodeSocks4Reply defaults to 0.0.0.0:0 and VN 0', () => {
+    assert.deepEqual(encodeSocks4Reply(Socks4ReplyCode.REJECTED), hex('00 5b 0000 00000000'));
+    assert.equal(SOCKS4_REPLY_VERSION, 0);
+  });
+
+  it('encodeSocks4Reply refuses a non-IPv4 host', () => {
+    assertSocksError(() => encodeSocks4Reply(Socks4ReplyCode.GRANTED, 80, '::1'), 'ERR_MALFORMED');
+  });
+
+  it('property: encode → decode round trip', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 255 }),
+        fc.integer({ min: 0, max: 65535 }),
+        fc.uint8Array({ minLength: 4, maxLength: 4 }),
+        (reply, port, ip) => {
+          const host = Array.from(ip).join('.');
+          const bytes = encodeSocks4Reply(reply, port, host);
+          const r = expectDecoded(decodeSocks4Reply(bytes));
+          assert.deepEqual(r.value, { reply, port, host });
+          assert.equal(r.bytesRead, 8);
+        },
+      ),
+    );
+  });
+
+  it('property: random bytes never throw anything but SocksError', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 16 }), (bytes) => {
+        try {
+          const r = decodeSocks4Reply(bytes);
+          if (r !== NEED_MORE) assert.equal(r.bytesRead, 8);
+        } catch (err) {
+          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+        }
+      }),
+    );
+  });
+});

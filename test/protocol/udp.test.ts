@@ -1,0 +1,213 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import {
+  type Destination,
+  type UdpHeader,
+  decodeUdpHeader,
+  encodeUdpDatagram,
+  ipv6ToString,
+} from '../../src/protocol/index.js';
+import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+
+// ---------------------------------------------------------------- helpers
+
+/** '00 00 00 01' → <Buffer 00 00 00 01>; whitespace is ignored. */
+function hex(s: string): Buffer {
+  const clean = s.replace(/\s+/g, '');
+  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
+  return Buffer.from(clean, 'hex');
+}
+
+/** ASCII text as hex. */
+function ascii(s: string): string {
+  return Buffer.from(s, 'latin1').toString('hex');
+}
+
+function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  });
+}
+
+interface Vector {
+  readonly name: string;
+  /** The header: RSV, FRAG, ATYP, DST.ADDR, DST.PORT. */
+  readonly header: string;
+  readonly frag: number;
+  readonly destination: Destination;
+}
+
+const PAYLOAD = hex(ascii('hello, world'));
+
+// ---------------------------------------------------------------- vectors
+
+const VECTORS: readonly Vector[] = [
+  { name: 'IPv4 127.0.0.1:53', header: '0000 00 01 7f000001 0035', frag: 0, destination: { kind: 'ipv4', host: '127.0.0.1', port: 53 } },
+  { name: 'IPv4 0.0.0.0:0', header: '0000 00 01 00000000 0000', frag: 0, destination: { kind: 'ipv4', host: '0.0.0.0', port: 0 } },
+  {
+    name: 'IPv6 [::1]:53',
+    header: '0000 00 04 00000000000000000000000000000001 0035',
+    frag: 0,
+    destination: { kind: 'ipv6', host: '::1', port: 53 },
+  },
+  {
+    name: 'IPv6 [2001:db8:85a3::8a2e:370:7334]:4433',
+    header: '0000 00 04 20010db885a3000000008a2e03707334 1151',
+    frag: 0,
+    destination: { kind: 'ipv6', host: '2001:db8:85a3::8a2e:370:7334', port: 4433 },
+  },
+  {
+    name: 'domain dns.example:53',
+    header: `0000 00 03 0b ${ascii('dns.example')} 0035`,
+    frag: 0,
+    destination: { kind: 'domain', host: 'dns.example', port: 53 },
+  },
+  {
+    name: 'fragment 1 is kept',
+    header: '0000 01 01 0a000001 1f90',
+    frag: 1,
+    destination: { kind: 'ipv4', host: '10.0.0.1', port: 8080 },
+  },
+  {
+    name: 'fragment 0x81 (end of sequence) is kept',
+    header: '0000 81 01 0a000001 1f90',
+    frag: 0x81,
+    destination: { kind: 'ipv4', host: '10.0.0.1', port: 8080 },
+  },
+];
+
+const MALFORMED: readonly { name: string; bytes: string; code: SocksErrorCode }[] = [
+  { name: 'empty datagram', bytes: '', code: 'ERR_MALFORMED' },
+  { name: 'one byte', bytes: '00', code: 'ERR_MALFORMED' },
+  { name: 'three bytes (no ATYP)', bytes: '00 00 00', code: 'ERR_MALFORMED' },
+  { name: 'RSV 0x0100', bytes: '0100 00 01 7f000001 0035', code: 'ERR_MALFORMED' },
+  { name: 'RSV 0x0001', bytes: '0001 00 01 7f000001 0035', code: 'ERR_MALFORMED' },
+  { name: 'RSV 0xffff', bytes: 'ffff 00 01 7f000001 0035', code: 'ERR_MALFORMED' },
+  { name: 'a SOCKS5 request sent to the relay', bytes: '05 01 00 01 7f000001 0035', code: 'ERR_MALFORMED' },
+  { name: 'truncated IPv4 address', bytes: '0000 00 01 7f0000', code: 'ERR_MALFORMED' },
+  { name: 'IPv4 address without port', bytes: '0000 00 01 7f000001', code: 'ERR_MALFORMED' },
+  { name: 'IPv4 with half a port', bytes: '0000 00 01 7f000001 00', code: 'ERR_MALFORMED' },
+  { name: 'truncated IPv6 address', bytes: '0000 00 04 00000000000000000000000000', code: 'ERR_MALFORMED' },
+  { name: 'domain without its length byte', bytes: '0000 00 03', code: 'ERR_MALFORMED' },
+  { name: 'domain shorter than its length byte', bytes: `0000 00 03 0b ${ascii('dns')}`, code: 'ERR_MALFORMED' },
+  { name: 'ATYP 0x00', bytes: '0000 00 00 7f000001 0035', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'ATYP 0x02', bytes: '0000 00 02 7f000001 0035', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'ATYP 0xff', bytes: '0000 00 ff', code: 'ERR_ADDRESS_TYPE' },
+  { name: 'zero-length domain', bytes: '0000 00 03 00 0035', code: 'ERR_MALFORMED' },
+  { name: 'non-printable byte in domain', bytes: `0000 00 03 03 ${ascii('a')}00${ascii('b')} 0035`, code: 'ERR_MALFORMED' },
+  { name: 'space in domain', bytes: `0000 00 03 03 ${ascii('a b')} 0035`, code: 'ERR_MALFORMED' },
+];
+
+// ---------------------------------------------------------------- tests
+
+describe('SOCKS5 UDP header: valid vectors', () => {
+  for (const v of VECTORS) {
+    describe(v.name, () => {
+      const header = hex(v.header);
+      const expected: UdpHeader = { frag: v.frag, destination: v.destination, payloadOffset: header.length };
+
+      it('decodes a datagram with a payload; the payload starts right after the header', () => {
+        const datagram = Buffer.concat([header, PAYLOAD]);
+        assert.deepEqual(decodeUdpHeader(datagram), expected);
+        assert.deepEqual(datagram.subarray(expected.payloadOffset), PAYLOAD);
+      });
+
+      it('decodes a datagram with an empty payload', () => {
+        assert.deepEqual(decodeUdpHeader(header), expected);
+      });
+
+      it('encodes to the exact bytes', () => {
+        assert.deepEqual(encodeUdpDatagram(v.destination, PAYLOAD, v.frag), Buffer.concat([header, PAYLOAD]));
+        assert.deepEqual(encodeUdpDatagram(v.destination, new Uint8Array(0), v.frag), header);
+      });
+
+      it('every strict prefix of the header is ERR_MALFORMED, never NEED_MORE', () => {
+        for (let n = 0; n < header.length; n++) {
+          assertSocksError(() => decodeUdpHeader(header.subarray(0, n)), 'ERR_MALFORMED');
+        }
+      });
+
+      it('decodes from a view at a nonzero byteOffset', () => {
+        const backing = Buffer.concat([hex('ff ff ff ff ff'), header, PAYLOAD, hex('ee ee')]);
+        const view = new Uint8Array(backing.buffer, backing.byteOffset + 5, header.length + PAYLOAD.length);
+        assert.deepEqual(decodeUdpHeader(view), expected);
+      });
+    });
+  }
+
+  it('encodeUdpDatagram defaults FRAG to 0', () => {
+    assert.deepEqual(
+      encodeUdpDatagram({ kind: 'ipv4', host: '1.2.3.4', port: 53 }, hex('aa bb')),
+      hex('0000 00 01 01020304 0035 aabb'),
+    );
+  });
+
+  it('encodeUdpDatagram refuses a domain name over 255 bytes', () => {
+    assertSocksError(() => encodeUdpDatagram({ kind: 'domain', host: 'a'.repeat(256), port: 53 }, PAYLOAD), 'ERR_TOO_LONG');
+  });
+});
+
+describe('SOCKS5 UDP header: malformed vectors', () => {
+  for (const v of MALFORMED) {
+    it(`${v.name} → ${v.code}`, () => {
+      assertSocksError(() => decodeUdpHeader(hex(v.bytes)), v.code);
+    });
+  }
+});
+
+describe('SOCKS5 UDP header: properties', () => {
+  const printableHost = fc.string({
+    unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    minLength: 1,
+    maxLength: 255,
+  });
+  const port = fc.integer({ min: 0, max: 65535 });
+  const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
+    fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
+      kind: 'ipv4' as const,
+      host: Array.from(b).join('.'),
+      port: p,
+    })),
+    fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
+      kind: 'ipv6' as const,
+      host: ipv6ToString(b),
+      port: p,
+    })),
+    fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
+  );
+
+  it('encode → decode round trip', () => {
+    fc.assert(
+      fc.property(arbDestination, fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 0, max: 255 }), (destination, payload, frag) => {
+        const datagram = encodeUdpDatagram(destination, payload, frag);
+        const header = decodeUdpHeader(datagram);
+        assert.equal(header.frag, frag);
+        assert.deepEqual(header.destination, destination);
+        assert.deepEqual(datagram.subarray(header.payloadOffset), Buffer.from(payload));
+      }),
+    );
+  });
+
+  it('random bytes never throw anything but SocksError', () => {
+    const arb = fc.oneof(
+      fc.uint8Array({ maxLength: 40 }),
+      fc
+        .tuple(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0, 1, 2, 3, 4, 0xff), fc.uint8Array({ maxLength: 40 }))
+        .map(([frag, atyp, rest]) => Uint8Array.of(0, 0, frag, atyp, ...rest)),
+    );
+    fc.assert(
+      fc.property(arb, (bytes) => {
+        try {
+          const header = decodeUdpHeader(bytes);
+          assert.ok(header.payloadOffset >= 10 && header.payloadOffset <= bytes.length);
+        } catch (err) {
+          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
