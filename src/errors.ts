@@ -100,7 +100,8 @@ const ERRNO: Record<string, SocksErrorCode> = {
 export function toSocksError(err: unknown): SocksError {
   if (err instanceof SocksError) return err;
   const errno = errnoOf(err);
-  const code = (errno && ERRNO[errno]) || 'ERR_GENERAL';
+  // Own keys only: 'constructor', 'toString', '__proto__' are not errnos.
+  const code = (errno !== undefined && Object.hasOwn(ERRNO, errno) && ERRNO[errno]) || 'ERR_GENERAL';
   const message = err instanceof Error ? err.message : String(err);
   return new SocksError(code, message, { cause: err });
 }

@@ -310,19 +310,20 @@ describe('SOCKS4/4a request', () => {
       .uint8Array({ minLength: 4, maxLength: 4 })
       .filter((b) => !(b[0] === 0 && b[1] === 0 && b[2] === 0 && b[3] !== 0))
       .map((b) => Array.from(b).join('.'));
+    const command = fc.integer({ min: 0, max: 255 });
     const request: fc.Arbitrary<Socks4Request> = fc.oneof(
-      fc.record({
-        command: fc.integer({ min: 0, max: 255 }),
-        destination: fc.record({ kind: fc.constant('ipv4' as const), host: ipv4, port }),
-        userId: latin1,
-        socks4a: fc.constant(false),
-      }),
-      fc.record({
-        command: fc.integer({ min: 0, max: 255 }),
-        destination: fc.record({ kind: fc.constant('domain' as const), host: hostname, port }),
-        userId: latin1,
-        socks4a: fc.constant(true),
-      }),
+      fc.tuple(command, ipv4, port, latin1).map(([cmd, host, p, userId]) => ({
+        command: cmd,
+        destination: { kind: 'ipv4' as const, host, port: p },
+        userId,
+        socks4a: false,
+      })),
+      fc.tuple(command, hostname, port, latin1).map(([cmd, host, p, userId]) => ({
+        command: cmd,
+        destination: { kind: 'domain' as const, host, port: p },
+        userId,
+        socks4a: true,
+      })),
     );
     fc.assert(
       fc.property(request, (req) => {
