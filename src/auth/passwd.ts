@@ -39,7 +39,12 @@ export async function runPasswd(argv: string[]): Promise<number> {
     writeAtomically(file, kept);
     return 0;
   }
-  const password = await readPassword();
+  let password: string;
+  try {
+    password = await readPassword();
+  } catch (err) {
+    return fail((err as Error).message);
+  }
   if (password === '') return fail('empty password refused');
   if (Buffer.byteLength(password) > 255) return fail('password longer than 255 bytes (SOCKS5 cannot carry it)');
   kept.push(`${user}:${await hashPassword(password, cost)}`);

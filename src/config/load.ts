@@ -18,11 +18,15 @@ export class ConfigError extends Error {
 /** Validates and fills in defaults; throws ConfigError. The result is frozen. */
 export function validateConfig(input: unknown): Config {
   const result = configSchema.safeParse(input ?? {});
-  if (!result.success) throw new ConfigError(result.error.issues.map(describeIssue));
+  if (!result.success) throw new ConfigError(result.error.issues.flatMap((i) => describeIssue(i).split('\n')));
   return deepFreeze(result.data);
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') {
+    // One line per unknown key, with the key in the path like any other problem.
+    return issue.keys.map((key) => `${formatPath([...issue.path, key])}: unknown key`).join('\n');
+  }
   const path = formatPath(issue.path);
   return path ? `${path}: ${issue.message}` : issue.message;
 }

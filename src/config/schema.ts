@@ -103,21 +103,29 @@ export const configSchema = z
     limits: limitsSchema.prefault({}),
     log: logSchema.prefault({}),
   })
-  .superRefine((config, ctx) => {
-    if (config.auth.methods.includes('userpass') && config.auth.users.length === 0 && !config.auth.usersFile) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'methods'], message: 'userpass needs auth.users or auth.usersFile' });
+  // Cross-field rules run even when a field is invalid, so one --check lists
+  // every problem; the value may then be partly unparsed, hence the guards.
+  .superRefine((config, ctx) => crossFieldChecks(config as Partial<Config>, ctx), { when: () => true });
+
+function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx): void {
+  const methods = Array.isArray(config.auth?.methods) ? config.auth.methods : [];
+  const users = Array.isArray(config.auth?.users) ? config.auth.users : [];
+  if (methods.includes('userpass') && users.length === 0 && !config.auth?.usersFile) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'methods'], message: 'userpass needs auth.users or auth.usersFile' });
+  }
+  const open = methods.includes('none') && !config.clients?.allow;
+  const listeners = Array.isArray(config.listen) ? config.listen : [];
+  listeners.forEach((listener, i) => {
+    const address = (listener as { address?: unknown } | undefined)?.address;
+    if (open && typeof address === 'string' && isIP(address) !== 0 && !isLoopback(address)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['listen', i, 'address'],
+        message: `${address} is not loopback and auth allows "none": set clients.allow or require userpass (refusing to run an open proxy)`,
+      });
     }
-    const open = config.auth.methods.includes('none') && !config.clients.allow;
-    config.listen.forEach((listener, i) => {
-      if (open && !isLoopback(listener.address)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['listen', i, 'address'],
-          message: `${listener.address} is not loopback and auth allows "none": set clients.allow or require userpass (refusing to run an open proxy)`,
-        });
-      }
-    });
   });
+}
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;

@@ -130,7 +130,7 @@ export function writeAddress(buf: Buffer, at: number, d: Destination): number {
 /** Writes a dotted IPv4 string as 4 bytes. */
 export function writeIPv4(buf: Uint8Array, at: number, host: string): void {
   const parts = host.split('.');
-  if (parts.length !== 4) throw new SocksError('ERR_MALFORMED', `not an IPv4 address: ${host}`);
+  if (parts.length !== 4 || isIP(host) !== 4) throw new SocksError('ERR_MALFORMED', `not an IPv4 address: ${host}`);
   for (let i = 0; i < 4; i++) buf[at + i] = Number(parts[i]);
 }
 

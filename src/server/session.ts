@@ -172,12 +172,12 @@ export class Session {
     }
     if (version === 4) {
       this.#version = 4;
-      this.#authMethod = 'none';
       if (!this.#ctx.socks4) {
         this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', 'SOCKS4 is disabled on this listener', Socks4Reply.REJECTED);
       } else if (!this.#ctx.methods.includes('none')) {
         this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', 'SOCKS4 refused: this listener requires authentication', Socks4Reply.REJECTED);
       } else {
+        this.#authMethod = 'none';
         this.#phase = 'socks4';
         return true;
       }

@@ -1,0 +1,300 @@
+/**
+ * `socksgate --check`, configuration errors, users-file errors and
+ * `socksgate schema`, run as a child process against the compiled CLI.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
+import { Daemon, lines, runCli, tempDir } from './helpers.js';
+
+const CONFIG_PROBLEM = /^socksgate: config: /;
+
+describe('socksgate --check', () => {
+  let dir: ReturnType<typeof tempDir>;
+  const write = (name: string, text: string): string => {
+    const path = dir.file(name);
+    writeFileSync(path, text);
+    return path;
+  };
+
+  before(() => {
+    dir = tempDir();
+  });
+  after(() => dir.remove());
+
+  it('accepts a valid YAML file: exit 0, nothing on stderr', async () => {
+    const file = write(
+      'valid.yaml',
+      [
+        'listen:',
+        '  - address: 127.0.0.1',
+        '    port: 1081',
+        '    socks4: true',
+        'auth:',
+        '  methods: [userpass]',
+        '  users:',
+        '    - name: alice',
+        '      password: wonderland',
+        'clients:',
+        '  allow: [127.0.0.0/8, "::1"]',
+        'timeouts:',
+        '  handshake: 5s',
+        '  connect: 500ms',
+        '  idle: 1h',
+        '  shutdownGrace: 2000',
+        'log:',
+        '  level: warn',
+        '  format: json',
+        '',
+      ].join('\n'),
+    );
+    const r = await runCli(['--check', '--config', file]);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+    assert.match(r.stdout.toString(), /configuration is valid/);
+  });
+
+  it('reports a port out of range with its key path', async () => {
+    const file = write('port.yaml', 'listen:\n  - address: 127.0.0.1\n    port: 70000\n');
+    const r = await runCli(['--check', '-c', file]);
+    assert.notEqual(r.code, 0);
+    assert.equal(r.stdout.toString(), '');
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, CONFIG_PROBLEM);
+    assert.match(problems[0]!, /listen\[0\]\.port: /);
+    assert.match(problems[0]!, /65535/);
+  });
+
+  it('reports a malformed duration with its key path', async () => {
+    const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
+    const r = await runCli(['--check', '-c', file]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, /timeouts\.handshake: .*"ten".*not a duration/);
+  });
+
+  it('reports an unknown key, naming it', async () => {
+    const top = await runCli(['--check', '-c', write('unknown.yaml', 'listen:\n  - port: 1081\nbogus: 1\n')]);
+    assert.notEqual(top.code, 0);
+    assert.equal(lines(top.stderr).length, 1, top.stderr);
+    assert.match(top.stderr, /config: bogus: unknown key/);
+    const nested = await runCli(['--check', '-c', write('unknown2.yaml', 'timeouts:\n  handshak: 5s\n')]);
+    assert.notEqual(nested.code, 0);
+    assert.equal(lines(nested.stderr).length, 1, nested.stderr);
+    assert.match(nested.stderr, /config: timeouts\.handshak: unknown key/);
+  });
+
+  it('reports userpass without any users at auth.methods', async () => {
+    const r = await runCli(['--check', '-c', write('nousers.yaml', 'auth:\n  methods: [userpass]\n')]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, /auth\.methods: userpass needs auth\.users or auth\.usersFile/);
+  });
+
+  it('reports every problem of a file with several, each on its own line with its key path', async () => {
+    const file = write(
+      'bad.yaml',
+      [
+        'listen:',
+        '  - address: 127.0.0.1',
+        '    port: 70000',
+        'timeouts:',
+        '  handshake: ten',
+        'bogus: 1',
+        'auth:',
+        '  methods: [userpass]',
+        '',
+      ].join('\n'),
+    );
+    const r = await runCli(['--check', '--config', file]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    for (const line of problems) assert.match(line, CONFIG_PROBLEM);
+    assert.ok(problems.some((l) => /listen\[0\]\.port: /.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /timeouts\.handshake: /.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /bogus: unknown key/.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /auth\.methods: /.test(l)), r.stderr);
+    assert.equal(problems.length, 4, r.stderr);
+  });
+
+  it('reports the field errors of a file with several, each on its own line', async () => {
+    const file = write(
+      'bad3.yaml',
+      ['listen:', '  - address: 127.0.0.1', '    port: 70000', 'timeouts:', '  handshake: ten', 'bogus: 1', ''].join('\n'),
+    );
+    const r = await runCli(['--check', '--config', file]);
+    assert.equal(r.code, 2);
+    const problems = lines(r.stderr);
+    assert.ok(problems.length >= 3, r.stderr);
+    for (const line of problems) assert.match(line, CONFIG_PROBLEM);
+    assert.ok(problems.some((l) => /listen\[0\]\.port: /.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /timeouts\.handshake: /.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /bogus: unknown key/.test(l)), r.stderr);
+  });
+
+  it('reports a YAML syntax error in one line naming the file and the position', async () => {
+    const file = write('syntax.yaml', 'listen: [\n  - address: 127.0.0.1\n');
+    const r = await runCli(['--check', '-c', file]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, CONFIG_PROBLEM);
+    assert.ok(problems[0]!.includes(file), problems[0]);
+    assert.match(problems[0]!, /line \d+/);
+  });
+
+  it('reports a missing config file in one line', async () => {
+    const missing = dir.file('does-not-exist.yaml');
+    const r = await runCli(['--check', '--config', missing]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.ok(problems[0]!.includes(missing), problems[0]);
+    assert.match(problems[0]!, /ENOENT/);
+  });
+
+  it('refuses an open proxy: a public listener without auth and without --allow', async () => {
+    const r = await runCli(['--check', '--listen', '0.0.0.0:1080']);
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stdout.toString(), /valid/);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, /listen\[0\]\.address: /);
+    assert.match(problems[0]!, /open proxy/);
+  });
+
+  it('refuses an open proxy from a config file too', async () => {
+    const r = await runCli(['--check', '-c', write('open.yaml', 'listen:\n  - address: "::"\n    port: 1080\n')]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /listen\[0\]\.address: .*open proxy/);
+  });
+
+  it('allows a public listener with --allow', async () => {
+    const r = await runCli(['--check', '--listen', '0.0.0.0:1080', '--allow', '10.0.0.0/8']);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+  });
+
+  it('allows a public listener with --user (auth becomes required)', async () => {
+    const r = await runCli(['--check', '--listen', '0.0.0.0:1080', '--user', 'a:b']);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+  });
+
+  it('still refuses a public listener when --user is combined with --auth userpass,none', async () => {
+    const r = await runCli(['--check', '--listen', '0.0.0.0:1080', '--user', 'a:b', '--auth', 'userpass,none']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /open proxy/);
+  });
+
+  it('rejects a malformed --allow network', async () => {
+    const r = await runCli(['--check', '--listen', '0.0.0.0:1080', '--allow', '10.0.0.0/33']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /clients\.allow\[0\]: /);
+  });
+
+  it('lets flags override file values (bad file values fixed by flags)', async () => {
+    const file = write('override.yaml', 'listen:\n  - address: 127.0.0.1\n    port: 70000\ntimeouts:\n  handshake: ten\n');
+    const without = await runCli(['--check', '-c', file]);
+    assert.notEqual(without.code, 0);
+    const r = await runCli(['--check', '-c', file, '--listen', '127.0.0.1:1081', '--handshake-timeout', '5s']);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+  });
+
+  it('lets flags override file values (bad flag values over a good file are reported)', async () => {
+    const file = write('override2.yaml', 'timeouts:\n  handshake: 5s\n  idle: 1h\nlog:\n  level: info\n');
+    const r = await runCli(['--check', '-c', file, '--handshake-timeout', 'soon', '--log-level', 'loud']);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 2, r.stderr);
+    assert.ok(problems.some((l) => /timeouts\.handshake: .*"soon"/.test(l)), r.stderr);
+    assert.ok(problems.some((l) => /log\.level: /.test(l)), r.stderr);
+  });
+
+  it('lets --listen override the file: the daemon listens where the flag says', async () => {
+    // The file names a port that is taken; the flag's port 0 must win.
+    const blocker = createNetServer();
+    blocker.listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const taken = (blocker.address() as AddressInfo).port;
+    const file = write('listen.yaml', `listen:\n  - address: 127.0.0.1\n    port: ${taken}\nlog:\n  format: json\n`);
+    const daemon = new Daemon(['-c', file, '--listen', '127.0.0.1:0', '--log-format', 'json']);
+    try {
+      const port = await daemon.port();
+      assert.notEqual(port, taken);
+      assert.equal(daemon.logs.filter((l) => l.event === 'listening').length, 1);
+      daemon.signal('SIGTERM');
+      const exit = await daemon.waitExit();
+      assert.equal(exit.code, 0, daemon.describe());
+    } finally {
+      await daemon.kill();
+      await new Promise<void>((resolve) => blocker.close(() => resolve()));
+    }
+  });
+
+  it('reports an unreadable users file in one clear line', async () => {
+    const r = await runCli(['--check', '--users-file', '/nonexistent']);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, /^socksgate: /);
+    assert.match(problems[0]!, /\/nonexistent/);
+    assert.match(problems[0]!, /ENOENT/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /); // no stack trace
+  });
+
+  it('reports an unreadable users file when starting the daemon too, without listening', async () => {
+    const r = await runCli(['--users-file', '/nonexistent', '--listen', '127.0.0.1:0', '--log-format', 'json']);
+    assert.notEqual(r.code, 0);
+    assert.equal(lines(r.stderr).length, 1, r.stderr);
+    assert.match(r.stderr, /\/nonexistent/);
+    assert.doesNotMatch(r.stdout.toString(), /listening/);
+  });
+
+  it('reports a users file with a bad line in one line naming file and line number', async () => {
+    const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    const file = write('users.txt', `# users\nalice:${hash}\n\nbob:not-a-hash\n`);
+    const r = await runCli(['--check', '--users-file', file]);
+    assert.notEqual(r.code, 0);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.ok(problems[0]!.includes(`${file}:4`), problems[0]);
+    assert.match(problems[0]!, /name:bcrypt-hash/);
+    assert.doesNotMatch(r.stderr, /not-a-hash/); // the secret column is not echoed
+  });
+
+  it('accepts a well-formed users file', async () => {
+    const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    const file = write('users-ok.txt', `# users\nalice:${hash}\n`);
+    const r = await runCli(['--check', '--users-file', file]);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+  });
+
+  it('rejects an unknown flag with usage and exit 2', async () => {
+    const r = await runCli(['--check', '--no-such-flag']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /no-such-flag/);
+    assert.match(r.stderr, /Usage: socksgate/);
+  });
+});
+
+describe('socksgate schema', () => {
+  it('prints a JSON Schema that parses and describes "listen"', async () => {
+    const r = await runCli(['schema']);
+    assert.equal(r.code, 0);
+    assert.equal(r.stderr, '');
+    const text = r.stdout.toString();
+    assert.match(text, /"listen"/);
+    const schema = JSON.parse(text) as { type?: string; properties?: Record<string, unknown> };
+    assert.equal(schema.type, 'object');
+    assert.ok(schema.properties && 'listen' in schema.properties, 'properties.listen');
+    for (const key of ['auth', 'clients', 'timeouts', 'log']) assert.ok(key in schema.properties, key);
+  });
+});

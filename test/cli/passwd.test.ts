@@ -1,0 +1,196 @@
+/**
+ * `socksgate passwd FILE USER`: the password from stdin (not a terminal), the
+ * file it writes, and that file used by the daemon for SOCKS5 userpass.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import bcrypt from 'bcryptjs';
+import { startEchoServer, type Fixture } from '../helpers/server.js';
+import { closed, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
+
+const BCRYPT_LINE = /^([^:\s]+):(\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53})$/;
+
+function setPassword(file: string, user: string, password: string, ...extra: string[]) {
+  return runCli(['passwd', file, user, '--cost', '4', ...extra], { input: `${password}\n` });
+}
+
+/** name → hash, checking that every line is a `name:bcrypt` line. */
+function readUsers(file: string): Map<string, string> {
+  const users = new Map<string, string>();
+  for (const line of lines(readFileSync(file, 'utf8'))) {
+    const m = BCRYPT_LINE.exec(line);
+    assert.ok(m, `not a name:bcrypt line: ${JSON.stringify(line)}`);
+    assert.ok(!users.has(m[1]!), `user ${m[1]} appears twice`);
+    users.set(m[1]!, m[2]!);
+  }
+  return users;
+}
+
+describe('socksgate passwd', () => {
+  let dir: ReturnType<typeof tempDir>;
+  before(() => {
+    dir = tempDir();
+  });
+  after(() => dir.remove());
+
+  it('writes a USER:$2… bcrypt line from the password on stdin', async () => {
+    const file = dir.file('create.users');
+    const r = await setPassword(file, 'alice', 'correct horse');
+    assert.equal(r.code, 0, r.stderr);
+    const text = readFileSync(file, 'utf8');
+    assert.match(text, /^alice:\$2[abxy]\$04\$/);
+    const users = readUsers(file);
+    assert.deepEqual([...users.keys()], ['alice']);
+    assert.ok(bcrypt.compareSync('correct horse', users.get('alice')!), 'the hash verifies the password');
+    assert.ok(!text.includes('correct horse'), 'the password is not in the file');
+    assert.ok(!r.stdout.toString().includes('correct horse') && !r.stderr.includes('correct horse'));
+  });
+
+  it('creates the file readable by its owner only', { skip: process.platform === 'win32' }, async () => {
+    const file = dir.file('mode.users');
+    const r = await setPassword(file, 'alice', 'pw');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(statSync(file).mode & 0o077, 0, `mode ${(statSync(file).mode & 0o777).toString(8)}`);
+  });
+
+  it('replaces the line of an existing user, adds a second user, and --delete removes one', async () => {
+    const file = dir.file('edit.users');
+    assert.equal((await setPassword(file, 'alice', 'first-secret')).code, 0);
+    const firstHash = readUsers(file).get('alice')!;
+
+    const again = await setPassword(file, 'alice', 'second-secret');
+    assert.equal(again.code, 0, again.stderr);
+    let users = readUsers(file);
+    assert.deepEqual([...users.keys()], ['alice'], 'one line for alice');
+    assert.notEqual(users.get('alice'), firstHash);
+    assert.ok(bcrypt.compareSync('second-secret', users.get('alice')!));
+    assert.ok(!bcrypt.compareSync('first-secret', users.get('alice')!));
+
+    const bob = await setPassword(file, 'bob', 'bobs-secret');
+    assert.equal(bob.code, 0, bob.stderr);
+    users = readUsers(file);
+    assert.deepEqual([...users.keys()].sort(), ['alice', 'bob']);
+    assert.ok(bcrypt.compareSync('second-secret', users.get('alice')!), 'alice untouched by adding bob');
+    assert.ok(bcrypt.compareSync('bobs-secret', users.get('bob')!));
+
+    const del = await runCli(['passwd', file, 'alice', '--delete']);
+    assert.equal(del.code, 0, del.stderr);
+    users = readUsers(file);
+    assert.deepEqual([...users.keys()], ['bob']);
+    assert.ok(bcrypt.compareSync('bobs-secret', users.get('bob')!));
+
+    const text = readFileSync(file, 'utf8');
+    for (const secret of ['first-secret', 'second-secret', 'bobs-secret']) assert.ok(!text.includes(secret), secret);
+    // No temporary files left behind next to it.
+    assert.deepEqual(readdirSync(dir.path).filter((n) => n.startsWith('edit.users')), ['edit.users']);
+  });
+
+  it('does not confuse a user with another whose name starts the same', async () => {
+    const file = dir.file('prefix.users');
+    assert.equal((await setPassword(file, 'al', 'pw-al')).code, 0);
+    assert.equal((await setPassword(file, 'alice', 'pw-alice')).code, 0);
+    assert.equal((await runCli(['passwd', file, 'al', '--delete'])).code, 0);
+    assert.deepEqual([...readUsers(file).keys()], ['alice']);
+  });
+
+  it('--delete of a user that is not there fails and leaves the file alone', async () => {
+    const file = dir.file('missing-user.users');
+    assert.equal((await setPassword(file, 'alice', 'pw')).code, 0);
+    const before = readFileSync(file, 'utf8');
+    const r = await runCli(['passwd', file, 'nobody', '--delete']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /nobody/);
+    assert.equal(readFileSync(file, 'utf8'), before);
+  });
+
+  it('refuses an empty password and writes nothing', async () => {
+    const file = dir.file('empty.users');
+    const r = await runCli(['passwd', file, 'alice', '--cost', '4'], { input: '' });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /empty password/);
+    assert.equal(existsSync(file), false);
+  });
+
+  it('refuses to rewrite a users file with a malformed line', async () => {
+    const file = dir.file('malformed.users');
+    writeFileSync(file, 'garbage line\n');
+    const r = await setPassword(file, 'alice', 'pw');
+    assert.notEqual(r.code, 0);
+    assert.ok(r.stderr.includes(`${file}:1`), r.stderr);
+    assert.equal(readFileSync(file, 'utf8'), 'garbage line\n');
+  });
+
+  it('rejects a bad --cost and a user name with a colon', async () => {
+    const file = dir.file('bad-args.users');
+    const cost = await runCli(['passwd', file, 'alice', '--cost', '3'], { input: 'pw\n' });
+    assert.notEqual(cost.code, 0);
+    assert.match(cost.stderr, /--cost/);
+    const colon = await runCli(['passwd', file, 'a:b', '--cost', '4'], { input: 'pw\n' });
+    assert.notEqual(colon.code, 0);
+    assert.match(colon.stderr, /":"/);
+    assert.equal(existsSync(file), false);
+  });
+});
+
+describe('a users file written by socksgate passwd, used by the daemon', () => {
+  let dir: ReturnType<typeof tempDir>;
+  let echoServer: Fixture;
+  let file: string;
+
+  before(async () => {
+    dir = tempDir();
+    echoServer = await startEchoServer();
+    file = dir.file('daemon.users');
+    for (const [user, password] of [['alice', 'alice-pw'], ['bob', 'bob-pw'], ['carol', 'carol-pw']] as const) {
+      const r = await setPassword(file, user, password);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const del = await runCli(['passwd', file, 'carol', '--delete']);
+    assert.equal(del.code, 0, del.stderr);
+  });
+  after(async () => {
+    await echoServer?.close();
+    dir?.remove();
+  });
+
+  it('authenticates its users, refuses a wrong password, a deleted user, and no credentials', async () => {
+    const { daemon, port } = await startDaemon(['--users-file', file, '--listen', '127.0.0.1:0', '--log-format', 'json']);
+    try {
+      for (const [user, password] of [['alice', 'alice-pw'], ['bob', 'bob-pw']] as const) {
+        const socket = await socksConnect(port, echoServer.port, { user, password });
+        assert.equal(await echo(socket, `hello ${user}`), `hello ${user}`);
+        socket.end();
+        await closed(socket);
+      }
+
+      await assert.rejects(socksConnect(port, echoServer.port, { user: 'alice', password: 'bob-pw' }), 'wrong password');
+      await assert.rejects(socksConnect(port, echoServer.port, { user: 'carol', password: 'carol-pw' }), 'deleted user');
+      await assert.rejects(socksConnect(port, echoServer.port), 'no credentials');
+
+      const refused = await daemon.waitFor(
+        (l) => l.event === 'session' && l.reason === 'auth-failed' && l.user === 'alice',
+        'the auth-failed line for alice',
+      );
+      assert.equal(refused.level, 40, 'refusals are warnings');
+      await daemon.waitFor((l) => l.event === 'session' && l.reason === 'auth-failed' && l.user === 'carol', 'carol refused');
+      await daemon.waitFor((l) => l.event === 'session' && l.reason === 'no-acceptable-method', 'no-auth refused');
+      for (const user of ['alice', 'bob']) {
+        const ok = await daemon.waitFor(
+          (l) => l.event === 'session' && l.user === user && l.reason !== 'auth-failed',
+          `${user}'s access line`,
+        );
+        assert.equal(ok.authMethod, 'userpass');
+        assert.equal(ok.reply, 0);
+      }
+
+      daemon.signal('SIGTERM');
+      const exit = await daemon.waitExit();
+      assert.equal(exit.code, 0, daemon.describe());
+      const output = daemon.stdoutLines.join('\n') + daemon.stderr;
+      for (const secret of ['alice-pw', 'bob-pw', 'carol-pw']) assert.ok(!output.includes(secret), `${secret} in the logs`);
+    } finally {
+      await daemon.kill();
+    }
+  });
+});

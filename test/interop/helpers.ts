@@ -1,0 +1,110 @@
+/**
+ * Small helpers shared by the interop tests (curl, ncat, the npm `socks`
+ * client). They add nothing to the proxy; they only spawn clients with a
+ * clean environment and pick a session's record out of the proxy's list.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { SessionRecord } from '../../src/index.js';
+import { type RunResult, run } from '../helpers/run.js';
+import type { RunningProxy } from '../helpers/server.js';
+
+/** The user every userpass test configures. */
+export const ALICE = { name: 'alice', password: 's3cret' } as const;
+
+/** Server options requiring username/password with ALICE as the only user. */
+export const USERPASS_ONLY = { methods: ['userpass' as const], users: [{ ...ALICE }] };
+
+/** Upper bound for one client run; a hang fails the test instead of blocking the run. */
+export const CLIENT_TIMEOUT_MS = 15_000;
+
+/** Guard for node:test so a hung client or proxy fails instead of stalling the suite. */
+export const TEST_TIMEOUT_MS = 30_000;
+
+/**
+ * The environment without any *_proxy variable, so neither curl nor anything
+ * else takes a proxy (or a proxy exception such as NO_PROXY=localhost) from
+ * the machine running the tests.
+ */
+export function cleanEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!/_proxy$/i.test(key)) env[key] = value;
+  }
+  return env;
+}
+
+/**
+ * Runs curl with the given arguments. `-q` (no .curlrc) must come first;
+ * `--noproxy ''` disables NO_PROXY exceptions that would bypass the proxy.
+ */
+export function curl(args: readonly string[]): Promise<RunResult> {
+  return run('curl', ['-q', '-sS', '--max-time', '10', '--noproxy', '', ...args], {
+    env: cleanEnv(),
+    timeoutMs: CLIENT_TIMEOUT_MS,
+  });
+}
+
+/** Runs ncat with `input` on stdin; stdin is closed after it, which ends the echo. */
+export function ncat(args: readonly string[], input: string | Buffer): Promise<RunResult> {
+  return run('ncat', args, { input, env: cleanEnv(), timeoutMs: CLIENT_TIMEOUT_MS });
+}
+
+/** Matches the record of the session whose requested destination has this port. */
+export function forPort(port: number): (r: SessionRecord) => boolean {
+  return (r) => r.requested !== null && r.requested.endsWith(`:${port}`);
+}
+
+/**
+ * Records closed from now on only: call before starting a client, then await
+ * the returned function. A port reused by a later fixture, or a record left
+ * by an earlier test on the same proxy, cannot be mistaken for this one.
+ */
+export function recordsFrom(proxy: RunningProxy): (match?: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
+  const start = proxy.records.length;
+  return (match = () => true) => proxy.record((r) => proxy.records.indexOf(r) >= start && match(r));
+}
+
+/** A payload that no single chunk or short buffer could fake: random bytes. */
+export function payload(size: number): Buffer {
+  return randomBytes(size);
+}
+
+/**
+ * Writes `data` to the socket, ends its write side, and resolves with every
+ * byte read until the far end closes (the echo fixture ends when we end).
+ */
+export function roundTrip(socket: Socket, data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.once('error', reject);
+    socket.once('end', () => resolve(Buffer.concat(chunks)));
+    socket.end(data);
+  });
+}
+
+/** The SOCKS4 reply codes, as the record reports them. */
+export const SOCKS4_GRANTED = 0x5a;
+export const SOCKS4_REJECTED = 0x5b;
+
+/** The fields of a record a test can know in advance (no ids, ports of the client, times or byte counts). */
+export type RecordFields = Pick<
+  SessionRecord,
+  'version' | 'authMethod' | 'user' | 'command' | 'requested' | 'connected' | 'reply' | 'reason' | 'error'
+>;
+
+/** Picks the predictable fields, for one deepStrictEqual that names every difference. */
+export function fields(r: SessionRecord): RecordFields {
+  return {
+    version: r.version,
+    authMethod: r.authMethod,
+    user: r.user,
+    command: r.command,
+    requested: r.requested,
+    connected: r.connected,
+    reply: r.reply,
+    reason: r.reason,
+    error: r.error,
+  };
+}

@@ -1,0 +1,152 @@
+/** Method negotiation and RFC 1929 username/password, byte by byte. */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import bcrypt from 'bcryptjs';
+import { UserStore, UsersFileError, createServer, parseUsersFile } from '../../src/index.js';
+import { RawClient, connectRequest, hex } from '../helpers/raw.js';
+import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
+
+function credentials(user: string, pass: string): Buffer {
+  return Buffer.concat([Buffer.from([1, user.length]), Buffer.from(user), Buffer.from([pass.length]), Buffer.from(pass)]);
+}
+
+describe('username/password', () => {
+  let proxy: RunningProxy;
+  let echo: Fixture;
+  before(async () => {
+    echo = await startEchoServer();
+    proxy = await startProxy({
+      auth: { methods: ['userpass'], users: [{ name: 'alice', password: 's3cret' }, { name: 'bob', password: bcrypt.hashSync('hunter2', 4) }] },
+    });
+  });
+  after(async () => {
+    await proxy.close();
+    await echo.close();
+  });
+
+  test('a wrong password gets status 0x01, then the server closes', async () => {
+    const client = await RawClient.connect(proxy.port);
+    client.write('05 01 02');
+    assert.deepEqual(await client.read(2), hex('05 02'));
+    client.write(credentials('alice', 'not-her-pass'));
+    assert.deepEqual(await client.read(2), hex('01 01'));
+    assert.equal(await client.ended, 'end');
+    const record = await proxy.record((r) => r.clientPort === client.localPort);
+    assert.equal(record.reason, 'auth-failed');
+    assert.equal(record.user, 'alice');
+    assert.match(record.error ?? '', /alice/);
+    assert.doesNotMatch(JSON.stringify(record), /not-her-pass/, 'the password never reaches the record');
+  });
+
+  test('an unknown user is refused the same way', async () => {
+    const client = await RawClient.connect(proxy.port);
+    client.write('05 01 02');
+    await client.read(2);
+    client.write(credentials('mallory', 's3cret'));
+    assert.deepEqual(await client.read(2), hex('01 01'));
+    assert.equal(await client.ended, 'end');
+  });
+
+  for (const [user, pass] of [['alice', 's3cret'], ['bob', 'hunter2']] as const) {
+    test(`${user} (${user === 'bob' ? 'bcrypt hash' : 'plain'} password) connects; greeting, credentials and request pipelined in one write`, async () => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 02 00 02'), credentials(user, pass), connectRequest('127.0.0.1', echo.port), Buffer.from('ping')]));
+      assert.deepEqual(await client.read(2), hex('05 02'), 'userpass chosen over none: the server does not accept none');
+      assert.deepEqual(await client.read(2), hex('01 00'));
+      assert.equal((await client.read(10))[1], 0x00);
+      assert.equal((await client.read(4)).toString(), 'ping');
+      client.socket.end();
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.user, user);
+      assert.equal(record.authMethod, 'userpass');
+      assert.equal(record.bytesUp, 4);
+      assert.equal(record.bytesDown, 4);
+    });
+  }
+
+  test('a client offering only no-auth gets 0xFF, then the server closes', async () => {
+    const client = await RawClient.connect(proxy.port);
+    client.write('05 01 00');
+    assert.deepEqual(await client.read(2), hex('05 ff'));
+    assert.equal(await client.ended, 'end');
+    const record = await proxy.record((r) => r.clientPort === client.localPort);
+    assert.equal(record.reason, 'no-acceptable-method');
+    assert.match(record.error ?? '', /0x00/);
+  });
+});
+
+describe('method preference', () => {
+  test('with methods [userpass, none], a client offering both is asked for credentials', async () => {
+    const proxy = await startProxy({ auth: { methods: ['userpass', 'none'], users: [{ name: 'a', password: 'b' }] } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write('05 02 00 02');
+      assert.deepEqual(await client.read(2), hex('05 02'));
+      client.destroy();
+      const other = await RawClient.connect(proxy.port);
+      other.write('05 01 00');
+      assert.deepEqual(await other.read(2), hex('05 00'), 'a client without credentials may still use none');
+      other.destroy();
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test('a no-auth server refuses a client that offers only userpass', async () => {
+    const proxy = await startProxy();
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write('05 01 02');
+      assert.deepEqual(await client.read(2), hex('05 ff'));
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+describe('users file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'socksgate-users-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('parses name:hash lines, skipping comments and blanks; $2y$ hashes verify', async () => {
+    const hash = bcrypt.hashSync('pw', 4).replace(/^\$2[ab]\$/, '$2y$');
+    const users = parseUsersFile(`# staff\n\ncarol:${hash}\n`);
+    assert.deepEqual([...users.keys()], ['carol']);
+    const store = new UserStore(users);
+    assert.equal(await store.verify('carol', 'pw'), true);
+    assert.equal(await store.verify('carol', 'pw'), true, 'second check (cached) agrees');
+    assert.equal(await store.verify('carol', 'PW'), false);
+    assert.equal(await store.verify('dave', 'pw'), false);
+  });
+
+  test('a malformed line names the file and line', () => {
+    assert.throws(() => parseUsersFile('ok:$2b$04$abcdefghijklmnopqrstuuOm1kq1CtQMbLQ3e4YaJxXqR8OiSvK/6\nbroken line\n', 'users.txt'), /users.txt:2/);
+  });
+
+  test('an unreadable users file fails createServer with UsersFileError', () => {
+    const missing = join(dir, 'missing');
+    assert.throws(
+      () => createServer({ auth: { methods: ['userpass'], usersFile: missing } }),
+      (err: unknown) => err instanceof UsersFileError && err.message.includes(missing) && err.message.includes('ENOENT'),
+    );
+  });
+
+  test('a users file serves authentication', async () => {
+    const file = join(dir, 'users');
+    writeFileSync(file, `erin:${bcrypt.hashSync('letmein', 4)}\n`);
+    const proxy = await startProxy({ auth: { methods: ['userpass'], usersFile: file } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write('05 01 02');
+      await client.read(2);
+      client.write(credentials('erin', 'letmein'));
+      assert.deepEqual(await client.read(2), hex('01 00'));
+      client.destroy();
+    } finally {
+      await proxy.close();
+    }
+  });
+});
