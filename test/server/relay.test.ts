@@ -1,0 +1,184 @@
+/**
+ * The relay: bytes arrive whole and in order both ways at once, half-close
+ * works in both directions, an idle session is closed, and payload that a
+ * client sends together with its request reaches the destination.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { type Socket, connect } from 'node:net';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+import { SocksClient } from 'socks';
+import { RawClient, connectRequest, hex } from '../helpers/raw.js';
+import { type Fixture, type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
+
+const MB = 1024 * 1024;
+
+async function socks5(proxy: RunningProxy, port: number): Promise<Socket> {
+  // The socks client re-emits bytes that came with the reply on the next
+  // turn of the event loop: callers must attach their 'data' listener at once.
+  const { socket } = await SocksClient.createConnection({
+    proxy: { host: '127.0.0.1', port: proxy.port, type: 5 },
+    command: 'connect',
+    destination: { host: '127.0.0.1', port },
+  });
+  return socket;
+}
+
+/** Writes `total` random bytes with backpressure, then ends; resolves with their sha256. */
+async function sendRandom(socket: Socket, total: number): Promise<string> {
+  const hash = createHash('sha256');
+  const chunk = randomBytes(MB); // varied per chunk by its first bytes below
+  for (let sent = 0, n = 0; sent < total; sent += chunk.length, n++) {
+    chunk.writeUInt32BE(n, 0);
+    const piece = Buffer.from(chunk.subarray(0, Math.min(chunk.length, total - sent)));
+    hash.update(piece);
+    if (!socket.write(piece)) await new Promise((resolve) => socket.once('drain', resolve));
+  }
+  socket.end();
+  return hash.digest('hex');
+}
+
+/** Reads until the peer ends; resolves with the byte count and sha256. */
+function receiveAll(socket: Socket): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    socket.on('data', (c: Buffer) => {
+      bytes += c.length;
+      hash.update(c);
+    });
+    socket.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
+    socket.once('error', reject);
+  });
+}
+
+describe('relay', () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
+  });
+  after(() => proxy.close());
+
+  test('256 MB up and 256 MB down at the same time, sha256 equal at both ends', async () => {
+    const size = Number(process.env.RELAY_TEST_MB ?? 256) * MB;
+    let onTarget: (ends: { atTarget: Promise<{ bytes: number; sha256: string }>; fromTarget: Promise<string> }) => void = () => {};
+    const targetSide = new Promise<Parameters<typeof onTarget>[0]>((resolve) => { onTarget = resolve; });
+    const fixture = await startTcpServer((socket) => onTarget({ atTarget: receiveAll(socket), fromTarget: sendRandom(socket, size) }));
+    try {
+      const client = await socks5(proxy, fixture.port);
+      const clientPort = client.localPort;
+      // Listen at once: the destination is already sending.
+      const down = receiveAll(client);
+      const up = sendRandom(client, size);
+      const { atTarget, fromTarget } = await targetSide;
+      const [sentUp, receivedDown] = await Promise.all([up, down]);
+      const [uploaded, sentDown] = await Promise.all([atTarget, fromTarget]);
+      assert.equal(uploaded.bytes, size);
+      assert.equal(uploaded.sha256, sentUp);
+      assert.equal(receivedDown.bytes, size);
+      assert.equal(receivedDown.sha256, sentDown);
+      const record = await proxy.record((r) => r.clientPort === clientPort);
+      assert.equal(record.bytesUp, size);
+      assert.equal(record.bytesDown, size);
+    } finally {
+      await fixture.close();
+    }
+  });
+
+  test('half-close: the client shuts its write side and still gets the whole response', async () => {
+    const response = randomBytes(4 * MB);
+    const target = await startTcpServer((socket) => {
+      const request: Buffer[] = [];
+      socket.on('data', (c: Buffer) => request.push(c));
+      socket.on('end', () => {
+        // Answer only after the client's FIN: the response depends on the whole request.
+        socket.write(Buffer.from(`${Buffer.concat(request).length}\n`));
+        socket.end(response);
+      });
+    });
+    try {
+      const client = await socks5(proxy, target.port);
+      const clientPort = client.localPort;
+      const received = receiveAll(client);
+      client.end('the whole request');
+      const { bytes, sha256 } = await received;
+      const expected = Buffer.concat([Buffer.from('17\n'), response]);
+      assert.equal(bytes, expected.length);
+      assert.equal(sha256, createHash('sha256').update(expected).digest('hex'));
+      const record = await proxy.record((r) => r.clientPort === clientPort);
+      assert.equal(record.reason, 'client-closed');
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('half-close the other way: the destination ends first and still receives the client\'s data', async () => {
+    let received: Promise<{ bytes: number; sha256: string }> = Promise.reject(new Error('none'));
+    received.catch(() => {});
+    const target = await startTcpServer((socket) => {
+      received = receiveAll(socket);
+      socket.end('bye');
+    });
+    try {
+      // A client that keeps its write side open after the peer's FIN (the npm
+      // socks client's socket would close it at once).
+      const client = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+      await once(client, 'connect');
+      const clientPort = client.localPort;
+      const down = receiveAll(client); // the destination's FIN arrives first
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      assert.equal((await down).bytes, 2 + 10 + 3);
+      const payload = randomBytes(MB);
+      client.end(payload);
+      const up = await received;
+      assert.equal(up.bytes, payload.length);
+      assert.equal(up.sha256, createHash('sha256').update(payload).digest('hex'));
+      const record = await proxy.record((r) => r.clientPort === clientPort);
+      assert.equal(record.reason, 'destination-closed');
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('payload sent in the same write as a SOCKS4 request reaches the destination first', async () => {
+    let firstBytes: Promise<string> = Promise.reject(new Error('none'));
+    firstBytes.catch(() => {});
+    const target = await startTcpServer((socket) => {
+      firstBytes = new Promise((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString())));
+      socket.on('end', () => socket.end());
+    });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      const port = target.port;
+      client.write(Buffer.concat([Buffer.from([4, 1, port >> 8, port & 0xff, 127, 0, 0, 1]), Buffer.from('bob\0'), Buffer.from('early data')]));
+      const reply = await client.read(8);
+      assert.equal(reply[1], 0x5a);
+      assert.equal(await firstBytes, 'early data');
+      client.destroy();
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.user, 'bob');
+      assert.equal(record.bytesUp, 10);
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+describe('idle timeout', () => {
+  test('a relayed session with no traffic is closed after timeouts.idle', async () => {
+    const target = await startTcpServer(() => {});
+    const proxy = await startProxy({ timeouts: { idle: 200 } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      assert.equal((await client.read(12))[3], 0x00);
+      await client.readToEnd();
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.reason, 'idle-timeout');
+    } finally {
+      await proxy.close();
+      await target.close();
+    }
+  });
+});
