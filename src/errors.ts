@@ -102,8 +102,17 @@ export function toSocksError(err: unknown): SocksError {
   const errno = errnoOf(err);
   // Own keys only: 'constructor', 'toString', '__proto__' are not errnos.
   const code = (errno !== undefined && Object.hasOwn(ERRNO, errno) && ERRNO[errno]) || 'ERR_GENERAL';
-  const message = err instanceof Error ? err.message : String(err);
+  const message = err instanceof Error ? err.message : describe(err);
   return new SocksError(code, message, { cause: err });
+}
+
+/** A message for a thrown non-Error, which may not even stringify. */
+function describe(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    return 'unknown error';
+  }
 }
 
 function errnoOf(err: unknown): string | undefined {

@@ -74,6 +74,10 @@ const timeoutsSchema = z.strictObject({
   handshake: duration.default(10_000),
   connect: duration.default(30_000),
   idle: duration.default(3_600_000),
+  /** BIND: how long to wait for the application server's inbound connection. */
+  bind: duration.default(120_000),
+  /** UDP ASSOCIATE: no datagram either way for this long ends the association. */
+  udpIdle: duration.default(120_000),
   /** How long sessions may drain on SIGINT/SIGTERM before they are closed. */
   shutdownGrace: duration.default(10_000),
 });
@@ -86,6 +90,25 @@ const clientsSchema = z.strictObject({
 const limitsSchema = z.strictObject({
   socks4UserId: z.number().int().min(0).max(4096).default(255),
   socks4Hostname: z.number().int().min(1).max(255).default(255),
+});
+
+const bindSchema = z.strictObject({
+  /**
+   * `requested`: accept the inbound connection only from the address the BIND
+   * request named (any, if it named 0.0.0.0 or ::). `any`: from anywhere.
+   */
+  acceptFrom: z.enum(['requested', 'any']).default('requested'),
+});
+
+const udpSchema = z.strictObject({
+  /** Largest datagram taken from a client, SOCKS header included. */
+  maxDatagram: z.number().int().min(16).max(65535).default(65535),
+  /** Datagrams held per association while a destination name resolves. */
+  pendingDatagrams: z.number().int().min(0).max(100_000).default(64),
+  /** Destination names remembered per association. */
+  cachedNames: z.number().int().min(0).max(100_000).default(256),
+  /** Live associations allowed per client address. */
+  maxAssociationsPerClient: z.number().int().min(1).max(100_000).default(32),
 });
 
 const logSchema = z.strictObject({
@@ -101,6 +124,8 @@ export const configSchema = z
     clients: clientsSchema.prefault({}),
     timeouts: timeoutsSchema.prefault({}),
     limits: limitsSchema.prefault({}),
+    bind: bindSchema.prefault({}),
+    udp: udpSchema.prefault({}),
     log: logSchema.prefault({}),
   })
   // Cross-field rules run even when a field is invalid, so one --check lists

@@ -28,6 +28,12 @@ export type CloseReason =
   | 'not-allowed'
   | 'command-not-supported'
   | 'connect-failed'
+  /** BIND could not listen, timed out, or saw the wrong peer (SOCKS4). */
+  | 'bind-failed'
+  /** UDP ASSOCIATE could not open its sockets. */
+  | 'udp-failed'
+  /** A configured limit (e.g. UDP associations per client) was reached. */
+  | 'limit-reached'
   | 'shutdown';
 
 /** One access-log record, emitted when a session ends. */
@@ -44,14 +50,18 @@ export interface SessionRecord {
   readonly command: 'connect' | 'bind' | 'udp' | null;
   /** Destination as the client asked for it, `host:port`. */
   readonly requested: string | null;
-  /** The address actually connected to, `ip:port`. */
+  /** The address actually connected to, `ip:port` (for BIND: the inbound peer; for UDP: the relay address). */
   readonly connected: string | null;
   /** The reply code sent (SOCKS5 REP or SOCKS4 CD), or null when none was sent. */
   readonly reply: number | null;
-  /** Payload bytes from client to destination. */
+  /** Payload bytes from client to destination (for UDP: datagram payloads). */
   readonly bytesUp: number;
   /** Payload bytes from destination to client. */
   readonly bytesDown: number;
+  /** UDP ASSOCIATE: datagrams relayed each way, and dropped (fragments, foreign sources, malformed, oversized). */
+  readonly datagramsUp: number;
+  readonly datagramsDown: number;
+  readonly datagramsDropped: number;
   /** Epoch milliseconds. */
   readonly startedAt: number;
   readonly durationMs: number;

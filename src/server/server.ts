@@ -11,7 +11,7 @@ import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination, unmapIPv4 } from '../protocol/address.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
-import type { Resolver } from '../upstream/resolver.js';
+import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext } from './session.js';
 
 /** Collaborators a library user (or a test) may replace. */
@@ -56,6 +56,8 @@ export class SocksServer extends EventEmitter<ServerEvents> {
   /** The validated, frozen configuration. */
   readonly config: Config;
   readonly #dialer: Dialer;
+  readonly #resolver: Resolver;
+  readonly #udpPerClient = new Map<string, number>();
   readonly #authenticator: Authenticator | null;
   readonly #now: () => number;
   readonly #allow: BlockList | null;
@@ -70,9 +72,11 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     super();
     this.config = config;
     this.#now = deps.now ?? Date.now;
-    this.#dialer = deps.dialer ?? createDirectDialer(deps.resolver ? { resolver: deps.resolver } : {});
+    this.#resolver = deps.resolver ?? systemResolver;
+    this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#resolver });
     this.#authenticator = deps.authenticator ?? buildUserStore(config);
     this.#allow = buildAllowList(config.clients.allow);
+    this.#udpSlots.limit = config.udp.maxAssociationsPerClient;
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
@@ -150,10 +154,16 @@ export class SocksServer extends EventEmitter<ServerEvents> {
       methods: config.auth.methods,
       authenticator: this.#authenticator,
       dialer: this.#dialer,
+      resolver: this.#resolver,
       socks4Limits: { maxUserId: config.limits.socks4UserId, maxHostname: config.limits.socks4Hostname },
       handshakeMs: config.timeouts.handshake,
       connectMs: config.timeouts.connect,
       idleMs: config.timeouts.idle,
+      bindMs: config.timeouts.bind,
+      bindCheck: config.bind.acceptFrom,
+      udpIdleMs: config.timeouts.udpIdle,
+      udpLimits: config.udp,
+      udpSlots: this.#udpSlots,
       now: this.#now,
       onClose: this.#onSessionClose,
     };
@@ -177,6 +187,22 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     this.emit('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
     session.start();
   }
+
+  /** UDP associations per client address, against udp.maxAssociationsPerClient. */
+  readonly #udpSlots = {
+    limit: 0,
+    acquire: (client: string): boolean => {
+      const count = this.#udpPerClient.get(client) ?? 0;
+      if (count >= this.config.udp.maxAssociationsPerClient) return false;
+      this.#udpPerClient.set(client, count + 1);
+      return true;
+    },
+    release: (client: string): void => {
+      const count = (this.#udpPerClient.get(client) ?? 1) - 1;
+      if (count <= 0) this.#udpPerClient.delete(client);
+      else this.#udpPerClient.set(client, count);
+    },
+  };
 
   readonly #onSessionClose = (record: SessionRecord): void => {
     this.#sessions.delete(record.id);
@@ -229,6 +255,9 @@ function deniedRecord(id: number, ctx: SessionContext, socket: Socket, now: numb
     reply: null,
     bytesUp: 0,
     bytesDown: 0,
+    datagramsUp: 0,
+    datagramsDown: 0,
+    datagramsDropped: 0,
     startedAt: now,
     durationMs: 0,
     reason: 'not-allowed',

@@ -11,7 +11,7 @@ import { SocksError, toSocksError } from '../errors.js';
 import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
-import { type Destination, NEED_MORE, destination, formatDestination, hex } from '../protocol/address.js';
+import { type Destination, NEED_MORE, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
   Command,
@@ -24,7 +24,10 @@ import {
 import { UserPassStatus, decodeUserPass, encodeUserPassStatus } from '../protocol/userpass.js';
 import { Socks4Reply, Socks5Reply } from '../errors.js';
 import { relay } from '../relay/tcp.js';
+import { type UdpLimits, UdpAssociation } from '../relay/udp.js';
 import type { Dialer } from '../upstream/dialer.js';
+import type { Resolver } from '../upstream/resolver.js';
+import { BindListener, type PeerCheck, addressToward } from './bind.js';
 
 /** What a session needs from its server; passed in so tests can swap any of it. */
 export interface SessionContext {
@@ -35,10 +38,17 @@ export interface SessionContext {
   readonly methods: readonly AuthMethodName[];
   readonly authenticator: Authenticator | null;
   readonly dialer: Dialer;
+  readonly resolver: Resolver;
   readonly socks4Limits: Socks4Limits;
   readonly handshakeMs: number;
   readonly connectMs: number;
   readonly idleMs: number;
+  readonly bindMs: number;
+  readonly bindCheck: PeerCheck;
+  readonly udpIdleMs: number;
+  readonly udpLimits: UdpLimits;
+  /** Counts UDP associations per client address against the configured limit. */
+  readonly udpSlots: { acquire(client: string): boolean; release(client: string): void; readonly limit: number };
   readonly now: () => number;
   readonly onClose: (record: SessionRecord) => void;
 }
@@ -49,8 +59,9 @@ type Phase =
   | 'auth' // RFC 1929 credentials
   | 'request' // SOCKS5 request
   | 'socks4' // SOCKS4/4a request
-  | 'waiting' // verifying credentials or dialing: the socket is paused
+  | 'waiting' // verifying credentials, dialing, or waiting for a BIND peer: the socket is paused
   | 'relaying'
+  | 'associated' // UDP ASSOCIATE: the control connection only keeps the association alive
   | 'closing'; // a terminal reply was sent; draining until the client closes
 
 const PHASE_NAMES: Partial<Record<Phase, string>> = {
@@ -84,6 +95,9 @@ export class Session {
   #buffer: Buffer = EMPTY;
   #timer: NodeJS.Timeout | undefined;
   #destination: Socket | null = null;
+  #bindListener: BindListener | null = null;
+  #udp: UdpAssociation | null = null;
+  #udpClient: string | null = null;
   #handshakeBytesWritten = 0;
   #recorded = false;
 
@@ -120,7 +134,7 @@ export class Session {
   shutdown(): void {
     this.#reason ??= 'shutdown';
     this.#abort.abort(new SocksError('ERR_GENERAL', 'server shutting down'));
-    if (this.#phase === 'relaying') {
+    if (this.#phase === 'relaying' || this.#phase === 'associated') {
       this.#destination?.destroy();
       this.#socket.destroy();
     } else {
@@ -130,7 +144,8 @@ export class Session {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    if (this.#phase === 'closing') return; // a refusal was sent: discard
+    // After a refusal, or on a UDP control connection, bytes from the client mean nothing: discard.
+    if (this.#phase === 'closing' || this.#phase === 'associated') return;
     this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
     this.#advance();
   };
@@ -238,10 +253,11 @@ export class Session {
     const { command, destination: target } = request.value;
     this.#command = COMMAND_NAMES[command] ?? null;
     this.#requested = formatDestination(target);
-    if (command === Command.CONNECT) {
-      this.#connect(target);
-    } else {
-      const what = this.#command ? `${this.#command.toUpperCase()} is not supported` : `unknown command 0x${hex(command)}`;
+    if (command === Command.CONNECT) this.#connect(target);
+    else if (command === Command.BIND) this.#bind(target);
+    else if (command === Command.UDP_ASSOCIATE) this.#associate(target);
+    else {
+      const what = `unknown command 0x${hex(command)}`;
       this.#refuse(encodeReply(Socks5Reply.COMMAND_NOT_SUPPORTED), 'command-not-supported', what, Socks5Reply.COMMAND_NOT_SUPPORTED);
     }
     return false;
@@ -255,10 +271,10 @@ export class Session {
     this.#user = userId === '' ? null : userId;
     this.#command = command === Socks4Command.CONNECT ? 'connect' : command === Socks4Command.BIND ? 'bind' : null;
     this.#requested = formatDestination(target);
-    if (command === Socks4Command.CONNECT) {
-      this.#connect(target);
-    } else {
-      const what = this.#command ? 'SOCKS4 BIND is not supported' : `unknown SOCKS4 command 0x${hex(command)}`;
+    if (command === Socks4Command.CONNECT) this.#connect(target);
+    else if (command === Socks4Command.BIND) this.#bind(target);
+    else {
+      const what = `unknown SOCKS4 command 0x${hex(command)}`;
       this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'command-not-supported', what, Socks4Reply.REJECTED);
     }
     return false;
@@ -283,6 +299,12 @@ export class Session {
     this.#destination = outbound;
     const bound = destination(outbound.localAddress ?? '0.0.0.0', outbound.localPort ?? 0);
     this.#connected = formatDestination({ host: outbound.remoteAddress ?? '', port: outbound.remotePort ?? 0 });
+    this.#replySuccess(bound);
+    this.#startRelay(outbound);
+  }
+
+  /** Writes a success reply in the session's SOCKS version. SOCKS4 can only carry IPv4. */
+  #replySuccess(bound: Destination): void {
     if (this.#version === 5) {
       this.#reply = Socks5Reply.SUCCEEDED;
       this.#socket.write(encodeReply(Socks5Reply.SUCCEEDED, bound));
@@ -291,20 +313,107 @@ export class Session {
       const ipv4 = bound.kind === 'ipv4' ? bound.host : '0.0.0.0';
       this.#socket.write(encodeSocks4Reply(Socks4Reply.GRANTED, bound.port, ipv4));
     }
-    this.#startRelay(outbound);
   }
 
-  #connectFailed(err: SocksError): void {
+  #connectFailed(err: SocksError, reason: CloseReason = 'connect-failed'): void {
     if (this.#phase !== 'waiting') return;
     if (this.#version === 5) {
-      this.#refuse(encodeReply(err.socks5Reply), 'connect-failed', err.message, err.socks5Reply);
+      this.#refuse(encodeReply(err.socks5Reply), reason, err.message, err.socks5Reply);
     } else {
-      this.#refuse(encodeSocks4Reply(err.socks4Reply), 'connect-failed', err.message, err.socks4Reply);
+      this.#refuse(encodeSocks4Reply(err.socks4Reply), reason, err.message, err.socks4Reply);
     }
+  }
+
+  /**
+   * BIND: listen on the address used toward the application server, reply
+   * with it, wait for that server's connection, reply with its address, relay.
+   */
+  #bind(target: Destination): void {
+    this.#wait();
+    clearTimeout(this.#timer); // the BIND timeout takes over
+    this.#runBind(target).catch((err: unknown) => {
+      this.#bindListener?.close();
+      this.#connectFailed(toSocksError(err), 'bind-failed');
+    });
+  }
+
+  async #runBind(target: Destination): Promise<void> {
+    const ctx = this.#ctx;
+    const localAddress = this.#localAddress();
+    const expectedPeers = await this.#expectedPeers(target);
+    const listener = await BindListener.open(await addressToward(target, localAddress, ctx.resolver));
+    if (this.#phase !== 'waiting' || this.#socket.destroyed) return listener.close();
+    this.#bindListener = listener;
+    this.#replySuccess(listener.address);
+    const inbound = await listener.accept({
+      expectedPeers,
+      check: ctx.bindCheck,
+      timeoutMs: ctx.bindMs,
+      signal: this.#abort.signal,
+      strayEndsWait: this.#version === 4,
+    });
+    if (this.#phase !== 'waiting' || this.#socket.destroyed) return void inbound.destroy();
+    const peer = destination(unmapIPv4(inbound.remoteAddress ?? '') ?? inbound.remoteAddress ?? '', inbound.remotePort ?? 0);
+    this.#connected = formatDestination(peer);
+    this.#replySuccess(peer);
+    this.#startRelay(inbound);
+  }
+
+  /** The addresses a BIND peer may come from: none listed means any. */
+  async #expectedPeers(target: Destination): Promise<string[]> {
+    if (target.kind !== 'domain') return [target.host];
+    const found = await this.#ctx.resolver.resolve(target.host).catch((err: unknown) => {
+      throw toSocksError(err);
+    });
+    return found.map((a) => a.address);
+  }
+
+  /** UDP ASSOCIATE: open the relay, reply with its address, live as long as the control connection. */
+  #associate(target: Destination): void {
+    this.#wait();
+    clearTimeout(this.#timer);
+    const ctx = this.#ctx;
+    const client = unmapIPv4(this.#clientAddress) ?? this.#clientAddress;
+    if (!ctx.udpSlots.acquire(client)) {
+      const why = `too many UDP associations from ${client} (limit ${ctx.udpSlots.limit})`;
+      this.#refuse(encodeReply(Socks5Reply.GENERAL_FAILURE), 'limit-reached', why, Socks5Reply.GENERAL_FAILURE);
+      return;
+    }
+    this.#udpClient = client;
+    UdpAssociation.open({
+      bindAddress: this.#localAddress(),
+      clientAddress: client,
+      clientPort: target.port === 0 ? null : target.port,
+      resolver: ctx.resolver,
+      limits: ctx.udpLimits,
+      idleMs: ctx.udpIdleMs,
+      onIdle: () => {
+        this.#reason ??= 'idle-timeout';
+        this.#socket.destroy();
+      },
+    }).then(
+      (association) => {
+        if (this.#phase !== 'waiting' || this.#socket.destroyed) return association.close();
+        this.#udp = association;
+        this.#connected = formatDestination(association.address);
+        this.#replySuccess(association.address);
+        this.#phase = 'associated';
+        this.#buffer = EMPTY;
+        this.#socket.resume();
+      },
+      (err: unknown) => this.#connectFailed(toSocksError(err), 'udp-failed'),
+    );
+  }
+
+  /** The address the client reached the proxy on. */
+  #localAddress(): string {
+    const local = this.#socket.localAddress ?? '127.0.0.1';
+    return unmapIPv4(local) ?? local;
   }
 
   #startRelay(outbound: Socket): void {
     const socket = this.#socket;
+    this.#destination = outbound;
     this.#phase = 'relaying';
     this.#handshakeBytesWritten = socket.bytesWritten;
     socket.off('data', this.#onData);
@@ -378,6 +487,12 @@ export class Session {
   };
 
   readonly #onHandshakeEnd = (): void => {
+    if (this.#phase === 'associated') {
+      // The client ended the control connection: the association ends with it.
+      this.#reason ??= 'client-closed';
+      this.#socket.end();
+      return;
+    }
     const label = PHASE_NAMES[this.#phase];
     if (!label) return; // a refusal is already under way
     const detail = this.#buffer.length > 0 ? `truncated ${label} (${this.#buffer.length} bytes)` : `before the ${label}`;
@@ -385,7 +500,7 @@ export class Session {
   };
 
   readonly #onHandshakeError = (err: Error): void => {
-    this.#reason ??= 'client-gone';
+    this.#reason ??= this.#phase === 'associated' ? 'client-error' : 'client-gone';
     this.#error ??= `client connection failed during handshake: ${(err as NodeJS.ErrnoException).code ?? err.message}`;
     this.#abort.abort(err);
   };
@@ -399,8 +514,12 @@ export class Session {
     clearTimeout(this.#timer);
     if (this.#recorded) return;
     this.#recorded = true;
-    const bytesUp = this.#destination?.bytesWritten ?? 0;
-    const bytesDown = this.#destination ? this.#socket.bytesWritten - this.#handshakeBytesWritten : 0;
+    this.#bindListener?.close();
+    const udp = this.#udp?.counters;
+    this.#udp?.close();
+    if (this.#udpClient) this.#ctx.udpSlots.release(this.#udpClient);
+    const bytesUp = udp ? udp.bytesUp : this.#destination?.bytesWritten ?? 0;
+    const bytesDown = udp ? udp.bytesDown : this.#destination ? this.#socket.bytesWritten - this.#handshakeBytesWritten : 0;
     this.#ctx.onClose({
       id: this.id,
       listener: this.#ctx.listener,
@@ -415,6 +534,9 @@ export class Session {
       reply: this.#reply,
       bytesUp,
       bytesDown,
+      datagramsUp: udp?.datagramsUp ?? 0,
+      datagramsDown: udp?.datagramsDown ?? 0,
+      datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid : 0,
       startedAt: this.#startedAt,
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
       reason: this.#reason ?? 'client-gone',

@@ -110,7 +110,7 @@ describe('SOCKS5 reply codes', () => {
     }
   });
 
-  for (const [name, command] of [['BIND', 2], ['UDP ASSOCIATE', 3], ['unknown command 0x09', 9]] as const) {
+  for (const [name, command] of [['unknown command 0x00', 0], ['unknown command 0x09', 9]] as const) {
     test(`0x07 command not supported: ${name}`, async () => {
       const proxy = await startProxy();
       try {
@@ -184,11 +184,11 @@ describe('SOCKS4 replies', () => {
     }
   });
 
-  test('0x5B for SOCKS4 BIND (not supported yet)', async () => {
+  test('0x5B for an unknown SOCKS4 command', async () => {
     const proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
     try {
       const client = await RawClient.connect(proxy.port);
-      client.write(hex('04 02 0050 7f000001 00'));
+      client.write(hex('04 03 0050 7f000001 00'));
       assert.equal((await client.read(8))[1], 0x5b);
       assert.equal((await proxy.record()).reason, 'command-not-supported');
     } finally {

@@ -1,0 +1,125 @@
+/**
+ * BIND (RFC 1928 §4, SOCKS4 BIND): a listening socket for one inbound
+ * connection from the application server, on the address the proxy uses
+ * toward that server, so the address announced in the first reply is one the
+ * server can reach (never 0.0.0.0 when a concrete address is known).
+ */
+import { createSocket } from 'node:dgram';
+import { type Server, type Socket, createServer, isIP } from 'node:net';
+import { SocksError } from '../errors.js';
+import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
+import type { Resolver } from '../upstream/resolver.js';
+
+/** Whether an inbound connection from `peer` is the one the request named. */
+export type PeerCheck = 'requested' | 'any';
+
+export interface BindWaitOptions {
+  /** The application server's addresses from the request; an unspecified one (0.0.0.0, ::) accepts any peer. */
+  readonly expectedPeers: readonly string[];
+  readonly check: PeerCheck;
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal;
+  /** SOCKS4 ends the session on a wrong peer (its spec says so); SOCKS5 turns the stray away and waits on. */
+  readonly strayEndsWait: boolean;
+}
+
+export class BindListener {
+  readonly #server: Server;
+  /** Inbound connections turned away because they came from the wrong address. */
+  strays: string[] = [];
+
+  private constructor(server: Server) {
+    this.#server = server;
+  }
+
+  /** Listens on `address`, any free port. */
+  static async open(address: string): Promise<BindListener> {
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: address, port: 0, backlog: 4 }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return new BindListener(server);
+  }
+
+  get address(): Destination {
+    const info = this.#server.address();
+    if (!info || typeof info === 'string') return destination('0.0.0.0', 0);
+    return destination(info.address, info.port);
+  }
+
+  /** Waits for the one inbound connection; then stops listening. Rejects with a SocksError. */
+  accept(options: BindWaitOptions): Promise<Socket> {
+    const anyPeer = options.check === 'any' || options.expectedPeers.some(isUnspecified);
+    const expected = options.expectedPeers.map((p) => unmapIPv4(p) ?? p);
+    return new Promise<Socket>((resolve, reject) => {
+      const done = (err: SocksError | null, socket?: Socket) => {
+        clearTimeout(timer);
+        options.signal.removeEventListener('abort', onAbort);
+        this.#server.off('connection', onConnection);
+        this.close();
+        if (socket) resolve(socket);
+        else reject(err);
+      };
+      const onConnection = (socket: Socket) => {
+        const peer = unmapIPv4(socket.remoteAddress ?? '') ?? socket.remoteAddress ?? '';
+        if (anyPeer || expected.includes(peer)) return done(null, socket);
+        socket.destroy();
+        this.strays.push(peer);
+        if (options.strayEndsWait) {
+          done(new SocksError('ERR_NOT_ALLOWED', `BIND: connection from ${peer}, expected ${expected.join(' or ')}`));
+        }
+      };
+      const onAbort = () => done(new SocksError('ERR_GENERAL', 'BIND wait aborted'));
+      const timer = setTimeout(
+        () => done(new SocksError('ERR_CONNECT_TIMEOUT', `BIND: no connection within ${options.timeoutMs} ms${this.#strayNote()}`)),
+        options.timeoutMs,
+      );
+      if (options.signal.aborted) return onAbort();
+      options.signal.addEventListener('abort', onAbort, { once: true });
+      this.#server.on('connection', onConnection);
+    });
+  }
+
+  close(): void {
+    this.#server.close();
+  }
+
+  #strayNote(): string {
+    return this.strays.length ? ` (turned away ${this.strays.length} from ${[...new Set(this.strays)].join(', ')})` : '';
+  }
+}
+
+function isUnspecified(address: string): boolean {
+  return address === '0.0.0.0' || address === '::' || /^(0+:){7}0+$/.test(address);
+}
+
+/**
+ * The local address the kernel would use toward `target` (a connected UDP
+ * socket sends nothing but knows its route), else `fallback`: the address the
+ * client reached the proxy on.
+ */
+export async function addressToward(target: Destination, fallback: string, resolver: Resolver): Promise<string> {
+  try {
+    let host = target.host;
+    if (target.kind === 'domain') host = (await resolver.resolve(host))[0]?.address ?? '';
+    if (isIP(host) === 0 || isUnspecified(host)) return fallback;
+    const family = isIP(host) === 6 ? 'udp6' : 'udp4';
+    const probe = createSocket(family);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        probe.once('error', reject);
+        probe.connect(target.port || 9, host, () => resolve());
+      });
+      const local = probe.address().address;
+      return isUnspecified(local) ? fallback : local;
+    } finally {
+      probe.close();
+    }
+  } catch {
+    return fallback;
+  }
+}
