@@ -15,12 +15,17 @@ import { type Fixture, type RunningProxy, startProxy, startTcpServer } from '../
 const MB = 1024 * 1024;
 
 async function socks5(proxy: RunningProxy, port: number): Promise<Socket> {
+  // allowHalfOpen: the destination may finish first; this client must keep
+  // sending (a default socket would end its side at the peer's FIN).
+  const existing = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(existing, 'connect');
   // The socks client re-emits bytes that came with the reply on the next
   // turn of the event loop: callers must attach their 'data' listener at once.
   const { socket } = await SocksClient.createConnection({
     proxy: { host: '127.0.0.1', port: proxy.port, type: 5 },
     command: 'connect',
     destination: { host: '127.0.0.1', port },
+    existing_socket: existing,
   });
   return socket;
 }
