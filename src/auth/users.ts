@@ -63,8 +63,12 @@ export function readUsersFile(path: string): Map<string, StoredSecret> {
 }
 
 // Hash of a random password, compared against when the user is unknown, so a
-// wrong name costs as much time as a wrong password.
-const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
+// wrong name costs as much time as a wrong password. Made on first need.
+let dummyHash: string | undefined;
+function dummy(): string {
+  dummyHash ??= bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
+  return dummyHash;
+}
 const CACHE_LIMIT = 4096;
 
 /**
@@ -88,7 +92,7 @@ export class UserStore implements Authenticator {
   async verify(username: string, password: string): Promise<boolean> {
     const secret = this.#users.get(username);
     if (!secret) {
-      await bcrypt.compare(password, DUMMY_HASH);
+      await bcrypt.compare(password, dummy());
       return false;
     }
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);

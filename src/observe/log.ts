@@ -42,6 +42,7 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
   };
   const onSession = (record: SessionRecord) => {
     const level = WARN_REASONS.has(record.reason) ? 'warn' : 'info';
+    if (!log.isLevelEnabled(level)) return; // don't build the line for nothing
     log[level]({ event: 'session', ...record }, `session ${record.id} ${record.reason}${record.error ? `: ${record.error}` : ''}`);
   };
   const onListenerError = ({ listener, error }: { listener: string; error: Error }) =>

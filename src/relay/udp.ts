@@ -65,6 +65,8 @@ export class UdpAssociation {
   readonly #pending = new Map<string, Buffer[]>();
   #pendingCount = 0;
   #clientPort: number | null;
+  /** Largest UDP payload the client-facing socket can send (IPv4 65507, IPv6 65527). */
+  readonly #maxToClient: number;
   #idleTimer: NodeJS.Timeout | undefined;
   #lastActivity = 0;
   #closed = false;
@@ -73,6 +75,7 @@ export class UdpAssociation {
     this.#options = options;
     this.#clientSide = clientSide;
     this.#clientPort = options.clientPort;
+    this.#maxToClient = isIP(options.bindAddress) === 6 ? 65527 : 65507;
     clientSide.on('message', (msg, from) => this.#fromClient(msg, from.address, from.port));
     clientSide.on('error', () => {}); // ICMP errors and the like: a datagram is lost, the association lives on
     this.#touch();
@@ -198,6 +201,10 @@ export class UdpAssociation {
     if (this.#closed || this.#clientPort === null) return;
     const sender = destination(unmapIPv4(address) ?? address, port);
     const datagram = encodeUdpDatagram(sender, msg);
+    if (datagram.length > this.#maxToClient) {
+      this.counters.droppedInvalid++; // the header makes it too large for one datagram
+      return;
+    }
     this.counters.datagramsDown++;
     this.counters.bytesDown += msg.length;
     this.#touch();

@@ -184,7 +184,9 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     }
     const session = new Session(id, socket, ctx);
     this.#sessions.set(id, session);
-    this.emit('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
+    if (this.listenerCount('session-open') > 0) {
+      this.emit('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
+    }
     session.start();
   }
 

@@ -74,6 +74,8 @@ const PHASE_NAMES: Partial<Record<Phase, string>> = {
 
 /** After a refusal, how long to wait for the client to close before closing hard. */
 const LINGER_MS = 2000;
+/** Bytes a client may send before its BIND peer arrives; past this, reading pauses. */
+const BIND_EARLY_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 const METHOD_BYTES: Record<AuthMethodName, number> = { none: Method.NONE, userpass: Method.USERPASS };
 const COMMAND_NAMES: Record<number, SessionRecord['command']> = {
@@ -98,6 +100,8 @@ export class Session {
   #bindListener: BindListener | null = null;
   #udp: UdpAssociation | null = null;
   #udpClient: string | null = null;
+  /** Between BIND's two replies: the control socket is read, not paused. */
+  #bindWaiting = false;
   #handshakeBytesWritten = 0;
   #recorded = false;
 
@@ -147,6 +151,7 @@ export class Session {
     // After a refusal, or on a UDP control connection, bytes from the client mean nothing: discard.
     if (this.#phase === 'closing' || this.#phase === 'associated') return;
     this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
+    if (this.#bindWaiting && this.#buffer.length >= BIND_EARLY_BYTES) this.#socket.pause(); // bounded: TCP pushes back
     this.#advance();
   };
 
@@ -345,6 +350,10 @@ export class Session {
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return listener.close();
     this.#bindListener = listener;
     this.#replySuccess(listener.address);
+    // The wait may be long: read the control connection meanwhile so a client
+    // that leaves is noticed; early bytes are kept (bounded) for the relay.
+    this.#bindWaiting = true;
+    this.#socket.resume();
     const inbound = await listener.accept({
       expectedPeers,
       check: ctx.bindCheck,
@@ -352,6 +361,7 @@ export class Session {
       signal: this.#abort.signal,
       strayEndsWait: this.#version === 4,
     });
+    this.#bindWaiting = false;
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return void inbound.destroy();
     const peer = destination(unmapIPv4(inbound.remoteAddress ?? '') ?? inbound.remoteAddress ?? '', inbound.remotePort ?? 0);
     this.#connected = formatDestination(peer);
@@ -487,6 +497,12 @@ export class Session {
   };
 
   readonly #onHandshakeEnd = (): void => {
+    if (this.#bindWaiting) {
+      this.#bindWaiting = false;
+      this.#bindListener?.close();
+      this.#refuse(null, 'client-gone', 'client closed the connection while waiting for the BIND peer');
+      return;
+    }
     if (this.#phase === 'associated') {
       // The client ended the control connection: the association ends with it.
       this.#reason ??= 'client-closed';

@@ -32,21 +32,56 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
   const attemptDelayMs = options.attemptDelayMs ?? 250;
   return {
     async dial(target, { timeoutMs, signal }) {
-      const deadline = new AbortController();
-      const timer = setTimeout(() => deadline.abort(timeoutError(target, timeoutMs)), timeoutMs);
-      const abort = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
+      if (target.kind !== 'domain') return connectOne(target.host, target.port, timeoutMs, signal);
+      // One controller carries both the deadline and the caller's abort; no
+      // AbortSignal.any (slow, and it retains its sources on Node 20).
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(timeoutError(target, timeoutMs)), timeoutMs);
+      const forward = () => abort.abort(signal?.reason);
+      signal?.addEventListener('abort', forward, { once: true });
       try {
+        if (signal?.aborted) throw signal.reason;
         const addresses = target.kind === 'domain'
-          ? await raceAbort(resolveAll(resolver, target.host), abort)
+          ? await raceAbort(resolveAll(resolver, target.host), abort.signal)
           : [{ address: target.host, family: target.kind === 'ipv6' ? 6 : 4 } as const];
-        return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort);
+        return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort.signal);
       } catch (err) {
         throw toSocksError(err);
       } finally {
         clearTimeout(timer);
+        signal?.removeEventListener('abort', forward);
       }
     },
   };
+}
+
+/**
+ * The common case, an address literal: one socket, one timer, no
+ * controllers. Kept apart from the racing path because it runs per session.
+ */
+function connectOne(host: string, port: number, timeoutMs: number, signal: AbortSignal | undefined): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    if (signal?.aborted) return reject(toSocksError(signal.reason));
+    const socket = connect({ host, port, allowHalfOpen: true, noDelay: true });
+    const cleanup = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      socket.off('error', fail);
+    };
+    const fail = (err: unknown) => {
+      cleanup();
+      socket.destroy();
+      reject(toSocksError(err));
+    };
+    const onAbort = () => fail(signal?.reason);
+    const timer = setTimeout(() => fail(timeoutError({ kind: 'ipv4', host, port }, timeoutMs)), timeoutMs);
+    socket.once('connect', () => {
+      cleanup();
+      resolve(socket);
+    });
+    socket.once('error', fail);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 async function resolveAll(resolver: Resolver, host: string): Promise<readonly ResolvedAddress[]> {
@@ -60,7 +95,8 @@ function timeoutError(target: Destination, ms: number): SocksError {
 }
 
 /** Alternates families, keeping the resolver's order within each (RFC 8305 §4). */
-export function interleave(addresses: readonly ResolvedAddress[]): ResolvedAddress[] {
+export function interleave(addresses: readonly ResolvedAddress[]): readonly ResolvedAddress[] {
+  if (addresses.length < 2) return addresses;
   const first = addresses[0]?.family;
   const preferred = addresses.filter((a) => a.family === first);
   const other = addresses.filter((a) => a.family !== first);
