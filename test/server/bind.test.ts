@@ -1,0 +1,558 @@
+/**
+ * BIND end to end (SOCKS5 and SOCKS4): the npm `socks` client asks for a
+ * BIND, a test "application server" connects to the announced address, and
+ * the second reply names that peer; then bytes cross both ways. Also the
+ * failure paths: the BIND timeout, a peer from the wrong address (turned
+ * away for SOCKS5, fatal for SOCKS4), `bind.acceptFrom: any`, and a client
+ * that gives up while the proxy waits. Raw bytes where the client library
+ * cannot show what the proxy sent (failure replies).
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { type Socket, connect, isIP } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { SocksClient, type SocksRemoteHost } from 'socks';
+import type { Resolver, SessionRecord } from '../../src/index.js';
+import { RawClient, hex } from '../helpers/raw.js';
+import { type RunningProxy, startProxy } from '../helpers/server.js';
+
+const opts = { timeout: 20_000 };
+const SOCKS4_GRANTED = 0x5a;
+const SOCKS4_REJECTED = 0x5b;
+
+/** Rejects after `ms` with `what` in the message: a hang fails with a name instead of the suite timeout. */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Collects bytes until at least `n` arrived; rejects if the socket ends or closes first. */
+function readBytes(socket: Socket, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+    };
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (buf.length >= n) {
+        cleanup();
+        resolve(buf);
+      }
+    };
+    const onEnd = () => {
+      cleanup();
+      reject(new Error(`socket ended after ${buf.length} of ${n} bytes`));
+    };
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.once('close', onEnd);
+  });
+}
+
+/** Resolves when the socket is closed (FIN or reset, whichever). */
+function closed(socket: Socket): Promise<void> {
+  if (socket.destroyed) return Promise.resolve();
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
+/** A plain TCP connection from the "application server" to the announced address. */
+async function appConnect(host: string, port: number, localAddress?: string): Promise<Socket> {
+  const socket = connect({ host, port, ...(localAddress ? { localAddress } : {}) });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  return socket;
+}
+
+interface BindSession {
+  readonly client: SocksClient;
+  /** First reply: where the application server must connect. */
+  readonly bound: Promise<SocksRemoteHost>;
+  /** Second reply: the peer, and the relaying socket. */
+  readonly established: Promise<{ remoteHost: SocksRemoteHost; socket: Socket }>;
+  /** Resolves with the client's error, if it gets one. */
+  readonly failed: Promise<Error>;
+  /** The control connection's local port (for the record), known once bound. */
+  controlPort(): number;
+}
+
+/** Starts a BIND with the npm `socks` client; nothing is awaited yet. */
+function startBind(proxy: RunningProxy, type: 4 | 5, host: string): BindSession {
+  const client = new SocksClient({
+    proxy: { host: '127.0.0.1', port: proxy.port, type },
+    command: 'bind',
+    destination: { host, port: 0 },
+    timeout: 10_000,
+  });
+  let port = 0;
+  const failed = new Promise<Error>((resolve) => client.once('error', resolve));
+  const bound = new Promise<SocksRemoteHost>((resolve, reject) => {
+    client.once('bound', (info) => {
+      port = info.socket.localPort ?? 0;
+      resolve(info.remoteHost!);
+    });
+    void failed.then(reject);
+  });
+  const established = new Promise<{ remoteHost: SocksRemoteHost; socket: Socket }>((resolve, reject) => {
+    client.once('established', (info) => resolve({ remoteHost: info.remoteHost!, socket: info.socket }));
+    void failed.then(reject);
+  });
+  bound.catch(() => {});
+  established.catch(() => {});
+  client.connect();
+  return { client, bound, established, failed, controlPort: () => port };
+}
+
+/** SOCKS5 greeting (no auth) and a BIND request for an IPv4 address. */
+function socks5Bind(host: string, port = 0): Buffer {
+  return Buffer.concat([hex('05 01 00'), Buffer.from([5, 2, 0, 1, ...host.split('.').map(Number), port >> 8, port & 0xff])]);
+}
+
+/** SOCKS4 BIND request for an IPv4 address, empty USERID. */
+function socks4Bind(host: string, port = 0): Buffer {
+  return Buffer.from([4, 2, port >> 8, port & 0xff, ...host.split('.').map(Number), 0]);
+}
+
+/** The address and port of a SOCKS5 reply with ATYP 1 (10 bytes). */
+function socks5ReplyAddress(reply: Buffer): { host: string; port: number } {
+  assert.equal(reply[3], 1, `reply ATYP ${reply[3]}, expected IPv4`);
+  return { host: [...reply.subarray(4, 8)].join('.'), port: reply.readUInt16BE(8) };
+}
+
+/** The address and port of a SOCKS4 reply (8 bytes). */
+function socks4ReplyAddress(reply: Buffer): { host: string; port: number } {
+  return { host: [...reply.subarray(4, 8)].join('.'), port: reply.readUInt16BE(2) };
+}
+
+/** True when nothing accepts TCP connections on host:port any more. */
+async function refusesConnections(host: string, port: number): Promise<boolean> {
+  const socket = connect({ host, port });
+  try {
+    await once(socket, 'connect');
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ECONNREFUSED';
+  } finally {
+    socket.destroy();
+  }
+}
+
+/**
+ * The full happy path for one SOCKS version: announced address, the app
+ * server connects, the second reply names it, exact bytes both ways, record.
+ */
+async function bindRoundTrip(proxy: RunningProxy, type: 4 | 5): Promise<void> {
+  const session = startBind(proxy, type, '127.0.0.1');
+  const bound = await within(session.bound, 5000, 'the first BIND reply');
+  assert.equal(bound.host, '127.0.0.1', 'the announced address is the one used toward 127.0.0.1');
+  assert.notEqual(bound.host, '0.0.0.0');
+  assert.ok(bound.port > 0);
+  assert.notEqual(bound.port, proxy.port);
+  const controlPort = session.controlPort();
+
+  const app = await appConnect(bound.host, bound.port);
+  // Kept now: a closed socket forgets its address.
+  const appPort = app.localPort!;
+  try {
+    const { remoteHost, socket } = await within(session.established, 5000, 'the second BIND reply');
+    assert.deepEqual(remoteHost, { host: app.localAddress, port: appPort }, 'the second reply names the peer');
+
+    const up = Buffer.from(`client to app server over SOCKS${type} BIND \u0000\u00ff`, 'latin1');
+    const down = Buffer.from(`app server to client, SOCKS${type}, a bit longer \u0001\u00fe`, 'latin1');
+    const atApp = readBytes(app, up.length);
+    const atClient = readBytes(socket, down.length);
+    socket.write(up);
+    app.write(down);
+    assert.deepEqual(await within(atApp, 5000, 'bytes at the app server'), up);
+    assert.deepEqual(await within(atClient, 5000, 'bytes at the client'), down);
+
+    const appSawEnd = once(app, 'end');
+    socket.end();
+    await within(appSawEnd, 5000, 'the client FIN at the app server');
+    app.end();
+    await within(closed(socket), 5000, 'the client socket to close');
+
+    const record = await within(proxy.record((r) => r.clientPort === controlPort), 5000, 'the session record');
+    assert.equal(record.version, type);
+    assert.equal(record.command, 'bind');
+    assert.equal(record.requested, '127.0.0.1:0');
+    assert.equal(record.connected, `127.0.0.1:${appPort}`);
+    assert.equal(record.reply, type === 5 ? 0 : SOCKS4_GRANTED);
+    assert.equal(record.bytesUp, up.length);
+    assert.equal(record.bytesDown, down.length);
+    assert.equal(record.reason, 'client-closed');
+    assert.equal(record.error, null);
+  } finally {
+    app.destroy();
+  }
+}
+
+describe('BIND', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
+  });
+  after(() => proxy.close());
+
+  test('SOCKS5: the app server connects to the announced address, the second reply names it, bytes cross both ways', opts, () =>
+    bindRoundTrip(proxy, 5));
+
+  test('SOCKS4: the same with a SOCKS4 BIND', opts, () => bindRoundTrip(proxy, 4));
+
+  test('BIND 0.0.0.0 (any peer): the announced address is the listener address, never 0.0.0.0', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks5Bind('0.0.0.0'));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const first = await client.read(10);
+      assert.deepEqual(first.subarray(0, 3), hex('05 00 00'));
+      const announced = socks5ReplyAddress(first);
+      assert.equal(announced.host, '127.0.0.1');
+      assert.ok(announced.port > 0);
+      const app = await appConnect(announced.host, announced.port);
+      const appPort = app.localPort!;
+      try {
+        const second = await client.read(10);
+        assert.deepEqual(second.subarray(0, 3), hex('05 00 00'));
+        assert.deepEqual(socks5ReplyAddress(second), { host: '127.0.0.1', port: appPort });
+        const atClient = client.read(5);
+        const atApp = readBytes(app, 2);
+        app.write('ready');
+        client.write(Buffer.from('go'));
+        assert.equal((await within(atClient, 5000, 'bytes at the client')).toString(), 'ready');
+        assert.equal((await within(atApp, 5000, 'bytes at the app server')).toString(), 'go');
+      } finally {
+        app.destroy();
+      }
+      await client.readToEnd();
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.command, 'bind');
+      assert.equal(record.requested, '0.0.0.0:0');
+      assert.equal(record.connected, `127.0.0.1:${appPort}`);
+      assert.equal(record.bytesUp, 2);
+      assert.equal(record.bytesDown, 5);
+      assert.equal(record.reason, 'destination-closed');
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS4 BIND 0.0.0.0: the announced address is not 0.0.0.0 either', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks4Bind('0.0.0.0'));
+      const first = await client.read(8);
+      assert.equal(first[0], 0);
+      assert.equal(first[1], SOCKS4_GRANTED);
+      const announced = socks4ReplyAddress(first);
+      assert.equal(announced.host, '127.0.0.1');
+      const app = await appConnect(announced.host, announced.port);
+      try {
+        const second = await client.read(8);
+        assert.equal(second[1], SOCKS4_GRANTED);
+        assert.deepEqual(socks4ReplyAddress(second), { host: '127.0.0.1', port: app.localPort });
+      } finally {
+        app.destroy();
+      }
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS5: a connection from the wrong address is closed and the proxy waits on for the right one', opts, async () => {
+    const session = startBind(proxy, 5, '127.0.0.2');
+    const bound = await within(session.bound, 5000, 'the first BIND reply');
+    assert.notEqual(bound.host, '0.0.0.0');
+    assert.ok(isIP(bound.host) === 4, `announced ${bound.host}`);
+    let establishedEarly = false;
+    void session.established.then(() => { establishedEarly = true; }, () => {});
+
+    // The stray: from 127.0.0.1, while the request named 127.0.0.2.
+    const stray = await appConnect(bound.host, bound.port, '127.0.0.1');
+    const strayData: Buffer[] = [];
+    stray.on('data', (c: Buffer) => strayData.push(c));
+    stray.write('stray bytes must not reach the client');
+    await within(closed(stray), 5000, 'the proxy to close the stray connection');
+    assert.deepEqual(Buffer.concat(strayData), Buffer.alloc(0), 'the stray got nothing');
+    assert.equal(establishedEarly, false, 'no second reply for the stray');
+
+    // The right peer, from 127.0.0.2: accepted.
+    const app = await appConnect(bound.host, bound.port, '127.0.0.2');
+    const appPort = app.localPort!;
+    try {
+      const { remoteHost, socket } = await within(session.established, 5000, 'the second BIND reply');
+      assert.deepEqual(remoteHost, { host: '127.0.0.2', port: appPort });
+      const atApp = readBytes(app, 5);
+      const atClient = readBytes(socket, 4);
+      socket.write('hello');
+      app.write('back');
+      assert.equal((await within(atApp, 5000, 'bytes at the app server')).toString(), 'hello');
+      assert.equal((await within(atClient, 5000, 'bytes at the client')).toString(), 'back');
+      socket.destroy();
+      const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
+      assert.equal(record.command, 'bind');
+      assert.equal(record.requested, '127.0.0.2:0');
+      assert.equal(record.connected, `127.0.0.2:${appPort}`);
+      assert.equal(record.reply, 0);
+      assert.equal(record.bytesUp, 5);
+      assert.equal(record.bytesDown, 4);
+    } finally {
+      app.destroy();
+    }
+  });
+
+  test('SOCKS4: a connection from the wrong address ends the BIND with 0x5B', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks4Bind('127.0.0.2'));
+      const first = await client.read(8);
+      assert.equal(first[1], SOCKS4_GRANTED);
+      const announced = socks4ReplyAddress(first);
+      assert.notEqual(announced.host, '0.0.0.0');
+      const stray = await appConnect(announced.host, announced.port, '127.0.0.1');
+      await within(closed(stray), 5000, 'the proxy to close the stray connection');
+      const second = await client.read(8);
+      assert.equal(second[0], 0);
+      assert.equal(second[1], SOCKS4_REJECTED);
+      assert.deepEqual(await client.readToEnd(), Buffer.alloc(0));
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.version, 4);
+      assert.equal(record.command, 'bind');
+      assert.equal(record.reply, SOCKS4_REJECTED);
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.connected, null);
+      assert.match(record.error ?? '', /127\.0\.0\.1/);
+      assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS4 via the npm client: a wrong peer is reported as a rejected incoming connection', opts, async () => {
+    const session = startBind(proxy, 4, '127.0.0.2');
+    const bound = await within(session.bound, 5000, 'the first BIND reply');
+    const stray = await appConnect(bound.host, bound.port, '127.0.0.1');
+    try {
+      const err = await within(session.failed, 5000, 'the client error');
+      assert.match(err.message, /Rejected/i);
+      const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.reply, SOCKS4_REJECTED);
+    } finally {
+      stray.destroy();
+    }
+  });
+
+  test('the client closes the control connection while the proxy waits: the session ends and the listener closes', opts, async () => {
+    // A long BIND timeout: only the client's close can end this session within the test's time.
+    const patient = await startProxy({ timeouts: { bind: 60_000 } });
+    try {
+      const client = await RawClient.connect(patient.port);
+      client.write(socks5Bind('127.0.0.1'));
+      await client.read(2);
+      const announced = socks5ReplyAddress(await client.read(10));
+      client.destroy();
+      const record = await within(patient.record((r) => r.clientPort === client.localPort), 5000, 'the session record after the client left');
+      assert.equal(record.command, 'bind');
+      assert.equal(record.connected, null);
+      assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+    } finally {
+      await patient.close();
+    }
+  });
+});
+
+describe('BIND with bind.acceptFrom: any', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ bind: { acceptFrom: 'any' } });
+  });
+  after(() => proxy.close());
+
+  test('a peer from an address other than the requested one is accepted', opts, async () => {
+    const session = startBind(proxy, 5, '127.0.0.2');
+    const bound = await within(session.bound, 5000, 'the first BIND reply');
+    const app = await appConnect(bound.host, bound.port, '127.0.0.1');
+    const appPort = app.localPort!;
+    try {
+      const { remoteHost, socket } = await within(session.established, 5000, 'the second BIND reply');
+      assert.deepEqual(remoteHost, { host: '127.0.0.1', port: appPort });
+      const atClient = readBytes(socket, 3);
+      app.write('any');
+      assert.equal((await within(atClient, 5000, 'bytes at the client')).toString(), 'any');
+      socket.destroy();
+      const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
+      assert.equal(record.requested, '127.0.0.2:0');
+      assert.equal(record.connected, `127.0.0.1:${appPort}`);
+      assert.equal(record.bytesDown, 3);
+    } finally {
+      app.destroy();
+    }
+  });
+});
+
+describe('BIND naming the application server by name', opts, () => {
+  let proxy: RunningProxy;
+  const resolver: Resolver = {
+    async resolve(name) {
+      if (name === 'app.test') return [{ address: '127.0.0.2', family: 4 }];
+      throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
+    },
+  };
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }], resolver });
+  });
+  after(() => proxy.close());
+
+  for (const type of [5, 4] as const) {
+    test(`SOCKS${type === 5 ? '5' : '4a'}: the name's addresses are the expected peers`, opts, async () => {
+      const session = startBind(proxy, type, 'app.test');
+      const bound = await within(session.bound, 5000, 'the first BIND reply');
+      assert.notEqual(bound.host, '0.0.0.0');
+      if (type === 5) {
+        // SOCKS5 turns a stray away and waits on; SOCKS4 would end the BIND.
+        const stray = await appConnect(bound.host, bound.port, '127.0.0.1');
+        await within(closed(stray), 5000, 'the proxy to close the stray connection');
+      }
+      const app = await appConnect(bound.host, bound.port, '127.0.0.2');
+      const appPort = app.localPort!;
+      try {
+        const { remoteHost, socket } = await within(session.established, 5000, 'the second BIND reply');
+        assert.deepEqual(remoteHost, { host: '127.0.0.2', port: appPort });
+        const atApp = readBytes(app, 4);
+        socket.write('name');
+        assert.equal((await within(atApp, 5000, 'bytes at the app server')).toString(), 'name');
+        socket.destroy();
+        const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
+        assert.equal(record.version, type);
+        assert.equal(record.requested, 'app.test:0');
+        assert.equal(record.connected, `127.0.0.2:${appPort}`);
+        assert.equal(record.bytesUp, 4);
+      } finally {
+        app.destroy();
+      }
+    });
+  }
+
+  test('SOCKS5: a name that does not resolve is refused with REP 0x04 (host unreachable), reason bind-failed', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      const name = Buffer.from('nowhere.test');
+      client.write(Buffer.concat([hex('05 01 00 05 02 00 03'), Buffer.from([name.length]), name, hex('00 00')]));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const reply = await client.read(4);
+      assert.equal(reply[0], 5);
+      assert.equal(reply[1], 0x04, `REP 0x${reply[1]!.toString(16)}`);
+      await within(client.readToEnd(), 5000, 'the proxy to close');
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.reply, 0x04);
+    } finally {
+      client.destroy();
+    }
+  });
+});
+
+describe('BIND timeout', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }], timeouts: { bind: 200 } });
+  });
+  after(() => proxy.close());
+
+  test('SOCKS5: no peer within timeouts.bind gives a second reply REP 0x06, reason bind-failed, listener closed', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks5Bind('127.0.0.1'));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const first = await client.read(10);
+      assert.deepEqual(first.subarray(0, 3), hex('05 00 00'));
+      const announced = socks5ReplyAddress(first);
+      const second = await within(client.read(10), 10_000, 'the failure reply');
+      assert.equal(second[0], 5);
+      assert.equal(second[1], 0x06, `REP 0x${second[1]!.toString(16)}`);
+      await within(client.readToEnd(), 10_000, 'the proxy to close');
+      const record: SessionRecord = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.version, 5);
+      assert.equal(record.command, 'bind');
+      assert.equal(record.reply, 0x06);
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.connected, null);
+      assert.equal(record.bytesUp, 0);
+      assert.equal(record.bytesDown, 0);
+      assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS4: no peer within timeouts.bind gives a second reply 0x5B', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks4Bind('127.0.0.1'));
+      assert.equal((await client.read(8))[1], SOCKS4_GRANTED);
+      const second = await within(client.read(8), 10_000, 'the failure reply');
+      assert.equal(second[1], SOCKS4_REJECTED);
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.reply, SOCKS4_REJECTED);
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS5 via the npm client: the timeout is reported as a rejected incoming connection', opts, async () => {
+    const session = startBind(proxy, 5, '127.0.0.1');
+    await within(session.bound, 5000, 'the first BIND reply');
+    const err = await within(session.failed, 10_000, 'the client error');
+    assert.match(err.message, /TTLExpired/);
+    const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
+    assert.equal(record.reason, 'bind-failed');
+  });
+});
+
+describe('BIND on an IPv6 listener', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '::1', port: 0 }] });
+  });
+  after(() => proxy.close());
+
+  test('BIND [::1]: announced ::1, the peer from ::1 is named in the second reply', opts, async () => {
+    const client = await RawClient.connect(proxy.port, '::1');
+    try {
+      const ipv6 = Buffer.alloc(16);
+      ipv6[15] = 1;
+      client.write(Buffer.concat([hex('05 01 00 05 02 00 04'), ipv6, hex('00 00')]));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const first = await client.read(22);
+      assert.deepEqual(first.subarray(0, 4), hex('05 00 00 04'));
+      assert.deepEqual(first.subarray(4, 20), ipv6);
+      const port = first.readUInt16BE(20);
+      const app = await appConnect('::1', port);
+      const appPort = app.localPort!;
+      try {
+        const second = await client.read(22);
+        assert.deepEqual(second.subarray(0, 4), hex('05 00 00 04'));
+        assert.deepEqual(second.subarray(4, 20), ipv6);
+        assert.equal(second.readUInt16BE(20), appPort);
+        const atApp = readBytes(app, 2);
+        client.write(Buffer.from('v6')); // a string would be read as hex
+        assert.equal((await within(atApp, 5000, 'bytes at the app server')).toString(), 'v6');
+      } finally {
+        app.destroy();
+      }
+      await client.readToEnd();
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.connected, `[::1]:${appPort}`);
+      assert.equal(record.bytesUp, 2);
+    } finally {
+      client.destroy();
+    }
+  });
+});

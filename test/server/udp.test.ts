@@ -1,0 +1,758 @@
+/**
+ * UDP ASSOCIATE end to end with the npm `socks` client for the control
+ * connection and its frame helpers for the datagrams: to UDP echo servers on
+ * IPv4 and IPv6, by address and by name; the reply's header names the
+ * sender; foreign sources, fragments, malformed and oversized datagrams are
+ * dropped and counted while the association keeps relaying; the association
+ * and its sockets are gone after the control connection closes and after the
+ * idle timeout; the per-client association limit.
+ *
+ * "Dropped" is shown with a positive barrier, never a wait for nothing: the
+ * bad datagram goes first, then a valid one through the same socket, and once
+ * the valid one's echo is back the bad one has been handled (loopback UDP
+ * through one socket keeps order). Then the echo server's list and the
+ * record's counters tell what happened to it.
+ */
+import assert from 'node:assert/strict';
+import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import ipaddr from 'ipaddr.js';
+import { SocksClient } from 'socks';
+import type { Resolver, SessionRecord } from '../../src/index.js';
+import { RawClient, hex } from '../helpers/raw.js';
+import { type RunningProxy, startProxy } from '../helpers/server.js';
+
+const opts = { timeout: 20_000 };
+
+/** Rejects after `ms` with `what` in the message: a hang fails with a name instead of the suite timeout. */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+interface Datagram {
+  readonly msg: Buffer;
+  readonly from: RemoteInfo;
+}
+
+/** A UDP socket whose datagrams queue up to be awaited one by one. */
+class UdpPeer {
+  readonly socket: UdpSocket;
+  #queue: Datagram[] = [];
+  #waiters: Array<() => void> = [];
+
+  private constructor(socket: UdpSocket) {
+    this.socket = socket;
+    socket.on('message', (msg, from) => {
+      this.#queue.push({ msg, from });
+      const waiters = this.#waiters;
+      this.#waiters = [];
+      for (const w of waiters) w();
+    });
+  }
+
+  static async open(address: string, port = 0): Promise<UdpPeer> {
+    const socket = createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', ipv6Only: address.includes(':') });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(port, address, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    socket.on('error', () => {});
+    return new UdpPeer(socket);
+  }
+
+  get address(): string {
+    return this.socket.address().address;
+  }
+
+  get port(): number {
+    return this.socket.address().port;
+  }
+
+  /** Datagrams received and not taken yet. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  send(data: Buffer, port: number, host: string): Promise<void> {
+    return new Promise((resolve, reject) => this.socket.send(data, port, host, (err) => (err ? reject(err) : resolve())));
+  }
+
+  async next(what = 'a datagram', ms = 5000): Promise<Datagram> {
+    const take = async () => {
+      while (this.#queue.length === 0) await new Promise<void>((resolve) => this.#waiters.push(resolve));
+      return this.#queue.shift()!;
+    };
+    return within(take(), ms, what);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      try {
+        this.socket.close(() => resolve());
+      } catch {
+        resolve(); // already closed
+      }
+    });
+  }
+}
+
+/** A UDP echo server on one or more addresses (same port on each); it keeps a list of what it got. */
+class UdpEcho {
+  readonly received: Array<{ data: Buffer; from: RemoteInfo; at: string }> = [];
+  readonly #sockets: UdpSocket[];
+  readonly port: number;
+
+  private constructor(sockets: UdpSocket[], port: number) {
+    this.#sockets = sockets;
+    this.port = port;
+    for (const socket of sockets) {
+      const at = socket.address().address;
+      socket.on('message', (data, from) => {
+        this.received.push({ data, from, at });
+        socket.send(data, from.port, from.address);
+      });
+    }
+  }
+
+  /** Echo on every one of `addresses` at one port (retried until a port is free on all). */
+  static async start(...addresses: string[]): Promise<UdpEcho> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const sockets: UdpSocket[] = [];
+      let port = 0;
+      try {
+        for (const address of addresses) {
+          const peer = await UdpPeer.open(address, port);
+          peer.socket.removeAllListeners('message');
+          sockets.push(peer.socket);
+          port = peer.port;
+        }
+        return new UdpEcho(sockets, port);
+      } catch {
+        for (const s of sockets) s.close();
+      }
+    }
+    throw new Error(`no common free UDP port on ${addresses.join(', ')}`);
+  }
+
+  payloads(): string[] {
+    return this.received.map((r) => r.data.toString('latin1'));
+  }
+
+  close(): Promise<void> {
+    return Promise.all(this.#sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => {});
+  }
+}
+
+interface Association {
+  /** The TCP control connection (its close ends the association). */
+  readonly control: Socket;
+  readonly controlPort: number;
+  /** The relay's address from the reply, IPv6 in its short form. */
+  readonly relay: { host: string; port: number };
+  readonly closed: Promise<void>;
+}
+
+/** UDP ASSOCIATE with the npm client: `destination` is where the client will send from. */
+async function associate(proxy: RunningProxy, from: { host: string; port: number }, proxyHost = '127.0.0.1'): Promise<Association> {
+  const client = new SocksClient({
+    proxy: { host: proxyHost, port: proxy.port, type: 5 },
+    command: 'associate',
+    destination: from,
+    timeout: 10_000,
+  });
+  const established = new Promise<{ socket: Socket; host: string; port: number }>((resolve, reject) => {
+    client.once('established', (info) => resolve({ socket: info.socket, host: info.remoteHost!.host, port: info.remoteHost!.port }));
+    client.once('error', reject);
+  });
+  client.connect();
+  const { socket, host, port } = await within(established, 5000, 'the UDP ASSOCIATE reply');
+  socket.on('error', () => {});
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  return { control: socket, controlPort: socket.localPort!, relay: { host: ipaddr.parse(host).toString(), port }, closed };
+}
+
+/** A SOCKS5 UDP datagram (header + payload) for `host:port`, built by the npm client. */
+function frame(host: string, port: number, payload: Buffer | string): Buffer {
+  return SocksClient.createUDPFrame({ remoteHost: { host, port }, data: typeof payload === 'string' ? Buffer.from(payload, 'latin1') : payload });
+}
+
+/** Sends `payload` through the relay to host:port and returns the datagram that comes back. */
+async function roundTrip(peer: UdpPeer, relay: Association['relay'], host: string, port: number, payload: string): Promise<Datagram> {
+  await peer.send(frame(host, port, payload), relay.port, relay.host);
+  return peer.next(`the echo of "${payload}"`);
+}
+
+/** Asserts that `reply` is exactly the frame "from sender, payload", and that it came from the relay. */
+function assertReply(reply: Datagram, relay: Association['relay'], sender: { host: string; port: number }, payload: string): void {
+  assert.deepEqual(reply.msg, frame(sender.host, sender.port, payload), 'the reply header names the sender, the payload is intact');
+  const parsed = SocksClient.parseUDPFrame(reply.msg);
+  assert.equal(parsed.frameNumber, 0);
+  assert.equal(ipaddr.parse(parsed.remoteHost.host).toString(), sender.host);
+  assert.equal(parsed.remoteHost.port, sender.port);
+  assert.equal(parsed.data.toString('latin1'), payload);
+  assert.equal(reply.from.address, relay.host, 'the reply comes from the relay address');
+  assert.equal(reply.from.port, relay.port);
+}
+
+/**
+ * Local ports of the UDP sockets this process holds: the lines of
+ * /proc/self/net/udp{,6} whose inode is one of our fds. The kernel lists that
+ * table a page per read, so sockets that other processes open or close
+ * meanwhile can make a line appear twice or not at all: lines are keyed by
+ * inode (no duplicates) and the tables are read several times (the union
+ * misses nothing). Our own sockets cannot change during this synchronous code.
+ */
+function udpPortsOfThisProcess(): number[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const found = new Map<string, number>();
+  for (let pass = 0; pass < 5; pass++) {
+    for (const file of ['/proc/self/net/udp', '/proc/self/net/udp6']) {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const line of text.split('\n').slice(1)) {
+        const cols = line.trim().split(/\s+/);
+        if (cols.length > 9 && inodes.has(cols[9]!)) found.set(cols[9]!, parseInt(cols[1]!.split(':')[1]!, 16));
+      }
+    }
+  }
+  return [...found.values()];
+}
+
+/** Binding a fresh socket to exactly host:port succeeds only once nothing else holds it. */
+async function canBindUdp(host: string, port: number): Promise<boolean> {
+  try {
+    const probe = await UdpPeer.open(host, port);
+    await probe.close();
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') return false;
+    throw err;
+  }
+}
+
+/** Records closed from now on only, so a record of an earlier test cannot match. */
+function recordsFrom(proxy: RunningProxy): (match: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
+  const start = proxy.records.length;
+  return (match) => within(proxy.record((r) => proxy.records.indexOf(r) >= start && match(r)), 5000, 'the session record');
+}
+
+describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
+  let proxy: RunningProxy;
+  let echo4: UdpEcho;
+  let echo6: UdpEcho;
+  before(async () => {
+    proxy = await startProxy();
+    echo4 = await UdpEcho.start('127.0.0.1');
+    echo6 = await UdpEcho.start('::1');
+  });
+  after(async () => {
+    await proxy.close();
+    await echo4.close();
+    await echo6.close();
+  });
+
+  test('IPv4 destination by address: exact echo, sender in the header, record counts, sockets gone after the control connection closes', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const baseline = udpPortsOfThisProcess().length;
+      const next = recordsFrom(proxy);
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      assert.equal(assoc.relay.host, '127.0.0.1', 'the relay is announced on the address the client reached, not 0.0.0.0');
+      assert.ok(assoc.relay.port > 0);
+      assert.ok(udpPortsOfThisProcess().includes(assoc.relay.port), 'the relay socket is open');
+
+      const seen = echo4.received.length;
+      const first = await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'ping over udp \u0000\u00ff');
+      assertReply(first, assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'ping over udp \u0000\u00ff');
+      const second = await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'second');
+      assertReply(second, assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'second');
+      assert.deepEqual(echo4.payloads().slice(seen), ['ping over udp \u0000\u00ff', 'second']);
+      const outboundPort = echo4.received.at(-1)!.from.port;
+      assert.equal(udpPortsOfThisProcess().length, baseline + 2, 'the relay and one outbound socket');
+
+      assoc.control.end();
+      await within(assoc.closed, 5000, 'the control connection to close');
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.version, 5);
+      assert.equal(record.command, 'udp');
+      assert.equal(record.requested, `127.0.0.1:${peer.port}`);
+      assert.equal(record.connected, `127.0.0.1:${assoc.relay.port}`);
+      assert.equal(record.reply, 0);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+      assert.equal(record.datagramsDropped, 0);
+      assert.equal(record.bytesUp, 'ping over udp \u0000\u00ff'.length + 'second'.length);
+      assert.equal(record.bytesDown, record.bytesUp);
+      assert.equal(record.reason, 'client-closed');
+      assert.equal(record.error, null);
+
+      const ports = udpPortsOfThisProcess();
+      assert.ok(!ports.includes(assoc.relay.port), 'the relay socket is closed');
+      assert.ok(!ports.includes(outboundPort), 'the outbound socket is closed');
+      assert.equal(ports.length, baseline);
+      assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port), 'the relay address is free again');
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('after the association is gone, a datagram to the old relay address gets no echo', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'alive'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'alive');
+      assoc.control.destroy();
+      await proxy.record((r) => r.clientPort === assoc.controlPort);
+      // Hold the old relay address ourselves: whatever is sent there lands here, not at a relay.
+      const squatter = await UdpPeer.open('127.0.0.1', assoc.relay.port);
+      try {
+        const seen = echo4.received.length;
+        await peer.send(frame('127.0.0.1', echo4.port, 'after close'), assoc.relay.port, assoc.relay.host);
+        const landed = await squatter.next('the datagram at the old relay address');
+        assert.deepEqual(landed.msg, frame('127.0.0.1', echo4.port, 'after close'));
+        assert.equal(echo4.received.length, seen, 'nothing reached the echo server');
+        assert.equal(peer.queued, 0);
+      } finally {
+        await squatter.close();
+      }
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('IPv6 destination (::1) through the IPv4 relay: the header carries ::1 and the echo port', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const next = recordsFrom(proxy);
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = echo6.received.length;
+      const reply = await roundTrip(peer, assoc.relay, '::1', echo6.port, 'hello v6');
+      assertReply(reply, assoc.relay, { host: '::1', port: echo6.port }, 'hello v6');
+      assert.equal(reply.msg[3], 4, 'ATYP IPv6');
+      assert.deepEqual(echo6.payloads().slice(seen), ['hello v6']);
+      // And IPv4 in the same association.
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'and v4'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'and v4');
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+      assert.equal(record.bytesUp, 'hello v6'.length + 'and v4'.length);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('by name: "localhost" reaches an echo bound on 127.0.0.1 and ::1 at one port; the header names the address that answered', opts, async () => {
+    const both = await UdpEcho.start('127.0.0.1', '::1');
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      for (const payload of ['by name 1', 'by name 2']) {
+        const reply = await roundTrip(peer, assoc.relay, 'localhost', both.port, payload);
+        const got = both.received.at(-1)!;
+        assert.equal(got.data.toString(), payload);
+        const sender = got.at === '::1' ? '::1' : '127.0.0.1';
+        assertReply(reply, assoc.relay, { host: sender, port: both.port }, payload);
+        assert.notEqual(reply.msg[3], 3, 'the reply names an address, not the name');
+      }
+      assert.equal(both.received.length, 2);
+      assert.equal(both.received[0]!.at, both.received[1]!.at, 'the name resolves once per association');
+      assoc.control.end();
+      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+    } finally {
+      await peer.close();
+      await both.close();
+    }
+  });
+
+  test('request naming port 0: the client port is learned from the first datagram', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '0.0.0.0', port: 0 });
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'learned'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'learned');
+      assoc.control.end();
+      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.requested, '0.0.0.0:0');
+      assert.equal(record.datagramsUp, 1);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('a datagram from a foreign address (127.0.0.2) is dropped and counted', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    const foreign = await UdpPeer.open('127.0.0.2');
+    try {
+      const next = recordsFrom(proxy);
+      const assoc = await associate(proxy, { host: '0.0.0.0', port: 0 });
+      const seen = echo4.received.length;
+      // First, before the client's port is known: only the address can tell.
+      await foreign.send(frame('127.0.0.1', echo4.port, 'foreign before'), assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'mine 1'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'mine 1');
+      await foreign.send(frame('127.0.0.1', echo4.port, 'foreign after'), assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'mine 2'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'mine 2');
+      assert.deepEqual(echo4.payloads().slice(seen), ['mine 1', 'mine 2'], 'nothing from the foreign source reached the echo');
+      assert.equal(foreign.queued, 0);
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsDropped, 2);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+    } finally {
+      await peer.close();
+      await foreign.close();
+    }
+  });
+
+  test('when the request named a port, a datagram from another port of the same address is dropped and counted', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    const otherPort = await UdpPeer.open('127.0.0.1');
+    try {
+      const next = recordsFrom(proxy);
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = echo4.received.length;
+      await otherPort.send(frame('127.0.0.1', echo4.port, 'wrong port'), assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'right port'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'right port');
+      assert.deepEqual(echo4.payloads().slice(seen), ['right port']);
+      assert.equal(otherPort.queued, 0);
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsDropped, 1);
+      assert.equal(record.datagramsUp, 1);
+    } finally {
+      await peer.close();
+      await otherPort.close();
+    }
+  });
+
+  test('a fragment (FRAG = 1) is dropped and counted, and the association keeps relaying', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const next = recordsFrom(proxy);
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = echo4.received.length;
+      const port = Buffer.alloc(2);
+      port.writeUInt16BE(echo4.port);
+      const fragment = Buffer.concat([hex('00 00 01 01 7f 00 00 01'), port, Buffer.from('fragment 1')]);
+      await peer.send(fragment, assoc.relay.port, assoc.relay.host);
+      const endOfFragments = Buffer.concat([hex('00 00 81 01 7f 00 00 01'), port, Buffer.from('fragment 2, last')]);
+      await peer.send(endOfFragments, assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'whole'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'whole');
+      assert.deepEqual(echo4.payloads().slice(seen), ['whole']);
+      assert.equal(peer.queued, 0);
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsDropped, 2);
+      assert.equal(record.datagramsUp, 1);
+      assert.equal(record.datagramsDown, 1);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('a reply too large to wrap in a header (65507 bytes + 10) cannot reach the client and is not counted as relayed', opts, async () => {
+    // Answers every datagram with a maximum-size IPv4 UDP payload, then a small one.
+    const big = await UdpPeer.open('127.0.0.1');
+    big.socket.on('message', (_msg, from) => {
+      big.socket.send(Buffer.alloc(65507, 0x42), from.port, from.address);
+      big.socket.send(Buffer.from('small'), from.port, from.address);
+    });
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      await peer.send(frame('127.0.0.1', big.port, 'x'), assoc.relay.port, assoc.relay.host);
+      // Same socket, same order: once "small" is here, the big one was handled first.
+      const first = await peer.next('the small reply');
+      assertReply(first, assoc.relay, { host: '127.0.0.1', port: big.port }, 'small');
+      assert.equal(peer.queued, 0);
+      assoc.control.end();
+      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      assert.equal(record.datagramsDown, 1, 'only the small reply was relayed');
+      assert.equal(record.bytesDown, 5);
+      assert.equal(record.datagramsDropped, 1, 'the big one was dropped');
+    } finally {
+      await peer.close();
+      await big.close();
+    }
+  });
+
+  test('bytes on the control connection are ignored and do not end the association', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      assoc.control.write('noise on the control connection');
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'still here'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'still here');
+      assoc.control.end();
+      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.reason, 'client-closed');
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
+describe('UDP ASSOCIATE through an IPv6 listener', opts, () => {
+  let proxy: RunningProxy;
+  let echo4: UdpEcho;
+  let echo6: UdpEcho;
+  before(async () => {
+    proxy = await startProxy({ listen: [{ address: '::1', port: 0 }] });
+    echo4 = await UdpEcho.start('127.0.0.1');
+    echo6 = await UdpEcho.start('::1');
+  });
+  after(async () => {
+    await proxy.close();
+    await echo4.close();
+    await echo6.close();
+  });
+
+  test('an IPv6 client gets a relay on ::1 and reaches IPv6 and IPv4 destinations', opts, async () => {
+    const peer = await UdpPeer.open('::1');
+    try {
+      const assoc = await associate(proxy, { host: '::1', port: peer.port }, '::1');
+      assert.equal(assoc.relay.host, '::1', 'the relay is on the address the client reached');
+      assertReply(await roundTrip(peer, assoc.relay, '::1', echo6.port, 'six to six'), assoc.relay, { host: '::1', port: echo6.port }, 'six to six');
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'six to four'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'six to four');
+      assoc.control.end();
+      await within(assoc.closed, 5000, 'the control connection to close');
+      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      assert.equal(record.clientAddress, '::1');
+      assert.equal(record.connected, `[::1]:${assoc.relay.port}`);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+      assert.ok(!udpPortsOfThisProcess().includes(assoc.relay.port), 'the relay socket is closed');
+      assert.ok(await canBindUdp('::1', assoc.relay.port));
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
+describe('UDP ASSOCIATE with a custom resolver', opts, () => {
+  let proxy: RunningProxy;
+  let echo4: UdpEcho;
+  let echo6: UdpEcho;
+  const asked: string[] = [];
+  const resolver: Resolver = {
+    async resolve(name) {
+      asked.push(name);
+      if (name === 'echo.test') return [{ address: '::1', family: 6 }, { address: '127.0.0.1', family: 4 }];
+      if (name === 'four.test') return [{ address: '127.0.0.1', family: 4 }];
+      throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
+    },
+  };
+  before(async () => {
+    proxy = await startProxy({ resolver });
+    echo4 = await UdpEcho.start('127.0.0.1');
+    echo6 = await UdpEcho.start('::1');
+  });
+  after(async () => {
+    await proxy.close();
+    await echo4.close();
+    await echo6.close();
+  });
+
+  test('a name goes to its first address; an unknown name is dropped and counted; the association lives on', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      assertReply(await roundTrip(peer, assoc.relay, 'echo.test', echo6.port, 'to the first address'), assoc.relay, { host: '::1', port: echo6.port }, 'to the first address');
+      assert.deepEqual(echo6.payloads(), ['to the first address']);
+      await peer.send(frame('nowhere.test', echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, 'four.test', echo4.port, 'by name v4'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'by name v4');
+      assert.deepEqual(echo4.payloads(), ['by name v4']);
+      assert.deepEqual(asked, ['echo.test', 'nowhere.test', 'four.test']);
+      assoc.control.end();
+      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+      assert.equal(record.datagramsDropped, 1);
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
+describe('UDP ASSOCIATE idle timeout', opts, () => {
+  let proxy: RunningProxy;
+  /** For the test that must get one round trip in first: 200 ms could pass before it on a loaded machine. */
+  let roomier: RunningProxy;
+  let echo4: UdpEcho;
+  before(async () => {
+    proxy = await startProxy({ timeouts: { udpIdle: 200 } });
+    roomier = await startProxy({ timeouts: { udpIdle: 1000 } });
+    echo4 = await UdpEcho.start('127.0.0.1');
+  });
+  after(async () => {
+    await proxy.close();
+    await roomier.close();
+    await echo4.close();
+  });
+
+  test('no datagram for timeouts.udpIdle: the control connection is closed, reason idle-timeout, sockets gone', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const baseline = udpPortsOfThisProcess().length;
+      const assoc = await associate(roomier, { host: '127.0.0.1', port: peer.port });
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'once'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'once');
+      const outboundPort = echo4.received.at(-1)!.from.port;
+      await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
+      const record = await within(roomier.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      assert.equal(record.command, 'udp');
+      assert.equal(record.reason, 'idle-timeout');
+      assert.equal(record.datagramsUp, 1);
+      assert.equal(record.datagramsDown, 1);
+      assert.equal(record.bytesUp, 4);
+      assert.equal(record.bytesDown, 4);
+      const ports = udpPortsOfThisProcess();
+      assert.ok(!ports.includes(assoc.relay.port), 'the relay socket is closed');
+      assert.ok(!ports.includes(outboundPort), 'the outbound socket is closed');
+      assert.equal(ports.length, baseline);
+      assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port), 'the relay address is free again');
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('an association that never carried a datagram also times out', opts, async () => {
+    const assoc = await associate(proxy, { host: '127.0.0.1', port: 0 });
+    await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
+    const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+    assert.equal(record.reason, 'idle-timeout');
+    assert.equal(record.datagramsUp, 0);
+    assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port));
+  });
+});
+
+describe('UDP ASSOCIATE bad input (udp.maxDatagram: 512)', opts, () => {
+  let proxy: RunningProxy;
+  let echo4: UdpEcho;
+  before(async () => {
+    proxy = await startProxy({ udp: { maxDatagram: 512 } });
+    echo4 = await UdpEcho.start('127.0.0.1');
+  });
+  after(async () => {
+    await proxy.close();
+    await echo4.close();
+  });
+
+  test('malformed headers and an oversized datagram are dropped and counted; a valid datagram then still goes through', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const port = Buffer.alloc(2);
+      port.writeUInt16BE(echo4.port);
+      const bad: Record<string, Buffer> = {
+        'RSV = 01 00': Buffer.concat([hex('01 00 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
+        'RSV = 00 01': Buffer.concat([hex('00 01 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
+        'empty datagram': Buffer.alloc(0),
+        'three bytes': hex('00 00 00'),
+        'IPv4 address cut short': hex('00 00 00 01 7f 00'),
+        'port cut short': hex('00 00 00 01 7f 00 00 01 00'),
+        'IPv6 address cut short': hex('00 00 00 04 00 00 00 00 00 00 00 00'),
+        'domain longer than the datagram': hex('00 00 00 03 20 61 62 63'),
+        'unknown ATYP 0x05': Buffer.concat([hex('00 00 00 05 7f 00 00 01'), port, Buffer.from('atyp')]),
+        'unknown ATYP 0x02': Buffer.concat([hex('00 00 00 02 7f 00 00 01'), port, Buffer.from('atyp')]),
+        '1000 bytes (over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(990, 0x61)]),
+        '513 bytes (one over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(503, 0x62)]),
+      };
+      for (const datagram of Object.values(bad)) await peer.send(datagram, assoc.relay.port, assoc.relay.host);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'valid'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'valid');
+      assert.deepEqual(echo4.payloads(), ['valid'], 'none of the bad datagrams reached the echo server');
+      // Exactly maxDatagram is still taken.
+      const largest = 'c'.repeat(512 - 10);
+      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, largest), assoc.relay, { host: '127.0.0.1', port: echo4.port }, largest);
+      assert.equal(peer.queued, 0);
+      assoc.control.end();
+      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      assert.equal(record.datagramsDropped, Object.keys(bad).length);
+      assert.equal(record.datagramsUp, 2);
+      assert.equal(record.datagramsDown, 2);
+      assert.equal(record.bytesUp, 'valid'.length + largest.length);
+      assert.equal(record.reason, 'client-closed');
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
+describe('UDP ASSOCIATE limit (udp.maxAssociationsPerClient: 2)', opts, () => {
+  let proxy: RunningProxy;
+  let echo4: UdpEcho;
+  before(async () => {
+    proxy = await startProxy({ udp: { maxAssociationsPerClient: 2 } });
+    echo4 = await UdpEcho.start('127.0.0.1');
+  });
+  after(async () => {
+    await proxy.close();
+    await echo4.close();
+  });
+
+  test('the third association gets REP 0x01 (limit-reached); after one closes, a new one works', opts, async () => {
+    const peers = await Promise.all([UdpPeer.open('127.0.0.1'), UdpPeer.open('127.0.0.1'), UdpPeer.open('127.0.0.1')]);
+    const [p1, p2, p3] = peers as [UdpPeer, UdpPeer, UdpPeer];
+    const open: Association[] = [];
+    try {
+      const a1 = await associate(proxy, { host: '127.0.0.1', port: p1.port });
+      open.push(a1);
+      const a2 = await associate(proxy, { host: '127.0.0.1', port: p2.port });
+      open.push(a2);
+
+      const third = await RawClient.connect(proxy.port);
+      try {
+        third.write(Buffer.concat([hex('05 01 00 05 03 00 01 7f 00 00 01'), Buffer.from([p3.port >> 8, p3.port & 0xff])]));
+        assert.deepEqual(await third.read(2), hex('05 00'));
+        const reply = await third.read(4);
+        assert.equal(reply[0], 5);
+        assert.equal(reply[1], 0x01, `REP 0x${reply[1]!.toString(16)}`);
+        await within(third.readToEnd(), 5000, 'the proxy to close the refused association');
+        const record = await within(proxy.record((r) => r.clientPort === third.localPort), 5000, 'the refused session record');
+        assert.equal(record.command, 'udp');
+        assert.equal(record.reply, 0x01);
+        assert.equal(record.reason, 'limit-reached');
+        assert.equal(record.connected, null);
+      } finally {
+        third.destroy();
+      }
+
+      // The two admitted ones still relay.
+      assertReply(await roundTrip(p2, a2.relay, '127.0.0.1', echo4.port, 'a2'), a2.relay, { host: '127.0.0.1', port: echo4.port }, 'a2');
+
+      a1.control.end();
+      await within(proxy.record((r) => r.clientPort === a1.controlPort), 5000, 'the first association\'s record');
+      const a3 = await associate(proxy, { host: '127.0.0.1', port: p3.port });
+      open.push(a3);
+      assertReply(await roundTrip(p3, a3.relay, '127.0.0.1', echo4.port, 'a3'), a3.relay, { host: '127.0.0.1', port: echo4.port }, 'a3');
+      a3.control.end();
+      const record = await within(proxy.record((r) => r.clientPort === a3.controlPort), 5000, 'the new association\'s record');
+      assert.equal(record.reply, 0);
+      assert.equal(record.datagramsUp, 1);
+    } finally {
+      for (const a of open) a.control.destroy();
+      for (const p of peers) await p.close();
+    }
+  });
+});
