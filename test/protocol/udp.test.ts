@@ -202,7 +202,7 @@ describe('SOCKS5 UDP header: properties', () => {
       fc.property(arb, (bytes) => {
         try {
           const header = decodeUdpHeader(bytes);
-          assert.ok(header.payloadOffset >= 10 && header.payloadOffset <= bytes.length);
+          assert.ok(header.payloadOffset >= 8 && header.payloadOffset <= bytes.length);
         } catch (err) {
           assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
         }
