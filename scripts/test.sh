@@ -13,6 +13,8 @@ declare -A PACKAGES=(
   [danted]=dante-server
   [microsocks]=microsocks
   [pysocks]=python3-socks
+  [gcc]=gcc
+  [taskset]=util-linux
 )
 
 has() {

@@ -1,0 +1,358 @@
+/**
+ * The workloads: what each measures, and how one run of it goes against a
+ * running server. All SOCKS5 CONNECT, no auth (the production configuration
+ * uses username/password), on 127.0.0.1.
+ */
+import { type GenResult, type Target, runGenerator } from './loadgen.js';
+import { cpuSeconds, pssKb, rssKb, sleep } from './proc.js';
+import type { RunningServer, ServerId } from './servers.js';
+
+export interface Settings {
+  readonly quick: boolean;
+  readonly reps: number;
+  readonly bulkSeconds: number;
+  readonly batchBytes: number;
+  readonly handshakeSeconds: number;
+  readonly latencySeconds: number;
+  readonly latencyWarmupMs: number;
+  readonly latencySize: number;
+  readonly idleStages: readonly number[];
+  readonly idleSettleMs: number;
+  readonly stallBytes: number;
+  readonly stallHoldMs: number;
+}
+
+export const FULL: Settings = {
+  quick: false,
+  reps: 5,
+  bulkSeconds: 2,
+  batchBytes: 8 << 20,
+  handshakeSeconds: 2,
+  latencySeconds: 2,
+  latencyWarmupMs: 200,
+  latencySize: 64,
+  idleStages: [1000, 5000, 9000],
+  idleSettleMs: 1000,
+  stallBytes: 1 << 30,
+  stallHoldMs: 2000,
+};
+
+export const QUICK: Settings = {
+  quick: true,
+  reps: 1,
+  bulkSeconds: 0.2,
+  batchBytes: 1 << 20,
+  handshakeSeconds: 0.2,
+  latencySeconds: 0.2,
+  latencyWarmupMs: 20,
+  latencySize: 64,
+  idleStages: [100, 200, 300],
+  idleSettleMs: 100,
+  stallBytes: 32 << 20,
+  stallHoldMs: 300,
+};
+
+export interface MetricDef {
+  readonly key: string;
+  readonly label: string;
+  readonly better: 'higher' | 'lower';
+  readonly digits: number;
+}
+
+export type Group = 'relay' | 'idle' | 'stall';
+
+export interface Workload {
+  readonly id: string;
+  readonly group: Group;
+  readonly title: string;
+  readonly what: string;
+  readonly metrics: readonly MetricDef[];
+  /** Not run for "none" (memory of a server that does not exist). */
+  readonly proxyOnly: boolean;
+  readonly command?: 'upload' | 'download' | 'handshake' | 'latency';
+  readonly parallel?: number;
+  /** idle: the session count. */
+  readonly sessions?: number;
+}
+
+const MBPS: MetricDef = { key: 'mbps', label: 'MB/s', better: 'higher', digits: 0 };
+const RATE: MetricDef = { key: 'rate', label: 'handshakes/s', better: 'higher', digits: 0 };
+const P50: MetricDef = { key: 'p50us', label: 'p50 µs', better: 'lower', digits: 1 };
+const P99: MetricDef = { key: 'p99us', label: 'p99 µs', better: 'lower', digits: 1 };
+const PER_SESSION: MetricDef = { key: 'kibPerSession', label: 'KiB/session (RSS)', better: 'lower', digits: 1 };
+const PSS_PER_SESSION: MetricDef = { key: 'pssKibPerSession', label: 'KiB/session (PSS)', better: 'lower', digits: 1 };
+const RSS_MB: MetricDef = { key: 'rssMiB', label: 'RSS MiB', better: 'lower', digits: 1 };
+const PEAK_GROWTH: MetricDef = { key: 'peakGrowthMiB', label: 'peak RSS growth MiB', better: 'lower', digits: 1 };
+const PEAK_RSS: MetricDef = { key: 'peakRssMiB', label: 'peak RSS MiB', better: 'lower', digits: 1 };
+
+export function workloads(s: Settings): Workload[] {
+  const mb = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+  const bulk = (command: 'upload' | 'download', parallel: number): Workload => ({
+    id: `${command}-${parallel}`,
+    group: 'relay',
+    title: `Bulk ${command}, ${parallel} stream${parallel > 1 ? 's' : ''}`,
+    what: `${parallel} connection${parallel > 1 ? 's' : ''} ${command === 'upload' ? 'sending to a sink' : 'reading from a source'} as fast as possible for ${s.bulkSeconds} s, ` +
+      `in ${mb(s.batchBytes)} batches (two in flight), every batch's byte count verified; MB/s = 10^6 bytes per second over all streams`,
+    metrics: [MBPS],
+    proxyOnly: false,
+    command,
+    parallel,
+  });
+  const handshake = (parallel: number): Workload => ({
+    id: `handshake-${parallel}`,
+    group: 'relay',
+    title: `CONNECT handshakes, ${parallel} concurrent client${parallel > 1 ? 's' : ''}`,
+    what: `${parallel} client${parallel > 1 ? 's' : ''} in a closed loop for ${s.handshakeSeconds} s, each handshake a fresh TCP connection: ` +
+      'greeting, method, request, reply, then close; the destination (the target\'s "hangup" port) closes as soon as the proxy connects ' +
+      '(so TIME_WAIT stays off ephemeral ports, see bench/README.md); handshake time = from connect() to the whole reply',
+    metrics: [RATE],
+    proxyOnly: false,
+    command: 'handshake',
+    parallel,
+  });
+  const latency = (parallel: number): Workload => ({
+    id: `latency-${parallel}`,
+    group: 'relay',
+    title: `Request/response latency, ${parallel} connection${parallel > 1 ? 's' : ''}`,
+    what: `${parallel} established relay${parallel > 1 ? 's' : ''} to the echo target, each sending ${s.latencySize} bytes and waiting for the echo, ` +
+      `back to back for ${s.latencySeconds} s after a ${s.latencyWarmupMs} ms warm-up; percentiles of all round trips`,
+    metrics: [P50, P99],
+    proxyOnly: false,
+    command: 'latency',
+    parallel,
+  });
+  const idle = (n: number): Workload => ({
+    id: `idle-${n}`,
+    group: 'idle',
+    title: `Memory with ${n.toLocaleString('en-US')} idle sessions`,
+    what: `sessions opened 64 at a time (handshake plus one 8-byte echo each, so each relay is established end to end), then left idle; ` +
+      `RSS sampled ${s.idleSettleMs} ms after the last one opened; KiB/session = (RSS at N − RSS at idle) / N, with the sessions of ` +
+      `the smaller counts still open (one ramp per server instance: ${s.idleStages.join(' → ')})`,
+    metrics: [PER_SESSION, PSS_PER_SESSION, RSS_MB],
+    proxyOnly: true,
+    sessions: n,
+  });
+  return [
+    bulk('upload', 1),
+    bulk('upload', 8),
+    bulk('download', 1),
+    bulk('download', 8),
+    handshake(1),
+    handshake(32),
+    latency(1),
+    latency(16),
+    ...s.idleStages.map(idle),
+    {
+      id: 'backpressure',
+      group: 'stall',
+      title: 'Backpressure: a client that stops reading',
+      what: `the client asks the source for ${mb(s.stallBytes)} and reads nothing for ${s.stallHoldMs} ms, then reads it all (byte count verified); ` +
+        'the server\'s RSS is sampled every 20 ms throughout; growth is over its RSS just before the session',
+      metrics: [PEAK_GROWTH, PEAK_RSS],
+      proxyOnly: true,
+    },
+  ];
+}
+
+/** One workload run against one server: the numbers and what went wrong. */
+export interface RunRecord {
+  readonly rep: number;
+  readonly server: ServerId;
+  readonly workload: string;
+  ok: boolean;
+  error?: string;
+  metrics: Record<string, number>;
+  /** Bulk and backpressure: every byte counted on both ends. */
+  exact?: boolean;
+  errors: number;
+  errorKinds: Record<string, number>;
+  /** CPU use over the generator's wall time, % of one core. */
+  cpu?: { proxy: number | null; generator: number; target: number };
+  extra: Record<string, number | string | boolean>;
+}
+
+export interface RunContext {
+  readonly binary: string;
+  readonly settings: Settings;
+  readonly affinity: string | null;
+  readonly target: Target;
+  readonly server: RunningServer;
+  readonly rep: number;
+}
+
+function connectArgs(ctx: RunContext, targetPort: number): (string | number)[] {
+  const { server } = ctx;
+  if (!server.info.proxy) return ['--connect', targetPort, '--socks', 0];
+  const args: (string | number)[] = ['--connect', server.port, '--dest', targetPort];
+  if (server.auth) args.push('--user', server.auth.user, '--pass', server.auth.pass);
+  return args;
+}
+
+function record(ctx: RunContext, w: Workload): RunRecord {
+  return { rep: ctx.rep, server: ctx.server.info.id, workload: w.id, ok: false, metrics: {}, errors: 0, errorKinds: {}, extra: {} };
+}
+
+function absorb(rec: RunRecord, result: GenResult): void {
+  rec.errors = result.errors;
+  rec.errorKinds = result.errorKinds;
+  rec.ok = result.ok;
+  if (!result.ok) rec.error = `generator reported failure: ${JSON.stringify(result.errorKinds)}`;
+}
+
+/** Bulk, handshake and latency: one generator run, with CPU accounting of all three parties. */
+export async function runRelay(ctx: RunContext, w: Workload): Promise<RunRecord> {
+  const s = ctx.settings;
+  const rec = record(ctx, w);
+  const ports = ctx.target.ports;
+  let args: (string | number)[];
+  let seconds: number;
+  switch (w.command) {
+    case 'upload':
+    case 'download':
+      seconds = s.bulkSeconds;
+      args = ['--streams', w.parallel!, '--seconds', seconds, '--batch', s.batchBytes,
+        ...connectArgs(ctx, w.command === 'upload' ? ports.sink : ports.source)];
+      break;
+    case 'handshake':
+      seconds = s.handshakeSeconds;
+      args = ['--concurrency', w.parallel!, '--seconds', seconds,
+        ...(ctx.server.info.proxy ? connectArgs(ctx, ports.hangup) : ['--connect', ports.socks, '--dest', 1])];
+      break;
+    case 'latency':
+      seconds = s.latencySeconds;
+      args = ['--conns', w.parallel!, '--seconds', seconds, '--warmup-ms', s.latencyWarmupMs, '--size', s.latencySize,
+        ...connectArgs(ctx, ports.echo)];
+      break;
+    default:
+      throw new Error(`not a relay workload: ${w.id}`);
+  }
+  const proxyBefore = cpuSeconds(ctx.server.pids());
+  const targetBefore = ctx.target.cpuSeconds();
+  const { result, wallSeconds } = await runGenerator(ctx.binary, w.command, args, {
+    affinity: ctx.affinity,
+    timeoutMs: (seconds + 60) * 1000,
+  });
+  const pct = (cpu: number) => Math.round((cpu / wallSeconds) * 1000) / 10;
+  rec.cpu = {
+    proxy: ctx.server.info.proxy ? pct(cpuSeconds(ctx.server.pids()) - proxyBefore) : null,
+    generator: pct(result.cpuUser + result.cpuSys),
+    target: pct(ctx.target.cpuSeconds() - targetBefore),
+  };
+  absorb(rec, result);
+  const num = (key: string) => Number(result[key]);
+  if (w.command === 'upload' || w.command === 'download') {
+    rec.exact = result.exact === true;
+    rec.extra.bytes = num('bytes');
+    rec.extra.seconds = num('seconds');
+    if (rec.ok && rec.exact) rec.metrics.mbps = num('mbps');
+    else rec.ok = false;
+  } else if (w.command === 'handshake') {
+    rec.metrics.rate = num('rate');
+    rec.extra.handshakes = num('handshakes');
+    rec.extra.p50us = num('p50us');
+    rec.extra.p99us = num('p99us');
+  } else {
+    if (rec.ok) {
+      rec.metrics.p50us = num('p50us');
+      rec.metrics.p99us = num('p99us');
+    }
+    rec.extra.rate = num('rate');
+    rec.extra.p999us = num('p999us');
+    rec.extra.maxus = num('maxus');
+  }
+  return rec;
+}
+
+/** The idle ramp on a fresh server: one record per stage. */
+export async function runIdle(ctx: RunContext, stages: readonly Workload[]): Promise<RunRecord[]> {
+  const s = ctx.settings;
+  await sleep(s.idleSettleMs);
+  const rss0 = rssKb(ctx.server.pids());
+  const pss0 = pssKb(ctx.server.pids());
+  const counts = stages.map((w) => w.sessions!);
+  const seen: Array<{ open: number; target: number; rss: number; pss: number; seconds: number; errors: number }> = [];
+  const { result } = await runGenerator(ctx.binary, 'idle', ['--stages', counts.join(','), '--concurrency', 64, ...connectArgs(ctx, ctx.target.ports.echo)], {
+    affinity: ctx.affinity,
+    timeoutMs: 300_000,
+    onEvent: async (event) => {
+      if (event.event === 'draining') {
+        await ctx.target.hangup();
+        return 'next\n';
+      }
+      await sleep(s.idleSettleMs);
+      const pids = ctx.server.pids();
+      seen.push({
+        open: Number(event.open),
+        target: Number(event.target),
+        rss: rssKb(pids),
+        pss: pssKb(pids),
+        seconds: Number(event.seconds),
+        errors: Number(event.errors),
+      });
+      return 'next\n';
+    },
+  });
+  return stages.map((w, i) => {
+    const rec = record(ctx, w);
+    absorb(rec, result);
+    const stage = seen[i];
+    rec.extra.rssIdleKiB = rss0;
+    if (!stage) {
+      rec.ok = false;
+      rec.error ??= 'the ramp stopped before this stage';
+      return rec;
+    }
+    rec.extra.open = stage.open;
+    rec.extra.openSeconds = stage.seconds;
+    rec.extra.rssKiB = stage.rss;
+    if (stage.open !== stage.target) {
+      rec.ok = false;
+      rec.error = `only ${stage.open} of ${stage.target} sessions opened: ${JSON.stringify(result.errorKinds)}`;
+      return rec;
+    }
+    rec.metrics.kibPerSession = (stage.rss - rss0) / stage.open;
+    const previous = i > 0 ? seen[i - 1] : undefined;
+    if (previous && stage.open > previous.open) rec.extra.marginalKiB = (stage.rss - previous.rss) / (stage.open - previous.open);
+    rec.metrics.pssKibPerSession = (stage.pss - pss0) / stage.open;
+    rec.metrics.rssMiB = stage.rss / 1024;
+    rec.ok = true; // the stage itself is complete even if a later one failed
+    return rec;
+  });
+}
+
+/** A client that stops reading while the source sends: peak RSS of the server. */
+export async function runStall(ctx: RunContext, w: Workload): Promise<RunRecord> {
+  const s = ctx.settings;
+  const rec = record(ctx, w);
+  await sleep(Math.min(300, s.idleSettleMs));
+  const rss0 = rssKb(ctx.server.pids());
+  let peak = rss0;
+  let atHoldEnd = 0;
+  const sampler = setInterval(() => { peak = Math.max(peak, rssKb(ctx.server.pids())); }, 20);
+  try {
+    const { result } = await runGenerator(ctx.binary, 'stall', ['--bytes', s.stallBytes, '--hold-ms', s.stallHoldMs, ...connectArgs(ctx, ctx.target.ports.source)], {
+      affinity: ctx.affinity,
+      timeoutMs: s.stallHoldMs + 180_000,
+      onEvent: async (event) => {
+        if (event.event === 'reading') atHoldEnd = rssKb(ctx.server.pids());
+      },
+    });
+    absorb(rec, result);
+    rec.exact = result.exact === true;
+    rec.extra.readMBps = Number(result.mbps);
+    rec.extra.readSeconds = Number(result.readSeconds);
+  } finally {
+    clearInterval(sampler);
+  }
+  peak = Math.max(peak, rssKb(ctx.server.pids()));
+  rec.extra.rssBeforeKiB = rss0;
+  rec.extra.rssAtHoldEndKiB = atHoldEnd;
+  rec.extra.holdGrowthMiB = (atHoldEnd - rss0) / 1024;
+  if (rec.ok && rec.exact) {
+    rec.metrics.peakGrowthMiB = (peak - rss0) / 1024;
+    rec.metrics.peakRssMiB = peak / 1024;
+  } else {
+    rec.ok = false;
+  }
+  return rec;
+}

@@ -1,0 +1,351 @@
+/**
+ * The benchmark driver: `node dist/bench/run.js [--quick] [--reps N]
+ * [--only WORKLOADS] [--servers SERVERS] [--out FILE] [--json FILE] [--no-pin]`.
+ *
+ * Compiles the C load generator (bench/sockbench.c), then for each repetition
+ * runs every server in turn (socksgate, socksgate in its production
+ * configuration, Dante, microsocks, no proxy), each workload group against a
+ * fresh server instance and a fresh target, and writes bench/RESULTS.md.
+ * Every child is killed by PID at the end, on an error, or on a signal; the
+ * temporary directory is removed.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { accessSync, chmodSync, constants, copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus, release, tmpdir, totalmem, type } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { hashPassword } from '../src/index.js';
+import { Target, compileLoadgen } from './lib/loadgen.js';
+import { killAllSync, rssKb } from './lib/proc.js';
+import { type InstanceRecord, type Machine, type Results, renderMarkdown } from './lib/report.js';
+import { type Binaries, type RunningServer, SERVERS, type ServerEnv, type ServerInfo, startServer } from './lib/servers.js';
+import { FULL, QUICK, type Group, type RunContext, type RunRecord, type Settings, type Workload, runIdle, runRelay, runStall, workloads } from './lib/workloads.js';
+
+/** dist/bench/run.js → the project root. */
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+const USAGE = `Usage: node dist/bench/run.js [options]
+
+  --quick            a few seconds in all: tiny sizes, 1 repetition (a smoke test, not a measurement)
+  --reps N           repetitions (default 5, quick 1); medians are over these
+  --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, idle-1000, backpressure…)
+                     or groups (upload, download, bulk, handshake, latency, idle, backpressure)
+  --servers LIST     socksgate, socksgate-prod, dante, microsocks, none (default: all)
+  --out FILE         the Markdown report (default bench/RESULTS.md)
+  --json FILE        also write every run's raw record as JSON
+  --no-pin           do not pin the server to CPU 1 and the generator/target to the other CPUs
+  -h, --help         this text
+`;
+
+let tmp: string | null = null;
+
+function cleanup(): void {
+  killAllSync();
+  if (tmp) {
+    rmSync(tmp, { recursive: true, force: true });
+    tmp = null;
+  }
+}
+
+process.on('exit', cleanup);
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench: ${signal}: stopping every child and exiting\n`);
+    cleanup();
+    process.exit(130);
+  });
+}
+
+function log(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+function which(name: string, candidates: readonly string[] = []): string | null {
+  const dirs = (process.env.PATH ?? '').split(':').filter(Boolean);
+  for (const path of [...candidates, ...dirs.map((d) => join(d, name))]) {
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch { /* next */ }
+  }
+  return null;
+}
+
+function output(command: string, args: readonly string[]): string {
+  try {
+    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 }).trim();
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    return `${e.stdout ?? ''}${e.stderr ?? ''}`.trim();
+  }
+}
+
+function selectWorkloads(all: readonly Workload[], only: string | undefined): Workload[] {
+  if (!only) return [...all];
+  const wanted = only.split(',').map((x) => x.trim()).filter(Boolean);
+  const picked = new Set<Workload>();
+  for (const pattern of wanted) {
+    const matches = all.filter((w) => w.id === pattern || w.id.startsWith(`${pattern}-`) ||
+      (pattern === 'bulk' && (w.command === 'upload' || w.command === 'download')));
+    if (matches.length === 0) throw new UsageError(`--only: no workload "${pattern}"; known: ${all.map((w) => w.id).join(', ')}, bulk, idle`);
+    for (const m of matches) picked.add(m);
+  }
+  return all.filter((w) => picked.has(w));
+}
+
+class UsageError extends Error {}
+
+function cpuList(n: number): { load: string; proxy: string } | null {
+  if (n < 2) return null;
+  const others = Array.from({ length: n }, (_, i) => i).filter((i) => i !== 1);
+  return { load: others.join(','), proxy: '1' };
+}
+
+/**
+ * Copies dist/src (and package.json, with node_modules linked) into the
+ * temporary directory and runs socksgate from there: others may rebuild
+ * dist/ while the benchmark runs, and every instance must be the same build.
+ */
+function snapshotSocksgate(tmpDir: string): { cli: string; hash: string } {
+  const dir = join(tmpDir, 'socksgate');
+  cpSync(join(ROOT, 'dist', 'src'), join(dir, 'dist', 'src'), { recursive: true });
+  copyFileSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
+  const hash = createHash('sha256');
+  const walk = (d: string) => {
+    for (const name of readdirSync(d, { withFileTypes: true }).map((e) => e.name).sort()) {
+      const path = join(d, name);
+      if (name.endsWith('.js')) hash.update(name).update(readFileSync(path));
+      else if (!name.includes('.')) {
+        try { walk(path); } catch { /* not a directory */ }
+      }
+    }
+  };
+  walk(join(dir, 'dist', 'src'));
+  return { cli: join(dir, 'dist', 'src', 'cli.js'), hash: hash.digest('hex').slice(0, 12) };
+}
+
+function machineInfo(bin: Binaries, pinning: string, buildHash: string): Machine {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const rev = output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const dirty = output('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) !== '';
+  const dpkg = (name: string) => output('dpkg-query', ['-W', '-f=${Version}', name]);
+  const limits = existsSync('/proc/self/limits') ? /Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? '?' : '?';
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    nproc: cpus().length,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    kernel: `${type()} ${release()}`,
+    memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    node: process.version,
+    gcc: output('gcc', ['--version']).split('\n')[0] ?? 'gcc',
+    dante: `${output(bin.danted, ['-v']).split('\n')[0]?.replace(/\s+Copyright.*$/, '') ?? 'Dante'} (Debian dante-server ${dpkg('dante-server') || '?'})`,
+    microsocks: `Debian microsocks ${dpkg('microsocks') || '?'}`,
+    socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; dist/src snapshot ${buildHash}, taken when the run started)`,
+    pinning,
+    openFiles: limits,
+  };
+}
+
+async function main(): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        quick: { type: 'boolean' },
+        reps: { type: 'string' },
+        only: { type: 'string' },
+        servers: { type: 'string' },
+        out: { type: 'string' },
+        json: { type: 'string' },
+        'no-pin': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }).values;
+  } catch (err) {
+    log(`bench: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const base = values.quick ? QUICK : FULL;
+  const reps = values.reps === undefined ? base.reps : Number(values.reps);
+  if (!Number.isInteger(reps) || reps < 1 || reps > 50) {
+    log('bench: --reps must be an integer from 1 to 50');
+    return 2;
+  }
+  const settings: Settings = { ...base, reps };
+  let selected: Workload[];
+  let servers: ServerInfo[];
+  try {
+    selected = selectWorkloads(workloads(settings), values.only);
+    const ids = values.servers ? values.servers.split(',').map((x) => x.trim()) : SERVERS.map((s) => s.id);
+    for (const id of ids) if (!SERVERS.some((s) => s.id === id)) throw new UsageError(`--servers: unknown server "${id}"; known: ${SERVERS.map((s) => s.id).join(', ')}`);
+    servers = SERVERS.filter((s) => ids.includes(s.id));
+  } catch (err) {
+    if (err instanceof UsageError) {
+      log(`bench: ${err.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  const outPath = resolve(values.out ?? join(ROOT, 'bench', 'RESULTS.md'));
+
+  // What the benchmark needs on this machine: fail clearly if something is missing.
+  const cli = join(ROOT, 'dist', 'src', 'cli.js');
+  const danted = which('danted', ['/usr/sbin/danted']);
+  const microsocks = which('microsocks');
+  const missing: string[] = [];
+  if (!existsSync(cli)) missing.push(`${cli} (build with: npx tsc -p .)`);
+  if (!which('gcc')) missing.push('gcc (apt-get install gcc)');
+  if (servers.some((s) => s.id === 'dante') && !danted) missing.push('danted (apt-get install dante-server)');
+  if (servers.some((s) => s.id === 'microsocks') && !microsocks) missing.push('microsocks (apt-get install microsocks)');
+  const cpusAvailable = availableParallelism();
+  const pin = values['no-pin'] ? null : cpuList(cpusAvailable);
+  if (pin && !which('taskset')) missing.push('taskset (apt-get install util-linux), or run with --no-pin');
+  if (missing.length > 0) {
+    log(`bench: missing: ${missing.join('; ')}`);
+    return 2;
+  }
+  tmp = mkdtempSync(join(tmpdir(), 'socksgate-bench-'));
+  chmodSync(tmp, 0o755); // Dante runs as "nobody" and reads its files from here
+  const snapshot = snapshotSocksgate(tmp);
+  const bin: Binaries = { node: process.execPath, cli: snapshot.cli, danted: danted ?? 'danted', microsocks: microsocks ?? 'microsocks' };
+  const started = Date.now();
+  const binary = compileLoadgen(join(ROOT, 'bench', 'sockbench.c'), tmp);
+  if (pin) output('taskset', ['-a', '-p', '-c', pin.load, String(process.pid)]); // the driver stays off the server's CPU
+  const pinning = pin
+    ? `server pinned to CPU ${pin.proxy} (with all its threads and child processes); generator, target and driver on CPU ${pin.load}`
+    : 'not pinned (--no-pin, or a single CPU): everything shares every CPU';
+  const credentials = { user: 'bench', pass: 'bench-password-0123' };
+  const usersFile = join(tmp, 'users');
+  writeFileSync(usersFile, `# socksgate benchmark\n${credentials.user}:${await hashPassword(credentials.pass, 10)}\n`, { mode: 0o600 });
+  const env: ServerEnv = { bin, tmp, affinity: pin?.proxy ?? null, usersFile, credentials };
+  const machine = machineInfo(bin, pinning, snapshot.hash);
+
+  log(`bench: ${settings.quick ? 'quick, ' : ''}${reps} rep(s), servers ${servers.map((s) => s.id).join(', ')}, workloads ${selected.map((w) => w.id).join(', ')}`);
+  log(`bench: ${pinning}`);
+  const runs: RunRecord[] = [];
+  const instances: InstanceRecord[] = [];
+  const failures: string[] = [];
+  const groups: Group[] = ['relay', 'idle', 'stall'];
+
+  for (let rep = 1; rep <= reps; rep++) {
+    for (const server of servers) {
+      for (const group of groups) {
+        const ws = selected.filter((w) => w.group === group && (server.proxy || !w.proxyOnly));
+        if (ws.length === 0) continue;
+        const failAll = (why: string) => {
+          failures.push(`rep ${rep}, ${server.label}, ${ws.map((w) => w.id).join('/')}: ${why}`);
+          for (const w of ws) runs.push({ rep, server: server.id, workload: w.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
+          log(`  rep ${rep} ${server.id} ${group}: FAILED: ${why}`);
+        };
+        let target: Target;
+        try {
+          target = await Target.start(binary, pin?.load ?? null);
+        } catch (err) {
+          failAll((err as Error).message);
+          continue;
+        }
+        let running: RunningServer;
+        const t0 = Date.now();
+        try {
+          running = await startServer(server, env);
+        } catch (err) {
+          failAll((err as Error).message.split('\n').slice(0, 6).join(' / '));
+          await target.stop();
+          continue;
+        }
+        const startMs = Date.now() - t0;
+        const rssStart = rssKb(running.pids());
+        const ctx: RunContext = { binary, settings, affinity: pin?.load ?? null, target, server: running, rep };
+        let rssEnd = 0;
+        let processesEnd = 0;
+        try {
+          const attempt = async (w: Workload | readonly Workload[], fn: () => Promise<RunRecord | RunRecord[]>) => {
+            const list = Array.isArray(w) ? w : [w];
+            try {
+              const recs = await fn();
+              for (const r of Array.isArray(recs) ? recs : [recs]) {
+                runs.push(r);
+                if (!r.ok) failures.push(`rep ${rep}, ${server.label}, ${r.workload}: ${r.error ?? 'failed'}`);
+                log(`  rep ${rep} ${server.id.padEnd(14)} ${r.workload.padEnd(13)} ${describe(r)}`);
+              }
+            } catch (err) {
+              const why = (err as Error).message;
+              for (const x of list) {
+                runs.push({ rep, server: server.id, workload: x.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
+                failures.push(`rep ${rep}, ${server.label}, ${x.id}: ${why}`);
+                log(`  rep ${rep} ${server.id.padEnd(14)} ${x.id.padEnd(13)} FAILED: ${why}`);
+              }
+            }
+          };
+          if (group === 'relay') {
+            for (const w of ws) await attempt(w, () => runRelay(ctx, w));
+          } else if (group === 'idle') {
+            await attempt(ws, () => runIdle(ctx, ws));
+          } else {
+            await attempt(ws[0]!, () => runStall(ctx, ws[0]!));
+          }
+        } finally {
+          const pids = running.pids();
+          rssEnd = rssKb(pids);
+          processesEnd = pids.length;
+          const summary = await running.stop();
+          await target.stop();
+          if (server.proxy) {
+            instances.push({ rep, server: server.id, group, startMs, rssStartKiB: rssStart, rssEndKiB: rssEnd, processesEnd, log: summary });
+          }
+        }
+      }
+    }
+  }
+
+  const results: Results = {
+    machine,
+    settings,
+    servers,
+    workloads: selected,
+    runs,
+    instances,
+    failures,
+    elapsedSeconds: (Date.now() - started) / 1000,
+  };
+  writeFileSync(outPath, renderMarkdown(results) + '\n');
+  log(`bench: wrote ${outPath} (${Math.round(results.elapsedSeconds)} s)`);
+  if (values.json) {
+    writeFileSync(resolve(values.json), JSON.stringify(results, null, 2) + '\n');
+    log(`bench: wrote ${resolve(values.json)}`);
+  }
+  if (failures.length > 0) {
+    log(`bench: ${failures.length} run(s) failed:\n  ${failures.join('\n  ')}`);
+    return 1;
+  }
+  return 0;
+}
+
+function describe(r: RunRecord): string {
+  const m = Object.entries(r.metrics).map(([k, v]) => `${k}=${v.toFixed(1)}`).join(' ');
+  const cpu = r.cpu ? ` cpu server=${r.cpu.proxy ?? '-'}% gen=${r.cpu.generator}% target=${r.cpu.target}%` : '';
+  const exact = r.exact === undefined ? '' : r.exact ? ' exact' : ' NOT-EXACT';
+  const errors = r.errors > 0 ? ` errors=${r.errors} ${JSON.stringify(r.errorKinds)}` : '';
+  return `${r.ok ? '' : 'FAILED '}${m}${exact}${cpu}${errors}${r.ok ? '' : ` (${r.error})`}`;
+}
+
+main().then(
+  (code) => {
+    cleanup();
+    process.exit(code);
+  },
+  (err: unknown) => {
+    log(`bench: ${(err as Error)?.stack ?? err}`);
+    cleanup();
+    process.exit(2);
+  },
+);
