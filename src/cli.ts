@@ -8,11 +8,13 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, readConfigFile } from './config/load.js';
 import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
-import { type Config, configJsonSchema } from './config/schema.js';
+import { type Config, configJsonSchema, workerCount } from './config/schema.js';
 import { UsersFileError } from './auth/users.js';
 import { attachLogger, createLogger } from './observe/log.js';
 import { ListenError, SocksServer, createServer } from './server/server.js';
 import { runPasswd } from './auth/passwd.js';
+import { availableParallelism } from 'node:os';
+import { isWorker, runPrimary } from './workers.js';
 
 const USAGE = `Usage: socksgate [options]
        socksgate passwd FILE USER [--delete] [--cost N]
@@ -32,6 +34,8 @@ Options:
       --idle-timeout D       e.g. 1h    --shutdown-grace D   e.g. 10s
       --log-level LEVEL      fatal, error, warn, info, debug, trace, silent
       --log-format FORMAT    auto (readable on a terminal), json, pretty
+      --workers N|auto       event loops sharing the port (auto: one per core when
+                             listening beyond loopback, else 1)
       --check                validate the configuration, print problems, and exit
   -h, --help                 this text
   -V, --version              the version
@@ -66,11 +70,17 @@ async function main(argv: string[]): Promise<number> {
     throw err;
   }
   if (flags.check) return write(`socksgate: configuration is valid\n`, 0);
+  const workers = workerCount(server.config, availableParallelism());
+  if (workers > 1 && !isWorker()) {
+    return runPrimary({ workers, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
+  }
   return run(server, server.config);
 }
 
 async function run(server: SocksServer, config: Config): Promise<number> {
-  const log = createLogger(config.log);
+  const base = createLogger(config.log);
+  // Workers share stdout: each line says which process wrote it.
+  const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
   try {
     await server.listen();
@@ -78,7 +88,7 @@ async function run(server: SocksServer, config: Config): Promise<number> {
     if (err instanceof ListenError) return fail(err.message, 1);
     throw err;
   }
-  log.info({ event: 'started', version: version(), pid: process.pid }, `socksgate ${version()} started`);
+  log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker() }, `socksgate ${version()} started`);
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {

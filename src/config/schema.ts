@@ -127,6 +127,11 @@ export const configSchema = z
     bind: bindSchema.prefault({}),
     udp: udpSchema.prefault({}),
     log: logSchema.prefault({}),
+    /**
+     * Event loops (processes) sharing the listeners. `auto`: one per core when
+     * any listener is beyond loopback (a proxy for a network), else one.
+     */
+    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default('auto'),
   })
   // Cross-field rules run even when a field is invalid, so one --check lists
   // every problem; the value may then be partly unparsed, hence the guards.
@@ -150,6 +155,12 @@ function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx): void {
       });
     }
   });
+}
+
+/** The number of worker processes `workers` asks for on this machine. */
+export function workerCount(config: Pick<Config, 'workers' | 'listen'>, cores: number): number {
+  if (config.workers !== 'auto') return config.workers;
+  return config.listen.some((l) => !isLoopback(l.address)) ? Math.max(1, cores) : 1;
 }
 
 export type ConfigInput = z.input<typeof configSchema>;

@@ -1,0 +1,66 @@
+/**
+ * Several event loops on one port: the primary process forks workers (Node's
+ * cluster shares each listening socket among them) and only supervises. A
+ * signal to the primary is passed to every worker, each drains its own
+ * sessions, and the primary exits when all have: 0 if every worker stopped
+ * cleanly. A worker that dies unexpectedly is replaced, at most once a second.
+ */
+import cluster, { type Worker } from 'node:cluster';
+
+export interface PrimaryOptions {
+  readonly workers: number;
+  /** One line for the operator, e.g. to stderr. */
+  readonly say: (line: string) => void;
+}
+
+export function runPrimary(options: PrimaryOptions): Promise<number> {
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    let failed = false;
+    let listening = 0;
+    let lastRespawn = 0;
+    const live = new Set<Worker>();
+
+    const fork = () => {
+      const worker = cluster.fork();
+      live.add(worker);
+      worker.once('listening', () => { listening++; });
+      worker.once('exit', (code, signal) => {
+        live.delete(worker);
+        if (stopping) {
+          if (code !== 0) failed = true;
+          if (live.size === 0) resolve(failed ? 1 : 0);
+          return;
+        }
+        if (listening === 0) {
+          // Failed before serving (port in use, bad users file…): the worker said why; stop all.
+          stop('startup failure', code ?? 1);
+          return;
+        }
+        options.say(`worker ${worker.process.pid} exited (${signal ?? `code ${code}`}); starting another`);
+        const wait = Math.max(0, lastRespawn + 1000 - Date.now());
+        lastRespawn = Date.now() + wait;
+        setTimeout(() => { if (!stopping) fork(); }, wait);
+      });
+    };
+
+    const stop = (why: string, exitCode = 0) => {
+      if (stopping) {
+        for (const w of live) w.process.kill('SIGKILL'); // a second signal: now
+        return;
+      }
+      stopping = true;
+      if (exitCode !== 0) failed = true;
+      if (live.size === 0) return resolve(failed ? 1 : 0);
+      for (const w of live) w.process.kill(why === 'startup failure' ? 'SIGKILL' : 'SIGTERM');
+    };
+
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    for (let i = 0; i < options.workers; i++) fork();
+  });
+}
+
+export function isWorker(): boolean {
+  return cluster.isWorker;
+}

@@ -1,0 +1,57 @@
+/** `--workers N`: several processes share the port; stop and logs stay whole. */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { describe, it } from 'node:test';
+import { startEchoServer } from '../helpers/server.js';
+import { Daemon, echo, socksConnect, startDaemon } from './helpers.js';
+
+describe('socksgate --workers 2', () => {
+  it('serves from two processes, logs which one served, and stops both on SIGTERM with exit 0', async () => {
+    const target = await startEchoServer();
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    try {
+      const started = await Promise.all([0, 1].map((n) =>
+        daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length > n, `worker ${n + 1} started`)));
+      const workerPids = new Set(daemon.logs.filter((l) => l.event === 'started').map((l) => l.pid));
+      assert.equal(workerPids.size, 2, 'two worker processes');
+      assert.ok(started.every((l) => l.worker === true));
+      assert.ok(!workerPids.has(daemon.child.pid), 'the primary only supervises');
+
+      for (let i = 0; i < 6; i++) {
+        const socket = await socksConnect(port, target.port);
+        assert.equal(await echo(socket, `hello ${i}`), `hello ${i}`);
+        socket.end();
+        await once(socket, 'close');
+      }
+      await daemon.waitFor(() => daemon.sessions().length === 6, 'six access lines');
+      const servedBy = new Set(daemon.sessions().map((l) => l.pid));
+      assert.equal(servedBy.size, 2, 'connections were shared between the workers');
+      for (const pid of servedBy) assert.ok(workerPids.has(pid));
+
+      daemon.signal('SIGTERM');
+      const exit = await daemon.waitExit();
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.equal(daemon.logs.filter((l) => l.event === 'stopped').length, 2, 'each worker drained and stopped');
+    } finally {
+      await daemon.kill();
+      await target.close();
+    }
+  });
+
+  it('exits non-zero when the workers cannot listen', async () => {
+    const holder = createServer();
+    holder.listen(0, '127.0.0.1');
+    await once(holder, 'listening');
+    const { port } = holder.address() as { port: number };
+    const daemon = new Daemon(['--listen', `127.0.0.1:${port}`, '--workers', '2']);
+    try {
+      const exit = await daemon.waitExit();
+      assert.notEqual(exit.code, 0);
+      assert.match(daemon.stderr, /address already in use/);
+    } finally {
+      await daemon.kill();
+      holder.close();
+    }
+  });
+});
