@@ -1,0 +1,18 @@
+/** The README's library example runs as written and does what it says. */
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+import { run } from './helpers/run.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+test('examples/embed.mjs serves one request through an authenticated proxy and prints its record', async () => {
+  const env = { ...process.env };
+  for (const key of Object.keys(env)) if (/_proxy$/i.test(key)) delete env[key];
+  const result = await run(process.execPath, [`${ROOT}examples/embed.mjs`], { env, timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(result.stdout.toString().split('\n').slice(0, 2).map((l) => l.replace(/\d+/g, 'N')), [
+    'hello through socksgate',
+    'alice localhost:N client-closed N bytes down',
+  ]);
+});
