@@ -6,8 +6,20 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { SessionRecord } from '../../src/index.js';
 import { type Fixture, type RunningProxy, startHttpServer, startProxy } from '../helpers/server.js';
-import { ALICE, SOCKS4_GRANTED, SOCKS4_REJECTED, TEST_TIMEOUT_MS, USERPASS_ONLY, curl, fields, forPort, recordsFrom } from './helpers.js';
+import {
+  ALICE,
+  SOCKS4_REJECTED,
+  TEST_TIMEOUT_MS,
+  USERPASS_ONLY,
+  curl,
+  fields,
+  forPort,
+  recordsFrom,
+  relayedConnect,
+  type RecordFields,
+} from './helpers.js';
 
 const BODY4 = 'hello over IPv4';
 const BODY6 = 'hello over IPv6';
@@ -16,164 +28,165 @@ const CURLE_PROXY = 97;
 
 const opts = { timeout: TEST_TIMEOUT_MS };
 
+/** The record of a SOCKS4 request refused before any command was read (all but its error). */
+const SOCKS4_NOT_ALLOWED: Omit<RecordFields, 'error'> = {
+  version: 4,
+  authMethod: null,
+  user: null,
+  command: null,
+  requested: null,
+  connected: null,
+  reply: SOCKS4_REJECTED,
+  reason: 'not-allowed',
+};
+
+/**
+ * Fetches `url` with curl through `proxy` (`proxyArgs` say how), asserts curl
+ * succeeded and printed `body`, and returns the record of the session to
+ * the HTTP server's port.
+ */
+async function fetchThrough(
+  proxy: RunningProxy,
+  proxyArgs: readonly string[],
+  url: string,
+  http: Fixture,
+  body: string,
+): Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  const result = await curl([...proxyArgs, url]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.toString(), body);
+  return next(forPort(http.port));
+}
+
+/**
+ * Fetches `url` with curl through `proxy`, asserts curl failed with
+ * CURLE_PROXY and printed nothing, and returns the first record `match` takes.
+ */
+async function refusedThrough(
+  proxy: RunningProxy,
+  proxyArgs: readonly string[],
+  url: string,
+  match?: (r: SessionRecord) => boolean,
+): Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  const result = await curl([...proxyArgs, url]);
+  assert.equal(result.code, CURLE_PROXY, result.stderr);
+  assert.equal(result.stdout.length, 0);
+  return next(match);
+}
+
+/** Asserts the record counted the request going up and more than the body coming down. */
+function assertHttpCounted(rec: SessionRecord, body: string): void {
+  assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
+  assert.ok(rec.bytesDown > body.length, `bytesDown ${rec.bytesDown}`);
+}
+
 describe('curl through socksgate without authentication', opts, () => {
   let proxy: RunningProxy;
-  let http4: Fixture;
-  let http6: Fixture;
   let big: Fixture;
   const bigBody = 'socksgate-'.repeat(100_000); // 1,000,000 bytes
 
   before(async () => {
     proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
-    http4 = await startHttpServer(BODY4);
-    http6 = await startHttpServer(BODY6, '::1');
     big = await startHttpServer(bigBody);
   });
 
   after(async () => {
     await proxy?.close();
-    await http4?.close();
-    await http6?.close();
     await big?.close();
   });
 
-  it('--socks4 to an IPv4 destination', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks4', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http4.port}/`]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout.toString(), BODY4);
-    const rec = await next(forPort(http4.port));
-    assert.deepStrictEqual(fields(rec), {
+  /**
+   * Starts an HTTP server of its own on `host` for one test (so no other
+   * test's record can be taken for its own), serving BODY4 on IPv4 and BODY6
+   * on IPv6; runs `fn` with it; closes it.
+   */
+  async function withHttp(host: '127.0.0.1' | '::1', fn: (http: Fixture, body: string) => Promise<void>): Promise<void> {
+    const body = host === '::1' ? BODY6 : BODY4;
+    const http = await startHttpServer(body, host);
+    try {
+      await fn(http, body);
+    } finally {
+      await http.close();
+    }
+  }
+
+  /**
+   * Sessions checked in full: curl's proxy option, where the HTTP server
+   * listens, the host in the URL, and the hosts the record names (IPv6 in
+   * brackets, as in the URL and the record).
+   */
+  const RELAYED: readonly {
+    name: string;
+    option: string;
+    serverOn: '127.0.0.1' | '::1';
+    urlHost: string;
+    version: 4 | 5;
+    connectedHost: string;
+  }[] = [
+    {
+      name: '--socks4 to an IPv4 destination',
+      option: '--socks4',
+      serverOn: '127.0.0.1',
+      urlHost: '127.0.0.1',
       version: 4,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `127.0.0.1:${http4.port}`,
-      connected: `127.0.0.1:${http4.port}`,
-      reply: SOCKS4_GRANTED,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-    assert.ok(rec.bytesDown > BODY4.length, `bytesDown ${rec.bytesDown}`);
-  });
-
-  it('--socks4a sends the name "localhost" and the proxy resolves it', async () => {
-    // A distinct fixture so this record cannot be confused with another test's.
-    const http = await startHttpServer(BODY4);
-    try {
-      const next = recordsFrom(proxy);
-      const result = await curl(['--socks4a', `127.0.0.1:${proxy.port}`, `http://localhost:${http.port}/`]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal(result.stdout.toString(), BODY4);
-      const rec = await next(forPort(http.port));
-      assert.deepStrictEqual(fields(rec), {
-        version: 4,
-        authMethod: 'none',
-        user: null,
-        command: 'connect',
-        requested: `localhost:${http.port}`,
-        connected: `127.0.0.1:${http.port}`,
-        reply: SOCKS4_GRANTED,
-        reason: 'client-closed',
-        error: null,
-      });
-      assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-      assert.ok(rec.bytesDown > BODY4.length, `bytesDown ${rec.bytesDown}`);
-    } finally {
-      await http.close();
-    }
-  });
-
-  it('--socks5 to an IPv4 destination', async () => {
-    const http = await startHttpServer(BODY4);
-    try {
-      const next = recordsFrom(proxy);
-      const result = await curl(['--socks5', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http.port}/`]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal(result.stdout.toString(), BODY4);
-      const rec = await next(forPort(http.port));
-      assert.deepStrictEqual(fields(rec), {
-        version: 5,
-        authMethod: 'none',
-        user: null,
-        command: 'connect',
-        requested: `127.0.0.1:${http.port}`,
-        connected: `127.0.0.1:${http.port}`,
-        reply: 0,
-        reason: 'client-closed',
-        error: null,
-      });
-      assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-      assert.ok(rec.bytesDown > BODY4.length, `bytesDown ${rec.bytesDown}`);
-    } finally {
-      await http.close();
-    }
-  });
-
-  it('--socks5 to an IPv6 destination [::1]', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks5', `127.0.0.1:${proxy.port}`, `http://[::1]:${http6.port}/`]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout.toString(), BODY6);
-    const rec = await next(forPort(http6.port));
-    assert.deepStrictEqual(fields(rec), {
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: '--socks4a sends the name "localhost" and the proxy resolves it',
+      option: '--socks4a',
+      serverOn: '127.0.0.1',
+      urlHost: 'localhost',
+      version: 4,
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: '--socks5 to an IPv4 destination',
+      option: '--socks5',
+      serverOn: '127.0.0.1',
+      urlHost: '127.0.0.1',
       version: 5,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `[::1]:${http6.port}`,
-      connected: `[::1]:${http6.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-    assert.ok(rec.bytesDown > BODY6.length, `bytesDown ${rec.bytesDown}`);
-  });
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: '--socks5 to an IPv6 destination [::1]',
+      option: '--socks5',
+      serverOn: '::1',
+      urlHost: '[::1]',
+      version: 5,
+      connectedHost: '[::1]',
+    },
+    {
+      name: '--socks5-hostname sends the name "localhost" and the proxy resolves it',
+      option: '--socks5-hostname',
+      serverOn: '127.0.0.1',
+      urlHost: 'localhost',
+      version: 5,
+      connectedHost: '127.0.0.1',
+    },
+  ];
 
-  it('--socks5-hostname sends the name "localhost" and the proxy resolves it', async () => {
-    const http = await startHttpServer(BODY4);
-    try {
-      const next = recordsFrom(proxy);
-      const result = await curl(['--socks5-hostname', `127.0.0.1:${proxy.port}`, `http://localhost:${http.port}/`]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal(result.stdout.toString(), BODY4);
-      const rec = await next(forPort(http.port));
-      assert.deepStrictEqual(fields(rec), {
-        version: 5,
-        authMethod: 'none',
-        user: null,
-        command: 'connect',
-        requested: `localhost:${http.port}`,
-        connected: `127.0.0.1:${http.port}`,
-        reply: 0,
-        reason: 'client-closed',
-        error: null,
-      });
-      assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-      assert.ok(rec.bytesDown > BODY4.length, `bytesDown ${rec.bytesDown}`);
-    } finally {
-      await http.close();
-    }
-  });
+  for (const c of RELAYED) {
+    it(c.name, () =>
+      withHttp(c.serverOn, async (http, body) => {
+        const url = `http://${c.urlHost}:${http.port}/`;
+        const rec = await fetchThrough(proxy, [c.option, `127.0.0.1:${proxy.port}`], url, http, body);
+        const expected = relayedConnect(c.version, `${c.urlHost}:${http.port}`, `${c.connectedHost}:${http.port}`);
+        assert.deepStrictEqual(fields(rec), expected);
+        assertHttpCounted(rec, body);
+      }));
+  }
 
-  it('--socks5-hostname with an IPv6 literal destination', async () => {
-    const http = await startHttpServer(BODY6, '::1');
-    try {
-      const next = recordsFrom(proxy);
-      const result = await curl(['--socks5-hostname', `127.0.0.1:${proxy.port}`, `http://[::1]:${http.port}/`]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal(result.stdout.toString(), BODY6);
-      const rec = await next(forPort(http.port));
+  it('--socks5-hostname with an IPv6 literal destination', () =>
+    withHttp('::1', async (http, body) => {
+      const url = `http://[::1]:${http.port}/`;
+      const rec = await fetchThrough(proxy, ['--socks5-hostname', `127.0.0.1:${proxy.port}`], url, http, body);
       assert.equal(rec.requested, `[::1]:${http.port}`);
       assert.equal(rec.connected, `[::1]:${http.port}`);
       assert.equal(rec.reply, 0);
       assert.equal(rec.reason, 'client-closed');
-    } finally {
-      await http.close();
-    }
-  });
+    }));
 
   it('a 1 MB response arrives intact and is counted', async () => {
     const next = recordsFrom(proxy);
@@ -206,34 +219,16 @@ describe('curl through socksgate with username/password', opts, () => {
   });
 
   it('socks5h://alice:s3cret@ authenticates and relays', async () => {
-    const next = recordsFrom(proxy);
     const url = `socks5h://${ALICE.name}:${ALICE.password}@127.0.0.1:${proxy.port}`;
-    const result = await curl(['-x', url, `http://localhost:${http.port}/`]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout.toString(), BODY4);
-    const rec = await next(forPort(http.port));
-    assert.deepStrictEqual(fields(rec), {
-      version: 5,
-      authMethod: 'userpass',
-      user: 'alice',
-      command: 'connect',
-      requested: `localhost:${http.port}`,
-      connected: `127.0.0.1:${http.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.ok(rec.bytesUp > 0, `bytesUp ${rec.bytesUp}`);
-    assert.ok(rec.bytesDown > BODY4.length, `bytesDown ${rec.bytesDown}`);
+    const rec = await fetchThrough(proxy, ['-x', url], `http://localhost:${http.port}/`, http, BODY4);
+    const expected = relayedConnect(5, `localhost:${http.port}`, `127.0.0.1:${http.port}`, { authMethod: 'userpass', user: 'alice' });
+    assert.deepStrictEqual(fields(rec), expected);
+    assertHttpCounted(rec, BODY4);
   });
 
   it('a wrong password makes curl fail, recorded as auth-failed', async () => {
-    const next = recordsFrom(proxy);
     const url = `socks5h://${ALICE.name}:wrong-password@127.0.0.1:${proxy.port}`;
-    const result = await curl(['-x', url, `http://localhost:${http.port}/`]);
-    assert.equal(result.code, CURLE_PROXY, result.stderr);
-    assert.equal(result.stdout.length, 0);
-    const rec = await next((r) => r.reason === 'auth-failed');
+    const rec = await refusedThrough(proxy, ['-x', url], `http://localhost:${http.port}/`, (r) => r.reason === 'auth-failed');
     const { error, ...rest } = fields(rec);
     assert.deepStrictEqual(rest, {
       version: 5,
@@ -252,33 +247,18 @@ describe('curl through socksgate with username/password', opts, () => {
   });
 
   it('--socks5 without credentials is refused: no acceptable method', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks5', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http.port}/`]);
-    assert.equal(result.code, CURLE_PROXY, result.stderr);
-    assert.equal(result.stdout.length, 0);
-    const rec = await next((r) => r.reason === 'no-acceptable-method');
+    const url = `http://127.0.0.1:${http.port}/`;
+    const rec = await refusedThrough(proxy, ['--socks5', `127.0.0.1:${proxy.port}`], url, (r) => r.reason === 'no-acceptable-method');
     assert.equal(rec.version, 5);
     assert.equal(rec.requested, null);
     assert.equal(rec.connected, null);
   });
 
   it('--socks4 is refused when authentication is required, even with socks4 on', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks4', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http.port}/`]);
-    assert.equal(result.code, CURLE_PROXY, result.stderr);
-    assert.equal(result.stdout.length, 0);
-    const rec = await next((r) => r.version === 4);
+    const url = `http://127.0.0.1:${http.port}/`;
+    const rec = await refusedThrough(proxy, ['--socks4', `127.0.0.1:${proxy.port}`], url, (r) => r.version === 4);
     const { error, ...rest } = fields(rec);
-    assert.deepStrictEqual(rest, {
-      version: 4,
-      authMethod: null,
-      user: null,
-      command: null,
-      requested: null,
-      connected: null,
-      reply: SOCKS4_REJECTED,
-      reason: 'not-allowed',
-    });
+    assert.deepStrictEqual(rest, SOCKS4_NOT_ALLOWED);
     assert.match(error ?? '', /auth/i);
   });
 });
@@ -298,31 +278,14 @@ describe('curl --socks4 against a listener with SOCKS4 off', opts, () => {
   });
 
   it('fails, recorded as not-allowed with reply 0x5b', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks4', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http.port}/`]);
-    assert.equal(result.code, CURLE_PROXY, result.stderr);
-    assert.equal(result.stdout.length, 0);
-    const rec = await next();
+    const rec = await refusedThrough(proxy, ['--socks4', `127.0.0.1:${proxy.port}`], `http://127.0.0.1:${http.port}/`);
     const { error, ...rest } = fields(rec);
-    assert.deepStrictEqual(rest, {
-      version: 4,
-      authMethod: null,
-      user: null,
-      command: null,
-      requested: null,
-      connected: null,
-      reply: SOCKS4_REJECTED,
-      reason: 'not-allowed',
-    });
+    assert.deepStrictEqual(rest, SOCKS4_NOT_ALLOWED);
     assert.match(error ?? '', /SOCKS4/);
   });
 
   it('--socks5 on the same listener still works', async () => {
-    const next = recordsFrom(proxy);
-    const result = await curl(['--socks5', `127.0.0.1:${proxy.port}`, `http://127.0.0.1:${http.port}/`]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout.toString(), BODY4);
-    const rec = await next(forPort(http.port));
+    const rec = await fetchThrough(proxy, ['--socks5', `127.0.0.1:${proxy.port}`], `http://127.0.0.1:${http.port}/`, http, BODY4);
     assert.equal(rec.version, 5);
     assert.equal(rec.reply, 0);
     assert.equal(rec.reason, 'client-closed');

@@ -1,8 +1,10 @@
 /**
  * Small helpers shared by the interop tests (curl, ncat, the npm `socks`
  * client). They add nothing to the proxy; they only spawn clients with a
- * clean environment and pick a session's record out of the proxy's list.
+ * clean environment, pick a session's record out of the proxy's list, and
+ * spell out the records a test expects.
  */
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { SessionRecord } from '../../src/index.js';
@@ -107,4 +109,34 @@ export function fields(r: SessionRecord): RecordFields {
     reason: r.reason,
     error: r.error,
   };
+}
+
+/** How the proxy recorded the client's authentication. */
+export type RecordedAuth = Pick<RecordFields, 'authMethod' | 'user'>;
+
+/** No authentication, no user id. */
+export const NO_AUTH: RecordedAuth = { authMethod: 'none', user: null };
+
+/**
+ * The predictable fields of a CONNECT that was granted (SOCKS4 0x5a, SOCKS5
+ * reply 0), relayed, and ended by the client, with no error.
+ */
+export function relayedConnect(version: 4 | 5, requested: string, connected: string, auth: RecordedAuth = NO_AUTH): RecordFields {
+  return {
+    version,
+    authMethod: auth.authMethod,
+    user: auth.user,
+    command: 'connect',
+    requested,
+    connected,
+    reply: version === 4 ? SOCKS4_GRANTED : 0,
+    reason: 'client-closed',
+    error: null,
+  };
+}
+
+/** Asserts the record counted `size` payload bytes each way, as an echo of `size` bytes makes. */
+export function assertEchoCounted(rec: SessionRecord, size: number): void {
+  assert.equal(rec.bytesUp, size);
+  assert.equal(rec.bytesDown, size);
 }

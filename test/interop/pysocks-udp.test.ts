@@ -10,68 +10,18 @@
  * destination (the IPv6 client side is covered in test/server/udp.test.ts).
  */
 import assert from 'node:assert/strict';
-import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import type { SessionRecord } from '../../src/index.js';
 import { run } from '../helpers/run.js';
 import { type RunningProxy, startProxy } from '../helpers/server.js';
+import { UdpEcho } from '../helpers/udp.js';
 import { CLIENT_TIMEOUT_MS, TEST_TIMEOUT_MS, cleanEnv, recordsFrom } from './helpers.js';
 
 const opts = { timeout: TEST_TIMEOUT_MS };
 const PYTHON = '/usr/bin/python3';
 /** From dist/test/interop/ (where this file runs) back to the project root, then to the script in the sources. */
 const SCRIPT = fileURLToPath(new URL('../../../test/interop/pysocks_udp.py', import.meta.url));
-
-/** A UDP echo on one or more addresses at one port; it keeps what it got, and where. */
-class UdpEcho {
-  readonly received: Array<{ data: Buffer; from: RemoteInfo; at: string }> = [];
-  readonly port: number;
-  readonly #sockets: UdpSocket[];
-
-  private constructor(sockets: UdpSocket[], port: number) {
-    this.#sockets = sockets;
-    this.port = port;
-    for (const socket of sockets) {
-      const at = socket.address().address;
-      socket.on('message', (data, from) => {
-        this.received.push({ data, from, at });
-        socket.send(data, from.port, from.address);
-      });
-    }
-  }
-
-  static async start(...addresses: string[]): Promise<UdpEcho> {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const sockets: UdpSocket[] = [];
-      let port = 0;
-      try {
-        for (const address of addresses) {
-          const v6 = address.includes(':');
-          const socket = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6 });
-          sockets.push(socket);
-          await new Promise<void>((resolve, reject) => {
-            socket.once('error', reject);
-            socket.bind(port, address, () => {
-              socket.off('error', reject);
-              resolve();
-            });
-          });
-          socket.on('error', () => {});
-          port = socket.address().port;
-        }
-        return new UdpEcho(sockets, port);
-      } catch {
-        for (const s of sockets) s.close();
-      }
-    }
-    throw new Error(`no common free UDP port on ${addresses.join(', ')}`);
-  }
-
-  close(): Promise<void> {
-    return Promise.all(this.#sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => {});
-  }
-}
 
 interface PySocksResult {
   readonly control_port: number;

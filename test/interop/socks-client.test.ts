@@ -13,16 +13,18 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { SocksClient, type SocksClientOptions } from 'socks';
 import { type Fixture, type RunningProxy, closedPort, startEchoServer, startProxy } from '../helpers/server.js';
+import type { SessionRecord } from '../../src/index.js';
 import {
   ALICE,
-  SOCKS4_GRANTED,
   SOCKS4_REJECTED,
   TEST_TIMEOUT_MS,
   USERPASS_ONLY,
+  assertEchoCounted,
   fields,
   forPort,
   payload,
   recordsFrom,
+  relayedConnect,
   roundTrip,
 } from './helpers.js';
 
@@ -55,6 +57,33 @@ function assertSame(sent: Buffer, received: Buffer): void {
   assert.ok(received.equals(sent), 'echoed bytes differ from the bytes sent');
 }
 
+/**
+ * Echoes SIZE random bytes through `via` (the client's view of `proxy`) to
+ * host:port, asserts they came back unchanged, and returns the session's record.
+ */
+async function relayThrough(proxy: RunningProxy, via: Proxy, host: string, port: number): Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  const { sent, received } = await echoThrough(via, host, port);
+  assertSame(sent, received);
+  return next(forPort(port));
+}
+
+/**
+ * Asserts that connecting through `via` to 127.0.0.1:port is rejected with an
+ * error matching `expected`, and returns the first record `match` takes.
+ */
+async function refusedThrough(
+  proxy: RunningProxy,
+  via: Proxy,
+  port: number,
+  expected: RegExp,
+  match?: (r: SessionRecord) => boolean,
+): Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  await assert.rejects(echoThrough(via, '127.0.0.1', port), expected);
+  return next(match);
+}
+
 describe('npm socks client through socksgate without authentication', opts, () => {
   let proxy: RunningProxy;
   let echo4: Fixture;
@@ -76,114 +105,77 @@ describe('npm socks client through socksgate without authentication', opts, () =
     await echo6?.close();
   });
 
-  it('SOCKS5 to an IPv4 destination', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough(socks5, '127.0.0.1', echo4.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo4.port));
-    assert.deepStrictEqual(fields(rec), {
+  /**
+   * Sessions checked in full: the client's proxy type (and user id), the
+   * destination it asks for, and the echo that answers; the record names
+   * hosts as it writes them (IPv6 in brackets).
+   */
+  const RELAYED: readonly {
+    name: string;
+    version: 4 | 5;
+    userId?: string;
+    host: string;
+    echo: 'echo4' | 'echo6';
+    requestedHost: string;
+    connectedHost: string;
+  }[] = [
+    {
+      name: 'SOCKS5 to an IPv4 destination',
       version: 5,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `127.0.0.1:${echo4.port}`,
-      connected: `127.0.0.1:${echo4.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
-  });
-
-  it('SOCKS5 to an IPv6 destination [::1]', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough(socks5, '::1', echo6.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo6.port));
-    assert.deepStrictEqual(fields(rec), {
+      host: '127.0.0.1',
+      echo: 'echo4',
+      requestedHost: '127.0.0.1',
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: 'SOCKS5 to an IPv6 destination [::1]',
       version: 5,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `[::1]:${echo6.port}`,
-      connected: `[::1]:${echo6.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
-  });
-
-  it('SOCKS5 to a host name, resolved by the proxy', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough(socks5, 'localhost', echo4.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo4.port));
-    assert.deepStrictEqual(fields(rec), {
+      host: '::1',
+      echo: 'echo6',
+      requestedHost: '[::1]',
+      connectedHost: '[::1]',
+    },
+    {
+      name: 'SOCKS5 to a host name, resolved by the proxy',
       version: 5,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `localhost:${echo4.port}`,
-      connected: `127.0.0.1:${echo4.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
-  });
-
-  it('SOCKS4 to an IPv4 destination, with a user id', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough({ ...socks4, userId: 'bob' }, '127.0.0.1', echo4.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo4.port));
-    assert.deepStrictEqual(fields(rec), {
+      host: 'localhost',
+      echo: 'echo4',
+      requestedHost: 'localhost',
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: 'SOCKS4 to an IPv4 destination, with a user id',
       version: 4,
-      authMethod: 'none',
-      user: 'bob',
-      command: 'connect',
-      requested: `127.0.0.1:${echo4.port}`,
-      connected: `127.0.0.1:${echo4.port}`,
-      reply: SOCKS4_GRANTED,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
-  });
-
-  it('SOCKS4a: a host name with type 4, resolved by the proxy', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough(socks4, 'localhost', echo4.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo4.port));
-    assert.deepStrictEqual(fields(rec), {
+      userId: 'bob',
+      host: '127.0.0.1',
+      echo: 'echo4',
+      requestedHost: '127.0.0.1',
+      connectedHost: '127.0.0.1',
+    },
+    {
+      name: 'SOCKS4a: a host name with type 4, resolved by the proxy',
       version: 4,
-      authMethod: 'none',
-      user: null,
-      command: 'connect',
-      requested: `localhost:${echo4.port}`,
-      connected: `127.0.0.1:${echo4.port}`,
-      reply: SOCKS4_GRANTED,
-      reason: 'client-closed',
-      error: null,
+      host: 'localhost',
+      echo: 'echo4',
+      requestedHost: 'localhost',
+      connectedHost: '127.0.0.1',
+    },
+  ];
+
+  for (const c of RELAYED) {
+    it(c.name, async () => {
+      const port = (c.echo === 'echo6' ? echo6 : echo4).port;
+      const via = c.version === 4 ? socks4 : socks5;
+      const rec = await relayThrough(proxy, c.userId === undefined ? via : { ...via, userId: c.userId }, c.host, port);
+      const auth = { authMethod: 'none' as const, user: c.userId ?? null };
+      assert.deepStrictEqual(fields(rec), relayedConnect(c.version, `${c.requestedHost}:${port}`, `${c.connectedHost}:${port}`, auth));
+      assertEchoCounted(rec, SIZE);
     });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
-  });
+  }
 
   it('SOCKS5 to a closed port rejects with "connection refused" (reply 5)', async () => {
     const port = await closedPort();
-    const next = recordsFrom(proxy);
-    await assert.rejects(
-      SocksClient.createConnection({ proxy: socks5, command: 'connect', destination: { host: '127.0.0.1', port }, timeout: 10_000 }),
-      /ConnectionRefused/,
-    );
-    const rec = await next(forPort(port));
+    const rec = await refusedThrough(proxy, socks5, port, /ConnectionRefused/, forPort(port));
     const { error, ...rest } = fields(rec);
     assert.deepStrictEqual(rest, {
       version: 5,
@@ -202,12 +194,7 @@ describe('npm socks client through socksgate without authentication', opts, () =
 
   it('SOCKS4 to a closed port rejects with 0x5b', async () => {
     const port = await closedPort();
-    const next = recordsFrom(proxy);
-    await assert.rejects(
-      SocksClient.createConnection({ proxy: socks4, command: 'connect', destination: { host: '127.0.0.1', port }, timeout: 10_000 }),
-      /Socks4 Proxy rejected connection/,
-    );
-    const rec = await next(forPort(port));
+    const rec = await refusedThrough(proxy, socks4, port, /Socks4 Proxy rejected connection/, forPort(port));
     assert.equal(rec.version, 4);
     assert.equal(rec.reply, SOCKS4_REJECTED);
     assert.equal(rec.reason, 'connect-failed');
@@ -241,32 +228,14 @@ describe('npm socks client through socksgate with username/password', opts, () =
   });
 
   it('SOCKS5 with the right password relays', async () => {
-    const next = recordsFrom(proxy);
-    const { sent, received } = await echoThrough(proxyAs(ALICE.name, ALICE.password), '127.0.0.1', echo.port);
-    assertSame(sent, received);
-    const rec = await next(forPort(echo.port));
-    assert.deepStrictEqual(fields(rec), {
-      version: 5,
-      authMethod: 'userpass',
-      user: 'alice',
-      command: 'connect',
-      requested: `127.0.0.1:${echo.port}`,
-      connected: `127.0.0.1:${echo.port}`,
-      reply: 0,
-      reason: 'client-closed',
-      error: null,
-    });
-    assert.equal(rec.bytesUp, SIZE);
-    assert.equal(rec.bytesDown, SIZE);
+    const rec = await relayThrough(proxy, proxyAs(ALICE.name, ALICE.password), '127.0.0.1', echo.port);
+    const target = `127.0.0.1:${echo.port}`;
+    assert.deepStrictEqual(fields(rec), relayedConnect(5, target, target, { authMethod: 'userpass', user: 'alice' }));
+    assertEchoCounted(rec, SIZE);
   });
 
   it('SOCKS5 with a wrong password rejects, recorded as auth-failed', async () => {
-    const next = recordsFrom(proxy);
-    await assert.rejects(
-      echoThrough(proxyAs(ALICE.name, 'nope'), '127.0.0.1', echo.port),
-      /Socks5 Authentication failed/i,
-    );
-    const rec = await next();
+    const rec = await refusedThrough(proxy, proxyAs(ALICE.name, 'nope'), echo.port, /Socks5 Authentication failed/i);
     assert.equal(rec.reason, 'auth-failed');
     assert.equal(rec.authMethod, 'userpass');
     assert.equal(rec.user, 'alice');
@@ -275,12 +244,7 @@ describe('npm socks client through socksgate with username/password', opts, () =
   });
 
   it('SOCKS5 without credentials (offers only "none") rejects: no acceptable method', async () => {
-    const next = recordsFrom(proxy);
-    await assert.rejects(
-      echoThrough(proxyAs(), '127.0.0.1', echo.port),
-      /no accepted authentication type/,
-    );
-    const rec = await next();
+    const rec = await refusedThrough(proxy, proxyAs(), echo.port, /no accepted authentication type/);
     assert.equal(rec.version, 5);
     assert.equal(rec.reason, 'no-acceptable-method');
     assert.equal(rec.authMethod, null);
@@ -288,12 +252,7 @@ describe('npm socks client through socksgate with username/password', opts, () =
   });
 
   it('SOCKS4 is refused when authentication is required', async () => {
-    const next = recordsFrom(proxy);
-    await assert.rejects(
-      echoThrough(proxyAs(undefined, undefined, 4), '127.0.0.1', echo.port),
-      /Socks4 Proxy rejected connection/,
-    );
-    const rec = await next();
+    const rec = await refusedThrough(proxy, proxyAs(undefined, undefined, 4), echo.port, /Socks4 Proxy rejected connection/);
     assert.equal(rec.version, 4);
     assert.equal(rec.reason, 'not-allowed');
     assert.equal(rec.reply, SOCKS4_REJECTED);

@@ -4,10 +4,7 @@ import fc from 'fast-check';
 import {
   AddressType,
   MAX_DOMAIN_LENGTH,
-  NEED_MORE,
-  type Decoded,
   type Destination,
-  type NeedMore,
   decodeAddress,
   decodeHostname,
   destination,
@@ -20,34 +17,20 @@ import {
   writeAddress,
   writeIPv4,
 } from '../../src/protocol/index.js';
-import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+import {
+  type BadVector,
+  type Vector,
+  arbDestination,
+  ascii,
+  assertEveryStrictPrefixNeedsMore,
+  assertSocksError,
+  badVectors,
+  checkArbitraryBytes,
+  expectDecoded,
+  hex,
+} from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
-
-/** '05 01 00' → <Buffer 05 01 00>; whitespace is ignored. */
-function hex(s: string): Buffer {
-  const clean = s.replace(/\s+/g, '');
-  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
-  return Buffer.from(clean, 'hex');
-}
-
-/** ASCII text as hex, to keep domain vectors readable. */
-function ascii(s: string): string {
-  return Buffer.from(s, 'latin1').toString('hex');
-}
-
-function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
-  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
-  return result;
-}
-
-function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
 
 function encodeAddress(d: Destination): Buffer {
   const buf = Buffer.alloc(encodedAddressLength(d));
@@ -57,15 +40,9 @@ function encodeAddress(d: Destination): Buffer {
 
 // ---------------------------------------------------------------- vectors
 
-interface Vector {
-  readonly name: string;
-  readonly bytes: string;
-  readonly value: Destination;
-}
-
 const LONG_NAME = 'a'.repeat(MAX_DOMAIN_LENGTH);
 
-const VECTORS: readonly Vector[] = [
+const VECTORS: readonly Vector<Destination>[] = [
   { name: 'IPv4 127.0.0.1:80', bytes: '01 7f000001 0050', value: { kind: 'ipv4', host: '127.0.0.1', port: 80 } },
   { name: 'IPv4 0.0.0.0:0', bytes: '01 00000000 0000', value: { kind: 'ipv4', host: '0.0.0.0', port: 0 } },
   {
@@ -117,7 +94,7 @@ const VECTORS: readonly Vector[] = [
   },
 ];
 
-const MALFORMED: readonly { name: string; bytes: string; code: SocksErrorCode }[] = [
+const MALFORMED: readonly BadVector[] = [
   { name: 'ATYP 0x00', bytes: '00 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
   { name: 'ATYP 0x02', bytes: '02 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
   { name: 'ATYP 0x05', bytes: '05 7f000001 0050', code: 'ERR_ADDRESS_TYPE' },
@@ -154,9 +131,7 @@ describe('decodeAddress / writeAddress: valid vectors', () => {
       });
 
       it('returns NEED_MORE for every strict prefix', () => {
-        for (let n = 0; n < bytes.length; n++) {
-          assert.equal(decodeAddress(bytes.subarray(0, n), 0), NEED_MORE, `prefix of ${n} bytes`);
-        }
+        assertEveryStrictPrefixNeedsMore(decodeAddress, bytes);
       });
 
       it('leaves trailing bytes alone and works at an offset', () => {
@@ -170,9 +145,7 @@ describe('decodeAddress / writeAddress: valid vectors', () => {
         assert.deepEqual(r2.value, v.value);
         assert.equal(r2.bytesRead, bytes.length);
 
-        for (let n = 0; n < bytes.length; n++) {
-          assert.equal(decodeAddress(shifted.subarray(0, 3 + n), 3), NEED_MORE, `prefix of ${n} bytes at offset 3`);
-        }
+        assertEveryStrictPrefixNeedsMore(decodeAddress, shifted, 3, 3 + bytes.length);
       });
 
       it('writes at an offset without touching the neighbours', () => {
@@ -200,12 +173,7 @@ describe('decodeAddress / writeAddress: valid vectors', () => {
 });
 
 describe('decodeAddress: malformed vectors', () => {
-  for (const v of MALFORMED) {
-    it(`${v.name} → ${v.code}`, () => {
-      assertSocksError(() => decodeAddress(hex(v.bytes), 0), v.code);
-      assertSocksError(() => decodeAddress(Buffer.concat([hex('05 01 00'), hex(v.bytes)]), 3), v.code);
-    });
-  }
+  badVectors(decodeAddress, MALFORMED, { junk: hex('05 01 00') });
 });
 
 describe('writeAddress: refused input', () => {
@@ -303,26 +271,6 @@ describe('small address helpers', () => {
 
 // ---------------------------------------------------------------- properties
 
-const printableHost = fc.string({
-  unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
-  minLength: 1,
-  maxLength: MAX_DOMAIN_LENGTH,
-});
-const port = fc.integer({ min: 0, max: 65535 });
-const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
-  fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
-    kind: 'ipv4' as const,
-    host: Array.from(b).join('.'),
-    port: p,
-  })),
-  fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
-    kind: 'ipv6' as const,
-    host: ipv6ToString(b),
-    port: p,
-  })),
-  fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
-);
-
 describe('address properties', () => {
   it('writeAddress → decodeAddress is the identity', () => {
     fc.assert(
@@ -340,17 +288,8 @@ describe('address properties', () => {
   it('random bytes decode, need more, or throw a SocksError; decoded bytes re-encode exactly', () => {
     fc.assert(
       fc.property(fc.oneof(fc.uint8Array({ maxLength: 40 }), fc.tuple(fc.constantFrom(1, 3, 4), fc.uint8Array({ maxLength: 40 })).map(([t, b]) => Uint8Array.of(t, ...b))), (bytes) => {
-        let r: Decoded<Destination> | NeedMore;
-        try {
-          r = decodeAddress(bytes, 0);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-          return;
-        }
-        if (r === NEED_MORE) return;
-        assert.ok(r.bytesRead > 0 && r.bytesRead <= bytes.length);
-        assert.deepEqual(encodeAddress(r.value), Buffer.from(bytes.subarray(0, r.bytesRead)));
-        for (let n = 0; n < r.bytesRead; n++) assert.equal(decodeAddress(bytes.subarray(0, n), 0), NEED_MORE);
+        const r = checkArbitraryBytes(decodeAddress, bytes);
+        if (r) assert.deepEqual(encodeAddress(r.value), Buffer.from(bytes.subarray(0, r.bytesRead)));
       }),
       { numRuns: 500 },
     );

@@ -17,92 +17,31 @@ import {
   encodeSocks4Reply,
   encodeSocks4Request,
 } from '../../src/protocol/index.js';
-import { SocksError, Socks4Reply as Socks4ReplyCode, type SocksErrorCode } from '../../src/errors.js';
+import { SocksError, Socks4Reply as Socks4ReplyCode } from '../../src/errors.js';
+import {
+  type BadVector,
+  type Decoder,
+  type Vector,
+  ascii,
+  assertSocksError,
+  assertThrowsOnlySocksError,
+  badVectors,
+  checkArbitraryBytes,
+  expectDecoded,
+  hex,
+  validVectors,
+} from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
 
-/** '04 01 00 50' → <Buffer 04 01 00 50>; whitespace is ignored. */
-function hex(s: string): Buffer {
-  const clean = s.replace(/\s+/g, '');
-  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
-  return Buffer.from(clean, 'hex');
-}
-
-/** Latin-1 text as hex, to keep USERID and host name vectors readable. */
-function ascii(s: string): string {
-  return Buffer.from(s, 'latin1').toString('hex');
-}
-
-type Decoder<T> = (buf: Uint8Array, at?: number) => Decoded<T> | NeedMore;
-
-function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
-  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
-  return result;
-}
-
-function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
-
-interface Vector<T> {
-  readonly name: string;
-  readonly bytes: string;
-  readonly value: T;
-  /** The encoder writes a different (canonical) form; check decoding only. */
-  readonly decodeOnly?: boolean;
-}
-
-interface BadVector {
-  readonly name: string;
-  readonly bytes: string;
-  readonly code: SocksErrorCode;
+interface BadRequest extends BadVector {
   readonly limits?: Socks4Limits;
 }
 
-const JUNK = hex('ff 00 04');
-const TRAILER = hex('47 45 54 20 2f'); // pipelined payload: "GET /"
-
-function validVectors<T>(decode: Decoder<T>, encode: (value: T) => Buffer, vectors: readonly Vector<T>[]): void {
-  for (const v of vectors) {
-    describe(v.name, () => {
-      const bytes = hex(v.bytes);
-
-      it('decodes to the expected value and length', () => {
-        const r = expectDecoded(decode(bytes));
-        assert.deepEqual(r.value, v.value);
-        assert.equal(r.bytesRead, bytes.length);
-      });
-
-      if (!v.decodeOnly) {
-        it('encodes to the exact bytes', () => {
-          assert.deepEqual(encode(v.value), bytes);
-        });
-      }
-
-      it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
-        for (let n = 0; n < bytes.length; n++) {
-          assert.equal(decode(bytes.subarray(0, n)), NEED_MORE, `prefix of ${n} bytes`);
-          const shifted = Buffer.concat([JUNK, bytes.subarray(0, n)]);
-          assert.equal(decode(shifted, JUNK.length), NEED_MORE, `prefix of ${n} bytes at offset`);
-        }
-      });
-
-      it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
-        const r1 = expectDecoded(decode(Buffer.concat([bytes, TRAILER])));
-        assert.deepEqual(r1.value, v.value);
-        assert.equal(r1.bytesRead, bytes.length);
-
-        const r2 = expectDecoded(decode(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length));
-        assert.deepEqual(r2.value, v.value);
-        assert.equal(r2.bytesRead, bytes.length);
-      });
-    });
-  }
-}
+const FRAMING = {
+  junk: hex('ff 00 04'),
+  trailer: hex('47 45 54 20 2f'), // pipelined payload: "GET /"
+};
 
 const FRED = ascii('fred');
 const EXAMPLE = ascii('example.com');
@@ -187,7 +126,7 @@ const REQUESTS: readonly Vector<Socks4Request>[] = [
 const userIdOf = (n: number): string => ascii('u'.repeat(n));
 const hostOf = (n: number): string => ascii('h'.repeat(n));
 
-const BAD_REQUESTS: readonly BadVector[] = [
+const BAD_REQUESTS: readonly BadRequest[] = [
   { name: 'SOCKS5 version', bytes: '05 01 00 01 7f000001 0050', code: 'ERR_BAD_VERSION' },
   { name: 'version byte alone', bytes: '05', code: 'ERR_BAD_VERSION' },
   { name: 'version 0', bytes: '00 5a 0050 01020304 00', code: 'ERR_BAD_VERSION' },
@@ -225,17 +164,11 @@ const BAD_REQUESTS: readonly BadVector[] = [
 
 describe('SOCKS4/4a request', () => {
   describe('valid vectors', () => {
-    validVectors<Socks4Request>(decodeRequest, encodeSocks4Request, REQUESTS);
+    validVectors<Socks4Request>(decodeRequest, encodeSocks4Request, REQUESTS, FRAMING);
   });
 
   describe('malformed vectors', () => {
-    for (const v of BAD_REQUESTS) {
-      it(`${v.name} → ${v.code}`, () => {
-        const bytes = hex(v.bytes);
-        assertSocksError(() => decodeSocks4Request(bytes, 0, v.limits), v.code);
-        assertSocksError(() => decodeSocks4Request(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length, v.limits), v.code);
-      });
-    }
+    badVectors((buf, at, v) => decodeSocks4Request(buf, at, v.limits), BAD_REQUESTS, FRAMING);
   });
 
   describe('field limits', () => {
@@ -348,18 +281,7 @@ describe('SOCKS4/4a request', () => {
     fc.assert(
       fc.property(arb, limits, fc.nat(4), (bytes, lim, offset) => {
         const buf = Buffer.concat([Buffer.alloc(offset, 0xab), bytes]);
-        let r: Decoded<Socks4Request> | NeedMore;
-        try {
-          r = decodeSocks4Request(buf, offset, lim);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-          return;
-        }
-        if (r === NEED_MORE) return;
-        assert.ok(r.bytesRead >= 9 && offset + r.bytesRead <= buf.length);
-        for (let n = 0; n < r.bytesRead; n++) {
-          assert.equal(decodeSocks4Request(buf.subarray(0, offset + n), offset, lim), NEED_MORE);
-        }
+        checkArbitraryBytes((b, at) => decodeSocks4Request(b, at, lim), buf, offset, 9);
       }),
       { numRuns: 1000 },
     );
@@ -380,21 +302,18 @@ const REPLIES: readonly Vector<Socks4Reply>[] = [
 
 describe('SOCKS4 reply', () => {
   describe('valid vectors', () => {
-    validVectors<Socks4Reply>(decodeSocks4Reply, (r) => encodeSocks4Reply(r.reply, r.port, r.host), REPLIES);
+    validVectors<Socks4Reply>(decodeSocks4Reply, (r) => encodeSocks4Reply(r.reply, r.port, r.host), REPLIES, FRAMING);
   });
 
   describe('malformed vectors', () => {
-    const BAD: readonly BadVector[] = [
-      { name: 'version 4', bytes: '04 5a 0000 00000000', code: 'ERR_BAD_VERSION' },
-      { name: 'version 5', bytes: '05 00 00 01 00000000 0000', code: 'ERR_BAD_VERSION' },
-    ];
-    for (const v of BAD) {
-      it(`${v.name} → ${v.code}`, () => {
-        const bytes = hex(v.bytes);
-        assertSocksError(() => decodeSocks4Reply(bytes), v.code);
-        assertSocksError(() => decodeSocks4Reply(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length), v.code);
-      });
-    }
+    badVectors(
+      decodeSocks4Reply,
+      [
+        { name: 'version 4', bytes: '04 5a 0000 00000000', code: 'ERR_BAD_VERSION' },
+        { name: 'version 5', bytes: '05 00 00 01 00000000 0000', code: 'ERR_BAD_VERSION' },
+      ],
+      FRAMING,
+    );
   });
 
   it('encodeSocks4Reply defaults to 0.0.0.0:0 and VN 0', () => {
@@ -426,12 +345,10 @@ describe('SOCKS4 reply', () => {
   it('property: random bytes never throw anything but SocksError', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 16 }), (bytes) => {
-        try {
+        assertThrowsOnlySocksError(() => {
           const r = decodeSocks4Reply(bytes);
           if (r !== NEED_MORE) assert.equal(r.bytesRead, 8);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-        }
+        });
       }),
     );
   });

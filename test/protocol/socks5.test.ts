@@ -4,12 +4,8 @@ import fc from 'fast-check';
 import {
   Command,
   Method,
-  NEED_MORE,
   SOCKS5_VERSION,
-  type Decoded,
-  type Destination,
   type Greeting,
-  type NeedMore,
   type Reply,
   type Request,
   decodeGreeting,
@@ -20,100 +16,28 @@ import {
   encodeMethodSelection,
   encodeReply,
   encodeRequest,
-  ipv6ToString,
 } from '../../src/protocol/index.js';
-import { SocksError, Socks5Reply, type SocksErrorCode } from '../../src/errors.js';
+import { Socks5Reply } from '../../src/errors.js';
+import {
+  type Decoder,
+  type Vector,
+  arbDestination,
+  ascii,
+  assertSocksError,
+  assertThrowsOnlySocksError,
+  badVectors,
+  checkArbitraryBytes,
+  expectDecoded,
+  hex,
+  validVectors,
+} from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
 
-/** '05 01 00' → <Buffer 05 01 00>; whitespace is ignored. */
-function hex(s: string): Buffer {
-  const clean = s.replace(/\s+/g, '');
-  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
-  return Buffer.from(clean, 'hex');
-}
-
-/** ASCII text as hex, to keep domain vectors readable. */
-function ascii(s: string): string {
-  return Buffer.from(s, 'latin1').toString('hex');
-}
-
-type Decoder<T> = (buf: Uint8Array, at?: number) => Decoded<T> | NeedMore;
-
-function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
-  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
-  return result;
-}
-
-function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
-
-interface Vector<T> {
-  readonly name: string;
-  readonly bytes: string;
-  readonly value: T;
-}
-
-interface BadVector {
-  readonly name: string;
-  readonly bytes: string;
-  readonly code: SocksErrorCode;
-}
-
-const JUNK = hex('ff 00 05');
-const TRAILER = hex('47 45 54 20 2f'); // pipelined payload: "GET /"
-
-/** Decode both ways, every strict prefix, trailing bytes, nonzero offset. */
-function validVectors<T>(decode: Decoder<T>, encode: (value: T) => Buffer, vectors: readonly Vector<T>[]): void {
-  for (const v of vectors) {
-    describe(v.name, () => {
-      const bytes = hex(v.bytes);
-
-      it('decodes to the expected value and length', () => {
-        const r = expectDecoded(decode(bytes));
-        assert.deepEqual(r.value, v.value);
-        assert.equal(r.bytesRead, bytes.length);
-      });
-
-      it('encodes to the exact bytes', () => {
-        assert.deepEqual(encode(v.value), bytes);
-      });
-
-      it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
-        for (let n = 0; n < bytes.length; n++) {
-          assert.equal(decode(bytes.subarray(0, n)), NEED_MORE, `prefix of ${n} bytes`);
-          const shifted = Buffer.concat([JUNK, bytes.subarray(0, n)]);
-          assert.equal(decode(shifted, JUNK.length), NEED_MORE, `prefix of ${n} bytes at offset`);
-        }
-      });
-
-      it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
-        const r1 = expectDecoded(decode(Buffer.concat([bytes, TRAILER])));
-        assert.deepEqual(r1.value, v.value);
-        assert.equal(r1.bytesRead, bytes.length);
-
-        const r2 = expectDecoded(decode(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length));
-        assert.deepEqual(r2.value, v.value);
-        assert.equal(r2.bytesRead, bytes.length);
-      });
-    });
-  }
-}
-
-function badVectors<T>(decode: Decoder<T>, vectors: readonly BadVector[]): void {
-  for (const v of vectors) {
-    it(`${v.name} → ${v.code}`, () => {
-      const bytes = hex(v.bytes);
-      assertSocksError(() => decode(bytes), v.code);
-      assertSocksError(() => decode(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length), v.code);
-    });
-  }
-}
+const FRAMING = {
+  junk: hex('ff 00 05'),
+  trailer: hex('47 45 54 20 2f'), // pipelined payload: "GET /"
+};
 
 /** Random bytes never throw anything but SocksError; a decoded message is stable under truncation. */
 function fuzz<T>(decode: Decoder<T>, firstBytes: readonly number[]): void {
@@ -123,41 +47,12 @@ function fuzz<T>(decode: Decoder<T>, firstBytes: readonly number[]): void {
   );
   fc.assert(
     fc.property(arb, fc.nat(4), (bytes, offset) => {
-      const buf = Buffer.concat([Buffer.alloc(offset, 0xab), bytes]);
-      let r: Decoded<T> | NeedMore;
-      try {
-        r = decode(buf, offset);
-      } catch (err) {
-        assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-        return;
-      }
-      if (r === NEED_MORE) return;
-      assert.ok(r.bytesRead > 0 && offset + r.bytesRead <= buf.length);
-      for (let n = 0; n < r.bytesRead; n++) assert.equal(decode(buf.subarray(0, offset + n), offset), NEED_MORE);
+      checkArbitraryBytes(decode, Buffer.concat([Buffer.alloc(offset, 0xab), bytes]), offset);
     }),
     { numRuns: 500 },
   );
 }
 
-const printableHost = fc.string({
-  unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
-  minLength: 1,
-  maxLength: 255,
-});
-const port = fc.integer({ min: 0, max: 65535 });
-const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
-  fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
-    kind: 'ipv4' as const,
-    host: Array.from(b).join('.'),
-    port: p,
-  })),
-  fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
-    kind: 'ipv6' as const,
-    host: ipv6ToString(b),
-    port: p,
-  })),
-  fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
-);
 const byte = fc.integer({ min: 0, max: 255 });
 
 const LONG_NAME = 'x'.repeat(255);
@@ -178,7 +73,7 @@ describe('SOCKS5 greeting', () => {
         bytes: `05 ff ${Buffer.from(ALL_METHODS).toString('hex')}`,
         value: { methods: ALL_METHODS },
       },
-    ]);
+    ], FRAMING);
   });
 
   describe('malformed vectors', () => {
@@ -189,7 +84,7 @@ describe('SOCKS5 greeting', () => {
       { name: 'TLS ClientHello', bytes: '16 03 01 02 00 01', code: 'ERR_BAD_VERSION' },
       { name: 'zero methods', bytes: '05 00', code: 'ERR_NO_METHODS' },
       { name: 'zero methods with bytes after', bytes: '05 00 00 01', code: 'ERR_NO_METHODS' },
-    ]);
+    ], FRAMING);
   });
 
   it('encodeGreeting refuses 0 and 256 methods', () => {
@@ -224,14 +119,14 @@ describe('SOCKS5 method selection', () => {
       { name: 'USERPASS', bytes: '05 02', value: Method.USERPASS },
       { name: 'NO ACCEPTABLE METHODS', bytes: '05 ff', value: Method.NO_ACCEPTABLE },
       { name: 'unknown method is kept', bytes: '05 80', value: 0x80 },
-    ]);
+    ], FRAMING);
   });
 
   describe('malformed vectors', () => {
     badVectors(decodeMethodSelection, [
       { name: 'SOCKS4 version', bytes: '04 00', code: 'ERR_BAD_VERSION' },
       { name: 'username/password version', bytes: '01 00', code: 'ERR_BAD_VERSION' },
-    ]);
+    ], FRAMING);
   });
 
   it('Method has the IANA values', () => {
@@ -313,7 +208,7 @@ const REQUESTS: readonly Vector<Request>[] = [
 
 describe('SOCKS5 request', () => {
   describe('valid vectors', () => {
-    validVectors<Request>(decodeRequest, encodeRequest, REQUESTS);
+    validVectors<Request>(decodeRequest, encodeRequest, REQUESTS, FRAMING);
   });
 
   describe('malformed vectors', () => {
@@ -333,7 +228,7 @@ describe('SOCKS5 request', () => {
       { name: 'CR LF in domain', bytes: `05 01 00 03 04 ${ascii('a')}0d0a${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
       { name: 'DEL in domain', bytes: `05 01 00 03 01 7f 0050`, code: 'ERR_MALFORMED' },
       { name: 'high byte in domain', bytes: `05 01 00 03 02 ${ascii('a')}e9 0050`, code: 'ERR_MALFORMED' },
-    ]);
+    ], FRAMING);
   });
 
   it('encodeRequest refuses a domain name over 255 bytes', () => {
@@ -363,11 +258,7 @@ describe('SOCKS5 request', () => {
     fc.assert(
       fc.property(byte, fc.constantFrom(0, 1, 2, 3, 4, 5, 0xff), fc.uint8Array({ maxLength: 40 }), (cmd, atyp, rest) => {
         const bytes = Uint8Array.of(SOCKS5_VERSION, cmd, 0x00, atyp, ...rest);
-        try {
-          decodeRequest(bytes);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-        }
+        assertThrowsOnlySocksError(() => decodeRequest(bytes));
       }),
       { numRuns: 500 },
     );
@@ -421,7 +312,7 @@ const REPLIES: readonly Vector<Reply>[] = [
 
 describe('SOCKS5 reply', () => {
   describe('valid vectors', () => {
-    validVectors<Reply>(decodeReply, (r) => encodeReply(r.reply, r.bound), REPLIES);
+    validVectors<Reply>(decodeReply, (r) => encodeReply(r.reply, r.bound), REPLIES, FRAMING);
   });
 
   describe('malformed vectors', () => {
@@ -432,7 +323,7 @@ describe('SOCKS5 reply', () => {
       { name: 'ATYP 0x00', bytes: '05 00 00 00', code: 'ERR_ADDRESS_TYPE' },
       { name: 'zero-length domain', bytes: '05 00 00 03 00 0000', code: 'ERR_MALFORMED' },
       { name: 'non-printable byte in domain', bytes: '05 00 00 03 02 61 00 0000', code: 'ERR_MALFORMED' },
-    ]);
+    ], FRAMING);
   });
 
   it('encodeReply defaults the bound address to 0.0.0.0:0', () => {

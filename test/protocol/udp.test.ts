@@ -1,36 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import {
-  type Destination,
-  type UdpHeader,
-  decodeUdpHeader,
-  encodeUdpDatagram,
-  ipv6ToString,
-} from '../../src/protocol/index.js';
-import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+import { type Destination, type UdpHeader, decodeUdpHeader, encodeUdpDatagram } from '../../src/protocol/index.js';
+import { type BadVector, arbDestination, ascii, assertSocksError, assertThrowsOnlySocksError, badVectors, hex } from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
-
-/** '00 00 00 01' → <Buffer 00 00 00 01>; whitespace is ignored. */
-function hex(s: string): Buffer {
-  const clean = s.replace(/\s+/g, '');
-  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
-  return Buffer.from(clean, 'hex');
-}
-
-/** ASCII text as hex. */
-function ascii(s: string): string {
-  return Buffer.from(s, 'latin1').toString('hex');
-}
-
-function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
 
 interface Vector {
   readonly name: string;
@@ -79,7 +53,7 @@ const VECTORS: readonly Vector[] = [
   },
 ];
 
-const MALFORMED: readonly { name: string; bytes: string; code: SocksErrorCode }[] = [
+const MALFORMED: readonly BadVector[] = [
   { name: 'empty datagram', bytes: '', code: 'ERR_MALFORMED' },
   { name: 'one byte', bytes: '00', code: 'ERR_MALFORMED' },
   { name: 'three bytes (no ATYP)', bytes: '00 00 00', code: 'ERR_MALFORMED' },
@@ -151,34 +125,10 @@ describe('SOCKS5 UDP header: valid vectors', () => {
 });
 
 describe('SOCKS5 UDP header: malformed vectors', () => {
-  for (const v of MALFORMED) {
-    it(`${v.name} → ${v.code}`, () => {
-      assertSocksError(() => decodeUdpHeader(hex(v.bytes)), v.code);
-    });
-  }
+  badVectors(decodeUdpHeader, MALFORMED);
 });
 
 describe('SOCKS5 UDP header: properties', () => {
-  const printableHost = fc.string({
-    unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
-    minLength: 1,
-    maxLength: 255,
-  });
-  const port = fc.integer({ min: 0, max: 65535 });
-  const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
-    fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
-      kind: 'ipv4' as const,
-      host: Array.from(b).join('.'),
-      port: p,
-    })),
-    fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
-      kind: 'ipv6' as const,
-      host: ipv6ToString(b),
-      port: p,
-    })),
-    fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
-  );
-
   it('encode → decode round trip', () => {
     fc.assert(
       fc.property(arbDestination, fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 0, max: 255 }), (destination, payload, frag) => {
@@ -200,12 +150,10 @@ describe('SOCKS5 UDP header: properties', () => {
     );
     fc.assert(
       fc.property(arb, (bytes) => {
-        try {
+        assertThrowsOnlySocksError(() => {
           const header = decodeUdpHeader(bytes);
           assert.ok(header.payloadOffset >= 8 && header.payloadOffset <= bytes.length);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-        }
+        });
       }),
       { numRuns: 1000 },
     );

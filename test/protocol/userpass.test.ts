@@ -3,27 +3,25 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
   MAX_CREDENTIAL_LENGTH,
-  NEED_MORE,
   USERPASS_VERSION,
   UserPassStatus,
   type Credentials,
-  type Decoded,
-  type NeedMore,
   decodeUserPass,
   decodeUserPassStatus,
   encodeUserPass,
   encodeUserPassStatus,
 } from '../../src/protocol/index.js';
-import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+import {
+  type Vector,
+  assertSocksError,
+  badVectors,
+  checkArbitraryBytes,
+  expectDecoded,
+  hex,
+  validVectors,
+} from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
-
-/** '01 00 00' → <Buffer 01 00 00>; whitespace is ignored. */
-function hex(s: string): Buffer {
-  const clean = s.replace(/\s+/g, '');
-  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
-  return Buffer.from(clean, 'hex');
-}
 
 /** UTF-8 text as hex. */
 function utf8(s: string): string {
@@ -36,65 +34,12 @@ function field(s: string): string {
   return bytes.length.toString(16).padStart(2, '0') + bytes.toString('hex');
 }
 
-type Decoder<T> = (buf: Uint8Array, at?: number) => Decoded<T> | NeedMore;
-
-function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
-  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
-  return result;
-}
-
-function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
-
-interface Vector<T> {
-  readonly name: string;
-  readonly bytes: string;
-  readonly value: T;
-}
-
-const JUNK = hex('ff 00 01');
-const TRAILER = hex('05 01 00 01'); // a pipelined SOCKS5 request head
-
-function validVectors<T>(decode: Decoder<T>, encode: (value: T) => Buffer, vectors: readonly Vector<T>[]): void {
-  for (const v of vectors) {
-    describe(v.name, () => {
-      const bytes = hex(v.bytes);
-
-      it('decodes to the expected value and length', () => {
-        const r = expectDecoded(decode(bytes));
-        assert.deepEqual(r.value, v.value);
-        assert.equal(r.bytesRead, bytes.length);
-      });
-
-      it('encodes to the exact bytes', () => {
-        assert.deepEqual(encode(v.value), bytes);
-      });
-
-      it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
-        for (let n = 0; n < bytes.length; n++) {
-          assert.equal(decode(bytes.subarray(0, n)), NEED_MORE, `prefix of ${n} bytes`);
-          const shifted = Buffer.concat([JUNK, bytes.subarray(0, n)]);
-          assert.equal(decode(shifted, JUNK.length), NEED_MORE, `prefix of ${n} bytes at offset`);
-        }
-      });
-
-      it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
-        const r1 = expectDecoded(decode(Buffer.concat([bytes, TRAILER])));
-        assert.deepEqual(r1.value, v.value);
-        assert.equal(r1.bytesRead, bytes.length);
-
-        const r2 = expectDecoded(decode(Buffer.concat([JUNK, bytes, TRAILER]), JUNK.length));
-        assert.deepEqual(r2.value, v.value);
-        assert.equal(r2.bytesRead, bytes.length);
-      });
-    });
-  }
-}
+const FRAMING = {
+  junk: hex('ff 00 01'),
+  trailer: hex('05 01 00 01'), // a pipelined SOCKS5 request head
+};
+/** Malformed vectors are checked alone and after the junk, with no trailer. */
+const JUNK_ONLY = { junk: FRAMING.junk };
 
 // ---------------------------------------------------------------- request
 
@@ -122,22 +67,19 @@ const CREDENTIALS: readonly Vector<Credentials>[] = [
 
 describe('RFC 1929 username/password request', () => {
   describe('valid vectors', () => {
-    validVectors<Credentials>(decodeUserPass, encodeUserPass, CREDENTIALS);
+    validVectors<Credentials>(decodeUserPass, encodeUserPass, CREDENTIALS, FRAMING);
   });
 
   describe('malformed vectors', () => {
-    const BAD: readonly { name: string; bytes: string; code: SocksErrorCode }[] = [
-      { name: 'version 0x05 (a SOCKS5 request)', bytes: '05 01 00 01 7f000001 0050', code: 'ERR_BAD_VERSION' },
-      { name: 'version 0x00', bytes: `00 04 ${utf8('fred')} 00`, code: 'ERR_BAD_VERSION' },
-      { name: 'version 0x02', bytes: '02 00 00', code: 'ERR_BAD_VERSION' },
-    ];
-    for (const v of BAD) {
-      it(`${v.name} → ${v.code}`, () => {
-        const bytes = hex(v.bytes);
-        assertSocksError(() => decodeUserPass(bytes), v.code);
-        assertSocksError(() => decodeUserPass(Buffer.concat([JUNK, bytes]), JUNK.length), v.code);
-      });
-    }
+    badVectors(
+      decodeUserPass,
+      [
+        { name: 'version 0x05 (a SOCKS5 request)', bytes: '05 01 00 01 7f000001 0050', code: 'ERR_BAD_VERSION' },
+        { name: 'version 0x00', bytes: `00 04 ${utf8('fred')} 00`, code: 'ERR_BAD_VERSION' },
+        { name: 'version 0x02', bytes: '02 00 00', code: 'ERR_BAD_VERSION' },
+      ],
+      JUNK_ONLY,
+    );
   });
 
   it('decodes from a plain Uint8Array view at a nonzero byteOffset', () => {
@@ -183,17 +125,7 @@ describe('RFC 1929 username/password request', () => {
     );
     fc.assert(
       fc.property(arb, fc.nat(4), (bytes, offset) => {
-        const buf = Buffer.concat([Buffer.alloc(offset, 0x01), bytes]);
-        let r: Decoded<Credentials> | NeedMore;
-        try {
-          r = decodeUserPass(buf, offset);
-        } catch (err) {
-          assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
-          return;
-        }
-        if (r === NEED_MORE) return;
-        assert.ok(r.bytesRead >= 3 && offset + r.bytesRead <= buf.length);
-        for (let n = 0; n < r.bytesRead; n++) assert.equal(decodeUserPass(buf.subarray(0, offset + n), offset), NEED_MORE);
+        checkArbitraryBytes(decodeUserPass, Buffer.concat([Buffer.alloc(offset, 0x01), bytes]), offset, 3);
       }),
       { numRuns: 500 },
     );
@@ -204,19 +136,20 @@ describe('RFC 1929 username/password request', () => {
 
 describe('RFC 1929 status', () => {
   describe('valid vectors', () => {
-    validVectors<number>(decodeUserPassStatus, encodeUserPassStatus, [
-      { name: 'success', bytes: '01 00', value: UserPassStatus.SUCCESS },
-      { name: 'failure', bytes: '01 01', value: UserPassStatus.FAILURE },
-      { name: 'unknown status 0xff is kept', bytes: '01 ff', value: 0xff },
-    ]);
+    validVectors<number>(
+      decodeUserPassStatus,
+      encodeUserPassStatus,
+      [
+        { name: 'success', bytes: '01 00', value: UserPassStatus.SUCCESS },
+        { name: 'failure', bytes: '01 01', value: UserPassStatus.FAILURE },
+        { name: 'unknown status 0xff is kept', bytes: '01 ff', value: 0xff },
+      ],
+      FRAMING,
+    );
   });
 
   describe('malformed vectors', () => {
-    for (const bytes of ['05 00', '00 00', '02 01']) {
-      it(`${bytes} → ERR_BAD_VERSION`, () => {
-        assertSocksError(() => decodeUserPassStatus(hex(bytes)), 'ERR_BAD_VERSION');
-        assertSocksError(() => decodeUserPassStatus(Buffer.concat([JUNK, hex(bytes)]), JUNK.length), 'ERR_BAD_VERSION');
-      });
-    }
+    const versions = ['05 00', '00 00', '02 01'].map((bytes) => ({ name: bytes, bytes, code: 'ERR_BAD_VERSION' as const }));
+    badVectors(decodeUserPassStatus, versions, JUNK_ONLY);
   });
 });

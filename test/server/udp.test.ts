@@ -14,15 +14,16 @@
  * record's counters tell what happened to it.
  */
 import assert from 'node:assert/strict';
-import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
+import type { RemoteInfo, Socket as UdpSocket } from 'node:dgram';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import ipaddr from 'ipaddr.js';
 import { SocksClient } from 'socks';
-import type { Resolver, SessionRecord } from '../../src/index.js';
+import type { Resolver, ServerOptions, SessionRecord } from '../../src/index.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { type RunningProxy, startProxy } from '../helpers/server.js';
+import { UdpEcho, bindUdp } from '../helpers/udp.js';
 
 const opts = { timeout: 20_000 };
 
@@ -57,16 +58,7 @@ class UdpPeer {
   }
 
   static async open(address: string, port = 0): Promise<UdpPeer> {
-    const socket = createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', ipv6Only: address.includes(':') });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(port, address, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
-    socket.on('error', () => {});
-    return new UdpPeer(socket);
+    return new UdpPeer(await bindUdp(address, port));
   }
 
   get address(): string {
@@ -102,53 +94,6 @@ class UdpPeer {
         resolve(); // already closed
       }
     });
-  }
-}
-
-/** A UDP echo server on one or more addresses (same port on each); it keeps a list of what it got. */
-class UdpEcho {
-  readonly received: Array<{ data: Buffer; from: RemoteInfo; at: string }> = [];
-  readonly #sockets: UdpSocket[];
-  readonly port: number;
-
-  private constructor(sockets: UdpSocket[], port: number) {
-    this.#sockets = sockets;
-    this.port = port;
-    for (const socket of sockets) {
-      const at = socket.address().address;
-      socket.on('message', (data, from) => {
-        this.received.push({ data, from, at });
-        socket.send(data, from.port, from.address);
-      });
-    }
-  }
-
-  /** Echo on every one of `addresses` at one port (retried until a port is free on all). */
-  static async start(...addresses: string[]): Promise<UdpEcho> {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const sockets: UdpSocket[] = [];
-      let port = 0;
-      try {
-        for (const address of addresses) {
-          const peer = await UdpPeer.open(address, port);
-          peer.socket.removeAllListeners('message');
-          sockets.push(peer.socket);
-          port = peer.port;
-        }
-        return new UdpEcho(sockets, port);
-      } catch {
-        for (const s of sockets) s.close();
-      }
-    }
-    throw new Error(`no common free UDP port on ${addresses.join(', ')}`);
-  }
-
-  payloads(): string[] {
-    return this.received.map((r) => r.data.toString('latin1'));
-  }
-
-  close(): Promise<void> {
-    return Promise.all(this.#sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => {});
   }
 }
 
@@ -203,6 +148,18 @@ function assertReply(reply: Datagram, relay: Association['relay'], sender: { hos
   assert.equal(reply.from.port, relay.port);
 }
 
+/** Sends `payload` through the relay to host:port and asserts the reply (see assertReply) names `sender`: by default host:port itself. */
+async function assertEchoed(
+  peer: UdpPeer,
+  relay: Association['relay'],
+  host: string,
+  port: number,
+  payload: string,
+  sender = { host, port },
+): Promise<void> {
+  assertReply(await roundTrip(peer, relay, host, port, payload), relay, sender, payload);
+}
+
 /**
  * Local ports of the UDP sockets this process holds: the lines of
  * /proc/self/net/udp{,6} whose inode is one of our fds. The kernel lists that
@@ -251,6 +208,51 @@ async function canBindUdp(host: string, port: number): Promise<boolean> {
   }
 }
 
+/**
+ * Asserts that an association's relay socket (on host:relayPort) and its
+ * outbound socket are closed, that this process holds `baseline` UDP sockets
+ * again, and that the relay address can be bound anew.
+ */
+async function assertSocketsGone(baseline: number, host: string, relayPort: number, outboundPort: number): Promise<void> {
+  const ports = udpPortsOfThisProcess();
+  assert.ok(!ports.includes(relayPort), 'the relay socket is closed');
+  assert.ok(!ports.includes(outboundPort), 'the outbound socket is closed');
+  assert.equal(ports.length, baseline);
+  assert.ok(await canBindUdp(host, relayPort), 'the relay address is free again');
+}
+
+/** The record of the association, once it is closed (waited for at most 5 s). */
+function recordOf(proxy: RunningProxy, assoc: Association): Promise<SessionRecord> {
+  return within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+}
+
+/** What the tests of one describe block run against: a proxy, and UDP echo servers on 127.0.0.1 and ::1. */
+interface UdpSuite {
+  readonly proxy: RunningProxy;
+  readonly echo4: UdpEcho;
+  readonly echo6: UdpEcho;
+}
+
+/**
+ * For a describe block: starts a proxy with `options` and the two echo
+ * servers before its tests, and closes them after. The fields are set once
+ * the `before` hook has run, so read them inside tests.
+ */
+function udpSuite(options: ServerOptions = {}): UdpSuite {
+  const suite = {} as { proxy: RunningProxy; echo4: UdpEcho; echo6: UdpEcho };
+  before(async () => {
+    suite.proxy = await startProxy(options);
+    suite.echo4 = await UdpEcho.start('127.0.0.1');
+    suite.echo6 = await UdpEcho.start('::1');
+  });
+  after(async () => {
+    await suite.proxy.close();
+    await suite.echo4.close();
+    await suite.echo6.close();
+  });
+  return suite;
+}
+
 /** Records closed from now on only, so a record of an earlier test cannot match. */
 function recordsFrom(proxy: RunningProxy): (match: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
   const start = proxy.records.length;
@@ -258,37 +260,23 @@ function recordsFrom(proxy: RunningProxy): (match: (r: SessionRecord) => boolean
 }
 
 describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
-  let proxy: RunningProxy;
-  let echo4: UdpEcho;
-  let echo6: UdpEcho;
-  before(async () => {
-    proxy = await startProxy();
-    echo4 = await UdpEcho.start('127.0.0.1');
-    echo6 = await UdpEcho.start('::1');
-  });
-  after(async () => {
-    await proxy.close();
-    await echo4.close();
-    await echo6.close();
-  });
+  const suite = udpSuite();
 
   test('IPv4 destination by address: exact echo, sender in the header, record counts, sockets gone after the control connection closes', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
       const baseline = udpPortsOfThisProcess().length;
-      const next = recordsFrom(proxy);
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
       assert.equal(assoc.relay.host, '127.0.0.1', 'the relay is announced on the address the client reached, not 0.0.0.0');
       assert.ok(assoc.relay.port > 0);
       assert.ok(udpPortsOfThisProcess().includes(assoc.relay.port), 'the relay socket is open');
 
-      const seen = echo4.received.length;
-      const first = await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'ping over udp \u0000\u00ff');
-      assertReply(first, assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'ping over udp \u0000\u00ff');
-      const second = await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'second');
-      assertReply(second, assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'second');
-      assert.deepEqual(echo4.payloads().slice(seen), ['ping over udp \u0000\u00ff', 'second']);
-      const outboundPort = echo4.received.at(-1)!.from.port;
+      const seen = suite.echo4.received.length;
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'ping over udp \u0000\u00ff');
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'second');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['ping over udp \u0000\u00ff', 'second']);
+      const outboundPort = suite.echo4.received.at(-1)!.from.port;
       assert.equal(udpPortsOfThisProcess().length, baseline + 2, 'the relay and one outbound socket');
 
       assoc.control.end();
@@ -307,11 +295,7 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
       assert.equal(record.reason, 'client-closed');
       assert.equal(record.error, null);
 
-      const ports = udpPortsOfThisProcess();
-      assert.ok(!ports.includes(assoc.relay.port), 'the relay socket is closed');
-      assert.ok(!ports.includes(outboundPort), 'the outbound socket is closed');
-      assert.equal(ports.length, baseline);
-      assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port), 'the relay address is free again');
+      await assertSocketsGone(baseline, '127.0.0.1', assoc.relay.port, outboundPort);
     } finally {
       await peer.close();
     }
@@ -320,18 +304,18 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
   test('after the association is gone, a datagram to the old relay address gets no echo', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'alive'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'alive');
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'alive');
       assoc.control.destroy();
-      await proxy.record((r) => r.clientPort === assoc.controlPort);
+      await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
       // Hold the old relay address ourselves: whatever is sent there lands here, not at a relay.
       const squatter = await UdpPeer.open('127.0.0.1', assoc.relay.port);
       try {
-        const seen = echo4.received.length;
-        await peer.send(frame('127.0.0.1', echo4.port, 'after close'), assoc.relay.port, assoc.relay.host);
+        const seen = suite.echo4.received.length;
+        await peer.send(frame('127.0.0.1', suite.echo4.port, 'after close'), assoc.relay.port, assoc.relay.host);
         const landed = await squatter.next('the datagram at the old relay address');
-        assert.deepEqual(landed.msg, frame('127.0.0.1', echo4.port, 'after close'));
-        assert.equal(echo4.received.length, seen, 'nothing reached the echo server');
+        assert.deepEqual(landed.msg, frame('127.0.0.1', suite.echo4.port, 'after close'));
+        assert.equal(suite.echo4.received.length, seen, 'nothing reached the echo server');
         assert.equal(peer.queued, 0);
       } finally {
         await squatter.close();
@@ -344,15 +328,15 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
   test('IPv6 destination (::1) through the IPv4 relay: the header carries ::1 and the echo port', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const next = recordsFrom(proxy);
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
-      const seen = echo6.received.length;
-      const reply = await roundTrip(peer, assoc.relay, '::1', echo6.port, 'hello v6');
-      assertReply(reply, assoc.relay, { host: '::1', port: echo6.port }, 'hello v6');
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = suite.echo6.received.length;
+      const reply = await roundTrip(peer, assoc.relay, '::1', suite.echo6.port, 'hello v6');
+      assertReply(reply, assoc.relay, { host: '::1', port: suite.echo6.port }, 'hello v6');
       assert.equal(reply.msg[3], 4, 'ATYP IPv6');
-      assert.deepEqual(echo6.payloads().slice(seen), ['hello v6']);
+      assert.deepEqual(suite.echo6.payloads().slice(seen), ['hello v6']);
       // And IPv4 in the same association.
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'and v4'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'and v4');
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'and v4');
       assoc.control.end();
       const record = await next((r) => r.clientPort === assoc.controlPort);
       assert.equal(record.datagramsUp, 2);
@@ -367,7 +351,7 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     const both = await UdpEcho.start('127.0.0.1', '::1');
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
       for (const payload of ['by name 1', 'by name 2']) {
         const reply = await roundTrip(peer, assoc.relay, 'localhost', both.port, payload);
         const got = both.received.at(-1)!;
@@ -379,7 +363,7 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
       assert.equal(both.received.length, 2);
       assert.equal(both.received[0]!.at, both.received[1]!.at, 'the name resolves once per association');
       assoc.control.end();
-      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
       assert.equal(record.datagramsUp, 2);
       assert.equal(record.datagramsDown, 2);
     } finally {
@@ -391,10 +375,10 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
   test('request naming port 0: the client port is learned from the first datagram', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '0.0.0.0', port: 0 });
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'learned'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'learned');
+      const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'learned');
       assoc.control.end();
-      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
       assert.equal(record.requested, '0.0.0.0:0');
       assert.equal(record.datagramsUp, 1);
     } finally {
@@ -406,15 +390,15 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     const peer = await UdpPeer.open('127.0.0.1');
     const foreign = await UdpPeer.open('127.0.0.2');
     try {
-      const next = recordsFrom(proxy);
-      const assoc = await associate(proxy, { host: '0.0.0.0', port: 0 });
-      const seen = echo4.received.length;
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
+      const seen = suite.echo4.received.length;
       // First, before the client's port is known: only the address can tell.
-      await foreign.send(frame('127.0.0.1', echo4.port, 'foreign before'), assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'mine 1'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'mine 1');
-      await foreign.send(frame('127.0.0.1', echo4.port, 'foreign after'), assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'mine 2'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'mine 2');
-      assert.deepEqual(echo4.payloads().slice(seen), ['mine 1', 'mine 2'], 'nothing from the foreign source reached the echo');
+      await foreign.send(frame('127.0.0.1', suite.echo4.port, 'foreign before'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine 1');
+      await foreign.send(frame('127.0.0.1', suite.echo4.port, 'foreign after'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine 2');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['mine 1', 'mine 2'], 'nothing from the foreign source reached the echo');
       assert.equal(foreign.queued, 0);
       assoc.control.end();
       const record = await next((r) => r.clientPort === assoc.controlPort);
@@ -431,12 +415,12 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     const peer = await UdpPeer.open('127.0.0.1');
     const otherPort = await UdpPeer.open('127.0.0.1');
     try {
-      const next = recordsFrom(proxy);
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
-      const seen = echo4.received.length;
-      await otherPort.send(frame('127.0.0.1', echo4.port, 'wrong port'), assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'right port'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'right port');
-      assert.deepEqual(echo4.payloads().slice(seen), ['right port']);
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = suite.echo4.received.length;
+      await otherPort.send(frame('127.0.0.1', suite.echo4.port, 'wrong port'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'right port');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['right port']);
       assert.equal(otherPort.queued, 0);
       assoc.control.end();
       const record = await next((r) => r.clientPort === assoc.controlPort);
@@ -451,17 +435,17 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
   test('a fragment (FRAG = 1) is dropped and counted, and the association keeps relaying', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const next = recordsFrom(proxy);
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
-      const seen = echo4.received.length;
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = suite.echo4.received.length;
       const port = Buffer.alloc(2);
-      port.writeUInt16BE(echo4.port);
+      port.writeUInt16BE(suite.echo4.port);
       const fragment = Buffer.concat([hex('00 00 01 01 7f 00 00 01'), port, Buffer.from('fragment 1')]);
       await peer.send(fragment, assoc.relay.port, assoc.relay.host);
       const endOfFragments = Buffer.concat([hex('00 00 81 01 7f 00 00 01'), port, Buffer.from('fragment 2, last')]);
       await peer.send(endOfFragments, assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'whole'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'whole');
-      assert.deepEqual(echo4.payloads().slice(seen), ['whole']);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'whole');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['whole']);
       assert.equal(peer.queued, 0);
       assoc.control.end();
       const record = await next((r) => r.clientPort === assoc.controlPort);
@@ -482,14 +466,14 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     });
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
       await peer.send(frame('127.0.0.1', big.port, 'x'), assoc.relay.port, assoc.relay.host);
       // Same socket, same order: once "small" is here, the big one was handled first.
       const first = await peer.next('the small reply');
       assertReply(first, assoc.relay, { host: '127.0.0.1', port: big.port }, 'small');
       assert.equal(peer.queued, 0);
       assoc.control.end();
-      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      const record = await recordOf(suite.proxy, assoc);
       assert.equal(record.datagramsDown, 1, 'only the small reply was relayed');
       assert.equal(record.bytesDown, 5);
       assert.equal(record.datagramsDropped, 1, 'the big one was dropped');
@@ -502,11 +486,11 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
   test('bytes on the control connection are ignored and do not end the association', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
       assoc.control.write('noise on the control connection');
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'still here'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'still here');
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'still here');
       assoc.control.end();
-      const record = await proxy.record((r) => r.clientPort === assoc.controlPort);
+      const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
       assert.equal(record.reason, 'client-closed');
     } finally {
       await peer.close();
@@ -515,30 +499,18 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
 });
 
 describe('UDP ASSOCIATE through an IPv6 listener', opts, () => {
-  let proxy: RunningProxy;
-  let echo4: UdpEcho;
-  let echo6: UdpEcho;
-  before(async () => {
-    proxy = await startProxy({ listen: [{ address: '::1', port: 0 }] });
-    echo4 = await UdpEcho.start('127.0.0.1');
-    echo6 = await UdpEcho.start('::1');
-  });
-  after(async () => {
-    await proxy.close();
-    await echo4.close();
-    await echo6.close();
-  });
+  const suite = udpSuite({ listen: [{ address: '::1', port: 0 }] });
 
   test('an IPv6 client gets a relay on ::1 and reaches IPv6 and IPv4 destinations', opts, async () => {
     const peer = await UdpPeer.open('::1');
     try {
-      const assoc = await associate(proxy, { host: '::1', port: peer.port }, '::1');
+      const assoc = await associate(suite.proxy, { host: '::1', port: peer.port }, '::1');
       assert.equal(assoc.relay.host, '::1', 'the relay is on the address the client reached');
-      assertReply(await roundTrip(peer, assoc.relay, '::1', echo6.port, 'six to six'), assoc.relay, { host: '::1', port: echo6.port }, 'six to six');
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'six to four'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'six to four');
+      await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, 'six to six');
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'six to four');
       assoc.control.end();
       await within(assoc.closed, 5000, 'the control connection to close');
-      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      const record = await recordOf(suite.proxy, assoc);
       assert.equal(record.clientAddress, '::1');
       assert.equal(record.connected, `[::1]:${assoc.relay.port}`);
       assert.equal(record.datagramsUp, 2);
@@ -552,9 +524,6 @@ describe('UDP ASSOCIATE through an IPv6 listener', opts, () => {
 });
 
 describe('UDP ASSOCIATE with a custom resolver', opts, () => {
-  let proxy: RunningProxy;
-  let echo4: UdpEcho;
-  let echo6: UdpEcho;
   const asked: string[] = [];
   const resolver: Resolver = {
     async resolve(name) {
@@ -564,29 +533,20 @@ describe('UDP ASSOCIATE with a custom resolver', opts, () => {
       throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
     },
   };
-  before(async () => {
-    proxy = await startProxy({ resolver });
-    echo4 = await UdpEcho.start('127.0.0.1');
-    echo6 = await UdpEcho.start('::1');
-  });
-  after(async () => {
-    await proxy.close();
-    await echo4.close();
-    await echo6.close();
-  });
+  const suite = udpSuite({ resolver });
 
   test('a name goes to its first address; an unknown name is dropped and counted; the association lives on', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
-      assertReply(await roundTrip(peer, assoc.relay, 'echo.test', echo6.port, 'to the first address'), assoc.relay, { host: '::1', port: echo6.port }, 'to the first address');
-      assert.deepEqual(echo6.payloads(), ['to the first address']);
-      await peer.send(frame('nowhere.test', echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, 'four.test', echo4.port, 'by name v4'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'by name v4');
-      assert.deepEqual(echo4.payloads(), ['by name v4']);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await assertEchoed(peer, assoc.relay, 'echo.test', suite.echo6.port, 'to the first address', { host: '::1', port: suite.echo6.port });
+      assert.deepEqual(suite.echo6.payloads(), ['to the first address']);
+      await peer.send(frame('nowhere.test', suite.echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'by name v4', { host: '127.0.0.1', port: suite.echo4.port });
+      assert.deepEqual(suite.echo4.payloads(), ['by name v4']);
       assert.deepEqual(asked, ['echo.test', 'nowhere.test', 'four.test']);
       assoc.control.end();
-      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      const record = await recordOf(suite.proxy, assoc);
       assert.equal(record.datagramsUp, 2);
       assert.equal(record.datagramsDown, 2);
       assert.equal(record.datagramsDropped, 1);
@@ -597,19 +557,14 @@ describe('UDP ASSOCIATE with a custom resolver', opts, () => {
 });
 
 describe('UDP ASSOCIATE idle timeout', opts, () => {
-  let proxy: RunningProxy;
+  const suite = udpSuite({ timeouts: { udpIdle: 200 } });
   /** For the test that must get one round trip in first: 200 ms could pass before it on a loaded machine. */
   let roomier: RunningProxy;
-  let echo4: UdpEcho;
   before(async () => {
-    proxy = await startProxy({ timeouts: { udpIdle: 200 } });
     roomier = await startProxy({ timeouts: { udpIdle: 1000 } });
-    echo4 = await UdpEcho.start('127.0.0.1');
   });
   after(async () => {
-    await proxy.close();
     await roomier.close();
-    await echo4.close();
   });
 
   test('no datagram for timeouts.udpIdle: the control connection is closed, reason idle-timeout, sockets gone', opts, async () => {
@@ -617,30 +572,26 @@ describe('UDP ASSOCIATE idle timeout', opts, () => {
     try {
       const baseline = udpPortsOfThisProcess().length;
       const assoc = await associate(roomier, { host: '127.0.0.1', port: peer.port });
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'once'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'once');
-      const outboundPort = echo4.received.at(-1)!.from.port;
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'once');
+      const outboundPort = suite.echo4.received.at(-1)!.from.port;
       await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
-      const record = await within(roomier.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      const record = await recordOf(roomier, assoc);
       assert.equal(record.command, 'udp');
       assert.equal(record.reason, 'idle-timeout');
       assert.equal(record.datagramsUp, 1);
       assert.equal(record.datagramsDown, 1);
       assert.equal(record.bytesUp, 4);
       assert.equal(record.bytesDown, 4);
-      const ports = udpPortsOfThisProcess();
-      assert.ok(!ports.includes(assoc.relay.port), 'the relay socket is closed');
-      assert.ok(!ports.includes(outboundPort), 'the outbound socket is closed');
-      assert.equal(ports.length, baseline);
-      assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port), 'the relay address is free again');
+      await assertSocketsGone(baseline, '127.0.0.1', assoc.relay.port, outboundPort);
     } finally {
       await peer.close();
     }
   });
 
   test('an association that never carried a datagram also times out', opts, async () => {
-    const assoc = await associate(proxy, { host: '127.0.0.1', port: 0 });
+    const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: 0 });
     await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
-    const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+    const record = await recordOf(suite.proxy, assoc);
     assert.equal(record.reason, 'idle-timeout');
     assert.equal(record.datagramsUp, 0);
     assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port));
@@ -648,23 +599,14 @@ describe('UDP ASSOCIATE idle timeout', opts, () => {
 });
 
 describe('UDP ASSOCIATE bad input (udp.maxDatagram: 512)', opts, () => {
-  let proxy: RunningProxy;
-  let echo4: UdpEcho;
-  before(async () => {
-    proxy = await startProxy({ udp: { maxDatagram: 512 } });
-    echo4 = await UdpEcho.start('127.0.0.1');
-  });
-  after(async () => {
-    await proxy.close();
-    await echo4.close();
-  });
+  const suite = udpSuite({ udp: { maxDatagram: 512 } });
 
   test('malformed headers and an oversized datagram are dropped and counted; a valid datagram then still goes through', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
     try {
-      const assoc = await associate(proxy, { host: '127.0.0.1', port: peer.port });
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
       const port = Buffer.alloc(2);
-      port.writeUInt16BE(echo4.port);
+      port.writeUInt16BE(suite.echo4.port);
       const bad: Record<string, Buffer> = {
         'RSV = 01 00': Buffer.concat([hex('01 00 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
         'RSV = 00 01': Buffer.concat([hex('00 01 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
@@ -680,14 +622,14 @@ describe('UDP ASSOCIATE bad input (udp.maxDatagram: 512)', opts, () => {
         '513 bytes (one over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(503, 0x62)]),
       };
       for (const datagram of Object.values(bad)) await peer.send(datagram, assoc.relay.port, assoc.relay.host);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, 'valid'), assoc.relay, { host: '127.0.0.1', port: echo4.port }, 'valid');
-      assert.deepEqual(echo4.payloads(), ['valid'], 'none of the bad datagrams reached the echo server');
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'valid');
+      assert.deepEqual(suite.echo4.payloads(), ['valid'], 'none of the bad datagrams reached the echo server');
       // Exactly maxDatagram is still taken.
       const largest = 'c'.repeat(512 - 10);
-      assertReply(await roundTrip(peer, assoc.relay, '127.0.0.1', echo4.port, largest), assoc.relay, { host: '127.0.0.1', port: echo4.port }, largest);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, largest);
       assert.equal(peer.queued, 0);
       assoc.control.end();
-      const record = await within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+      const record = await recordOf(suite.proxy, assoc);
       assert.equal(record.datagramsDropped, Object.keys(bad).length);
       assert.equal(record.datagramsUp, 2);
       assert.equal(record.datagramsDown, 2);
@@ -700,28 +642,19 @@ describe('UDP ASSOCIATE bad input (udp.maxDatagram: 512)', opts, () => {
 });
 
 describe('UDP ASSOCIATE limit (udp.maxAssociationsPerClient: 2)', opts, () => {
-  let proxy: RunningProxy;
-  let echo4: UdpEcho;
-  before(async () => {
-    proxy = await startProxy({ udp: { maxAssociationsPerClient: 2 } });
-    echo4 = await UdpEcho.start('127.0.0.1');
-  });
-  after(async () => {
-    await proxy.close();
-    await echo4.close();
-  });
+  const suite = udpSuite({ udp: { maxAssociationsPerClient: 2 } });
 
   test('the third association gets REP 0x01 (limit-reached); after one closes, a new one works', opts, async () => {
     const peers = await Promise.all([UdpPeer.open('127.0.0.1'), UdpPeer.open('127.0.0.1'), UdpPeer.open('127.0.0.1')]);
     const [p1, p2, p3] = peers as [UdpPeer, UdpPeer, UdpPeer];
     const open: Association[] = [];
     try {
-      const a1 = await associate(proxy, { host: '127.0.0.1', port: p1.port });
+      const a1 = await associate(suite.proxy, { host: '127.0.0.1', port: p1.port });
       open.push(a1);
-      const a2 = await associate(proxy, { host: '127.0.0.1', port: p2.port });
+      const a2 = await associate(suite.proxy, { host: '127.0.0.1', port: p2.port });
       open.push(a2);
 
-      const third = await RawClient.connect(proxy.port);
+      const third = await RawClient.connect(suite.proxy.port);
       try {
         third.write(Buffer.concat([hex('05 01 00 05 03 00 01 7f 00 00 01'), Buffer.from([p3.port >> 8, p3.port & 0xff])]));
         assert.deepEqual(await third.read(2), hex('05 00'));
@@ -729,7 +662,7 @@ describe('UDP ASSOCIATE limit (udp.maxAssociationsPerClient: 2)', opts, () => {
         assert.equal(reply[0], 5);
         assert.equal(reply[1], 0x01, `REP 0x${reply[1]!.toString(16)}`);
         await within(third.readToEnd(), 5000, 'the proxy to close the refused association');
-        const record = await within(proxy.record((r) => r.clientPort === third.localPort), 5000, 'the refused session record');
+        const record = await within(suite.proxy.record((r) => r.clientPort === third.localPort), 5000, 'the refused session record');
         assert.equal(record.command, 'udp');
         assert.equal(record.reply, 0x01);
         assert.equal(record.reason, 'limit-reached');
@@ -739,15 +672,15 @@ describe('UDP ASSOCIATE limit (udp.maxAssociationsPerClient: 2)', opts, () => {
       }
 
       // The two admitted ones still relay.
-      assertReply(await roundTrip(p2, a2.relay, '127.0.0.1', echo4.port, 'a2'), a2.relay, { host: '127.0.0.1', port: echo4.port }, 'a2');
+      await assertEchoed(p2, a2.relay, '127.0.0.1', suite.echo4.port, 'a2');
 
       a1.control.end();
-      await within(proxy.record((r) => r.clientPort === a1.controlPort), 5000, 'the first association\'s record');
-      const a3 = await associate(proxy, { host: '127.0.0.1', port: p3.port });
+      await within(suite.proxy.record((r) => r.clientPort === a1.controlPort), 5000, 'the first association\'s record');
+      const a3 = await associate(suite.proxy, { host: '127.0.0.1', port: p3.port });
       open.push(a3);
-      assertReply(await roundTrip(p3, a3.relay, '127.0.0.1', echo4.port, 'a3'), a3.relay, { host: '127.0.0.1', port: echo4.port }, 'a3');
+      await assertEchoed(p3, a3.relay, '127.0.0.1', suite.echo4.port, 'a3');
       a3.control.end();
-      const record = await within(proxy.record((r) => r.clientPort === a3.controlPort), 5000, 'the new association\'s record');
+      const record = await within(suite.proxy.record((r) => r.clientPort === a3.controlPort), 5000, 'the new association\'s record');
       assert.equal(record.reply, 0);
       assert.equal(record.datagramsUp, 1);
     } finally {

@@ -1,0 +1,203 @@
+/**
+ * Helpers shared by the codec tests in this folder: hex vectors, the
+ * expectations on a decoder's result, and the checks every decoder gets
+ * (each strict prefix of a message is NEED_MORE, trailing bytes are left
+ * alone, a nonzero offset works, arbitrary input only ever throws a
+ * SocksError). Each test file keeps the helpers only it needs.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import {
+  MAX_DOMAIN_LENGTH,
+  NEED_MORE,
+  type Decoded,
+  type Destination,
+  type NeedMore,
+  ipv6ToString,
+} from '../../src/protocol/index.js';
+import { SocksError, type SocksErrorCode } from '../../src/errors.js';
+
+// ---------------------------------------------------------------- bytes
+
+/** '05 01 00' → <Buffer 05 01 00>; whitespace is ignored. */
+export function hex(s: string): Buffer {
+  const clean = s.replace(/\s+/g, '');
+  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex vector: ${s}`);
+  return Buffer.from(clean, 'hex');
+}
+
+/** Latin-1 (so also ASCII) text as hex, to keep domain, USERID and host name vectors readable. */
+export function ascii(s: string): string {
+  return Buffer.from(s, 'latin1').toString('hex');
+}
+
+// ---------------------------------------------------------------- results
+
+/** A codec's decoder: the message read at `at`, or NEED_MORE. */
+export type Decoder<T> = (buf: Uint8Array, at: number) => Decoded<T> | NeedMore;
+
+export function expectDecoded<T>(result: Decoded<T> | NeedMore): Decoded<T> {
+  if (result === NEED_MORE) assert.fail('expected a decoded message, got NEED_MORE');
+  return result;
+}
+
+export function assertSocksError(fn: () => unknown, code: SocksErrorCode): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof SocksError, `expected a SocksError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  });
+}
+
+/** Runs `fn`; anything it throws must be a SocksError. */
+export function assertThrowsOnlySocksError(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+  }
+}
+
+/**
+ * For the message that starts at `at` in `buf` and ends at `end`: each strict
+ * prefix of it (`buf` cut after `at + n` bytes, decoded at `at`) is NEED_MORE.
+ */
+export function assertEveryStrictPrefixNeedsMore<T>(decode: Decoder<T>, buf: Uint8Array, at = 0, end = buf.length): void {
+  for (let n = 0; n < end - at; n++) {
+    assert.equal(decode(buf.subarray(0, at + n), at), NEED_MORE, `prefix of ${n} bytes${at > 0 ? ` at offset ${at}` : ''}`);
+  }
+}
+
+/**
+ * Decodes arbitrary bytes at `offset`: a SocksError and NEED_MORE are fine,
+ * anything else thrown fails. A decoded message is at least `minLength` bytes,
+ * fits in `buf`, and each strict prefix of it is NEED_MORE. Returns the
+ * decoded message, or undefined when there was none.
+ */
+export function checkArbitraryBytes<T>(decode: Decoder<T>, buf: Uint8Array, offset = 0, minLength = 1): Decoded<T> | undefined {
+  let r: Decoded<T> | NeedMore;
+  try {
+    r = decode(buf, offset);
+  } catch (err) {
+    assert.ok(err instanceof SocksError, `non-SocksError thrown: ${String(err)}`);
+    return undefined;
+  }
+  if (r === NEED_MORE) return undefined;
+  assert.ok(r.bytesRead >= minLength && offset + r.bytesRead <= buf.length);
+  assertEveryStrictPrefixNeedsMore(decode, buf, offset, offset + r.bytesRead);
+  return r;
+}
+
+// ---------------------------------------------------------------- vector tables
+
+export interface Vector<T> {
+  readonly name: string;
+  readonly bytes: string;
+  readonly value: T;
+  /** The encoder writes a different (canonical) form; check decoding only. */
+  readonly decodeOnly?: boolean;
+}
+
+export interface BadVector {
+  readonly name: string;
+  readonly bytes: string;
+  readonly code: SocksErrorCode;
+}
+
+/** What a message is wrapped in to test offsets: bytes before it and, where the codec allows, bytes after it. */
+export interface Framing {
+  readonly junk: Buffer;
+  readonly trailer?: Buffer;
+}
+
+/**
+ * A describe per vector: decoding, encoding (unless decodeOnly), NEED_MORE
+ * for every strict prefix at 0 and after `junk`, and decoding with `trailer`
+ * after it, at 0 and after `junk`.
+ */
+export function validVectors<T>(
+  decode: Decoder<T>,
+  encode: (value: T) => Buffer,
+  vectors: readonly Vector<T>[],
+  { junk, trailer = Buffer.alloc(0) }: Framing,
+): void {
+  for (const v of vectors) {
+    describe(v.name, () => {
+      const bytes = hex(v.bytes);
+
+      it('decodes to the expected value and length', () => {
+        const r = expectDecoded(decode(bytes, 0));
+        assert.deepEqual(r.value, v.value);
+        assert.equal(r.bytesRead, bytes.length);
+      });
+
+      if (!v.decodeOnly) {
+        it('encodes to the exact bytes', () => {
+          assert.deepEqual(encode(v.value), bytes);
+        });
+      }
+
+      it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
+        assertEveryStrictPrefixNeedsMore(decode, bytes);
+        assertEveryStrictPrefixNeedsMore(decode, Buffer.concat([junk, bytes]), junk.length);
+      });
+
+      it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
+        const r1 = expectDecoded(decode(Buffer.concat([bytes, trailer]), 0));
+        assert.deepEqual(r1.value, v.value);
+        assert.equal(r1.bytesRead, bytes.length);
+
+        const r2 = expectDecoded(decode(Buffer.concat([junk, bytes, trailer]), junk.length));
+        assert.deepEqual(r2.value, v.value);
+        assert.equal(r2.bytesRead, bytes.length);
+      });
+    });
+  }
+}
+
+/**
+ * A test per vector, named "<name> → <code>": decoding it throws that code,
+ * alone and (with `framing`) after `junk` and before `trailer`. `decode` gets
+ * the vector too, for decoders that take per-vector options.
+ */
+export function badVectors<V extends BadVector>(
+  decode: (buf: Uint8Array, at: number, v: V) => unknown,
+  vectors: readonly V[],
+  framing?: Framing,
+): void {
+  for (const v of vectors) {
+    it(`${v.name} → ${v.code}`, () => {
+      const bytes = hex(v.bytes);
+      assertSocksError(() => decode(bytes, 0, v), v.code);
+      if (framing) {
+        const { junk, trailer = Buffer.alloc(0) } = framing;
+        assertSocksError(() => decode(Buffer.concat([junk, bytes, trailer]), junk.length, v), v.code);
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------- arbitraries
+
+const printableHost = fc.string({
+  unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+  minLength: 1,
+  maxLength: MAX_DOMAIN_LENGTH,
+});
+const port = fc.integer({ min: 0, max: 65535 });
+
+/** Any destination a SOCKS5 address can carry: IPv4, IPv6 (compressed form) or a printable name of 1-255 bytes. */
+export const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
+  fc.tuple(fc.uint8Array({ minLength: 4, maxLength: 4 }), port).map(([b, p]) => ({
+    kind: 'ipv4' as const,
+    host: Array.from(b).join('.'),
+    port: p,
+  })),
+  fc.tuple(fc.uint8Array({ minLength: 16, maxLength: 16 }), port).map(([b, p]) => ({
+    kind: 'ipv6' as const,
+    host: ipv6ToString(b),
+    port: p,
+  })),
+  fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
+);
