@@ -317,7 +317,10 @@ async function main(): Promise<number> {
     failures,
     elapsedSeconds: (Date.now() - started) / 1000,
   };
-  writeFileSync(outPath, renderMarkdown(results) + '\n');
+  // The hand-written interpretation (targets not reached, and why) follows the numbers.
+  const analysisPath = fileURLToPath(new URL('../../bench/ANALYSIS.md', import.meta.url));
+  const analysis = existsSync(analysisPath) ? `\n${readFileSync(analysisPath, 'utf8')}` : '';
+  writeFileSync(outPath, renderMarkdown(results) + '\n' + analysis);
   log(`bench: wrote ${outPath} (${Math.round(results.elapsedSeconds)} s)`);
   if (values.json) {
     writeFileSync(resolve(values.json), JSON.stringify(results, null, 2) + '\n');
