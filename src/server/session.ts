@@ -88,7 +88,8 @@ export class Session {
   readonly id: number;
   readonly #socket: Socket;
   readonly #ctx: SessionContext;
-  readonly #abort = new AbortController();
+  /** Cancels a dial or BIND wait; made when one starts, dropped once relaying (memory per idle session). */
+  #abort: AbortController | null = null;
   readonly #startedAt: number;
   readonly #clientAddress: string;
   readonly #clientPort: number;
@@ -137,7 +138,7 @@ export class Session {
   /** Ends the session now, whatever its phase (server shutdown). */
   shutdown(): void {
     this.#reason ??= 'shutdown';
-    this.#abort.abort(new SocksError('ERR_GENERAL', 'server shutting down'));
+    this.#cancel(new SocksError('ERR_GENERAL', 'server shutting down'));
     if (this.#phase === 'relaying' || this.#phase === 'associated') {
       this.#destination?.destroy();
       this.#socket.destroy();
@@ -289,7 +290,7 @@ export class Session {
   #connect(target: Destination): void {
     this.#wait();
     clearTimeout(this.#timer); // the connect timeout takes over
-    const signal = this.#abort.signal;
+    const signal = this.#signal();
     this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal }).then(
       (outbound) => this.#afterConnect(outbound),
       (err: unknown) => this.#connectFailed(toSocksError(err)),
@@ -358,7 +359,7 @@ export class Session {
       expectedPeers,
       check: ctx.bindCheck,
       timeoutMs: ctx.bindMs,
-      signal: this.#abort.signal,
+      signal: this.#signal(),
       strayEndsWait: this.#version === 4,
     });
     this.#bindWaiting = false;
@@ -424,6 +425,7 @@ export class Session {
   #startRelay(outbound: Socket): void {
     const socket = this.#socket;
     this.#destination = outbound;
+    this.#abort = null; // nothing left to cancel
     this.#phase = 'relaying';
     this.#handshakeBytesWritten = socket.bytesWritten;
     socket.off('data', this.#onData);
@@ -441,6 +443,15 @@ export class Session {
         this.#emitRecord();
       },
     });
+  }
+
+  #signal(): AbortSignal {
+    this.#abort ??= new AbortController();
+    return this.#abort.signal;
+  }
+
+  #cancel(reason: unknown): void {
+    this.#abort?.abort(reason);
   }
 
   /** Pauses reading while something asynchronous decides the next step. */
@@ -464,7 +475,7 @@ export class Session {
     this.#reason ??= reason;
     this.#error ??= error;
     if (replyCode !== undefined) this.#reply = replyCode;
-    this.#abort.abort(new SocksError('ERR_GENERAL', error));
+    this.#cancel(new SocksError('ERR_GENERAL', error));
     clearTimeout(this.#timer);
     this.#buffer = EMPTY;
     const socket = this.#socket;
@@ -518,11 +529,11 @@ export class Session {
   readonly #onHandshakeError = (err: Error): void => {
     this.#reason ??= this.#phase === 'associated' ? 'client-error' : 'client-gone';
     this.#error ??= `client connection failed during handshake: ${(err as NodeJS.ErrnoException).code ?? err.message}`;
-    this.#abort.abort(err);
+    this.#cancel(err);
   };
 
   readonly #onClose = (): void => {
-    this.#abort.abort(new SocksError('ERR_GENERAL', 'client closed'));
+    this.#cancel(new SocksError('ERR_GENERAL', 'client closed'));
     this.#emitRecord();
   };
 
