@@ -89,6 +89,7 @@ async function run(server: SocksServer, config: Config): Promise<number> {
     throw err;
   }
   log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker() }, `socksgate ${version()} started`);
+  log.flush();
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {

@@ -80,6 +80,8 @@ export class UserStore implements Authenticator {
   readonly #users: ReadonlyMap<string, StoredSecret>;
   readonly #cacheKey = randomBytes(32);
   readonly #verified = new Map<string, true>();
+  /** bcrypt checks under way, by cache key; bounded by the sessions in their handshake. */
+  readonly #inFlight = new Map<string, Promise<boolean>>();
 
   constructor(users: ReadonlyMap<string, StoredSecret>) {
     this.#users = users;
@@ -98,7 +100,14 @@ export class UserStore implements Authenticator {
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);
     const cacheKey = this.#cacheEntry(username, password);
     if (this.#verified.has(cacheKey)) return true;
-    const ok = await bcrypt.compare(password, secret.hash);
+    // Many connections with the same credentials arriving at once share one
+    // bcrypt run instead of each paying tens of milliseconds of CPU.
+    let pending = this.#inFlight.get(cacheKey);
+    if (!pending) {
+      pending = bcrypt.compare(password, secret.hash).finally(() => this.#inFlight.delete(cacheKey));
+      this.#inFlight.set(cacheKey, pending);
+    }
+    const ok = await pending;
     if (ok) this.#remember(cacheKey);
     return ok;
   }
