@@ -115,13 +115,14 @@ function describe(value: unknown): string {
   }
 }
 
-function errnoOf(err: unknown): string | undefined {
-  if (typeof err !== 'object' || err === null) return undefined;
+function errnoOf(err: unknown, depth = 0): string | undefined {
+  if (typeof err !== 'object' || err === null || depth > 4) return undefined;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string') return code;
   // AggregateError from a multi-address attempt: use the first member's code.
+  // The depth bound keeps a self-referencing error from overflowing the stack.
   const errors = (err as { errors?: unknown }).errors;
-  if (Array.isArray(errors) && errors.length > 0) return errnoOf(errors[0]);
+  if (Array.isArray(errors) && errors.length > 0) return errnoOf(errors[0], depth + 1);
   return undefined;
 }
 

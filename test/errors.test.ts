@@ -228,6 +228,14 @@ describe('toSocksError', () => {
     }
   });
 
+  it('an AggregateError whose first member is itself gives general failure, not a stack overflow', () => {
+    const loop = new AggregateError([], 'loops') as AggregateError & { errors: unknown[] };
+    loop.errors = [loop];
+    const err = toSocksError(loop);
+    assert.equal(err.code, 'ERR_GENERAL');
+    assert.equal(err.socks5Reply, 0x01);
+  });
+
   it('property: any string code maps to a known SocksError code and a failure reply', () => {
     fc.assert(
       fc.property(fc.oneof(fc.string(), fc.constantFrom(...ERRNO_TABLE.map(([e]) => e), ...UNKNOWN_ERRNOS)), (errno) => {
