@@ -82,6 +82,31 @@ async function run(server: SocksServer, config: Config): Promise<number> {
   // Workers share stdout: each line says which process wrote it.
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
+
+  // Signals are handled from the start: one that arrives while the listeners
+  // are still binding is honoured as soon as they are bound.
+  let started = false;
+  let requested: NodeJS.Signals | null = null;
+  let stopping = false;
+  let finish: (code: number) => void = () => {};
+  const finished = new Promise<number>((resolve) => { finish = resolve; });
+  const stop = (signal: NodeJS.Signals) => {
+    if (!started) {
+      requested ??= signal;
+      return;
+    }
+    if (stopping) {
+      log.warn({ event: 'forced', signal }, `${signal} again: exiting now`);
+      log.flush(() => finish(1));
+      return;
+    }
+    stopping = true;
+    log.info({ event: 'stopping', signal }, `${signal}: stopping`);
+    server.close().then(() => log.flush(() => finish(0)));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+
   try {
     await server.listen();
   } catch (err) {
@@ -90,21 +115,9 @@ async function run(server: SocksServer, config: Config): Promise<number> {
   }
   log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker() }, `socksgate ${version()} started`);
   log.flush();
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        log.warn({ event: 'forced', signal }, `${signal} again: exiting now`);
-        log.flush(() => resolve(1));
-        return;
-      }
-      stopping = true;
-      log.info({ event: 'stopping', signal }, `${signal}: stopping`);
-      server.close().then(() => log.flush(() => resolve(0)));
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  started = true;
+  if (requested) stop(requested);
+  return finished;
 }
 
 function version(): string {
