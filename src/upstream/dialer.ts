@@ -41,9 +41,7 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       signal?.addEventListener('abort', forward, { once: true });
       try {
         if (signal?.aborted) throw signal.reason;
-        const addresses = target.kind === 'domain'
-          ? await raceAbort(resolveAll(resolver, target.host), abort.signal)
-          : [{ address: target.host, family: target.kind === 'ipv6' ? 6 : 4 } as const];
+        const addresses = await raceAbort(resolveAll(resolver, target.host), abort.signal);
         return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort.signal);
       } catch (err) {
         throw toSocksError(err);
