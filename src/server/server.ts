@@ -57,7 +57,8 @@ export class SocksServer extends EventEmitter<ServerEvents> {
   readonly config: Config;
   readonly #dialer: Dialer;
   readonly #resolver: Resolver;
-  readonly #udpPerClient = new Map<string, number>();
+  /** UDP associations per client address, against udp.maxAssociationsPerClient. */
+  readonly #udpSlots: ClientSlots;
   readonly #authenticator: Authenticator | null;
   readonly #now: () => number;
   readonly #allow: BlockList | null;
@@ -76,7 +77,7 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#resolver });
     this.#authenticator = deps.authenticator ?? buildUserStore(config);
     this.#allow = buildAllowList(config.clients.allow);
-    this.#udpSlots.limit = config.udp.maxAssociationsPerClient;
+    this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
@@ -190,27 +191,34 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     session.start();
   }
 
-  /** UDP associations per client address, against udp.maxAssociationsPerClient. */
-  readonly #udpSlots = {
-    limit: 0,
-    acquire: (client: string): boolean => {
-      const count = this.#udpPerClient.get(client) ?? 0;
-      if (count >= this.config.udp.maxAssociationsPerClient) return false;
-      this.#udpPerClient.set(client, count + 1);
-      return true;
-    },
-    release: (client: string): void => {
-      const count = (this.#udpPerClient.get(client) ?? 1) - 1;
-      if (count <= 0) this.#udpPerClient.delete(client);
-      else this.#udpPerClient.set(client, count);
-    },
-  };
-
   readonly #onSessionClose = (record: SessionRecord): void => {
     this.#sessions.delete(record.id);
     this.emit('session-close', record);
     if (this.#sessions.size === 0 && this.#drained) this.#drained();
   };
+}
+
+/** Counts something per client address against a limit. */
+class ClientSlots {
+  readonly limit: number;
+  readonly #counts = new Map<string, number>();
+
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  acquire(client: string): boolean {
+    const count = this.#counts.get(client) ?? 0;
+    if (count >= this.limit) return false;
+    this.#counts.set(client, count + 1);
+    return true;
+  }
+
+  release(client: string): void {
+    const count = (this.#counts.get(client) ?? 1) - 1;
+    if (count <= 0) this.#counts.delete(client);
+    else this.#counts.set(client, count);
+  }
 }
 
 function buildUserStore(config: Config): UserStore | null {
