@@ -293,7 +293,7 @@ export class Session {
     const signal = this.#signal();
     this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal }).then(
       (outbound) => this.#afterConnect(outbound),
-      (err: unknown) => this.#connectFailed(toSocksError(err)),
+      (err: unknown) => this.#commandFailed(toSocksError(err)),
     );
   }
 
@@ -321,7 +321,7 @@ export class Session {
     }
   }
 
-  #connectFailed(err: SocksError, reason: CloseReason = 'connect-failed'): void {
+  #commandFailed(err: SocksError, reason: CloseReason = 'connect-failed'): void {
     if (this.#phase !== 'waiting') return;
     if (this.#version === 5) {
       this.#refuse(encodeReply(err.socks5Reply), reason, err.message, err.socks5Reply);
@@ -339,7 +339,7 @@ export class Session {
     clearTimeout(this.#timer); // the BIND timeout takes over
     this.#runBind(target).catch((err: unknown) => {
       this.#bindListener?.close();
-      this.#connectFailed(toSocksError(err), 'bind-failed');
+      this.#commandFailed(toSocksError(err), 'bind-failed');
     });
   }
 
@@ -373,9 +373,7 @@ export class Session {
   /** The addresses a BIND peer may come from: none listed means any. */
   async #expectedPeers(target: Destination): Promise<string[]> {
     if (target.kind !== 'domain') return [target.host];
-    const found = await this.#ctx.resolver.resolve(target.host).catch((err: unknown) => {
-      throw toSocksError(err);
-    });
+    const found = await this.#ctx.resolver.resolve(target.host); // a failure is mapped by #bind
     return found.map((a) => a.address);
   }
 
@@ -412,7 +410,7 @@ export class Session {
         this.#buffer = EMPTY;
         this.#socket.resume();
       },
-      (err: unknown) => this.#connectFailed(toSocksError(err), 'udp-failed'),
+      (err: unknown) => this.#commandFailed(toSocksError(err), 'udp-failed'),
     );
   }
 
