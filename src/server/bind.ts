@@ -25,8 +25,9 @@ export interface BindWaitOptions {
 
 export class BindListener {
   readonly #server: Server;
-  /** Inbound connections turned away because they came from the wrong address. */
-  strays: string[] = [];
+  /** Inbound connections turned away because they came from the wrong address (count, and a few of their addresses for the log). */
+  #strayCount = 0;
+  readonly #strayAddresses = new Set<string>();
 
   private constructor(server: Server) {
     this.#server = server;
@@ -68,7 +69,8 @@ export class BindListener {
         const peer = unmapIPv4(socket.remoteAddress ?? '') ?? socket.remoteAddress ?? '';
         if (anyPeer || expected.includes(peer)) return done(null, socket);
         socket.destroy();
-        this.strays.push(peer);
+        this.#strayCount++;
+        if (this.#strayAddresses.size < 8) this.#strayAddresses.add(peer); // bounded: strays may flood
         if (options.strayEndsWait) {
           done(new SocksError('ERR_NOT_ALLOWED', `BIND: connection from ${peer}, expected ${expected.join(' or ')}`));
         }
@@ -89,7 +91,7 @@ export class BindListener {
   }
 
   #strayNote(): string {
-    return this.strays.length ? ` (turned away ${this.strays.length} from ${[...new Set(this.strays)].join(', ')})` : '';
+    return this.#strayCount ? ` (turned away ${this.#strayCount} from ${[...this.#strayAddresses].join(', ')})` : '';
   }
 }
 
