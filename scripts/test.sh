@@ -43,6 +43,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 npm install --no-audit --no-fund --loglevel=error --ignore-scripts
+node scripts/build-native.mjs --require   # the splice relay addon: its tests need it
 rm -rf dist
 npx tsc -p tsconfig.json   # type-check and build src/, test/ and bench/ into dist/
 exec node --test --test-timeout=300000 dist/test/

@@ -11,7 +11,7 @@ import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
 import { type Config, configJsonSchema, workerCount } from './config/schema.js';
 import { UsersFileError } from './auth/users.js';
 import { attachLogger, createLogger } from './observe/log.js';
-import { ListenError, SocksServer, createServer } from './server/server.js';
+import { ListenError, RelayEngineError, SocksServer, createServer } from './server/server.js';
 import { runPasswd } from './auth/passwd.js';
 import { availableParallelism } from 'node:os';
 import { isWorker, runPrimary } from './workers.js';
@@ -36,6 +36,8 @@ Options:
       --log-format FORMAT    auto (readable on a terminal), json, pretty
       --workers N|auto       event loops sharing the port (auto: one per core when
                              listening beyond loopback, else 1)
+      --relay-engine E       auto, splice (in the kernel; needs the addon built
+                             at install) or stream (Node streams)
       --check                validate the configuration, print problems, and exit
   -h, --help                 this text
   -V, --version              the version
@@ -67,6 +69,7 @@ async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (err instanceof UsersFileError) return fail(err.message, 2);
+    if (err instanceof RelayEngineError) return fail(err.message, 1);
     throw err;
   }
   if (flags.check) return write(`socksgate: configuration is valid\n`, 0);
@@ -113,7 +116,8 @@ async function run(server: SocksServer, config: Config): Promise<number> {
     if (err instanceof ListenError) return fail(err.message, 1);
     throw err;
   }
-  log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker() }, `socksgate ${version()} started`);
+  const relay = server.relayEngine;
+  log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker(), relay }, `socksgate ${version()} started (${relay} relay)`);
   log.flush();
   started = true;
   if (requested) stop(requested);

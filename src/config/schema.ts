@@ -5,6 +5,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
+import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
 
 /** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
@@ -111,10 +112,64 @@ const udpSchema = z.strictObject({
   maxAssociationsPerClient: z.number().int().min(1).max(100_000).default(32),
 });
 
+const relaySchema = z.strictObject({
+  /**
+   * How TCP payload moves once a session relays. `splice`: in the kernel with
+   * splice(2), through the native addon built at install (Linux, C compiler);
+   * `stream`: Node streams; `auto`: splice when the addon is built, else stream.
+   */
+  engine: z.enum(['auto', 'splice', 'stream']).default('auto'),
+});
+
 const logSchema = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** `auto`: readable when stdout is a terminal, JSON otherwise. */
   format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+});
+
+// Request rules (policy/rules.ts compiles them): first match wins.
+const ruleList = <T extends z.ZodType>(item: T) => z.array(item).min(1, 'list at least one entry, or leave the key out');
+
+/** `25`, `"587"` or `"1024-65535"`. */
+const rulePort = z.union([z.number(), z.string()], { error: 'must be a port (1-65535) or a range "low-high"' }).superRefine((value, ctx) => {
+  const problem = portRangeProblem(value);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+/** `example.org`, `*.corp.example` (any subdomain, not the bare suffix), or an IP address. */
+const hostPattern = z.string().superRefine((value, ctx) => {
+  const parsed = parseHostPattern(value);
+  if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', message: parsed });
+});
+
+const ruleMatchSchema = z.strictObject({
+  /** The client: its address and source port. */
+  from: z.strictObject({ nets: ruleList(network).optional(), ports: ruleList(rulePort).optional() }).optional(),
+  /** The destination: address (literal only, before DNS) or host name pattern, and port. */
+  to: z
+    .strictObject({
+      nets: ruleList(network).optional(),
+      hosts: ruleList(hostPattern).optional(),
+      ports: ruleList(rulePort).optional(),
+    })
+    .optional(),
+  commands: ruleList(z.enum(['connect', 'bind', 'udp'])).optional(),
+  /** RFC 1929 usernames; SOCKS4 sessions match on their USERID. */
+  users: ruleList(z.string().min(1).max(255)).optional(),
+  /** Listener labels as in the access log, e.g. `127.0.0.1:1080`, `[::1]:1080`. */
+  listeners: ruleList(
+    z.string().refine((v) => parseListenerLabel(v) !== undefined, { message: 'must be a listener as address:port, e.g. 127.0.0.1:1080 or [::1]:1080' }),
+  ).optional(),
+});
+
+const ruleSchema = z.strictObject({
+  name: z
+    .string()
+    .regex(/^[\w][\w.:@-]{0,63}$/, { message: 'must be 1-64 letters, digits or _ . : @ - (it names the rule in the log)' })
+    .refine((v) => v !== 'default-deny', { message: '"default-deny" is the name of the implicit last rule' }),
+  /** Exactly one of allow / deny: the matchers, all of which must match. */
+  allow: ruleMatchSchema.optional(),
+  deny: ruleMatchSchema.optional(),
 });
 
 export const configSchema = z
@@ -127,6 +182,9 @@ export const configSchema = z
     bind: bindSchema.prefault({}),
     udp: udpSchema.prefault({}),
     log: logSchema.prefault({}),
+    relay: relaySchema.prefault({}),
+    /** Request rules, first match wins; when any exists, a request no rule matches is denied (`default-deny`). */
+    rules: z.array(ruleSchema).default([]),
     /**
      * Event loops (processes) sharing the listeners. `auto`: one per core when
      * any listener is beyond loopback (a proxy for a network), else one.
@@ -138,6 +196,7 @@ export const configSchema = z
   .superRefine((config, ctx) => crossFieldChecks(config as Partial<Config>, ctx), { when: () => true });
 
 function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx): void {
+  ruleChecks(config.rules, ctx);
   const methods = Array.isArray(config.auth?.methods) ? config.auth.methods : [];
   const users = Array.isArray(config.auth?.users) ? config.auth.users : [];
   if (methods.includes('userpass') && users.length === 0 && !config.auth?.usersFile) {
@@ -157,6 +216,24 @@ function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx): void {
   });
 }
 
+/** Each rule has exactly one of allow/deny, and a name no other rule has. */
+function ruleChecks(rules: unknown, ctx: z.RefinementCtx): void {
+  if (!Array.isArray(rules)) return;
+  const first = new Map<string, number>();
+  rules.forEach((rule: unknown, i) => {
+    if (typeof rule !== 'object' || rule === null) return;
+    const { name, allow, deny } = rule as { name?: unknown; allow?: unknown; deny?: unknown };
+    if ((allow === undefined) === (deny === undefined)) {
+      const message = allow === undefined ? 'a rule needs allow or deny' : 'a rule has allow or deny, not both';
+      ctx.addIssue({ code: 'custom', path: ['rules', i], message });
+    }
+    if (typeof name !== 'string') return;
+    const seen = first.get(name);
+    if (seen === undefined) first.set(name, i);
+    else ctx.addIssue({ code: 'custom', path: ['rules', i, 'name'], message: `duplicate rule name "${name}" (first at rules[${seen}])` });
+  });
+}
+
 /** The number of worker processes `workers` asks for on this machine. */
 export function workerCount(config: Pick<Config, 'workers' | 'listen'>, cores: number): number {
   if (config.workers !== 'auto') return config.workers;
@@ -167,6 +244,7 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = Config['listen'][number];
 export type AuthMethodName = z.output<typeof authMethod>;
+export type RuleConfig = Config['rules'][number];
 
 const LOOPBACK = new BlockList();
 LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');

@@ -24,7 +24,7 @@ export type CloseReason =
   | 'protocol-error'
   | 'no-acceptable-method'
   | 'auth-failed'
-  /** Refused by policy: client rules, SOCKS4 off or not allowed with auth. */
+  /** Refused by policy: client rules, request rules (`rule` names which), SOCKS4 off or not allowed with auth. */
   | 'not-allowed'
   | 'command-not-supported'
   | 'connect-failed'
@@ -58,6 +58,8 @@ export interface SessionRecord {
   readonly bytesUp: number;
   /** Payload bytes from destination to client. */
   readonly bytesDown: number;
+  /** The TCP relay engine that carried the session (`splice` in the kernel, or Node `stream`); null when nothing was relayed. */
+  readonly relay: 'splice' | 'stream' | null;
   /** UDP ASSOCIATE: datagrams relayed each way, and dropped (fragments, foreign sources, malformed, oversized). */
   readonly datagramsUp: number;
   readonly datagramsDown: number;
@@ -68,6 +70,12 @@ export interface SessionRecord {
   readonly reason: CloseReason;
   /** The cause, for every reason but the normal ones. Never contains a password. */
   readonly error: string | null;
+  /**
+   * The request rule that decided the request, allowed or denied
+   * (`default-deny` when none matched); null when no rules are configured
+   * or the session ended before its request was decided.
+   */
+  readonly rule: string | null;
 }
 
 export interface SessionOpen {

@@ -1,31 +1,60 @@
 /**
- * Relays bytes between the client and the destination: backpressure through
- * `pipe`, half-close (each side's FIN is passed on, the other direction keeps
- * flowing), an idle timeout, and a reset passed on as a reset so the far side
- * never mistakes a failure for a clean end.
+ * Relays bytes between the client and the destination: backpressure, half-close
+ * (each side's FIN is passed on, the other direction keeps flowing), an idle
+ * timeout, and a reset passed on as a reset so the far side never mistakes a
+ * failure for a clean end.
  *
- * Nothing here runs per chunk except Node's own stream machinery; byte counts
- * come from the sockets' counters when the relay ends.
+ * Two engines keep those promises. `splice` (./splice.ts) moves bytes in the
+ * kernel through the native addon when it is built; `stream` uses Node's
+ * `pipe`. Nothing here runs per chunk except Node's own stream machinery; byte
+ * counts come from the sockets' counters (and the addon's) when the relay ends.
  */
 import type { Socket } from 'node:net';
 import type { CloseReason } from '../observe/events.js';
+import { spliceRelay } from './splice.js';
+
+export type RelayEngine = 'splice' | 'stream';
 
 export interface RelayEnd {
   readonly reason: CloseReason;
   readonly error: Error | null;
+  /** Payload bytes client → destination, early bytes included. */
+  readonly bytesUp: number;
+  /** Payload bytes destination → client. */
+  readonly bytesDown: number;
+  readonly engine: RelayEngine;
 }
 
 export interface RelayOptions {
   readonly idleMs: number;
   /** Bytes the client sent after its request, to deliver before anything else. */
   readonly firstChunk?: Buffer;
+  /** `splice` falls back to `stream` for sockets it cannot take (default `stream`). */
+  readonly engine?: RelayEngine;
   readonly onEnd: (end: RelayEnd) => void;
 }
 
-export function relay(client: Socket, destination: Socket, options: RelayOptions): void {
+/** A running relay. */
+export interface Relay {
+  /** Ends both sides now (server shutdown); onEnd follows. */
+  close(): void;
+}
+
+export function relay(client: Socket, destination: Socket, options: RelayOptions): Relay {
+  client.setNoDelay(true);
+  destination.setNoDelay(true);
+  if (options.engine === 'splice') {
+    const spliced = spliceRelay(client, destination, options);
+    if (spliced) return spliced;
+  }
+  return streamRelay(client, destination, options);
+}
+
+function streamRelay(client: Socket, destination: Socket, options: RelayOptions): Relay {
   let reason: CloseReason | null = null;
   let error: Error | null = null;
   let open = 2;
+  const clientWrittenBefore = client.bytesWritten;
 
   const fail = (why: CloseReason, err: Error | null, other: Socket) => {
     if (reason === null) {
@@ -36,7 +65,14 @@ export function relay(client: Socket, destination: Socket, options: RelayOptions
     if (!other.destroyed) other.resetAndDestroy();
   };
   const closed = () => {
-    if (--open === 0) options.onEnd({ reason: reason ?? 'client-closed', error });
+    if (--open > 0) return;
+    options.onEnd({
+      reason: reason ?? 'client-closed',
+      error,
+      bytesUp: destination.bytesWritten,
+      bytesDown: client.bytesWritten - clientWrittenBefore,
+      engine: 'stream',
+    });
   };
 
   client.on('error', (err) => fail('client-error', err, destination));
@@ -56,9 +92,13 @@ export function relay(client: Socket, destination: Socket, options: RelayOptions
     destination.setTimeout(options.idleMs, idle);
   }
 
-  client.setNoDelay(true);
-  destination.setNoDelay(true);
   if (options.firstChunk && options.firstChunk.length > 0) destination.write(options.firstChunk);
   client.pipe(destination);
   destination.pipe(client);
+  return {
+    close() {
+      destination.destroy();
+      client.destroy();
+    },
+  };
 }

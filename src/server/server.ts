@@ -10,9 +10,12 @@ import { validateConfig } from '../config/load.js';
 import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination, unmapIPv4 } from '../protocol/address.js';
+import { spliceUnavailable } from '../relay/splice.js';
+import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext } from './session.js';
+import { type RuleSet, compileRules } from '../policy/rules.js';
 
 /** Collaborators a library user (or a test) may replace. */
 export interface ServerDependencies {
@@ -43,6 +46,19 @@ export class ListenError extends Error {
   }
 }
 
+/** `relay.engine: splice` on a machine without the addon cannot run as asked. */
+export class RelayEngineError extends Error {
+  override readonly name = 'RelayEngineError';
+}
+
+function resolveRelayEngine(wanted: Config['relay']['engine']): RelayEngine {
+  if (wanted === 'stream') return 'stream';
+  const why = spliceUnavailable();
+  if (why === null) return 'splice';
+  if (wanted === 'splice') throw new RelayEngineError(`relay.engine is splice, but the splice addon cannot be used: ${why}`);
+  return 'stream';
+}
+
 const DEPENDENCY_KEYS = ['resolver', 'dialer', 'authenticator', 'now'] as const;
 
 /** Validates the options (throws ConfigError or UsersFileError) and builds a server. Call `listen()` to start it. */
@@ -62,9 +78,13 @@ export class SocksServer extends EventEmitter<ServerEvents> {
   readonly #authenticator: Authenticator | null;
   readonly #now: () => number;
   readonly #allow: BlockList | null;
+  /** Request rules, compiled once; null when none are configured. */
+  readonly #rules: RuleSet | null;
   readonly #servers: NetServer[] = [];
   readonly #bound: ListenerInfo[] = [];
   readonly #sessions = new Map<number, Session>();
+  /** The TCP relay engine sessions use, `relay.engine` resolved against what this machine has. */
+  readonly relayEngine: RelayEngine;
   #nextId = 1;
   #state: 'new' | 'listening' | 'closing' | 'closed' = 'new';
   #drained: (() => void) | null = null;
@@ -77,7 +97,9 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#resolver });
     this.#authenticator = deps.authenticator ?? buildUserStore(config);
     this.#allow = buildAllowList(config.clients.allow);
+    this.#rules = compileRules(config.rules);
     this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
+    this.relayEngine = resolveRelayEngine(config.relay.engine);
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
@@ -160,11 +182,13 @@ export class SocksServer extends EventEmitter<ServerEvents> {
       handshakeMs: config.timeouts.handshake,
       connectMs: config.timeouts.connect,
       idleMs: config.timeouts.idle,
+      relayEngine: this.relayEngine,
       bindMs: config.timeouts.bind,
       bindCheck: config.bind.acceptFrom,
       udpIdleMs: config.timeouts.udpIdle,
       udpLimits: config.udp,
       udpSlots: this.#udpSlots,
+      rules: this.#rules,
       now: this.#now,
       onClose: this.#onSessionClose,
     };
@@ -265,6 +289,7 @@ function deniedRecord(id: number, ctx: SessionContext, socket: Socket, now: numb
     reply: null,
     bytesUp: 0,
     bytesDown: 0,
+    relay: null,
     datagramsUp: 0,
     datagramsDown: 0,
     datagramsDropped: 0,
@@ -272,5 +297,6 @@ function deniedRecord(id: number, ctx: SessionContext, socket: Socket, now: numb
     durationMs: 0,
     reason: 'not-allowed',
     error: `client ${clientAddress} is not in clients.allow`,
+    rule: null,
   };
 }

@@ -23,11 +23,12 @@ import {
 } from '../protocol/socks5.js';
 import { UserPassStatus, decodeUserPass, encodeUserPassStatus } from '../protocol/userpass.js';
 import { Socks4Reply, Socks5Reply } from '../errors.js';
-import { relay } from '../relay/tcp.js';
+import { type Relay, type RelayEnd, type RelayEngine, relay } from '../relay/tcp.js';
 import { type UdpLimits, UdpAssociation } from '../relay/udp.js';
 import type { Dialer } from '../upstream/dialer.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { BindListener, type PeerCheck, addressToward } from './bind.js';
+import { DEFAULT_DENY, type RuleCommand, type RuleSet } from '../policy/rules.js';
 
 /** What a session needs from its server; passed in so tests can swap any of it. */
 export interface SessionContext {
@@ -43,12 +44,16 @@ export interface SessionContext {
   readonly handshakeMs: number;
   readonly connectMs: number;
   readonly idleMs: number;
+  /** `splice` where the addon can take the sockets, else `stream`. */
+  readonly relayEngine: RelayEngine;
   readonly bindMs: number;
   readonly bindCheck: PeerCheck;
   readonly udpIdleMs: number;
   readonly udpLimits: UdpLimits;
   /** Counts UDP associations per client address against the configured limit. */
   readonly udpSlots: { acquire(client: string): boolean; release(client: string): void; readonly limit: number };
+  /** Request rules, decided once the request is parsed; null when none are configured. */
+  readonly rules: RuleSet | null;
   readonly now: () => number;
   readonly onClose: (record: SessionRecord) => void;
 }
@@ -103,7 +108,8 @@ export class Session {
   #udpClient: string | null = null;
   /** Between BIND's two replies: the control socket is read, not paused. */
   #bindWaiting = false;
-  #handshakeBytesWritten = 0;
+  #relay: Relay | null = null;
+  #relayEnd: RelayEnd | null = null;
   #recorded = false;
 
   #version: 4 | 5 | null = null;
@@ -115,6 +121,7 @@ export class Session {
   #reply: number | null = null;
   #reason: CloseReason | null = null;
   #error: string | null = null;
+  #rule: string | null = null;
 
   constructor(id: number, socket: Socket, ctx: SessionContext) {
     this.id = id;
@@ -139,7 +146,9 @@ export class Session {
   shutdown(): void {
     this.#reason ??= 'shutdown';
     this.#cancel(new SocksError('ERR_GENERAL', 'server shutting down'));
-    if (this.#phase === 'relaying' || this.#phase === 'associated') {
+    if (this.#relay) {
+      this.#relay.close();
+    } else if (this.#phase === 'relaying' || this.#phase === 'associated') {
       this.#destination?.destroy();
       this.#socket.destroy();
     } else {
@@ -259,6 +268,7 @@ export class Session {
     const { command, destination: target } = request.value;
     this.#command = COMMAND_NAMES[command] ?? null;
     this.#requested = formatDestination(target);
+    if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
     if (command === Command.CONNECT) this.#connect(target);
     else if (command === Command.BIND) this.#bind(target);
     else if (command === Command.UDP_ASSOCIATE) this.#associate(target);
@@ -277,12 +287,36 @@ export class Session {
     this.#user = userId === '' ? null : userId;
     this.#command = command === Socks4Command.CONNECT ? 'connect' : command === Socks4Command.BIND ? 'bind' : null;
     this.#requested = formatDestination(target);
+    if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
     if (command === Socks4Command.CONNECT) this.#connect(target);
     else if (command === Socks4Command.BIND) this.#bind(target);
     else {
       const what = `unknown SOCKS4 command 0x${hex(command)}`;
       this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'command-not-supported', what, Socks4Reply.REJECTED);
     }
+    return false;
+  }
+
+  /**
+   * Request rules: true to go on; false after refusing with the version's own
+   * refusal (SOCKS5 0x02, SOCKS4 0x5B). Every decision names its rule in the record.
+   */
+  #allowedByRules(command: RuleCommand, target: Destination): boolean {
+    const rules = this.#ctx.rules;
+    if (rules === null) return true;
+    const decision = rules.decide({
+      clientAddress: this.#clientAddress,
+      clientPort: this.#clientPort,
+      command,
+      destination: target,
+      user: this.#user,
+      listener: this.#ctx.listener,
+    });
+    this.#rule = decision.rule;
+    if (decision.allowed) return true;
+    const why = decision.rule === DEFAULT_DENY ? `request denied: no rule matched (${DEFAULT_DENY})` : `request denied by rule "${decision.rule}"`;
+    if (this.#version === 5) this.#refuse(encodeReply(Socks5Reply.NOT_ALLOWED), 'not-allowed', why, Socks5Reply.NOT_ALLOWED);
+    else this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', why, Socks4Reply.REJECTED);
     return false;
   }
 
@@ -425,19 +459,20 @@ export class Session {
     this.#destination = outbound;
     this.#abort = null; // nothing left to cancel
     this.#phase = 'relaying';
-    this.#handshakeBytesWritten = socket.bytesWritten;
     socket.off('data', this.#onData);
     socket.off('end', this.#onHandshakeEnd);
     socket.off('error', this.#onHandshakeError);
     socket.off('close', this.#onClose);
     const firstChunk = this.#buffer;
     this.#buffer = EMPTY;
-    relay(socket, outbound, {
+    this.#relay = relay(socket, outbound, {
       idleMs: this.#ctx.idleMs,
       firstChunk,
-      onEnd: ({ reason, error }) => {
-        this.#reason ??= reason;
-        if (error) this.#error ??= error.message;
+      engine: this.#ctx.relayEngine,
+      onEnd: (end) => {
+        this.#relayEnd = end;
+        this.#reason ??= end.reason;
+        if (end.error) this.#error ??= end.error.message;
         this.#emitRecord();
       },
     });
@@ -543,8 +578,9 @@ export class Session {
     const udp = this.#udp?.counters;
     this.#udp?.close();
     if (this.#udpClient) this.#ctx.udpSlots.release(this.#udpClient);
-    const bytesUp = udp ? udp.bytesUp : this.#destination?.bytesWritten ?? 0;
-    const bytesDown = udp ? udp.bytesDown : this.#destination ? this.#socket.bytesWritten - this.#handshakeBytesWritten : 0;
+    const relayed = this.#relayEnd;
+    const bytesUp = udp ? udp.bytesUp : relayed?.bytesUp ?? 0;
+    const bytesDown = udp ? udp.bytesDown : relayed?.bytesDown ?? 0;
     this.#ctx.onClose({
       id: this.id,
       listener: this.#ctx.listener,
@@ -559,6 +595,7 @@ export class Session {
       reply: this.#reply,
       bytesUp,
       bytesDown,
+      relay: relayed?.engine ?? null,
       datagramsUp: udp?.datagramsUp ?? 0,
       datagramsDown: udp?.datagramsDown ?? 0,
       datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid : 0,
@@ -566,6 +603,7 @@ export class Session {
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
       reason: this.#reason ?? 'client-gone',
       error: this.#error,
+      rule: this.#rule,
     });
   }
 }

@@ -1,7 +1,9 @@
 /**
  * The relay: bytes arrive whole and in order both ways at once, half-close
  * works in both directions, an idle session is closed, and payload that a
- * client sends together with its request reaches the destination.
+ * client sends together with its request reaches the destination. Every
+ * test runs on both relay engines: splice (the native addon, built by the test
+ * command) and stream.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -13,6 +15,7 @@ import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
 
 const MB = 1024 * 1024;
+const ENGINES = ['splice', 'stream'] as const;
 
 async function socks5(proxy: RunningProxy, port: number): Promise<Socket> {
   // allowHalfOpen: the destination may finish first; this client must keep
@@ -58,10 +61,12 @@ function receiveAll(socket: Socket): Promise<{ bytes: number; sha256: string }> 
   });
 }
 
-describe('relay', () => {
+for (const engine of ENGINES) {
+describe(`relay (${engine} engine)`, () => {
   let proxy: RunningProxy;
   before(async () => {
-    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
+    proxy = await startProxy({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }], relay: { engine } });
+    assert.equal(proxy.server.relayEngine, engine);
   });
   after(() => proxy.close());
 
@@ -86,6 +91,7 @@ describe('relay', () => {
       const record = await proxy.record((r) => r.clientPort === clientPort);
       assert.equal(record.bytesUp, size);
       assert.equal(record.bytesDown, size);
+      assert.equal(record.relay, engine);
     } finally {
       await fixture.close();
     }
@@ -170,10 +176,10 @@ describe('relay', () => {
   });
 });
 
-describe('idle timeout', () => {
+describe(`idle timeout (${engine} engine)`, () => {
   test('a relayed session with no traffic is closed after timeouts.idle', async () => {
     const target = await startTcpServer(() => {});
-    const proxy = await startProxy({ timeouts: { idle: 200 } });
+    const proxy = await startProxy({ timeouts: { idle: 200 }, relay: { engine } });
     try {
       const client = await RawClient.connect(proxy.port);
       client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
@@ -187,3 +193,4 @@ describe('idle timeout', () => {
     }
   });
 });
+}

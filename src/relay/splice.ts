@@ -1,0 +1,214 @@
+/**
+ * The zero-copy relay: hands both sockets' descriptors to the native addon
+ * (native/splice.c), which moves bytes with splice(2) on its own thread, so
+ * payload never crosses into JavaScript. This module only does the handover
+ * and turns the addon's report into a RelayEnd.
+ *
+ * The handover keeps the stream relay's promises: bytes already read by Node
+ * (early client data, a destination that spoke first) are written out first,
+ * and the descriptors change hands only once Node has nothing queued on them.
+ * JavaScript keeps owning the descriptors and closes them only after the
+ * addon reported the pair's end, so a descriptor number is never reused under
+ * the relay thread.
+ */
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { getSystemErrorName } from 'node:util';
+import type { CloseReason } from '../observe/events.js';
+import type { Relay, RelayOptions } from './tcp.js';
+
+interface Addon {
+  init(dispatch: (...report: Report) => void): void;
+  start(id: number, clientFd: number, destinationFd: number, idleMs: number): object;
+  cancel(handle: object): void;
+  stats(): { pipesCreated: number; activePairs: number };
+}
+
+/** id, bytes client→destination, bytes destination→client, how it ended, who sent FIN first, failing side, errno. */
+type Report = [number, number, number, number, number, number, number];
+
+const enum End {
+  CLOSED = 0,
+  ERROR = 1,
+  IDLE = 2,
+  CANCELLED = 3,
+}
+
+/** The part of libuv's stream handle the handover needs (Node internals, stable since Node 0.x). */
+interface StreamHandle {
+  readonly fd: number;
+  reading?: boolean;
+  readStop(): number;
+}
+
+const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
+
+let loaded: { readonly addon: Addon } | { readonly why: string } | undefined;
+const pending = new Map<number, (report: Report) => void>();
+let nextId = 1;
+
+/**
+ * Loads the addon once. `SOCKSGATE_SPLICE_ADDON` names another file, or
+ * `off` to act as if it was never built.
+ */
+function load(): { readonly addon: Addon } | { readonly why: string } {
+  if (loaded) return loaded;
+  const path = process.env.SOCKSGATE_SPLICE_ADDON || DEFAULT_ADDON;
+  try {
+    if (path === 'off') throw new Error('switched off by SOCKSGATE_SPLICE_ADDON=off');
+    if (process.platform !== 'linux') throw new Error('splice(2) is Linux-only');
+    const addon = createRequire(import.meta.url)(path) as Addon;
+    addon.init((...report: Report) => {
+      const done = pending.get(report[0]);
+      pending.delete(report[0]);
+      done?.(report);
+    });
+    loaded = { addon };
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? `${path} was not built (npm install builds it when a C compiler is present)` : (err as Error).message;
+    loaded = { why };
+  }
+  return loaded;
+}
+
+/** Why the splice relay cannot run here, or null when it can. */
+export function spliceUnavailable(): string | null {
+  const state = load();
+  return 'why' in state ? state.why : null;
+}
+
+/** Counters from the addon, for tests and diagnostics; null when it is not loaded. */
+export function spliceStats(): { pipesCreated: number; activePairs: number } | null {
+  const state = load();
+  return 'addon' in state ? state.addon.stats() : null;
+}
+
+function streamHandle(socket: Socket): StreamHandle | null {
+  const handle = (socket as unknown as { _handle?: Partial<StreamHandle> | null })._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return null;
+  return handle as StreamHandle;
+}
+
+/** Stops Node from reading and returns what it had read but nobody consumed. */
+function takeOver(socket: Socket, handle: StreamHandle): Buffer[] {
+  socket.pause();
+  const unread: Buffer[] = [];
+  // read() may ask libuv to start reading again; that only takes effect on a
+  // later turn of the event loop, and readStop below comes first.
+  for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) unread.push(chunk);
+  handle.readStop();
+  handle.reading = false;
+  return unread;
+}
+
+/** Calls back once everything written so far has reached the kernel. */
+function whenFlushed(socket: Socket, done: () => void): void {
+  if (socket.writableLength === 0) done();
+  else socket.write(Buffer.alloc(0), () => done());
+}
+
+/**
+ * Starts the splice relay, or returns null when these sockets cannot be
+ * spliced (the caller then uses the stream relay).
+ */
+export function spliceRelay(client: Socket, destination: Socket, options: RelayOptions): Relay | null {
+  const state = load();
+  if (!('addon' in state)) return null;
+  const addon = state.addon;
+  const clientHandle = streamHandle(client);
+  const destinationHandle = streamHandle(destination);
+  if (!clientHandle || !destinationHandle || client.destroyed || destination.destroyed) return null;
+
+  const clientWrittenBefore = client.bytesWritten;
+  const toDestination = takeOver(client, clientHandle);
+  const toClient = takeOver(destination, destinationHandle);
+  if (options.firstChunk && options.firstChunk.length > 0) toDestination.unshift(options.firstChunk);
+
+  const id = nextId++;
+  let handle: object | null = null;
+  let ended = false;
+  let cancelled = false;
+  let failure: { reason: CloseReason; error: Error } | null = null;
+
+  const finish = (reason: CloseReason, error: Error | null, up: number, down: number) => {
+    if (ended) return;
+    ended = true;
+    options.onEnd({
+      reason,
+      error,
+      bytesUp: destination.bytesWritten + up,
+      bytesDown: client.bytesWritten - clientWrittenBefore + down,
+      engine: 'splice',
+    });
+  };
+
+  // Node is not reading or writing these sockets while the addon has them, so
+  // errors are not expected here; one during the handover ends the session.
+  const onError = (side: 'client' | 'destination') => (err: Error) => {
+    failure ??= { reason: side === 'client' ? 'client-error' : 'destination-error', error: err };
+    if (handle === null) abandon();
+  };
+  client.on('error', onError('client'));
+  destination.on('error', onError('destination'));
+
+  const abandon = () => {
+    const other = failure?.reason === 'client-error' ? destination : client;
+    if (!other.destroyed) other.resetAndDestroy();
+    client.destroy();
+    destination.destroy();
+    finish(failure?.reason ?? 'shutdown', failure?.error ?? null, 0, 0);
+  };
+
+  const onReport = ([, up, down, end, firstEof, errorSide, errno]: Report) => {
+    switch (end) {
+      case End.CLOSED:
+        client.destroy();
+        destination.destroy();
+        return finish(firstEof === 1 ? 'destination-closed' : 'client-closed', null, up, down);
+      case End.ERROR: {
+        const failing = errorSide === 1 ? destination : client;
+        const other = failing === client ? destination : client;
+        other.resetAndDestroy(); // a failure is passed on as a reset, as the stream relay does
+        failing.destroy();
+        const code = getSystemErrorName(-errno);
+        const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
+        return finish(errorSide === 1 ? 'destination-error' : 'client-error', error, up, down);
+      }
+      case End.IDLE:
+        client.destroy();
+        destination.destroy();
+        return finish('idle-timeout', null, up, down);
+      default:
+        client.destroy();
+        destination.destroy();
+        return finish('shutdown', null, up, down);
+    }
+  };
+
+  const handOver = () => {
+    if (ended) return;
+    if (cancelled || failure || client.destroyed || destination.destroyed) return abandon();
+    pending.set(id, onReport);
+    handle = addon.start(id, clientHandle.fd, destinationHandle.fd, options.idleMs);
+  };
+
+  // What Node read before the handover goes out first, in order.
+  for (const chunk of toDestination) destination.write(chunk);
+  for (const chunk of toClient) client.write(chunk);
+  let waiting = 2;
+  const flushed = () => {
+    if (--waiting === 0) handOver();
+  };
+  whenFlushed(client, flushed);
+  whenFlushed(destination, flushed);
+
+  return {
+    close() {
+      if (ended || cancelled) return;
+      cancelled = true;
+      if (handle !== null) addon.cancel(handle); // the report follows, then the sockets close
+      else abandon(); // still handing over: the descriptors are Node's alone
+    },
+  };
+}

@@ -1,0 +1,85 @@
+/**
+ * Choosing the relay engine from the command line, and the fallback when the
+ * splice addon is missing: `auto` serves with the stream relay, `splice`
+ * refuses to start, and the build script skips (or, with --require, fails)
+ * without a compiler.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { run } from '../helpers/run.js';
+import { type Fixture, startEchoServer } from '../helpers/server.js';
+import { echo, envWithoutProxies, runCli, socksConnect, startDaemon } from './helpers.js';
+
+const ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
+const BUILD_SCRIPT = fileURLToPath(new URL('../../../scripts/build-native.mjs', import.meta.url));
+const WITHOUT_ADDON = { ...envWithoutProxies(), SOCKSGATE_SPLICE_ADDON: 'off' };
+
+describe('relay engine', () => {
+  let target: Fixture;
+  before(async () => {
+    target = await startEchoServer();
+  });
+  after(() => target.close());
+
+  for (const [name, env, expected] of [
+    ['the addon built: auto picks splice', envWithoutProxies(), 'splice'],
+    ['no addon: auto falls back to the stream relay', WITHOUT_ADDON, 'stream'],
+  ] as const) {
+    it(`${name}, says so when it starts, and relays`, async () => {
+      const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json'], env);
+      try {
+        const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
+        assert.equal(started.relay, expected);
+        const socket = await socksConnect(port, target.port);
+        assert.equal(await echo(socket, 'through the proxy'), 'through the proxy');
+        socket.destroy();
+        const session = await daemon.waitFor((l) => l.event === 'session', 'the access line');
+        assert.equal(session.relay, expected);
+      } finally {
+        daemon.signal('SIGTERM');
+        await daemon.waitExit();
+      }
+    });
+  }
+
+  it('--relay-engine stream is honoured even when the addon is built', async () => {
+    const { daemon } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json', '--relay-engine', 'stream'], envWithoutProxies());
+    try {
+      const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
+      assert.equal(started.relay, 'stream');
+    } finally {
+      daemon.signal('SIGTERM');
+      await daemon.waitExit();
+    }
+  });
+
+  it('--relay-engine splice without the addon exits 1 and says why', async () => {
+    const result = await runCli(['--listen', '127.0.0.1:0', '--relay-engine', 'splice'], { env: WITHOUT_ADDON });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /relay\.engine is splice, but the splice addon cannot be used/);
+  });
+
+  it('an unknown engine is a configuration error naming the key', async () => {
+    const result = await runCli(['--relay-engine', 'sendfile', '--check']);
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, /relay\.engine/);
+  });
+});
+
+describe('build-native script', () => {
+  it('skips with a notice and exit 0 when there is no compiler; an existing addon is left alone', async () => {
+    const before = existsSync(ADDON);
+    const result = await run(process.execPath, [BUILD_SCRIPT], { env: { ...process.env, CC: '/nonexistent/cc' } });
+    assert.equal(result.code, 0);
+    assert.match(result.stdout.toString(), /splice addon not built \(.*no C compiler\).*stream relay/);
+    assert.equal(existsSync(ADDON), before);
+  });
+
+  it('fails with --require (the test command uses it)', async () => {
+    const result = await run(process.execPath, [BUILD_SCRIPT, '--require'], { env: { ...process.env, CC: '/nonexistent/cc' } });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /cannot build the splice addon/);
+  });
+});
