@@ -3,15 +3,19 @@
  * [--only WORKLOADS] [--servers SERVERS] [--out FILE] [--json FILE] [--no-pin]`.
  *
  * Compiles the C load generator (bench/sockbench.c), then for each repetition
- * runs every server in turn (socksgate, socksgate in its production
- * configuration, Dante, microsocks, no proxy), each workload group against a
- * fresh server instance and a fresh target, and writes bench/RESULTS.md.
+ * runs every server in turn (socksgate with the splice relay, socksgate with
+ * the stream relay, socksgate in its production configuration, Dante,
+ * microsocks, no proxy), each workload group against a fresh server instance
+ * and a fresh target, and writes bench/RESULTS.md.
  * Every child is killed by PID at the end, on an error, or on a signal; the
  * temporary directory is removed.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, chmodSync, constants, copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  accessSync, chmodSync, constants, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { availableParallelism, cpus, release, tmpdir, totalmem, type } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,8 +24,13 @@ import { hashPassword } from '../src/index.js';
 import { Target, compileLoadgen } from './lib/loadgen.js';
 import { killAllSync, rssKb } from './lib/proc.js';
 import { type InstanceRecord, type Machine, type Results, renderMarkdown } from './lib/report.js';
-import { type Binaries, type RunningServer, SERVERS, type ServerEnv, type ServerInfo, startServer } from './lib/servers.js';
-import { FULL, QUICK, type Group, type RunContext, type RunRecord, type Settings, type Workload, runIdle, runRelay, runStall, workloads } from './lib/workloads.js';
+import {
+  type Binaries, PRODUCTION_RULE_COUNT, type RunningServer, SERVERS, type ServerEnv, type ServerInfo, type SocksgateFeatures,
+  describeServers, productionConfig, startServer,
+} from './lib/servers.js';
+import {
+  FULL, QUICK, type Group, type RunContext, type RunRecord, type Settings, type Workload, applies, runIdle, runRelay, runStall, workloads,
+} from './lib/workloads.js';
 
 /** dist/bench/run.js → the project root. */
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -30,9 +39,9 @@ const USAGE = `Usage: node dist/bench/run.js [options]
 
   --quick            a few seconds in all: tiny sizes, 1 repetition (a smoke test, not a measurement)
   --reps N           repetitions (default 5, quick 1); medians are over these
-  --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, idle-1000, backpressure…)
-                     or groups (upload, download, bulk, handshake, latency, idle, backpressure)
-  --servers LIST     socksgate, socksgate-prod, dante, microsocks, none (default: all)
+  --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
+                     or groups (upload, download, bulk, handshake, latency, udp, idle, backpressure)
+  --servers LIST     socksgate, socksgate-stream, socksgate-prod, dante, microsocks, none (default: all)
   --out FILE         the Markdown report (default bench/RESULTS.md)
   --json FILE        also write every run's raw record as JSON
   --no-pin           do not pin the server to CPU 1 and the generator/target to the other CPUs
@@ -89,7 +98,7 @@ function selectWorkloads(all: readonly Workload[], only: string | undefined): Wo
   for (const pattern of wanted) {
     const matches = all.filter((w) => w.id === pattern || w.id.startsWith(`${pattern}-`) ||
       (pattern === 'bulk' && (w.command === 'upload' || w.command === 'download')));
-    if (matches.length === 0) throw new UsageError(`--only: no workload "${pattern}"; known: ${all.map((w) => w.id).join(', ')}, bulk, idle`);
+    if (matches.length === 0) throw new UsageError(`--only: no workload "${pattern}"; known: ${all.map((w) => w.id).join(', ')}, and the groups upload, download, bulk, handshake, latency, udp, idle`);
     for (const m of matches) picked.add(m);
   }
   return all.filter((w) => picked.has(w));
@@ -103,17 +112,36 @@ function cpuList(n: number): { load: string; proxy: string } | null {
   return { load: others.join(','), proxy: '1' };
 }
 
+/** The native splice addon, relative to the project root (src/relay/splice.ts loads it from there). */
+const ADDON = join('build', 'socksgate_splice.node');
+
 /**
- * Copies dist/src (and package.json, with node_modules linked) into the
- * temporary directory and runs socksgate from there: others may rebuild
- * dist/ while the benchmark runs, and every instance must be the same build.
+ * Copies dist/src, the native addon (build/*.node, when built) and
+ * package.json (with node_modules linked) into the temporary directory and
+ * runs socksgate from there: others may rebuild dist/ or the addon while the
+ * benchmark runs, and every instance must be the same build. The layout is
+ * the project's, so the snapshot's dist/src finds the addon at ../../../build.
  */
-function snapshotSocksgate(tmpDir: string): { cli: string; hash: string } {
+function snapshotSocksgate(tmpDir: string): { cli: string; hash: string; addon: string | null } {
   const dir = join(tmpDir, 'socksgate');
   cpSync(join(ROOT, 'dist', 'src'), join(dir, 'dist', 'src'), { recursive: true });
   copyFileSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
   const hash = createHash('sha256');
+  let names: string[] = [];
+  try {
+    names = readdirSync(join(ROOT, 'build')).filter((n) => n.endsWith('.node')).sort(); // not a build's half-written *.tmp
+  } catch { /* not built */ }
+  for (const name of names) {
+    mkdirSync(join(dir, 'build'), { recursive: true });
+    copyFileSync(join(ROOT, 'build', name), join(dir, 'build', name));
+    hash.update(name).update(readFileSync(join(dir, 'build', name)));
+  }
+  let addon: string | null = null;
+  if (existsSync(join(dir, ADDON))) {
+    const st = statSync(join(ROOT, ADDON));
+    addon = `${ADDON} built (${Math.round(st.size / 1024)} KiB, ${st.mtime.toISOString().replace(/\.\d+Z$/, 'Z')})`;
+  }
   const walk = (d: string) => {
     for (const name of readdirSync(d, { withFileTypes: true }).map((e) => e.name).sort()) {
       const path = join(d, name);
@@ -124,10 +152,40 @@ function snapshotSocksgate(tmpDir: string): { cli: string; hash: string } {
     }
   };
   walk(join(dir, 'dist', 'src'));
-  return { cli: join(dir, 'dist', 'src', 'cli.js'), hash: hash.digest('hex').slice(0, 12) };
+  return { cli: join(dir, 'dist', 'src', 'cli.js'), hash: hash.digest('hex').slice(0, 12), addon };
 }
 
-function machineInfo(bin: Binaries, pinning: string, buildHash: string): Machine {
+/** Exit code and output of the snapshot's CLI (15 s at most). */
+function runCli(cli: string, args: readonly string[]): { code: number; text: string } {
+  try {
+    const text = execFileSync(process.execPath, [cli, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 15_000 });
+    return { code: 0, text };
+  } catch (err) {
+    const e = err as { status?: number | null; stdout?: string; stderr?: string };
+    return { code: e.status ?? -1, text: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
+
+/**
+ * What the socksgate build under test supports. The relay engine flag and the
+ * rules arrived while this benchmark existed; probing keeps it working on
+ * builds before and after, and the report says which it was.
+ */
+function probeSocksgate(cli: string, addon: string | null): SocksgateFeatures {
+  // `--check` validates and exits without binding; an unknown flag is a usage error (exit 2).
+  const relayEngineFlag = runCli(cli, ['--relay-engine', 'stream', '--check']).code === 0;
+  const schema = runCli(cli, ['schema']);
+  let rules: boolean;
+  try {
+    const parsed = JSON.parse(schema.text) as { properties?: Record<string, unknown> };
+    rules = parsed.properties !== undefined && 'rules' in parsed.properties;
+  } catch {
+    rules = /"rules"/.test(schema.text);
+  }
+  return { relayEngineFlag, rules, addon: addon !== null };
+}
+
+function machineInfo(bin: Binaries, pinning: string, buildHash: string, features: SocksgateFeatures, addon: string | null): Machine {
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
   const rev = output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = output('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) !== '';
@@ -143,7 +201,15 @@ function machineInfo(bin: Binaries, pinning: string, buildHash: string): Machine
     gcc: output('gcc', ['--version']).split('\n')[0] ?? 'gcc',
     dante: `${output(bin.danted, ['-v']).split('\n')[0]?.replace(/\s+Copyright.*$/, '') ?? 'Dante'} (Debian dante-server ${dpkg('dante-server') || '?'})`,
     microsocks: `Debian microsocks ${dpkg('microsocks') || '?'}`,
-    socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; dist/src snapshot ${buildHash}, taken when the run started)`,
+    socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; snapshot ${buildHash} of dist/src and build/*.node, taken when the run started)`,
+    relay: `${addon ?? `${ADDON} not built`}` +
+      `${process.env.SOCKSGATE_SPLICE_ADDON ? ` (SOCKSGATE_SPLICE_ADDON=${process.env.SOCKSGATE_SPLICE_ADDON} in the environment)` : ''}; ` +
+      (features.relayEngineFlag
+        ? 'socksgate and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`'
+        : 'this build has no `--relay-engine` flag: every socksgate variant ran the relay it has'),
+    rules: features.rules
+      ? `${PRODUCTION_RULE_COUNT} rules in socksgate (production)'s configuration (the schema has \`rules\`)`
+      : 'none: this build\'s configuration schema has no `rules`',
     pinning,
     openFiles: limits,
   };
@@ -216,6 +282,8 @@ async function main(): Promise<number> {
   tmp = mkdtempSync(join(tmpdir(), 'socksgate-bench-'));
   chmodSync(tmp, 0o755); // Dante runs as "nobody" and reads its files from here
   const snapshot = snapshotSocksgate(tmp);
+  const features = probeSocksgate(snapshot.cli, snapshot.addon);
+  servers = describeServers(servers, features);
   const bin: Binaries = { node: process.execPath, cli: snapshot.cli, danted: danted ?? 'danted', microsocks: microsocks ?? 'microsocks' };
   const started = Date.now();
   const binary = compileLoadgen(join(ROOT, 'bench', 'sockbench.c'), tmp);
@@ -226,8 +294,21 @@ async function main(): Promise<number> {
   const credentials = { user: 'bench', pass: 'bench-password-0123' };
   const usersFile = join(tmp, 'users');
   writeFileSync(usersFile, `# socksgate benchmark\n${credentials.user}:${await hashPassword(credentials.pass, 10)}\n`, { mode: 0o600 });
-  const env: ServerEnv = { bin, tmp, affinity: pin?.proxy ?? null, usersFile, credentials };
-  const machine = machineInfo(bin, pinning, snapshot.hash);
+  const env: ServerEnv = { bin, tmp, affinity: pin?.proxy ?? null, usersFile, credentials, features };
+  const machine = machineInfo(bin, pinning, snapshot.hash, features, snapshot.addon);
+  log(`bench: relay engine: ${machine.relay}`);
+  log(`bench: production rules: ${machine.rules}`);
+  if (servers.some((s) => s.id === 'socksgate-prod')) {
+    // The production configuration must validate before anything is measured (the rules' syntax is the schema's to decide).
+    const probe = join(tmp, 'production-check.yaml');
+    writeFileSync(probe, productionConfig(1080, usersFile, features.rules));
+    // (Without --relay-engine: a missing addon fails each instance at start, like the minimal variant, not the whole run.)
+    const check = runCli(snapshot.cli, ['--config', probe, '--check']);
+    if (check.code !== 0) {
+      log(`bench: the production configuration (productionConfig() in bench/lib/servers.ts) does not validate:\n${check.text.trim()}`);
+      return 2;
+    }
+  }
 
   log(`bench: ${settings.quick ? 'quick, ' : ''}${reps} rep(s), servers ${servers.map((s) => s.id).join(', ')}, workloads ${selected.map((w) => w.id).join(', ')}`);
   log(`bench: ${pinning}`);
@@ -239,7 +320,7 @@ async function main(): Promise<number> {
   for (let rep = 1; rep <= reps; rep++) {
     for (const server of servers) {
       for (const group of groups) {
-        const ws = selected.filter((w) => w.group === group && (server.proxy || !w.proxyOnly));
+        const ws = selected.filter((w) => w.group === group && applies(w, server));
         if (ws.length === 0) continue;
         const failAll = (why: string) => {
           failures.push(`rep ${rep}, ${server.label}, ${ws.map((w) => w.id).join('/')}: ${why}`);
@@ -309,6 +390,7 @@ async function main(): Promise<number> {
 
   const results: Results = {
     machine,
+    features,
     settings,
     servers,
     workloads: selected,

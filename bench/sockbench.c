@@ -4,7 +4,8 @@
  * and drives it; see bench/README.md for why it is C and not Node).
  *
  *   sockbench target
- *       Listens on four 127.0.0.1 ports and prints them as one JSON line:
+ *       Listens on five 127.0.0.1 TCP ports and one UDP port and prints them
+ *       as one JSON line:
  *         sink    reads batches (a u64 LE length, then that many bytes) and acks
  *                 each with the running byte count (u64 LE)
  *         source  each 8-byte u64 LE request N queues N bytes to send; after
@@ -13,12 +14,14 @@
  *         socks   a null SOCKS5 server: answers greeting and CONNECT request at
  *                 once without dialing (the "no proxy" reference for handshakes)
  *         hangup  hangs up (FIN) as soon as it accepts; closes on EOF
+ *         udp     a UDP echo: every datagram goes back to its sender
  *       A "hangup" line on stdin closes every accepted connection. Closing
  *       first on the server side keeps TIME_WAIT off ephemeral ports (see
- *       bench/README.md).
+ *       bench/README.md). A "sent" line prints how many bytes the source
+ *       connections have sent so far (the backpressure check watches it).
  *       Single-threaded epoll. Exits when its stdin reaches EOF.
  *
- *   sockbench upload|download|handshake|latency|idle|stall [--key value ...]
+ *   sockbench upload|download|handshake|latency|idle|stall|udp [--key value ...]
  *       --connect PORT   where to connect (the proxy, or the target directly)
  *       --socks 0|1      do the SOCKS5 exchange first (default 1)
  *       --dest PORT      destination port asked for in the SOCKS5 request
@@ -26,8 +29,11 @@
  *     and per command: --streams --seconds --batch (upload/download),
  *     --concurrency --seconds (handshake), --conns --seconds --size --warmup-ms
  *     (latency), --stages 1000,5000,9000 --concurrency (idle), --bytes
- *     --hold-ms (stall). Prints one JSON object (idle and stall also print
- *     progress lines {"event":...}). Every loop is bounded by time.
+ *     [--hold-ms] (stall: without --hold-ms it holds until a line on stdin),
+ *     --assocs --seconds --warmup-ms --window --size --timeout-ms (udp: SOCKS5
+ *     UDP ASSOCIATE, --dest the target's UDP echo). Prints one JSON object
+ *     (idle and stall also print progress lines {"event":...}). Every loop is
+ *     bounded by time.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -162,7 +168,7 @@ static void errors_json(char *out, size_t n) {
 
 /* ---------------------------------------------------------------- target */
 
-enum { M_SINK, M_SOURCE, M_ECHO, M_SOCKS, M_HANGUP, M_LISTEN, M_STDIN };
+enum { M_SINK, M_SOURCE, M_ECHO, M_SOCKS, M_HANGUP, M_LISTEN, M_STDIN, M_UDP };
 #define N_MODES 5
 #define MAX_FD 65536
 
@@ -184,6 +190,8 @@ struct tconn {
 static int t_ep;
 static unsigned char t_buf[256 * 1024];
 static struct tconn *t_byfd[MAX_FD]; /* accepted connections, for "hangup" */
+static uint64_t t_source_sent;        /* bytes sent by every source connection, for "sent" */
+static uint64_t t_udp_echoed, t_udp_dropped;
 
 static void t_events(struct tconn *c, uint32_t ev) {
   if (c->events == ev) return;
@@ -229,6 +237,7 @@ static int t_source_send(struct tconn *c) {
       return 0;
     }
     c->pending -= (uint64_t)w;
+    t_source_sent += (uint64_t)w;
   }
   if (c->pending == 0 && c->eof) { t_close(c); return 0; }
   t_events(c, (c->eof ? 0 : EPOLLIN) | (c->pending ? EPOLLOUT : 0));
@@ -333,6 +342,37 @@ static void t_writable(struct tconn *c) {
   }
 }
 
+/* UDP echo: every datagram goes back to its sender; one the kernel will not take now is dropped (and counted). */
+static void t_udp_echo(int fd) {
+  for (int i = 0; i < 256; i++) {
+    struct sockaddr_in from;
+    socklen_t len = sizeof from;
+    ssize_t r = recvfrom(fd, t_buf, sizeof t_buf, MSG_DONTWAIT, (struct sockaddr *)&from, &len);
+    if (r < 0) return;
+    if (sendto(fd, t_buf, (size_t)r, MSG_DONTWAIT, (struct sockaddr *)&from, len) == r) t_udp_echoed++;
+    else t_udp_dropped++;
+  }
+}
+
+static int t_udp_socket(struct tconn **out) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  int size = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  struct sockaddr_in a = loopback(0);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a)) die("target: udp bind: %s", strerror(errno));
+  socklen_t len = sizeof a;
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  struct tconn *c = calloc(1, sizeof *c);
+  c->fd = fd;
+  c->mode = M_UDP;
+  c->events = EPOLLIN;
+  struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
+  epoll_ctl(t_ep, EPOLL_CTL_ADD, fd, &e);
+  *out = c;
+  return ntohs(a.sin_port);
+}
+
 static int cmd_target(void) {
   signal(SIGPIPE, SIG_IGN);
   init_data();
@@ -340,11 +380,13 @@ static int cmd_target(void) {
   struct tconn *l[N_MODES];
   int ports[N_MODES];
   for (int m = 0; m < N_MODES; m++) ports[m] = t_listen(m, &l[m]);
+  struct tconn *u;
+  int udp_port = t_udp_socket(&u);
   struct tconn in = {.fd = 0, .mode = M_STDIN};
   struct epoll_event e = {.events = EPOLLIN, .data.ptr = &in};
   epoll_ctl(t_ep, EPOLL_CTL_ADD, 0, &e);
-  printf("{\"sink\":%d,\"source\":%d,\"echo\":%d,\"socks\":%d,\"hangup\":%d,\"pid\":%d}\n", ports[M_SINK], ports[M_SOURCE],
-         ports[M_ECHO], ports[M_SOCKS], ports[M_HANGUP], getpid());
+  printf("{\"sink\":%d,\"source\":%d,\"echo\":%d,\"socks\":%d,\"hangup\":%d,\"udp\":%d,\"pid\":%d}\n", ports[M_SINK],
+         ports[M_SOURCE], ports[M_ECHO], ports[M_SOCKS], ports[M_HANGUP], udp_port, getpid());
   fflush(stdout);
   struct epoll_event evs[256];
   for (;;) {
@@ -365,6 +407,14 @@ static int cmd_target(void) {
           }
           printf("{\"hungup\":%d}\n", closed);
         }
+        if (strstr(b, "sent")) { /* how far the sources have got (backpressure: is the sender still making progress?) */
+          printf("{\"sent\":%llu,\"udpEchoed\":%llu,\"udpDropped\":%llu}\n", (unsigned long long)t_source_sent,
+                 (unsigned long long)t_udp_echoed, (unsigned long long)t_udp_dropped);
+        }
+        continue;
+      }
+      if (c->mode == M_UDP) {
+        t_udp_echo(c->fd);
         continue;
       }
       if (c->mode == M_LISTEN) {
@@ -453,8 +503,12 @@ static int reply_length(const unsigned char *h) {
   return h[3] == 1 ? 10 : h[3] == 4 ? 22 : 7 + h[4];
 }
 
-/* Connects (blocking, with send/receive timeouts) and does the SOCKS5 exchange. Returns the fd or -1. */
-static int dial_blocking(int timeout_s) {
+/*
+ * Connects (blocking, with send/receive timeouts) and does the SOCKS5
+ * exchange with the request `req` (CONNECT to --dest when NULL). The whole
+ * reply goes to `reply` when not NULL (at least 22 bytes). Returns the fd or -1.
+ */
+static int dial_socks(int timeout_s, const unsigned char *req, size_t reqlen, unsigned char *reply) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct timeval tv = {.tv_sec = timeout_s};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -470,15 +524,20 @@ static int dial_blocking(int timeout_s) {
     if (write_all(fd, m, auth_message(m)) || read_exact(fd, m, 2)) goto io;
     if (m[1] != 0) { tally("auth status %02x", m[1]); close(fd); return -1; }
   }
-  if (write_all(fd, m, request(m)) || read_exact(fd, m, 5)) goto io;
+  if (req) memcpy(m, req, reqlen);
+  else reqlen = request(m);
+  if (write_all(fd, m, reqlen) || read_exact(fd, m, 5)) goto io;
   if (m[0] != 5 || m[1] != 0) { tally("reply code %02x", m[1]); close(fd); return -1; }
   if (read_exact(fd, m + 5, (size_t)(reply_length(m) - 5))) goto io;
+  if (reply) memcpy(reply, m, (size_t)reply_length(m));
   return fd;
 io:
   tally("handshake: %s", errno ? strerror(errno) : "closed");
   close(fd);
   return -1;
 }
+
+static int dial_blocking(int timeout_s) { return dial_socks(timeout_s, NULL, 0, NULL); }
 
 /* ------------------------------------------------------ upload / download */
 
@@ -1018,7 +1077,7 @@ static int cmd_idle(void) {
 
 static int cmd_stall(void) {
   uint64_t bytes = (uint64_t)opt_num("bytes", 1e9);
-  int hold_ms = (int)opt_num("hold-ms", 2000);
+  int hold_ms = (int)opt_num("hold-ms", -1); /* -1: hold until the driver says "next" on stdin */
   int fd = dial_blocking(60);
   if (fd < 0) die("stall: could not connect");
   unsigned char rq[8];
@@ -1026,7 +1085,14 @@ static int cmd_stall(void) {
   if (write_all(fd, rq, 8)) die("stall: request failed");
   printf("{\"event\":\"holding\"}\n");
   fflush(stdout);
-  usleep((useconds_t)hold_ms * 1000);
+  uint64_t held = now_ns();
+  if (hold_ms >= 0) {
+    usleep((useconds_t)hold_ms * 1000);
+  } else {
+    char line[64];
+    if (!fgets(line, sizeof line, stdin)) die("stall: stdin closed while holding");
+  }
+  double held_s = secs(now_ns() - held);
   printf("{\"event\":\"reading\"}\n");
   fflush(stdout);
   uint64_t got = 0, t0 = now_ns();
@@ -1050,9 +1116,210 @@ static int cmd_stall(void) {
   rusage_json(ru, sizeof ru);
   errors_json(er, sizeof er);
   int ok = got == bytes && extra == 0;
-  printf("{\"ok\":%s,\"exact\":%s,\"bytes\":%llu,\"expected\":%llu,\"readSeconds\":%.4f,\"mbps\":%.2f,%s,%s}\n",
-         ok ? "true" : "false", ok ? "true" : "false", (unsigned long long)(got + extra), (unsigned long long)bytes, t,
+  printf("{\"ok\":%s,\"exact\":%s,\"bytes\":%llu,\"expected\":%llu,\"holdSeconds\":%.3f,\"readSeconds\":%.4f,\"mbps\":%.2f,%s,%s}\n",
+         ok ? "true" : "false", ok ? "true" : "false", (unsigned long long)(got + extra), (unsigned long long)bytes, held_s, t,
          t > 0 ? (double)got / 1e6 / t : 0.0, ru, er);
+  return ok ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------- udp */
+
+/*
+ * SOCKS5 UDP ASSOCIATE round trips (RFC 1928 section 7). Each association is
+ * a TCP control connection plus a UDP socket; datagrams carry the 10-byte
+ * header (ATYP IPv4 127.0.0.1, --dest: the target's UDP echo port) and a
+ * payload of --size bytes: a u64 sequence number, the association's index,
+ * then fixed bytes. --window datagrams are kept in flight per association;
+ * one not echoed within --timeout-ms is counted lost and replaced by a new
+ * one, so the window stays full (UDP may drop: that is counted, never an
+ * error). With --socks 0 the datagrams go to --connect (the echo itself)
+ * without a header.
+ */
+
+struct uslot { uint64_t seq, t; uint32_t gen; int busy; };
+
+struct assoc {
+  int index, tcp, udp;
+  struct sockaddr_in to; /* the relay (or the echo) */
+  struct uslot *slots;
+  long sent, echoed, lost, late;
+};
+
+static int u_window, u_size;
+static int u_dest_port;
+static long u_bad; /* malformed or corrupted replies */
+
+static int u_send(struct assoc *a, int slot, uint64_t t) {
+  struct uslot *s = &a->slots[slot];
+  s->seq = (uint64_t)s->gen++ * (uint64_t)u_window + (uint64_t)slot;
+  s->t = t;
+  s->busy = 1;
+  unsigned char d[600];
+  size_t h = 0;
+  if (g_socks) {
+    unsigned char hdr[10] = {0, 0, 0, 1, 127, 0, 0, 1, (unsigned char)(u_dest_port >> 8), (unsigned char)u_dest_port};
+    memcpy(d, hdr, 10);
+    h = 10;
+  }
+  memcpy(d + h, g_data, (size_t)u_size);
+  put_u64(d + h, s->seq);
+  d[h + 8] = (unsigned char)a->index;
+  a->sent++;
+  ssize_t w = sendto(a->udp, d, h + (size_t)u_size, MSG_DONTWAIT, (struct sockaddr *)&a->to, sizeof a->to);
+  if (w < 0 && errno != EAGAIN && errno != ENOBUFS && errno != ECONNREFUSED) {
+    tally("udp send: %s", strerror(errno));
+    return -1;
+  }
+  return 0; /* a datagram the kernel refused is lost like any other */
+}
+
+/* Sets up association i; returns 0 or -1 (tallied). */
+static int u_setup(struct assoc *a, int i) {
+  a->index = i;
+  a->tcp = -1;
+  a->slots = calloc((size_t)u_window, sizeof *a->slots);
+  a->udp = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_in me = loopback(0);
+  if (a->udp < 0 || bind(a->udp, (struct sockaddr *)&me, sizeof me)) { tally("udp socket: %s", strerror(errno)); return -1; }
+  socklen_t len = sizeof me;
+  getsockname(a->udp, (struct sockaddr *)&me, &len);
+  if (!g_socks) {
+    a->to = loopback(g_connect_port);
+    return 0;
+  }
+  /* The request names the address our datagrams will come from. */
+  unsigned char req[10] = {5, 3, 0, 1, 127, 0, 0, 1, (unsigned char)(ntohs(me.sin_port) >> 8), (unsigned char)ntohs(me.sin_port)};
+  unsigned char reply[600];
+  a->tcp = dial_socks(30, req, sizeof req, reply);
+  if (a->tcp < 0) return -1;
+  if (reply[3] != 1) { tally("udp associate: relay address type %d", reply[3]); return -1; }
+  memset(&a->to, 0, sizeof a->to);
+  a->to.sin_family = AF_INET;
+  memcpy(&a->to.sin_addr, reply + 4, 4);
+  memcpy(&a->to.sin_port, reply + 8, 2);
+  if (a->to.sin_addr.s_addr == htonl(INADDR_ANY)) a->to.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* "the address you reached me on" */
+  /* The control connection stays open and quiet: an event on it means the association ended. */
+  struct timeval tv = {0};
+  setsockopt(a->tcp, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  fcntl(a->tcp, F_SETFL, fcntl(a->tcp, F_GETFL) | O_NONBLOCK);
+  return 0;
+}
+
+/* Handles one reply datagram; returns 1 when it completed a round trip. */
+static int u_reply(struct assoc *a, const unsigned char *d, ssize_t n, uint64_t t, struct samples *lat, uint64_t measure,
+                   uint64_t deadline, long *counted) {
+  ssize_t h = 0;
+  if (g_socks) {
+    if (n < 10 || d[0] || d[1] || d[2]) { u_bad++; tally("udp reply: bad header"); return 0; }
+    h = d[3] == 1 ? 10 : d[3] == 4 ? 22 : d[3] == 3 ? 7 + d[4] : -1;
+    if (h < 0 || n < h) { u_bad++; tally("udp reply: bad address type"); return 0; }
+  }
+  if (n - h != u_size || memcmp(d + h + 9, g_data + 9, (size_t)u_size - 9) != 0 || d[h + 8] != (unsigned char)a->index) {
+    u_bad++;
+    tally("udp reply: payload mismatch");
+    return 0;
+  }
+  uint64_t seq = get_u64(d + h);
+  int slot = (int)(seq % (uint64_t)u_window);
+  struct uslot *s = &a->slots[slot];
+  if (!s->busy || s->seq != seq) { a->late++; return 0; } /* already counted lost (or a duplicate) */
+  s->busy = 0;
+  a->echoed++;
+  if (s->t >= measure && t <= deadline) { sample(lat, t - s->t); (*counted)++; }
+  if (t < deadline) u_send(a, slot, t);
+  return 1;
+}
+
+static int cmd_udp(void) {
+  int n = (int)opt_num("assocs", 1);
+  double seconds = opt_num("seconds", 2);
+  uint64_t warmup = (uint64_t)(opt_num("warmup-ms", 100) * 1e6);
+  uint64_t timeout = (uint64_t)(opt_num("timeout-ms", 100) * 1e6);
+  u_window = (int)opt_num("window", 32);
+  u_size = (int)opt_num("size", 64);
+  u_dest_port = g_dest_port;
+  if (n < 1 || n > 64) die("--assocs 1..64");
+  if (u_window < 1 || u_window > 4096) die("--window 1..4096");
+  if (u_size < 16 || u_size > 512) die("--size 16..512");
+  struct assoc *as = calloc((size_t)n, sizeof *as);
+  int ep = epoll_create1(0);
+  int setup_failed = 0;
+  for (int i = 0; i < n; i++) {
+    if (u_setup(&as[i], i)) { setup_failed = 1; break; }
+    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)i};
+    epoll_ctl(ep, EPOLL_CTL_ADD, as[i].udp, &e);
+    if (as[i].tcp >= 0) {
+      struct epoll_event c = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)i | (1ull << 32)};
+      epoll_ctl(ep, EPOLL_CTL_ADD, as[i].tcp, &c);
+    }
+  }
+  struct samples lat = {0};
+  long counted = 0;
+  int control_closed = 0;
+  uint64_t start = now_ns(), measure = start + warmup, deadline = measure + (uint64_t)(seconds * 1e9);
+  if (!setup_failed) {
+    for (int i = 0; i < n; i++)
+      for (int k = 0; k < u_window; k++) u_send(&as[i], k, start);
+  }
+  unsigned char d[2048];
+  struct epoll_event evs[64];
+  uint64_t last_sweep = start;
+  /* Until the deadline; then until every datagram in flight is back or timed out. */
+  while (!setup_failed && !control_closed) {
+    uint64_t t = now_ns();
+    int busy = 0;
+    if (t - last_sweep >= timeout / 4 || t >= deadline) {
+      last_sweep = t;
+      for (int i = 0; i < n; i++) {
+        for (int k = 0; k < u_window; k++) {
+          struct uslot *s = &as[i].slots[k];
+          if (!s->busy) continue;
+          if (t - s->t > timeout) {
+            s->busy = 0;
+            as[i].lost++;
+            if (t < deadline) u_send(&as[i], k, t); /* keep the window full */
+          }
+          busy += s->busy;
+        }
+      }
+      if (t >= deadline && busy == 0) break;
+    }
+    if (t > deadline + 2 * timeout + 1000000000ull) break;
+    int m = epoll_wait(ep, evs, 64, 5);
+    for (int e = 0; e < m; e++) {
+      uint64_t tag = evs[e].data.u64;
+      struct assoc *a = &as[tag & 0xffffffffu];
+      if (tag >> 32) { /* the control connection: EOF or data means the association is over */
+        tally("udp: control connection closed by the server");
+        control_closed = 1;
+        continue;
+      }
+      for (int k = 0; k < 64; k++) {
+        ssize_t r = recv(a->udp, d, sizeof d, MSG_DONTWAIT);
+        if (r < 0) break;
+        u_reply(a, d, r, now_ns(), &lat, measure, deadline, &counted);
+      }
+    }
+  }
+  long sent = 0, echoed = 0, lost = 0, late = 0;
+  for (int i = 0; i < n; i++) {
+    for (int k = 0; k < u_window && as[i].slots; k++) if (as[i].slots[k].busy) as[i].lost++; /* never came back */
+    sent += as[i].sent;
+    echoed += as[i].echoed;
+    lost += as[i].lost;
+    late += as[i].late;
+    if (as[i].tcp >= 0) close(as[i].tcp);
+    if (as[i].udp >= 0) close(as[i].udp);
+  }
+  char ru[128], er[1024], pc[256];
+  rusage_json(ru, sizeof ru);
+  errors_json(er, sizeof er);
+  percentiles_json(&lat, pc, sizeof pc);
+  int ok = !setup_failed && !control_closed && u_bad == 0 && counted > 0;
+  printf("{\"ok\":%s,\"assocs\":%d,\"window\":%d,\"size\":%d,\"roundTrips\":%ld,\"seconds\":%.4f,\"rate\":%.1f,\"sent\":%ld,"
+         "\"echoed\":%ld,\"lost\":%ld,\"late\":%ld,%s,%s,%s}\n",
+         ok ? "true" : "false", n, u_window, u_size, counted, seconds, (double)counted / seconds, sent, echoed, lost, late, pc, ru,
+         er);
   return ok ? 0 : 1;
 }
 
@@ -1061,7 +1328,7 @@ static int cmd_stall(void) {
 int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
-  if (argc < 2) die("usage: sockbench target|upload|download|handshake|latency|idle|stall [--key value ...]");
+  if (argc < 2) die("usage: sockbench target|upload|download|handshake|latency|idle|stall|udp [--key value ...]");
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *cmd = argv[1];
@@ -1081,6 +1348,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "latency") == 0) return cmd_latency();
   if (strcmp(cmd, "idle") == 0) return cmd_idle();
   if (strcmp(cmd, "stall") == 0) return cmd_stall();
+  if (strcmp(cmd, "udp") == 0) return cmd_udp();
   die("unknown command %s", cmd);
   return 2;
 }

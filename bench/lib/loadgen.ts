@@ -1,7 +1,8 @@
 /**
  * The C side of the benchmark (bench/sockbench.c): compiled with the
- * machine's gcc, then run as the target (sink/source/echo/null-SOCKS ports)
- * and as the load generator, one process per workload run.
+ * machine's gcc, then run as the target (sink/source/echo/null-SOCKS/hangup
+ * TCP ports and a UDP echo) and as the load generator, one process per
+ * workload run.
  */
 import { type ChildProcess, execFileSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -27,6 +28,8 @@ export interface TargetPorts {
   readonly socks: number;
   /** Hangs up as soon as it accepts: the destination of the handshake workloads. */
   readonly hangup: number;
+  /** A UDP echo socket: the destination of the UDP ASSOCIATE workloads. */
+  readonly udp: number;
 }
 
 export class Target {
@@ -67,18 +70,28 @@ export class Target {
 
   /** Closes every connection the target has accepted (it closes first); resolves with how many. */
   async hangup(timeoutMs = 5000): Promise<number> {
+    return Number((await this.#ask('hangup', timeoutMs)).hungup ?? 0);
+  }
+
+  /** Bytes the source port has sent so far, over all its connections (backpressure: is the sender still getting anywhere?). */
+  async sent(timeoutMs = 5000): Promise<number> {
+    return Number((await this.#ask('sent', timeoutMs)).sent ?? NaN);
+  }
+
+  /** One command on the target's stdin, one JSON line back (commands are never concurrent: the driver awaits each). */
+  async #ask(command: string, timeoutMs: number): Promise<Record<string, unknown>> {
     this.#lines.length = 0;
-    this.child.stdin!.write('hangup\n');
+    this.child.stdin!.write(`${command}\n`);
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const line = this.#lines.shift();
-      if (line !== undefined) return Number((JSON.parse(line) as { hungup?: number }).hungup ?? 0);
+      if (line !== undefined) return JSON.parse(line) as Record<string, unknown>;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         this.#waiters.push(() => { clearTimeout(timer); resolve(); });
       });
     }
-    throw new Error('the target did not confirm the hangup');
+    throw new Error(`the target did not answer "${command}"`);
   }
 
   async stop(): Promise<void> {

@@ -2,8 +2,8 @@
  * Turns the run records into bench/RESULTS.md: medians, spreads, ratios,
  * the load generator's headroom, and the machine.
  */
-import type { LogSummary, ServerId, ServerInfo } from './servers.js';
-import type { MetricDef, RunRecord, Settings, Workload } from './workloads.js';
+import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo, type SocksgateFeatures } from './servers.js';
+import { type MetricDef, type RunRecord, type Settings, type Workload, applies } from './workloads.js';
 
 export interface InstanceRecord {
   readonly rep: number;
@@ -27,12 +27,17 @@ export interface Machine {
   readonly dante: string;
   readonly microsocks: string;
   readonly socksgate: string;
+  /** Whether build/socksgate_splice.node was there, and which relay engines the variants asked for. */
+  readonly relay: string;
+  /** Whether the production configuration carried rules. */
+  readonly rules: string;
   readonly pinning: string;
   readonly openFiles: string;
 }
 
 export interface Results {
   readonly machine: Machine;
+  readonly features: SocksgateFeatures;
   readonly settings: Settings;
   readonly servers: readonly ServerInfo[];
   readonly workloads: readonly Workload[];
@@ -77,6 +82,50 @@ function median(values: readonly number[]): number {
 
 const SG: ServerId = 'socksgate';
 
+function serverOf(results: Pick<Results, 'servers'>, id: ServerId): ServerInfo | undefined {
+  return results.servers.find((s) => s.id === id);
+}
+
+/** a ÷ b for one workload and metric; "n/a" when either server does not take part in the workload. */
+function ratioOf(results: Results, w: Workload, m: MetricDef, a: ServerId, b: ServerId): string {
+  const sa = serverOf(results, a);
+  const sb = serverOf(results, b);
+  if (!sa || !sb) return '—';
+  if (!applies(w, sa) || !applies(w, sb)) return 'n/a';
+  return ratio(metricStat(results, a, w.id, m.key), metricStat(results, b, w.id, m.key));
+}
+
+/** Why a server has no number for a workload it is not run against. */
+function notApplicable(w: Workload, s: ServerInfo): string {
+  if (w.proxyOnly && !s.proxy) return 'n/a';
+  return w.command === 'udp' ? 'n/a (no UDP ASSOCIATE)' : 'n/a';
+}
+
+/**
+ * The backpressure bound as pass/fail lines: every run's peak RSS growth
+ * (not the median) must be within it.
+ */
+function boundLines(results: Results): string[] {
+  const w = results.workloads.find((x) => x.id === 'backpressure');
+  if (!w) return [];
+  const bound = results.settings.stallBoundMiB;
+  const lines: string[] = [];
+  for (const s of results.servers.filter((x) => applies(w, x))) {
+    const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
+    const growth = runs.filter((r) => r.ok).map((r) => r.metrics.peakGrowthMiB ?? NaN).filter(Number.isFinite);
+    const failed = runs.length - growth.length;
+    const max = growth.length > 0 ? Math.max(...growth) : NaN;
+    const ours = s.id.startsWith('socksgate'); // the bound is socksgate's; the others are shown against it for comparison
+    const verdict = growth.length === 0 ? (ours ? '**NO RESULT**' : 'no result')
+      : max > bound ? (ours ? '**FAIL**' : 'over the bound')
+      : failed > 0 ? (ours ? '**INCOMPLETE**' : 'incomplete')
+      : ours ? '**PASS**' : 'within the bound (for comparison)';
+    lines.push(`- ${s.label}: ${verdict}: peak growth at most ${fmt(max, 1)} MiB over ${growth.length} run${growth.length === 1 ? '' : 's'}` +
+      `${failed > 0 ? `, ${failed} run${failed === 1 ? '' : 's'} without a result` : ''} (bound ${bound} MiB)`);
+  }
+  return lines;
+}
+
 export function renderMarkdown(results: Results): string {
   const { machine, settings, servers, workloads } = results;
   const present = (id: ServerId) => servers.some((s) => s.id === id);
@@ -100,6 +149,8 @@ export function renderMarkdown(results: Results): string {
     socksgate: machine.socksgate,
     Dante: machine.dante,
     microsocks: machine.microsocks,
+    'relay engine': machine.relay,
+    'production rules': machine.rules,
     'load generator': `bench/sockbench.c, ${machine.gcc} -O2`,
     'CPU placement': machine.pinning,
   })) out.push(`| ${k} | ${v} |`);
@@ -107,19 +158,32 @@ export function renderMarkdown(results: Results): string {
 
   out.push('## Servers', '');
   for (const s of servers) out.push(`- **${s.label}**: ${s.describe}.`);
-  out.push('- Rules: socksgate has no access rules yet, so the production configuration has none; once rules exist it should carry 50 of them ' +
-    '(the issue asks for that) and this benchmark should add them to `socksgate-prod` in bench/lib/servers.ts.', '');
+  if (present('socksgate-prod')) {
+    const rulesSeen = results.instances.filter((i) => i.server === 'socksgate-prod').flatMap((i) => Object.entries(i.log?.rules ?? {}));
+    out.push(results.features.rules
+      ? `- Rules: the production configuration carried ${PRODUCTION_RULE_COUNT} rules (\`productionRules()\` in bench/lib/servers.ts): ` +
+        `${PRODUCTION_RULE_COUNT - 1} deny rules that never match this traffic, then \`allow-loopback-clients\` (allow from 127.0.0.0/8).` +
+        (rulesSeen.length > 0 ? ` The access log named the deciding rule: ${summariseCounts(rulesSeen)}.` : '')
+      : '- Rules: this socksgate build has no `rules` in its configuration schema (`socksgate schema`), so the production configuration ' +
+        `carried none; with a build that has them, the driver adds ${PRODUCTION_RULE_COUNT} (bench/lib/servers.ts).`);
+  }
+  out.push('');
 
   // Headline
   out.push('## Summary', '');
   out.push('Medians. "sg ÷ X" divides socksgate\'s median by X\'s: above 1 means socksgate has the larger number ' +
-    '(better for MB/s and handshakes/s, worse for latency and memory).', '');
+    '(better for MB/s, handshakes/s and datagrams/s, worse for latency and memory). "sg" is the minimal configuration with the splice relay; ' +
+    '"stream ÷ splice" divides socksgate (stream relay)\'s median by socksgate\'s, "prod ÷ minimal" socksgate (production)\'s by socksgate\'s. ' +
+    'n/a: the server does not take part in that workload (no memory for "no proxy", no UDP ASSOCIATE in microsocks).', '');
   const cols = servers.map((s) => s.label);
   const head = ['workload', 'metric', ...cols];
-  if (present('dante')) head.push('sg ÷ Dante');
-  if (present('microsocks')) head.push('sg ÷ microsocks');
-  if (present('socksgate-prod')) head.push('prod ÷ minimal');
-  if (present('none')) head.push('sg ÷ no proxy');
+  const ratios: Array<[string, ServerId, ServerId]> = [];
+  if (present(SG) && present('dante')) ratios.push(['sg ÷ Dante', SG, 'dante']);
+  if (present(SG) && present('microsocks')) ratios.push(['sg ÷ microsocks', SG, 'microsocks']);
+  if (present(SG) && present('socksgate-stream')) ratios.push(['stream ÷ splice', 'socksgate-stream', SG]);
+  if (present(SG) && present('socksgate-prod')) ratios.push(['prod ÷ minimal', 'socksgate-prod', SG]);
+  if (present(SG) && present('none')) ratios.push(['sg ÷ no proxy', SG, 'none']);
+  head.push(...ratios.map(([label]) => label));
   out.push(`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`);
   for (const w of workloads) {
     for (const m of w.metrics) {
@@ -127,17 +191,18 @@ export function renderMarkdown(results: Results): string {
       const row = [w.title, `${m.label} (${m.better} is better)`];
       for (const s of servers) {
         const st = metricStat(results, s.id, w.id, m.key);
-        row.push(st ? fmt(st.median, m.digits) : w.proxyOnly && !s.proxy ? 'n/a' : '**missing**');
+        row.push(st ? fmt(st.median, m.digits) : applies(w, s) ? '**missing**' : notApplicable(w, s));
       }
-      const sg = metricStat(results, SG, w.id, m.key);
-      if (present('dante')) row.push(ratio(sg, metricStat(results, 'dante', w.id, m.key)));
-      if (present('microsocks')) row.push(ratio(sg, metricStat(results, 'microsocks', w.id, m.key)));
-      if (present('socksgate-prod')) row.push(ratio(metricStat(results, 'socksgate-prod', w.id, m.key), sg));
-      if (present('none')) row.push(w.proxyOnly ? 'n/a' : ratio(sg, metricStat(results, 'none', w.id, m.key)));
+      for (const [, a, b] of ratios) row.push(ratioOf(results, w, m, a, b));
       out.push(`| ${row.join(' | ')} |`);
     }
   }
   out.push('');
+  const bound = boundLines(results);
+  if (bound.length > 0) {
+    out.push(`Backpressure bound: a client that stops reading may grow the server's RSS by at most ${settings.stallBoundMiB} MiB ` +
+      '(peak over the whole session, every run; see the backpressure section):', '', ...bound, '');
+  }
 
   if (results.failures.length > 0) {
     out.push('## Failures', '');
@@ -154,12 +219,23 @@ export function renderMarkdown(results: Results): string {
       const sg = metricStat(results, SG, w.id, m.key);
       for (const s of servers) {
         if (w.proxyOnly && !s.proxy) continue;
+        if (!applies(w, s)) {
+          out.push(`| ${s.label} | ${notApplicable(w, s)} | | | | |`);
+          continue;
+        }
         const st = metricStat(results, s.id, w.id, m.key);
         const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
         out.push(`| ${s.label} | ${st ? fmt(st.median, m.digits) : '—'} | ${st ? `${fmt(st.min, m.digits)}–${fmt(st.max, m.digits)}` : '—'} | ` +
           `${st?.n ?? 0}/${runs.length} | ${s.id === SG ? '1.00×' : ratio(sg, st)} | ${notes(w, m, runs)} |`);
       }
       out.push('');
+    }
+    if (w.id === 'backpressure') {
+      out.push(`**Bound** (documented in bench/README.md and the project README): the server process's RSS may grow by at most ` +
+        `${settings.stallBoundMiB} MiB over its RSS just before the session, at any moment of the session (the stall and the catch-up read ` +
+        'that follows), in every run.' +
+        (settings.quick ? ' In quick mode the source sends only ' + `${(settings.stallBytes / 2 ** 20).toFixed(0)} MiB, so this shows only that the check runs.` : ''), '');
+      out.push(...bound, '');
     }
   }
 
@@ -196,13 +272,25 @@ function notes(w: Workload, m: MetricDef, runs: readonly RunRecord[]): string {
     if (w.command === 'latency') {
       parts.push(`${fmt(median(runs.map((r) => Number(r.extra.rate))), 0)} round trips/s, p99.9 ${fmt(median(runs.map((r) => Number(r.extra.p999us))), 0)} µs, max ${fmt(median(runs.map((r) => Number(r.extra.maxus))), 0)} µs`);
     }
+    if (w.command === 'udp') {
+      const sum = (key: string) => runs.reduce((n, r) => n + (Number.isFinite(Number(r.extra[key])) ? Number(r.extra[key]) : 0), 0);
+      const sent = sum('sent');
+      const lost = sum('lost');
+      parts.push(`lost ${fmt(lost, 0)} of ${fmt(sent, 0)} sent (${sent > 0 ? fmt((100 * lost) / sent, 2) : '—'}%) over all runs` +
+        `${sum('late') > 0 ? `, ${fmt(sum('late'), 0)} echoes came after their timeout` : ''}`);
+      parts.push(`round trip p50 ${fmt(median(runs.map((r) => Number(r.extra.p50us))), 0)} µs, p99 ${fmt(median(runs.map((r) => Number(r.extra.p99us))), 0)} µs`);
+    }
     if (w.group === 'idle') {
       parts.push(`idle RSS ${fmt(median(runs.map((r) => Number(r.extra.rssIdleKiB) / 1024)), 1)} MiB, opened in ${fmt(median(runs.map((r) => Number(r.extra.openSeconds))), 2)} s`);
       const marginal = median(runs.map((r) => Number(r.extra.marginalKiB ?? NaN)));
       if (Number.isFinite(marginal)) parts.push(`marginal ${fmt(marginal, 1)} KiB/session over the previous count`);
     }
     if (w.id === 'backpressure') {
-      parts.push(`growth at the end of the stall ${fmt(median(runs.map((r) => Number(r.extra.holdGrowthMiB))), 1)} MiB; then read at ${fmt(median(runs.map((r) => Number(r.extra.readMBps))), 0)} MB/s`);
+      const ends: Record<string, number> = {};
+      for (const r of runs) ends[String(r.extra.holdEnd ?? '?')] = (ends[String(r.extra.holdEnd ?? '?')] ?? 0) + 1;
+      parts.push(`read nothing for ${fmt(median(runs.map((r) => Number(r.extra.holdSeconds))), 1)} s (ended by: ${Object.entries(ends).map(([k, v]) => `${k} ×${v}`).join(', ')}); ` +
+        `the source had sent ${fmt(median(runs.map((r) => Number(r.extra.sentAtHoldEndMiB))), 1)} MiB by then`);
+      parts.push(`growth while stalled: peak ${fmt(median(runs.map((r) => Number(r.extra.holdPeakGrowthMiB))), 1)} MiB, ${fmt(median(runs.map((r) => Number(r.extra.holdGrowthMiB))), 1)} MiB at the end; then read at ${fmt(median(runs.map((r) => Number(r.extra.readMBps))), 0)} MB/s`);
     }
   }
   return parts.join('; ');
@@ -222,7 +310,7 @@ function headroom(results: Results): string[] {
     const m = w.metrics[0]!;
     const none = metricStat(results, 'none', w.id, m.key);
     let best: { label: string; st: Stat } | null = null;
-    for (const s of servers.filter((x) => x.proxy)) {
+    for (const s of servers.filter((x) => x.proxy && applies(w, x))) {
       const st = metricStat(results, s.id, w.id, m.key);
       if (!st) continue;
       if (!best || (m.better === 'higher' ? st.median > best.st.median : st.median < best.st.median)) best = { label: s.label, st };
@@ -230,7 +318,7 @@ function headroom(results: Results): string[] {
     const head = none && best ? (m.better === 'higher' ? none.median / best.st.median : best.st.median / none.median) : NaN;
     const cpuOf = (id: ServerId, pick: (c: NonNullable<RunRecord['cpu']>) => number | null) =>
       median(results.runs.filter((r) => r.server === id && r.workload === w.id && r.cpu).map((r) => pick(r.cpu!) ?? NaN));
-    const proxied = servers.filter((x) => x.proxy);
+    const proxied = servers.filter((x) => x.proxy && applies(w, x));
     const genMax = Math.max(...proxied.map((s) => cpuOf(s.id, (c) => c.generator)).filter(Number.isFinite));
     const tgtMax = Math.max(...proxied.map((s) => cpuOf(s.id, (c) => c.target)).filter(Number.isFinite));
     const per = proxied.map((s) => `${s.label} ${fmt(cpuOf(s.id, (c) => c.proxy), 0)}%`).join(', ');
@@ -263,8 +351,14 @@ function memoryNotes(results: Results): string[] {
         for (const [k, v] of Object.entries(i.log.reasons)) reasons[k] = (reasons[k] ?? 0) + v;
         for (const [k, v] of Object.entries(i.log.warnings)) warnings[k] = (warnings[k] ?? 0) + v;
       }
+      const rules = xs.flatMap((i) => Object.entries(i.log?.rules ?? {}));
       const parts: string[] = [];
       if (sessions > 0) parts.push(`${sessions} sessions: ${Object.entries(reasons).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      if (rules.length > 0) parts.push(`deciding rule: ${summariseCounts(rules)}`);
+      const engines = [...new Set(xs.map((i) => i.log?.engine).filter((e): e is string => e !== undefined))];
+      if (engines.length > 0) parts.push(`started with the ${engines.join('/')} relay`);
+      const relays = xs.flatMap((i) => Object.entries(i.log?.relays ?? {}));
+      if (relays.length > 0) parts.push(`sessions by relay engine: ${summariseCounts(relays)}`);
       const w = Object.entries(warnings);
       if (w.length > 0) parts.push(`warnings: ${w.slice(0, 8).map(([k, v]) => `"${k}" ×${v}`).join('; ')}${w.length > 8 ? ` (+${w.length - 8} kinds)` : ''}`);
       out.push(`| ${label} | ${group} | ${fmt(median(xs.map((i) => i.rssStartKiB / 1024)), 1)} | ${fmt(median(xs.map((i) => i.rssEndKiB / 1024)), 1)} | ` +
@@ -273,4 +367,11 @@ function memoryNotes(results: Results): string[] {
   }
   out.push('');
   return out;
+}
+
+/** `[["a", 2], ["b", 1], ["a", 3]]` → "a ×5, b ×1". */
+function summariseCounts(entries: ReadonlyArray<readonly [string, number]>): string {
+  const total = new Map<string, number>();
+  for (const [k, v] of entries) total.set(k, (total.get(k) ?? 0) + v);
+  return [...total].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ×${v}`).join(', ');
 }

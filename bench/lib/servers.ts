@@ -1,55 +1,172 @@
 /**
  * The servers under test, each started fresh as a child process on a free
- * loopback port: socksgate (minimal and production configurations), Dante,
- * microsocks, and "none" (the generator talks to the target directly).
+ * loopback port: socksgate (minimal with the splice relay, minimal with the
+ * stream relay, production configuration), Dante, microsocks, and "none"
+ * (the generator talks to the target directly).
  */
 import { type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { descendants, freePort, rememberDescendants, spawnTracked, stopChild, waitForSocks } from './proc.js';
 
-export type ServerId = 'socksgate' | 'socksgate-prod' | 'dante' | 'microsocks' | 'none';
+export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-prod' | 'dante' | 'microsocks' | 'none';
 
 export interface ServerInfo {
   readonly id: ServerId;
   readonly label: string;
   /** false for "none": no process, no memory workloads. */
   readonly proxy: boolean;
+  /** Serves SOCKS5 UDP ASSOCIATE (false: the UDP workloads are shown as n/a for it). */
+  readonly udp: boolean;
   readonly describe: string;
 }
+
+/** What the socksgate build under test supports, found out when the run starts (see bench/run.ts). */
+export interface SocksgateFeatures {
+  /** The CLI takes `--relay-engine auto|splice|stream`. */
+  readonly relayEngineFlag: boolean;
+  /** The config schema has `rules` (then the production configuration carries PRODUCTION_RULE_COUNT of them). */
+  readonly rules: boolean;
+  /** The native splice addon (build/socksgate_splice.node) was there when the run started. */
+  readonly addon: boolean;
+}
+
+/** How many rules the production configuration carries: 49 that never match the benchmark's traffic, then the one that allows it. */
+export const PRODUCTION_RULE_COUNT = 50;
 
 export const SERVERS: readonly ServerInfo[] = [
   {
     id: 'socksgate',
     label: 'socksgate',
     proxy: true,
-    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --log-level warn --log-format json` (no auth; the access log is at info, so nothing is logged for normal sessions)',
+    udp: true,
+    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --log-level warn --log-format json --relay-engine splice` (no auth; the access log is at info, so nothing is logged for normal sessions; the native splice(2) relay asked for explicitly, so a missing addon fails the run instead of measuring the stream relay)',
+  },
+  {
+    id: 'socksgate-stream',
+    label: 'socksgate (stream relay)',
+    proxy: true,
+    udp: true,
+    describe: 'the same with `--relay-engine stream`: the pure Node stream relay',
   },
   {
     id: 'socksgate-prod',
     label: 'socksgate (production)',
     proxy: true,
-    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --users-file USERS --log-level info --log-format json`, stdout redirected to a file: username/password auth against a bcrypt (cost 10) users file, one JSON access-log line per session',
+    udp: true,
+    describe: '`node dist/src/cli.js --config CONFIG.yaml --relay-engine splice`, stdout redirected to a file; the YAML file has `listen` 127.0.0.1:P, ' +
+      '`auth` methods [userpass] with usersFile (one user, bcrypt cost 10), `log` level info and format json (one JSON access-log line per session), ' +
+      `and ${PRODUCTION_RULE_COUNT} \`rules\`: 49 deny rules that never match the benchmark's traffic (destination networks, host patterns, ports, ` +
+      'commands, users, client networks, several of them matching in one field and failing in another) and a last one that allows clients from 127.0.0.0/8 ' +
+      '(by client, not destination: socksgate matches no `to` rule against a UDP ASSOCIATE, which names no destination), ' +
+      'so every request is checked against all 50',
   },
   {
     id: 'dante',
     label: 'Dante',
     proxy: true,
-    describe: '`danted -f CONF -p PIDFILE` in the foreground (one main process; Dante forks its negotiate/request/io children itself): internal 127.0.0.1 port P, external 127.0.0.1, socksmethod none, clientmethod none, `client pass` and `socks pass` from 127.0.0.0/8 to 0.0.0.0/0, user.privileged root, user.unprivileged nobody, log to a file',
+    udp: true,
+    describe: '`danted -f CONF -p PIDFILE` in the foreground (one main process; Dante forks its negotiate/request/io children itself): internal 127.0.0.1 port P, external 127.0.0.1, socksmethod none, clientmethod none, `client pass` from 127.0.0.0/8 to 0.0.0.0/0, `socks pass` from 127.0.0.0/8 to 0.0.0.0/0 with `command: bind connect udpassociate` and from 0.0.0.0/0 to 127.0.0.0/8 with `command: bindreply udpreply` (UDP replies), user.privileged root, user.unprivileged nobody, log to a file',
   },
   {
     id: 'microsocks',
     label: 'microsocks',
     proxy: true,
-    describe: '`microsocks -i 127.0.0.1 -p P` (a thread per client; its per-connection log line goes to /dev/null)',
+    udp: false,
+    describe: '`microsocks -i 127.0.0.1 -p P` (a thread per client; its per-connection log line goes to /dev/null; it has no UDP ASSOCIATE, so the UDP workloads are n/a)',
   },
   {
     id: 'none',
     label: 'no proxy',
     proxy: false,
-    describe: 'the generator connects to the target directly; for handshakes it talks to a null SOCKS5 server in the target that answers without dialing',
+    udp: true,
+    describe: 'the generator connects to the target directly; for handshakes it talks to a null SOCKS5 server in the target that answers without dialing; for UDP it sends bare datagrams (no SOCKS header) to the target\'s UDP echo',
   },
 ];
+
+/**
+ * The server list as this run has it: the descriptions say what the socksgate
+ * build under test could be given (relay engine flag, rules).
+ */
+export function describeServers(servers: readonly ServerInfo[], features: SocksgateFeatures): ServerInfo[] {
+  return servers.map((s) => {
+    let describe = s.describe;
+    if (!features.relayEngineFlag && s.id.startsWith('socksgate')) {
+      describe = s.id === 'socksgate-stream'
+        ? 'the same as socksgate'
+        : describe.replace(/ --relay-engine splice/, '').replace(/; the native splice\(2\) relay asked for explicitly[^)]*/, '');
+      describe += '. **This socksgate build has no `--relay-engine` flag, so no engine was asked for: every socksgate variant ran the one relay it has**';
+    }
+    if (s.id === 'socksgate-prod' && !features.rules) {
+      describe = describe.replace(/, and \d+ `rules`.*$/, '') +
+        '. **This socksgate build has no `rules` in its configuration schema, so the production configuration carried no rules**';
+    }
+    return { ...s, describe };
+  });
+}
+
+/**
+ * The production configuration's rules: 49 that never match the benchmark's
+ * traffic (client 127.0.0.1, user "bench", CONNECT to 127.0.0.1 on ephemeral
+ * ports 32768-60999, UDP ASSOCIATE), then one that allows it. Several match
+ * one field (127.0.0.0/8, the command) and fail on another, so the walk does
+ * real work rather than failing on the first field every time.
+ *
+ * The last rule allows by client network, not by destination: a UDP
+ * ASSOCIATE request names no destination, so socksgate never matches it
+ * against a rule with a `to` (src/policy/rules.ts), and a `to: 127.0.0.0/8`
+ * allow would leave the UDP workloads to `default-deny`.
+ */
+export function productionRules(): Array<Record<string, unknown>> {
+  // i: the rule's number; odd: every other round of the ten templates takes a variant.
+  const templates: Array<(i: number, odd: boolean) => Record<string, unknown>> = [
+    (i) => ({ to: { nets: [`10.${i}.0.0/16`], ports: [25, '8000-8100'] } }),
+    (i) => ({ to: { hosts: [`*.example${i}.com`] } }),
+    (i) => ({ to: { nets: ['127.0.0.0/8'], ports: [22 + i, '1-1023'] } }), // loopback, but privileged ports only
+    (i, odd) => (odd ? { commands: ['udp'], users: [`someone-else-${i}`] } : { commands: ['bind'], to: { nets: ['127.0.0.0/8'] } }),
+    (i, odd) => ({ users: [`someone-else-${i}`], ...(odd ? {} : { to: { nets: ['127.0.0.0/8'] } }) }),
+    (i) => ({ from: { nets: [`192.168.${i}.0/24`] } }),
+    (i) => ({ to: { hosts: [`tracker${i}.example.net`, `ads${i}.example.org`] } }),
+    (i) => ({ from: { nets: [`127.0.${i}.2/32`] }, to: { nets: ['127.0.0.0/8'] } }), // other loopback clients
+    (i) => ({ to: { nets: ['172.16.0.0/12', `100.64.${i}.0/24`] } }),
+    (i) => ({ to: { ports: [`${1024 + i * 10}-${1033 + i * 10}`] } }),
+  ];
+  const rules: Array<Record<string, unknown>> = [];
+  for (let i = 1; i < PRODUCTION_RULE_COUNT; i++) {
+    const round = Math.floor((i - 1) / templates.length);
+    rules.push({ name: `r${String(i).padStart(2, '0')}`, deny: templates[(i - 1) % templates.length]!(i, round % 2 === 1) });
+  }
+  rules.push({ name: 'allow-loopback-clients', allow: { from: { nets: ['127.0.0.0/8'] } } });
+  return rules;
+}
+
+/** YAML flow style for a rule's matchers: `{ to: { nets: ["10.1.0.0/16"], ports: [25, "8000-8100"] } }`. */
+function flow(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(flow).join(', ')}]`;
+  if (value !== null && typeof value === 'object') return `{ ${Object.entries(value).map(([k, v]) => `${k}: ${flow(v)}`).join(', ')} }`;
+  return JSON.stringify(value);
+}
+
+/** The production configuration file's text for a listener on `port`. */
+export function productionConfig(port: number, usersFile: string, withRules: boolean): string {
+  const lines = [
+    '# socksgate benchmark: the production configuration (bench/lib/servers.ts)',
+    'listen:',
+    `  - { address: 127.0.0.1, port: ${port} }`,
+    'auth:',
+    '  methods: [userpass]',
+    `  usersFile: ${JSON.stringify(usersFile)}`,
+    'log: { level: info, format: json }',
+  ];
+  if (withRules) {
+    lines.push('rules:');
+    for (const { name, ...action } of productionRules()) {
+      const [verb, match] = Object.entries(action)[0]!;
+      lines.push(`  - name: ${String(name)}`, `    ${verb}: ${flow(match)}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
 
 export interface Binaries {
   readonly node: string;
@@ -64,6 +181,7 @@ export interface ServerEnv {
   readonly affinity: string | null;
   readonly usersFile: string;
   readonly credentials: { readonly user: string; readonly pass: string };
+  readonly features: SocksgateFeatures;
 }
 
 /** What a server's own log said, summarised after it stopped. */
@@ -73,6 +191,11 @@ export interface LogSummary {
   readonly sessions: number;
   /** Sessions by close reason (socksgate). */
   readonly reasons: Record<string, number>;
+  /** Sessions by the rule that decided them, when the access log names one (socksgate with rules). */
+  readonly rules?: Record<string, number>;
+  /** Sessions by the TCP relay engine that carried them, and the engine the "started" line named (socksgate at info). */
+  readonly relays?: Record<string, number>;
+  readonly engine?: string;
   /** Lines at warn or above, by message kind (first 60 characters). */
   readonly warnings: Record<string, number>;
 }
@@ -108,12 +231,19 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
   const n = ++sequence;
   switch (info.id) {
     case 'socksgate':
+    case 'socksgate-stream':
     case 'socksgate-prod': {
       const prod = info.id === 'socksgate-prod';
       const logPath = join(env.tmp, `${info.id}-${n}.log`);
-      const args = [env.bin.cli, '--listen', `127.0.0.1:${port}`, '--log-format', 'json'];
-      if (prod) args.push('--users-file', env.usersFile, '--log-level', 'info');
-      else args.push('--log-level', 'warn');
+      let args: string[];
+      if (prod) {
+        const configPath = join(env.tmp, `${info.id}-${n}.yaml`);
+        writeFileSync(configPath, productionConfig(port, env.usersFile, env.features.rules));
+        args = [env.bin.cli, '--config', configPath];
+      } else {
+        args = [env.bin.cli, '--listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'];
+      }
+      if (env.features.relayEngineFlag) args.push('--relay-engine', info.id === 'socksgate-stream' ? 'stream' : 'splice');
       const fd = openSync(logPath, 'w');
       const child = spawnTracked(env.bin.node, args, { stdio: ['ignore', fd, 'pipe'], affinity: env.affinity });
       closeSync(fd);
@@ -149,6 +279,11 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
         '}',
         'socks pass {',
         '  from: 127.0.0.0/8 to: 0.0.0.0/0',
+        '  command: bind connect udpassociate',
+        '}',
+        'socks pass {', // UDP replies (and BIND's inbound connection) travel toward the client
+        '  from: 0.0.0.0/0 to: 127.0.0.0/8',
+        '  command: bindreply udpreply',
         '}',
         '',
       ].join('\n'));
@@ -222,6 +357,9 @@ function kind(message: string): string {
 
 function summariseSocksgateLog(path: string, stderr: string): LogSummary {
   const reasons: Record<string, number> = {};
+  const rules: Record<string, number> = {};
+  const relays: Record<string, number> = {};
+  let engine: string | undefined;
   const warnings: Record<string, number> = {};
   let lines = 0;
   let sessions = 0;
@@ -229,7 +367,7 @@ function summariseSocksgateLog(path: string, stderr: string): LogSummary {
   for (const line of text.split('\n')) {
     if (line.trim() === '') continue;
     lines++;
-    let entry: { level?: number; event?: string; reason?: string; msg?: string; error?: string | null };
+    let entry: { level?: number; event?: string; reason?: string; msg?: string; error?: string | null; rule?: unknown; relay?: unknown };
     try {
       entry = JSON.parse(line) as typeof entry;
     } catch {
@@ -240,7 +378,14 @@ function summariseSocksgateLog(path: string, stderr: string): LogSummary {
       sessions++;
       const reason = entry.reason ?? '?';
       reasons[reason] = (reasons[reason] ?? 0) + 1;
+      // The rule that decided the session, if the access log names it (a name, or an object with one).
+      const rule = typeof entry.rule === 'string' ? entry.rule
+        : entry.rule && typeof entry.rule === 'object' && typeof (entry.rule as { name?: unknown }).name === 'string' ? (entry.rule as { name: string }).name
+        : null;
+      if (rule !== null) rules[rule] = (rules[rule] ?? 0) + 1;
+      if (typeof entry.relay === 'string') relays[entry.relay] = (relays[entry.relay] ?? 0) + 1;
     }
+    if (entry.event === 'started' && typeof entry.relay === 'string') engine = entry.relay;
     if ((entry.level ?? 0) >= 40) {
       const key = entry.event === 'session' ? `${entry.reason}: ${kind(entry.error ?? '')}` : kind(entry.msg ?? line);
       warnings[key] = (warnings[key] ?? 0) + 1;
@@ -249,7 +394,12 @@ function summariseSocksgateLog(path: string, stderr: string): LogSummary {
   for (const line of stderr.split('\n')) {
     if (line.trim() !== '') warnings[`stderr: ${kind(line)}`] = (warnings[`stderr: ${kind(line)}`] ?? 0) + 1;
   }
-  return { lines, sessions, reasons, warnings };
+  return {
+    lines, sessions, reasons, warnings,
+    ...(Object.keys(rules).length > 0 ? { rules } : {}),
+    ...(Object.keys(relays).length > 0 ? { relays } : {}),
+    ...(engine !== undefined ? { engine } : {}),
+  };
 }
 
 function summariseDanteLog(path: string, stderr: string): LogSummary {

@@ -1,11 +1,11 @@
 /**
  * The workloads: what each measures, and how one run of it goes against a
- * running server. All SOCKS5 CONNECT, no auth (the production configuration
- * uses username/password), on 127.0.0.1.
+ * running server. SOCKS5 CONNECT (UDP ASSOCIATE for the UDP workloads), no
+ * auth (the production configuration uses username/password), on 127.0.0.1.
  */
 import { type GenResult, type Target, runGenerator } from './loadgen.js';
 import { cpuSeconds, pssKb, rssKb, sleep } from './proc.js';
-import type { RunningServer, ServerId } from './servers.js';
+import type { RunningServer, ServerId, ServerInfo } from './servers.js';
 
 export interface Settings {
   readonly quick: boolean;
@@ -18,8 +18,24 @@ export interface Settings {
   readonly latencySize: number;
   readonly idleStages: readonly number[];
   readonly idleSettleMs: number;
+  readonly udpSeconds: number;
+  readonly udpWarmupMs: number;
+  /** Datagrams in flight per association. */
+  readonly udpWindow: number;
+  /** Payload bytes per datagram (the SOCKS header comes on top). */
+  readonly udpSize: number;
+  /** A datagram not echoed within this is counted lost and replaced. */
+  readonly udpTimeoutMs: number;
+  /** Backpressure: what the client asks the source for. */
   readonly stallBytes: number;
-  readonly stallHoldMs: number;
+  /** The client reads nothing for at least this long… */
+  readonly stallMinHoldMs: number;
+  /** …and until the source has made no progress for this long (or has sent everything)… */
+  readonly stallQuietMs: number;
+  /** …but no longer than this. */
+  readonly stallMaxHoldMs: number;
+  /** The documented bound: peak RSS growth of the server process while a reader stalls, MiB. */
+  readonly stallBoundMiB: number;
 }
 
 export const FULL: Settings = {
@@ -33,8 +49,16 @@ export const FULL: Settings = {
   latencySize: 64,
   idleStages: [1000, 5000, 9000],
   idleSettleMs: 1000,
+  udpSeconds: 2,
+  udpWarmupMs: 200,
+  udpWindow: 32,
+  udpSize: 64,
+  udpTimeoutMs: 100,
   stallBytes: 1 << 30,
-  stallHoldMs: 2000,
+  stallMinHoldMs: 2000,
+  stallQuietMs: 1000,
+  stallMaxHoldMs: 30_000,
+  stallBoundMiB: 64,
 };
 
 export const QUICK: Settings = {
@@ -48,8 +72,16 @@ export const QUICK: Settings = {
   latencySize: 64,
   idleStages: [100, 200, 300],
   idleSettleMs: 100,
+  udpSeconds: 0.2,
+  udpWarmupMs: 20,
+  udpWindow: 32,
+  udpSize: 64,
+  udpTimeoutMs: 100,
   stallBytes: 32 << 20,
-  stallHoldMs: 300,
+  stallMinHoldMs: 300,
+  stallQuietMs: 200,
+  stallMaxHoldMs: 3000,
+  stallBoundMiB: 64,
 };
 
 export interface MetricDef {
@@ -69,7 +101,8 @@ export interface Workload {
   readonly metrics: readonly MetricDef[];
   /** Not run for "none" (memory of a server that does not exist). */
   readonly proxyOnly: boolean;
-  readonly command?: 'upload' | 'download' | 'handshake' | 'latency';
+  readonly command?: 'upload' | 'download' | 'handshake' | 'latency' | 'udp';
+  /** Streams, clients, connections or UDP associations. */
   readonly parallel?: number;
   /** idle: the session count. */
   readonly sessions?: number;
@@ -77,6 +110,7 @@ export interface Workload {
 
 const MBPS: MetricDef = { key: 'mbps', label: 'MB/s', better: 'higher', digits: 0 };
 const RATE: MetricDef = { key: 'rate', label: 'handshakes/s', better: 'higher', digits: 0 };
+const DGRAMS: MetricDef = { key: 'dgps', label: 'datagrams/s', better: 'higher', digits: 0 };
 const P50: MetricDef = { key: 'p50us', label: 'p50 µs', better: 'lower', digits: 1 };
 const P99: MetricDef = { key: 'p99us', label: 'p99 µs', better: 'lower', digits: 1 };
 const PER_SESSION: MetricDef = { key: 'kibPerSession', label: 'KiB/session (RSS)', better: 'lower', digits: 1 };
@@ -121,6 +155,19 @@ export function workloads(s: Settings): Workload[] {
     command: 'latency',
     parallel,
   });
+  const udp = (parallel: number): Workload => ({
+    id: `udp-${parallel}`,
+    group: 'relay',
+    title: `UDP datagrams, ${parallel} association${parallel > 1 ? 's' : ''}`,
+    what: `${parallel} SOCKS5 UDP ASSOCIATE${parallel > 1 ? 's' : ''} (a TCP control connection and a UDP socket each), each keeping ` +
+      `${s.udpWindow} datagrams of ${s.udpSize} bytes in flight to the target's UDP echo (SOCKS5 UDP header, ATYP IPv4 127.0.0.1; bare datagrams ` +
+      `for "no proxy") for ${s.udpSeconds} s after a ${s.udpWarmupMs} ms warm-up; datagrams/s = echoes received per second over all associations; ` +
+      `a datagram not echoed within ${s.udpTimeoutMs} ms is counted lost and replaced (loss is reported, not an error); every echo's payload is checked`,
+    metrics: [DGRAMS],
+    proxyOnly: false,
+    command: 'udp',
+    parallel,
+  });
   const idle = (n: number): Workload => ({
     id: `idle-${n}`,
     group: 'idle',
@@ -141,17 +188,27 @@ export function workloads(s: Settings): Workload[] {
     handshake(32),
     latency(1),
     latency(16),
+    udp(1),
+    udp(8),
     ...s.idleStages.map(idle),
     {
       id: 'backpressure',
       group: 'stall',
       title: 'Backpressure: a client that stops reading',
-      what: `the client asks the source for ${mb(s.stallBytes)} and reads nothing for ${s.stallHoldMs} ms, then reads it all (byte count verified); ` +
-        'the server\'s RSS is sampled every 20 ms throughout; growth is over its RSS just before the session',
+      what: `the client asks the source for ${mb(s.stallBytes)} and then reads nothing: for at least ${s.stallMinHoldMs / 1000} s, and until the source ` +
+        `has been unable to send a byte for ${s.stallQuietMs / 1000} s (the path is full and the server has stopped reading) or has sent all ` +
+        `${mb(s.stallBytes)} (the server buffered everything), at most ${s.stallMaxHoldMs / 1000} s; then it reads it all (byte count verified). ` +
+        'The server\'s RSS is sampled every 20 ms throughout; growth is over its RSS just before the session. ' +
+        `The documented bound is ${s.stallBoundMiB} MiB of peak RSS growth for the server process`,
       metrics: [PEAK_GROWTH, PEAK_RSS],
       proxyOnly: true,
     },
   ];
+}
+
+/** Whether a workload is run against a server at all (n/a otherwise: "none" has no memory, microsocks no UDP ASSOCIATE). */
+export function applies(w: Workload, s: Pick<ServerInfo, 'proxy' | 'udp'>): boolean {
+  return (s.proxy || !w.proxyOnly) && (s.udp || w.command !== 'udp');
 }
 
 /** One workload run against one server: the numbers and what went wrong. */
@@ -223,6 +280,11 @@ export async function runRelay(ctx: RunContext, w: Workload): Promise<RunRecord>
       args = ['--conns', w.parallel!, '--seconds', seconds, '--warmup-ms', s.latencyWarmupMs, '--size', s.latencySize,
         ...connectArgs(ctx, ports.echo)];
       break;
+    case 'udp':
+      seconds = s.udpSeconds;
+      args = ['--assocs', w.parallel!, '--seconds', seconds, '--warmup-ms', s.udpWarmupMs, '--window', s.udpWindow, '--size', s.udpSize,
+        '--timeout-ms', s.udpTimeoutMs, ...connectArgs(ctx, ports.udp)];
+      break;
     default:
       throw new Error(`not a relay workload: ${w.id}`);
   }
@@ -246,6 +308,10 @@ export async function runRelay(ctx: RunContext, w: Workload): Promise<RunRecord>
     rec.extra.seconds = num('seconds');
     if (rec.ok && rec.exact) rec.metrics.mbps = num('mbps');
     else rec.ok = false;
+  } else if (w.command === 'udp') {
+    if (rec.ok) rec.metrics.dgps = num('rate');
+    for (const key of ['sent', 'echoed', 'lost', 'late', 'p50us', 'p99us']) rec.extra[key] = num(key);
+    rec.extra.lostPct = num('sent') > 0 ? (100 * num('lost')) / num('sent') : 0;
   } else if (w.command === 'handshake') {
     rec.metrics.rate = num('rate');
     rec.extra.handshakes = num('handshakes');
@@ -320,27 +386,72 @@ export async function runIdle(ctx: RunContext, stages: readonly Workload[]): Pro
   });
 }
 
-/** A client that stops reading while the source sends: peak RSS of the server. */
+/**
+ * A client that stops reading while the source sends: peak RSS of the server.
+ * The client holds until the source has stalled (no byte sent for
+ * stallQuietMs: the server stopped reading) or has sent everything (the
+ * server took it all in), at least stallMinHoldMs and at most stallMaxHoldMs,
+ * so a server without backpressure shows its growth in full.
+ */
 export async function runStall(ctx: RunContext, w: Workload): Promise<RunRecord> {
   const s = ctx.settings;
   const rec = record(ctx, w);
   await sleep(Math.min(300, s.idleSettleMs));
   const rss0 = rssKb(ctx.server.pids());
+  const sent0 = await ctx.target.sent();
   let peak = rss0;
   let atHoldEnd = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, rssKb(ctx.server.pids())); }, 20);
+  let peakWhileHolding = rss0;
+  let holding = false;
+  const sampler = setInterval(() => {
+    const rss = rssKb(ctx.server.pids());
+    peak = Math.max(peak, rss);
+    if (holding) peakWhileHolding = Math.max(peakWhileHolding, rss);
+  }, 20);
+  let holdEnd = 'not reached';
+  let holdError: string | null = null;
+  let sentAtHoldEnd = NaN;
   try {
-    const { result } = await runGenerator(ctx.binary, 'stall', ['--bytes', s.stallBytes, '--hold-ms', s.stallHoldMs, ...connectArgs(ctx, ctx.target.ports.source)], {
+    const { result } = await runGenerator(ctx.binary, 'stall', ['--bytes', s.stallBytes, ...connectArgs(ctx, ctx.target.ports.source)], {
       affinity: ctx.affinity,
-      timeoutMs: s.stallHoldMs + 180_000,
+      timeoutMs: s.stallMaxHoldMs + 180_000,
       onEvent: async (event) => {
-        if (event.event === 'reading') atHoldEnd = rssKb(ctx.server.pids());
+        if (event.event !== 'holding') return;
+        holding = true;
+        const t0 = Date.now();
+        let last = -1;
+        let lastChange = t0;
+        for (;;) {
+          await sleep(Math.min(100, s.stallQuietMs / 4));
+          let sent: number;
+          try {
+            sent = (await ctx.target.sent()) - sent0;
+          } catch (err) { // never leave the client holding: it reads, and the run fails below
+            holdError = (err as Error).message;
+            break;
+          }
+          const now = Date.now();
+          if (sent !== last) {
+            last = sent;
+            lastChange = now;
+          }
+          sentAtHoldEnd = sent;
+          if (now - t0 < s.stallMinHoldMs) continue;
+          if (sent >= s.stallBytes) { holdEnd = 'all sent'; break; }
+          if (now - lastChange >= s.stallQuietMs) { holdEnd = 'sender blocked'; break; }
+          if (now - t0 >= s.stallMaxHoldMs) { holdEnd = 'longest hold'; break; }
+        }
+        atHoldEnd = rssKb(ctx.server.pids());
+        peakWhileHolding = Math.max(peakWhileHolding, atHoldEnd);
+        holding = false;
+        return 'next\n'; // the client starts reading
       },
     });
     absorb(rec, result);
     rec.exact = result.exact === true;
     rec.extra.readMBps = Number(result.mbps);
     rec.extra.readSeconds = Number(result.readSeconds);
+    rec.extra.holdSeconds = Number(result.holdSeconds);
   } finally {
     clearInterval(sampler);
   }
@@ -348,6 +459,13 @@ export async function runStall(ctx: RunContext, w: Workload): Promise<RunRecord>
   rec.extra.rssBeforeKiB = rss0;
   rec.extra.rssAtHoldEndKiB = atHoldEnd;
   rec.extra.holdGrowthMiB = (atHoldEnd - rss0) / 1024;
+  rec.extra.holdPeakGrowthMiB = (peakWhileHolding - rss0) / 1024;
+  rec.extra.holdEnd = holdEnd;
+  rec.extra.sentAtHoldEndMiB = sentAtHoldEnd / 2 ** 20;
+  if (holdError !== null) {
+    rec.ok = false;
+    rec.error = `could not follow the source while holding: ${holdError}`;
+  }
   if (rec.ok && rec.exact) {
     rec.metrics.peakGrowthMiB = (peak - rss0) / 1024;
     rec.metrics.peakRssMiB = peak / 1024;

@@ -1,8 +1,11 @@
 /**
  * The benchmark harness as CI runs it: `node dist/bench/run.js --quick` into
  * a temporary report. No timing assertions: only that it completes, that every
- * server produced a number for every workload, and that bulk transfers were
- * byte-exact. Dante and microsocks must be installed (scripts/test.sh does it).
+ * server produced a number for every workload it takes part in (UDP included,
+ * microsocks shown as n/a there), and that bulk transfers were byte-exact.
+ * Dante and microsocks must be installed, and the splice addon built
+ * (scripts/test.sh does both): the socksgate variant asks for the splice
+ * relay explicitly and fails without it.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +20,8 @@ const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
 const RUN_TIMEOUT_MS = 180_000;
 
 interface Results {
-  servers: Array<{ id: string; proxy: boolean }>;
+  features: { relayEngineFlag: boolean; rules: boolean; addon: boolean };
+  servers: Array<{ id: string; proxy: boolean; udp: boolean }>;
   workloads: Array<{ id: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
   runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number> }>;
   failures: string[];
@@ -52,8 +56,8 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(results.failures, []);
 
       const ids = results.servers.map((s) => s.id);
-      for (const id of ['socksgate', 'socksgate-prod', 'dante', 'microsocks', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
-      for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'backpressure']) {
+      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-prod', 'dante', 'microsocks', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
+      for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
         assert.ok(results.workloads.some((w) => w.id === kind), `workload ${kind} was run`);
       }
       assert.equal(results.workloads.filter((w) => w.id.startsWith('idle-')).length, 3, 'three idle-session counts');
@@ -62,6 +66,7 @@ describe('benchmark harness, quick mode', () => {
       for (const w of results.workloads) {
         for (const s of results.servers) {
           if (w.proxyOnly && !s.proxy) continue;
+          if (w.command === 'udp' && !s.udp) continue; // microsocks: no UDP ASSOCIATE
           const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
           for (const m of w.metrics) {
             if (!runs.some((r) => r.ok && Number.isFinite(r.metrics[m.key]))) {
@@ -72,8 +77,13 @@ describe('benchmark harness, quick mode', () => {
       }
       assert.deepEqual(missing, [], 'every server produced a number for every workload');
 
+      const udpless = results.servers.filter((s) => !s.udp).map((s) => s.id);
+      assert.deepEqual(udpless, ['microsocks'], 'only microsocks lacks UDP ASSOCIATE');
+      assert.deepEqual(results.runs.filter((r) => r.server === 'microsocks' && r.workload.startsWith('udp-')), [], 'UDP is not run against microsocks');
+
       const bulk = results.runs.filter((r) => /^(upload|download)-/.test(r.workload) || r.workload === 'backpressure');
-      assert.ok(bulk.length >= 4 * 5 + 4, 'bulk and backpressure runs for every server');
+      const proxies = results.servers.filter((s) => s.proxy).length;
+      assert.ok(bulk.length >= 4 * results.servers.length + proxies, 'bulk and backpressure runs for every server');
       const inexact = bulk.filter((r) => r.exact !== true).map((r) => `${r.server} / ${r.workload}`);
       assert.deepEqual(inexact, [], 'every bulk transfer was byte-exact');
 
@@ -81,6 +91,10 @@ describe('benchmark harness, quick mode', () => {
       assert.match(report, /## Summary/);
       assert.match(report, /Quick mode/);
       assert.doesNotMatch(report, /\*\*missing\*\*/);
+      assert.match(report, /n\/a \(no UDP ASSOCIATE\)/, 'microsocks is n/a for UDP');
+      assert.match(report, /stream ÷ splice/);
+      assert.match(report, /Backpressure bound/);
+      assert.match(report, /\| production rules \| /, 'the report says whether the production configuration carried rules');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
