@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 enum { END_CLOSED = 0, END_ERROR = 1, END_IDLE = 2, END_CANCELLED = 3 };
-enum { CMD_START = 0, CMD_CANCEL = 1 };
+enum { CMD_CANCEL = 1 };
 
 /* Ask for more than a pipe holds: the kernel moves what fits. */
 #define SPLICE_REQUEST (1 << 20)
@@ -42,7 +42,8 @@ typedef struct pair pair_t;
 
 typedef struct {
   pair_t *pair;
-  int side; /* 0: client socket, 1: destination socket */
+  int side;     /* 0: client socket, 1: destination socket */
+  int writable; /* EPOLLOUT is watched: only after a write would have blocked */
 } watch_t;
 
 /* One direction: from fd[side] to fd[1 - side]. */
@@ -84,7 +85,10 @@ static command_t *queue_head, *queue_tail;
 static napi_threadsafe_function on_done;
 static int64_t active_pairs; /* main thread only: refs the tsfn while > 0 */
 
-/* Relay-thread state. */
+/* The live-pair list and the epoll registrations of pair sockets change under
+ * this lock: start() registers from the main thread (no thread hop on the
+ * handshake path), the relay thread unregisters when a pair ends. */
+static pthread_mutex_t pairs_lock = PTHREAD_MUTEX_INITIALIZER;
 static pair_t *pairs; /* every live pair, for the idle scan */
 /* Ended pairs whose relay-thread reference is dropped after the current batch
  * of events: a later event in the same batch may still point at them. */
@@ -92,10 +96,12 @@ static pair_t *ended;
 static int idle_pairs; /* live pairs with an idle deadline */
 static int64_t next_idle_scan;
 static int64_t idle_scan_every = 1000;
+static int64_t scan_every_told = 0; /* the relay thread's idea of it, to know when to wake it */
+
+/* Relay-thread state. */
 static int pool[POOL_MAX][2];
 static int pool_size;
-static uint64_t pipes_created;
-static int pipe_size; /* 0: the kernel's default */ /* read by stats(); a torn read only blurs a counter */
+static uint64_t pipes_created; /* read by stats(); a torn read only blurs a counter */
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -119,7 +125,6 @@ static int acquire_pipe(flow_t *f) {
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
   pipes_created++;
-  if (pipe_size > 0) fcntl(fds[1], F_SETPIPE_SZ, pipe_size); /* best effort: the default still works */
   f->pipe_r = fds[0];
   f->pipe_w = fds[1];
   return 0;
@@ -142,7 +147,15 @@ static void release_pipe(flow_t *f) {
 
 /* ---- pairs ---- */
 
-static void finish(pair_t *p, int reason, int side, int err) {
+static void unlink_pair(pair_t *p) {
+  if (p->prev) p->prev->next = p->next;
+  else pairs = p->next;
+  if (p->next) p->next->prev = p->prev;
+  if (p->idle_ms > 0) idle_pairs--;
+}
+
+/* Ends a pair (relay thread, pairs_lock held) and reports it to JavaScript. */
+static void finish_locked(pair_t *p, int reason, int side, int err) {
   if (p->done) return;
   p->done = 1;
   p->reason = reason;
@@ -150,16 +163,31 @@ static void finish(pair_t *p, int reason, int side, int err) {
   p->error_errno = err;
   epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[0], NULL);
   epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[1], NULL);
+  unlink_pair(p);
   release_pipe(&p->flow[0]);
   release_pipe(&p->flow[1]);
-  if (p->prev) p->prev->next = p->next;
-  else pairs = p->next;
-  if (p->next) p->next->prev = p->prev;
-  if (p->idle_ms > 0) idle_pairs--;
   p->next = ended;
   ended = p;
   /* The JS handle's reference travels with the call and is dropped there. */
   if (napi_call_threadsafe_function(on_done, p, napi_tsfn_nonblocking) != napi_ok) unref_pair(p);
+}
+
+static void finish(pair_t *p, int reason, int side, int err) {
+  pthread_mutex_lock(&pairs_lock);
+  finish_locked(p, reason, side, err);
+  pthread_mutex_unlock(&pairs_lock);
+}
+
+/* A write would block: from now on, also wake up when this socket drains. */
+static int watch_writable(pair_t *p, int side) {
+  watch_t *w = &p->watch[side];
+  if (w->writable) return 0;
+  w->writable = 1;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = w};
+  pthread_mutex_lock(&pairs_lock); /* start() may still be registering this socket */
+  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, p->fd[side], &ev);
+  pthread_mutex_unlock(&pairs_lock);
+  return rc;
 }
 
 static void bury_ended(void) {
@@ -183,7 +211,12 @@ static int pump(pair_t *p, int side) {
         f->in_pipe -= (size_t)n;
         f->bytes += (uint64_t)n;
         progress = 1;
-      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      } else if (n < 0 && errno == EAGAIN) {
+        if (watch_writable(p, 1 - side) < 0) {
+          finish(p, END_ERROR, 1 - side, errno);
+          return -1;
+        }
+      } else if (n < 0 && errno != EINTR) {
         finish(p, END_ERROR, 1 - side, errno);
         return -1;
       }
@@ -244,37 +277,15 @@ static void on_socket_event(pair_t *p, int side, uint32_t events) {
   }
 }
 
-static void start_pair(pair_t *p) {
-  p->next = pairs;
-  p->prev = NULL;
-  if (pairs) pairs->prev = p;
-  pairs = p;
-  if (p->idle_ms > 0) {
-    idle_pairs++;
-    /* Scan often enough that a short timeout is not overshot by much. */
-    int64_t every = p->idle_ms / 4;
-    if (every < 10) every = 10;
-    if (every < idle_scan_every) idle_scan_every = every;
-  }
-  p->last_active = now_ms();
-  for (int side = 0; side < 2; side++) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[side]};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) {
-      finish(p, END_ERROR, side, errno);
-      return;
-    }
-  }
-  /* Bytes may already wait in the socket buffers. */
-  if (pump(p, 0) == 0) pump(p, 1);
-}
-
 static void scan_idle(int64_t now) {
+  pthread_mutex_lock(&pairs_lock);
   pair_t *p = pairs;
   while (p) {
     pair_t *next = p->next;
-    if (p->idle_ms > 0 && now - p->last_active >= p->idle_ms) finish(p, END_IDLE, -1, 0);
+    if (p->idle_ms > 0 && now - p->last_active >= p->idle_ms) finish_locked(p, END_IDLE, -1, 0);
     p = next;
   }
+  pthread_mutex_unlock(&pairs_lock);
 }
 
 static void run_commands(void) {
@@ -287,8 +298,7 @@ static void run_commands(void) {
   pthread_mutex_unlock(&queue_lock);
   while (c) {
     command_t *next = c->next;
-    if (c->kind == CMD_START) start_pair(c->pair);
-    else if (!c->pair->done) finish(c->pair, END_CANCELLED, -1, 0);
+    if (!c->pair->done) finish(c->pair, END_CANCELLED, -1, 0);
     unref_pair(c->pair);
     free(c);
     c = next;
@@ -299,7 +309,10 @@ static void *relay_thread(void *unused) {
   (void)unused;
   struct epoll_event events[MAX_EVENTS];
   for (;;) {
+    pthread_mutex_lock(&pairs_lock);
     int timeout = idle_pairs > 0 ? (int)idle_scan_every : -1;
+    scan_every_told = idle_pairs > 0 ? idle_scan_every : 0;
+    pthread_mutex_unlock(&pairs_lock);
     int n = epoll_wait(epoll_fd, events, MAX_EVENTS, timeout);
     for (int i = 0; i < n; i++) {
       if (events[i].data.ptr == &wake_token) {
@@ -309,11 +322,11 @@ static void *relay_thread(void *unused) {
       watch_t *w = events[i].data.ptr;
       on_socket_event(w->pair, w->side, events[i].events);
     }
-    if (idle_pairs > 0) {
+    if (timeout >= 0) {
       int64_t now = now_ms();
       if (now >= next_idle_scan) {
         scan_idle(now);
-        next_idle_scan = now + idle_scan_every;
+        next_idle_scan = now + timeout;
       }
     }
     bury_ended();
@@ -342,6 +355,46 @@ static void start_thread(void) {
   pthread_attr_destroy(&attr);
 }
 
+static void wake_relay_thread(void) {
+  uint64_t one = 1;
+  ssize_t ignored = write(wake_fd, &one, sizeof one);
+  (void)ignored;
+}
+
+/*
+ * Registers a pair with the relay thread's epoll (main thread). Only input is
+ * watched at first, so a session with nothing to move costs the relay thread
+ * nothing; bytes already waiting are reported at once by the registration.
+ */
+static int register_pair(pair_t *p) {
+  int wake = 0;
+  pthread_mutex_lock(&pairs_lock);
+  p->next = pairs;
+  p->prev = NULL;
+  if (pairs) pairs->prev = p;
+  pairs = p;
+  if (p->idle_ms > 0) {
+    idle_pairs++;
+    /* Scan often enough that a short timeout is not overshot by much. */
+    int64_t every = p->idle_ms / 4;
+    if (every < 10) every = 10;
+    if (every < idle_scan_every) idle_scan_every = every;
+    wake = scan_every_told == 0 || idle_scan_every < scan_every_told; /* its epoll_wait timeout is stale */
+  }
+  int err = 0;
+  for (int side = 0; side < 2 && err == 0; side++) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[side]};
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) {
+      err = errno;
+      if (side == 1) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[0], NULL);
+    }
+  }
+  if (err) unlink_pair(p);
+  pthread_mutex_unlock(&pairs_lock);
+  if (wake && !err) wake_relay_thread();
+  return err;
+}
+
 static void send_command(int kind, pair_t *p) {
   command_t *c = malloc(sizeof *c);
   if (!c) abort(); /* a failed malloc of 24 bytes leaves nothing sane to do */
@@ -354,9 +407,7 @@ static void send_command(int kind, pair_t *p) {
   else queue_head = c;
   queue_tail = c;
   pthread_mutex_unlock(&queue_lock);
-  uint64_t one = 1;
-  ssize_t ignored = write(wake_fd, &one, sizeof one);
-  (void)ignored;
+  wake_relay_thread();
 }
 
 /* ---- JavaScript side (main thread) ---- */
@@ -398,8 +449,6 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "already initialised");
     return NULL;
   }
-  const char *size = getenv("SOCKSGATE_PIPE_SIZE");
-  if (size) pipe_size = atoi(size);
   pthread_once(&thread_once, start_thread);
   if (thread_error != 0) {
     napi_throw_error(env, NULL, strerror(thread_error));
@@ -444,9 +493,16 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     p->watch[side].pair = p;
     p->watch[side].side = side;
   }
+  p->last_active = now_ms();
+  int err = register_pair(p);
+  if (err) {
+    free(p);
+    napi_throw_error(env, NULL, strerror(err));
+    return NULL;
+  }
+  /* From here the relay thread may already be moving bytes, or even have ended the pair. */
   CHECK(napi_create_external(env, p, NULL, NULL, &handle));
   if (active_pairs++ == 0) napi_ref_threadsafe_function(env, on_done);
-  send_command(CMD_START, p);
   return handle;
 }
 

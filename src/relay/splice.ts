@@ -190,7 +190,13 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
     if (ended) return;
     if (cancelled || failure || client.destroyed || destination.destroyed) return abandon();
     pending.set(id, onReport);
-    handle = addon.start(id, clientHandle.fd, destinationHandle.fd, options.idleMs);
+    try {
+      handle = addon.start(id, clientHandle.fd, destinationHandle.fd, options.idleMs);
+    } catch (err) {
+      pending.delete(id); // registering with epoll failed (no memory, watch limit): nothing was moved
+      failure = { reason: 'destination-error', error: err as Error };
+      abandon();
+    }
   };
 
   // What Node read before the handover goes out first, in order.
