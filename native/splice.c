@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 enum { END_CLOSED = 0, END_ERROR = 1, END_IDLE = 2, END_CANCELLED = 3 };
-enum { CMD_CANCEL = 1 };
+enum { CMD_CANCEL = 1, CMD_FAIL = 2 };
 
 /* Ask for more than a pipe holds: the kernel moves what fits. */
 #define SPLICE_REQUEST (1 << 20)
@@ -64,6 +64,7 @@ struct pair {
   int64_t last_active;
   int first_eof; /* side whose FIN came first, -1 before */
   int done;
+  int add_errno; /* epoll_ctl ADD failed in start(): the relay thread ends the pair with it */
   int reason, error_side, error_errno;
   int refs; /* the JS handle, the relay thread, and each queued command */
   pair_t *prev, *next;
@@ -298,7 +299,8 @@ static void run_commands(void) {
   pthread_mutex_unlock(&queue_lock);
   while (c) {
     command_t *next = c->next;
-    if (!c->pair->done) finish(c->pair, END_CANCELLED, -1, 0);
+    pair_t *p = c->pair;
+    if (!p->done) finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
     unref_pair(c->pair);
     free(c);
     c = next;
@@ -355,6 +357,8 @@ static void start_thread(void) {
   pthread_attr_destroy(&attr);
 }
 
+static void send_command(int kind, pair_t *p);
+
 static void wake_relay_thread(void) {
   uint64_t one = 1;
   ssize_t ignored = write(wake_fd, &one, sizeof one);
@@ -366,7 +370,7 @@ static void wake_relay_thread(void) {
  * watched at first, so a session with nothing to move costs the relay thread
  * nothing; bytes already waiting are reported at once by the registration.
  */
-static int register_pair(pair_t *p) {
+static void register_pair(pair_t *p) {
   int wake = 0;
   pthread_mutex_lock(&pairs_lock);
   p->next = pairs;
@@ -381,18 +385,15 @@ static int register_pair(pair_t *p) {
     if (every < idle_scan_every) idle_scan_every = every;
     wake = scan_every_told == 0 || idle_scan_every < scan_every_told; /* its epoll_wait timeout is stale */
   }
-  int err = 0;
-  for (int side = 0; side < 2 && err == 0; side++) {
+  for (int side = 0; side < 2 && p->add_errno == 0; side++) {
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[side]};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) {
-      err = errno;
-      if (side == 1) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[0], NULL);
-    }
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) p->add_errno = errno;
   }
-  if (err) unlink_pair(p);
   pthread_mutex_unlock(&pairs_lock);
-  if (wake && !err) wake_relay_thread();
-  return err;
+  if (wake) wake_relay_thread();
+  /* Rare (no memory, the watch limit). The relay thread may already hold events
+   * for the first socket, so it, not this thread, ends the pair, reporting the error. */
+  if (p->add_errno != 0) send_command(CMD_FAIL, p);
 }
 
 static void send_command(int kind, pair_t *p) {
@@ -494,12 +495,7 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     p->watch[side].side = side;
   }
   p->last_active = now_ms();
-  int err = register_pair(p);
-  if (err) {
-    free(p);
-    napi_throw_error(env, NULL, strerror(err));
-    return NULL;
-  }
+  register_pair(p);
   /* From here the relay thread may already be moving bytes, or even have ended the pair. */
   CHECK(napi_create_external(env, p, NULL, NULL, &handle));
   if (active_pairs++ == 0) napi_ref_threadsafe_function(env, on_done);
