@@ -6,15 +6,34 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, readConfigFile } from './config/load.js';
-import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
-import { type Config, configJsonSchema, workerCount } from './config/schema.js';
-import { UsersFileError } from './auth/users.js';
-import { attachLogger, createLogger } from './observe/log.js';
-import { ListenError, RelayEngineError, SocksServer, createServer } from './server/server.js';
-import { runPasswd } from './auth/passwd.js';
 import { availableParallelism } from 'node:os';
+import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
+import type { Config, ConfigInput } from './config/schema.js';
+import type { SocksServer } from './server/server.js';
 import { isWorker, runPrimary } from './workers.js';
+
+// SIGHUP asks a daemon to reload; its default action would kill it. Catch it
+// before the heavy modules load (a fifth of a second): one that arrives
+// while starting is honoured once the listeners are up (see run()).
+let hupDuringStartup = false;
+const earlyHup = () => { hupDuringStartup = true; };
+if (process.argv[2] !== 'passwd' && process.argv[2] !== 'schema') process.on('SIGHUP', earlyHup);
+
+const [
+  { ConfigError, readConfigFile },
+  { configJsonSchema, workerCount },
+  { UsersFileError },
+  { attachLogger, createLogger },
+  { ListenError, RelayEngineError, createServer },
+  { runPasswd },
+] = await Promise.all([
+  import('./config/load.js'),
+  import('./config/schema.js'),
+  import('./auth/users.js'),
+  import('./observe/log.js'),
+  import('./server/server.js'),
+  import('./auth/passwd.js'),
+]);
 
 const USAGE = `Usage: socksgate [options]
        socksgate passwd FILE USER [--delete] [--cost N]
@@ -61,8 +80,7 @@ async function main(argv: string[]): Promise<number> {
 
   let server: SocksServer;
   try {
-    const input = mergeFlags(flags.config ? readConfigFile(flags.config) : {}, flags);
-    server = createServer(input as Parameters<typeof createServer>[0]);
+    server = createServer(readInput(flags));
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const problem of err.problems) process.stderr.write(`socksgate: config: ${problem}\n`);
@@ -75,12 +93,20 @@ async function main(argv: string[]): Promise<number> {
   if (flags.check) return write(`socksgate: configuration is valid\n`, 0);
   const workers = workerCount(server.config, availableParallelism());
   if (workers > 1 && !isWorker()) {
+    process.off('SIGHUP', earlyHup); // the primary forwards SIGHUP to its workers
     return runPrimary({ workers, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
   }
-  return run(server, server.config);
+  const running = run(server, server.config, flags);
+  process.off('SIGHUP', earlyHup); // run() has its own handler now
+  return running;
 }
 
-async function run(server: SocksServer, config: Config): Promise<number> {
+/** The config file (when --config names one) with the flags laid over it, not yet validated. */
+function readInput(flags: Flags): ConfigInput {
+  return mergeFlags(flags.config ? readConfigFile(flags.config) : {}, flags) as ConfigInput;
+}
+
+async function run(server: SocksServer, config: Config, flags: Flags): Promise<number> {
   const base = createLogger(config.log);
   // Workers share stdout: each line says which process wrote it.
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
@@ -110,6 +136,33 @@ async function run(server: SocksServer, config: Config): Promise<number> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 
+  // SIGHUP: read the config file (and the users file it names) again, with
+  // the same flags over it, and let new sessions use it. The `reloaded` line
+  // comes from attachLogger (the server's `reload` event); a failure keeps
+  // the running configuration and says why.
+  const reload = () => {
+    if (!started) {
+      hupDuringStartup = true;
+      return;
+    }
+    if (stopping) {
+      log.warn({ event: 'reload-ignored', signal: 'SIGHUP' }, 'SIGHUP while stopping: not reloading');
+      log.flush();
+      return;
+    }
+    try {
+      server.reload(readInput(flags));
+      base.level = log.level = server.config.log.level;
+    } catch (err) {
+      const problems = err instanceof ConfigError ? err.problems
+        : err instanceof UsersFileError ? [err.message]
+        : [(err as Error)?.message ?? String(err)];
+      log.error({ event: 'reload-failed', problems }, `reload failed, the running configuration stays: ${problems.join('; ')}`);
+      log.flush();
+    }
+  };
+  process.on('SIGHUP', reload);
+
   try {
     await server.listen();
   } catch (err) {
@@ -120,7 +173,13 @@ async function run(server: SocksServer, config: Config): Promise<number> {
   log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker(), relay }, `socksgate ${version()} started (${relay} relay)`);
   log.flush();
   started = true;
-  if (requested) stop(requested);
+  if (requested) {
+    stop(requested);
+  } else if (hupDuringStartup) {
+    hupDuringStartup = false;
+    log.info({ event: 'reload-deferred', signal: 'SIGHUP' }, 'SIGHUP arrived while starting: reloading now');
+    reload();
+  }
   return finished;
 }
 

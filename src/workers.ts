@@ -4,6 +4,8 @@
  * signal to the primary is passed to every worker, each drains its own
  * sessions, and the primary exits when all have: 0 if every worker stopped
  * cleanly. A worker that dies unexpectedly is replaced, at most once a second.
+ * SIGHUP to the primary is passed to every worker, each reloads its own
+ * configuration (and logs the outcome); the primary itself reads nothing.
  */
 import cluster, { type Worker } from 'node:cluster';
 
@@ -20,13 +22,23 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     let listening = 0;
     let lastRespawn = 0;
     const live = new Set<Worker>();
+    /** Workers that are listening: their SIGHUP handler is installed (the default action would kill them). */
+    const ready = new Set<Worker>();
+    /** Workers still starting when a SIGHUP came: they get it once listening. */
+    const reloadWhenReady = new Set<Worker>();
 
     const fork = () => {
       const worker = cluster.fork();
       live.add(worker);
-      worker.once('listening', () => { listening++; });
+      worker.once('listening', () => {
+        listening++;
+        ready.add(worker);
+        if (reloadWhenReady.delete(worker)) worker.process.kill('SIGHUP');
+      });
       worker.once('exit', (code, signal) => {
         live.delete(worker);
+        ready.delete(worker);
+        reloadWhenReady.delete(worker);
         if (stopping) {
           if (code !== 0) failed = true;
           if (live.size === 0) resolve(failed ? 1 : 0);
@@ -55,8 +67,21 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       for (const w of live) w.process.kill(why === 'startup failure' ? 'SIGKILL' : 'SIGTERM');
     };
 
+    const reload = () => {
+      if (stopping) {
+        options.say('SIGHUP while stopping: not reloading');
+        return;
+      }
+      options.say(`SIGHUP: asking ${live.size} worker${live.size === 1 ? '' : 's'} to reload`);
+      for (const w of live) {
+        if (ready.has(w)) w.process.kill('SIGHUP');
+        else reloadWhenReady.add(w);
+      }
+    };
+
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGHUP', reload);
     for (let i = 0; i < options.workers; i++) fork();
   });
 }

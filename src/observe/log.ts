@@ -5,7 +5,7 @@
  */
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
-import type { SocksServer } from '../server/server.js';
+import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
 import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
 
@@ -59,17 +59,25 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     log.flush();
   };
   const onClose = () => log.info({ event: 'stopped' }, 'stopped');
+  const onReload = ({ changed, needsRestart }: ReloadResult) => {
+    const what = changed.length > 0 ? `new sessions use ${changed.join(', ')}` : 'nothing changed';
+    const restart = needsRestart.length > 0 ? `; not applied until a restart: ${needsRestart.join(', ')}` : '';
+    log.info({ event: 'reloaded', changed, needsRestart }, `reloaded: ${what}${restart}`);
+    log.flush();
+  };
 
   server.on('listening', onListening);
   server.on('session-close', onSession);
   server.on('listener-error', onListenerError);
   server.on('draining', onDraining);
   server.on('close', onClose);
+  server.on('reload', onReload);
   return () => {
     server.off('listening', onListening);
     server.off('session-close', onSession);
     server.off('listener-error', onListenerError);
     server.off('draining', onDraining);
     server.off('close', onClose);
+    server.off('reload', onReload);
   };
 }

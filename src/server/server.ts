@@ -61,6 +61,26 @@ function resolveRelayEngine(wanted: Config['relay']['engine']): RelayEngine {
 
 const DEPENDENCY_KEYS = ['resolver', 'dialer', 'authenticator', 'now'] as const;
 
+/** What `SocksServer.reload` did: key paths now in effect for new sessions, and those left as they were. */
+export interface ReloadResult {
+  /** Key paths whose new values new sessions use, e.g. `rules`, `auth.users`, `timeouts.connect`. */
+  readonly changed: readonly string[];
+  /** Key paths that changed but cannot apply without a restart (`listen`, `workers`, `relay.engine`, `log.format`); not applied. */
+  readonly needsRestart: readonly string[];
+}
+
+/** The server's events: those of observe/events.ts, and `reload`. */
+export interface SocksServerEvents extends ServerEvents {
+  /** A reload succeeded (a failed one throws to its caller and emits nothing). */
+  reload: [ReloadResult];
+}
+
+/**
+ * Settings bound to sockets, processes or the relay engine already chosen: a
+ * reload reports a change to them in `needsRestart` and keeps the old value.
+ */
+const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'log.format'] as const;
+
 /** Validates the options (throws ConfigError or UsersFileError) and builds a server. Call `listen()` to start it. */
 export function createServer(options: ServerOptions = {}): SocksServer {
   const input: Record<string, unknown> = { ...options };
@@ -68,18 +88,24 @@ export function createServer(options: ServerOptions = {}): SocksServer {
   return new SocksServer(validateConfig(input), options);
 }
 
-export class SocksServer extends EventEmitter<ServerEvents> {
-  /** The validated, frozen configuration. */
-  readonly config: Config;
+export class SocksServer extends EventEmitter<SocksServerEvents> {
+  /** The configuration in effect (for new sessions): validated, frozen; replaced by `reload`. */
+  #config: Config;
   readonly #dialer: Dialer;
   readonly #resolver: Resolver;
-  /** UDP associations per client address, against udp.maxAssociationsPerClient. */
+  /** UDP associations per client address, against udp.maxAssociationsPerClient (updated by reload). */
   readonly #udpSlots: ClientSlots;
-  readonly #authenticator: Authenticator | null;
+  /** The library's own authenticator, when it gave one: a reload keeps it. */
+  readonly #customAuthenticator: boolean;
+  #authenticator: Authenticator | null;
+  /** The users behind #authenticator (config and users file), to tell whether a reload changed them. */
+  #users: LoadedUsers | null;
   readonly #now: () => number;
-  readonly #allow: BlockList | null;
-  /** Request rules, compiled once; null when none are configured. */
-  readonly #rules: RuleSet | null;
+  #allow: BlockList | null;
+  /** Request rules, compiled once per configuration; null when none are configured. */
+  #rules: RuleSet | null;
+  /** Per bound listener, the context new sessions get; a reload replaces each `ctx` at once. */
+  readonly #listeners: ListenerSlot[] = [];
   readonly #servers: NetServer[] = [];
   readonly #bound: ListenerInfo[] = [];
   readonly #sessions = new Map<number, Session>();
@@ -91,15 +117,78 @@ export class SocksServer extends EventEmitter<ServerEvents> {
 
   constructor(config: Config, deps: ServerDependencies = {}) {
     super();
-    this.config = config;
+    this.#config = config;
     this.#now = deps.now ?? Date.now;
     this.#resolver = deps.resolver ?? systemResolver;
     this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#resolver });
-    this.#authenticator = deps.authenticator ?? buildUserStore(config);
+    this.#customAuthenticator = deps.authenticator !== undefined;
+    this.#users = this.#customAuthenticator ? null : loadUsers(config);
+    this.#authenticator = deps.authenticator ?? (this.#users ? new UserStore(this.#users.all) : null);
     this.#allow = buildAllowList(config.clients.allow);
     this.#rules = compileRules(config.rules);
     this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
     this.relayEngine = resolveRelayEngine(config.relay.engine);
+  }
+
+  /** The validated, frozen configuration in effect for new sessions (after a reload, the reloaded one). */
+  get config(): Config {
+    return this.#config;
+  }
+
+  /**
+   * Validates `input` with the same schema as `createServer` and, if it is
+   * valid, makes new sessions use it: request rules, users (config and users
+   * file, read again), auth methods, `clients.allow`, timeouts, limits, `udp`,
+   * `bind`, `log.level`. Sessions already accepted keep the settings they
+   * started with and are not disturbed. `listen`, `workers`, `relay.engine`
+   * and `log.format` cannot change without a restart: a change to them is
+   * listed in `needsRestart` and not applied.
+   *
+   * Synchronous and all-or-nothing: an invalid input throws ConfigError
+   * (`problems` name each key path) or UsersFileError, and the server is left
+   * exactly as it was. On success emits `reload` with the result.
+   */
+  reload(input: ConfigInput = {}): ReloadResult {
+    if (this.#state === 'closing' || this.#state === 'closed') throw new Error(`server is ${this.#state}`);
+    const old = this.#config;
+    const wanted = validateConfig(input);
+    const needsRestart = RESTART_KEYS.filter((key) => !sameValue(valueAt(old, key), valueAt(wanted, key)));
+    // What restarts would change stays; validated again as a whole, so that
+    // e.g. an old non-loopback listener with a new `auth.methods: [none]` and
+    // no `clients.allow` is refused here as it would be at startup.
+    const next = needsRestart.length === 0 ? wanted : validateConfig({
+      ...wanted,
+      listen: old.listen,
+      workers: old.workers,
+      relay: old.relay,
+      log: { ...wanted.log, format: old.log.format },
+    });
+
+    // Build everything first (this may throw: users file), then swap at once.
+    const users = this.#customAuthenticator ? null : loadUsers(next);
+    const authenticator = this.#customAuthenticator ? this.#authenticator
+      // Same users: keep the store and its cache of verified passwords. Any
+      // difference: a new store, so a changed hash never accepts the old password.
+      : users && this.#users && sameUsers(users.all, this.#users.all) ? this.#authenticator
+      : users ? new UserStore(users.all) : null;
+    // The same users file named, but its content changed on disk.
+    const usersFileChanged = users?.file !== undefined && this.#users?.file !== undefined
+      && next.auth.usersFile === old.auth.usersFile && !sameUsers(users.file, this.#users.file);
+    const rules = compileRules(next.rules);
+    const allow = buildAllowList(next.clients.allow);
+
+    const changed = changedKeys(old, next);
+    if (usersFileChanged) changed.push('auth.usersFile');
+    this.#config = next;
+    this.#users = users;
+    this.#authenticator = authenticator;
+    this.#rules = rules;
+    this.#allow = allow;
+    this.#udpSlots.limit = next.udp.maxAssociationsPerClient;
+    for (const slot of this.#listeners) slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
+    const result: ReloadResult = { changed, needsRestart };
+    this.emit('reload', result);
+    return result;
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
@@ -163,8 +252,9 @@ export class SocksServer extends EventEmitter<ServerEvents> {
     };
     const name = formatDestination({ host: info.address, port: info.port });
     server.on('error', (error) => this.emit('listener-error', { listener: name, error }));
-    const ctx = this.#sessionContext(name, listener);
-    server.on('connection', (socket) => this.#accept(socket, ctx));
+    const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener) };
+    this.#listeners.push(slot);
+    server.on('connection', (socket) => this.#accept(socket, slot.ctx));
     this.#bound.push(info);
     this.emit('listening', info);
   }
@@ -224,7 +314,8 @@ export class SocksServer extends EventEmitter<ServerEvents> {
 
 /** Counts something per client address against a limit. */
 class ClientSlots {
-  readonly limit: number;
+  /** Changed by a reload; sessions already holding slots keep them. */
+  limit: number;
   readonly #counts = new Map<string, number>();
 
   constructor(limit: number) {
@@ -245,14 +336,77 @@ class ClientSlots {
   }
 }
 
-function buildUserStore(config: Config): UserStore | null {
+/** A bound listener's settings and the context its next sessions get. */
+interface ListenerSlot {
+  readonly config: ListenerConfig;
+  ctx: SessionContext;
+}
+
+interface LoadedUsers {
+  /** Config users, then the users file's (which win). */
+  readonly all: ReadonlyMap<string, StoredSecret>;
+  /** The users file's entries alone, when one is named. */
+  readonly file?: ReadonlyMap<string, StoredSecret>;
+}
+
+/** The users `userpass` checks against (reads the users file: may throw UsersFileError); null without userpass. */
+function loadUsers(config: Config): LoadedUsers | null {
   if (!config.auth.methods.includes('userpass')) return null;
-  const users = new Map<string, StoredSecret>();
-  for (const user of config.auth.users) users.set(user.name, storedSecret(user.password));
-  if (config.auth.usersFile) {
-    for (const [name, secret] of readUsersFile(config.auth.usersFile)) users.set(name, secret);
+  const all = new Map<string, StoredSecret>();
+  for (const user of config.auth.users) all.set(user.name, storedSecret(user.password));
+  if (!config.auth.usersFile) return { all };
+  const file = readUsersFile(config.auth.usersFile);
+  for (const [name, secret] of file) all.set(name, secret);
+  return { all, file };
+}
+
+function sameUsers(a: ReadonlyMap<string, StoredSecret>, b: ReadonlyMap<string, StoredSecret>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [name, x] of a) {
+    const y = b.get(name);
+    if (!y || x.kind !== y.kind) return false;
+    if (x.kind === 'bcrypt' ? x.hash !== (y as typeof x).hash : !x.digest.equals((y as typeof x).digest)) return false;
   }
-  return new UserStore(users);
+  return true;
+}
+
+/** `config` at a dotted key path (`relay.engine`). */
+function valueAt(config: Config, path: string): unknown {
+  let value: unknown = config;
+  for (const key of path.split('.')) value = (value as Record<string, unknown> | undefined)?.[key];
+  return value;
+}
+
+/** Validated configs are plain data (JSON-like, keys in schema order). */
+function sameValue(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * The key paths that differ between two configurations: `section.key` inside
+ * object sections (`timeouts.connect`, `auth.users`), the top-level key for
+ * lists and values (`rules`, `listen`, `workers`).
+ */
+function changedKeys(old: Config, next: Config): string[] {
+  const changed: string[] = [];
+  const keys = new Set([...Object.keys(old), ...Object.keys(next)]);
+  for (const key of keys) {
+    const a = (old as Record<string, unknown>)[key];
+    const b = (next as Record<string, unknown>)[key];
+    if (sameValue(a, b)) continue;
+    if (isSection(a) && isSection(b)) {
+      for (const sub of new Set([...Object.keys(a), ...Object.keys(b)])) {
+        if (!sameValue(a[sub], b[sub])) changed.push(`${key}.${sub}`);
+      }
+    } else {
+      changed.push(key);
+    }
+  }
+  return changed;
+}
+
+function isSection(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function buildAllowList(networks: readonly string[] | undefined): BlockList | null {

@@ -1,0 +1,188 @@
+/**
+ * SIGHUP: the daemon reads its config file (and users file) again and new
+ * connections follow it, while connections already open keep working; a
+ * broken file changes nothing; with workers, every worker reloads.
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { hashPassword } from '../../src/auth/users.js';
+import { type Fixture, startEchoServer } from '../helpers/server.js';
+import { type Daemon, type LogLine, closed, echo, socksConnect, startDaemon, tempDir } from './helpers.js';
+
+/** A config file: loopback port 0, and optionally rules. */
+function config(rules = ''): string {
+  return `listen:\n  - { address: 127.0.0.1, port: 0 }\nlog: { format: json }\n${rules}`;
+}
+
+/** Rules denying `port`, allowing everything else. */
+function denyPort(port: number): string {
+  return `rules:\n  - name: no-echo\n    deny: { to: { ports: [${port}] } }\n  - name: rest\n    allow: {}\n`;
+}
+
+/** The n-th (1-based) log line with `event`, waited for. */
+function nth(daemon: Daemon, event: string, n: number, what = `${event} line #${n}`): Promise<LogLine> {
+  return daemon.waitFor(() => daemon.logs.filter((l) => l.event === event).length >= n, what)
+    .then(() => daemon.logs.filter((l) => l.event === event)[n - 1]!);
+}
+
+async function expectRefusedByRule(proxyPort: number, targetPort: number): Promise<void> {
+  await assert.rejects(socksConnect(proxyPort, targetPort), /NotAllowed/);
+}
+
+async function expectServed(proxyPort: number, targetPort: number, text: string): Promise<void> {
+  const socket = await socksConnect(proxyPort, targetPort);
+  assert.equal(await echo(socket, text), text);
+  socket.end();
+  await closed(socket);
+}
+
+describe('socksgate reload on SIGHUP', () => {
+  let target: Fixture;
+  let other: Fixture;
+  before(async () => {
+    target = await startEchoServer();
+    other = await startEchoServer();
+  });
+  after(async () => {
+    await target.close();
+    await other.close();
+  });
+
+  it('applies a new rule to new connections, keeps an open one relaying, and survives a broken file', async () => {
+    const dir = tempDir();
+    const file = dir.file('socksgate.yaml');
+    writeFileSync(file, config());
+    const { daemon, port } = await startDaemon(['--config', file]);
+    let open: Socket | undefined;
+    try {
+      open = await socksConnect(port, target.port);
+      assert.equal(await echo(open, 'before'), 'before');
+
+      writeFileSync(file, config(denyPort(target.port)));
+      daemon.signal('SIGHUP');
+      const reloaded = await nth(daemon, 'reloaded', 1);
+      assert.equal(reloaded.level, 30);
+      assert.deepEqual(reloaded.changed, ['rules']);
+      assert.deepEqual(reloaded.needsRestart, []);
+      assert.match(String(reloaded.msg), /^reloaded: /);
+
+      await expectRefusedByRule(port, target.port);
+      const denied = await daemon.waitFor((l) => l.event === 'session' && l.reason === 'not-allowed', 'the refusal line');
+      assert.equal(denied.rule, 'no-echo');
+      await expectServed(port, other.port, 'other destinations still allowed');
+      assert.equal(await echo(open, 'after'), 'after', 'the connection opened before the reload keeps relaying');
+
+      // A broken file: one error line naming the key path, and the running configuration stays.
+      writeFileSync(file, `${config(denyPort(target.port))}timeouts: { connect: soon }\n`);
+      daemon.signal('SIGHUP');
+      const failed = await nth(daemon, 'reload-failed', 1);
+      assert.equal(failed.level, 50);
+      assert.match(String(failed.msg), /^reload failed/);
+      assert.ok((failed.problems as string[]).some((p) => p.startsWith('timeouts.connect: ')), JSON.stringify(failed));
+      assert.equal(daemon.logs.filter((l) => l.event === 'reloaded').length, 1);
+      await expectRefusedByRule(port, target.port);
+      await expectServed(port, other.port, 'still serving');
+      assert.equal(await echo(open, 'still open'), 'still open');
+
+      // A YAML syntax error is reported the same way.
+      writeFileSync(file, 'listen: [\n');
+      daemon.signal('SIGHUP');
+      const unparsable = await nth(daemon, 'reload-failed', 2);
+      assert.ok((unparsable.problems as string[]).some((p) => p.startsWith(file)), JSON.stringify(unparsable));
+      await expectServed(port, other.port, 'serving after a syntax error');
+
+      open.end();
+      await closed(open);
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      const first = daemon.sessions().find((l) => l.bytesUp === 'before'.length + 'after'.length + 'still open'.length);
+      assert.ok(first, `the open connection's access line\n${daemon.describe()}`);
+      assert.equal(first.reason, 'client-closed');
+    } finally {
+      open?.destroy();
+      await daemon.kill();
+      dir.remove();
+    }
+  });
+
+  it('without --config, SIGHUP reads the --users-file again', async () => {
+    const dir = tempDir();
+    const users = dir.file('users');
+    writeFileSync(users, `alice:${await hashPassword('first', 4)}\n`);
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--users-file', users, '--log-format', 'json']);
+    try {
+      const alice = (password: string) => ({ user: 'alice', password });
+      const s = await socksConnect(port, target.port, alice('first'));
+      s.end();
+      await closed(s);
+
+      writeFileSync(users, `alice:${await hashPassword('second', 4)}\n`);
+      daemon.signal('SIGHUP');
+      const reloaded = await nth(daemon, 'reloaded', 1);
+      assert.deepEqual(reloaded.changed, ['auth.usersFile']);
+
+      await assert.rejects(socksConnect(port, target.port, alice('first')), /Authentication failed/);
+      const t = await socksConnect(port, target.port, alice('second'));
+      assert.equal(await echo(t, 'new password'), 'new password');
+      t.end();
+      await closed(t);
+
+      daemon.signal('SIGTERM');
+      assert.equal((await daemon.waitExit()).code, 0, daemon.describe());
+    } finally {
+      await daemon.kill();
+      dir.remove();
+    }
+  });
+
+  it('with --workers 2, SIGHUP to the primary reloads every worker; each logs its outcome with its pid', async () => {
+    const dir = tempDir();
+    const file = dir.file('socksgate.yaml');
+    writeFileSync(file, config());
+    const { daemon, port } = await startDaemon(['--config', file, '--workers', '2']);
+    let open: Socket | undefined;
+    try {
+      await nth(daemon, 'started', 2, 'both workers started');
+      const workerPids = new Set(daemon.logs.filter((l) => l.event === 'started').map((l) => l.pid));
+      assert.equal(workerPids.size, 2);
+      open = await socksConnect(port, target.port);
+      assert.equal(await echo(open, 'before'), 'before');
+
+      writeFileSync(file, config(denyPort(target.port)));
+      daemon.signal('SIGHUP');
+      await nth(daemon, 'reloaded', 2, 'a reloaded line from each worker');
+      const reloaded = daemon.logs.filter((l) => l.event === 'reloaded');
+      assert.deepEqual(new Set(reloaded.map((l) => l.pid)), workerPids, 'one line per worker, each with its pid');
+      for (const line of reloaded) assert.deepEqual(line.changed, ['rules']);
+      assert.equal(daemon.exitStatus, null, 'the primary survives SIGHUP');
+
+      // New connections land on either worker: every one is refused.
+      for (let i = 0; i < 6; i++) await expectRefusedByRule(port, target.port);
+      await daemon.waitFor(() => daemon.sessions().filter((l) => l.reason === 'not-allowed').length === 6, 'six refusal lines');
+      const refusedBy = new Set(daemon.sessions().filter((l) => l.reason === 'not-allowed').map((l) => l.pid));
+      assert.deepEqual(refusedBy, workerPids, 'both workers applied the rule');
+      assert.equal(await echo(open, 'after'), 'after', 'the connection opened before the reload keeps relaying');
+
+      // A broken file: each worker says so and keeps serving with what it had.
+      writeFileSync(file, `${config()}rules: nope\n`);
+      daemon.signal('SIGHUP');
+      await nth(daemon, 'reload-failed', 2, 'a reload-failed line from each worker');
+      const failed = daemon.logs.filter((l) => l.event === 'reload-failed');
+      assert.deepEqual(new Set(failed.map((l) => l.pid)), workerPids);
+      for (let i = 0; i < 4; i++) await expectRefusedByRule(port, target.port);
+      for (let i = 0; i < 4; i++) await expectServed(port, other.port, `other ${i}`);
+
+      open.end();
+      await closed(open);
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      assert.equal(daemon.logs.filter((l) => l.event === 'stopped').length, 2);
+    } finally {
+      open?.destroy();
+      await daemon.kill();
+      dir.remove();
+    }
+  });
+});
