@@ -8,8 +8,11 @@
  * await server.listen();
  * ```
  */
-export { createServer, SocksServer, ListenError } from './server/server.js';
-export type { ServerOptions, ServerDependencies } from './server/server.js';
+export { createServer, SocksServer, ListenError, RelayEngineError } from './server/server.js';
+export type { ServerOptions, ServerDependencies, ReloadResult, SocksServerEvents } from './server/server.js';
+export type { RelayEngine } from './relay/tcp.js';
+export { compileRules, DEFAULT_DENY, RuleSet } from './policy/rules.js';
+export type { RuleRequest, RuleDecision, RuleCommand } from './policy/rules.js';
 export type { CloseReason, SessionRecord, SessionOpen, ListenerInfo, ServerEvents } from './observe/events.js';
 export { createLogger, attachLogger } from './observe/log.js';
 export { SocksError, Socks5Reply, Socks4Reply, toSocksError, socks5ReplyFor } from './errors.js';
