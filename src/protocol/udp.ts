@@ -29,14 +29,40 @@ export function decodeUdpHeader(datagram: Uint8Array): UdpHeader {
   return { frag: datagram[2]!, destination: address.value, payloadOffset: 3 + address.bytesRead };
 }
 
-/** Header and payload in one buffer, ready for `send`. */
-export function encodeUdpDatagram(destination: Destination, payload: Uint8Array, frag = 0): Buffer {
-  const headerLength = 3 + encodedAddressLength(destination);
-  const buf = Buffer.allocUnsafe(headerLength + payload.length);
+/**
+ * The header alone, to send ahead of a payload without copying it:
+ * `socket.send([header, payload])`. A relay encodes it once per peer.
+ */
+export function encodeUdpHeader(destination: Destination, frag = 0): Buffer {
+  const buf = Buffer.allocUnsafe(3 + encodedAddressLength(destination));
   buf[0] = 0;
   buf[1] = 0;
   buf[2] = frag;
   writeAddress(buf, 3, destination);
-  buf.set(payload, headerLength);
   return buf;
+}
+
+/** Header and payload in one buffer, ready for `send`. */
+export function encodeUdpDatagram(destination: Destination, payload: Uint8Array, frag = 0): Buffer {
+  const header = encodeUdpHeader(destination, frag);
+  const buf = Buffer.allocUnsafe(header.length + payload.length);
+  buf.set(header, 0);
+  buf.set(payload, header.length);
+  return buf;
+}
+
+/**
+ * Whether `datagram` starts with exactly the bytes of `header`, a header that
+ * was decoded before: then it names the same destination with the same FRAG
+ * and its payload starts at `header.length`, with no decoding (no strings, no
+ * objects). Byte equality only: an empty `header` matches anything, so pass
+ * only headers that decoded.
+ */
+export function startsWithUdpHeader(datagram: Uint8Array, header: Uint8Array): boolean {
+  const length = header.length;
+  if (datagram.length < length) return false;
+  for (let i = 0; i < length; i++) {
+    if (datagram[i] !== header[i]) return false;
+  }
+  return true;
 }

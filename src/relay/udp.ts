@@ -9,12 +9,20 @@
  * Destination → client: the payload is wrapped in a header naming the sender.
  *
  * Everything is bounded: datagram size, datagrams waiting on a name lookup,
- * names cached; drops are counted, never queued without limit.
+ * names cached, reply headers cached; drops are counted, never queued without
+ * limit.
+ *
+ * Per datagram, in the steady state, the relay itself allocates only the
+ * payload view it hands to dgram: a datagram to the same destination as the
+ * one before is recognised by its header bytes (no decoding, no strings), a
+ * reply's header is encoded once per sender and sent ahead of the payload as a
+ * second buffer (no copy), and addresses skip dgram's DNS lookup (see
+ * `passLiteral`).
  */
-import { type Socket as UdpSocket, createSocket } from 'node:dgram';
+import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
-import { decodeUdpHeader, encodeUdpDatagram } from '../protocol/udp.js';
+import { decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
 
 export interface UdpLimits {
@@ -53,6 +61,28 @@ export interface UdpAssociationOptions {
   readonly onIdle: () => void;
 }
 
+/** Senders whose reply header is kept per association; past this the cache starts over. */
+const REPLY_HEADERS = 256;
+
+/** Where the client's last datagram went, keyed by its exact header bytes. */
+interface Target {
+  readonly header: Buffer;
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+}
+
+/**
+ * dgram passes every send's address (and the bind address) through `lookup`:
+ * `dns.lookup` by default, which validates it and defers the send by a
+ * process.nextTick, per datagram. The relay only ever sends to and binds on IP
+ * literals (decoded from headers, from the resolver, the client's own), so it
+ * hands the address straight back. dgram ignores the family.
+ */
+function passLiteral(address: string, _options: unknown, callback: (err: null, address: string, family: number) => void): void {
+  callback(null, address, address.includes(':') ? 6 : 4);
+}
+
 export class UdpAssociation {
   readonly counters: UdpCounters = {
     datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
@@ -64,6 +94,8 @@ export class UdpAssociation {
   readonly #names = new Map<string, string>();
   readonly #pending = new Map<string, Buffer[]>();
   #pendingCount = 0;
+  #lastTarget: Target | null = null;
+  readonly #replyHeaders = new ReplyHeaders(REPLY_HEADERS);
   #clientPort: number | null;
   /** Largest UDP payload the client-facing socket can send (IPv4 65507, IPv6 65527). */
   readonly #maxToClient: number;
@@ -76,7 +108,7 @@ export class UdpAssociation {
     this.#clientSide = clientSide;
     this.#clientPort = options.clientPort;
     this.#maxToClient = isIP(options.bindAddress) === 6 ? 65527 : 65507;
-    clientSide.on('message', (msg, from) => this.#fromClient(msg, from.address, from.port));
+    clientSide.on('message', (msg: Buffer, from: RemoteInfo) => this.#fromClient(msg, from.address, from.port));
     clientSide.on('error', () => {}); // ICMP errors and the like: a datagram is lost, the association lives on
     this.#touch();
     this.#armIdle();
@@ -85,10 +117,12 @@ export class UdpAssociation {
   /** Binds the client-facing socket; the reply announces `address`. */
   static async open(options: UdpAssociationOptions): Promise<UdpAssociation> {
     const family = isIP(options.bindAddress) === 6 ? 'udp6' : 'udp4';
-    const socket = createSocket({ type: family, recvBufferSize: 1 << 20 });
+    const socket = createSocket({ type: family, recvBufferSize: 1 << 20, lookup: passLiteral });
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
-      socket.bind(0, options.bindAddress, () => {
+      // Exclusive: in a cluster worker (--workers) a shared bind would hand
+      // every worker's first association the same socket.
+      socket.bind({ port: 0, address: options.bindAddress, exclusive: true }, () => {
         socket.off('error', reject);
         resolve();
       });
@@ -115,7 +149,7 @@ export class UdpAssociation {
 
   #fromClient(msg: Buffer, address: string, port: number): void {
     if (this.#closed) return;
-    if ((unmapIPv4(address) ?? address) !== this.#options.clientAddress || (this.#clientPort !== null && port !== this.#clientPort)) {
+    if (!this.#isClient(address, port)) {
       this.counters.droppedForeign++;
       return;
     }
@@ -123,6 +157,24 @@ export class UdpAssociation {
       this.counters.droppedInvalid++;
       return;
     }
+    const last = this.#lastTarget;
+    if (last !== null && startsWithUdpHeader(msg, last.header)) {
+      this.#touch();
+      this.#sendOut(last.address, last.port, last.family, msg.subarray(last.header.length));
+      return;
+    }
+    this.#decodeThenSend(msg, port);
+  }
+
+  /** The client's address (string equality first: the common case needs no unmapping), and its port once known. */
+  #isClient(address: string, port: number): boolean {
+    if (this.#clientPort !== null && port !== this.#clientPort) return false;
+    const client = this.#options.clientAddress;
+    return address === client || unmapIPv4(address) === client;
+  }
+
+  /** A datagram whose header differs from the last one's: decode it, and remember it when it resolves at once. */
+  #decodeThenSend(msg: Buffer, port: number): void {
     let header;
     try {
       header = decodeUdpHeader(msg);
@@ -138,11 +190,16 @@ export class UdpAssociation {
     this.#touch();
     const payload = msg.subarray(header.payloadOffset);
     const target = header.destination;
-    if (target.kind !== 'domain') return this.#sendOut(target.host, target.port, payload);
-    const name = target.host.toLowerCase();
-    const known = this.#names.get(name);
-    if (known) return this.#sendOut(known, target.port, payload);
-    this.#resolveThenSend(name, target.port, payload);
+    let address: string | undefined = target.host;
+    if (target.kind === 'domain') {
+      const name = target.host.toLowerCase();
+      address = this.#names.get(name);
+      if (address === undefined) return this.#resolveThenSend(name, target.port, payload);
+    }
+    const family = isIP(address) === 6 ? 6 : 4;
+    // A copy: a view would keep the whole received datagram alive.
+    this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };
+    this.#sendOut(address, target.port, family, payload);
   }
 
   #resolveThenSend(name: string, port: number, payload: Buffer): void {
@@ -160,9 +217,11 @@ export class UdpAssociation {
     this.#pending.set(key, [payload]);
     this.#options.resolver.resolve(name).then(
       (addresses) => {
+        // Only an IP literal can be sent to (see passLiteral).
         const first = addresses[0]?.address;
-        if (first && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, first);
-        this.#flushPending(key, first, port);
+        const usable = first !== undefined && isIP(first) !== 0 ? first : undefined;
+        if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
+        this.#flushPending(key, usable, port);
       },
       () => this.#flushPending(key, undefined, port),
     );
@@ -173,14 +232,14 @@ export class UdpAssociation {
     this.#pending.delete(key);
     this.#pendingCount -= queued.length;
     if (this.#closed) return;
+    const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
     for (const payload of queued) {
-      if (address) this.#sendOut(address, port, payload);
+      if (address) this.#sendOut(address, port, family, payload);
       else this.counters.droppedInvalid++;
     }
   }
 
-  #sendOut(address: string, port: number, payload: Buffer): void {
-    const family = isIP(address) === 6 ? 6 : 4;
+  #sendOut(address: string, port: number, family: 4 | 6, payload: Buffer): void {
     this.counters.datagramsUp++;
     this.counters.bytesUp += payload.length;
     this.#outboundSocket(family).send(payload, port, address);
@@ -189,26 +248,25 @@ export class UdpAssociation {
   #outboundSocket(family: 4 | 6): UdpSocket {
     const existing = this.#outbound[family];
     if (existing) return existing;
-    const socket = createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6 });
-    socket.on('message', (msg, from) => this.#fromDestination(msg, from.address, from.port));
+    const socket = createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6, lookup: passLiteral });
+    socket.on('message', (msg: Buffer, from: RemoteInfo) => this.#fromDestination(msg, from.address, from.port));
     socket.on('error', () => {});
-    socket.bind(0);
+    socket.bind({ port: 0, exclusive: true }); // exclusive: see open()
     this.#outbound[family] = socket;
     return socket;
   }
 
   #fromDestination(msg: Buffer, address: string, port: number): void {
     if (this.#closed || this.#clientPort === null) return;
-    const sender = destination(unmapIPv4(address) ?? address, port);
-    const datagram = encodeUdpDatagram(sender, msg);
-    if (datagram.length > this.#maxToClient) {
+    const header = this.#replyHeaders.get(address, port);
+    if (header.length + msg.length > this.#maxToClient) {
       this.counters.droppedInvalid++; // the header makes it too large for one datagram
       return;
     }
     this.counters.datagramsDown++;
     this.counters.bytesDown += msg.length;
     this.#touch();
-    this.#clientSide.send(datagram, this.#clientPort, this.#options.clientAddress);
+    this.#clientSide.send([header, msg], this.#clientPort, this.#options.clientAddress);
   }
 
   #touch(): void {
@@ -223,5 +281,49 @@ export class UdpAssociation {
       if (Date.now() - this.#lastActivity >= this.#options.idleMs) this.#options.onIdle();
       else this.#armIdle();
     }, Math.max(remaining, 1));
+  }
+}
+
+/**
+ * Reply headers by sender address, then port, as dgram reports them: replies
+ * mostly come from the few peers the client talks to, so each header is
+ * encoded once and two map lookups replace the encoding. Bounded: when full,
+ * it starts over (a header is cheap to encode again; a sender churn must not
+ * grow memory). Exported for its tests only.
+ */
+export class ReplyHeaders {
+  readonly #byAddress = new Map<string, Map<number, Buffer>>();
+  readonly #limit: number;
+  #size = 0;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  /** Senders cached. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The header naming address:port (an IPv4-mapped address as IPv4); the same Buffer while cached, never to be written. */
+  get(address: string, port: number): Buffer {
+    const ports = this.#byAddress.get(address);
+    return ports?.get(port) ?? this.#add(ports, address, port);
+  }
+
+  #add(ports: Map<number, Buffer> | undefined, address: string, port: number): Buffer {
+    const header = encodeUdpHeader(destination(unmapIPv4(address) ?? address, port));
+    if (this.#size >= this.#limit) {
+      this.#byAddress.clear();
+      this.#size = 0;
+      ports = undefined;
+    }
+    if (ports === undefined) {
+      ports = new Map();
+      this.#byAddress.set(address, ports);
+    }
+    ports.set(port, header);
+    this.#size++;
+    return header;
   }
 }

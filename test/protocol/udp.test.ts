@@ -1,7 +1,14 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { type Destination, type UdpHeader, decodeUdpHeader, encodeUdpDatagram } from '../../src/protocol/index.js';
+import {
+  type Destination,
+  type UdpHeader,
+  decodeUdpHeader,
+  encodeUdpDatagram,
+  encodeUdpHeader,
+  startsWithUdpHeader,
+} from '../../src/protocol/index.js';
 import { type BadVector, arbDestination, ascii, assertSocksError, assertThrowsOnlySocksError, badVectors, hex } from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
@@ -98,6 +105,26 @@ describe('SOCKS5 UDP header: valid vectors', () => {
         assert.deepEqual(encodeUdpDatagram(v.destination, new Uint8Array(0), v.frag), header);
       });
 
+      it('encodeUdpHeader encodes the header alone, to the exact bytes', () => {
+        assert.deepEqual(encodeUdpHeader(v.destination, v.frag), header);
+      });
+
+      it('startsWithUdpHeader: the header starts its datagrams, and itself (an empty payload)', () => {
+        assert.equal(startsWithUdpHeader(Buffer.concat([header, PAYLOAD]), header), true);
+        assert.equal(startsWithUdpHeader(header, header), true);
+        const backing = Buffer.concat([hex('ff ff ff'), header, PAYLOAD]);
+        assert.equal(startsWithUdpHeader(new Uint8Array(backing.buffer, backing.byteOffset + 3, header.length + PAYLOAD.length), header), true);
+      });
+
+      it('startsWithUdpHeader: no strict prefix of the header, and no header with one byte changed, matches', () => {
+        for (let n = 0; n < header.length; n++) assert.equal(startsWithUdpHeader(header.subarray(0, n), header), false, `prefix of ${n}`);
+        for (let i = 0; i < header.length; i++) {
+          const changed = Buffer.concat([header, PAYLOAD]);
+          changed[i] = changed[i]! ^ 0x01;
+          assert.equal(startsWithUdpHeader(changed, header), false, `byte ${i} changed`);
+        }
+      });
+
       it('every strict prefix of the header is ERR_MALFORMED, never NEED_MORE', () => {
         for (let n = 0; n < header.length; n++) {
           assertSocksError(() => decodeUdpHeader(header.subarray(0, n)), 'ERR_MALFORMED');
@@ -122,6 +149,26 @@ describe('SOCKS5 UDP header: valid vectors', () => {
   it('encodeUdpDatagram refuses a domain name over 255 bytes', () => {
     assertSocksError(() => encodeUdpDatagram({ kind: 'domain', host: 'a'.repeat(256), port: 53 }, PAYLOAD), 'ERR_TOO_LONG');
   });
+
+  it('encodeUdpHeader defaults FRAG to 0', () => {
+    assert.deepEqual(encodeUdpHeader({ kind: 'ipv4', host: '1.2.3.4', port: 53 }), hex('0000 00 01 01020304 0035'));
+  });
+
+  it('encodeUdpHeader refuses an empty domain name and one over 255 bytes', () => {
+    assertSocksError(() => encodeUdpHeader({ kind: 'domain', host: '', port: 53 }), 'ERR_TOO_LONG');
+    assertSocksError(() => encodeUdpHeader({ kind: 'domain', host: 'a'.repeat(256), port: 53 }), 'ERR_TOO_LONG');
+  });
+
+  it('encodeUdpHeader refuses a malformed IPv4 address', () => {
+    assertSocksError(() => encodeUdpHeader({ kind: 'ipv4', host: '1.2.3', port: 53 }), 'ERR_MALFORMED');
+  });
+
+  it('startsWithUdpHeader compares bytes only: the same address under another ATYP or port does not match', () => {
+    const v4 = hex('0000 00 01 7f000001 0035');
+    assert.equal(startsWithUdpHeader(hex('0000 00 01 7f000001 0036 aa'), v4), false, 'other port');
+    assert.equal(startsWithUdpHeader(hex('0000 00 04 00000000000000000000ffff7f000001 0035'), v4), false, 'IPv4-mapped IPv6');
+    assert.equal(startsWithUdpHeader(hex('0000 01 01 7f000001 0035 aa'), v4), false, 'FRAG 1');
+  });
 });
 
 describe('SOCKS5 UDP header: malformed vectors', () => {
@@ -138,6 +185,38 @@ describe('SOCKS5 UDP header: properties', () => {
         assert.deepEqual(header.destination, destination);
         assert.deepEqual(datagram.subarray(header.payloadOffset), Buffer.from(payload));
       }),
+    );
+  });
+
+  it('encodeUdpHeader + payload is encodeUdpDatagram, and the header starts the datagram', () => {
+    fc.assert(
+      fc.property(arbDestination, fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 0, max: 255 }), (destination, payload, frag) => {
+        const header = encodeUdpHeader(destination, frag);
+        const datagram = encodeUdpDatagram(destination, payload, frag);
+        assert.deepEqual(Buffer.concat([header, payload]), datagram);
+        assert.equal(startsWithUdpHeader(datagram, header), true);
+        assert.equal(decodeUdpHeader(datagram).payloadOffset, header.length);
+      }),
+    );
+  });
+
+  it('startsWithUdpHeader matches exactly when the bytes up to the header length are equal', () => {
+    // Datagrams built from the header (whole, cut, or with one byte flipped), so that matches are common.
+    const arb = fc.tuple(
+      fc.uint8Array({ minLength: 1, maxLength: 24 }),
+      fc.uint8Array({ maxLength: 8 }),
+      fc.constantFrom('whole', 'cut', 'flip'),
+      fc.nat(40),
+    );
+    fc.assert(
+      fc.property(arb, ([header, rest, how, at]) => {
+        let datagram = Buffer.concat([header, rest]);
+        if (how === 'cut') datagram = datagram.subarray(0, at % (datagram.length + 1));
+        if (how === 'flip') datagram[at % datagram.length] = datagram[at % datagram.length]! ^ 0xff;
+        const expected = datagram.length >= header.length && Buffer.compare(datagram.subarray(0, header.length), header) === 0;
+        assert.equal(startsWithUdpHeader(datagram, header), expected);
+      }),
+      { numRuns: 1000 },
     );
   });
 

@@ -21,6 +21,8 @@ import { after, before, describe, test } from 'node:test';
 import ipaddr from 'ipaddr.js';
 import { SocksClient } from 'socks';
 import type { Resolver, ServerOptions, SessionRecord } from '../../src/index.js';
+import { ReplyHeaders } from '../../src/relay/udp.js';
+import { startDaemon } from '../cli/helpers.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { type RunningProxy, startProxy } from '../helpers/server.js';
 import { UdpEcho, bindUdp } from '../helpers/udp.js';
@@ -107,7 +109,7 @@ interface Association {
 }
 
 /** UDP ASSOCIATE with the npm client: `destination` is where the client will send from. */
-async function associate(proxy: RunningProxy, from: { host: string; port: number }, proxyHost = '127.0.0.1'): Promise<Association> {
+async function associate(proxy: Pick<RunningProxy, 'port'>, from: { host: string; port: number }, proxyHost = '127.0.0.1'): Promise<Association> {
   const client = new SocksClient({
     proxy: { host: proxyHost, port: proxy.port, type: 5 },
     command: 'associate',
@@ -457,6 +459,63 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     }
   });
 
+  // The relay remembers the last header it decoded and compares the next
+  // datagram's bytes against it; these datagrams share most of those bytes.
+  test('after a datagram to the echo, a fragment and a datagram cut short to the same place are still dropped; a header alone is relayed empty', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = suite.echo4.received.length;
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'first');
+      const fragment = frame('127.0.0.1', suite.echo4.port, 'fragment');
+      fragment[2] = 1;
+      await peer.send(fragment, assoc.relay.port, assoc.relay.host);
+      const header = frame('127.0.0.1', suite.echo4.port, '');
+      await peer.send(header.subarray(0, header.length - 1), assoc.relay.port, assoc.relay.host); // the port cut short
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, ''); // the header and nothing else
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'last');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['first', '', 'last']);
+      assert.equal(peer.queued, 0);
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsDropped, 2);
+      assert.equal(record.datagramsUp, 3);
+      assert.equal(record.datagramsDown, 3);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('three destinations interleaved in one association: each datagram reaches its own, each reply names its sender', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    const other = await UdpEcho.start('127.0.0.1');
+    try {
+      const next = recordsFrom(suite.proxy);
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen4 = suite.echo4.received.length;
+      const seen6 = suite.echo6.received.length;
+      for (const round of [1, 2, 3]) {
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, `four ${round}`);
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', other.port, `other ${round}`);
+        await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, `six ${round}`);
+      }
+      assert.deepEqual(suite.echo4.payloads().slice(seen4), ['four 1', 'four 2', 'four 3']);
+      assert.deepEqual(other.payloads(), ['other 1', 'other 2', 'other 3']);
+      assert.deepEqual(suite.echo6.payloads().slice(seen6), ['six 1', 'six 2', 'six 3']);
+      const fromPorts = new Set([...suite.echo4.received.slice(seen4), ...other.received].map((r) => r.from.port));
+      assert.equal(fromPorts.size, 1, 'one outbound IPv4 socket for both IPv4 destinations');
+      assoc.control.end();
+      const record = await next((r) => r.clientPort === assoc.controlPort);
+      assert.equal(record.datagramsUp, 9);
+      assert.equal(record.datagramsDown, 9);
+      assert.equal(record.datagramsDropped, 0);
+    } finally {
+      await peer.close();
+      await other.close();
+    }
+  });
+
   test('a reply too large to wrap in a header (65507 bytes + 10) cannot reach the client and is not counted as relayed', opts, async () => {
     // Answers every datagram with a maximum-size IPv4 UDP payload, then a small one.
     const big = await UdpPeer.open('127.0.0.1');
@@ -686,6 +745,69 @@ describe('UDP ASSOCIATE limit (udp.maxAssociationsPerClient: 2)', opts, () => {
     } finally {
       for (const a of open) a.control.destroy();
       for (const p of peers) await p.close();
+    }
+  });
+});
+
+describe('UDP ASSOCIATE with --workers 2', opts, () => {
+  // Node's cluster shares a worker's bind(0) with the other workers' unless it
+  // is exclusive: two associations would then read from one socket.
+  test('associations in different workers each get their own relay socket and relay every datagram', opts, async () => {
+    const echo = await UdpEcho.start('127.0.0.1');
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    const peers: UdpPeer[] = [];
+    const open: Association[] = [];
+    try {
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length === 2, 'both workers started');
+      for (let i = 0; i < 4; i++) {
+        const peer = await UdpPeer.open('127.0.0.1');
+        peers.push(peer);
+        open.push(await associate({ port }, { host: '127.0.0.1', port: peer.port }));
+      }
+      assert.equal(new Set(open.map((a) => a.relay.port)).size, 4, 'four relay sockets');
+      for (const round of [1, 2, 3]) {
+        for (const [i, assoc] of open.entries()) await assertEchoed(peers[i]!, assoc.relay, '127.0.0.1', echo.port, `association ${i}, ${round}`);
+      }
+      for (const assoc of open) assoc.control.end();
+      await daemon.waitFor(() => daemon.sessions().length === 4, 'four access lines');
+      assert.equal(new Set(daemon.sessions().map((l) => l.pid)).size, 2, 'both workers served associations');
+    } finally {
+      for (const assoc of open) assoc.control.destroy();
+      for (const peer of peers) await peer.close();
+      await daemon.kill();
+      await echo.close();
+    }
+  });
+});
+
+describe('UDP reply headers cached per sender (ReplyHeaders)', () => {
+  test('each header names its sender exactly; the same sender gets the same Buffer back', () => {
+    const cache = new ReplyHeaders(8);
+    const first = cache.get('127.0.0.1', 53);
+    assert.deepEqual(first, hex('0000 00 01 7f000001 0035'));
+    assert.equal(cache.get('127.0.0.1', 53), first, 'cached, not encoded again');
+    assert.deepEqual(cache.get('127.0.0.1', 54), hex('0000 00 01 7f000001 0036'));
+    assert.deepEqual(cache.get('10.0.0.1', 53), hex('0000 00 01 0a000001 0035'));
+    assert.deepEqual(cache.get('::1', 65535), hex('0000 00 04 00000000000000000000000000000001 ffff'));
+    assert.deepEqual(cache.get('::ffff:10.0.0.1', 80), hex('0000 00 01 0a000001 0050'), 'an IPv4-mapped sender is named as IPv4');
+    assert.equal(cache.size, 5);
+  });
+
+  test('bounded: once full it starts over, and every header stays exact', () => {
+    const cache = new ReplyHeaders(3);
+    const first = cache.get('10.0.0.1', 1);
+    cache.get('10.0.0.1', 2);
+    cache.get('10.0.0.2', 1);
+    assert.equal(cache.size, 3);
+    assert.deepEqual(cache.get('10.0.0.3', 7), hex('0000 00 01 0a000003 0007'));
+    assert.equal(cache.size, 1, 'the fourth sender started it over');
+    const again = cache.get('10.0.0.1', 1);
+    assert.notEqual(again, first, 'encoded anew');
+    assert.deepEqual(again, first);
+    for (let port = 1; port <= 1000; port++) {
+      const header = cache.get('10.0.0.9', port);
+      assert.equal(header.readUInt16BE(8), port);
+      assert.ok(cache.size <= 3);
     }
   });
 });
