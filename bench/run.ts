@@ -44,6 +44,8 @@ const USAGE = `Usage: node dist/bench/run.js [options]
   --servers LIST     socksgate, socksgate-stream, socksgate-prod, dante, microsocks, none (default: all)
   --out FILE         the Markdown report (default bench/RESULTS.md)
   --json FILE        also write every run's raw record as JSON
+  --render FILE      run nothing: write the report again from a --json FILE of an earlier
+                     run (with the current bench/ANALYSIS.md), e.g. after editing the analysis
   --no-pin           do not pin the server to CPU 1 and the generator/target to the other CPUs
   -h, --help         this text
 `;
@@ -227,6 +229,7 @@ async function main(): Promise<number> {
         servers: { type: 'string' },
         out: { type: 'string' },
         json: { type: 'string' },
+        render: { type: 'string' },
         'no-pin': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -238,6 +241,13 @@ async function main(): Promise<number> {
   }
   if (values.help) {
     process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.render) {
+    const results = JSON.parse(readFileSync(resolve(values.render), 'utf8')) as Results;
+    const outPath = resolve(values.out ?? join(ROOT, 'bench', 'RESULTS.md'));
+    writeReport(outPath, results);
+    log(`bench: wrote ${outPath} from ${values.render} (a run of ${Math.round(results.elapsedSeconds)} s)`);
     return 0;
   }
   const base = values.quick ? QUICK : FULL;
@@ -399,10 +409,7 @@ async function main(): Promise<number> {
     failures,
     elapsedSeconds: (Date.now() - started) / 1000,
   };
-  // The hand-written interpretation (targets not reached, and why) follows the numbers.
-  const analysisPath = fileURLToPath(new URL('../../bench/ANALYSIS.md', import.meta.url));
-  const analysis = existsSync(analysisPath) ? `\n${readFileSync(analysisPath, 'utf8')}` : '';
-  writeFileSync(outPath, renderMarkdown(results) + '\n' + analysis);
+  writeReport(outPath, results);
   log(`bench: wrote ${outPath} (${Math.round(results.elapsedSeconds)} s)`);
   if (values.json) {
     writeFileSync(resolve(values.json), JSON.stringify(results, null, 2) + '\n');
@@ -413,6 +420,13 @@ async function main(): Promise<number> {
     return 1;
   }
   return 0;
+}
+
+/** The report: the run's numbers, then the hand-written interpretation (targets not reached, and why). */
+function writeReport(outPath: string, results: Results): void {
+  const analysisPath = join(ROOT, 'bench', 'ANALYSIS.md');
+  const analysis = existsSync(analysisPath) ? `\n${readFileSync(analysisPath, 'utf8')}` : '';
+  writeFileSync(outPath, renderMarkdown(results) + '\n' + analysis);
 }
 
 function describe(r: RunRecord): string {
