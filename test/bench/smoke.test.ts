@@ -95,6 +95,12 @@ describe('benchmark harness, quick mode', () => {
       assert.match(report, /stream ÷ splice/);
       assert.match(report, /Backpressure bound/);
       assert.match(report, /\| production rules \| /, 'the report says whether the production configuration carried rules');
+
+      // --render writes the same report again from the saved run, running nothing.
+      const again = join(dir, 'again.md');
+      const rendered = await runDriver(['--render', json, '--out', again]);
+      assert.equal(rendered.code, 0, rendered.stderr);
+      assert.equal(readFileSync(again, 'utf8'), report);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
