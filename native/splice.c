@@ -204,6 +204,7 @@ static int pump(pair_t *p, int side) {
   flow_t *f = &p->flow[side];
   int from = p->fd[side], to = p->fd[1 - side];
   int moved = 0;
+  int drained = 0; /* the source socket had nothing more: don't ask again until its next event */
   for (;;) {
     int progress = 0;
     if (f->in_pipe > 0) {
@@ -222,12 +223,14 @@ static int pump(pair_t *p, int side) {
         return -1;
       }
     }
-    if (!f->eof) {
+    if (!f->eof && !drained) {
       if (f->pipe_r < 0 && acquire_pipe(f) < 0) {
         finish(p, END_ERROR, -1, errno);
         return -1;
       }
-      /* A full pipe also answers EAGAIN; draining it above makes room next turn. */
+      /* A full pipe also answers EAGAIN; draining it above makes room next turn.
+       * From an empty pipe, EAGAIN can only mean an empty socket. */
+      int pipe_was_empty = f->in_pipe == 0;
       ssize_t n = splice(from, NULL, f->pipe_w, NULL, SPLICE_REQUEST, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         f->in_pipe += (size_t)n;
@@ -236,7 +239,9 @@ static int pump(pair_t *p, int side) {
         f->eof = 1;
         if (p->first_eof < 0) p->first_eof = side;
         progress = 1;
-      } else if (errno != EAGAIN && errno != EINTR) {
+      } else if (errno == EAGAIN) {
+        drained = pipe_was_empty;
+      } else if (errno != EINTR) {
         finish(p, END_ERROR, side, errno);
         return -1;
       }
