@@ -23,13 +23,23 @@ export function createLogger(options: LoggerOptions): Logger {
     return pino(base, pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
   }
   if (options.destination) return pino(base, options.destination);
-  // Lines are gathered into 4 KiB writes (one syscall per line was ~8% of a
-  // handshake-heavy profile) and flushed at least once a second, so a quiet
-  // proxy's last lines never wait long.
-  const stream = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const stream = pino.destination({ dest: 1, ...STDOUT_BATCHING });
   setInterval(() => stream.flush(), 1000).unref();
   return pino(base, stream);
 }
+
+/** POSIX: a write of at most this many bytes to a pipe is never interleaved with another's. */
+const PIPE_BUF = 4096;
+
+/**
+ * How stdout lines are batched. Lines are gathered into writes of 2–4 KiB
+ * (one syscall per line was ~8% of a handshake-heavy profile) and flushed at
+ * least once a second, so a quiet proxy's last lines never wait long. Each
+ * write holds whole lines and at most PIPE_BUF bytes: workers share one
+ * stdout, and a larger write to a pipe could be interleaved with another
+ * worker's, splitting lines.
+ */
+export const STDOUT_BATCHING = { sync: false, minLength: PIPE_BUF / 2, maxWrite: PIPE_BUF } as const;
 
 /** Reasons that mean the client misbehaved or was refused: logged at warn. */
 const WARN_REASONS: ReadonlySet<CloseReason> = new Set([
