@@ -21,6 +21,7 @@
  */
 import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
 import { decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
@@ -81,6 +82,20 @@ interface Target {
  */
 function passLiteral(address: string, _options: unknown, callback: (err: null, address: string, family: number) => void): void {
   callback(null, address, address.includes(':') ? 6 : 4);
+}
+
+/**
+ * An IPv4-mapped address (`::ffff:127.0.0.1`, or `::ffff:7f00:1` as decoded
+ * from a header's 16 bytes) as plain IPv4: the IPv6 outbound socket is
+ * v6-only, so a mapped destination must go out over IPv4.
+ */
+function sendable(address: string): string {
+  if (!address.toLowerCase().startsWith('::ffff:')) return address;
+  const dotted = unmapIPv4(address);
+  if (dotted !== undefined) return dotted;
+  if (isIP(address) !== 6) return address;
+  const parsed = ipaddr.IPv6.parse(address);
+  return parsed.isIPv4MappedAddress() ? parsed.toIPv4Address().toString() : address;
 }
 
 export class UdpAssociation {
@@ -190,7 +205,7 @@ export class UdpAssociation {
     this.#touch();
     const payload = msg.subarray(header.payloadOffset);
     const target = header.destination;
-    let address: string | undefined = target.host;
+    let address: string | undefined = target.kind === 'ipv6' ? sendable(target.host) : target.host;
     if (target.kind === 'domain') {
       const name = target.host.toLowerCase();
       address = this.#names.get(name);
@@ -218,7 +233,8 @@ export class UdpAssociation {
     this.#options.resolver.resolve(name).then(
       (addresses) => {
         // Only an IP literal can be sent to (see passLiteral).
-        const first = addresses[0]?.address;
+        const found = addresses[0]?.address;
+        const first = found === undefined ? undefined : sendable(found);
         const usable = first !== undefined && isIP(first) !== 0 ? first : undefined;
         if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
         this.#flushPending(key, usable, port);

@@ -349,6 +349,20 @@ describe('UDP ASSOCIATE through an IPv4 listener', opts, () => {
     }
   });
 
+  test('an IPv4-mapped IPv6 destination (::ffff:127.0.0.1, ATYP 4) reaches the IPv4 echo; the reply names 127.0.0.1', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      const seen = suite.echo4.received.length;
+      const reply = await roundTrip(peer, assoc.relay, '::ffff:127.0.0.1', suite.echo4.port, 'mapped');
+      assertReply(reply, assoc.relay, { host: '127.0.0.1', port: suite.echo4.port }, 'mapped');
+      assert.deepEqual(suite.echo4.payloads().slice(seen), ['mapped']);
+      assoc.control.end();
+    } finally {
+      await peer.close();
+    }
+  });
+
   test('by name: "localhost" reaches an echo bound on 127.0.0.1 and ::1 at one port; the header names the address that answered', opts, async () => {
     const both = await UdpEcho.start('127.0.0.1', '::1');
     const peer = await UdpPeer.open('127.0.0.1');
