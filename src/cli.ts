@@ -170,7 +170,9 @@ async function run(server: SocksServer, config: Config, flags: Flags): Promise<n
     throw err;
   }
   const relay = server.relayEngine;
-  log.info({ event: 'started', version: version(), pid: process.pid, worker: isWorker(), relay }, `socksgate ${version()} started (${relay} relay)`);
+  // A worker's logger already carries its pid.
+  const pid = isWorker() ? {} : { pid: process.pid };
+  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay }, `socksgate ${version()} started (${relay} relay)`);
   log.flush();
   started = true;
   if (requested) {

@@ -50,7 +50,8 @@ export function readConfigFile(path: string): unknown {
   try {
     return parseYaml(text) ?? {};
   } catch (err) {
-    throw new ConfigError([`${path}: ${(err as Error).message.split('\n')[0]}`]);
+    // yaml's first line ends with ':' before a source excerpt; the position is enough.
+    throw new ConfigError([`${path}: ${(err as Error).message.split('\n')[0]!.replace(/:$/, '')}`]);
   }
 }
 

@@ -68,6 +68,15 @@ describe('socksgate --check', () => {
     assert.match(problems[0]!, /65535/);
   });
 
+  it('reports a YAML syntax error on one line naming the file and position, exit 2', async () => {
+    const file = write('syntax.yaml', 'listen: [\n  a: b\n');
+    const r = await runCli(['--check', '-c', file]);
+    assert.equal(r.code, 2);
+    const problems = lines(r.stderr);
+    assert.equal(problems.length, 1, r.stderr);
+    assert.match(problems[0]!, /syntax\.yaml: .*at line \d+, column \d+$/);
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);

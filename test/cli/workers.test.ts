@@ -17,6 +17,9 @@ describe('socksgate --workers 2', () => {
       assert.equal(workerPids.size, 2, 'two worker processes');
       assert.ok(started.every((l) => l.worker === true));
       assert.ok(!workerPids.has(daemon.child.pid), 'the primary only supervises');
+      for (const raw of daemon.stdoutLines.filter((l) => l.includes('"event":"started"'))) {
+        assert.equal(raw.split('"pid":').length, 2, `one pid field: ${raw}`);
+      }
 
       for (let i = 0; i < 6; i++) {
         const socket = await socksConnect(port, target.port);
