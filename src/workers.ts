@@ -3,7 +3,10 @@
  * cluster shares each listening socket among them) and only supervises. A
  * signal to the primary is passed to every worker, each drains its own
  * sessions, and the primary exits when all have: 0 if every worker stopped
- * cleanly. A worker that dies unexpectedly is replaced, at most once a second.
+ * cleanly. A worker that dies unexpectedly is replaced, at most once a second;
+ * a replacement that exits before it listens (say the config file broke since
+ * the start) is retried after 2, 4, 8… seconds, up to a minute, while the
+ * other workers keep serving.
  * SIGHUP to the primary is passed to every worker, each reloads its own
  * configuration (and logs the outcome); the primary itself reads nothing.
  */
@@ -21,6 +24,8 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     let failed = false;
     let listening = 0;
     let lastRespawn = 0;
+    /** Replacements in a row that exited before listening: the backoff's exponent. */
+    let failedStarts = 0;
     const live = new Set<Worker>();
     /** Workers that are listening: their SIGHUP handler is installed (the default action would kill them). */
     const ready = new Set<Worker>();
@@ -30,7 +35,10 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     const fork = () => {
       const worker = cluster.fork();
       live.add(worker);
+      let listened = false;
       worker.once('listening', () => {
+        listened = true;
+        failedStarts = 0;
         listening++;
         ready.add(worker);
         if (reloadWhenReady.delete(worker)) worker.process.kill('SIGHUP');
@@ -49,8 +57,15 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
           stop('startup failure', code ?? 1);
           return;
         }
-        options.say(`worker ${worker.process.pid} exited (${signal ?? `code ${code}`}); starting another`);
-        const wait = Math.max(0, lastRespawn + 1000 - Date.now());
+        const how = signal ?? `code ${code}`;
+        let wait = Math.max(0, lastRespawn + 1000 - Date.now());
+        if (listened) {
+          options.say(`worker ${worker.process.pid} exited (${how}); starting another`);
+        } else {
+          failedStarts++;
+          wait = Math.min(MAX_RETRY_MS, 1000 * 2 ** failedStarts);
+          options.say(`worker ${worker.process.pid} exited before listening (${how}); retrying in ${wait / 1000} s`);
+        }
         lastRespawn = Date.now() + wait;
         setTimeout(() => { if (!stopping) fork(); }, wait);
       });
@@ -85,6 +100,9 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     for (let i = 0; i < options.workers; i++) fork();
   });
 }
+
+/** The longest wait between attempts to replace a worker that cannot start. */
+const MAX_RETRY_MS = 60_000;
 
 export function isWorker(): boolean {
   return cluster.isWorker;

@@ -4,7 +4,21 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { describe, it } from 'node:test';
 import { startEchoServer } from '../helpers/server.js';
-import { Daemon, echo, socksConnect, startDaemon } from './helpers.js';
+import { writeFileSync } from 'node:fs';
+import { DEFAULT_TIMEOUT_MS, Daemon, echo, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
+
+/** Resolves once the daemon's stderr matches (bounded). */
+function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
+  return withTimeout(new Promise<void>((resolve) => {
+    const check = () => {
+      if (!pattern.test(daemon.stderr)) return;
+      daemon.child.stderr!.off('data', check);
+      resolve();
+    };
+    daemon.child.stderr!.on('data', check);
+    check();
+  }), DEFAULT_TIMEOUT_MS, `${what}\n${daemon.describe()}`);
+}
 
 describe('socksgate --workers 2', () => {
   it('serves from two processes, logs which one served, and stops both on SIGTERM with exit 0', async () => {
@@ -39,6 +53,35 @@ describe('socksgate --workers 2', () => {
     } finally {
       await daemon.kill();
       await target.close();
+    }
+  });
+
+  it('a replacement worker that cannot start (config broken since) is retried with a growing delay; the other keeps serving', async () => {
+    const target = await startEchoServer();
+    const dir = tempDir();
+    const config = dir.file('socksgate.yaml');
+    const good = 'listen:\n  - { address: 127.0.0.1, port: 0 }\nlog: { format: json }\n';
+    writeFileSync(config, good);
+    const { daemon, port } = await startDaemon(['--config', config, '--workers', '2']);
+    try {
+      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      const pids = daemon.logs.filter((l) => l.event === 'started').map((l) => Number(l.pid));
+      writeFileSync(config, 'listen: [\n'); // broken from now on
+      process.kill(pids[0]!, 'SIGKILL');
+      await stderrMatches(daemon, new RegExp(`worker ${pids[0]} exited \\(SIGKILL\\); starting another`), 'the crash to be noticed');
+      await stderrMatches(daemon, /exited before listening \(code 2\); retrying in 2 s/, 'the failed replacement and its backoff');
+      const socket = await socksConnect(port, target.port); // the surviving worker serves meanwhile
+      assert.equal(await echo(socket, 'still serving'), 'still serving');
+      socket.destroy();
+      writeFileSync(config, good);
+      const replacement = await daemon.waitFor((l) => l.event === 'started' && !pids.includes(Number(l.pid)), 'a replacement worker once the file is fixed');
+      assert.equal(replacement.worker, true);
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+    } finally {
+      await daemon.kill();
+      await target.close();
+      dir.remove();
     }
   });
 
