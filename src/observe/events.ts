@@ -18,6 +18,8 @@ export type CloseReason =
   | 'client-error'
   /** The destination's connection failed (reset) while relaying. */
   | 'destination-error'
+  /** The proxy itself could not go on relaying (e.g. out of file descriptors for a splice pipe); both sides are reset. */
+  | 'relay-error'
   | 'idle-timeout'
   | 'handshake-timeout'
   /** The client sent bytes that are not a valid SOCKS message. */

@@ -58,7 +58,7 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     log.flush(); // lifecycle lines go out at once; access lines are batched
   };
   const onSession = (record: SessionRecord) => {
-    const level = WARN_REASONS.has(record.reason) ? 'warn' : 'info';
+    const level = record.reason === 'relay-error' ? 'error' : WARN_REASONS.has(record.reason) ? 'warn' : 'info';
     if (!log.isLevelEnabled(level)) return; // don't build the line for nothing
     log[level]({ event: 'session', ...record }, `session ${record.id} ${record.reason}${record.error ? `: ${record.error}` : ''}`);
   };

@@ -153,6 +153,10 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
   destination.on('error', onError('destination'));
 
   const abandon = () => {
+    if (failure?.reason === 'relay-error') {
+      client.resetAndDestroy();
+      destination.resetAndDestroy();
+    }
     const other = failure?.reason === 'client-error' ? destination : client;
     if (!other.destroyed) other.resetAndDestroy();
     client.destroy();
@@ -167,12 +171,18 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
         destination.destroy();
         return finish(firstEof === 1 ? 'destination-closed' : 'client-closed', null, up, down);
       case End.ERROR: {
+        const code = getSystemErrorName(-errno);
+        const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
+        if (errorSide < 0) {
+          // The relay's own failure (no pipe, no epoll slot): neither side may think all went well.
+          client.resetAndDestroy();
+          destination.resetAndDestroy();
+          return finish('relay-error', error, up, down);
+        }
         const failing = errorSide === 1 ? destination : client;
         const other = failing === client ? destination : client;
         other.resetAndDestroy(); // a failure is passed on as a reset, as the stream relay does
         failing.destroy();
-        const code = getSystemErrorName(-errno);
-        const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
         return finish(errorSide === 1 ? 'destination-error' : 'client-error', error, up, down);
       }
       case End.IDLE:
@@ -193,8 +203,8 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
     try {
       handle = addon.start(id, clientHandle.fd, destinationHandle.fd, options.idleMs);
     } catch (err) {
-      pending.delete(id); // registering with epoll failed (no memory, watch limit): nothing was moved
-      failure = { reason: 'destination-error', error: err as Error };
+      pending.delete(id); // the addon refused the pair outright: nothing was moved
+      failure = { reason: 'relay-error', error: err as Error };
       abandon();
     }
   };

@@ -5,9 +5,10 @@
  * without a compiler.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { run } from '../helpers/run.js';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
 import { echo, envWithoutProxies, runCli, socksConnect, startDaemon } from './helpers.js';
@@ -49,6 +50,32 @@ describe('relay engine', () => {
     try {
       const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
       assert.equal(started.relay, 'stream');
+    } finally {
+      daemon.signal('SIGTERM');
+      await daemon.waitExit();
+    }
+  });
+
+  it('out of file descriptors for a splice pipe: both sides are reset, and the access line says relay-error at error level', async () => {
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json'], envWithoutProxies());
+    try {
+      // Leave room for exactly the session's two sockets: its pipe cannot be made.
+      const pid = daemon.child.pid!;
+      const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+      const free: number[] = [];
+      for (let fd = 0; free.length < 2; fd++) if (!open.has(fd)) free.push(fd);
+      const limit = free[1]! + 1;
+      const prlimit = await run('prlimit', ['--pid', String(pid), `--nofile=${limit}:${limit}`]);
+      assert.equal(prlimit.code, 0, prlimit.stderr);
+      const client = await RawClient.connect(port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      assert.equal((await client.read(12))[3], 0x00, 'CONNECT succeeded');
+      client.write(Buffer.from('hello')); // the first bytes need a pipe
+      assert.equal(await client.ended, 'reset');
+      const session = await daemon.waitFor((l) => l.event === 'session', 'the access line');
+      assert.equal(session.reason, 'relay-error');
+      assert.equal(session.level, 50);
+      assert.match(String(session.error), /EMFILE/);
     } finally {
       daemon.signal('SIGTERM');
       await daemon.waitExit();
