@@ -25,8 +25,8 @@ import { Target, compileLoadgen } from './lib/loadgen.js';
 import { killAllSync, rssKb } from './lib/proc.js';
 import { type InstanceRecord, type Machine, type Results, renderMarkdown } from './lib/report.js';
 import {
-  type Binaries, PRODUCTION_RULE_COUNT, type RunningServer, SERVERS, type ServerEnv, type ServerInfo, type SocksgateFeatures,
-  describeServers, productionConfig, startServer,
+  type Binaries, PRODUCTION_RULE_COUNT, type RunningServer, SERVERS, type ServerEnv, type ServerInfo,
+  productionConfig, startServer,
 } from './lib/servers.js';
 import {
   FULL, QUICK, type Group, type RunContext, type RunRecord, type Settings, type Workload, applies, runIdle, runRelay, runStall, workloads,
@@ -168,26 +168,7 @@ function runCli(cli: string, args: readonly string[]): { code: number; text: str
   }
 }
 
-/**
- * What the socksgate build under test supports. The relay engine flag and the
- * rules arrived while this benchmark existed; probing keeps it working on
- * builds before and after, and the report says which it was.
- */
-function probeSocksgate(cli: string, addon: string | null): SocksgateFeatures {
-  // `--check` validates and exits without binding; an unknown flag is a usage error (exit 2).
-  const relayEngineFlag = runCli(cli, ['--relay-engine', 'stream', '--check']).code === 0;
-  const schema = runCli(cli, ['schema']);
-  let rules: boolean;
-  try {
-    const parsed = JSON.parse(schema.text) as { properties?: Record<string, unknown> };
-    rules = parsed.properties !== undefined && 'rules' in parsed.properties;
-  } catch {
-    rules = /"rules"/.test(schema.text);
-  }
-  return { relayEngineFlag, rules, addon: addon !== null };
-}
-
-function machineInfo(bin: Binaries, pinning: string, buildHash: string, features: SocksgateFeatures, addon: string | null): Machine {
+function machineInfo(bin: Binaries, pinning: string, buildHash: string, addon: string | null): Machine {
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
   const rev = output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = output('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) !== '';
@@ -206,12 +187,8 @@ function machineInfo(bin: Binaries, pinning: string, buildHash: string, features
     socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; snapshot ${buildHash} of dist/src and build/*.node, taken when the run started)`,
     relay: `${addon ?? `${ADDON} not built`}` +
       `${process.env.SOCKSGATE_SPLICE_ADDON ? ` (SOCKSGATE_SPLICE_ADDON=${process.env.SOCKSGATE_SPLICE_ADDON} in the environment)` : ''}; ` +
-      (features.relayEngineFlag
-        ? 'socksgate and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`'
-        : 'this build has no `--relay-engine` flag: every socksgate variant ran the relay it has'),
-    rules: features.rules
-      ? `${PRODUCTION_RULE_COUNT} rules in socksgate (production)'s configuration (the schema has \`rules\`)`
-      : 'none: this build\'s configuration schema has no `rules`',
+      'socksgate and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`',
+    rules: `${PRODUCTION_RULE_COUNT} rules in socksgate (production)'s configuration`,
     pinning,
     openFiles: limits,
   };
@@ -292,8 +269,6 @@ async function main(): Promise<number> {
   tmp = mkdtempSync(join(tmpdir(), 'socksgate-bench-'));
   chmodSync(tmp, 0o755); // Dante runs as "nobody" and reads its files from here
   const snapshot = snapshotSocksgate(tmp);
-  const features = probeSocksgate(snapshot.cli, snapshot.addon);
-  servers = describeServers(servers, features);
   const bin: Binaries = { node: process.execPath, cli: snapshot.cli, danted: danted ?? 'danted', microsocks: microsocks ?? 'microsocks' };
   const started = Date.now();
   const binary = compileLoadgen(join(ROOT, 'bench', 'sockbench.c'), tmp);
@@ -304,14 +279,14 @@ async function main(): Promise<number> {
   const credentials = { user: 'bench', pass: 'bench-password-0123' };
   const usersFile = join(tmp, 'users');
   writeFileSync(usersFile, `# socksgate benchmark\n${credentials.user}:${await hashPassword(credentials.pass, 10)}\n`, { mode: 0o600 });
-  const env: ServerEnv = { bin, tmp, affinity: pin?.proxy ?? null, usersFile, credentials, features };
-  const machine = machineInfo(bin, pinning, snapshot.hash, features, snapshot.addon);
+  const env: ServerEnv = { bin, tmp, affinity: pin?.proxy ?? null, usersFile, credentials };
+  const machine = machineInfo(bin, pinning, snapshot.hash, snapshot.addon);
   log(`bench: relay engine: ${machine.relay}`);
   log(`bench: production rules: ${machine.rules}`);
   if (servers.some((s) => s.id === 'socksgate-prod')) {
     // The production configuration must validate before anything is measured (the rules' syntax is the schema's to decide).
     const probe = join(tmp, 'production-check.yaml');
-    writeFileSync(probe, productionConfig(1080, usersFile, features.rules));
+    writeFileSync(probe, productionConfig(1080, usersFile));
     // (Without --relay-engine: a missing addon fails each instance at start, like the minimal variant, not the whole run.)
     const check = runCli(snapshot.cli, ['--config', probe, '--check']);
     if (check.code !== 0) {
@@ -400,7 +375,6 @@ async function main(): Promise<number> {
 
   const results: Results = {
     machine,
-    features,
     settings,
     servers,
     workloads: selected,

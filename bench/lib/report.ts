@@ -2,7 +2,7 @@
  * Turns the run records into bench/RESULTS.md: medians, spreads, ratios,
  * the load generator's headroom, and the machine.
  */
-import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo, type SocksgateFeatures } from './servers.js';
+import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo } from './servers.js';
 import { type MetricDef, type RunRecord, type Settings, type Workload, applies } from './workloads.js';
 
 export interface InstanceRecord {
@@ -37,7 +37,6 @@ export interface Machine {
 
 export interface Results {
   readonly machine: Machine;
-  readonly features: SocksgateFeatures;
   readonly settings: Settings;
   readonly servers: readonly ServerInfo[];
   readonly workloads: readonly Workload[];
@@ -160,12 +159,9 @@ export function renderMarkdown(results: Results): string {
   for (const s of servers) out.push(`- **${s.label}**: ${s.describe}.`);
   if (present('socksgate-prod')) {
     const rulesSeen = results.instances.filter((i) => i.server === 'socksgate-prod').flatMap((i) => Object.entries(i.log?.rules ?? {}));
-    out.push(results.features.rules
-      ? `- Rules: the production configuration carried ${PRODUCTION_RULE_COUNT} rules (\`productionRules()\` in bench/lib/servers.ts): ` +
-        `${PRODUCTION_RULE_COUNT - 1} deny rules that never match this traffic, then \`allow-loopback-clients\` (allow from 127.0.0.0/8).` +
-        (rulesSeen.length > 0 ? ` The access log named the deciding rule: ${summariseCounts(rulesSeen)}.` : '')
-      : '- Rules: this socksgate build has no `rules` in its configuration schema (`socksgate schema`), so the production configuration ' +
-        `carried none; with a build that has them, the driver adds ${PRODUCTION_RULE_COUNT} (bench/lib/servers.ts).`);
+    out.push(`- Rules: the production configuration carried ${PRODUCTION_RULE_COUNT} rules (\`productionRules()\` in bench/lib/servers.ts): ` +
+      `${PRODUCTION_RULE_COUNT - 1} deny rules that never match this traffic, then \`allow-loopback-clients\` (allow from 127.0.0.0/8).` +
+      (rulesSeen.length > 0 ? ` The access log named the deciding rule: ${summariseCounts(rulesSeen)}.` : ''));
   }
   out.push('');
 

@@ -21,16 +21,6 @@ export interface ServerInfo {
   readonly describe: string;
 }
 
-/** What the socksgate build under test supports, found out when the run starts (see bench/run.ts). */
-export interface SocksgateFeatures {
-  /** The CLI takes `--relay-engine auto|splice|stream`. */
-  readonly relayEngineFlag: boolean;
-  /** The config schema has `rules` (then the production configuration carries PRODUCTION_RULE_COUNT of them). */
-  readonly rules: boolean;
-  /** The native splice addon (build/socksgate_splice.node) was there when the run started. */
-  readonly addon: boolean;
-}
-
 /** How many rules the production configuration carries: 49 that never match the benchmark's traffic, then the one that allows it. */
 export const PRODUCTION_RULE_COUNT = 50;
 
@@ -85,27 +75,6 @@ export const SERVERS: readonly ServerInfo[] = [
 ];
 
 /**
- * The server list as this run has it: the descriptions say what the socksgate
- * build under test could be given (relay engine flag, rules).
- */
-export function describeServers(servers: readonly ServerInfo[], features: SocksgateFeatures): ServerInfo[] {
-  return servers.map((s) => {
-    let describe = s.describe;
-    if (!features.relayEngineFlag && s.id.startsWith('socksgate')) {
-      describe = s.id === 'socksgate-stream'
-        ? 'the same as socksgate'
-        : describe.replace(/ --relay-engine splice/, '').replace(/; the native splice\(2\) relay asked for explicitly[^)]*/, '');
-      describe += '. **This socksgate build has no `--relay-engine` flag, so no engine was asked for: every socksgate variant ran the one relay it has**';
-    }
-    if (s.id === 'socksgate-prod' && !features.rules) {
-      describe = describe.replace(/, and \d+ `rules`.*$/, '') +
-        '. **This socksgate build has no `rules` in its configuration schema, so the production configuration carried no rules**';
-    }
-    return { ...s, describe };
-  });
-}
-
-/**
  * The production configuration's rules: 49 that never match the benchmark's
  * traffic (client 127.0.0.1, user "bench", CONNECT to 127.0.0.1 on ephemeral
  * ports 32768-60999, UDP ASSOCIATE), then one that allows it. Several match
@@ -148,7 +117,7 @@ function flow(value: unknown): string {
 }
 
 /** The production configuration file's text for a listener on `port`. */
-export function productionConfig(port: number, usersFile: string, withRules: boolean): string {
+export function productionConfig(port: number, usersFile: string): string {
   const lines = [
     '# socksgate benchmark: the production configuration (bench/lib/servers.ts)',
     'listen:',
@@ -157,13 +126,11 @@ export function productionConfig(port: number, usersFile: string, withRules: boo
     '  methods: [userpass]',
     `  usersFile: ${JSON.stringify(usersFile)}`,
     'log: { level: info, format: json }',
+    'rules:',
   ];
-  if (withRules) {
-    lines.push('rules:');
-    for (const { name, ...action } of productionRules()) {
-      const [verb, match] = Object.entries(action)[0]!;
-      lines.push(`  - name: ${String(name)}`, `    ${verb}: ${flow(match)}`);
-    }
+  for (const { name, ...action } of productionRules()) {
+    const [verb, match] = Object.entries(action)[0]!;
+    lines.push(`  - name: ${String(name)}`, `    ${verb}: ${flow(match)}`);
   }
   return `${lines.join('\n')}\n`;
 }
@@ -181,7 +148,6 @@ export interface ServerEnv {
   readonly affinity: string | null;
   readonly usersFile: string;
   readonly credentials: { readonly user: string; readonly pass: string };
-  readonly features: SocksgateFeatures;
 }
 
 /** What a server's own log said, summarised after it stopped. */
@@ -238,12 +204,12 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
       let args: string[];
       if (prod) {
         const configPath = join(env.tmp, `${info.id}-${n}.yaml`);
-        writeFileSync(configPath, productionConfig(port, env.usersFile, env.features.rules));
+        writeFileSync(configPath, productionConfig(port, env.usersFile));
         args = [env.bin.cli, '--config', configPath];
       } else {
         args = [env.bin.cli, '--listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'];
       }
-      if (env.features.relayEngineFlag) args.push('--relay-engine', info.id === 'socksgate-stream' ? 'stream' : 'splice');
+      args.push('--relay-engine', info.id === 'socksgate-stream' ? 'stream' : 'splice');
       const fd = openSync(logPath, 'w');
       const child = spawnTracked(env.bin.node, args, { stdio: ['ignore', fd, 'pipe'], affinity: env.affinity });
       closeSync(fd);

@@ -20,7 +20,6 @@ const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
 const RUN_TIMEOUT_MS = 180_000;
 
 interface Results {
-  features: { relayEngineFlag: boolean; rules: boolean; addon: boolean };
   servers: Array<{ id: string; proxy: boolean; udp: boolean }>;
   workloads: Array<{ id: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
   runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number> }>;
