@@ -102,7 +102,6 @@ export class Session {
   #phase: Phase = 'version';
   #buffer: Buffer = EMPTY;
   #timer: NodeJS.Timeout | undefined;
-  #destination: Socket | null = null;
   #bindListener: BindListener | null = null;
   #udp: UdpAssociation | null = null;
   #udpClient: string | null = null;
@@ -148,9 +147,8 @@ export class Session {
     this.#cancel(new SocksError('ERR_GENERAL', 'server shutting down'));
     if (this.#relay) {
       this.#relay.close();
-    } else if (this.#phase === 'relaying' || this.#phase === 'associated') {
-      this.#destination?.destroy();
-      this.#socket.destroy();
+    } else if (this.#phase === 'associated') {
+      this.#socket.destroy(); // the association closes with its control connection
     } else {
       this.#refuse(null, 'shutdown', 'server shutting down');
       this.#socket.destroy();
@@ -336,7 +334,6 @@ export class Session {
       outbound.destroy();
       return;
     }
-    this.#destination = outbound;
     const bound = destination(outbound.localAddress ?? '0.0.0.0', outbound.localPort ?? 0);
     this.#connected = formatDestination({ host: outbound.remoteAddress ?? '', port: outbound.remotePort ?? 0 });
     this.#replySuccess(bound);
@@ -456,7 +453,6 @@ export class Session {
 
   #startRelay(outbound: Socket): void {
     const socket = this.#socket;
-    this.#destination = outbound;
     this.#abort = null; // nothing left to cancel
     this.#phase = 'relaying';
     socket.off('data', this.#onData);
