@@ -13,6 +13,16 @@
  * the pipe is drained, the first error with the side it came from, and an idle
  * deadline. Pipes are taken from a small pool only while a direction has bytes
  * in flight, so an idle session holds no pipe (each pipe costs two fds).
+ *
+ * Native handshakes (the second half of this file): the relay thread can also
+ * own a listening socket, accept, and run the common SOCKS5 exchange itself
+ * (greeting, username/password, CONNECT to an address literal, reply), then
+ * splice the pair without JavaScript ever holding a socket. JavaScript is
+ * asked only what it alone knows (is this password right, does a rule allow
+ * this request) and gets every connection that leaves the common path (SOCKS4,
+ * a domain name, BIND, UDP, anything malformed, a failed connect, a timeout)
+ * handed over with the bytes read so far, so refusals and their records are
+ * made in one place, the JavaScript session.
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -26,12 +36,15 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 enum { END_CLOSED = 0, END_ERROR = 1, END_IDLE = 2, END_CANCELLED = 3 };
-enum { CMD_CANCEL = 1, CMD_FAIL = 2 };
+enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_LISTENER = 5 };
 
 /* Ask for more than a pipe holds: the kernel moves what fits. */
 #define SPLICE_REQUEST (1 << 20)
@@ -41,10 +54,12 @@ enum { CMD_CANCEL = 1, CMD_FAIL = 2 };
 typedef struct pair pair_t;
 
 typedef struct {
-  pair_t *pair;
+  pair_t *pair; /* NULL: this is a listener's watch (native handshakes) */
   int side;     /* 0: client socket, 1: destination socket */
   int writable; /* EPOLLOUT is watched: only after a write would have blocked */
 } watch_t;
+
+typedef struct handshake handshake_t;
 
 /* One direction: from fd[side] to fd[1 - side]. */
 typedef struct {
@@ -66,13 +81,24 @@ struct pair {
   int done;
   int add_errno; /* epoll_ctl ADD failed in start(): the relay thread ends the pair with it */
   int reason, error_side, error_errno;
-  int refs; /* the JS handle, the relay thread, and each queued command */
+  int refs; /* the JS handle, the relay thread, and each queued command or message */
   pair_t *prev, *next;
+  /* Native sessions only (accepted here): this module owns and closes both fds. */
+  int native;
+  int phase;         /* PHASE_RELAY (0) once spliced; pairs from start() are born relaying */
+  int method;        /* the SOCKS5 method chosen */
+  int counted;       /* counts in idle_pairs: it has a deadline the scan must see */
+  int64_t deadline;  /* handshake or connect deadline while negotiating */
+  handshake_t *hs;   /* negotiation state, freed once relaying */
+  unsigned char request[22]; /* the CONNECT request, for the record */
+  int request_len;
+  pair_t *expired;   /* scan_idle's list of pairs past their deadline */
 };
 
 typedef struct command {
   int kind;
   pair_t *pair;
+  void *listener; /* CMD_FORGET_LISTENER */
   struct command *next;
 } command_t;
 
@@ -109,6 +135,15 @@ static int64_t now_ms(void) {
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+/* Native handshakes (defined below). */
+static void native_event(pair_t *p, int side, uint32_t events);
+static void native_finished(pair_t *p);
+static void native_expired(pair_t *p);
+static void native_answer(pair_t *p, int kind);
+static void native_accept(watch_t *listener_watch);
+static void forget_listener(void *listener);
+static void bury_listeners(void);
 
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) free(p);
@@ -152,7 +187,8 @@ static void unlink_pair(pair_t *p) {
   if (p->prev) p->prev->next = p->next;
   else pairs = p->next;
   if (p->next) p->next->prev = p->prev;
-  if (p->idle_ms > 0) idle_pairs--;
+  if (p->counted) idle_pairs--;
+  p->counted = 0;
 }
 
 /* Ends a pair (relay thread, pairs_lock held) and reports it to JavaScript. */
@@ -169,6 +205,10 @@ static void finish_locked(pair_t *p, int reason, int side, int err) {
   release_pipe(&p->flow[1]);
   p->next = ended;
   ended = p;
+  if (p->native) {
+    native_finished(p);
+    return;
+  }
   /* The JS handle's reference travels with the call and is dropped there. */
   if (napi_call_threadsafe_function(on_done, p, napi_tsfn_nonblocking) != napi_ok) unref_pair(p);
 }
@@ -266,6 +306,10 @@ static int pump(pair_t *p, int side) {
 
 static void on_socket_event(pair_t *p, int side, uint32_t events) {
   if (p->done) return;
+  if (p->phase != 0) {
+    native_event(p, side, events);
+    return;
+  }
   if (events & EPOLLERR) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -284,14 +328,28 @@ static void on_socket_event(pair_t *p, int side, uint32_t events) {
 }
 
 static void scan_idle(int64_t now) {
+  pair_t *expired = NULL;
   pthread_mutex_lock(&pairs_lock);
   pair_t *p = pairs;
   while (p) {
     pair_t *next = p->next;
-    if (p->idle_ms > 0 && now - p->last_active >= p->idle_ms) finish_locked(p, END_IDLE, -1, 0);
+    if (p->phase != 0) {
+      /* Negotiating: handed over outside the lock (it sends a message). */
+      if (now >= p->deadline) {
+        p->expired = expired;
+        expired = p;
+      }
+    } else if (p->idle_ms > 0 && now - p->last_active >= p->idle_ms) {
+      finish_locked(p, END_IDLE, -1, 0);
+    }
     p = next;
   }
   pthread_mutex_unlock(&pairs_lock);
+  while (expired) {
+    p = expired;
+    expired = p->expired;
+    if (!p->done) native_expired(p);
+  }
 }
 
 static void run_commands(void) {
@@ -305,8 +363,14 @@ static void run_commands(void) {
   while (c) {
     command_t *next = c->next;
     pair_t *p = c->pair;
-    if (!p->done) finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
-    unref_pair(c->pair);
+    if (c->kind == CMD_FORGET_LISTENER) {
+      forget_listener(c->listener);
+    } else if (c->kind == CMD_GO || c->kind == CMD_HAND_OVER) {
+      if (!p->done) native_answer(p, c->kind);
+    } else if (!p->done) {
+      finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
+    }
+    if (p) unref_pair(p);
     free(c);
     c = next;
   }
@@ -327,7 +391,8 @@ static void *relay_thread(void *unused) {
         continue;
       }
       watch_t *w = events[i].data.ptr;
-      on_socket_event(w->pair, w->side, events[i].events);
+      if (w->pair == NULL) native_accept(w);
+      else on_socket_event(w->pair, w->side, events[i].events);
     }
     if (timeout >= 0) {
       int64_t now = now_ms();
@@ -337,6 +402,7 @@ static void *relay_thread(void *unused) {
       }
     }
     bury_ended();
+    bury_listeners();
   }
   return NULL;
 }
@@ -362,12 +428,29 @@ static void start_thread(void) {
   pthread_attr_destroy(&attr);
 }
 
-static void send_command(int kind, pair_t *p);
+static void send_command_to(int kind, pair_t *p, void *listener);
+#define send_command(kind, p) send_command_to((kind), (p), NULL)
 
 static void wake_relay_thread(void) {
   uint64_t one = 1;
   ssize_t ignored = write(wake_fd, &one, sizeof one);
   (void)ignored;
+}
+
+/*
+ * The pair has a deadline the scan must see (pairs_lock held). Returns whether
+ * the relay thread must be woken because its epoll_wait timeout is stale.
+ */
+static int count_for_scan(pair_t *p, int64_t timeout_ms) {
+  if (!p->counted) {
+    p->counted = 1;
+    idle_pairs++;
+  }
+  /* Scan often enough that a short timeout is not overshot by much. */
+  int64_t every = timeout_ms / 4;
+  if (every < 10) every = 10;
+  if (every < idle_scan_every) idle_scan_every = every;
+  return scan_every_told == 0 || idle_scan_every < scan_every_told;
 }
 
 /*
@@ -382,14 +465,7 @@ static void register_pair(pair_t *p) {
   p->prev = NULL;
   if (pairs) pairs->prev = p;
   pairs = p;
-  if (p->idle_ms > 0) {
-    idle_pairs++;
-    /* Scan often enough that a short timeout is not overshot by much. */
-    int64_t every = p->idle_ms / 4;
-    if (every < 10) every = 10;
-    if (every < idle_scan_every) idle_scan_every = every;
-    wake = scan_every_told == 0 || idle_scan_every < scan_every_told; /* its epoll_wait timeout is stale */
-  }
+  if (p->idle_ms > 0) wake = count_for_scan(p, p->idle_ms);
   for (int side = 0; side < 2 && p->add_errno == 0; side++) {
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[side]};
     if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) p->add_errno = errno;
@@ -401,12 +477,13 @@ static void register_pair(pair_t *p) {
   if (p->add_errno != 0) send_command(CMD_FAIL, p);
 }
 
-static void send_command(int kind, pair_t *p) {
+static void send_command_to(int kind, pair_t *p, void *listener) {
   command_t *c = malloc(sizeof *c);
-  if (!c) abort(); /* a failed malloc of 24 bytes leaves nothing sane to do */
-  __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
+  if (!c) abort(); /* a failed malloc of 32 bytes leaves nothing sane to do */
+  if (p) __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
   c->kind = kind;
   c->pair = p;
+  c->listener = listener;
   c->next = NULL;
   pthread_mutex_lock(&queue_lock);
   if (queue_tail) queue_tail->next = c;
@@ -530,12 +607,773 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ======================= native handshakes ======================= */
+
+/* Negotiation phases of a native session; 0 (relaying) is the pair's own. */
+enum { PHASE_RELAY = 0, PHASE_GREETING, PHASE_AUTH, PHASE_AUTH_WAIT, PHASE_REQUEST, PHASE_DECIDE_WAIT, PHASE_CONNECTING };
+/* Where JavaScript's session picks a handed-over connection up. */
+enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3 };
+/* Messages to JavaScript. */
+enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4 };
+
+/* A greeting is at most 257 bytes, a username/password message 513, a
+ * request 262: one message always fits; the rest is early payload. */
+#define HANDSHAKE_BUFFER 1024
+#define ACCEPT_BATCH 64
+#define METHOD_NONE 0x00
+#define METHOD_USERPASS 0x02
+
+typedef struct {
+  unsigned char family; /* 4 or 6 */
+  unsigned char prefix;
+  unsigned char addr[16];
+} network_t;
+
+/* A listener's settings for new sessions; JavaScript replaces them on reload. */
+typedef struct {
+  unsigned char methods[2]; /* in the server's order of preference */
+  int method_count;
+  int ask_decide; /* JavaScript decides each request (request rules) */
+  int64_t handshake_ms, connect_ms, idle_ms;
+  int allow_count; /* -1: every client may talk to the proxy */
+  network_t allow[];
+} settings_t;
+
+typedef struct listener {
+  watch_t watch; /* pair NULL: a listener */
+  int fd;        /* a dup of Node's listening socket, owned here */
+  int spare_fd;  /* held back to accept-and-close when out of descriptors */
+  double tag;
+  int closed;
+  settings_t *settings; /* pairs_lock */
+  struct listener *next_dead;
+} listener_t;
+
+struct handshake {
+  unsigned char buf[HANDSHAKE_BUFFER];
+  int len;
+  int eof;     /* the client sent FIN (or failed) while negotiating */
+  int msg_len; /* the username/password message awaiting JavaScript's verdict */
+  unsigned char methods[2];
+  int method_count;
+  int ask_decide;
+  int64_t connect_ms;
+};
+
+typedef struct message {
+  int type;
+  pair_t *p; /* holds a reference */
+  double n[6];
+  int len;
+  char text[INET6_ADDRSTRLEN];
+  unsigned char data[];
+} message_t;
+
+static napi_threadsafe_function on_native;
+static int64_t native_refs; /* main thread: open listeners + sessions JavaScript knows; refs on_native while > 0 */
+static double next_native_id;
+static listener_t *dead_listeners; /* freed after the current batch of events */
+
+static void post(message_t *m) {
+  __atomic_add_fetch(&m->p->refs, 1, __ATOMIC_ACQ_REL);
+  if (napi_call_threadsafe_function(on_native, m, napi_tsfn_nonblocking) != napi_ok) {
+    unref_pair(m->p);
+    free(m);
+  }
+}
+
+static message_t *message(int type, pair_t *p, const void *data, int len) {
+  message_t *m = calloc(1, sizeof *m + (size_t)len);
+  if (!m) abort();
+  m->type = type;
+  m->p = p;
+  m->len = len;
+  if (len > 0) memcpy(m->data, data, (size_t)len);
+  return m;
+}
+
+/* Sends all of a short handshake message; a fresh socket's buffer always has room. */
+static int send_all(int fd, const void *data, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return n < 0 ? errno : EAGAIN;
+    data = (const char *)data + n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int resume_phase(int phase) {
+  switch (phase) {
+    case PHASE_GREETING: return RESUME_VERSION;
+    case PHASE_AUTH:
+    case PHASE_AUTH_WAIT: return RESUME_AUTH;
+    default: return RESUME_REQUEST;
+  }
+}
+
+/*
+ * Gives the client connection to JavaScript, which goes on from `resume` with
+ * the bytes read so far. The descriptor is JavaScript's from here.
+ */
+static void hand_over(pair_t *p, int resume, int err, int timed_out) {
+  handshake_t *h = p->hs;
+  pthread_mutex_lock(&pairs_lock);
+  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[0], NULL);
+  if (p->fd[1] >= 0) {
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[1], NULL);
+    close(p->fd[1]);
+    p->fd[1] = -1;
+  }
+  p->done = 1;
+  unlink_pair(p);
+  p->next = ended;
+  ended = p;
+  pthread_mutex_unlock(&pairs_lock);
+  message_t *m = message(MSG_HAND_OVER, p, h ? h->buf : NULL, h ? h->len : 0);
+  m->n[0] = p->fd[0];
+  m->n[1] = resume;
+  m->n[2] = p->method;
+  m->n[3] = err;
+  m->n[4] = timed_out;
+  free(h);
+  p->hs = NULL;
+  post(m);
+}
+
+/* Closes with RST instead of FIN: a zero linger time makes close() abort the connection. */
+static void close_with_reset(int fd) {
+  struct linger now = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+  close(fd);
+}
+
+/*
+ * finish_locked() of a native pair: close what this module owns, report the
+ * end. As the JavaScript relays do, a failure on one side reaches the other
+ * as a reset, and the relay's own failure resets both.
+ */
+static void native_finished(pair_t *p) {
+  for (int side = 0; side < 2; side++) {
+    if (p->fd[side] < 0) continue;
+    int reset = p->reason == END_ERROR && p->error_side != side;
+    if (reset) close_with_reset(p->fd[side]);
+    else close(p->fd[side]);
+  }
+  free(p->hs);
+  p->hs = NULL;
+  message_t *m = message(MSG_END, p, p->request, p->request_len);
+  m->n[0] = (double)p->flow[0].bytes;
+  m->n[1] = (double)p->flow[1].bytes;
+  m->n[2] = p->reason;
+  m->n[3] = p->first_eof;
+  m->n[4] = p->error_side;
+  m->n[5] = p->error_errno;
+  post(m);
+}
+
+static void consume(handshake_t *h, int n) {
+  memmove(h->buf, h->buf + n, (size_t)(h->len - n));
+  h->len -= n;
+}
+
+static int64_t deadline_after(pair_t *p, int64_t ms) {
+  pthread_mutex_lock(&pairs_lock);
+  count_for_scan(p, ms);
+  pthread_mutex_unlock(&pairs_lock);
+  return now_ms() + ms;
+}
+
+static void connected(pair_t *p);
+
+/* Reads what the client has sent, up to the buffer's end. */
+static void read_client(pair_t *p) {
+  handshake_t *h = p->hs;
+  while (h->len < HANDSHAKE_BUFFER && !h->eof) {
+    ssize_t n = recv(p->fd[0], h->buf + h->len, HANDSHAKE_BUFFER - h->len, 0);
+    if (n > 0) h->len += (int)n;
+    else if (n == 0) h->eof = 1;
+    else if (errno == EAGAIN) break;
+    else if (errno != EINTR) h->eof = 1; /* JavaScript's session reads the end again */
+  }
+}
+
+/* Step results. */
+enum { STEP_MORE = 0, STEP_NEXT = 1, STEP_STOP = 2 };
+
+static int step_greeting(pair_t *p) {
+  handshake_t *h = p->hs;
+  if (h->len < 2) return STEP_MORE;
+  if (h->buf[0] != 5 || h->buf[1] == 0) {
+    hand_over(p, RESUME_VERSION, 0, 0);
+    return STEP_STOP;
+  }
+  int count = h->buf[1];
+  if (h->len < 2 + count) return STEP_MORE;
+  int chosen = -1;
+  for (int i = 0; i < h->method_count && chosen < 0; i++) {
+    if (memchr(h->buf + 2, h->methods[i], (size_t)count)) chosen = h->methods[i];
+  }
+  if (chosen < 0) { /* the refusal is JavaScript's to send and log */
+    hand_over(p, RESUME_VERSION, 0, 0);
+    return STEP_STOP;
+  }
+  consume(h, 2 + count);
+  p->method = chosen;
+  p->phase = chosen == METHOD_USERPASS ? PHASE_AUTH : PHASE_REQUEST;
+  unsigned char reply[2] = {5, (unsigned char)chosen};
+  if (send_all(p->fd[0], reply, 2) != 0) {
+    hand_over(p, resume_phase(p->phase), 0, 0);
+    return STEP_STOP;
+  }
+  return STEP_NEXT;
+}
+
+static int step_credentials(pair_t *p) {
+  handshake_t *h = p->hs;
+  if (h->len < 2) return STEP_MORE;
+  if (h->buf[0] != 1) {
+    hand_over(p, RESUME_AUTH, 0, 0);
+    return STEP_STOP;
+  }
+  int ulen = h->buf[1];
+  if (h->len < 3 + ulen) return STEP_MORE;
+  int plen = h->buf[2 + ulen];
+  if (h->len < 3 + ulen + plen) return STEP_MORE;
+  h->msg_len = 3 + ulen + plen;
+  p->phase = PHASE_AUTH_WAIT;
+  post(message(MSG_AUTH, p, h->buf, h->msg_len));
+  return STEP_STOP;
+}
+
+static void start_connect(pair_t *p);
+
+static int step_request(pair_t *p) {
+  handshake_t *h = p->hs;
+  if (h->len < 4) return STEP_MORE;
+  /* CONNECT to an address literal; anything else is JavaScript's. */
+  int atyp = h->buf[3];
+  if (h->buf[0] != 5 || h->buf[1] != 1 || h->buf[2] != 0 || (atyp != 1 && atyp != 4)) {
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return STEP_STOP;
+  }
+  int size = atyp == 1 ? 10 : 22;
+  if (h->len < size) return STEP_MORE;
+  if (h->buf[size - 2] == 0 && h->buf[size - 1] == 0) { /* port 0 */
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return STEP_STOP;
+  }
+  memcpy(p->request, h->buf, (size_t)size);
+  p->request_len = size;
+  if (h->ask_decide) {
+    p->phase = PHASE_DECIDE_WAIT;
+    post(message(MSG_DECIDE, p, p->request, size));
+    return STEP_STOP;
+  }
+  start_connect(p);
+  return STEP_STOP;
+}
+
+/* Steps the negotiation over the bytes read so far. */
+static void advance(pair_t *p) {
+  for (;;) {
+    int result;
+    switch (p->phase) {
+      case PHASE_GREETING: result = step_greeting(p); break;
+      case PHASE_AUTH: result = step_credentials(p); break;
+      case PHASE_REQUEST: result = step_request(p); break;
+      default: return;
+    }
+    if (result == STEP_STOP) return;
+    if (result == STEP_MORE) {
+      /* A message cut short by the client's end: JavaScript logs the truncation. */
+      if (p->hs->eof) hand_over(p, resume_phase(p->phase), 0, 0);
+      return;
+    }
+  }
+}
+
+static void connect_failed(pair_t *p, int err, int timed_out) {
+  hand_over(p, RESUME_REQUEST, err, timed_out);
+}
+
+static void start_connect(pair_t *p) {
+  handshake_t *h = p->hs;
+  int v6 = p->request[3] == 4;
+  struct sockaddr_storage to;
+  socklen_t to_len;
+  memset(&to, 0, sizeof to);
+  if (v6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&to;
+    a->sin6_family = AF_INET6;
+    memcpy(&a->sin6_addr, p->request + 4, 16);
+    memcpy(&a->sin6_port, p->request + 20, 2);
+    to_len = sizeof *a;
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&to;
+    a->sin_family = AF_INET;
+    memcpy(&a->sin_addr, p->request + 4, 4);
+    memcpy(&a->sin_port, p->request + 8, 2);
+    to_len = sizeof *a;
+  }
+  p->phase = PHASE_CONNECTING;
+  p->deadline = deadline_after(p, h->connect_ms);
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    connect_failed(p, errno, 0);
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  p->fd[1] = fd;
+  if (connect(fd, (struct sockaddr *)&to, to_len) == 0) {
+    connected(p);
+    return;
+  }
+  if (errno != EINPROGRESS) {
+    connect_failed(p, errno, 0);
+    return;
+  }
+  struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
+  pthread_mutex_lock(&pairs_lock);
+  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+  pthread_mutex_unlock(&pairs_lock);
+  if (rc < 0) connect_failed(p, errno, 0);
+}
+
+/* The destination answered: reply, pass on early bytes, and start splicing. */
+static void connected(pair_t *p) {
+  handshake_t *h = p->hs;
+  struct sockaddr_storage local;
+  socklen_t len = sizeof local;
+  unsigned char reply[22] = {5, 0, 0};
+  size_t reply_len;
+  if (getsockname(p->fd[1], (struct sockaddr *)&local, &len) == 0 && local.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&local;
+    reply[3] = 4;
+    memcpy(reply + 4, &a->sin6_addr, 16);
+    memcpy(reply + 20, &a->sin6_port, 2);
+    reply_len = 22;
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&local;
+    reply[3] = 1;
+    memcpy(reply + 4, &a->sin_addr, 4);
+    memcpy(reply + 8, &a->sin_port, 2);
+    reply_len = 10;
+  }
+  pthread_mutex_lock(&pairs_lock);
+  p->phase = PHASE_RELAY;
+  if (p->idle_ms <= 0 && p->counted) {
+    p->counted = 0;
+    idle_pairs--;
+  }
+  if (p->idle_ms > 0) count_for_scan(p, p->idle_ms);
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
+  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, p->fd[1], &ev);
+  if (rc < 0 && errno == ENOENT) rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[1], &ev); /* connect() succeeded at once */
+  pthread_mutex_unlock(&pairs_lock);
+  int early = h->len - p->request_len;
+  int err = rc < 0 ? errno : send_all(p->fd[0], reply, reply_len);
+  if (err != 0) {
+    finish(p, END_ERROR, rc < 0 ? -1 : 0, err);
+    return;
+  }
+  if (early > 0 && (err = send_all(p->fd[1], h->buf + p->request_len, (size_t)early)) != 0) {
+    finish(p, END_ERROR, 1, err);
+    return;
+  }
+  p->flow[0].bytes = (uint64_t)(early > 0 ? early : 0);
+  free(h);
+  p->hs = NULL;
+  p->last_active = now_ms();
+  /* Both sides may hold bytes already: the edge-triggered events came and went. */
+  if (pump(p, 0) == 0) pump(p, 1);
+}
+
+static void native_event(pair_t *p, int side, uint32_t events) {
+  (void)events;
+  if (side == 1) {
+    if (p->phase != PHASE_CONNECTING) return;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err != 0) connect_failed(p, err, 0);
+    else connected(p);
+    return;
+  }
+  /* While JavaScript decides or the destination is dialled, the client waits unread. */
+  if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) return;
+  read_client(p);
+  advance(p);
+}
+
+/* JavaScript's verdict on credentials or on a request: go on, or take the connection. */
+static void native_answer(pair_t *p, int kind) {
+  handshake_t *h = p->hs;
+  if (p->phase != PHASE_AUTH_WAIT && p->phase != PHASE_DECIDE_WAIT) return;
+  if (kind == CMD_HAND_OVER) {
+    hand_over(p, resume_phase(p->phase), 0, 0);
+    return;
+  }
+  if (p->phase == PHASE_DECIDE_WAIT) {
+    start_connect(p);
+    return;
+  }
+  consume(h, h->msg_len);
+  p->phase = PHASE_REQUEST;
+  unsigned char status[2] = {1, 0};
+  if (send_all(p->fd[0], status, 2) != 0) {
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return;
+  }
+  read_client(p);
+  advance(p);
+}
+
+/* The handshake or connect deadline passed: JavaScript's session ends it with the right record. */
+static void native_expired(pair_t *p) {
+  if (p->phase == PHASE_CONNECTING) connect_failed(p, ETIMEDOUT, 1);
+  else hand_over(p, resume_phase(p->phase), 0, 1);
+}
+
+static int client_allowed(const settings_t *s, const struct sockaddr_storage *addr) {
+  if (s->allow_count < 0) return 1;
+  unsigned char bytes[16];
+  int family;
+  if (addr->ss_family == AF_INET) {
+    memcpy(bytes, &((const struct sockaddr_in *)addr)->sin_addr, 4);
+    family = 4;
+  } else {
+    const unsigned char *a6 = (const unsigned char *)&((const struct sockaddr_in6 *)addr)->sin6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a6, mapped, 12) == 0) {
+      memcpy(bytes, a6 + 12, 4);
+      family = 4;
+    } else {
+      memcpy(bytes, a6, 16);
+      family = 6;
+    }
+  }
+  for (int i = 0; i < s->allow_count; i++) {
+    const network_t *net = &s->allow[i];
+    if (net->family != family) continue;
+    int full = net->prefix / 8, rest = net->prefix % 8;
+    if (memcmp(bytes, net->addr, (size_t)full) != 0) continue;
+    if (rest == 0) return 1;
+    unsigned char mask = (unsigned char)(0xff << (8 - rest));
+    if ((bytes[full] & mask) == (net->addr[full] & mask)) return 1;
+  }
+  return 0;
+}
+
+static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, const settings_t *s, int allowed) {
+  pair_t *p = calloc(1, sizeof *p);
+  handshake_t *h = malloc(sizeof *h);
+  if (!p || !h) abort();
+  h->len = h->eof = h->msg_len = 0;
+  memcpy(h->methods, s->methods, sizeof h->methods);
+  h->method_count = s->method_count;
+  h->ask_decide = s->ask_decide;
+  h->connect_ms = s->connect_ms;
+  p->id = ++next_native_id;
+  p->native = 1;
+  p->phase = PHASE_GREETING;
+  p->hs = h;
+  p->fd[0] = fd;
+  p->fd[1] = -1;
+  p->idle_ms = s->idle_ms > 0 ? s->idle_ms : 0;
+  p->first_eof = -1;
+  p->error_side = -1;
+  p->method = -1;
+  p->refs = 2; /* the relay thread, and JavaScript from MSG_OPEN until MSG_HAND_OVER or MSG_END */
+  for (int side = 0; side < 2; side++) {
+    p->flow[side].pipe_r = p->flow[side].pipe_w = -1;
+    p->watch[side].pair = p;
+    p->watch[side].side = side;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+
+  message_t *m = message(MSG_OPEN, p, NULL, 0);
+  m->n[0] = l->tag;
+  if (addr->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+    inet_ntop(AF_INET6, &a->sin6_addr, m->text, sizeof m->text);
+    m->n[1] = ntohs(a->sin6_port);
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+    inet_ntop(AF_INET, &a->sin_addr, m->text, sizeof m->text);
+    m->n[1] = ntohs(a->sin_port);
+  }
+  post(m);
+
+  pthread_mutex_lock(&pairs_lock);
+  p->next = pairs;
+  if (pairs) pairs->prev = p;
+  pairs = p;
+  pthread_mutex_unlock(&pairs_lock);
+  if (!allowed) { /* JavaScript closes it and records the refusal, as for its own listeners */
+    hand_over(p, RESUME_DENIED, 0, 0);
+    return;
+  }
+  p->deadline = deadline_after(p, s->handshake_ms);
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[0]};
+  pthread_mutex_lock(&pairs_lock);
+  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+  pthread_mutex_unlock(&pairs_lock);
+  if (rc < 0) hand_over(p, RESUME_VERSION, 0, 0);
+}
+
+/* Out of descriptors: accept with the spare and close at once, so the backlog
+ * does not keep the listener ready forever (libuv does the same). */
+static void shed_one(listener_t *l) {
+  if (l->spare_fd < 0) return;
+  close(l->spare_fd);
+  int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd >= 0) close(fd);
+  l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void native_accept(watch_t *w) {
+  listener_t *l = (listener_t *)w;
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    /* Under the lock: unlisten() closes the descriptor from the main thread. */
+    pthread_mutex_lock(&pairs_lock);
+    if (l->closed) {
+      pthread_mutex_unlock(&pairs_lock);
+      return;
+    }
+    int fd = accept4(l->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int err = errno;
+    if (fd < 0 && (err == EMFILE || err == ENFILE)) shed_one(l);
+    settings_t settings = *l->settings; /* the fixed part; the allow list is read here, under the lock */
+    int allowed = fd >= 0 && client_allowed(l->settings, &addr);
+    pthread_mutex_unlock(&pairs_lock);
+    if (fd < 0) {
+      if (err == EINTR || err == ECONNABORTED) continue;
+      return;
+    }
+    open_native(l, fd, &addr, &settings, allowed);
+  }
+}
+
+static void forget_listener(void *listener) {
+  listener_t *l = listener;
+  l->next_dead = dead_listeners;
+  dead_listeners = l;
+}
+
+static void bury_listeners(void) {
+  while (dead_listeners) {
+    listener_t *l = dead_listeners;
+    dead_listeners = l->next_dead;
+    free(l->settings);
+    free(l);
+  }
+}
+
+/* ---- native handshakes: JavaScript side (main thread) ---- */
+
+/*
+ * dispatch(type, id, handle, n0..n5, payload): `handle` (MSG_OPEN only) names
+ * the session in answer() and cancel(); payload is the client's address
+ * (MSG_OPEN) or a copy of the bytes concerned.
+ */
+static void call_native(napi_env env, napi_value dispatch, void *context, void *data) {
+  (void)context;
+  message_t *m = data;
+  pair_t *p = m->p;
+  if (env != NULL && dispatch != NULL) {
+    napi_value argv[10], undefined;
+    napi_get_undefined(env, &undefined);
+    napi_create_int32(env, m->type, &argv[0]);
+    napi_create_double(env, p->id, &argv[1]);
+    argv[2] = undefined;
+    if (m->type == MSG_OPEN) {
+      napi_create_external(env, p, NULL, NULL, &argv[2]);
+      if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
+    }
+    for (int i = 0; i < 6; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
+    if (m->type == MSG_OPEN) {
+      napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[9]);
+    } else {
+      void *copy;
+      napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[9]);
+    }
+    napi_call_function(env, undefined, dispatch, 10, argv, NULL);
+    if (m->type == MSG_HAND_OVER || m->type == MSG_END) {
+      if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
+      unref_pair(p); /* JavaScript's */
+    }
+  }
+  unref_pair(p); /* the message's */
+  free(m);
+}
+
+static settings_t *parse_settings(napi_env env, napi_value value) {
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, value, &data, &len) != napi_ok || len < 32) return NULL;
+  const unsigned char *b = data;
+  uint32_t allow;
+  memcpy(&allow, b + 4, 4);
+  int count = allow == 0xffffffffu ? -1 : (int)allow;
+  if (count > 0 && len < 32 + (size_t)count * 18) return NULL;
+  settings_t *s = calloc(1, sizeof *s + (size_t)(count > 0 ? count : 0) * sizeof(network_t));
+  if (!s) return NULL;
+  s->method_count = b[0] > 2 ? 2 : b[0];
+  s->methods[0] = b[1];
+  s->methods[1] = b[2];
+  s->ask_decide = b[3];
+  double ms[3];
+  memcpy(ms, b + 8, sizeof ms);
+  s->handshake_ms = (int64_t)ms[0];
+  s->connect_ms = (int64_t)ms[1];
+  s->idle_ms = (int64_t)ms[2];
+  s->allow_count = count;
+  for (int i = 0; i < count; i++) {
+    const unsigned char *e = b + 32 + (size_t)i * 18;
+    s->allow[i].family = e[0];
+    s->allow[i].prefix = e[1];
+    memcpy(s->allow[i].addr, e + 2, 16);
+  }
+  return s;
+}
+
+/* nativeInit(dispatch): once per process. */
+static napi_value js_native_init(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (on_native != NULL) {
+    napi_throw_error(env, NULL, "already initialised");
+    return NULL;
+  }
+  pthread_once(&thread_once, start_thread);
+  if (thread_error != 0) {
+    napi_throw_error(env, NULL, strerror(thread_error));
+    return NULL;
+  }
+  CHECK(napi_create_string_utf8(env, "socksgate-native", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, call_native, &on_native));
+  CHECK(napi_unref_threadsafe_function(env, on_native));
+  return NULL;
+}
+
+/* listen(fd, tag, settings) -> handle: accepts on a dup of Node's listening socket from now on. */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], handle;
+  int32_t fd;
+  double tag;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (on_native == NULL) {
+    napi_throw_error(env, NULL, "nativeInit() first");
+    return NULL;
+  }
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_double(env, argv[1], &tag));
+  settings_t *s = parse_settings(env, argv[2]);
+  listener_t *l = calloc(1, sizeof *l);
+  if (!s || !l) {
+    free(s);
+    free(l);
+    napi_throw_error(env, NULL, "bad settings");
+    return NULL;
+  }
+  l->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  l->tag = tag;
+  l->settings = s;
+  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &l->watch};
+  int err = 0;
+  if (l->fd < 0 || fcntl(l->fd, F_SETFL, O_NONBLOCK) < 0) err = errno;
+  pthread_mutex_lock(&pairs_lock);
+  if (err == 0 && epoll_ctl(epoll_fd, EPOLL_CTL_ADD, l->fd, &ev) < 0) err = errno;
+  pthread_mutex_unlock(&pairs_lock);
+  if (err != 0) {
+    if (l->fd >= 0) close(l->fd);
+    if (l->spare_fd >= 0) close(l->spare_fd);
+    free(s);
+    free(l);
+    napi_throw_error(env, NULL, strerror(err));
+    return NULL;
+  }
+  CHECK(napi_create_external(env, l, NULL, NULL, &handle));
+  if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
+  return handle;
+}
+
+/* configure(handle, settings): what new sessions on this listener get (reload). */
+static napi_value js_configure(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *ptr;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &ptr));
+  settings_t *s = parse_settings(env, argv[1]);
+  if (!s) {
+    napi_throw_error(env, NULL, "bad settings");
+    return NULL;
+  }
+  listener_t *l = ptr;
+  pthread_mutex_lock(&pairs_lock);
+  settings_t *old = l->settings;
+  l->settings = s;
+  pthread_mutex_unlock(&pairs_lock);
+  free(old);
+  return NULL;
+}
+
+/* unlisten(handle): stops accepting now; connections not yet accepted are refused. Once. */
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void *ptr;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &ptr));
+  listener_t *l = ptr;
+  pthread_mutex_lock(&pairs_lock);
+  if (!l->closed) {
+    l->closed = 1;
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
+    close(l->fd);
+    if (l->spare_fd >= 0) close(l->spare_fd);
+  }
+  pthread_mutex_unlock(&pairs_lock);
+  /* The relay thread may hold an event for it in this batch: it frees it after. */
+  send_command_to(CMD_FORGET_LISTENER, NULL, l);
+  if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
+  return NULL;
+}
+
+/* answer(handle, goOn): JavaScript's verdict after MSG_AUTH or MSG_DECIDE. */
+static napi_value js_answer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *p;
+  bool go_on;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &p));
+  CHECK(napi_get_value_bool(env, argv[1], &go_on));
+  send_command(go_on ? CMD_GO : CMD_HAND_OVER, p);
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
       {"start", NULL, js_start, NULL, NULL, NULL, napi_default, NULL},
       {"cancel", NULL, js_cancel, NULL, NULL, NULL, napi_default, NULL},
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
+      {"nativeInit", NULL, js_native_init, NULL, NULL, NULL, napi_default, NULL},
+      {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
+      {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
+      {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -57,6 +57,8 @@ Options:
                              listening beyond loopback, else 1)
       --relay-engine E       auto, splice (in the kernel; needs the addon built
                              at install) or stream (Node streams)
+      --handshake-engine E   auto, native (the addon runs common SOCKS5
+                             handshakes; needs the splice relay) or node
       --check                validate the configuration, print problems, and exit
   -h, --help                 this text
   -V, --version              the version
@@ -170,9 +172,10 @@ async function run(server: SocksServer, config: Config, flags: Flags): Promise<n
     throw err;
   }
   const relay = server.relayEngine;
+  const handshakes = server.handshakeEngine;
   // A worker's logger already carries its pid.
   const pid = isWorker() ? {} : { pid: process.pid };
-  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay }, `socksgate ${version()} started (${relay} relay)`);
+  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay, handshakes }, `socksgate ${version()} started (${relay} relay, ${handshakes} handshakes)`);
   log.flush();
   started = true;
   if (requested) {

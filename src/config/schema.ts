@@ -121,6 +121,18 @@ const relaySchema = z.strictObject({
   engine: z.enum(['auto', 'splice', 'stream']).default('auto'),
 });
 
+const handshakeSchema = z.strictObject({
+  /**
+   * Who runs the SOCKS5 exchange. `native`: the addon's relay thread accepts,
+   * negotiates and connects for the common case (CONNECT to an address, with
+   * or without username/password) and hands everything else to the Node
+   * session; JavaScript still checks passwords, decides rules and writes every
+   * record. Needs the splice relay. `node`: every connection is a Node socket.
+   * `auto`: native when the splice relay runs, else node.
+   */
+  engine: z.enum(['auto', 'native', 'node']).default('auto'),
+});
+
 const logSchema = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** `auto`: readable when stdout is a terminal, JSON otherwise. */
@@ -183,6 +195,7 @@ export const configSchema = z
     udp: udpSchema.prefault({}),
     log: logSchema.prefault({}),
     relay: relaySchema.prefault({}),
+    handshake: handshakeSchema.prefault({}),
     /** Request rules, first match wins; when any exists, a request no rule matches is denied (`default-deny`). */
     rules: z.array(ruleSchema).default([]),
     /**

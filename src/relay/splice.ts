@@ -18,12 +18,21 @@ import { getSystemErrorName } from 'node:util';
 import type { CloseReason } from '../observe/events.js';
 import type { Relay, RelayOptions } from './tcp.js';
 
-interface Addon {
+export interface Addon {
   init(dispatch: (...report: Report) => void): void;
   start(id: number, clientFd: number, destinationFd: number, idleMs: number): object;
   cancel(handle: object): void;
   stats(): { pipesCreated: number; activePairs: number };
+  // Native handshakes (server/native.ts).
+  nativeInit(dispatch: (...message: NativeMessage) => void): void;
+  listen(fd: number, tag: number, settings: Buffer): object;
+  configure(listener: object, settings: Buffer): void;
+  unlisten(listener: object): void;
+  answer(session: object, goOn: boolean): void;
 }
+
+/** type, id, handle (open only), six numbers, and the client's address (open) or the bytes concerned. */
+export type NativeMessage = [number, number, object | undefined, number, number, number, number, number, number, Buffer | string];
 
 /** id, bytes client→destination, bytes destination→client, how it ended, who sent FIN first, failing side, errno. */
 type Report = [number, number, number, number, number, number, number];
@@ -33,6 +42,24 @@ const enum End {
   ERROR = 1,
   IDLE = 2,
   CANCELLED = 3,
+}
+
+/** How a spliced pair ended, from the addon's report: the close reason and the error, if one. */
+export function spliceEnd(end: number, firstEof: number, errorSide: number, errno: number): { reason: CloseReason; error: Error | null } {
+  switch (end) {
+    case End.CLOSED:
+      return { reason: firstEof === 1 ? 'destination-closed' : 'client-closed', error: null };
+    case End.ERROR: {
+      const code = getSystemErrorName(-errno);
+      const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
+      // errorSide < 0: the relay's own failure (no pipe, no epoll slot).
+      return { reason: errorSide < 0 ? 'relay-error' : errorSide === 1 ? 'destination-error' : 'client-error', error };
+    }
+    case End.IDLE:
+      return { reason: 'idle-timeout', error: null };
+    default:
+      return { reason: 'shutdown', error: null };
+  }
 }
 
 /** The part of libuv's stream handle the handover needs (Node internals, stable since Node 0.x). */
@@ -76,6 +103,12 @@ function load(): { readonly addon: Addon } | { readonly why: string } {
 export function spliceUnavailable(): string | null {
   const state = load();
   return 'why' in state ? state.why : null;
+}
+
+/** The loaded addon, or null when it cannot be used here. */
+export function spliceAddon(): Addon | null {
+  const state = load();
+  return 'addon' in state ? state.addon : null;
 }
 
 /** Counters from the addon, for tests and diagnostics; null when it is not loaded. */
@@ -165,35 +198,18 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
   };
 
   const onReport = ([, up, down, end, firstEof, errorSide, errno]: Report) => {
-    switch (end) {
-      case End.CLOSED:
-        client.destroy();
-        destination.destroy();
-        return finish(firstEof === 1 ? 'destination-closed' : 'client-closed', null, up, down);
-      case End.ERROR: {
-        const code = getSystemErrorName(-errno);
-        const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
-        if (errorSide < 0) {
-          // The relay's own failure (no pipe, no epoll slot): neither side may think all went well.
-          client.resetAndDestroy();
-          destination.resetAndDestroy();
-          return finish('relay-error', error, up, down);
-        }
-        const failing = errorSide === 1 ? destination : client;
-        const other = failing === client ? destination : client;
-        other.resetAndDestroy(); // a failure is passed on as a reset, as the stream relay does
-        failing.destroy();
-        return finish(errorSide === 1 ? 'destination-error' : 'client-error', error, up, down);
-      }
-      case End.IDLE:
-        client.destroy();
-        destination.destroy();
-        return finish('idle-timeout', null, up, down);
-      default:
-        client.destroy();
-        destination.destroy();
-        return finish('shutdown', null, up, down);
+    const { reason, error } = spliceEnd(end, firstEof, errorSide, errno);
+    if (reason === 'relay-error') {
+      // The relay's own failure: neither side may think all went well.
+      client.resetAndDestroy();
+      destination.resetAndDestroy();
+    } else if (reason === 'client-error' || reason === 'destination-error') {
+      // A failure is passed on as a reset, as the stream relay does.
+      (reason === 'client-error' ? destination : client).resetAndDestroy();
     }
+    client.destroy();
+    destination.destroy();
+    finish(reason, error, up, down);
   };
 
   const handOver = () => {

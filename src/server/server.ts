@@ -14,7 +14,8 @@ import { spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
-import { Session, type SessionContext } from './session.js';
+import { Session, type SessionContext, type SessionResume } from './session.js';
+import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, listenNatively, nativeUnavailable } from './native.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
 
 /** Collaborators a library user (or a test) may replace. */
@@ -59,6 +60,19 @@ function resolveRelayEngine(wanted: Config['relay']['engine']): RelayEngine {
   return 'stream';
 }
 
+/** How the SOCKS5 exchange runs: `native` in the addon for the common case, `node` always in a Node session. */
+export type HandshakeEngine = 'native' | 'node';
+
+function resolveHandshakeEngine(wanted: Config['handshake']['engine'], relay: RelayEngine, customDialer: boolean): HandshakeEngine {
+  if (wanted === 'node') return 'node';
+  const why = relay !== 'splice' ? 'it needs the splice relay'
+    : customDialer ? 'a custom dialer is in use (the addon dials directly)'
+    : nativeUnavailable();
+  if (why === null) return 'native';
+  if (wanted === 'native') throw new RelayEngineError(`handshake.engine is native, but ${why}`);
+  return 'node';
+}
+
 const DEPENDENCY_KEYS = ['resolver', 'dialer', 'authenticator', 'now'] as const;
 
 /** What `SocksServer.reload` did: key paths now in effect for new sessions, and those left as they were. */
@@ -79,7 +93,7 @@ export interface SocksServerEvents extends ServerEvents {
  * Settings bound to sockets, processes or the relay engine already chosen: a
  * reload reports a change to them in `needsRestart` and keeps the old value.
  */
-const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'log.format'] as const;
+const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format'] as const;
 
 /** Validates the options (throws ConfigError or UsersFileError) and builds a server. Call `listen()` to start it. */
 export function createServer(options: ServerOptions = {}): SocksServer {
@@ -108,9 +122,14 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   readonly #listeners: ListenerSlot[] = [];
   readonly #servers: NetServer[] = [];
   readonly #bound: ListenerInfo[] = [];
-  readonly #sessions = new Map<number, Session>();
+  readonly #sessions = new Map<number, Session | NativeSession>();
   /** The TCP relay engine sessions use, `relay.engine` resolved against what this machine has. */
   readonly relayEngine: RelayEngine;
+  /**
+   * Who runs handshakes: `handshake.engine` resolved. A listener Node cannot
+   * hand over (under `--workers`, the primary accepts) stays on `node`.
+   */
+  readonly handshakeEngine: HandshakeEngine;
   #nextId = 1;
   #state: 'new' | 'listening' | 'closing' | 'closed' = 'new';
   #drained: (() => void) | null = null;
@@ -128,6 +147,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#rules = compileRules(config.rules);
     this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
     this.relayEngine = resolveRelayEngine(config.relay.engine);
+    this.handshakeEngine = resolveHandshakeEngine(config.handshake.engine, this.relayEngine, deps.dialer !== undefined);
   }
 
   /** The validated, frozen configuration in effect for new sessions (after a reload, the reloaded one). */
@@ -161,6 +181,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       listen: old.listen,
       workers: old.workers,
       relay: old.relay,
+      handshake: old.handshake,
       log: { ...wanted.log, format: old.log.format },
     });
 
@@ -185,7 +206,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#rules = rules;
     this.#allow = allow;
     this.#udpSlots.limit = next.udp.maxAssociationsPerClient;
-    for (const slot of this.#listeners) slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
+    for (const slot of this.#listeners) {
+      slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
+      slot.native?.configure(slot.ctx, allowedNetworks(next.clients.allow));
+    }
     const result: ReloadResult = { changed, needsRestart };
     this.emit('reload', result);
     return result;
@@ -224,6 +248,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const graceMs = options.graceMs ?? this.config.timeouts.shutdownGrace;
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
+    for (const slot of this.#listeners) slot.native?.close();
     this.emit('draining', { sessions: this.#sessions.size, graceMs });
     if (this.#sessions.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve; });
@@ -252,11 +277,50 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     };
     const name = formatDestination({ host: info.address, port: info.port });
     server.on('error', (error) => this.emit('listener-error', { listener: name, error }));
-    const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener) };
+    const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener), native: null };
     this.#listeners.push(slot);
     server.on('connection', (socket) => this.#accept(socket, slot.ctx));
+    if (this.handshakeEngine === 'native') this.#acceptNatively(server, slot);
     this.#bound.push(info);
     this.emit('listening', info);
+  }
+
+  /**
+   * Lets the addon accept on this listener from now on: it takes a duplicate
+   * of the listening socket and Node's handle is closed. Connections Node
+   * accepted before that are served as usual.
+   */
+  #acceptNatively(server: NetServer, slot: ListenerSlot): void {
+    const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return; // a cluster worker's handle: the primary accepts
+    const owner: NativeOwner = {
+      context: () => slot.ctx,
+      nextId: () => this.#nextId++,
+      opened: (session) => {
+        this.#sessions.set(session.id, session);
+        if (this.listenerCount('session-open') > 0) {
+          const { id, clientAddress, clientPort } = session;
+          this.emit('session-open', { id, listener: slot.ctx.listener, clientAddress, clientPort });
+        }
+      },
+      handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
+    };
+    slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow));
+    if (slot.native) server.close();
+  }
+
+  /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
+  #adopt(native: NativeSession, socket: Socket, resume: SessionResume | null): void {
+    const ctx = native.ctx!;
+    if (resume === null) {
+      socket.on('error', () => {});
+      socket.destroy();
+      this.#onSessionClose(deniedRecord(native.id, ctx, native.clientAddress, native.clientPort, this.#now()));
+      return;
+    }
+    const session = new Session(native.id, socket, ctx, resume);
+    this.#sessions.set(native.id, session);
+    session.start();
   }
 
   #sessionContext(name: string, listener: ListenerConfig): SessionContext {
@@ -294,7 +358,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (this.#allow && !allowed(this.#allow, address)) {
       socket.on('error', () => {});
       socket.destroy();
-      this.emit('session-close', deniedRecord(id, ctx, socket, this.#now()));
+      this.emit('session-close', deniedRecord(id, ctx, address, socket.remotePort ?? 0, this.#now()));
       return;
     }
     const session = new Session(id, socket, ctx);
@@ -340,6 +404,8 @@ class ClientSlots {
 interface ListenerSlot {
   readonly config: ListenerConfig;
   ctx: SessionContext;
+  /** Set when the addon accepts on this listener. */
+  native: NativeListener | null;
 }
 
 interface LoadedUsers {
@@ -427,13 +493,18 @@ function allowed(list: BlockList, address: string): boolean {
   return list.check(address, address.includes(':') ? 'ipv6' : 'ipv4');
 }
 
-function deniedRecord(id: number, ctx: SessionContext, socket: Socket, now: number): SessionRecord {
-  const clientAddress = socket.remoteAddress ?? '';
+/** The networks of `clients.allow` for the addon; null when any client may connect. */
+function allowedNetworks(networks: readonly string[] | undefined): AllowedNetwork[] | null {
+  if (!networks) return null;
+  return networks.map(parseNetwork).filter((net) => net !== undefined);
+}
+
+function deniedRecord(id: number, ctx: SessionContext, clientAddress: string, clientPort: number, now: number): SessionRecord {
   return {
     id,
     listener: ctx.listener,
     clientAddress,
-    clientPort: socket.remotePort ?? 0,
+    clientPort,
     version: null,
     authMethod: null,
     user: null,

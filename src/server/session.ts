@@ -58,6 +58,26 @@ export interface SessionContext {
   readonly onClose: (record: SessionRecord) => void;
 }
 
+/**
+ * Where a session picks up a connection whose handshake began elsewhere (the
+ * native handshake in server/native.ts hands over whatever leaves its common
+ * path): the phase, the bytes read but not yet consumed, and what is known.
+ */
+export interface SessionResume {
+  /** `version`: nothing answered yet; `auth`: method 0x02 was chosen; `request`: negotiation done. */
+  readonly phase: 'version' | 'auth' | 'request';
+  readonly buffer: Buffer;
+  readonly startedAt: number;
+  readonly authMethod: 'none' | 'userpass' | null;
+  readonly user: string | null;
+  /** The handshake deadline has passed: end with the timeout now. */
+  readonly timedOut: boolean;
+  /** The credentials in `buffer` were already checked and refused. */
+  readonly authRefused: boolean;
+  /** The CONNECT in `buffer` was already dialled and failed so: refuse with it. */
+  readonly dialFailure: SocksError | null;
+}
+
 type Phase =
   | 'version' // waiting for the first byte
   | 'greeting' // SOCKS5 method offer
@@ -121,24 +141,39 @@ export class Session {
   #reason: CloseReason | null = null;
   #error: string | null = null;
   #rule: string | null = null;
+  #resume: SessionResume | null;
 
-  constructor(id: number, socket: Socket, ctx: SessionContext) {
+  constructor(id: number, socket: Socket, ctx: SessionContext, resume: SessionResume | null = null) {
     this.id = id;
     this.#socket = socket;
     this.#ctx = ctx;
-    this.#startedAt = ctx.now();
+    this.#resume = resume;
+    this.#startedAt = resume?.startedAt ?? ctx.now();
     this.#clientAddress = socket.remoteAddress ?? '';
     this.#clientPort = socket.remotePort ?? 0;
   }
 
-  /** Starts reading the handshake. */
+  /** Starts reading the handshake (or goes on from where it was handed over). */
   start(): void {
     const socket = this.#socket;
     socket.on('data', this.#onData);
     socket.on('end', this.#onHandshakeEnd);
     socket.on('error', this.#onHandshakeError);
     socket.once('close', this.#onClose);
-    this.#timer = setTimeout(this.#onHandshakeTimeout, this.#ctx.handshakeMs);
+    const resume = this.#resume;
+    if (resume === null) {
+      this.#timer = setTimeout(this.#onHandshakeTimeout, this.#ctx.handshakeMs);
+      return;
+    }
+    if (resume.phase !== 'version') this.#version = 5;
+    this.#phase = resume.phase;
+    this.#authMethod = resume.authMethod;
+    this.#user = resume.user;
+    this.#buffer = resume.buffer;
+    if (resume.timedOut) return this.#onHandshakeTimeout();
+    const left = this.#ctx.handshakeMs - (this.#ctx.now() - this.#startedAt);
+    this.#timer = setTimeout(this.#onHandshakeTimeout, Math.max(0, left));
+    if (this.#buffer.length > 0) this.#advance();
   }
 
   /** Ends the session now, whatever its phase (server shutdown). */
@@ -237,6 +272,10 @@ export class Session {
     const { username, password } = message.value;
     this.#user = username;
     this.#wait();
+    if (this.#resume?.authRefused) {
+      this.#afterVerify(false, null);
+      return false;
+    }
     const authenticator = this.#ctx.authenticator;
     const verdict = authenticator ? authenticator.verify(username, password) : Promise.resolve(false);
     verdict.then(
@@ -322,6 +361,8 @@ export class Session {
   #connect(target: Destination): void {
     this.#wait();
     clearTimeout(this.#timer); // the connect timeout takes over
+    const failure = this.#resume?.dialFailure;
+    if (failure) return this.#commandFailed(failure);
     const signal = this.#signal();
     this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal }).then(
       (outbound) => this.#afterConnect(outbound),

@@ -36,7 +36,7 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       // One controller carries both the deadline and the caller's abort; no
       // AbortSignal.any (slow, and it retains its sources on Node 20).
       const abort = new AbortController();
-      const timer = setTimeout(() => abort.abort(timeoutError(target, timeoutMs)), timeoutMs);
+      const timer = setTimeout(() => abort.abort(connectTimeoutError(target, timeoutMs)), timeoutMs);
       const forward = () => abort.abort(signal?.reason);
       signal?.addEventListener('abort', forward, { once: true });
       try {
@@ -72,7 +72,7 @@ function connectOne(host: string, port: number, timeoutMs: number, signal: Abort
       reject(toSocksError(err));
     };
     const onAbort = () => fail(signal?.reason);
-    const timer = setTimeout(() => fail(timeoutError({ kind: 'ipv4', host, port }, timeoutMs)), timeoutMs);
+    const timer = setTimeout(() => fail(connectTimeoutError({ host, port }, timeoutMs)), timeoutMs);
     socket.once('connect', () => {
       cleanup();
       resolve(socket);
@@ -88,7 +88,8 @@ async function resolveAll(resolver: Resolver, host: string): Promise<readonly Re
   return found;
 }
 
-function timeoutError(target: Destination, ms: number): SocksError {
+/** The error of a connect that did not finish in time (the native handshake uses it too). */
+export function connectTimeoutError(target: { readonly host: string; readonly port: number }, ms: number): SocksError {
   return new SocksError('ERR_CONNECT_TIMEOUT', `connect to ${target.host}:${target.port} timed out after ${ms} ms`);
 }
 

@@ -1,0 +1,325 @@
+/**
+ * Native handshakes: the addon's relay thread (native/splice.c) accepts on a
+ * listener, runs the common SOCKS5 exchange itself (greeting, RFC 1929
+ * credentials, CONNECT to an address literal, the reply) and splices the pair,
+ * so the common session never builds a Node socket. JavaScript stays the
+ * authority: it is asked whether a password is right and whether a rule
+ * allows a request, it gets every connection that leaves the common path
+ * handed over (with the bytes read so far) to the ordinary Session, which
+ * sends every refusal, and it writes every record.
+ *
+ * One relay thread per process serves the listeners of every server in it;
+ * each listener is registered with its owner, who learns of its sessions.
+ */
+import { Socket } from 'node:net';
+import { getSystemErrorName } from 'node:util';
+import ipaddr from 'ipaddr.js';
+import { SocksError, toSocksError } from '../errors.js';
+import type { SessionRecord } from '../observe/events.js';
+import { NEED_MORE, formatDestination } from '../protocol/address.js';
+import { Method, decodeRequest } from '../protocol/socks5.js';
+import { decodeUserPass } from '../protocol/userpass.js';
+import { type Addon, type NativeMessage, spliceAddon, spliceEnd } from '../relay/splice.js';
+import { connectTimeoutError } from '../upstream/dialer.js';
+import type { SessionContext, SessionResume } from './session.js';
+
+const enum Message {
+  OPEN = 0,
+  AUTH = 1,
+  DECIDE = 2,
+  HAND_OVER = 3,
+  END = 4,
+}
+
+const RESUME_PHASES = ['version', 'auth', 'request'] as const;
+/** The addon's resume code for a client that clients.allow refuses. */
+const RESUME_DENIED = 3;
+const METHOD_BYTES = { none: Method.NONE, userpass: Method.USERPASS } as const;
+const SETTINGS_HEADER = 32;
+const NETWORK_BYTES = 18;
+
+/** What a native listener's owner (the server) does with its sessions. */
+export interface NativeOwner {
+  /** The context a session accepted now gets (a reload replaces it). */
+  context(): SessionContext;
+  nextId(): number;
+  /** A session began (it is not yet known whether it stays native). */
+  opened(session: NativeSession): void;
+  /** The session left the native path: go on with `socket` from `resume`; null: clients.allow refused it. */
+  handedOver(session: NativeSession, socket: Socket, resume: SessionResume | null): void;
+}
+
+/** A listener whose connections the relay thread accepts. */
+export interface NativeListener {
+  /** New sessions use these settings from now on (reload). */
+  configure(ctx: SessionContext, allow: readonly AllowedNetwork[] | null): void;
+  /** Stops accepting; sessions already accepted go on. */
+  close(): void;
+}
+
+export interface AllowedNetwork {
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: 4 | 6;
+}
+
+/** Why native handshakes cannot run, or null when they can. */
+export function nativeUnavailable(): string | null {
+  return spliceAddon() ? null : 'the splice addon is not loaded';
+}
+
+interface Frontend {
+  readonly addon: Addon;
+  readonly owners: Map<number, NativeOwner>;
+  readonly sessions: Map<number, NativeSession>;
+  nextTag: number;
+}
+
+let frontend: Frontend | null = null;
+
+function frontendOrNull(): Frontend | null {
+  if (frontend) return frontend;
+  const addon = spliceAddon();
+  if (!addon) return null;
+  const state: Frontend = { addon, owners: new Map(), sessions: new Map(), nextTag: 1 };
+  addon.nativeInit((...message: NativeMessage) => dispatch(state, message));
+  frontend = state;
+  return state;
+}
+
+/**
+ * Takes over accepting on `fd` (a listening socket Node bound; the caller
+ * then closes Node's handle, the socket stays open in the addon). Returns null
+ * when the addon is not loaded.
+ */
+export function listenNatively(fd: number, owner: NativeOwner, allow: readonly AllowedNetwork[] | null): NativeListener | null {
+  const state = frontendOrNull();
+  if (!state) return null;
+  const tag = state.nextTag++;
+  const handle = state.addon.listen(fd, tag, encodeSettings(owner.context(), allow));
+  state.owners.set(tag, owner);
+  let open = true;
+  return {
+    configure(ctx, networks) {
+      if (open) state.addon.configure(handle, encodeSettings(ctx, networks));
+    },
+    close() {
+      if (!open) return;
+      open = false;
+      state.addon.unlisten(handle);
+      state.owners.delete(tag);
+    },
+  };
+}
+
+/**
+ * The settings a listener's new sessions get, in the addon's layout: method
+ * count and bytes in preference order, whether each request is decided here,
+ * the allow count (all ones: anyone), three f64 durations, then each allowed
+ * network as family, prefix and 16 address bytes.
+ */
+function encodeSettings(ctx: SessionContext, allow: readonly AllowedNetwork[] | null): Buffer {
+  const count = allow?.length ?? 0;
+  const buf = Buffer.alloc(SETTINGS_HEADER + count * NETWORK_BYTES);
+  const methods = ctx.methods.slice(0, 2);
+  buf[0] = methods.length;
+  methods.forEach((m, i) => { buf[1 + i] = METHOD_BYTES[m]; });
+  buf[3] = ctx.rules !== null ? 1 : 0;
+  buf.writeUInt32LE(allow ? count : 0xffffffff, 4);
+  buf.writeDoubleLE(ctx.handshakeMs, 8);
+  buf.writeDoubleLE(ctx.connectMs, 16);
+  buf.writeDoubleLE(ctx.idleMs, 24);
+  allow?.forEach((net, i) => {
+    const at = SETTINGS_HEADER + i * NETWORK_BYTES;
+    buf[at] = net.family;
+    buf[at + 1] = net.prefix;
+    addressBytes(net.address, net.family).copy(buf, at + 2);
+  });
+  return buf;
+}
+
+function addressBytes(address: string, family: 4 | 6): Buffer {
+  return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
+}
+
+function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, payload]: NativeMessage): void {
+  if (type === Message.OPEN) {
+    const owner = state.owners.get(n0);
+    if (!owner || !handle) {
+      // Its listener was closed after the accept: let it go without a session.
+      if (handle) state.addon.cancel(handle);
+      state.sessions.set(id, new NativeSession(null, handle!, state.addon, n0, '', 0, null));
+      return;
+    }
+    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, owner.context());
+    state.sessions.set(id, session);
+    owner.opened(session);
+    return;
+  }
+  const session = state.sessions.get(id);
+  if (!session) return;
+  const bytes = payload as Buffer;
+  switch (type) {
+    case Message.AUTH:
+      return session.verify(bytes);
+    case Message.DECIDE:
+      return session.decide(bytes);
+    case Message.HAND_OVER:
+      state.sessions.delete(id);
+      return session.handOver(n0, n1, n2, n3, n4 === 1, bytes);
+    case Message.END:
+      state.sessions.delete(id);
+      return session.end(n0, n1, n2, n3, n4, n5, bytes);
+  }
+}
+
+/**
+ * A session the relay thread negotiates (and then splices), as the server
+ * sees it: enough to count it, shut it down, and write its record.
+ */
+export class NativeSession {
+  readonly id: number;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly #owner: NativeOwner | null;
+  readonly #handle: object;
+  readonly #addon: Addon;
+  /** The context this session started with; null for one accepted after its listener closed. */
+  readonly ctx: SessionContext | null;
+  readonly #startedAt: number;
+  #user: string | null = null;
+  #authRefused = false;
+  #rule: string | null = null;
+  /** Handed over or ended: the addon has forgotten the handle. */
+  #gone = false;
+  #shutdown = false;
+
+  constructor(owner: NativeOwner | null, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext | null) {
+    this.#owner = owner;
+    this.#handle = handle;
+    this.#addon = addon;
+    this.id = id;
+    this.clientAddress = address;
+    this.clientPort = port;
+    this.ctx = ctx;
+    this.#startedAt = ctx ? ctx.now() : 0;
+  }
+
+  /** Ends the session now, whatever its phase (server shutdown); its record follows. */
+  shutdown(): void {
+    if (this.#gone || this.#shutdown) return;
+    this.#shutdown = true;
+    this.#addon.cancel(this.#handle);
+  }
+
+  /** RFC 1929 credentials arrived: check them and tell the relay thread. */
+  verify(message: Buffer): void {
+    const ctx = this.ctx!;
+    let username: string;
+    let password: string;
+    try {
+      const decoded = decodeUserPass(message);
+      if (decoded === NEED_MORE) throw new Error('incomplete');
+      ({ username, password } = decoded.value);
+    } catch {
+      return this.#answer(false); // the session decodes it again and says why
+    }
+    this.#user = username;
+    const verdict = ctx.authenticator ? ctx.authenticator.verify(username, password) : Promise.resolve(false);
+    verdict.then(
+      (ok) => {
+        if (!ok) this.#authRefused = true;
+        this.#answer(ok);
+      },
+      () => this.#answer(false), // the session asks again and logs the authenticator's failure
+    );
+  }
+
+  /** A CONNECT request arrived and request rules exist: decide it. */
+  decide(request: Buffer): void {
+    const ctx = this.ctx!;
+    const decoded = decodeRequest(request);
+    if (decoded === NEED_MORE || ctx.rules === null) return this.#answer(true);
+    const decision = ctx.rules.decide({
+      clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
+      command: 'connect',
+      destination: decoded.value.destination,
+      user: this.#user,
+      listener: ctx.listener,
+    });
+    this.#rule = decision.rule;
+    // A refusal is the session's to send and record: hand the connection over.
+    this.#answer(decision.allowed);
+  }
+
+  #answer(goOn: boolean): void {
+    if (!this.#gone) this.#addon.answer(this.#handle, goOn);
+  }
+
+  handOver(fd: number, resumeCode: number, method: number, errno: number, timedOut: boolean, buffer: Buffer): void {
+    this.#gone = true;
+    const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
+    if (!this.#owner || !this.ctx) {
+      socket.destroy();
+      return;
+    }
+    if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, null);
+    const phase = RESUME_PHASES[resumeCode] ?? 'version';
+    const authMethod = method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
+    this.#owner.handedOver(this, socket, {
+      phase,
+      buffer,
+      startedAt: this.#startedAt,
+      authMethod: phase === 'version' ? null : authMethod,
+      user: this.#user,
+      timedOut: timedOut && errno === 0,
+      authRefused: this.#authRefused,
+      dialFailure: phase === 'request' && errno !== 0 ? this.#dialFailure(buffer, errno, timedOut) : null,
+    });
+  }
+
+  #dialFailure(request: Buffer, errno: number, timedOut: boolean): SocksError {
+    const decoded = decodeRequest(request);
+    const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
+    if (timedOut) return connectTimeoutError(target, this.ctx!.connectMs);
+    const code = getSystemErrorName(-errno);
+    const where = formatDestination(target);
+    return toSocksError(Object.assign(new Error(`connect ${code} ${where}`), { code, errno: -errno, syscall: 'connect' }));
+  }
+
+  end(up: number, down: number, reason: number, firstEof: number, errorSide: number, errno: number, request: Buffer): void {
+    this.#gone = true;
+    const ctx = this.ctx;
+    if (!ctx) return;
+    const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
+    const relayed = decoded !== NEED_MORE;
+    const target = relayed ? formatDestination(decoded.value.destination) : null;
+    const end = spliceEnd(reason, firstEof, errorSide, errno);
+    const record: SessionRecord = {
+      id: this.id,
+      listener: ctx.listener,
+      clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
+      version: relayed || this.#user !== null ? 5 : null,
+      authMethod: this.#user !== null ? 'userpass' : relayed ? 'none' : null,
+      user: this.#user,
+      command: relayed ? 'connect' : null,
+      requested: target,
+      connected: target,
+      reply: relayed ? 0 : null,
+      bytesUp: up,
+      bytesDown: down,
+      relay: relayed ? 'splice' : null,
+      datagramsUp: 0,
+      datagramsDown: 0,
+      datagramsDropped: 0,
+      startedAt: this.#startedAt,
+      durationMs: Math.max(0, ctx.now() - this.#startedAt),
+      reason: end.reason,
+      error: end.error?.message ?? null,
+      rule: this.#rule,
+    };
+    ctx.onClose(record);
+  }
+}
