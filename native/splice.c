@@ -129,6 +129,7 @@ static int64_t scan_every_told = 0; /* the relay thread's idea of it, to know wh
 static int pool[POOL_MAX][2];
 static int pool_size;
 static uint64_t pipes_created; /* read by stats(); a torn read only blurs a counter */
+static uint64_t native_accepted, native_handed_over; /* the same */
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -144,6 +145,8 @@ static void native_answer(pair_t *p, int kind);
 static void native_accept(watch_t *listener_watch);
 static void forget_listener(void *listener);
 static void bury_listeners(void);
+static void flush_messages(int64_t now);
+static int flush_timeout(void);
 
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) free(p);
@@ -384,7 +387,8 @@ static void *relay_thread(void *unused) {
     int timeout = idle_pairs > 0 ? (int)idle_scan_every : -1;
     scan_every_told = idle_pairs > 0 ? idle_scan_every : 0;
     pthread_mutex_unlock(&pairs_lock);
-    int n = epoll_wait(epoll_fd, events, MAX_EVENTS, timeout);
+    int due = flush_timeout();
+    int n = epoll_wait(epoll_fd, events, MAX_EVENTS, due >= 0 && (timeout < 0 || due < timeout) ? due : timeout);
     for (int i = 0; i < n; i++) {
       if (events[i].data.ptr == &wake_token) {
         run_commands();
@@ -401,6 +405,7 @@ static void *relay_thread(void *unused) {
         next_idle_scan = now + timeout;
       }
     }
+    flush_messages(now_ms());
     bury_ended();
     bury_listeners();
   }
@@ -595,15 +600,17 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* stats() -> { pipesCreated, activePairs } for tests and diagnostics. */
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver } for tests and diagnostics. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value result, created, active;
+  napi_value result, value;
+  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver"};
+  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over};
   CHECK(napi_create_object(env, &result));
-  CHECK(napi_create_double(env, (double)pipes_created, &created));
-  CHECK(napi_create_double(env, (double)active_pairs, &active));
-  CHECK(napi_set_named_property(env, result, "pipesCreated", created));
-  CHECK(napi_set_named_property(env, result, "activePairs", active));
+  for (int i = 0; i < 4; i++) {
+    CHECK(napi_create_double(env, values[i], &value));
+    CHECK(napi_set_named_property(env, result, names[i], value));
+  }
   return result;
 }
 
@@ -614,7 +621,11 @@ enum { PHASE_RELAY = 0, PHASE_GREETING, PHASE_AUTH, PHASE_AUTH_WAIT, PHASE_REQUE
 /* Where JavaScript's session picks a handed-over connection up. */
 enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3 };
 /* Messages to JavaScript. */
-enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4 };
+enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5 };
+/* Messages nobody waits for (a session opened or ended) are posted together
+ * at most this late, so a short session does not wake the main thread twice
+ * while the relay thread is busy with the next handshake on the same core. */
+#define FLUSH_MS 2
 
 /* A greeting is at most 257 bytes, a username/password message 513, a
  * request 262: one message always fits; the rest is early payload. */
@@ -661,8 +672,9 @@ struct handshake {
 };
 
 typedef struct message {
+  struct message *next;
   int type;
-  pair_t *p; /* holds a reference */
+  pair_t *p; /* holds a reference; NULL for MSG_LISTENER_CLOSED */
   double n[6];
   int len;
   char text[INET6_ADDRSTRLEN];
@@ -673,13 +685,44 @@ static napi_threadsafe_function on_native;
 static int64_t native_refs; /* main thread: open listeners + sessions JavaScript knows; refs on_native while > 0 */
 static double next_native_id;
 static listener_t *dead_listeners; /* freed after the current batch of events */
+/* Relay thread: messages not yet posted, in order, and when the oldest was queued. */
+static message_t *unsent_head, *unsent_tail;
+static int unsent_urgent;
+static int64_t unsent_since;
 
+/* Queues a message for JavaScript (relay thread); see FLUSH_MS. */
 static void post(message_t *m) {
-  __atomic_add_fetch(&m->p->refs, 1, __ATOMIC_ACQ_REL);
-  if (napi_call_threadsafe_function(on_native, m, napi_tsfn_nonblocking) != napi_ok) {
-    unref_pair(m->p);
+  if (m->p) __atomic_add_fetch(&m->p->refs, 1, __ATOMIC_ACQ_REL);
+  if (!unsent_head) unsent_since = now_ms();
+  if (unsent_tail) unsent_tail->next = m;
+  else unsent_head = m;
+  unsent_tail = m;
+  if (m->type != MSG_OPEN && m->type != MSG_END) unsent_urgent = 1;
+}
+
+static void free_messages(message_t *m) {
+  while (m) {
+    message_t *next = m->next;
+    if (m->p) unref_pair(m->p);
     free(m);
+    m = next;
   }
+}
+
+/* Posts the queued messages as one call when one is awaited or the oldest is due. */
+static void flush_messages(int64_t now) {
+  if (!unsent_head || (!unsent_urgent && now - unsent_since < FLUSH_MS)) return;
+  message_t *batch = unsent_head;
+  unsent_head = unsent_tail = NULL;
+  unsent_urgent = 0;
+  if (napi_call_threadsafe_function(on_native, batch, napi_tsfn_nonblocking) != napi_ok) free_messages(batch);
+}
+
+/* How long epoll_wait may sleep before queued messages are due (-1: none queued). */
+static int flush_timeout(void) {
+  if (!unsent_head) return -1;
+  int64_t left = unsent_since + FLUSH_MS - now_ms();
+  return left > 0 ? (int)left : 0;
 }
 
 static message_t *message(int type, pair_t *p, const void *data, int len) {
@@ -731,6 +774,7 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   p->next = ended;
   ended = p;
   pthread_mutex_unlock(&pairs_lock);
+  native_handed_over++;
   message_t *m = message(MSG_HAND_OVER, p, h ? h->buf : NULL, h ? h->len : 0);
   m->n[0] = p->fd[0];
   m->n[1] = resume;
@@ -1094,6 +1138,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  native_accepted++;
 
   message_t *m = message(MSG_OPEN, p, NULL, 0);
   m->n[0] = l->tag;
@@ -1160,8 +1205,12 @@ static void native_accept(watch_t *w) {
   }
 }
 
+/* After unlisten(): every session it accepted has had its MSG_OPEN queued before this. */
 static void forget_listener(void *listener) {
   listener_t *l = listener;
+  message_t *m = message(MSG_LISTENER_CLOSED, NULL, NULL, 0);
+  m->n[0] = l->tag;
+  post(m);
   l->next_dead = dead_listeners;
   dead_listeners = l;
 }
@@ -1182,35 +1231,41 @@ static void bury_listeners(void) {
  * the session in answer() and cancel(); payload is the client's address
  * (MSG_OPEN) or a copy of the bytes concerned.
  */
+static void deliver(napi_env env, napi_value dispatch, message_t *m) {
+  pair_t *p = m->p;
+  napi_value argv[10], undefined;
+  napi_get_undefined(env, &undefined);
+  napi_create_int32(env, m->type, &argv[0]);
+  napi_create_double(env, p ? p->id : 0, &argv[1]);
+  argv[2] = undefined;
+  if (m->type == MSG_OPEN) {
+    napi_create_external(env, p, NULL, NULL, &argv[2]);
+    if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
+  }
+  for (int i = 0; i < 6; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
+  if (m->type == MSG_OPEN) {
+    napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[9]);
+  } else {
+    void *copy;
+    napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[9]);
+  }
+  napi_call_function(env, undefined, dispatch, 10, argv, NULL);
+  if (m->type == MSG_HAND_OVER || m->type == MSG_END || m->type == MSG_LISTENER_CLOSED) {
+    if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
+    if (p) unref_pair(p); /* JavaScript's */
+  }
+}
+
+/* Runs on the main thread with a batch of messages, in the order they were queued. */
 static void call_native(napi_env env, napi_value dispatch, void *context, void *data) {
   (void)context;
-  message_t *m = data;
-  pair_t *p = m->p;
-  if (env != NULL && dispatch != NULL) {
-    napi_value argv[10], undefined;
-    napi_get_undefined(env, &undefined);
-    napi_create_int32(env, m->type, &argv[0]);
-    napi_create_double(env, p->id, &argv[1]);
-    argv[2] = undefined;
-    if (m->type == MSG_OPEN) {
-      napi_create_external(env, p, NULL, NULL, &argv[2]);
-      if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
-    }
-    for (int i = 0; i < 6; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
-    if (m->type == MSG_OPEN) {
-      napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[9]);
-    } else {
-      void *copy;
-      napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[9]);
-    }
-    napi_call_function(env, undefined, dispatch, 10, argv, NULL);
-    if (m->type == MSG_HAND_OVER || m->type == MSG_END) {
-      if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
-      unref_pair(p); /* JavaScript's */
-    }
+  for (message_t *m = data; m && env != NULL && dispatch != NULL; m = m->next) {
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    deliver(env, dispatch, m);
+    napi_close_handle_scope(env, scope);
   }
-  unref_pair(p); /* the message's */
-  free(m);
+  free_messages(data);
 }
 
 static settings_t *parse_settings(napi_env env, napi_value value) {
@@ -1345,8 +1400,7 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_unlock(&pairs_lock);
   /* The relay thread may hold an event for it in this batch: it frees it after. */
-  send_command_to(CMD_FORGET_LISTENER, NULL, l);
-  if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
+  send_command_to(CMD_FORGET_LISTENER, NULL, l); /* answered by MSG_LISTENER_CLOSED */
   return NULL;
 }
 

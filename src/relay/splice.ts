@@ -22,7 +22,7 @@ export interface Addon {
   init(dispatch: (...report: Report) => void): void;
   start(id: number, clientFd: number, destinationFd: number, idleMs: number): object;
   cancel(handle: object): void;
-  stats(): { pipesCreated: number; activePairs: number };
+  stats(): SpliceStats;
   // Native handshakes (server/native.ts).
   nativeInit(dispatch: (...message: NativeMessage) => void): void;
   listen(fd: number, tag: number, settings: Buffer): object;
@@ -105,6 +105,17 @@ export function spliceUnavailable(): string | null {
   return 'why' in state ? state.why : null;
 }
 
+/** The addon's counters since the process started. */
+export interface SpliceStats {
+  readonly pipesCreated: number;
+  /** Pairs started from JavaScript (Node sessions) and not yet reported ended. */
+  readonly activePairs: number;
+  /** Connections the relay thread accepted (native handshakes). */
+  readonly nativeAccepted: number;
+  /** Of those, how many were handed over to a Node session. */
+  readonly nativeHandedOver: number;
+}
+
 /** The loaded addon, or null when it cannot be used here. */
 export function spliceAddon(): Addon | null {
   const state = load();
@@ -112,7 +123,7 @@ export function spliceAddon(): Addon | null {
 }
 
 /** Counters from the addon, for tests and diagnostics; null when it is not loaded. */
-export function spliceStats(): { pipesCreated: number; activePairs: number } | null {
+export function spliceStats(): SpliceStats | null {
   const state = load();
   return 'addon' in state ? state.addon.stats() : null;
 }

@@ -29,6 +29,7 @@ const enum Message {
   DECIDE = 2,
   HAND_OVER = 3,
   END = 4,
+  LISTENER_CLOSED = 5,
 }
 
 const RESUME_PHASES = ['version', 'auth', 'request'] as const;
@@ -53,8 +54,11 @@ export interface NativeOwner {
 export interface NativeListener {
   /** New sessions use these settings from now on (reload). */
   configure(ctx: SessionContext, allow: readonly AllowedNetwork[] | null): void;
-  /** Stops accepting; sessions already accepted go on. */
-  close(): void;
+  /**
+   * Stops accepting now; sessions already accepted go on. Resolves once the
+   * owner has been told of every session the listener accepted.
+   */
+  close(): Promise<void>;
 }
 
 export interface AllowedNetwork {
@@ -70,7 +74,9 @@ export function nativeUnavailable(): string | null {
 
 interface Frontend {
   readonly addon: Addon;
+  /** By listener tag, until the addon confirms the listener closed. */
   readonly owners: Map<number, NativeOwner>;
+  readonly closing: Map<number, () => void>;
   readonly sessions: Map<number, NativeSession>;
   nextTag: number;
 }
@@ -81,7 +87,7 @@ function frontendOrNull(): Frontend | null {
   if (frontend) return frontend;
   const addon = spliceAddon();
   if (!addon) return null;
-  const state: Frontend = { addon, owners: new Map(), sessions: new Map(), nextTag: 1 };
+  const state: Frontend = { addon, owners: new Map(), closing: new Map(), sessions: new Map(), nextTag: 1 };
   addon.nativeInit((...message: NativeMessage) => dispatch(state, message));
   frontend = state;
   return state;
@@ -98,16 +104,17 @@ export function listenNatively(fd: number, owner: NativeOwner, allow: readonly A
   const tag = state.nextTag++;
   const handle = state.addon.listen(fd, tag, encodeSettings(owner.context(), allow));
   state.owners.set(tag, owner);
-  let open = true;
+  let closed: Promise<void> | null = null;
   return {
     configure(ctx, networks) {
-      if (open) state.addon.configure(handle, encodeSettings(ctx, networks));
+      if (!closed) state.addon.configure(handle, encodeSettings(ctx, networks));
     },
     close() {
-      if (!open) return;
-      open = false;
-      state.addon.unlisten(handle);
-      state.owners.delete(tag);
+      closed ??= new Promise<void>((resolve) => {
+        state.closing.set(tag, resolve);
+        state.addon.unlisten(handle);
+      });
+      return closed;
     },
   };
 }
@@ -143,6 +150,12 @@ function addressBytes(address: string, family: 4 | 6): Buffer {
 }
 
 function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, payload]: NativeMessage): void {
+  if (type === Message.LISTENER_CLOSED) {
+    state.owners.delete(n0);
+    state.closing.get(n0)?.();
+    state.closing.delete(n0);
+    return;
+  }
   if (type === Message.OPEN) {
     const owner = state.owners.get(n0);
     if (!owner || !handle) {

@@ -248,7 +248,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const graceMs = options.graceMs ?? this.config.timeouts.shutdownGrace;
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
-    for (const slot of this.#listeners) slot.native?.close();
+    // Native listeners tell of sessions in batches: count only once all are known.
+    await Promise.all(this.#listeners.map((slot) => slot.native?.close()));
     this.emit('draining', { sessions: this.#sessions.size, graceMs });
     if (this.#sessions.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve; });
