@@ -36,6 +36,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -92,11 +93,15 @@ struct pair {
   handshake_t *hs;   /* negotiation state, freed once relaying */
   unsigned char request[22]; /* the CONNECT request, for the record */
   int request_len;
+  unsigned char *user; /* the RFC 1929 username, for the record and rules */
+  int user_len;        /* -1: none */
+  int rule;            /* the index of the rule that allowed the request, -1: none decided */
   pair_t *expired;   /* scan_idle's list of pairs past their deadline */
 };
 
 typedef struct command {
   int kind;
+  int arg; /* CMD_GO: the verdict to remember (see native_answer), -1: none */
   pair_t *pair;
   void *listener; /* CMD_FORGET_LISTENER */
   struct command *next;
@@ -141,7 +146,7 @@ static int64_t now_ms(void) {
 static void native_event(pair_t *p, int side, uint32_t events);
 static void native_finished(pair_t *p);
 static void native_expired(pair_t *p);
-static void native_answer(pair_t *p, int kind);
+static void native_answer(pair_t *p, int kind, int remember);
 static void native_accept(watch_t *listener_watch);
 static void forget_listener(void *listener);
 static void bury_listeners(void);
@@ -149,7 +154,10 @@ static void flush_messages(int64_t now);
 static int flush_timeout(void);
 
 static void unref_pair(pair_t *p) {
-  if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) free(p);
+  if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+    free(p->user);
+    free(p);
+  }
 }
 
 /* ---- pipes ---- */
@@ -369,7 +377,7 @@ static void run_commands(void) {
     if (c->kind == CMD_FORGET_LISTENER) {
       forget_listener(c->listener);
     } else if (c->kind == CMD_GO || c->kind == CMD_HAND_OVER) {
-      if (!p->done) native_answer(p, c->kind);
+      if (!p->done) native_answer(p, c->kind, c->arg);
     } else if (!p->done) {
       finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
     }
@@ -433,8 +441,8 @@ static void start_thread(void) {
   pthread_attr_destroy(&attr);
 }
 
-static void send_command_to(int kind, pair_t *p, void *listener);
-#define send_command(kind, p) send_command_to((kind), (p), NULL)
+static void send_command_to(int kind, pair_t *p, void *listener, int arg);
+#define send_command(kind, p) send_command_to((kind), (p), NULL, -1)
 
 static void wake_relay_thread(void) {
   uint64_t one = 1;
@@ -482,11 +490,12 @@ static void register_pair(pair_t *p) {
   if (p->add_errno != 0) send_command(CMD_FAIL, p);
 }
 
-static void send_command_to(int kind, pair_t *p, void *listener) {
-  command_t *c = malloc(sizeof *c);
-  if (!c) abort(); /* a failed malloc of 32 bytes leaves nothing sane to do */
+static void send_command_to(int kind, pair_t *p, void *listener, int arg) {
+  command_t *c = calloc(1, sizeof *c);
+  if (!c) abort(); /* a failed malloc of 40 bytes leaves nothing sane to do */
   if (p) __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
   c->kind = kind;
+  c->arg = arg;
   c->pair = p;
   c->listener = listener;
   c->next = NULL;
@@ -640,15 +649,101 @@ typedef struct {
   unsigned char addr[16];
 } network_t;
 
-/* A listener's settings for new sessions; JavaScript replaces them on reload. */
+/*
+ * A verdict JavaScript gave, remembered by the keyed hash of everything it
+ * depended on, so the same question is not asked again: credentials it
+ * accepted, and requests its rules allowed. The relay thread never decides
+ * policy itself; it only repeats an answer for identical input. A reload
+ * brings new settings, and with them empty caches.
+ */
 typedef struct {
+  uint64_t tag[2]; /* all zero: empty */
+  int rule;
+} verdict_t;
+
+#define CREDENTIALS_CACHED 256
+#define DECISIONS_CACHED 1024
+
+/* A listener's settings for new sessions; JavaScript replaces them on reload.
+ * Shared by the listener and its sessions still negotiating (refs). */
+typedef struct {
+  int refs;
+  double generation;
   unsigned char methods[2]; /* in the server's order of preference */
   int method_count;
   int ask_decide; /* JavaScript decides each request (request rules) */
+  int remember_credentials; /* the built-in users: a password's verdict does not change until a reload */
+  int key_client_port; /* some rule looks at the client's port: it is part of a decision's key */
   int64_t handshake_ms, connect_ms, idle_ms;
+  uint64_t key[4]; /* two SipHash keys: 128-bit tags */
+  verdict_t *credentials; /* CREDENTIALS_CACHED slots */
+  verdict_t *decisions;   /* DECISIONS_CACHED slots */
   int allow_count; /* -1: every client may talk to the proxy */
   network_t allow[];
 } settings_t;
+
+static void settings_unref(settings_t *s) {
+  if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  free(s->credentials);
+  free(s->decisions);
+  free(s);
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein), the reference algorithm. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                      \
+  do {                                                                \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);         \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                            \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                            \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);         \
+  } while (0)
+
+static uint64_t siphash(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len) {
+  uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+  uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+  size_t whole = len - len % 8;
+  for (size_t i = 0; i < whole; i += 8) {
+    uint64_t m = 0;
+    for (int j = 7; j >= 0; j--) m = (m << 8) | in[i + (size_t)j];
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  uint64_t last = (uint64_t)len << 56;
+  for (size_t j = 0; j < len % 8; j++) last |= (uint64_t)in[whole + j] << (8 * j);
+  v3 ^= last;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= last;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static void tag_of(const settings_t *s, const unsigned char *in, size_t len, uint64_t tag[2]) {
+  tag[0] = siphash(s->key[0], s->key[1], in, len);
+  tag[1] = siphash(s->key[2], s->key[3], in, len);
+  if ((tag[0] | tag[1]) == 0) tag[0] = 1; /* zero marks an empty slot */
+}
+
+/* The remembered verdict's rule for this tag, or -1. Compared in constant time. */
+static int recall(const verdict_t *cache, int slots, const uint64_t tag[2]) {
+  const verdict_t *v = &cache[tag[0] % (uint64_t)slots];
+  uint64_t diff = (v->tag[0] ^ tag[0]) | (v->tag[1] ^ tag[1]);
+  return diff == 0 ? v->rule : -1;
+}
+
+static void remember(verdict_t *cache, int slots, const uint64_t tag[2], int rule) {
+  verdict_t *v = &cache[tag[0] % (uint64_t)slots];
+  v->tag[0] = tag[0];
+  v->tag[1] = tag[1];
+  v->rule = rule;
+}
 
 typedef struct listener {
   watch_t watch; /* pair NULL: a listener */
@@ -658,24 +753,38 @@ typedef struct listener {
   int closed;
   settings_t *settings; /* pairs_lock */
   struct listener *next_dead;
+  int unreported; /* accepted, MSG_OPEN not yet delivered: counted by pending() */
+  int refs;       /* the relay thread until it buries it, JavaScript until MSG_LISTENER_CLOSED */
 } listener_t;
+
+static void listener_unref(listener_t *l) {
+  if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  settings_unref(l->settings);
+  free(l);
+}
 
 struct handshake {
   unsigned char buf[HANDSHAKE_BUFFER];
   int len;
   int eof;     /* the client sent FIN (or failed) while negotiating */
   int msg_len; /* the username/password message awaiting JavaScript's verdict */
-  unsigned char methods[2];
-  int method_count;
-  int ask_decide;
-  int64_t connect_ms;
+  settings_t *settings; /* a reference: the listener's when this session was accepted */
+  struct sockaddr_storage client;
 };
+
+static void free_handshake(pair_t *p) {
+  if (!p->hs) return;
+  settings_unref(p->hs->settings);
+  free(p->hs);
+  p->hs = NULL;
+}
 
 typedef struct message {
   struct message *next;
   int type;
   pair_t *p; /* holds a reference; NULL for MSG_LISTENER_CLOSED */
-  double n[6];
+  listener_t *listener; /* MSG_OPEN and MSG_LISTENER_CLOSED */
+  double n[8];
   int len;
   char text[INET6_ADDRSTRLEN];
   unsigned char data[];
@@ -731,7 +840,7 @@ static message_t *message(int type, pair_t *p, const void *data, int len) {
   m->type = type;
   m->p = p;
   m->len = len;
-  if (len > 0) memcpy(m->data, data, (size_t)len);
+  if (len > 0 && data) memcpy(m->data, data, (size_t)len);
   return m;
 }
 
@@ -745,6 +854,17 @@ static int send_all(int fd, const void *data, size_t len) {
     len -= (size_t)n;
   }
   return 0;
+}
+
+/* A message whose payload starts with the username (a flag byte, a length byte, the bytes). */
+static message_t *message_with_user(int type, pair_t *p, const unsigned char *rest, int rest_len) {
+  int ulen = p->user_len > 0 ? p->user_len : 0;
+  message_t *m = message(type, p, NULL, 2 + ulen + rest_len);
+  m->data[0] = p->user_len >= 0;
+  m->data[1] = (unsigned char)ulen;
+  if (ulen > 0) memcpy(m->data + 2, p->user, (size_t)ulen);
+  if (rest_len > 0) memcpy(m->data + 2 + ulen, rest, (size_t)rest_len);
+  return m;
 }
 
 static int resume_phase(int phase) {
@@ -775,14 +895,13 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   ended = p;
   pthread_mutex_unlock(&pairs_lock);
   native_handed_over++;
-  message_t *m = message(MSG_HAND_OVER, p, h ? h->buf : NULL, h ? h->len : 0);
+  message_t *m = message_with_user(MSG_HAND_OVER, p, h ? h->buf : NULL, h ? h->len : 0);
   m->n[0] = p->fd[0];
   m->n[1] = resume;
   m->n[2] = p->method;
   m->n[3] = err;
   m->n[4] = timed_out;
-  free(h);
-  p->hs = NULL;
+  free_handshake(p);
   post(m);
 }
 
@@ -805,15 +924,15 @@ static void native_finished(pair_t *p) {
     if (reset) close_with_reset(p->fd[side]);
     else close(p->fd[side]);
   }
-  free(p->hs);
-  p->hs = NULL;
-  message_t *m = message(MSG_END, p, p->request, p->request_len);
+  free_handshake(p);
+  message_t *m = message_with_user(MSG_END, p, p->request, p->request_len);
   m->n[0] = (double)p->flow[0].bytes;
   m->n[1] = (double)p->flow[1].bytes;
   m->n[2] = p->reason;
   m->n[3] = p->first_eof;
   m->n[4] = p->error_side;
   m->n[5] = p->error_errno;
+  m->n[6] = p->rule;
   post(m);
 }
 
@@ -856,8 +975,9 @@ static int step_greeting(pair_t *p) {
   int count = h->buf[1];
   if (h->len < 2 + count) return STEP_MORE;
   int chosen = -1;
-  for (int i = 0; i < h->method_count && chosen < 0; i++) {
-    if (memchr(h->buf + 2, h->methods[i], (size_t)count)) chosen = h->methods[i];
+  const settings_t *settings = h->settings;
+  for (int i = 0; i < settings->method_count && chosen < 0; i++) {
+    if (memchr(h->buf + 2, settings->methods[i], (size_t)count)) chosen = settings->methods[i];
   }
   if (chosen < 0) { /* the refusal is JavaScript's to send and log */
     hand_over(p, RESUME_VERSION, 0, 0);
@@ -869,6 +989,18 @@ static int step_greeting(pair_t *p) {
   unsigned char reply[2] = {5, (unsigned char)chosen};
   if (send_all(p->fd[0], reply, 2) != 0) {
     hand_over(p, resume_phase(p->phase), 0, 0);
+    return STEP_STOP;
+  }
+  return STEP_NEXT;
+}
+
+/* The password is right: say so and go on to the request. */
+static int credentials_accepted(pair_t *p) {
+  consume(p->hs, p->hs->msg_len);
+  p->phase = PHASE_REQUEST;
+  unsigned char status[2] = {1, 0};
+  if (send_all(p->fd[0], status, 2) != 0) {
+    hand_over(p, RESUME_REQUEST, 0, 0);
     return STEP_STOP;
   }
   return STEP_NEXT;
@@ -886,12 +1018,54 @@ static int step_credentials(pair_t *p) {
   int plen = h->buf[2 + ulen];
   if (h->len < 3 + ulen + plen) return STEP_MORE;
   h->msg_len = 3 + ulen + plen;
+  free(p->user);
+  p->user = malloc(ulen > 0 ? (size_t)ulen : 1);
+  if (!p->user) abort();
+  memcpy(p->user, h->buf + 2, (size_t)ulen);
+  p->user_len = ulen;
+  if (h->settings->remember_credentials) {
+    uint64_t tag[2];
+    tag_of(h->settings, h->buf, (size_t)h->msg_len, tag);
+    if (recall(h->settings->credentials, CREDENTIALS_CACHED, tag) >= 0) return credentials_accepted(p);
+  }
   p->phase = PHASE_AUTH_WAIT;
   post(message(MSG_AUTH, p, h->buf, h->msg_len));
   return STEP_STOP;
 }
 
 static void start_connect(pair_t *p);
+
+/*
+ * Everything a rule can look at in a CONNECT to an address on this listener:
+ * the client's address (and port, when a rule looks at ports), the request,
+ * and the username. Its tag keys a remembered decision.
+ */
+static void decision_key(pair_t *p, uint64_t tag[2]) {
+  const handshake_t *h = p->hs;
+  unsigned char key[18 + 2 + 22 + 2 + 255];
+  size_t at = 0;
+  memset(key, 0, 20);
+  if (h->client.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&h->client;
+    key[0] = 6;
+    memcpy(key + 2, &a->sin6_addr, 16);
+    if (h->settings->key_client_port) memcpy(key + 18, &a->sin6_port, 2);
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&h->client;
+    key[0] = 4;
+    memcpy(key + 2, &a->sin_addr, 4);
+    if (h->settings->key_client_port) memcpy(key + 18, &a->sin_port, 2);
+  }
+  at = 20;
+  memcpy(key + at, p->request, (size_t)p->request_len);
+  at += (size_t)p->request_len;
+  key[at++] = p->user_len >= 0;
+  int ulen = p->user_len > 0 ? p->user_len : 0;
+  key[at++] = (unsigned char)ulen;
+  if (ulen > 0) memcpy(key + at, p->user, (size_t)ulen);
+  at += (size_t)ulen;
+  tag_of(h->settings, key, at, tag);
+}
 
 static int step_request(pair_t *p) {
   handshake_t *h = p->hs;
@@ -910,10 +1084,15 @@ static int step_request(pair_t *p) {
   }
   memcpy(p->request, h->buf, (size_t)size);
   p->request_len = size;
-  if (h->ask_decide) {
-    p->phase = PHASE_DECIDE_WAIT;
-    post(message(MSG_DECIDE, p, p->request, size));
-    return STEP_STOP;
+  if (h->settings->ask_decide) {
+    uint64_t tag[2];
+    decision_key(p, tag);
+    p->rule = recall(h->settings->decisions, DECISIONS_CACHED, tag);
+    if (p->rule < 0) {
+      p->phase = PHASE_DECIDE_WAIT;
+      post(message_with_user(MSG_DECIDE, p, p->request, size));
+      return STEP_STOP;
+    }
   }
   start_connect(p);
   return STEP_STOP;
@@ -962,7 +1141,7 @@ static void start_connect(pair_t *p) {
     to_len = sizeof *a;
   }
   p->phase = PHASE_CONNECTING;
-  p->deadline = deadline_after(p, h->connect_ms);
+  p->deadline = deadline_after(p, h->settings->connect_ms);
   int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     connect_failed(p, errno, 0);
@@ -1028,8 +1207,7 @@ static void connected(pair_t *p) {
     return;
   }
   p->flow[0].bytes = (uint64_t)(early > 0 ? early : 0);
-  free(h);
-  p->hs = NULL;
+  free_handshake(p);
   p->last_active = now_ms();
   /* Both sides may hold bytes already: the edge-triggered events came and went. */
   if (pump(p, 0) == 0) pump(p, 1);
@@ -1052,25 +1230,33 @@ static void native_event(pair_t *p, int side, uint32_t events) {
   advance(p);
 }
 
-/* JavaScript's verdict on credentials or on a request: go on, or take the connection. */
-static void native_answer(pair_t *p, int kind) {
+/*
+ * JavaScript's verdict on credentials or on a request: go on, or take the
+ * connection. `remember` >= 0: the same input gets the same verdict until a
+ * reload (for a request: the index of the rule that allowed it).
+ */
+static void native_answer(pair_t *p, int kind, int remember_as) {
   handshake_t *h = p->hs;
   if (p->phase != PHASE_AUTH_WAIT && p->phase != PHASE_DECIDE_WAIT) return;
   if (kind == CMD_HAND_OVER) {
     hand_over(p, resume_phase(p->phase), 0, 0);
     return;
   }
+  uint64_t tag[2];
   if (p->phase == PHASE_DECIDE_WAIT) {
+    p->rule = remember_as;
+    if (remember_as >= 0) {
+      decision_key(p, tag);
+      remember(h->settings->decisions, DECISIONS_CACHED, tag, remember_as);
+    }
     start_connect(p);
     return;
   }
-  consume(h, h->msg_len);
-  p->phase = PHASE_REQUEST;
-  unsigned char status[2] = {1, 0};
-  if (send_all(p->fd[0], status, 2) != 0) {
-    hand_over(p, RESUME_REQUEST, 0, 0);
-    return;
+  if (remember_as >= 0) {
+    tag_of(h->settings, h->buf, (size_t)h->msg_len, tag);
+    remember(h->settings->credentials, CREDENTIALS_CACHED, tag, 1);
   }
+  if (credentials_accepted(p) == STEP_STOP) return;
   read_client(p);
   advance(p);
 }
@@ -1111,15 +1297,16 @@ static int client_allowed(const settings_t *s, const struct sockaddr_storage *ad
   return 0;
 }
 
-static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, const settings_t *s, int allowed) {
+/* A connection accepted; `s` is a reference to the listener's settings, now the session's. */
+static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int allowed) {
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
   h->len = h->eof = h->msg_len = 0;
-  memcpy(h->methods, s->methods, sizeof h->methods);
-  h->method_count = s->method_count;
-  h->ask_decide = s->ask_decide;
-  h->connect_ms = s->connect_ms;
+  h->settings = s;
+  h->client = *addr;
+  p->user_len = -1;
+  p->rule = -1;
   p->id = ++next_native_id;
   p->native = 1;
   p->phase = PHASE_GREETING;
@@ -1142,6 +1329,10 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
 
   message_t *m = message(MSG_OPEN, p, NULL, 0);
   m->n[0] = l->tag;
+  m->n[2] = s->generation;
+  m->n[3] = !allowed; /* refused by clients.allow: no session-open, as for Node's listeners */
+  m->listener = l;
+  __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
   if (addr->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
     inet_ntop(AF_INET6, &a->sin6_addr, m->text, sizeof m->text);
@@ -1194,14 +1385,15 @@ static void native_accept(watch_t *w) {
     int fd = accept4(l->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     int err = errno;
     if (fd < 0 && (err == EMFILE || err == ENFILE)) shed_one(l);
-    settings_t settings = *l->settings; /* the fixed part; the allow list is read here, under the lock */
-    int allowed = fd >= 0 && client_allowed(l->settings, &addr);
+    settings_t *settings = l->settings; /* configure() swaps it under the lock */
+    int allowed = fd >= 0 && client_allowed(settings, &addr);
+    if (fd >= 0) __atomic_add_fetch(&settings->refs, 1, __ATOMIC_ACQ_REL);
     pthread_mutex_unlock(&pairs_lock);
     if (fd < 0) {
       if (err == EINTR || err == ECONNABORTED) continue;
       return;
     }
-    open_native(l, fd, &addr, &settings, allowed);
+    open_native(l, fd, &addr, settings, allowed);
   }
 }
 
@@ -1210,6 +1402,7 @@ static void forget_listener(void *listener) {
   listener_t *l = listener;
   message_t *m = message(MSG_LISTENER_CLOSED, NULL, NULL, 0);
   m->n[0] = l->tag;
+  m->listener = l;
   post(m);
   l->next_dead = dead_listeners;
   dead_listeners = l;
@@ -1219,21 +1412,21 @@ static void bury_listeners(void) {
   while (dead_listeners) {
     listener_t *l = dead_listeners;
     dead_listeners = l->next_dead;
-    free(l->settings);
-    free(l);
+    listener_unref(l);
   }
 }
 
 /* ---- native handshakes: JavaScript side (main thread) ---- */
 
 /*
- * dispatch(type, id, handle, n0..n5, payload): `handle` (MSG_OPEN only) names
+ * dispatch(type, id, handle, n0..n7, payload): `handle` (MSG_OPEN only) names
  * the session in answer() and cancel(); payload is the client's address
- * (MSG_OPEN) or a copy of the bytes concerned.
+ * (MSG_OPEN) or a copy of the bytes concerned (MSG_HAND_OVER and MSG_END:
+ * after the username, see message_with_user).
  */
 static void deliver(napi_env env, napi_value dispatch, message_t *m) {
   pair_t *p = m->p;
-  napi_value argv[10], undefined;
+  napi_value argv[12], undefined;
   napi_get_undefined(env, &undefined);
   napi_create_int32(env, m->type, &argv[0]);
   napi_create_double(env, p ? p->id : 0, &argv[1]);
@@ -1241,18 +1434,20 @@ static void deliver(napi_env env, napi_value dispatch, message_t *m) {
   if (m->type == MSG_OPEN) {
     napi_create_external(env, p, NULL, NULL, &argv[2]);
     if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
+    __atomic_sub_fetch(&m->listener->unreported, 1, __ATOMIC_ACQ_REL); /* JavaScript counts it from here */
   }
-  for (int i = 0; i < 6; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
+  for (int i = 0; i < 8; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
   if (m->type == MSG_OPEN) {
-    napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[9]);
+    napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[11]);
   } else {
     void *copy;
-    napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[9]);
+    napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[11]);
   }
-  napi_call_function(env, undefined, dispatch, 10, argv, NULL);
+  napi_call_function(env, undefined, dispatch, 12, argv, NULL);
   if (m->type == MSG_HAND_OVER || m->type == MSG_END || m->type == MSG_LISTENER_CLOSED) {
     if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
     if (p) unref_pair(p); /* JavaScript's */
+    if (m->type == MSG_LISTENER_CLOSED) listener_unref(m->listener);
   }
 }
 
@@ -1268,29 +1463,46 @@ static void call_native(napi_env env, napi_value dispatch, void *context, void *
   free_messages(data);
 }
 
+/*
+ * The settings buffer JavaScript builds (server/native.ts encodeSettings):
+ * method count and bytes, ask-decide, allow count (all ones: anyone), three
+ * f64 durations, f64 generation, remember-credentials, key-client-port, then
+ * each allowed network as family, prefix and 16 address bytes.
+ */
+#define SETTINGS_HEADER 48
 static settings_t *parse_settings(napi_env env, napi_value value) {
   void *data;
   size_t len;
-  if (napi_get_buffer_info(env, value, &data, &len) != napi_ok || len < 32) return NULL;
+  if (napi_get_buffer_info(env, value, &data, &len) != napi_ok || len < SETTINGS_HEADER) return NULL;
   const unsigned char *b = data;
   uint32_t allow;
   memcpy(&allow, b + 4, 4);
   int count = allow == 0xffffffffu ? -1 : (int)allow;
-  if (count > 0 && len < 32 + (size_t)count * 18) return NULL;
+  if (count > 0 && len < SETTINGS_HEADER + (size_t)count * 18) return NULL;
   settings_t *s = calloc(1, sizeof *s + (size_t)(count > 0 ? count : 0) * sizeof(network_t));
   if (!s) return NULL;
+  s->refs = 1;
   s->method_count = b[0] > 2 ? 2 : b[0];
   s->methods[0] = b[1];
   s->methods[1] = b[2];
   s->ask_decide = b[3];
-  double ms[3];
+  double ms[4];
   memcpy(ms, b + 8, sizeof ms);
   s->handshake_ms = (int64_t)ms[0];
   s->connect_ms = (int64_t)ms[1];
   s->idle_ms = (int64_t)ms[2];
+  s->generation = ms[3];
+  s->remember_credentials = b[40];
+  s->key_client_port = b[41];
+  s->credentials = calloc(CREDENTIALS_CACHED, sizeof(verdict_t));
+  s->decisions = calloc(DECISIONS_CACHED, sizeof(verdict_t));
+  if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key) {
+    settings_unref(s);
+    return NULL;
+  }
   s->allow_count = count;
   for (int i = 0; i < count; i++) {
-    const unsigned char *e = b + 32 + (size_t)i * 18;
+    const unsigned char *e = b + SETTINGS_HEADER + (size_t)i * 18;
     s->allow[i].family = e[0];
     s->allow[i].prefix = e[1];
     memcpy(s->allow[i].addr, e + 2, 16);
@@ -1334,7 +1546,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   settings_t *s = parse_settings(env, argv[2]);
   listener_t *l = calloc(1, sizeof *l);
   if (!s || !l) {
-    free(s);
+    if (s) settings_unref(s);
     free(l);
     napi_throw_error(env, NULL, "bad settings");
     return NULL;
@@ -1343,6 +1555,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   l->tag = tag;
   l->settings = s;
+  l->refs = 2;
   struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &l->watch};
   int err = 0;
   if (l->fd < 0 || fcntl(l->fd, F_SETFL, O_NONBLOCK) < 0) err = errno;
@@ -1352,7 +1565,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   if (err != 0) {
     if (l->fd >= 0) close(l->fd);
     if (l->spare_fd >= 0) close(l->spare_fd);
-    free(s);
+    settings_unref(s);
     free(l);
     napi_throw_error(env, NULL, strerror(err));
     return NULL;
@@ -1379,7 +1592,7 @@ static napi_value js_configure(napi_env env, napi_callback_info info) {
   settings_t *old = l->settings;
   l->settings = s;
   pthread_mutex_unlock(&pairs_lock);
-  free(old);
+  settings_unref(old); /* sessions still negotiating keep theirs */
   return NULL;
 }
 
@@ -1400,20 +1613,33 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_unlock(&pairs_lock);
   /* The relay thread may hold an event for it in this batch: it frees it after. */
-  send_command_to(CMD_FORGET_LISTENER, NULL, l); /* answered by MSG_LISTENER_CLOSED */
+  send_command_to(CMD_FORGET_LISTENER, NULL, l, -1); /* answered by MSG_LISTENER_CLOSED */
   return NULL;
 }
 
-/* answer(handle, goOn): JavaScript's verdict after MSG_AUTH or MSG_DECIDE. */
+/* pending(handle) -> sessions accepted whose MSG_OPEN JavaScript has not yet had. Until MSG_LISTENER_CLOSED. */
+static napi_value js_pending(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  void *l;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &l));
+  CHECK(napi_create_int32(env, __atomic_load_n(&((listener_t *)l)->unreported, __ATOMIC_ACQUIRE), &result));
+  return result;
+}
+
+/* answer(handle, goOn, rememberAs): JavaScript's verdict after MSG_AUTH or MSG_DECIDE (see native_answer). */
 static napi_value js_answer(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   void *p;
   bool go_on;
+  int32_t remember_as;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_external(env, argv[0], &p));
   CHECK(napi_get_value_bool(env, argv[1], &go_on));
-  send_command(go_on ? CMD_GO : CMD_HAND_OVER, p);
+  CHECK(napi_get_value_int32(env, argv[2], &remember_as));
+  send_command_to(go_on ? CMD_GO : CMD_HAND_OVER, p, NULL, go_on ? remember_as : -1);
   return NULL;
 }
 
@@ -1428,6 +1654,7 @@ NAPI_MODULE_INIT() {
       {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
+      {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -51,12 +51,14 @@ export interface RuleRequest {
 export interface RuleDecision {
   readonly allowed: boolean;
   readonly rule: string;
+  /** The rule's position in the list; -1 for default-deny. */
+  readonly index: number;
 }
 
 /** The name of the implicit last rule when rules are configured. */
 export const DEFAULT_DENY = 'default-deny';
 
-const DEFAULT_DENY_DECISION: RuleDecision = Object.freeze({ allowed: false, rule: DEFAULT_DENY });
+const DEFAULT_DENY_DECISION: RuleDecision = Object.freeze({ allowed: false, rule: DEFAULT_DENY, index: -1 });
 
 const COMMAND_BITS: Record<RuleCommand, number> = { connect: 1, bind: 2, udp: 4 };
 
@@ -102,6 +104,16 @@ export class RuleSet {
   /** Number of configured rules (the implicit default-deny not counted). */
   get size(): number {
     return this.#rules.length;
+  }
+
+  /** The decision of the rule at `index` (as in RuleDecision.index); default-deny for any other. */
+  decisionAt(index: number): RuleDecision {
+    return this.#rules[index]?.decision ?? DEFAULT_DENY_DECISION;
+  }
+
+  /** Whether any rule looks at the client's source port (else decisions do not depend on it). */
+  get usesClientPort(): boolean {
+    return this.#rules.some((rule) => rule.fromPorts !== null);
   }
 
   /** The first matching rule's decision, or default-deny. */
@@ -225,14 +237,14 @@ function inRanges(ranges: Uint16Array, port: number): boolean {
   return false;
 }
 
-function compileRule(rule: RuleConfig): CompiledRule {
+function compileRule(rule: RuleConfig, index: number): CompiledRule {
   const allowed = rule.allow !== undefined;
   const match = rule.allow ?? rule.deny ?? {};
   const to = match.to;
   const hosts = to?.hosts ? compileHosts(to.hosts) : null;
   const toNets = to?.nets ? compileNets(to.nets) : null;
   return {
-    decision: Object.freeze({ allowed, rule: rule.name }),
+    decision: Object.freeze({ allowed, rule: rule.name, index }),
     commands: (match.commands ?? []).reduce((bits, c) => bits | COMMAND_BITS[c], 0),
     listeners: match.listeners ? new Set(match.listeners.map((l) => parseListenerLabel(l) ?? l)) : null,
     users: match.users ? new Set(match.users) : null,

@@ -28,11 +28,12 @@ export interface Addon {
   listen(fd: number, tag: number, settings: Buffer): object;
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
-  answer(session: object, goOn: boolean): void;
+  answer(session: object, goOn: boolean, rememberAs: number): void;
+  pending(listener: object): number;
 }
 
-/** type, id, handle (open only), six numbers, and the client's address (open) or the bytes concerned. */
-export type NativeMessage = [number, number, object | undefined, number, number, number, number, number, number, Buffer | string];
+/** type, id, handle (open only), eight numbers, and the client's address (open) or the bytes concerned. */
+export type NativeMessage = [number, number, object | undefined, number, number, number, number, number, number, number, number, Buffer | string];
 
 /** id, bytes client→destination, bytes destination→client, how it ended, who sent FIN first, failing side, errno. */
 type Report = [number, number, number, number, number, number, number];

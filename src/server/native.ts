@@ -36,11 +36,18 @@ const RESUME_PHASES = ['version', 'auth', 'request'] as const;
 /** The addon's resume code for a client that clients.allow refuses. */
 const RESUME_DENIED = 3;
 const METHOD_BYTES = { none: Method.NONE, userpass: Method.USERPASS } as const;
-const SETTINGS_HEADER = 32;
+const SETTINGS_HEADER = 48;
+/** Contexts kept per listener for sessions accepted under an older generation of its settings. */
+const GENERATIONS_KEPT = 8;
 const NETWORK_BYTES = 18;
 
 /** What a native listener's owner (the server) does with its sessions. */
 export interface NativeOwner {
+  /**
+   * The authenticator is the built-in users list, whose verdict on a password
+   * does not change until a reload: the relay thread may remember it.
+   */
+  readonly rememberCredentials: boolean;
   /** The context a session accepted now gets (a reload replaces it). */
   context(): SessionContext;
   nextId(): number;
@@ -59,6 +66,8 @@ export interface NativeListener {
    * owner has been told of every session the listener accepted.
    */
   close(): Promise<void>;
+  /** Sessions accepted that the owner has not been told of yet (they are told in batches). */
+  pending(): number;
 }
 
 export interface AllowedNetwork {
@@ -72,10 +81,34 @@ export function nativeUnavailable(): string | null {
   return spliceAddon() ? null : 'the splice addon is not loaded';
 }
 
+/**
+ * A listener's contexts by the generation of its settings: a session
+ * accepted just before a reload is told to JavaScript just after it, and
+ * must get the context the relay thread used (its rules' indexes, above all).
+ */
+class Generations {
+  readonly #contexts = new Map<number, SessionContext>();
+  #latest = 0;
+
+  constructor(first: SessionContext) {
+    this.#contexts.set(0, first);
+  }
+
+  add(ctx: SessionContext): number {
+    this.#contexts.set(++this.#latest, ctx);
+    this.#contexts.delete(this.#latest - GENERATIONS_KEPT);
+    return this.#latest;
+  }
+
+  get(generation: number): SessionContext {
+    return this.#contexts.get(generation) ?? this.#contexts.get(this.#latest)!;
+  }
+}
+
 interface Frontend {
   readonly addon: Addon;
   /** By listener tag, until the addon confirms the listener closed. */
-  readonly owners: Map<number, NativeOwner>;
+  readonly owners: Map<number, { readonly owner: NativeOwner; readonly generations: Generations }>;
   readonly closing: Map<number, () => void>;
   readonly sessions: Map<number, NativeSession>;
   nextTag: number;
@@ -102,30 +135,42 @@ export function listenNatively(fd: number, owner: NativeOwner, allow: readonly A
   const state = frontendOrNull();
   if (!state) return null;
   const tag = state.nextTag++;
-  const handle = state.addon.listen(fd, tag, encodeSettings(owner.context(), allow));
-  state.owners.set(tag, owner);
+  const generations = new Generations(owner.context());
+  const handle = state.addon.listen(fd, tag, encodeSettings(owner, owner.context(), allow, 0));
+  state.owners.set(tag, { owner, generations });
   let closed: Promise<void> | null = null;
+  let confirmed = false; // the addon let go of the listener: its handle is no longer valid
+  state.closing.set(tag, () => { confirmed = true; });
   return {
     configure(ctx, networks) {
-      if (!closed) state.addon.configure(handle, encodeSettings(ctx, networks));
+      if (!closed) state.addon.configure(handle, encodeSettings(owner, ctx, networks, generations.add(ctx)));
     },
     close() {
       closed ??= new Promise<void>((resolve) => {
-        state.closing.set(tag, resolve);
+        state.closing.set(tag, () => {
+          confirmed = true;
+          resolve();
+        });
         state.addon.unlisten(handle);
       });
       return closed;
+    },
+    pending() {
+      return confirmed ? 0 : state.addon.pending(handle);
     },
   };
 }
 
 /**
- * The settings a listener's new sessions get, in the addon's layout: method
- * count and bytes in preference order, whether each request is decided here,
- * the allow count (all ones: anyone), three f64 durations, then each allowed
- * network as family, prefix and 16 address bytes.
+ * The settings a listener's new sessions get, in the addon's layout
+ * (parse_settings in native/splice.c): method count and bytes in preference
+ * order, whether requests are decided here, the allow count (all ones:
+ * anyone), f64 handshake, connect and idle timeouts and the generation,
+ * whether verdicts on passwords and on requests may be remembered by the
+ * client's port or without it, then each allowed network as family, prefix
+ * and 16 address bytes.
  */
-function encodeSettings(ctx: SessionContext, allow: readonly AllowedNetwork[] | null): Buffer {
+function encodeSettings(owner: NativeOwner, ctx: SessionContext, allow: readonly AllowedNetwork[] | null, generation: number): Buffer {
   const count = allow?.length ?? 0;
   const buf = Buffer.alloc(SETTINGS_HEADER + count * NETWORK_BYTES);
   const methods = ctx.methods.slice(0, 2);
@@ -136,6 +181,9 @@ function encodeSettings(ctx: SessionContext, allow: readonly AllowedNetwork[] | 
   buf.writeDoubleLE(ctx.handshakeMs, 8);
   buf.writeDoubleLE(ctx.connectMs, 16);
   buf.writeDoubleLE(ctx.idleMs, 24);
+  buf.writeDoubleLE(generation, 32);
+  buf[40] = owner.rememberCredentials ? 1 : 0;
+  buf[41] = ctx.rules?.usesClientPort ? 1 : 0;
   allow?.forEach((net, i) => {
     const at = SETTINGS_HEADER + i * NETWORK_BYTES;
     buf[at] = net.family;
@@ -149,7 +197,7 @@ function addressBytes(address: string, family: 4 | 6): Buffer {
   return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
 }
 
-function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, payload]: NativeMessage): void {
+function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, , payload]: NativeMessage): void {
   if (type === Message.LISTENER_CLOSED) {
     state.owners.delete(n0);
     state.closing.get(n0)?.();
@@ -157,16 +205,12 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, pa
     return;
   }
   if (type === Message.OPEN) {
-    const owner = state.owners.get(n0);
-    if (!owner || !handle) {
-      // Its listener was closed after the accept: let it go without a session.
-      if (handle) state.addon.cancel(handle);
-      state.sessions.set(id, new NativeSession(null, handle!, state.addon, n0, '', 0, null));
-      return;
-    }
-    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, owner.context());
+    const listener = state.owners.get(n0);
+    if (!listener || !handle) return; // not ours (cannot happen: a listener's sessions come before its close)
+    const { owner, generations } = listener;
+    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, generations.get(n2));
     state.sessions.set(id, session);
-    owner.opened(session);
+    if (n3 !== 1) owner.opened(session); // 1: clients.allow refused it; its hand-over follows
     return;
   }
   const session = state.sessions.get(id);
@@ -175,15 +219,40 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, pa
   switch (type) {
     case Message.AUTH:
       return session.verify(bytes);
-    case Message.DECIDE:
-      return session.decide(bytes);
-    case Message.HAND_OVER:
+    case Message.DECIDE: {
+      const { user, rest } = splitUser(bytes);
+      return session.decide(user, rest);
+    }
+    case Message.HAND_OVER: {
       state.sessions.delete(id);
-      return session.handOver(n0, n1, n2, n3, n4 === 1, bytes);
-    case Message.END:
+      const { user, rest } = splitUser(bytes);
+      return session.handOver(n0, n1, n2, n3, n4 === 1, user, rest);
+    }
+    case Message.END: {
       state.sessions.delete(id);
-      return session.end(n0, n1, n2, n3, n4, n5, bytes);
+      const { user, rest } = splitUser(bytes);
+      return session.end({ up: n0, down: n1, reason: n2, firstEof: n3, errorSide: n4, errno: n5, rule: n6 }, user, rest);
+    }
   }
+}
+
+/** A hand-over or end payload: a flag byte, the username's length and bytes, then the rest. */
+function splitUser(payload: Buffer): { user: string | null; rest: Buffer } {
+  const length = payload[1] ?? 0;
+  const user = payload[0] === 1 ? payload.toString('utf8', 2, 2 + length) : null;
+  return { user, rest: payload.subarray(2 + length) };
+}
+
+/** How a native session ended, as the addon reports it. */
+interface NativeEnd {
+  readonly up: number;
+  readonly down: number;
+  readonly reason: number;
+  readonly firstEof: number;
+  readonly errorSide: number;
+  readonly errno: number;
+  /** The index of the rule that allowed the request; -1: none. */
+  readonly rule: number;
 }
 
 /**
@@ -194,20 +263,19 @@ export class NativeSession {
   readonly id: number;
   readonly clientAddress: string;
   readonly clientPort: number;
-  readonly #owner: NativeOwner | null;
+  readonly #owner: NativeOwner;
   readonly #handle: object;
   readonly #addon: Addon;
-  /** The context this session started with; null for one accepted after its listener closed. */
-  readonly ctx: SessionContext | null;
+  /** The context this session started with. */
+  readonly ctx: SessionContext;
   readonly #startedAt: number;
   #user: string | null = null;
   #authRefused = false;
-  #rule: string | null = null;
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
 
-  constructor(owner: NativeOwner | null, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext | null) {
+  constructor(owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext) {
     this.#owner = owner;
     this.#handle = handle;
     this.#addon = addon;
@@ -215,7 +283,7 @@ export class NativeSession {
     this.clientAddress = address;
     this.clientPort = port;
     this.ctx = ctx;
-    this.#startedAt = ctx ? ctx.now() : 0;
+    this.#startedAt = ctx.now();
   }
 
   /** Ends the session now, whatever its phase (server shutdown); its record follows. */
@@ -227,7 +295,7 @@ export class NativeSession {
 
   /** RFC 1929 credentials arrived: check them and tell the relay thread. */
   verify(message: Buffer): void {
-    const ctx = this.ctx!;
+    const ctx = this.ctx;
     let username: string;
     let password: string;
     try {
@@ -242,15 +310,16 @@ export class NativeSession {
     verdict.then(
       (ok) => {
         if (!ok) this.#authRefused = true;
-        this.#answer(ok);
+        this.#answer(ok, ok && this.#owner.rememberCredentials ? 1 : -1);
       },
       () => this.#answer(false), // the session asks again and logs the authenticator's failure
     );
   }
 
   /** A CONNECT request arrived and request rules exist: decide it. */
-  decide(request: Buffer): void {
-    const ctx = this.ctx!;
+  decide(user: string | null, request: Buffer): void {
+    const ctx = this.ctx;
+    this.#user = user;
     const decoded = decodeRequest(request);
     if (decoded === NEED_MORE || ctx.rules === null) return this.#answer(true);
     const decision = ctx.rules.decide({
@@ -261,22 +330,19 @@ export class NativeSession {
       user: this.#user,
       listener: ctx.listener,
     });
-    this.#rule = decision.rule;
-    // A refusal is the session's to send and record: hand the connection over.
-    this.#answer(decision.allowed);
+    // An allow is remembered for the same client, request and user until a
+    // reload; a refusal is the session's to send and record: hand it over.
+    this.#answer(decision.allowed, decision.allowed ? decision.index : -1);
   }
 
-  #answer(goOn: boolean): void {
-    if (!this.#gone) this.#addon.answer(this.#handle, goOn);
+  #answer(goOn: boolean, rememberAs = -1): void {
+    if (!this.#gone) this.#addon.answer(this.#handle, goOn, rememberAs);
   }
 
-  handOver(fd: number, resumeCode: number, method: number, errno: number, timedOut: boolean, buffer: Buffer): void {
+  handOver(fd: number, resumeCode: number, method: number, errno: number, timedOut: boolean, user: string | null, buffer: Buffer): void {
     this.#gone = true;
+    this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
-    if (!this.#owner || !this.ctx) {
-      socket.destroy();
-      return;
-    }
     if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, null);
     const phase = RESUME_PHASES[resumeCode] ?? 'version';
     const authMethod = method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
@@ -295,20 +361,21 @@ export class NativeSession {
   #dialFailure(request: Buffer, errno: number, timedOut: boolean): SocksError {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
-    if (timedOut) return connectTimeoutError(target, this.ctx!.connectMs);
+    if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
     const code = getSystemErrorName(-errno);
     const where = formatDestination(target);
     return toSocksError(Object.assign(new Error(`connect ${code} ${where}`), { code, errno: -errno, syscall: 'connect' }));
   }
 
-  end(up: number, down: number, reason: number, firstEof: number, errorSide: number, errno: number, request: Buffer): void {
+  end({ up, down, reason, firstEof, errorSide, errno, rule }: NativeEnd, user: string | null, request: Buffer): void {
     this.#gone = true;
+    this.#user = user;
     const ctx = this.ctx;
-    if (!ctx) return;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
     const relayed = decoded !== NEED_MORE;
     const target = relayed ? formatDestination(decoded.value.destination) : null;
     const end = spliceEnd(reason, firstEof, errorSide, errno);
+    const ruleName = rule >= 0 && ctx.rules ? ctx.rules.decisionAt(rule).rule : null;
     const record: SessionRecord = {
       id: this.id,
       listener: ctx.listener,
@@ -331,7 +398,7 @@ export class NativeSession {
       durationMs: Math.max(0, ctx.now() - this.#startedAt),
       reason: end.reason,
       error: end.error?.message ?? null,
-      rule: this.#rule,
+      rule: ruleName,
     };
     ctx.onClose(record);
   }

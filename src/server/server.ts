@@ -235,7 +235,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   /** Sessions alive now, in any phase. */
   get sessionCount(): number {
-    return this.#sessions.size;
+    let count = this.#sessions.size;
+    for (const slot of this.#listeners) count += slot.native?.pending() ?? 0;
+    return count;
   }
 
   /**
@@ -295,6 +297,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) return; // a cluster worker's handle: the primary accepts
     const owner: NativeOwner = {
+      rememberCredentials: !this.#customAuthenticator,
       context: () => slot.ctx,
       nextId: () => this.#nextId++,
       opened: (session) => {

@@ -1,0 +1,90 @@
+/**
+ * Choosing the handshake engine from the command line: the `started` line
+ * says which one runs, each relays, `native` without the addon refuses to
+ * start and says why, and a daemon whose addon accepted a session stops
+ * cleanly on SIGINT with that session's access line.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type Fixture, startEchoServer } from '../helpers/server.js';
+import { closed, echo, envWithoutProxies, runCli, socksConnect, startDaemon } from './helpers.js';
+
+const WITHOUT_ADDON = { ...envWithoutProxies(), SOCKSGATE_SPLICE_ADDON: 'off' };
+const JSON_LOOPBACK = ['--listen', '127.0.0.1:0', '--log-format', 'json'];
+
+describe('handshake engine', () => {
+  let target: Fixture;
+  before(async () => {
+    target = await startEchoServer();
+  });
+  after(() => target.close());
+
+  for (const [name, args, env, handshakes, relay] of [
+    ['the addon built, by default: native handshakes', [], envWithoutProxies(), 'native', 'splice'],
+    ['--handshake-engine node: node handshakes', ['--handshake-engine', 'node'], envWithoutProxies(), 'node', 'splice'],
+    ['no addon, by default: node handshakes over the stream relay', [], WITHOUT_ADDON, 'node', 'stream'],
+  ] as const) {
+    it(`${name}, says so when it starts, and relays`, async () => {
+      const { daemon, port } = await startDaemon([...JSON_LOOPBACK, ...args], env);
+      try {
+        const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
+        assert.equal(started.handshakes, handshakes);
+        assert.equal(started.relay, relay);
+        assert.match(String(started.msg), new RegExp(`${handshakes} handshakes`));
+        const socket = await socksConnect(port, target.port);
+        assert.equal(await echo(socket, 'through the proxy'), 'through the proxy');
+        socket.end();
+        await closed(socket);
+        const session = await daemon.waitFor((l) => l.event === 'session', 'the access line');
+        assert.equal(session.reason, 'client-closed');
+        assert.equal(session.relay, relay);
+        assert.equal(session.bytesUp, 'through the proxy'.length);
+      } finally {
+        daemon.signal('SIGTERM');
+        await daemon.waitExit();
+      }
+    });
+  }
+
+  it('--handshake-engine native without the addon exits 1 and says why', async () => {
+    const result = await runCli([...JSON_LOOPBACK, '--handshake-engine', 'native'], { env: WITHOUT_ADDON });
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /handshake\.engine is native, but .*splice/);
+    assert.equal(result.stdout.toString().includes('"started"'), false, 'it never started');
+  });
+
+  it('an unknown engine is a configuration error naming the key', async () => {
+    const result = await runCli(['--handshake-engine', 'kernel', '--check']);
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, /handshake\.engine/);
+  });
+
+  it('SIGINT with a native session open: the session is closed, its access line written, exit 0', async () => {
+    const { daemon, port } = await startDaemon([...JSON_LOOPBACK, '--shutdown-grace', '300ms'], envWithoutProxies());
+    try {
+      const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
+      assert.equal(started.handshakes, 'native');
+      const socket = await socksConnect(port, target.port);
+      const clientPort = socket.localPort;
+      assert.equal(await echo(socket, 'open at SIGINT'), 'open at SIGINT');
+      const socketClosed = closed(socket);
+
+      daemon.signal('SIGINT');
+      const draining = await daemon.waitFor((l) => l.event === 'draining', 'the "draining" line');
+      assert.equal(draining.sessions, 1, 'the native session was counted');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      await socketClosed;
+
+      const sessions = daemon.sessions();
+      assert.equal(sessions.length, 1, daemon.describe());
+      assert.equal(sessions[0]!.clientPort, clientPort);
+      assert.equal(sessions[0]!.reason, 'shutdown');
+      assert.equal(sessions[0]!.relay, 'splice');
+      assert.equal(sessions[0]!.bytesUp, 'open at SIGINT'.length);
+      assert.ok(daemon.logs.some((l) => l.event === 'stopped'), daemon.describe());
+      assert.equal(daemon.stderr, '');
+    } finally {
+      await daemon.kill();
+    }
+  });
+});

@@ -1,0 +1,1292 @@
+/**
+ * Native handshakes end to end (`handshake.engine: native`): the addon's
+ * relay thread accepts, negotiates the common SOCKS5 exchange (no auth or
+ * username/password, CONNECT to an address literal), dials and splices; every
+ * other connection is handed over to the Node session with the bytes read so
+ * far. What a client sees must not depend on which engine served it: each
+ * hand-over case runs on both engines and the answers and records are
+ * compared. The addon's counters (nativeAccepted, nativeHandedOver) prove
+ * which path served a connection; they are process-wide, so only their
+ * deltas around one test's own sessions are used.
+ */
+import assert from 'node:assert/strict';
+import { createServer as createNetServer } from 'node:net';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+import type { CloseReason, ServerOptions, SessionRecord } from '../../src/index.js';
+import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
+import { type Fixture, closedPort, startEchoServer, startTcpServer } from '../helpers/server.js';
+import { ALICE, USERPASS_ONLY } from '../interop/helpers.js';
+import {
+  ENGINES,
+  type Engine,
+  type EngineProxy,
+  type NativeCounters,
+  connectRequest6,
+  countersSince,
+  credentials,
+  maskBound,
+  nativeCounters,
+  pattern,
+  readAll,
+  readSocks5Reply,
+  recordOf,
+  sha256,
+  socks4Connect,
+  socksConnect,
+  startBlackHole,
+  startEngineProxy,
+  writeByteByByte,
+} from './native-helpers.js';
+
+/** A failure guard only: a hung session fails the test instead of stalling the run. */
+const opts = { timeout: 60_000 };
+
+/** Served natively from accept to the end: counted as accepted, never handed over. */
+const STAYED_NATIVE: NativeCounters = { accepted: 1, handedOver: 0 };
+const HANDED_OVER: NativeCounters = { accepted: 1, handedOver: 1 };
+/** The node engine never lets the addon accept. */
+const UNTOUCHED: NativeCounters = { accepted: 0, handedOver: 0 };
+
+/** Whether ::1 can be bound here (a host or container without IPv6 cannot). */
+async function ipv6Loopback(): Promise<boolean> {
+  const server = createNetServer();
+  try {
+    server.listen(0, '::1');
+    await once(server, 'listening');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    server.close();
+  }
+}
+
+/**
+ * A destination that reads until the client's FIN, then answers with the
+ * sha256 of what it read followed by `downSize(n)` pattern bytes, and ends:
+ * both directions carry known, different sizes and are checked byte for byte.
+ */
+function downSize(up: number): number {
+  return 2 * up + 7;
+}
+
+function startDigestServer(): Promise<Fixture> {
+  return startTcpServer((socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => {
+      const got = Buffer.concat(chunks);
+      socket.end(Buffer.concat([sha256(got), pattern(downSize(got.length), got.length % 251)]));
+    });
+  });
+}
+
+/** One session through `proxy` to the digest server; returns the client's port and the byte counts. */
+async function digestSession(proxy: EngineProxy, targetPort: number, size: number, auth?: { name: string; password: string }) {
+  const socket = await socksConnect(proxy, targetPort, auth);
+  try {
+    const clientPort = socket.localPort!;
+    const answer = readAll(socket);
+    const sent = pattern(size, size % 251);
+    socket.end(sent);
+    const got = await answer;
+    assert.deepEqual(got.subarray(0, 32), sha256(sent), `${size} bytes up: the destination got exactly what was sent`);
+    assert.ok(got.subarray(32).equals(pattern(downSize(size), size % 251)), `${downSize(size)} bytes down arrived intact`);
+    return { clientPort, up: size, down: got.length };
+  } finally {
+    socket.destroy();
+  }
+}
+
+describe('native handshakes: the common path stays native', () => {
+  let digest: Fixture;
+  before(async () => {
+    digest = await startDigestServer();
+  });
+  after(() => digest.close());
+
+  const N = 20;
+  const variants = [
+    { name: 'no authentication', options: {}, auth: undefined, authMethod: 'none', user: null },
+    { name: 'username/password', options: { auth: USERPASS_ONLY }, auth: ALICE, authMethod: 'userpass', user: ALICE.name },
+  ] as const;
+
+  for (const variant of variants) {
+    test(`${N} CONNECT sessions with ${variant.name} (npm socks client): all native, bytes intact both ways, exact records`, opts, async () => {
+      const proxy = await startEngineProxy('native', variant.options);
+      try {
+        const before = nativeCounters();
+        const sessions = await Promise.all(Array.from({ length: N }, (_, i) => digestSession(proxy, digest.port, 1000 + i * 4099, variant.auth)));
+        const records = await Promise.all(sessions.map((s) => recordOf(proxy, s.clientPort)));
+        assert.deepEqual(countersSince(before), { accepted: N, handedOver: 0 }, 'every session was accepted natively and none was handed over');
+        records.forEach((record, i) => {
+          const s = sessions[i]!;
+          assert.deepEqual(
+            {
+              relay: record.relay,
+              version: record.version,
+              authMethod: record.authMethod,
+              user: record.user,
+              command: record.command,
+              requested: record.requested,
+              connected: record.connected,
+              reply: record.reply,
+              bytesUp: record.bytesUp,
+              bytesDown: record.bytesDown,
+              reason: record.reason,
+              error: record.error,
+              rule: record.rule,
+              clientAddress: record.clientAddress,
+            },
+            {
+              relay: 'splice',
+              version: 5,
+              authMethod: variant.authMethod,
+              user: variant.user,
+              command: 'connect',
+              requested: `127.0.0.1:${digest.port}`,
+              connected: `127.0.0.1:${digest.port}`,
+              reply: 0,
+              bytesUp: s.up,
+              bytesDown: s.down,
+              reason: 'client-closed', // the client's FIN came first
+              error: null,
+              rule: null,
+              clientAddress: '127.0.0.1',
+            },
+          );
+          assert.ok(record.durationMs >= 0 && record.startedAt > 0);
+        });
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+
+  test('the success reply names the outbound socket\'s local address, as the node engine\'s does', opts, async () => {
+    let peer: (address: string) => void = () => {};
+    const seen = new Promise<string>((resolve) => { peer = resolve; });
+    const target = await startTcpServer((socket) => {
+      peer(`${socket.remoteAddress}:${socket.remotePort}`);
+      socket.pipe(socket);
+    });
+    const proxy = await startEngineProxy('native');
+    try {
+      const before = nativeCounters();
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const reply = await readSocks5Reply(client);
+      assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 01'));
+      const bound = `${[...reply.subarray(4, 8)].join('.')}:${reply.readUInt16BE(8)}`;
+      assert.equal(bound, await seen, 'BND.ADDR:BND.PORT is where the destination sees the proxy connect from');
+      client.socket.end();
+      await client.readToEnd();
+      await recordOf(proxy, client.localPort);
+      assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    } finally {
+      await proxy.close();
+      await target.close();
+    }
+  });
+
+  test('an IPv6 literal destination ([::1]) is served natively, with the same reply and record as the node engine', opts, async (t) => {
+    if (!(await ipv6Loopback())) return t.skip('::1 cannot be bound here');
+    const echo = await startEchoServer('::1');
+    try {
+      const results = [];
+      for (const engine of ENGINES) {
+        const proxy = await startEngineProxy(engine);
+        try {
+          const before = nativeCounters();
+          const client = await RawClient.connect(proxy.port);
+          client.write(Buffer.concat([hex('05 01 00'), connectRequest6('::1', echo.port)]));
+          assert.deepEqual(await client.read(2), hex('05 00'));
+          const reply = await readSocks5Reply(client);
+          assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 04'), `${engine}: an IPv6 bound address`);
+          assert.deepEqual(reply.subarray(4, 20), hex('0000 0000 0000 0000 0000 0000 0000 0001'), `${engine}: BND.ADDR is ::1`);
+          client.write(hex('cafe'));
+          assert.deepEqual(await client.read(2), hex('cafe'));
+          client.socket.end();
+          await client.readToEnd();
+          const record = await recordOf(proxy, client.localPort);
+          results.push({ engine, counters: countersSince(before), record });
+        } finally {
+          await proxy.close();
+        }
+      }
+      const [native, node] = results;
+      assert.deepEqual(native!.counters, STAYED_NATIVE);
+      assert.deepEqual(node!.counters, UNTOUCHED);
+      assert.equal(native!.record.requested, `[::1]:${echo.port}`);
+      assert.deepEqual(comparable(native!.record), comparable(node!.record));
+    } finally {
+      await echo.close();
+    }
+  });
+});
+
+// ---- hand-over cases: the same answer as the node engine ----
+
+/** The fields of a record that must not depend on the engine (no ids, client ports or times). */
+function comparable(r: SessionRecord) {
+  return {
+    clientAddress: r.clientAddress,
+    version: r.version,
+    authMethod: r.authMethod,
+    user: r.user,
+    command: r.command,
+    requested: r.requested,
+    // A UDP relay's port is ephemeral.
+    connected: r.command === 'udp' ? r.connected?.replace(/:\d+$/, ':*') ?? null : r.connected,
+    reply: r.reply,
+    bytesUp: r.bytesUp,
+    bytesDown: r.bytesDown,
+    relay: r.relay,
+    datagramsUp: r.datagramsUp,
+    datagramsDown: r.datagramsDown,
+    reason: r.reason,
+    error: r.error,
+    rule: r.rule,
+  };
+}
+
+/** The fixtures a case's bytes may name. */
+interface Ports {
+  readonly echo: number;
+  readonly closed: number;
+  /** The port the deny rule names. */
+  readonly denied: number;
+}
+
+const PROXY_KINDS = {
+  /** SOCKS4 on, no auth: most cases. */
+  plain: (): ServerOptions => ({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] }),
+  socks4Off: (): ServerOptions => ({ listen: [{ address: '127.0.0.1', port: 0, socks4: false }] }),
+  userpass: (): ServerOptions => ({ auth: USERPASS_ONLY }),
+  rules: (ports: Ports): ServerOptions => ({
+    rules: [
+      { name: 'no-denied-port', deny: { to: { ports: [ports.denied] } } },
+      { name: 'loopback-v4', allow: { to: { nets: ['127.0.0.0/8'] } } },
+    ],
+  }),
+  /** A short handshake timeout, for clients that stall. */
+  impatient: (): ServerOptions => ({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }], timeouts: { handshake: 300 } }),
+} as const;
+type ProxyKind = keyof typeof PROXY_KINDS;
+
+/**
+ * What the client does after its bytes: `close` waits for the server to
+ * close; `end-close` ends its side at once, then waits; `relay` reads the
+ * answer, echoes "ping" through the destination and ends; `hold` reads the
+ * answer (BIND's first reply, UDP's reply) and ends.
+ */
+type Then = 'close' | 'end-close' | 'relay' | 'hold';
+
+interface HandOverCase {
+  readonly name: string;
+  readonly proxy: ProxyKind;
+  readonly bytes: (ports: Ports) => Buffer;
+  readonly then: Then;
+  /** The whole answer, hex; success replies with BND.ADDR and BND.PORT zeroed (see maskBound). */
+  readonly answer: string;
+  readonly reason: CloseReason;
+  readonly error?: RegExp;
+  readonly rule?: string | null;
+  /** The allowed CONNECT stays native: only the rule was asked. */
+  readonly stays?: true;
+  /** A known discrepancy of the native engine: the case is kept and marked todo. */
+  readonly todo?: string;
+}
+
+const NO_AUTH = '05 01 00';
+const USERPASS = '05 01 02';
+const ZERO_V4 = '00 01 00000000 0000';
+
+const CASES: readonly HandOverCase[] = [
+  {
+    name: 'SOCKS4 CONNECT on a listener with socks4 on: granted and relayed',
+    proxy: 'plain',
+    bytes: (p) => socks4Connect('127.0.0.1', p.echo, 'bob'),
+    then: 'relay',
+    answer: '00 5a 0000 00000000',
+    reason: 'client-closed',
+  },
+  {
+    name: 'SOCKS4 with socks4 off: 0x5B',
+    proxy: 'socks4Off',
+    bytes: (p) => socks4Connect('127.0.0.1', p.echo),
+    then: 'close',
+    answer: '00 5b 0000 00000000',
+    reason: 'not-allowed',
+    error: /SOCKS4 is disabled/,
+  },
+  {
+    name: 'greeting offering only 0x02 when only none is accepted: 05 FF',
+    proxy: 'plain',
+    bytes: () => hex('05 01 02'),
+    then: 'close',
+    answer: '05 ff',
+    reason: 'no-acceptable-method',
+    error: /offered methods \[0x02\]/,
+  },
+  {
+    name: 'greeting offering only none on a userpass-only listener: 05 FF',
+    proxy: 'userpass',
+    bytes: () => hex('05 01 00'),
+    then: 'close',
+    answer: '05 ff',
+    reason: 'no-acceptable-method',
+  },
+  {
+    name: 'greeting with NMETHODS 0: closed without a reply',
+    proxy: 'plain',
+    bytes: () => hex('05 00'),
+    then: 'close',
+    answer: '',
+    reason: 'protocol-error',
+    error: /zero methods/,
+  },
+  {
+    name: 'not SOCKS at all (an HTTP request): closed without a reply',
+    proxy: 'plain',
+    bytes: () => Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'),
+    then: 'close',
+    answer: '',
+    reason: 'protocol-error',
+    error: /first byte 0x47/,
+  },
+  {
+    name: 'a truncated greeting, then the client closes',
+    proxy: 'plain',
+    bytes: () => hex('05 03 00'),
+    then: 'end-close',
+    answer: '',
+    reason: 'client-gone',
+    error: /truncated SOCKS5 greeting \(3 bytes\)/,
+  },
+  {
+    name: 'a greeting, then the client closes before its request',
+    proxy: 'plain',
+    bytes: () => hex(NO_AUTH),
+    then: 'end-close',
+    answer: '05 00',
+    reason: 'client-gone',
+    error: /before the SOCKS5 request/,
+  },
+  {
+    name: 'a greeting and good credentials, then the client closes before its request',
+    proxy: 'userpass',
+    bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]),
+    then: 'end-close',
+    answer: '05 02 01 00',
+    reason: 'client-gone',
+    error: /before the SOCKS5 request/,
+  },
+  {
+    name: 'domain-name CONNECT to localhost: resolved and relayed',
+    proxy: 'plain',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', p.echo)]),
+    then: 'relay',
+    answer: `05 00 05 00 00 01 00000000 0000`,
+    reason: 'client-closed',
+  },
+  {
+    name: 'username/password, then a domain-name CONNECT: relayed, the record names the user',
+    proxy: 'userpass',
+    bytes: (p) => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequestByName('localhost', p.echo)]),
+    then: 'relay',
+    answer: `05 02 01 00 05 00 00 01 00000000 0000`,
+    reason: 'client-closed',
+  },
+  {
+    name: 'BIND: the first reply, then the client leaves while waiting for the peer',
+    proxy: 'plain',
+    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', 0, 2)]),
+    then: 'hold',
+    answer: `05 00 05 00 ${ZERO_V4}`,
+    reason: 'client-gone',
+  },
+  {
+    name: 'UDP ASSOCIATE: the reply names the relay, the association ends with the control connection',
+    proxy: 'plain',
+    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('0.0.0.0', 0, 3)]),
+    then: 'hold',
+    answer: `05 00 05 00 ${ZERO_V4}`,
+    reason: 'client-closed',
+  },
+  {
+    name: 'an unknown command (0x04): 05 07',
+    proxy: 'plain',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.echo, 4)]),
+    then: 'close',
+    answer: `05 00 05 07 ${ZERO_V4}`,
+    reason: 'command-not-supported',
+  },
+  {
+    name: 'an unknown address type (0x02): 05 08',
+    proxy: 'plain',
+    bytes: () => Buffer.concat([hex(NO_AUTH), hex('05 01 00 02 7f000001 0050')]),
+    then: 'close',
+    answer: `05 00 05 08 ${ZERO_V4}`,
+    reason: 'protocol-error',
+  },
+  {
+    name: 'a request with RSV 0x01: 05 01',
+    proxy: 'plain',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), hex(`05 01 01 01 7f000001 ${p.echo.toString(16).padStart(4, '0')}`)]),
+    then: 'close',
+    answer: `05 00 05 01 ${ZERO_V4}`,
+    reason: 'protocol-error',
+    error: /reserved byte is 0x01/,
+  },
+  {
+    name: 'a CONNECT to port 0: refused as the node engine refuses it',
+    proxy: 'plain',
+    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', 0)]),
+    then: 'close',
+    answer: `05 00 05 05 ${ZERO_V4}`,
+    reason: 'connect-failed',
+  },
+  {
+    name: 'a CONNECT to a closed loopback port: 05 05',
+    proxy: 'plain',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.closed)]),
+    then: 'close',
+    answer: `05 00 05 05 ${ZERO_V4}`,
+    reason: 'connect-failed',
+    error: /ECONNREFUSED/,
+  },
+  {
+    name: 'a wrong password: status 01 01',
+    proxy: 'userpass',
+    bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, 'wrong')]),
+    then: 'close',
+    answer: '05 02 01 01',
+    reason: 'auth-failed',
+    error: /wrong credentials for user "alice"/,
+  },
+  {
+    name: 'an unknown user: status 01 01',
+    proxy: 'userpass',
+    bytes: () => Buffer.concat([hex(USERPASS), credentials('mallory', ALICE.password)]),
+    then: 'close',
+    answer: '05 02 01 01',
+    reason: 'auth-failed',
+  },
+  {
+    name: 'an empty username and password: status 01 01',
+    proxy: 'userpass',
+    bytes: () => Buffer.concat([hex(USERPASS), hex('01 00 00')]),
+    then: 'close',
+    answer: '05 02 01 01',
+    reason: 'auth-failed',
+  },
+  {
+    name: 'an auth message with version byte 0x02: closed without a status',
+    proxy: 'userpass',
+    bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password, 2)]),
+    then: 'close',
+    answer: '05 02',
+    reason: 'protocol-error',
+  },
+  {
+    name: 'a CONNECT to an IPv4-mapped IPv6 address (::ffff:127.0.0.1): relayed natively, the same reply and record',
+    proxy: 'plain',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest6('::ffff:7f00:1', p.echo)]),
+    then: 'relay',
+    answer: `05 00 05 00 ${ZERO_V4}`,
+    reason: 'client-closed',
+    stays: true,
+    todo: 'native: replies ATYP 0x04 ::ffff:127.0.0.1 (node: ATYP 0x01 127.0.0.1) and records connected "[::ffff:7f00:1]:port" (node: "[::ffff:127.0.0.1]:port")',
+  },
+  {
+    name: 'a deny rule matching the target: 05 02, the record names the rule',
+    proxy: 'rules',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.denied)]),
+    then: 'close',
+    answer: `05 00 05 02 ${ZERO_V4}`,
+    reason: 'not-allowed',
+    rule: 'no-denied-port',
+    error: /denied by rule "no-denied-port"/,
+  },
+  {
+    name: 'no rule matching the target: 05 02, default-deny',
+    proxy: 'rules',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest6('::1', p.echo)]),
+    then: 'close',
+    answer: `05 00 05 02 ${ZERO_V4}`,
+    reason: 'not-allowed',
+    rule: 'default-deny',
+  },
+  {
+    name: 'an allow rule matching the target: relayed and stays native, the record names the rule',
+    proxy: 'rules',
+    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.echo)]),
+    then: 'relay',
+    answer: `05 00 05 00 ${ZERO_V4}`,
+    reason: 'client-closed',
+    rule: 'loopback-v4',
+    stays: true,
+  },
+  {
+    name: 'handshake timeout: a client that sends nothing',
+    proxy: 'impatient',
+    bytes: () => Buffer.alloc(0),
+    then: 'close',
+    answer: '',
+    reason: 'handshake-timeout',
+    error: /handshake timeout after 300 ms waiting for first byte/,
+  },
+  {
+    name: 'handshake timeout: a client that stalls mid-greeting',
+    proxy: 'impatient',
+    bytes: () => hex('05 02 00'),
+    then: 'close',
+    answer: '',
+    reason: 'handshake-timeout',
+    error: /handshake timeout after 300 ms waiting for SOCKS5 greeting/,
+    todo: 'native: the record says version null, "waiting for first byte" (node: version 5, "waiting for SOCKS5 greeting")',
+  },
+  {
+    name: 'handshake timeout: a client that stalls after the first byte of a SOCKS4 request',
+    proxy: 'impatient',
+    bytes: () => hex('04'),
+    then: 'close',
+    answer: '',
+    reason: 'handshake-timeout',
+    error: /handshake timeout after 300 ms waiting for SOCKS4 request/,
+    todo: 'native: the record says version null, authMethod null, "waiting for first byte" (node: 4, "none", "waiting for SOCKS4 request")',
+  },
+  {
+    name: 'handshake timeout: a client that stalls mid-request',
+    proxy: 'impatient',
+    bytes: () => hex('05 01 00  05 01 00'),
+    then: 'close',
+    answer: '05 00',
+    reason: 'handshake-timeout',
+    error: /handshake timeout after 300 ms waiting for SOCKS5 request/,
+  },
+];
+
+interface Outcome {
+  /** The record names the client's own port. */
+  readonly clientPort: number;
+  readonly answer: Buffer;
+  readonly ended: 'end' | 'reset';
+  readonly record: SessionRecord;
+  readonly counters: NativeCounters;
+}
+
+/** Runs one case's client against `proxy` and returns what it saw, the record, and the counters' moves. */
+async function runCase(c: HandOverCase, proxy: EngineProxy, ports: Ports): Promise<Outcome> {
+  const before = nativeCounters();
+  const client = await RawClient.connect(proxy.port);
+  try {
+    const bytes = c.bytes(ports);
+    if (bytes.length > 0) client.write(bytes);
+    const version = bytes[0] === 4 ? 4 : 5;
+    // A success reply is read whole by its ATYP, whatever length the table expects.
+    const readAnswer = async () => {
+      if (version === 4) return client.read(8);
+      const prefix = await client.read(hex(c.answer).length - 10); // method selection, RFC 1929 status
+      return Buffer.concat([prefix, await readSocks5Reply(client)]);
+    };
+    let answer: Buffer;
+    switch (c.then) {
+      case 'close':
+        answer = await client.readToEnd();
+        break;
+      case 'end-close':
+        client.socket.end();
+        answer = await client.readToEnd();
+        break;
+      case 'relay': {
+        answer = await readAnswer();
+        client.write(Buffer.from('ping'));
+        assert.equal((await client.read(4)).toString(), 'ping', 'relayed through the echo server');
+        client.socket.end();
+        assert.equal((await client.readToEnd()).length, 0, 'nothing after the echo');
+        break;
+      }
+      case 'hold':
+        answer = await readAnswer();
+        client.socket.end();
+        assert.equal((await client.readToEnd()).length, 0, 'nothing after the reply');
+        break;
+    }
+    const ended = await client.ended;
+    const record = await recordOf(proxy, client.localPort);
+    return { clientPort: client.localPort, answer: maskBound(answer, version), ended, record, counters: countersSince(before) };
+  } finally {
+    client.destroy();
+  }
+}
+
+describe('native handshakes: every hand-over gives the node engine\'s answer', () => {
+  let echo: Fixture;
+  let ports: Ports;
+  const proxies = new Map<string, EngineProxy>();
+
+  before(async () => {
+    echo = await startEchoServer();
+    ports = { echo: echo.port, closed: await closedPort(), denied: await closedPort() };
+  });
+  after(async () => {
+    for (const proxy of proxies.values()) await proxy.close();
+    await echo.close();
+  });
+
+  async function proxyFor(kind: ProxyKind, engine: Engine): Promise<EngineProxy> {
+    const key = `${kind}/${engine}`;
+    let proxy = proxies.get(key);
+    if (!proxy) {
+      proxy = await startEngineProxy(engine, PROXY_KINDS[kind](ports));
+      proxies.set(key, proxy);
+    }
+    return proxy;
+  }
+
+  for (const c of CASES) {
+    test(c.name, { ...opts, ...(c.todo ? { todo: c.todo } : {}) }, async () => {
+      const node = await runCase(c, await proxyFor(c.proxy, 'node'), ports);
+      const native = await runCase(c, await proxyFor(c.proxy, 'native'), ports);
+
+      // The node engine is the reference: check it against the table first.
+      assert.equal(node.answer.toString('hex'), hex(c.answer).toString('hex'), 'node engine: the answer');
+      assert.equal(node.record.reason, c.reason, 'node engine: the record reason');
+      if (c.error) assert.match(node.record.error ?? '', c.error, 'node engine: the record error');
+      assert.equal(node.record.rule, c.rule ?? null, 'node engine: the record rule');
+      assert.deepEqual(node.counters, UNTOUCHED);
+
+      assert.equal(node.record.clientPort, node.clientPort, 'node engine: the record names the client\'s port');
+      assert.equal(native.answer.toString('hex'), node.answer.toString('hex'), 'native engine: the same answer bytes');
+      assert.equal(native.record.clientPort, native.clientPort, 'native engine: the record names the client\'s port');
+      assert.equal(native.ended, node.ended, 'native engine: the same kind of close');
+      assert.deepEqual(comparable(native.record), comparable(node.record), 'native engine: the same record');
+      assert.deepEqual(native.counters, c.stays ? STAYED_NATIVE : HANDED_OVER, 'native engine: accepted natively, then handed over (or not)');
+    });
+  }
+});
+
+describe('native handshakes: connect timeout', () => {
+  test('a destination that never completes the TCP handshake: REP 0x06 and "timed out after 300 ms", as with the node engine', opts, async () => {
+    const hole = await startBlackHole();
+    try {
+      const outcomes = [];
+      for (const engine of ENGINES) {
+        const proxy = await startEngineProxy(engine, { timeouts: { connect: 300 } });
+        try {
+          const before = nativeCounters();
+          const client = await RawClient.connect(proxy.port);
+          client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
+          const answer = await client.readToEnd();
+          const record = await recordOf(proxy, client.localPort);
+          outcomes.push({ engine, answer, record, counters: countersSince(before) });
+        } finally {
+          await proxy.close();
+        }
+      }
+      for (const { engine, answer, record } of outcomes) {
+        assert.equal(answer.toString('hex'), hex(`05 00 05 06 ${ZERO_V4}`).toString('hex'), `${engine}: REP 0x06`);
+        assert.equal(record.reason, 'connect-failed', engine);
+        assert.equal(record.reply, 0x06, engine);
+        assert.equal(record.error, `connect to 127.0.0.1:${hole.port} timed out after 300 ms`, engine);
+      }
+      const [native, node] = outcomes;
+      assert.deepEqual(native!.counters, HANDED_OVER, 'the native engine dialled, then handed the failure over');
+      assert.deepEqual(node!.counters, UNTOUCHED);
+      assert.deepEqual(comparable(native!.record), comparable(node!.record));
+    } finally {
+      await hole.close();
+    }
+  });
+});
+
+// ---- how sessions end: the same on both engines ----
+
+interface EngineRun {
+  readonly clientPort: number;
+  readonly record: SessionRecord;
+  readonly counters: NativeCounters;
+}
+
+/** Both records name their client, and agree on everything that does not depend on the engine. */
+function assertSameEnding(runs: Record<Engine, EngineRun>): void {
+  for (const engine of ENGINES) {
+    const { record, clientPort } = runs[engine];
+    assert.deepEqual([record.clientAddress, record.clientPort], ['127.0.0.1', clientPort], `${engine}: the record names the client`);
+  }
+  assert.deepEqual(comparable(runs.native.record), comparable(runs.node.record));
+}
+
+/**
+ * Runs `scenario` against a fresh proxy per engine (native first); the
+ * scenario returns its client's port, whose record is then awaited.
+ */
+async function onBothEngines(options: ServerOptions, scenario: (proxy: EngineProxy) => Promise<number>): Promise<Record<Engine, EngineRun>> {
+  const runs: Partial<Record<Engine, EngineRun>> = {};
+  for (const engine of ENGINES) {
+    const proxy = await startEngineProxy(engine, options);
+    try {
+      const before = nativeCounters();
+      const clientPort = await scenario(proxy);
+      const record = await recordOf(proxy, clientPort);
+      runs[engine] = { clientPort, record, counters: countersSince(before) };
+    } finally {
+      await proxy.close();
+    }
+  }
+  return runs as Record<Engine, EngineRun>;
+}
+
+/** Greets without authentication, sends a CONNECT to `port`, and reads the success reply. */
+async function connected(proxy: EngineProxy, port: number): Promise<RawClient> {
+  const client = await RawClient.connect(proxy.port);
+  client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', port)]));
+  assert.deepEqual(maskBound(await client.read(12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
+  return client;
+}
+
+describe('native handshakes: how sessions end, compared with the node engine', () => {
+  test('the destination ends first: destination-closed, and the client can still send', opts, async () => {
+    const received: Array<Promise<Buffer>> = [];
+    const target = await startTcpServer((socket) => {
+      received.push(readAll(socket));
+      socket.end('bye');
+    });
+    try {
+      const runs = await onBothEngines({}, async (proxy) => {
+        const client = await connected(proxy, target.port);
+        assert.equal((await client.readToEnd()).toString(), 'bye');
+        return client.localPort;
+      });
+      assert.equal(runs.native.record.reason, 'destination-closed');
+      assert.equal(runs.native.record.bytesDown, 3);
+      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+      assertSameEnding(runs);
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('a client reset mid-relay reaches the destination as a reset; record client-error', opts, async () => {
+    const outcomes: string[] = [];
+    let outcome: () => Promise<string> = () => Promise.reject(new Error('no connection'));
+    const target = await startTcpServer((socket) => {
+      const seen = new Promise<string>((resolve) => {
+        socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+        socket.on('end', () => resolve('end'));
+      });
+      outcome = () => seen;
+      socket.write('hello');
+    });
+    try {
+      const runs = await onBothEngines({}, async (proxy) => {
+        const client = await connected(proxy, target.port);
+        assert.equal((await client.read(5)).toString(), 'hello');
+        client.socket.resetAndDestroy();
+        outcomes.push(await outcome());
+        return client.localPort;
+      });
+      assert.deepEqual(outcomes, ['ECONNRESET', 'ECONNRESET'], 'native, then node: the destination saw a reset');
+      assert.equal(runs.native.record.reason, 'client-error');
+      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+      assertSameEnding(runs);
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('a relayed session with no traffic is closed after timeouts.idle', opts, async () => {
+    const target = await startTcpServer(() => {});
+    try {
+      const runs = await onBothEngines({ timeouts: { idle: 200 } }, async (proxy) => {
+        const client = await connected(proxy, target.port);
+        await client.readToEnd();
+        return client.localPort;
+      });
+      assert.equal(runs.native.record.reason, 'idle-timeout');
+      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+      assertSameEnding(runs);
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('server close() ends a relayed session on both sides; record shutdown', opts, async () => {
+    const target = await startEchoServer();
+    try {
+      const runs = await onBothEngines({}, async (proxy) => {
+        const client = await connected(proxy, target.port);
+        client.write(Buffer.from('ping'));
+        assert.equal((await client.read(4)).toString(), 'ping');
+        await proxy.server.close({ graceMs: 0 });
+        await client.readToEnd();
+        return client.localPort;
+      });
+      assert.equal(runs.native.record.reason, 'shutdown');
+      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+      assertSameEnding(runs);
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('server close() during the handshake (greeting answered, no request yet): the same record', {
+    ...opts,
+    todo: 'native: the record has version null, authMethod null, error null (node: 5, "none", "server shutting down")',
+  }, async () => {
+    const runs = await onBothEngines({}, async (proxy) => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(NO_AUTH);
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      await proxy.server.close({ graceMs: 0 });
+      assert.equal((await client.readToEnd()).length, 0);
+      return client.localPort;
+    });
+    assert.equal(runs.native.record.reason, 'shutdown');
+    assert.equal(runs.native.counters.accepted, 1);
+    assertSameEnding(runs);
+  });
+
+  test('a client reset while the proxy waits for its request: the same record', {
+    ...opts,
+    todo: 'native: the record has clientAddress "" and clientPort 0, error "client closed the connection mid-handshake: before the SOCKS5 request" (node: the client, "client connection failed during handshake: ECONNRESET")',
+  }, async () => {
+    const runs = await onBothEngines({}, async (proxy) => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(NO_AUTH);
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      client.socket.resetAndDestroy();
+      return client.localPort;
+    });
+    assert.equal(runs.native.record.reason, 'client-gone');
+    assert.deepEqual(runs.native.counters, HANDED_OVER);
+    assertSameEnding(runs);
+  });
+
+  test('the handshake timeout passes while JavaScript is still checking the password: the same answer and record', {
+    ...opts,
+    // Here the node engine is the odd one: PHASE_NAMES in session.ts has no entry for 'waiting'.
+    todo: 'engines differ: native says "waiting for username/password message", node says "waiting for waiting"',
+  }, async () => {
+    // An authenticator slower than the handshake timeout.
+    const slow = { verify: () => new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 1000)) };
+    const answers: string[] = [];
+    const runs = await onBothEngines({ auth: USERPASS_ONLY, timeouts: { handshake: 300 }, authenticator: slow }, async (proxy) => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+      answers.push((await client.readToEnd()).toString('hex'));
+      return client.localPort;
+    });
+    assert.deepEqual(answers, ['0502', '0502'], 'native, then node: the method selection, then a close');
+    assert.equal(runs.native.record.reason, 'handshake-timeout');
+    assertSameEnding(runs);
+  });
+});
+
+/**
+ * A destination that collects what it reads until the client's FIN, then
+ * ends; each connection's bytes come out of `next()` in order of arrival.
+ */
+async function startCollector(): Promise<Fixture & { next(): Promise<Buffer> }> {
+  const arrived: Array<Promise<Buffer>> = [];
+  const fixture = await startTcpServer((socket) => {
+    arrived.push(new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      socket.on('data', (c: Buffer) => chunks.push(c));
+      socket.on('end', () => {
+        resolve(Buffer.concat(chunks));
+        socket.end();
+      });
+    }));
+  });
+  let taken = 0;
+  return Object.assign(fixture, {
+    async next(): Promise<Buffer> {
+      for (let i = 0; i < 200 && arrived.length <= taken; i++) await new Promise((r) => setTimeout(r, 10));
+      const next = arrived[taken++];
+      assert.ok(next, 'the destination got a connection');
+      return next;
+    },
+  });
+}
+
+describe('native handshakes: pipelining', () => {
+  let collector: Awaited<ReturnType<typeof startCollector>>;
+  let echo: Fixture;
+  let plain: EngineProxy;
+  let userpass: EngineProxy;
+  before(async () => {
+    collector = await startCollector();
+    echo = await startEchoServer();
+    plain = await startEngineProxy('native');
+    userpass = await startEngineProxy('native', { auth: USERPASS_ONLY });
+  });
+  after(async () => {
+    await plain.close();
+    await userpass.close();
+    await collector.close();
+    await echo.close();
+  });
+
+  // 100 bytes fit in the addon's handshake buffer with the request; 200 KiB
+  // are partly read with it and partly spliced after: both must arrive in order.
+  for (const size of [100, 200 * 1024]) {
+    test(`greeting + request + ${size} bytes of payload in one write arrive intact and in order`, opts, async () => {
+      const before = nativeCounters();
+      const client = await RawClient.connect(plain.port);
+      const payload = pattern(size, 11);
+      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', collector.port), payload]));
+      assert.deepEqual(maskBound(await client.read(12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
+      client.socket.end();
+      const got = await collector.next();
+      assert.equal(got.length, payload.length);
+      assert.ok(got.equals(payload), 'payload identical and in order');
+      await client.readToEnd();
+      const record = await recordOf(plain, client.localPort);
+      assert.equal(record.bytesUp, size);
+      assert.equal(record.relay, 'splice');
+      assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    });
+
+    test(`greeting + username/password + request + ${size} bytes of payload in one write arrive intact and in order`, opts, async () => {
+      const before = nativeCounters();
+      const client = await RawClient.connect(userpass.port);
+      const payload = pattern(size, 13);
+      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequest('127.0.0.1', collector.port), payload]));
+      assert.deepEqual(maskBound(await client.read(14), 5), hex(`05 02 01 00 05 00 ${ZERO_V4}`));
+      client.socket.end();
+      const got = await collector.next();
+      assert.ok(got.equals(payload), 'payload identical and in order');
+      await client.readToEnd();
+      const record = await recordOf(userpass, client.localPort);
+      assert.equal(record.user, ALICE.name);
+      assert.equal(record.authMethod, 'userpass');
+      assert.equal(record.bytesUp, size);
+      assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    });
+  }
+
+  test('a domain-name request + 200 KiB of payload in one write: handed over with the bytes read, all of it arrives in order', opts, async () => {
+    const before = nativeCounters();
+    const client = await RawClient.connect(plain.port);
+    const payload = pattern(200 * 1024, 17);
+    client.write(Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', collector.port), payload]));
+    assert.deepEqual(await client.read(2), hex('05 00'));
+    assert.equal((await readSocks5Reply(client))[1], 0x00, 'CONNECT succeeded');
+    client.socket.end();
+    const got = await collector.next();
+    assert.equal(got.length, payload.length);
+    assert.ok(got.equals(payload), 'the bytes the addon had read, then the rest, in order');
+    await client.readToEnd();
+    const record = await recordOf(plain, client.localPort);
+    assert.equal(record.bytesUp, payload.length);
+    assert.equal(record.requested, `localhost:${collector.port}`);
+    assert.deepEqual(countersSince(before), HANDED_OVER);
+  });
+
+  test('a handshake sent one byte per write (no auth) still runs natively', opts, async () => {
+    const before = nativeCounters();
+    const client = await RawClient.connect(plain.port);
+    await writeByteByByte(client, hex(NO_AUTH));
+    assert.deepEqual(await client.read(2), hex('05 00'));
+    await writeByteByByte(client, connectRequest('127.0.0.1', echo.port));
+    assert.deepEqual(maskBound(await readSocks5Reply(client), 5), hex(`05 00 ${ZERO_V4}`));
+    client.write(Buffer.from('ping'));
+    assert.equal((await client.read(4)).toString(), 'ping');
+    client.socket.end();
+    await client.readToEnd();
+    const record = await recordOf(plain, client.localPort);
+    assert.equal(record.reason, 'client-closed');
+    assert.deepEqual(countersSince(before), STAYED_NATIVE);
+  });
+
+  test('a handshake with username/password sent one byte per write, all of it before any answer, still runs natively', opts, async () => {
+    const before = nativeCounters();
+    const client = await RawClient.connect(userpass.port);
+    await writeByteByByte(client, Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequest('127.0.0.1', echo.port)]));
+    assert.deepEqual(maskBound(await client.read(14), 5), hex(`05 02 01 00 05 00 ${ZERO_V4}`));
+    client.write(Buffer.from('ping'));
+    assert.equal((await client.read(4)).toString(), 'ping');
+    client.socket.end();
+    await client.readToEnd();
+    const record = await recordOf(userpass, client.localPort);
+    assert.equal(record.user, ALICE.name);
+    assert.deepEqual(countersSince(before), STAYED_NATIVE);
+  });
+});
+
+describe('native handshakes: half-close', () => {
+  const response = pattern(300 * 1024, 5);
+  let target: Fixture;
+  let proxy: EngineProxy;
+  before(async () => {
+    // Answers only after the client's FIN: how much it read, then a response.
+    target = await startTcpServer((socket) => {
+      let got = 0;
+      socket.on('data', (c: Buffer) => { got += c.length; });
+      socket.on('end', () => socket.end(Buffer.concat([Buffer.from(`${got}\n`), response])));
+    });
+    proxy = await startEngineProxy('native');
+  });
+  after(async () => {
+    await proxy.close();
+    await target.close();
+  });
+
+  async function halfClose(sendWithRequest: boolean): Promise<void> {
+    const before = nativeCounters();
+    const client = await RawClient.connect(proxy.port);
+    const data = pattern(64 * 1024, 9);
+    const request = Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', target.port)]);
+    if (sendWithRequest) {
+      // The FIN may reach the proxy before it has even dialled.
+      client.socket.end(Buffer.concat([request, data]));
+    } else {
+      client.write(request);
+      await client.read(12);
+      client.socket.end(data);
+    }
+    const rest = await client.readToEnd();
+    const answer = sendWithRequest ? rest.subarray(12) : rest;
+    const expected = Buffer.concat([Buffer.from(`${data.length}\n`), response]);
+    assert.equal(answer.length, expected.length, 'the whole response after the client\'s FIN');
+    assert.ok(answer.equals(expected), 'the destination read all the data, then EOF, then answered');
+    const record = await recordOf(proxy, client.localPort);
+    assert.equal(record.reason, 'client-closed');
+    assert.equal(record.bytesUp, data.length);
+    assert.equal(record.bytesDown, expected.length);
+    assert.deepEqual(countersSince(before), STAYED_NATIVE);
+  }
+
+  test('request, then data and end(): the destination reads the data and EOF, and its answer still reaches the client', opts, async () => {
+    await halfClose(false);
+  });
+
+  test('request, data and FIN in one go: the same', opts, async () => {
+    await halfClose(true);
+  });
+});
+
+describe('native handshakes: clients.allow', () => {
+  let echo: Fixture;
+  before(async () => {
+    echo = await startEchoServer();
+  });
+  after(() => echo.close());
+
+  /** Connects to `proxy` at `host`, relays a ping if it is let in; returns the record and the counters' moves. */
+  async function attempt(proxy: EngineProxy, host: string) {
+    const before = nativeCounters();
+    const client = await RawClient.connect(proxy.port, host);
+    // The whole exchange, then the client's FIN: an echo that was let in ends too.
+    client.socket.end(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', echo.port), Buffer.from('ping')]));
+    const answer = await client.readToEnd();
+    const record = await recordOf(proxy, client.localPort);
+    return { answer, record, counters: countersSince(before) };
+  }
+
+  test('a loopback client outside clients.allow is closed without a reply, as with the node engine; record not-allowed', opts, async () => {
+    const results = [];
+    for (const engine of ENGINES) {
+      const proxy = await startEngineProxy(engine, { clients: { allow: ['10.0.0.0/8'] } });
+      try {
+        results.push(await attempt(proxy, '127.0.0.1'));
+      } finally {
+        await proxy.close();
+      }
+    }
+    const [native, node] = results;
+    assert.equal(native!.answer.length, 0, 'no reply at all');
+    assert.equal(native!.record.reason, 'not-allowed');
+    assert.equal(native!.record.error, 'client 127.0.0.1 is not in clients.allow');
+    assert.deepEqual(native!.counters, HANDED_OVER, 'accepted by the addon, refused by JavaScript');
+    assert.deepEqual(node!.counters, UNTOUCHED);
+    assert.equal(node!.answer.length, 0);
+    assert.deepEqual(comparable(native!.record), comparable(node!.record));
+  });
+
+  /** A let-in client's answer: the method selection, the reply, then the echoed "ping". */
+  function assertRelayed(answer: Buffer): void {
+    assert.deepEqual(maskBound(answer.subarray(0, 12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
+    assert.equal(answer.subarray(12).toString(), 'ping');
+  }
+
+  test('a loopback client inside clients.allow (127.0.0.0/8) is served natively', opts, async () => {
+    const proxy = await startEngineProxy('native', { clients: { allow: ['127.0.0.0/8'] } });
+    try {
+      const { answer, record, counters } = await attempt(proxy, '127.0.0.1');
+      assertRelayed(answer);
+      assert.equal(record.reason, 'client-closed');
+      assert.equal(record.relay, 'splice');
+      assert.equal(record.bytesUp, 4);
+      assert.deepEqual(counters, STAYED_NATIVE);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  describe('on an IPv6 listener ([::1])', () => {
+    let v6: boolean;
+    before(async () => {
+      v6 = await ipv6Loopback();
+    });
+
+    async function onV6(allow: string[]) {
+      const proxy = await startEngineProxy('native', { listen: [{ address: '::1', port: 0 }], clients: { allow } });
+      try {
+        assert.equal(proxy.host, '::1');
+        return await attempt(proxy, '::1');
+      } finally {
+        await proxy.close();
+      }
+    }
+
+    test('::1/128 lets a ::1 client in, natively', opts, async (t) => {
+      if (!v6) return t.skip('::1 cannot be bound here');
+      const { answer, record, counters } = await onV6(['::1/128']);
+      assertRelayed(answer);
+      assert.equal(record.clientAddress, '::1');
+      assert.equal(record.reason, 'client-closed');
+      assert.deepEqual(counters, STAYED_NATIVE);
+    });
+
+    test('127.0.0.0/8 refuses a ::1 client without a reply, record not-allowed', opts, async (t) => {
+      if (!v6) return t.skip('::1 cannot be bound here');
+      const { answer, record, counters } = await onV6(['127.0.0.0/8']);
+      assert.equal(answer.length, 0);
+      assert.equal(record.reason, 'not-allowed');
+      assert.equal(record.error, 'client ::1 is not in clients.allow');
+      assert.deepEqual(counters, HANDED_OVER);
+    });
+  });
+});
+
+describe('native handshakes: session-open', () => {
+  test('native and handed-over sessions each get one session-open with their record\'s id; ids are unique', opts, async () => {
+    const echo = await startEchoServer();
+    const proxy = await startEngineProxy('native', { listen: [{ address: '127.0.0.1', port: 0, socks4: true }] });
+    try {
+      const before = nativeCounters();
+      const ports: number[] = [];
+      // Three that stay native, three handed over (SOCKS4, a domain name, a bad greeting).
+      for (let i = 0; i < 3; i++) {
+        const socket = await socksConnect(proxy, echo.port);
+        ports.push(socket.localPort!);
+        socket.destroy();
+      }
+      for (const bytes of [
+        socks4Connect('127.0.0.1', echo.port),
+        Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', echo.port)]),
+        hex('05 00'),
+      ]) {
+        const client = await RawClient.connect(proxy.port);
+        ports.push(client.localPort);
+        client.write(bytes);
+        client.socket.end();
+        await client.readToEnd();
+      }
+      const records = await Promise.all(ports.map((port) => recordOf(proxy, port)));
+      assert.deepEqual(countersSince(before), { accepted: 6, handedOver: 3 });
+      const ids = records.map((r) => r.id);
+      assert.equal(new Set(ids).size, ids.length, `record ids unique: ${ids.join(',')}`);
+      for (const record of records) {
+        const opens = proxy.opens.filter((o) => o.id === record.id);
+        assert.equal(opens.length, 1, `one session-open for session ${record.id}`);
+        assert.deepEqual(opens[0], { id: record.id, listener: record.listener, clientAddress: '127.0.0.1', clientPort: record.clientPort });
+      }
+      assert.equal(new Set(proxy.opens.map((o) => o.id)).size, proxy.opens.length, 'session-open ids unique');
+    } finally {
+      await proxy.close();
+      await echo.close();
+    }
+  });
+
+  test('server.sessionCount counts a session once its client has the success reply, on both engines', {
+    ...opts,
+    todo: 'native: JavaScript hears of a native session in a batch up to FLUSH_MS (2 ms) after the accept, so sessionCount and session-open lag a client that already has its reply',
+  }, async () => {
+    const echo = await startEchoServer();
+    try {
+      const counted: Partial<Record<Engine, number>> = {};
+      for (const engine of ENGINES) {
+        const proxy = await startEngineProxy(engine);
+        try {
+          const client = await connected(proxy, echo.port);
+          counted[engine] = proxy.server.sessionCount;
+          client.socket.end();
+          await client.readToEnd();
+          await recordOf(proxy, client.localPort);
+        } finally {
+          await proxy.close();
+        }
+      }
+      assert.deepEqual(counted, { native: 1, node: 1 });
+    } finally {
+      await echo.close();
+    }
+  });
+
+  test('a client refused by clients.allow gets the same session-open events as with the node engine', {
+    ...opts,
+    todo: 'native: emits a session-open for a client clients.allow refuses (node emits none, only the session-close)',
+  }, async () => {
+    const opened: Record<Engine, number> = { native: 0, node: 0 };
+    for (const engine of ENGINES) {
+      const proxy = await startEngineProxy(engine, { clients: { allow: ['10.0.0.0/8'] } });
+      try {
+        const client = await RawClient.connect(proxy.port);
+        await client.readToEnd();
+        const record = await recordOf(proxy, client.localPort);
+        assert.equal(record.reason, 'not-allowed');
+        opened[engine] = proxy.opens.filter((o) => o.id === record.id).length;
+      } finally {
+        await proxy.close();
+      }
+    }
+    assert.equal(opened.native, opened.node, `session-open events for a refused client: native ${opened.native}, node ${opened.node}`);
+  });
+});
+
+describe('native handshakes: reload', () => {
+  test('a reload of clients.allow and auth.methods reaches the addon for new connections', opts, async () => {
+    const echo = await startEchoServer();
+    const listen = [{ address: '127.0.0.1', port: 0 }];
+    const proxy = await startEngineProxy('native', { listen });
+    const base = { listen, handshake: { engine: 'native' as const } };
+    try {
+      assert.deepEqual(proxy.server.reload({ ...base, clients: { allow: ['10.0.0.0/8'] } }).needsRestart, []);
+      let before = nativeCounters();
+      const refused = await RawClient.connect(proxy.port);
+      refused.socket.end(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', echo.port)]));
+      assert.equal((await refused.readToEnd()).length, 0, 'refused without a reply');
+      assert.equal((await recordOf(proxy, refused.localPort)).reason, 'not-allowed');
+      assert.deepEqual(countersSince(before), HANDED_OVER);
+
+      proxy.server.reload({ ...base, auth: USERPASS_ONLY });
+      before = nativeCounters();
+      const noAuth = await RawClient.connect(proxy.port);
+      noAuth.write(NO_AUTH);
+      assert.deepEqual(await noAuth.readToEnd(), hex('05 ff'), 'no authentication is no longer accepted');
+      assert.equal((await recordOf(proxy, noAuth.localPort)).reason, 'no-acceptable-method');
+      assert.deepEqual(countersSince(before), HANDED_OVER);
+
+      before = nativeCounters();
+      const socket = await socksConnect(proxy, echo.port, ALICE);
+      const clientPort = socket.localPort!;
+      const echoed = readAll(socket);
+      socket.end('ping');
+      assert.equal((await echoed).toString(), 'ping');
+      const record = await recordOf(proxy, clientPort);
+      assert.equal(record.user, ALICE.name);
+      assert.equal(record.relay, 'splice');
+      assert.deepEqual(countersSince(before), STAYED_NATIVE, 'username/password, as reloaded, runs natively');
+    } finally {
+      await proxy.close();
+      await echo.close();
+    }
+  });
+});
