@@ -1617,6 +1617,30 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* siphash(key16, data) -> the 8-byte SipHash-2-4 tag, little-endian: for the reference vectors in the tests. */
+static napi_value js_siphash(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  void *key, *data, *out;
+  size_t key_len, len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_buffer_info(env, argv[0], &key, &key_len));
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  if (key_len != 16) {
+    napi_throw_error(env, NULL, "a SipHash key is 16 bytes");
+    return NULL;
+  }
+  uint64_t k[2] = {0, 0};
+  for (int i = 7; i >= 0; i--) {
+    k[0] = (k[0] << 8) | ((unsigned char *)key)[i];
+    k[1] = (k[1] << 8) | ((unsigned char *)key)[8 + i];
+  }
+  uint64_t tag = siphash(k[0], k[1], data, len);
+  CHECK(napi_create_buffer(env, 8, &out, &result));
+  for (int i = 0; i < 8; i++) ((unsigned char *)out)[i] = (unsigned char)(tag >> (8 * i));
+  return result;
+}
+
 /* pending(handle) -> sessions accepted whose MSG_OPEN JavaScript has not yet had. Until MSG_LISTENER_CLOSED. */
 static napi_value js_pending(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -1655,6 +1679,7 @@ NAPI_MODULE_INIT() {
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
       {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
+      {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

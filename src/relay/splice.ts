@@ -30,6 +30,8 @@ export interface Addon {
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;
   pending(listener: object): number;
+  /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
+  siphash(key: Buffer, data: Buffer): Buffer;
 }
 
 /** type, id, handle (open only), eight numbers, and the client's address (open) or the bytes concerned. */

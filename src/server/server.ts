@@ -125,11 +125,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   readonly #sessions = new Map<number, Session | NativeSession>();
   /** The TCP relay engine sessions use, `relay.engine` resolved against what this machine has. */
   readonly relayEngine: RelayEngine;
-  /**
-   * Who runs handshakes: `handshake.engine` resolved. A listener Node cannot
-   * hand over (under `--workers`, the primary accepts) stays on `node`.
-   */
-  readonly handshakeEngine: HandshakeEngine;
+  #handshakeEngine: HandshakeEngine;
   #nextId = 1;
   #state: 'new' | 'listening' | 'closing' | 'closed' = 'new';
   #drained: (() => void) | null = null;
@@ -147,7 +143,16 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#rules = compileRules(config.rules);
     this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
     this.relayEngine = resolveRelayEngine(config.relay.engine);
-    this.handshakeEngine = resolveHandshakeEngine(config.handshake.engine, this.relayEngine, deps.dialer !== undefined);
+    this.#handshakeEngine = resolveHandshakeEngine(config.handshake.engine, this.relayEngine, deps.dialer !== undefined);
+  }
+
+  /**
+   * Who runs handshakes: `handshake.engine` resolved against this machine.
+   * Under `--workers` the cluster primary accepts and hands each worker its
+   * connections, so there a worker's listeners stay on `node` once bound.
+   */
+  get handshakeEngine(): HandshakeEngine {
+    return this.#handshakeEngine;
   }
 
   /** The validated, frozen configuration in effect for new sessions (after a reload, the reloaded one). */
@@ -283,7 +288,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener), native: null };
     this.#listeners.push(slot);
     server.on('connection', (socket) => this.#accept(socket, slot.ctx));
-    if (this.handshakeEngine === 'native') this.#acceptNatively(server, slot);
+    if (this.#handshakeEngine === 'native') this.#acceptNatively(server, slot);
     this.#bound.push(info);
     this.emit('listening', info);
   }
@@ -295,7 +300,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    */
   #acceptNatively(server: NetServer, slot: ListenerSlot): void {
     const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return; // a cluster worker's handle: the primary accepts
+    if (typeof fd !== 'number' || fd < 0) {
+      this.#handshakeEngine = 'node'; // a cluster worker's handle: the primary accepts
+      return;
+    }
     const owner: NativeOwner = {
       rememberCredentials: !this.#customAuthenticator,
       context: () => slot.ctx,
