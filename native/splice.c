@@ -767,6 +767,7 @@ struct handshake {
   unsigned char buf[HANDSHAKE_BUFFER];
   int len;
   int eof;     /* the client sent FIN (or failed) while negotiating */
+  int err;     /* the client's connection failed (errno), told to JavaScript on hand-over */
   int msg_len; /* the username/password message awaiting JavaScript's verdict */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
@@ -784,7 +785,7 @@ typedef struct message {
   int type;
   pair_t *p; /* holds a reference; NULL for MSG_LISTENER_CLOSED */
   listener_t *listener; /* MSG_OPEN and MSG_LISTENER_CLOSED */
-  double n[8];
+  double n[10];
   int len;
   char text[INET6_ADDRSTRLEN];
   unsigned char data[];
@@ -901,6 +902,7 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   m->n[2] = p->method;
   m->n[3] = err;
   m->n[4] = timed_out;
+  m->n[5] = h ? h->err : 0;
   free_handshake(p);
   post(m);
 }
@@ -924,7 +926,6 @@ static void native_finished(pair_t *p) {
     if (reset) close_with_reset(p->fd[side]);
     else close(p->fd[side]);
   }
-  free_handshake(p);
   message_t *m = message_with_user(MSG_END, p, p->request, p->request_len);
   m->n[0] = (double)p->flow[0].bytes;
   m->n[1] = (double)p->flow[1].bytes;
@@ -933,6 +934,10 @@ static void native_finished(pair_t *p) {
   m->n[4] = p->error_side;
   m->n[5] = p->error_errno;
   m->n[6] = p->rule;
+  m->n[7] = p->method;
+  /* SOCKS5 is known once its first byte was read. */
+  m->n[8] = p->method >= 0 || (p->hs && p->hs->len > 0 && p->hs->buf[0] == 5) ? 5 : 0;
+  free_handshake(p);
   post(m);
 }
 
@@ -958,7 +963,10 @@ static void read_client(pair_t *p) {
     if (n > 0) h->len += (int)n;
     else if (n == 0) h->eof = 1;
     else if (errno == EAGAIN) break;
-    else if (errno != EINTR) h->eof = 1; /* JavaScript's session reads the end again */
+    else if (errno != EINTR) {
+      h->eof = 1;
+      h->err = errno; /* a reset is read once: JavaScript's session is told of it */
+    }
   }
 }
 
@@ -967,11 +975,12 @@ enum { STEP_MORE = 0, STEP_NEXT = 1, STEP_STOP = 2 };
 
 static int step_greeting(pair_t *p) {
   handshake_t *h = p->hs;
-  if (h->len < 2) return STEP_MORE;
-  if (h->buf[0] != 5 || h->buf[1] == 0) {
+  if (h->len < 1) return STEP_MORE;
+  if (h->buf[0] != 5 || (h->len >= 2 && h->buf[1] == 0)) { /* SOCKS4, or not SOCKS: JavaScript's at once */
     hand_over(p, RESUME_VERSION, 0, 0);
     return STEP_STOP;
   }
+  if (h->len < 2) return STEP_MORE;
   int count = h->buf[1];
   if (h->len < 2 + count) return STEP_MORE;
   int chosen = -1;
@@ -1172,7 +1181,16 @@ static void connected(pair_t *p) {
   socklen_t len = sizeof local;
   unsigned char reply[22] = {5, 0, 0};
   size_t reply_len;
-  if (getsockname(p->fd[1], (struct sockaddr *)&local, &len) == 0 && local.ss_family == AF_INET6) {
+  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  int ok = getsockname(p->fd[1], (struct sockaddr *)&local, &len) == 0;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&local;
+  if (ok && local.ss_family == AF_INET6 && memcmp(&a6->sin6_addr, mapped, 12) == 0) {
+    /* An IPv4-mapped destination: the address is IPv4, as Node's sessions reply. */
+    reply[3] = 1;
+    memcpy(reply + 4, (unsigned char *)&a6->sin6_addr + 12, 4);
+    memcpy(reply + 8, &a6->sin6_port, 2);
+    reply_len = 10;
+  } else if (ok && local.ss_family == AF_INET6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&local;
     reply[3] = 4;
     memcpy(reply + 4, &a->sin6_addr, 16);
@@ -1302,7 +1320,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
-  h->len = h->eof = h->msg_len = 0;
+  h->len = h->eof = h->err = h->msg_len = 0;
   h->settings = s;
   h->client = *addr;
   p->user_len = -1;
@@ -1419,14 +1437,14 @@ static void bury_listeners(void) {
 /* ---- native handshakes: JavaScript side (main thread) ---- */
 
 /*
- * dispatch(type, id, handle, n0..n7, payload): `handle` (MSG_OPEN only) names
+ * dispatch(type, id, handle, n0..n9, payload): `handle` (MSG_OPEN only) names
  * the session in answer() and cancel(); payload is the client's address
  * (MSG_OPEN) or a copy of the bytes concerned (MSG_HAND_OVER and MSG_END:
  * after the username, see message_with_user).
  */
 static void deliver(napi_env env, napi_value dispatch, message_t *m) {
   pair_t *p = m->p;
-  napi_value argv[12], undefined;
+  napi_value argv[14], undefined;
   napi_get_undefined(env, &undefined);
   napi_create_int32(env, m->type, &argv[0]);
   napi_create_double(env, p ? p->id : 0, &argv[1]);
@@ -1436,14 +1454,14 @@ static void deliver(napi_env env, napi_value dispatch, message_t *m) {
     if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
     __atomic_sub_fetch(&m->listener->unreported, 1, __ATOMIC_ACQ_REL); /* JavaScript counts it from here */
   }
-  for (int i = 0; i < 8; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
+  for (int i = 0; i < 10; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
   if (m->type == MSG_OPEN) {
-    napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[11]);
+    napi_create_string_latin1(env, m->text, NAPI_AUTO_LENGTH, &argv[13]);
   } else {
     void *copy;
-    napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[11]);
+    napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[13]);
   }
-  napi_call_function(env, undefined, dispatch, 12, argv, NULL);
+  napi_call_function(env, undefined, dispatch, 14, argv, NULL);
   if (m->type == MSG_HAND_OVER || m->type == MSG_END || m->type == MSG_LISTENER_CLOSED) {
     if (--native_refs == 0) napi_unref_threadsafe_function(env, on_native);
     if (p) unref_pair(p); /* JavaScript's */

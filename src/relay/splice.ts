@@ -34,8 +34,12 @@ export interface Addon {
   siphash(key: Buffer, data: Buffer): Buffer;
 }
 
-/** type, id, handle (open only), eight numbers, and the client's address (open) or the bytes concerned. */
-export type NativeMessage = [number, number, object | undefined, number, number, number, number, number, number, number, number, Buffer | string];
+/** type, id, handle (open only), ten numbers, and the client's address (open) or the bytes concerned. */
+export type NativeMessage = [
+  number, number, object | undefined,
+  number, number, number, number, number, number, number, number, number, number,
+  Buffer | string,
+];
 
 /** id, bytes client→destination, bytes destination→client, how it ended, who sent FIN first, failing side, errno. */
 type Report = [number, number, number, number, number, number, number];

@@ -193,11 +193,18 @@ function encodeSettings(owner: NativeOwner, ctx: SessionContext, allow: readonly
   return buf;
 }
 
+/** An IPv4-mapped address written as Node writes a socket's address (`::ffff:127.0.0.1`). */
+function unmappedText(host: string): string {
+  if (!ipaddr.IPv6.isValid(host)) return host;
+  const address = ipaddr.IPv6.parse(host);
+  return address.isIPv4MappedAddress() ? `::ffff:${address.toIPv4Address().toString()}` : host;
+}
+
 function addressBytes(address: string, family: 4 | 6): Buffer {
   return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
 }
 
-function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, , payload]: NativeMessage): void {
+function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, n7, n8, , payload]: NativeMessage): void {
   if (type === Message.LISTENER_CLOSED) {
     state.owners.delete(n0);
     state.closing.get(n0)?.();
@@ -226,12 +233,12 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     case Message.HAND_OVER: {
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
-      return session.handOver(n0, n1, n2, n3, n4 === 1, user, rest);
+      return session.handOver({ fd: n0, resume: n1, method: n2, connectErrno: n3, timedOut: n4 === 1, clientErrno: n5 }, user, rest);
     }
     case Message.END: {
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
-      return session.end({ up: n0, down: n1, reason: n2, firstEof: n3, errorSide: n4, errno: n5, rule: n6 }, user, rest);
+      return session.end({ up: n0, down: n1, reason: n2, firstEof: n3, errorSide: n4, errno: n5, rule: n6, method: n7, version: n8 }, user, rest);
     }
   }
 }
@@ -253,6 +260,34 @@ interface NativeEnd {
   readonly errno: number;
   /** The index of the rule that allowed the request; -1: none. */
   readonly rule: number;
+  /** The SOCKS5 method chosen; -1: none yet. */
+  readonly method: number;
+  /** 5 once the first byte was read, else 0. */
+  readonly version: number;
+}
+
+/** How a connection left the native path, as the addon reports it. */
+interface NativeHandOver {
+  readonly fd: number;
+  /** Where the session goes on: RESUME_PHASES, or RESUME_DENIED. */
+  readonly resume: number;
+  /** The SOCKS5 method chosen; -1: none yet. */
+  readonly method: number;
+  /** The connect to the destination failed so (0: it did not). */
+  readonly connectErrno: number;
+  /** A deadline passed: the handshake's, or the connect's when connectErrno is set. */
+  readonly timedOut: boolean;
+  /** Reading from the client failed so (a reset), 0 if not. */
+  readonly clientErrno: number;
+}
+
+function methodName(method: number): 'none' | 'userpass' | null {
+  return method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
+}
+
+function errnoError(syscall: string, errno: number, where = ''): NodeJS.ErrnoException {
+  const code = getSystemErrorName(-errno);
+  return Object.assign(new Error(`${syscall} ${code}${where ? ` ${where}` : ''}`), { code, errno: -errno, syscall });
 }
 
 /**
@@ -339,22 +374,24 @@ export class NativeSession {
     if (!this.#gone) this.#addon.answer(this.#handle, goOn, rememberAs);
   }
 
-  handOver(fd: number, resumeCode: number, method: number, errno: number, timedOut: boolean, user: string | null, buffer: Buffer): void {
+  handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno }: NativeHandOver, user: string | null, buffer: Buffer): void {
     this.#gone = true;
     this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
     if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, null);
     const phase = RESUME_PHASES[resumeCode] ?? 'version';
-    const authMethod = method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
     this.#owner.handedOver(this, socket, {
       phase,
       buffer,
       startedAt: this.#startedAt,
-      authMethod: phase === 'version' ? null : authMethod,
+      clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
+      authMethod: phase === 'version' ? null : methodName(method),
       user: this.#user,
-      timedOut: timedOut && errno === 0,
+      timedOut: timedOut && connectErrno === 0,
       authRefused: this.#authRefused,
-      dialFailure: phase === 'request' && errno !== 0 ? this.#dialFailure(buffer, errno, timedOut) : null,
+      dialFailure: phase === 'request' && connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut) : null,
+      clientError: clientErrno !== 0 ? errnoError('read', clientErrno) : null,
     });
   }
 
@@ -362,31 +399,31 @@ export class NativeSession {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
-    const code = getSystemErrorName(-errno);
-    const where = formatDestination(target);
-    return toSocksError(Object.assign(new Error(`connect ${code} ${where}`), { code, errno: -errno, syscall: 'connect' }));
+    return toSocksError(errnoError('connect', errno, formatDestination(target)));
   }
 
-  end({ up, down, reason, firstEof, errorSide, errno, rule }: NativeEnd, user: string | null, request: Buffer): void {
+  end({ up, down, reason, firstEof, errorSide, errno, rule, method, version }: NativeEnd, user: string | null, request: Buffer): void {
     this.#gone = true;
     this.#user = user;
     const ctx = this.ctx;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
     const relayed = decoded !== NEED_MORE;
-    const target = relayed ? formatDestination(decoded.value.destination) : null;
+    const destination = relayed ? decoded.value.destination : null;
     const end = spliceEnd(reason, firstEof, errorSide, errno);
+    // Ended before relaying: only a shutdown does that (anything else is handed over).
+    const error = end.error?.message ?? (relayed ? null : 'server shutting down');
     const ruleName = rule >= 0 && ctx.rules ? ctx.rules.decisionAt(rule).rule : null;
     const record: SessionRecord = {
       id: this.id,
       listener: ctx.listener,
       clientAddress: this.clientAddress,
       clientPort: this.clientPort,
-      version: relayed || this.#user !== null ? 5 : null,
-      authMethod: this.#user !== null ? 'userpass' : relayed ? 'none' : null,
+      version: version === 5 ? 5 : null,
+      authMethod: methodName(method),
       user: this.#user,
       command: relayed ? 'connect' : null,
-      requested: target,
-      connected: target,
+      requested: destination && formatDestination(destination),
+      connected: destination && formatDestination({ host: unmappedText(destination.host), port: destination.port }),
       reply: relayed ? 0 : null,
       bytesUp: up,
       bytesDown: down,
@@ -397,7 +434,7 @@ export class NativeSession {
       startedAt: this.#startedAt,
       durationMs: Math.max(0, ctx.now() - this.#startedAt),
       reason: end.reason,
-      error: end.error?.message ?? null,
+      error,
       rule: ruleName,
     };
     ctx.onClose(record);

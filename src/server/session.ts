@@ -68,6 +68,9 @@ export interface SessionResume {
   readonly phase: 'version' | 'auth' | 'request';
   readonly buffer: Buffer;
   readonly startedAt: number;
+  /** As accepted (after a reset the socket can no longer say). */
+  readonly clientAddress: string;
+  readonly clientPort: number;
   readonly authMethod: 'none' | 'userpass' | null;
   readonly user: string | null;
   /** The handshake deadline has passed: end with the timeout now. */
@@ -76,6 +79,8 @@ export interface SessionResume {
   readonly authRefused: boolean;
   /** The CONNECT in `buffer` was already dialled and failed so: refuse with it. */
   readonly dialFailure: SocksError | null;
+  /** Reading from the client already failed so (a reset is reported once). */
+  readonly clientError: Error | null;
 }
 
 type Phase =
@@ -92,10 +97,31 @@ type Phase =
 const PHASE_NAMES: Partial<Record<Phase, string>> = {
   version: 'first byte',
   greeting: 'SOCKS5 greeting',
+  // The handshake timer runs in 'waiting' only while credentials are checked
+  // (a dial or a BIND wait has its own timeout).
+  waiting: 'credential check',
   auth: 'username/password message',
   request: 'SOCKS5 request',
   socks4: 'SOCKS4 request',
 };
+
+/**
+ * Where a handed-over handshake stood when its deadline passed, as a Node
+ * session would say it: the addon hands a non-SOCKS5 first byte over at
+ * once, so buffered bytes there are a SOCKS5 greeting begun; a whole
+ * credentials message means they were being checked.
+ */
+function timedOutPhase(resume: SessionResume): Phase {
+  if (resume.phase === 'version') return resume.buffer.length > 0 ? 'greeting' : 'version';
+  if (resume.phase === 'auth') {
+    try {
+      if (decodeUserPass(resume.buffer) !== NEED_MORE) return 'waiting';
+    } catch {
+      // not a whole message: still reading it
+    }
+  }
+  return resume.phase;
+}
 
 /** After a refusal, how long to wait for the client to close before closing hard. */
 const LINGER_MS = 2000;
@@ -149,8 +175,8 @@ export class Session {
     this.#ctx = ctx;
     this.#resume = resume;
     this.#startedAt = resume?.startedAt ?? ctx.now();
-    this.#clientAddress = socket.remoteAddress ?? '';
-    this.#clientPort = socket.remotePort ?? 0;
+    this.#clientAddress = resume?.clientAddress ?? socket.remoteAddress ?? '';
+    this.#clientPort = resume?.clientPort ?? socket.remotePort ?? 0;
   }
 
   /** Starts reading the handshake (or goes on from where it was handed over). */
@@ -170,7 +196,16 @@ export class Session {
     this.#authMethod = resume.authMethod;
     this.#user = resume.user;
     this.#buffer = resume.buffer;
-    if (resume.timedOut) return this.#onHandshakeTimeout();
+    if (resume.clientError) {
+      this.#onHandshakeError(resume.clientError);
+      this.#socket.destroy();
+      return;
+    }
+    if (resume.timedOut) {
+      this.#phase = timedOutPhase(resume);
+      if (this.#phase === 'greeting') this.#version = 5;
+      return this.#onHandshakeTimeout();
+    }
     const left = this.#ctx.handshakeMs - (this.#ctx.now() - this.#startedAt);
     this.#timer = setTimeout(this.#onHandshakeTimeout, Math.max(0, left));
     if (this.#buffer.length > 0) this.#advance();

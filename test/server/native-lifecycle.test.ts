@@ -354,8 +354,7 @@ describe('reload while native sessions relay', () => {
   });
 
   for (const engine of ENGINES) {
-    const todo = engine === 'native' ? { todo: 'native: session-open is emitted for a client clients.allow refuses' } : {};
-    test(`${engine}: a client refused by clients.allow is announced as on the node engine (no session-open)`, todo, async () => {
+    test(`${engine}: a client refused by clients.allow is announced as on the node engine (no session-open)`, async () => {
       const proxy = await proxyWith(engine, { clients: { allow: ['10.0.0.0/8'] } });
       const opened: number[] = [];
       proxy.server.on('session-open', (open) => opened.push(open.clientPort));
@@ -422,24 +421,30 @@ describe('shutdown with native sessions', () => {
     });
   }
 
-  // On the native engine the request is handed to a Node session mid-shutdown; node is the control.
+  // The native engine hands the request (to a name) to a Node session as the shutdown begins; node is the control.
   for (const engine of ENGINES) {
-    const todo = engine === 'native' ? { todo: 'native: the handed-over session is never shut down, close() hangs (timing-dependent)' } : {};
-    test(`${engine}: close({ graceMs: 0 }) also ends a session whose request arrives while the shutdown runs`, todo, async () => {
+    const todo = engine === 'native' ? { todo: 'native: the handed-over session is never shut down; close() hangs' } : {};
+    test(`${engine}: close({ graceMs: 0 }) also ends a session whose request arrives as the shutdown begins`, todo, async () => {
       const proxy = await proxyWith(engine);
       const client = await RawClient.connect(proxy.port);
       try {
         client.write('05 01 00');
         assert.deepEqual(await client.read(2), hex('05 00'));
-        const closing = proxy.server.close({ graceMs: 0 });
-        // A request the addon does not serve itself (a name), sent while close()
-        // waits for the listener to be released.
-        setTimeout(() => client.write(connectRequestByName('localhost', echo.port)), 0);
-        await withTimeout(closing, 5000, 'close({ graceMs: 0 }) to resolve');
+        // 'draining' comes just before close() sets its shutdown timer, so this timer
+        // fires first, in the same turn of the event loop. It waits synchronously until
+        // the relay thread has handed the connection over: the hand-over message can
+        // then only reach JavaScript after the shutdown timer has run.
+        proxy.server.once('draining', () => setTimeout(() => {
+          const before = counters().nativeHandedOver;
+          client.write(connectRequestByName('localhost', echo.port));
+          const deadline = Date.now() + 2000;
+          while (engine === 'native' && counters().nativeHandedOver === before && Date.now() < deadline);
+        }, 0));
+        await withTimeout(proxy.server.close({ graceMs: 0 }), 5000, 'close({ graceMs: 0 }) to resolve');
         await client.readToEnd();
         assert.equal((await recordOf(proxy, client)).reason, 'shutdown');
       } finally {
-        client.destroy(); // lets a close() stuck on this session finish
+        client.destroy(); // ends a session left running, so the stuck close() can finish
         await proxy.close();
       }
     });

@@ -10,7 +10,7 @@
  * deltas around one test's own sessions are used.
  */
 import assert from 'node:assert/strict';
-import { createServer as createNetServer } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import type { CloseReason, ServerOptions, SessionRecord } from '../../src/index.js';
@@ -38,6 +38,12 @@ import {
   startEngineProxy,
   writeByteByByte,
 } from './native-helpers.js';
+
+/** Greetings offering only "no authentication", only username/password. */
+const NO_AUTH = '05 01 00';
+const USERPASS = '05 01 02';
+/** ATYP, BND.ADDR and BND.PORT of a refusal, and of a success reply once masked (maskBound). */
+const ZERO_V4 = '00 01 00000000 0000';
 
 /** A failure guard only: a hung session fails the test instead of stalling the run. */
 const opts = { timeout: 60_000 };
@@ -165,7 +171,7 @@ describe('native handshakes: the common path stays native', () => {
     });
   }
 
-  test('the success reply names the outbound socket\'s local address, as the node engine\'s does', opts, async () => {
+  test('the success reply names the outbound socket\'s local address as BND.ADDR:BND.PORT', opts, async () => {
     let peer: (address: string) => void = () => {};
     const seen = new Promise<string>((resolve) => { peer = resolve; });
     const target = await startTcpServer((socket) => {
@@ -176,7 +182,7 @@ describe('native handshakes: the common path stays native', () => {
     try {
       const before = nativeCounters();
       const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', target.port)]));
       assert.deepEqual(await client.read(2), hex('05 00'));
       const reply = await readSocks5Reply(client);
       assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 01'));
@@ -202,7 +208,7 @@ describe('native handshakes: the common path stays native', () => {
         try {
           const before = nativeCounters();
           const client = await RawClient.connect(proxy.port);
-          client.write(Buffer.concat([hex('05 01 00'), connectRequest6('::1', echo.port)]));
+          client.write(Buffer.concat([hex(NO_AUTH), connectRequest6('::1', echo.port)]));
           assert.deepEqual(await client.read(2), hex('05 00'));
           const reply = await readSocks5Reply(client);
           assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 04'), `${engine}: an IPv6 bound address`);
@@ -300,10 +306,6 @@ interface HandOverCase {
   /** A known discrepancy of the native engine: the case is kept and marked todo. */
   readonly todo?: string;
 }
-
-const NO_AUTH = '05 01 00';
-const USERPASS = '05 01 02';
-const ZERO_V4 = '00 01 00000000 0000';
 
 const CASES: readonly HandOverCase[] = [
   {
@@ -500,7 +502,6 @@ const CASES: readonly HandOverCase[] = [
     answer: `05 00 05 00 ${ZERO_V4}`,
     reason: 'client-closed',
     stays: true,
-    todo: 'native: replies ATYP 0x04 ::ffff:127.0.0.1 (node: ATYP 0x01 127.0.0.1) and records connected "[::ffff:7f00:1]:port" (node: "[::ffff:127.0.0.1]:port")',
   },
   {
     name: 'a deny rule matching the target: 05 02, the record names the rule',
@@ -548,7 +549,6 @@ const CASES: readonly HandOverCase[] = [
     answer: '',
     reason: 'handshake-timeout',
     error: /handshake timeout after 300 ms waiting for SOCKS5 greeting/,
-    todo: 'native: the record says version null, "waiting for first byte" (node: version 5, "waiting for SOCKS5 greeting")',
   },
   {
     name: 'handshake timeout: a client that stalls after the first byte of a SOCKS4 request',
@@ -558,7 +558,6 @@ const CASES: readonly HandOverCase[] = [
     answer: '',
     reason: 'handshake-timeout',
     error: /handshake timeout after 300 ms waiting for SOCKS4 request/,
-    todo: 'native: the record says version null, authMethod null, "waiting for first byte" (node: 4, "none", "waiting for SOCKS4 request")',
   },
   {
     name: 'handshake timeout: a client that stalls mid-request',
@@ -751,20 +750,34 @@ async function connected(proxy: EngineProxy, port: number): Promise<RawClient> {
 }
 
 describe('native handshakes: how sessions end, compared with the node engine', () => {
-  test('the destination ends first: destination-closed, and the client can still send', opts, async () => {
-    const received: Array<Promise<Buffer>> = [];
+  test('the destination ends first: the client still sends after its FIN, the destination reads it all; destination-closed', opts, async () => {
+    let received: Promise<Buffer> = Promise.reject(new Error('no connection'));
+    received.catch(() => {});
     const target = await startTcpServer((socket) => {
-      received.push(readAll(socket));
+      received = readAll(socket);
       socket.end('bye');
     });
+    const late = pattern(64 * 1024, 21);
+    const uploads: Buffer[] = [];
     try {
       const runs = await onBothEngines({}, async (proxy) => {
-        const client = await connected(proxy, target.port);
-        assert.equal((await client.readToEnd()).toString(), 'bye');
-        return client.localPort;
+        // allowHalfOpen: this client keeps its write side open after the destination's FIN.
+        const client = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+        await once(client, 'connect');
+        const clientPort = client.localPort!;
+        const down = readAll(client);
+        client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', target.port)]));
+        const got = await down;
+        assert.equal(got.subarray(12).toString(), 'bye', 'the reply, then the destination\'s bytes and FIN');
+        client.end(late);
+        uploads.push(await received);
+        client.destroy();
+        return clientPort;
       });
+      assert.ok(uploads.length === 2 && uploads.every((u) => u.equals(late)), 'both engines: the destination read everything sent after its FIN');
       assert.equal(runs.native.record.reason, 'destination-closed');
       assert.equal(runs.native.record.bytesDown, 3);
+      assert.equal(runs.native.record.bytesUp, late.length);
       assert.deepEqual(runs.native.counters, STAYED_NATIVE);
       assertSameEnding(runs);
     } finally {
@@ -837,7 +850,6 @@ describe('native handshakes: how sessions end, compared with the node engine', (
 
   test('server close() during the handshake (greeting answered, no request yet): the same record', {
     ...opts,
-    todo: 'native: the record has version null, authMethod null, error null (node: 5, "none", "server shutting down")',
   }, async () => {
     const runs = await onBothEngines({}, async (proxy) => {
       const client = await RawClient.connect(proxy.port);
@@ -854,7 +866,6 @@ describe('native handshakes: how sessions end, compared with the node engine', (
 
   test('a client reset while the proxy waits for its request: the same record', {
     ...opts,
-    todo: 'native: the record has clientAddress "" and clientPort 0, error "client closed the connection mid-handshake: before the SOCKS5 request" (node: the client, "client connection failed during handshake: ECONNRESET")',
   }, async () => {
     const runs = await onBothEngines({}, async (proxy) => {
       const client = await RawClient.connect(proxy.port);
@@ -871,7 +882,6 @@ describe('native handshakes: how sessions end, compared with the node engine', (
   test('the handshake timeout passes while JavaScript is still checking the password: the same answer and record', {
     ...opts,
     // Here the node engine is the odd one: PHASE_NAMES in session.ts has no entry for 'waiting'.
-    todo: 'engines differ: native says "waiting for username/password message", node says "waiting for waiting"',
   }, async () => {
     // An authenticator slower than the handshake timeout.
     const slow = { verify: () => new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 1000)) };
@@ -894,24 +904,16 @@ describe('native handshakes: how sessions end, compared with the node engine', (
  */
 async function startCollector(): Promise<Fixture & { next(): Promise<Buffer> }> {
   const arrived: Array<Promise<Buffer>> = [];
+  const waiting: Array<(bytes: Promise<Buffer>) => void> = [];
   const fixture = await startTcpServer((socket) => {
-    arrived.push(new Promise((resolve) => {
-      const chunks: Buffer[] = [];
-      socket.on('data', (c: Buffer) => chunks.push(c));
-      socket.on('end', () => {
-        resolve(Buffer.concat(chunks));
-        socket.end();
-      });
-    }));
+    const bytes = readAll(socket);
+    bytes.then(() => socket.end(), () => {});
+    const waiter = waiting.shift();
+    if (waiter) waiter(bytes);
+    else arrived.push(bytes);
   });
-  let taken = 0;
   return Object.assign(fixture, {
-    async next(): Promise<Buffer> {
-      for (let i = 0; i < 200 && arrived.length <= taken; i++) await new Promise((r) => setTimeout(r, 10));
-      const next = arrived[taken++];
-      assert.ok(next, 'the destination got a connection');
-      return next;
-    },
+    next: () => arrived.shift() ?? new Promise<Buffer>((resolve, reject) => waiting.push((bytes) => bytes.then(resolve, reject))),
   });
 }
 
@@ -1048,10 +1050,11 @@ describe('native handshakes: half-close', () => {
       client.socket.end(Buffer.concat([request, data]));
     } else {
       client.write(request);
-      await client.read(12);
+      assert.deepEqual(maskBound(await client.read(12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
       client.socket.end(data);
     }
     const rest = await client.readToEnd();
+    if (sendWithRequest) assert.deepEqual(maskBound(rest.subarray(0, 12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
     const answer = sendWithRequest ? rest.subarray(12) : rest;
     const expected = Buffer.concat([Buffer.from(`${data.length}\n`), response]);
     assert.equal(answer.length, expected.length, 'the whole response after the client\'s FIN');
