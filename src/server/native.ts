@@ -321,6 +321,14 @@ export class NativeSession {
     this.#startedAt = ctx.now();
   }
 
+  /**
+   * shutdown() was called. The addon may have handed the connection over
+   * before it saw the cancel: then the Node session taking it must end too.
+   */
+  get shutDown(): boolean {
+    return this.#shutdown;
+  }
+
   /** Ends the session now, whatever its phase (server shutdown); its record follows. */
   shutdown(): void {
     if (this.#gone || this.#shutdown) return;

@@ -65,7 +65,7 @@ export type HandshakeEngine = 'native' | 'node';
 
 function resolveHandshakeEngine(wanted: Config['handshake']['engine'], relay: RelayEngine, customDialer: boolean): HandshakeEngine {
   if (wanted === 'node') return 'node';
-  const why = relay !== 'splice' ? 'it needs the splice relay'
+  const why = relay !== 'splice' ? `it needs the splice relay (${spliceUnavailable() ?? 'relay.engine is stream'})`
     : customDialer ? 'a custom dialer is in use (the addon dials directly)'
     : nativeUnavailable();
   if (why === null) return 'native';
@@ -333,6 +333,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const session = new Session(native.id, socket, ctx, resume);
     this.#sessions.set(native.id, session);
     session.start();
+    if (native.shutDown) session.shutdown(); // the shutdown crossed the hand-over
   }
 
   #sessionContext(name: string, listener: ListenerConfig): SessionContext {

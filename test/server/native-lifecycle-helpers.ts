@@ -17,13 +17,14 @@ export function counters(): SpliceStats {
 }
 
 /** How much `nativeAccepted` and `nativeHandedOver` moved since `before` (they are process-wide). */
-export function nativeDelta(before: SpliceStats): { accepted: number; handedOver: number; pipesCreated: number } {
+export function nativeDelta(before: SpliceStats): { accepted: number; handedOver: number } {
   const now = counters();
-  return {
-    accepted: now.nativeAccepted - before.nativeAccepted,
-    handedOver: now.nativeHandedOver - before.nativeHandedOver,
-    pipesCreated: now.pipesCreated - before.pipesCreated,
-  };
+  return { accepted: now.nativeAccepted - before.nativeAccepted, handedOver: now.nativeHandedOver - before.nativeHandedOver };
+}
+
+/** Pipes the addon created since `before` (it pools up to 64 for the whole process). */
+export function pipesCreatedSince(before: SpliceStats): number {
+  return counters().pipesCreated - before.pipesCreated;
 }
 
 /** This process's open descriptors: all of them, and those that are not pipes (the addon pools pipes for good). */
