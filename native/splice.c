@@ -639,7 +639,7 @@ enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 
 /* A greeting is at most 257 bytes, a username/password message 513, a
  * request 262: one message always fits; the rest is early payload. */
 #define HANDSHAKE_BUFFER 1024
-#define ACCEPT_BATCH 64
+#define ACCEPT_BATCH 4 /* tries per event: only EINTR or ECONNABORTED make it try again */
 #define METHOD_NONE 0x00
 #define METHOD_USERPASS 0x02
 
@@ -955,13 +955,21 @@ static int64_t deadline_after(pair_t *p, int64_t ms) {
 
 static void connected(pair_t *p);
 
-/* Reads what the client has sent, up to the buffer's end. */
-static void read_client(pair_t *p) {
+/*
+ * Reads what the client has sent, up to the buffer's end. `whole`: until the
+ * socket says EAGAIN; else a short read ends it, as any byte arriving later
+ * raises a new edge (a FIN that came with the data did not: the caller asks
+ * for `whole` when the event says EPOLLRDHUP).
+ */
+static void read_client(pair_t *p, int whole) {
   handshake_t *h = p->hs;
   while (h->len < HANDSHAKE_BUFFER && !h->eof) {
-    ssize_t n = recv(p->fd[0], h->buf + h->len, HANDSHAKE_BUFFER - h->len, 0);
-    if (n > 0) h->len += (int)n;
-    else if (n == 0) h->eof = 1;
+    size_t room = HANDSHAKE_BUFFER - (size_t)h->len;
+    ssize_t n = recv(p->fd[0], h->buf + h->len, room, 0);
+    if (n > 0) {
+      h->len += (int)n;
+      if ((size_t)n < room && !whole) break;
+    } else if (n == 0) h->eof = 1;
     else if (errno == EAGAIN) break;
     else if (errno != EINTR) {
       h->eof = 1;
@@ -1232,7 +1240,6 @@ static void connected(pair_t *p) {
 }
 
 static void native_event(pair_t *p, int side, uint32_t events) {
-  (void)events;
   if (side == 1) {
     if (p->phase != PHASE_CONNECTING) return;
     int err = 0;
@@ -1244,7 +1251,7 @@ static void native_event(pair_t *p, int side, uint32_t events) {
   }
   /* While JavaScript decides or the destination is dialled, the client waits unread. */
   if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) return;
-  read_client(p);
+  read_client(p, (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
   advance(p);
 }
 
@@ -1275,7 +1282,7 @@ static void native_answer(pair_t *p, int kind, int remember_as) {
     remember(h->settings->credentials, CREDENTIALS_CACHED, tag, 1);
   }
   if (credentials_accepted(p) == STEP_STOP) return;
-  read_client(p);
+  read_client(p, 1); /* whatever came while JavaScript decided raised no event we acted on */
   advance(p);
 }
 
@@ -1341,9 +1348,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
     p->watch[side].pair = p;
     p->watch[side].side = side;
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  native_accepted++;
+  native_accepted++; /* TCP_NODELAY comes from the listening socket (see listen()) */
 
   message_t *m = message(MSG_OPEN, p, NULL, 0);
   m->n[0] = l->tag;
@@ -1389,6 +1394,11 @@ static void shed_one(listener_t *l) {
   l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
+/*
+ * One connection per event: the listener is level-triggered, so another one
+ * waiting raises the next epoll_wait at once, and a lone connection (the
+ * common case under light load) costs no accept4 that says EAGAIN.
+ */
 static void native_accept(watch_t *w) {
   listener_t *l = (listener_t *)w;
   for (int i = 0; i < ACCEPT_BATCH; i++) {
@@ -1412,6 +1422,7 @@ static void native_accept(watch_t *w) {
       return;
     }
     open_native(l, fd, &addr, settings, allowed);
+    return;
   }
 }
 
@@ -1570,6 +1581,9 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
     return NULL;
   }
   l->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  int one = 1;
+  /* Accepted sockets inherit it: no setsockopt per connection. */
+  if (l->fd >= 0) setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   l->tag = tag;
   l->settings = s;
