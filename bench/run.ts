@@ -41,7 +41,7 @@ const USAGE = `Usage: node dist/bench/run.js [options]
   --reps N           repetitions (default 5, quick 1); medians are over these
   --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
                      or groups (upload, download, bulk, handshake, latency, udp, idle, backpressure)
-  --servers LIST     socksgate, socksgate-stream, socksgate-prod, dante, microsocks, none (default: all)
+  --servers LIST     socksgate, socksgate-stream, socksgate-prod, dante, microsocks, microsocks-auth, none (default: all)
   --out FILE         the Markdown report (default bench/RESULTS.md)
   --json FILE        also write every run's raw record as JSON
   --render FILE      run nothing: write the report again from a --json FILE of an earlier
@@ -258,7 +258,7 @@ async function main(): Promise<number> {
   if (!existsSync(cli)) missing.push(`${cli} (build with: npx tsc -p .)`);
   if (!which('gcc')) missing.push('gcc (apt-get install gcc)');
   if (servers.some((s) => s.id === 'dante') && !danted) missing.push('danted (apt-get install dante-server)');
-  if (servers.some((s) => s.id === 'microsocks') && !microsocks) missing.push('microsocks (apt-get install microsocks)');
+  if (servers.some((s) => s.id.startsWith('microsocks')) && !microsocks) missing.push('microsocks (apt-get install microsocks)');
   const cpusAvailable = availableParallelism();
   const pin = values['no-pin'] ? null : cpuList(cpusAvailable);
   if (pin && !which('taskset')) missing.push('taskset (apt-get install util-linux), or run with --no-pin');

@@ -9,7 +9,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, wr
 import { join } from 'node:path';
 import { descendants, freePort, rememberDescendants, spawnTracked, stopChild, waitForSocks } from './proc.js';
 
-export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-prod' | 'dante' | 'microsocks' | 'none';
+export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-prod' | 'dante' | 'microsocks' | 'microsocks-auth' | 'none';
 
 export interface ServerInfo {
   readonly id: ServerId;
@@ -18,6 +18,8 @@ export interface ServerInfo {
   readonly proxy: boolean;
   /** Serves SOCKS5 UDP ASSOCIATE (false: the UDP workloads are shown as n/a for it). */
   readonly udp: boolean;
+  /** Run only for the handshake workloads (a reference point, not a contender). */
+  readonly handshakesOnly?: boolean;
   readonly describe: string;
 }
 
@@ -64,6 +66,15 @@ export const SERVERS: readonly ServerInfo[] = [
     proxy: true,
     udp: false,
     describe: '`microsocks -i 127.0.0.1 -p P` (a thread per client; its per-connection log line goes to /dev/null; it has no UDP ASSOCIATE, so the UDP workloads are n/a)',
+  },
+  {
+    id: 'microsocks-auth',
+    label: 'microsocks (userpass)',
+    proxy: true,
+    udp: false,
+    handshakesOnly: true,
+    describe: '`microsocks -i 127.0.0.1 -p P -u USER -P PASS`, handshakes only: what the RFC 1929 round trip costs a proxy with nothing else to do, ' +
+      'the reference for socksgate (production)\'s handshake ratio',
   },
   {
     id: 'none',
@@ -278,16 +289,19 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
         },
       };
     }
-    case 'microsocks': {
-      const child = spawnTracked(env.bin.microsocks, ['-i', '127.0.0.1', '-p', String(port)], {
+    case 'microsocks':
+    case 'microsocks-auth': {
+      const auth = info.id === 'microsocks-auth' ? env.credentials : null;
+      const args = ['-i', '127.0.0.1', '-p', String(port), ...(auth ? ['-u', auth.user, '-P', auth.pass] : [])];
+      const child = spawnTracked(env.bin.microsocks, args, {
         stdio: ['ignore', 'ignore', 'ignore'],
         affinity: env.affinity,
       });
-      await ready(child, port, 0, () => '', info);
+      await ready(child, port, auth ? 2 : 0, () => '', info);
       return {
         info,
         port,
-        auth: null,
+        auth,
         pids: () => (child.pid === undefined ? [] : [child.pid]),
         stop: async () => {
           await stopChild(child);

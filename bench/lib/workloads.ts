@@ -207,8 +207,8 @@ export function workloads(s: Settings): Workload[] {
 }
 
 /** Whether a workload is run against a server at all (n/a otherwise: "none" has no memory, microsocks no UDP ASSOCIATE). */
-export function applies(w: Workload, s: Pick<ServerInfo, 'proxy' | 'udp'>): boolean {
-  return (s.proxy || !w.proxyOnly) && (s.udp || w.command !== 'udp');
+export function applies(w: Workload, s: Pick<ServerInfo, 'proxy' | 'udp' | 'handshakesOnly'>): boolean {
+  return (s.proxy || !w.proxyOnly) && (s.udp || w.command !== 'udp') && (!s.handshakesOnly || w.command === 'handshake');
 }
 
 /** One workload run against one server: the numbers and what went wrong. */
