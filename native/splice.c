@@ -769,6 +769,7 @@ struct handshake {
   int eof;     /* the client sent FIN (or failed) while negotiating */
   int err;     /* the client's connection failed (errno), told to JavaScript on hand-over */
   int msg_len; /* the username/password message awaiting JavaScript's verdict */
+  int unread;  /* an event came for the client while it was not being read */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
 };
@@ -1175,6 +1176,14 @@ static void start_connect(pair_t *p) {
     connect_failed(p, errno, 0);
     return;
   }
+  /* Over loopback the handshake has usually completed inside connect(): a
+   * connected socket has a peer, and the epoll round for EPOLLOUT is saved. */
+  struct sockaddr_storage peer;
+  socklen_t peer_len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
+    connected(p);
+    return;
+  }
   struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
   pthread_mutex_lock(&pairs_lock);
   int rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
@@ -1233,10 +1242,12 @@ static void connected(pair_t *p) {
     return;
   }
   p->flow[0].bytes = (uint64_t)(early > 0 ? early : 0);
+  int unread = h->unread || h->eof; /* a FIN read with the request is passed on by pump() */
   free_handshake(p);
   p->last_active = now_ms();
-  /* Both sides may hold bytes already: the edge-triggered events came and went. */
-  if (pump(p, 0) == 0) pump(p, 1);
+  /* The destination's registration for input above reports bytes already
+   * waiting; the client's edge came and went unread only if it was flagged. */
+  if (unread) pump(p, 0);
 }
 
 static void native_event(pair_t *p, int side, uint32_t events) {
@@ -1250,7 +1261,10 @@ static void native_event(pair_t *p, int side, uint32_t events) {
     return;
   }
   /* While JavaScript decides or the destination is dialled, the client waits unread. */
-  if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) return;
+  if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) {
+    p->hs->unread = 1;
+    return;
+  }
   read_client(p, (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
   advance(p);
 }
@@ -1327,7 +1341,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
-  h->len = h->eof = h->err = h->msg_len = 0;
+  h->len = h->eof = h->err = h->msg_len = h->unread = 0;
   h->settings = s;
   h->client = *addr;
   p->user_len = -1;
