@@ -217,7 +217,7 @@ export function renderMarkdown(results: Results): string {
       out.push('| server | median | min–max | runs | socksgate ÷ server | notes |', '| --- | ---: | ---: | ---: | ---: | --- |');
       const sg = metricStat(results, SG, w.id, m.key);
       for (const s of servers) {
-        if (w.proxyOnly && !s.proxy) continue;
+        if ((w.proxyOnly && !s.proxy) || (s.handshakesOnly && w.command !== 'handshake')) continue;
         if (!applies(w, s)) {
           out.push(`| ${s.label} | ${notApplicable(w, s)} | | | | |`);
           continue;

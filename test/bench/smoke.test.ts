@@ -20,7 +20,7 @@ const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
 const RUN_TIMEOUT_MS = 180_000;
 
 interface Results {
-  servers: Array<{ id: string; proxy: boolean; udp: boolean }>;
+  servers: Array<{ id: string; proxy: boolean; udp: boolean; handshakesOnly?: boolean }>;
   workloads: Array<{ id: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
   runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number> }>;
   failures: string[];
@@ -55,7 +55,7 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(results.failures, []);
 
       const ids = results.servers.map((s) => s.id);
-      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-prod', 'dante', 'microsocks', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
+      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
       for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
         assert.ok(results.workloads.some((w) => w.id === kind), `workload ${kind} was run`);
       }
@@ -66,6 +66,7 @@ describe('benchmark harness, quick mode', () => {
         for (const s of results.servers) {
           if (w.proxyOnly && !s.proxy) continue;
           if (w.command === 'udp' && !s.udp) continue; // microsocks: no UDP ASSOCIATE
+          if (s.handshakesOnly && w.command !== 'handshake') continue; // microsocks (userpass): a reference for handshakes
           const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
           for (const m of w.metrics) {
             if (!runs.some((r) => r.ok && Number.isFinite(r.metrics[m.key]))) {
@@ -77,12 +78,15 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(missing, [], 'every server produced a number for every workload');
 
       const udpless = results.servers.filter((s) => !s.udp).map((s) => s.id);
-      assert.deepEqual(udpless, ['microsocks'], 'only microsocks lacks UDP ASSOCIATE');
-      assert.deepEqual(results.runs.filter((r) => r.server === 'microsocks' && r.workload.startsWith('udp-')), [], 'UDP is not run against microsocks');
+      assert.deepEqual(udpless, ['microsocks', 'microsocks-auth'], 'only microsocks lacks UDP ASSOCIATE');
+      assert.deepEqual(results.runs.filter((r) => r.server.startsWith('microsocks') && r.workload.startsWith('udp-')), [], 'UDP is not run against microsocks');
+      const referenceRuns = results.runs.filter((r) => r.server === 'microsocks-auth').map((r) => r.workload).sort();
+      assert.deepEqual(referenceRuns, ['handshake-1', 'handshake-32'], 'microsocks (userpass) runs the handshakes only');
 
       const bulk = results.runs.filter((r) => /^(upload|download)-/.test(r.workload) || r.workload === 'backpressure');
-      const proxies = results.servers.filter((s) => s.proxy).length;
-      assert.ok(bulk.length >= 4 * results.servers.length + proxies, 'bulk and backpressure runs for every server');
+      const full = results.servers.filter((s) => !s.handshakesOnly);
+      const proxies = full.filter((s) => s.proxy).length;
+      assert.ok(bulk.length >= 4 * full.length + proxies, 'bulk and backpressure runs for every server');
       const inexact = bulk.filter((r) => r.exact !== true).map((r) => `${r.server} / ${r.workload}`);
       assert.deepEqual(inexact, [], 'every bulk transfer was byte-exact');
 
@@ -92,6 +96,7 @@ describe('benchmark harness, quick mode', () => {
       assert.doesNotMatch(report, /\*\*missing\*\*/);
       assert.match(report, /n\/a \(no UDP ASSOCIATE\)/, 'microsocks is n/a for UDP');
       assert.match(report, /stream ÷ splice/);
+      assert.match(report, /microsocks userpass ÷ none/, 'the price of RFC 1929, measured on microsocks');
       assert.match(report, /Backpressure bound/);
       assert.match(report, /\| production rules \| /, 'the report says whether the production configuration carried rules');
 
