@@ -537,12 +537,16 @@ static void call_js(napi_env env, napi_value dispatcher, void *context, void *da
   unref_pair(p);
 }
 
-/* init(dispatcher): once per process, before start(). */
-static napi_value js_init(napi_env env, napi_callback_info info) {
+/*
+ * Starts the relay thread (once per process) and makes `*tsfn` call the
+ * dispatcher passed from JavaScript on the main thread; once per tsfn.
+ */
+static napi_value init_dispatcher(napi_env env, napi_callback_info info, const char *label, napi_threadsafe_function_call_js call,
+                                  napi_threadsafe_function *tsfn) {
   size_t argc = 1;
   napi_value argv[1], name;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (on_done != NULL) {
+  if (*tsfn != NULL) {
     napi_throw_error(env, NULL, "already initialised");
     return NULL;
   }
@@ -551,10 +555,15 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, strerror(thread_error));
     return NULL;
   }
-  CHECK(napi_create_string_utf8(env, "socksgate-splice", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, call_js, &on_done));
-  CHECK(napi_unref_threadsafe_function(env, on_done));
+  CHECK(napi_create_string_utf8(env, label, NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, call, tsfn));
+  CHECK(napi_unref_threadsafe_function(env, *tsfn));
   return NULL;
+}
+
+/* init(dispatcher): once per process, before start(). */
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  return init_dispatcher(env, info, "socksgate-splice", call_js, &on_done);
 }
 
 /* start(id, clientFd, destinationFd, idleMs) -> handle for cancel(). */
@@ -1555,22 +1564,7 @@ static settings_t *parse_settings(napi_env env, napi_value value) {
 
 /* nativeInit(dispatch): once per process. */
 static napi_value js_native_init(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], name;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (on_native != NULL) {
-    napi_throw_error(env, NULL, "already initialised");
-    return NULL;
-  }
-  pthread_once(&thread_once, start_thread);
-  if (thread_error != 0) {
-    napi_throw_error(env, NULL, strerror(thread_error));
-    return NULL;
-  }
-  CHECK(napi_create_string_utf8(env, "socksgate-native", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, call_native, &on_native));
-  CHECK(napi_unref_threadsafe_function(env, on_native));
-  return NULL;
+  return init_dispatcher(env, info, "socksgate-native", call_native, &on_native);
 }
 
 /* listen(fd, tag, settings) -> handle: accepts on a dup of Node's listening socket from now on. */
