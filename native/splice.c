@@ -778,7 +778,9 @@ struct handshake {
   int eof;     /* the client sent FIN (or failed) while negotiating */
   int err;     /* the client's connection failed (errno), told to JavaScript on hand-over */
   int msg_len; /* the username/password message awaiting JavaScript's verdict */
-  int unread;  /* an event came for the client while it was not being read */
+  int full;    /* the last read stopped at a full buffer: the socket may hold more */
+  int unread;  /* the client may hold bytes no event will announce: an event came while it was
+                  not being read, or a read stopped at a full buffer */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
 };
@@ -986,6 +988,9 @@ static void read_client(pair_t *p, int whole) {
       h->err = errno; /* a reset is read once: JavaScript's session is told of it */
     }
   }
+  /* Stopped by a full buffer, not an empty socket: the rest raises no new edge. */
+  h->full = h->len == HANDSHAKE_BUFFER;
+  if (h->full) h->unread = 1;
 }
 
 /* Step results. */
@@ -1136,6 +1141,10 @@ static void advance(pair_t *p) {
       default: return;
     }
     if (result == STEP_STOP) return;
+    if (result == STEP_MORE && p->hs->full && p->hs->len < HANDSHAKE_BUFFER) {
+      read_client(p, 1); /* room again after a message was consumed: no event will say so */
+      continue;
+    }
     if (result == STEP_MORE) {
       /* A message cut short by the client's end: JavaScript logs the truncation. */
       if (p->hs->eof) hand_over(p, resume_phase(p->phase), 0, 0);
@@ -1350,7 +1359,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
-  h->len = h->eof = h->err = h->msg_len = h->unread = 0;
+  h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
   h->settings = s;
   h->client = *addr;
   p->user_len = -1;
