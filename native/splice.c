@@ -152,6 +152,10 @@ static void forget_listener(void *listener);
 static void bury_listeners(void);
 static void flush_messages(int64_t now);
 static int flush_timeout(void);
+typedef struct listener listener_t;
+static listener_t *paused_listeners;
+static void resume_listeners(int64_t now);
+#define ACCEPT_PAUSE_MS 100
 
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -396,6 +400,7 @@ static void *relay_thread(void *unused) {
     scan_every_told = idle_pairs > 0 ? idle_scan_every : 0;
     pthread_mutex_unlock(&pairs_lock);
     int due = flush_timeout();
+    if (paused_listeners && (due < 0 || due > ACCEPT_PAUSE_MS)) due = ACCEPT_PAUSE_MS;
     int n = epoll_wait(epoll_fd, events, MAX_EVENTS, due >= 0 && (timeout < 0 || due < timeout) ? due : timeout);
     for (int i = 0; i < n; i++) {
       if (events[i].data.ptr == &wake_token) {
@@ -414,6 +419,7 @@ static void *relay_thread(void *unused) {
       }
     }
     flush_messages(now_ms());
+    if (paused_listeners) resume_listeners(now_ms());
     bury_ended();
     bury_listeners();
   }
@@ -754,7 +760,7 @@ static void remember(verdict_t *cache, int slots, const uint64_t tag[2], int rul
   v->rule = rule;
 }
 
-typedef struct listener {
+struct listener {
   watch_t watch; /* pair NULL: a listener */
   int fd;        /* a dup of Node's listening socket, owned here */
   int spare_fd;  /* held back to accept-and-close when out of descriptors */
@@ -764,7 +770,9 @@ typedef struct listener {
   struct listener *next_dead;
   int unreported; /* accepted, MSG_OPEN not yet delivered: counted by pending() */
   int refs;       /* the relay thread until it buries it, JavaScript until MSG_LISTENER_CLOSED */
-} listener_t;
+  int64_t paused_until; /* out of descriptors and nothing to shed with: not watched until then */
+  struct listener *next_paused;
+};
 
 static void listener_unref(listener_t *l) {
   if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
@@ -807,6 +815,8 @@ static napi_threadsafe_function on_native;
 static int64_t native_refs; /* main thread: open listeners + sessions JavaScript knows; refs on_native while > 0 */
 static double next_native_id;
 static listener_t *dead_listeners; /* freed after the current batch of events */
+/* Relay thread (changed under pairs_lock): watched again once their pause is over. */
+static listener_t *paused_listeners;
 /* Relay thread: messages not yet posted, in order, and when the oldest was queued. */
 static message_t *unsent_head, *unsent_tail;
 static int unsent_urgent;
@@ -1417,13 +1427,46 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
 }
 
 /* Out of descriptors: accept with the spare and close at once, so the backlog
- * does not keep the listener ready forever (libuv does the same). */
-static void shed_one(listener_t *l) {
-  if (l->spare_fd < 0) return;
+ * does not keep the listener ready forever (libuv does the same). Returns
+ * whether a connection was shed. */
+static int shed_one(listener_t *l) {
+  if (l->spare_fd < 0) return 0;
   close(l->spare_fd);
   int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
   if (fd >= 0) close(fd);
   l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return fd >= 0;
+}
+
+/* Nothing to shed with (the spare is gone, or its number is past the limit):
+ * stop watching the listener for a while rather than spin on a
+ * level-triggered readiness that accept cannot clear (pairs_lock held). */
+static void pause_listener(listener_t *l) {
+  if (l->paused_until != 0) return;
+  struct epoll_event ev = {.events = 0, .data.ptr = &l->watch};
+  epoll_ctl(epoll_fd, EPOLL_CTL_MOD, l->fd, &ev);
+  l->paused_until = now_ms() + ACCEPT_PAUSE_MS;
+  l->next_paused = paused_listeners;
+  paused_listeners = l;
+}
+
+/* Watches paused listeners again once their pause is over; the spare is retried too. */
+static void resume_listeners(int64_t now) {
+  pthread_mutex_lock(&pairs_lock);
+  for (listener_t **at = &paused_listeners; *at;) {
+    listener_t *l = *at;
+    if (now < l->paused_until) {
+      at = &l->next_paused;
+      continue;
+    }
+    *at = l->next_paused;
+    l->paused_until = 0;
+    if (l->closed) continue;
+    if (l->spare_fd < 0) l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &l->watch};
+    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, l->fd, &ev);
+  }
+  pthread_mutex_unlock(&pairs_lock);
 }
 
 /*
@@ -1444,7 +1487,7 @@ static void native_accept(watch_t *w) {
     }
     int fd = accept4(l->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     int err = errno;
-    if (fd < 0 && (err == EMFILE || err == ENFILE)) shed_one(l);
+    if (fd < 0 && (err == EMFILE || err == ENFILE) && !shed_one(l)) pause_listener(l);
     settings_t *settings = l->settings; /* configure() swaps it under the lock */
     int allowed = fd >= 0 && client_allowed(settings, &addr);
     if (fd >= 0) __atomic_add_fetch(&settings->refs, 1, __ATOMIC_ACQ_REL);
@@ -1461,6 +1504,14 @@ static void native_accept(watch_t *w) {
 /* After unlisten(): every session it accepted has had its MSG_OPEN queued before this. */
 static void forget_listener(void *listener) {
   listener_t *l = listener;
+  pthread_mutex_lock(&pairs_lock);
+  for (listener_t **at = &paused_listeners; *at; at = &(*at)->next_paused) {
+    if (*at == l) {
+      *at = l->next_paused; /* it is about to be freed */
+      break;
+    }
+  }
+  pthread_mutex_unlock(&pairs_lock);
   message_t *m = message(MSG_LISTENER_CLOSED, NULL, NULL, 0);
   m->n[0] = l->tag;
   m->listener = l;

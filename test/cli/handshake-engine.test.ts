@@ -5,7 +5,11 @@
  * cleanly on SIGINT with that session's access line.
  */
 import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { RawClient, hex } from '../helpers/raw.js';
+import { run } from '../helpers/run.js';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
 import { closed, echo, envWithoutProxies, runCli, socksConnect, startDaemon } from './helpers.js';
 
@@ -83,6 +87,72 @@ describe('handshake engine', () => {
       assert.equal(sessions[0]!.bytesUp, 'open at SIGINT'.length);
       assert.ok(daemon.logs.some((l) => l.event === 'stopped'), daemon.describe());
       assert.equal(daemon.stderr, '');
+    } finally {
+      await daemon.kill();
+    }
+  });
+
+  /** Descriptors the daemon has open, and its CPU time so far (seconds). */
+  const fds = (pid: number) => new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+  const cpuSeconds = (pid: number) => {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks (100 Hz)
+  };
+  const setSoftLimit = async (pid: number, limit: number) => {
+    const result = await run('prlimit', ['--pid', String(pid), `--nofile=${limit}:`]);
+    assert.equal(result.code, 0, result.stderr);
+  };
+
+  it('out of file descriptors at accept: the next client is closed at once (the spare descriptor), and the daemon serves again', async () => {
+    const { daemon, port } = await startDaemon(JSON_LOOPBACK, envWithoutProxies());
+    const pid = daemon.child.pid!;
+    const idle: RawClient[] = [];
+    try {
+      assert.equal((await daemon.waitFor((l) => l.event === 'started', 'the "started" line')).handshakes, 'native');
+      // Room for a few more descriptors below the limit; idle clients take them all.
+      const open = fds(pid);
+      const limit = Math.max(...[...open].filter((fd) => fd < 1000)) + 5;
+      await setSoftLimit(pid, limit);
+      const free = limit - [...open].filter((fd) => fd < limit).length;
+      for (let i = 0; i < free; i++) idle.push(await RawClient.connect(port));
+      for (let tries = 0; [...fds(pid)].filter((fd) => fd < limit).length < limit && tries < 200; tries++) await delay(10);
+      assert.equal([...fds(pid)].filter((fd) => fd < limit).length, limit, 'every descriptor below the limit is in use');
+
+      const shed = await RawClient.connect(port);
+      assert.ok(['end', 'reset'].includes(await shed.ended), 'accepted with the spare descriptor and closed, not left waiting');
+
+      for (const client of idle) client.socket.destroy();
+      await setSoftLimit(pid, 20_000);
+      const socket = await socksConnect(port, target.port);
+      assert.equal(await echo(socket, 'after the squeeze'), 'after the squeeze');
+      socket.end();
+      await closed(socket);
+    } finally {
+      for (const client of idle) client.socket.destroy();
+      await daemon.kill();
+    }
+  });
+
+  it('out of file descriptors with nothing to shed with: the listener pauses instead of spinning, and the waiting client is served later', async () => {
+    const { daemon, port } = await startDaemon(JSON_LOOPBACK, envWithoutProxies());
+    const pid = daemon.child.pid!;
+    try {
+      assert.equal((await daemon.waitFor((l) => l.event === 'started', 'the "started" line')).handshakes, 'native');
+      // A limit at the lowest free number: even the spare's number is past it.
+      const open = fds(pid);
+      let lowestFree = 0;
+      while (open.has(lowestFree)) lowestFree++;
+      await setSoftLimit(pid, lowestFree);
+      const waiting = await RawClient.connect(port);
+      waiting.write('05 01 00');
+      const before = cpuSeconds(pid);
+      await delay(1000);
+      // A level-triggered listener accept cannot clear would burn the whole second.
+      assert.ok(cpuSeconds(pid) - before < 0.5, `the daemon used ${cpuSeconds(pid) - before} s of CPU in 1 s`);
+
+      await setSoftLimit(pid, 20_000);
+      assert.deepEqual(await waiting.read(2), hex('05 00'), 'served once descriptors are back');
+      waiting.socket.destroy();
     } finally {
       await daemon.kill();
     }
