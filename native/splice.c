@@ -153,6 +153,8 @@ static void bury_listeners(void);
 static void flush_messages(int64_t now);
 static int flush_timeout(void);
 typedef struct listener listener_t;
+/* Listeners out of descriptors with nothing to shed with (relay thread, changed
+ * under pairs_lock): watched again once their pause is over. */
 static listener_t *paused_listeners;
 static void resume_listeners(int64_t now);
 #define ACCEPT_PAUSE_MS 100
@@ -815,8 +817,6 @@ static napi_threadsafe_function on_native;
 static int64_t native_refs; /* main thread: open listeners + sessions JavaScript knows; refs on_native while > 0 */
 static double next_native_id;
 static listener_t *dead_listeners; /* freed after the current batch of events */
-/* Relay thread (changed under pairs_lock): watched again once their pause is over. */
-static listener_t *paused_listeners;
 /* Relay thread: messages not yet posted, in order, and when the oldest was queued. */
 static message_t *unsent_head, *unsent_tail;
 static int unsent_urgent;

@@ -51,17 +51,20 @@ const enum End {
   CANCELLED = 3,
 }
 
+/** An error as Node reports a failed system call (`connect ECONNREFUSED 127.0.0.1:9`), from the addon's positive errno. */
+export function errnoError(syscall: string, errno: number, where = ''): NodeJS.ErrnoException {
+  const code = getSystemErrorName(-errno);
+  return Object.assign(new Error(`${syscall} ${code}${where ? ` ${where}` : ''}`), { code, errno: -errno, syscall });
+}
+
 /** How a spliced pair ended, from the addon's report: the close reason and the error, if one. */
 export function spliceEnd(end: number, firstEof: number, errorSide: number, errno: number): { reason: CloseReason; error: Error | null } {
   switch (end) {
     case End.CLOSED:
       return { reason: firstEof === 1 ? 'destination-closed' : 'client-closed', error: null };
-    case End.ERROR: {
-      const code = getSystemErrorName(-errno);
-      const error = Object.assign(new Error(`splice ${code}`), { code, errno: -errno });
+    case End.ERROR:
       // errorSide < 0: the relay's own failure (no pipe, no epoll slot).
-      return { reason: errorSide < 0 ? 'relay-error' : errorSide === 1 ? 'destination-error' : 'client-error', error };
-    }
+      return { reason: errorSide < 0 ? 'relay-error' : errorSide === 1 ? 'destination-error' : 'client-error', error: errnoError('splice', errno) };
     case End.IDLE:
       return { reason: 'idle-timeout', error: null };
     default:

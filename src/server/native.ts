@@ -12,14 +12,14 @@
  * each listener is registered with its owner, who learns of its sessions.
  */
 import { Socket } from 'node:net';
-import { getSystemErrorName } from 'node:util';
 import ipaddr from 'ipaddr.js';
+import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
 import { NEED_MORE, formatDestination } from '../protocol/address.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
-import { type Addon, type NativeMessage, spliceAddon, spliceEnd } from '../relay/splice.js';
+import { type Addon, type NativeMessage, errnoError, spliceAddon, spliceEnd } from '../relay/splice.js';
 import { connectTimeoutError } from '../upstream/dialer.js';
 import type { SessionContext, SessionResume } from './session.js';
 
@@ -70,16 +70,8 @@ export interface NativeListener {
   pending(): number;
 }
 
-export interface AllowedNetwork {
-  readonly address: string;
-  readonly prefix: number;
-  readonly family: 4 | 6;
-}
-
-/** Why native handshakes cannot run, or null when they can. */
-export function nativeUnavailable(): string | null {
-  return spliceAddon() ? null : 'the splice addon is not loaded';
-}
+/** A network of `clients.allow`, as the schema parses it. */
+export type AllowedNetwork = NonNullable<ReturnType<typeof parseNetwork>>;
 
 /**
  * A listener's contexts by the generation of its settings: a session
@@ -283,11 +275,6 @@ interface NativeHandOver {
 
 function methodName(method: number): 'none' | 'userpass' | null {
   return method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
-}
-
-function errnoError(syscall: string, errno: number, where = ''): NodeJS.ErrnoException {
-  const code = getSystemErrorName(-errno);
-  return Object.assign(new Error(`${syscall} ${code}${where ? ` ${where}` : ''}`), { code, errno: -errno, syscall });
 }
 
 /**

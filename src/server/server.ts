@@ -15,7 +15,7 @@ import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
-import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, listenNatively, nativeUnavailable } from './native.js';
+import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, listenNatively } from './native.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
 
 /** Collaborators a library user (or a test) may replace. */
@@ -65,9 +65,10 @@ export type HandshakeEngine = 'native' | 'node';
 
 function resolveHandshakeEngine(wanted: Config['handshake']['engine'], relay: RelayEngine, customDialer: boolean): HandshakeEngine {
   if (wanted === 'node') return 'node';
+  // The splice relay runs only when the addon loaded, and the addon is all native handshakes need besides.
   const why = relay !== 'splice' ? `it needs the splice relay (${spliceUnavailable() ?? 'relay.engine is stream'})`
     : customDialer ? 'a custom dialer is in use (the addon dials directly)'
-    : nativeUnavailable();
+    : null;
   if (why === null) return 'native';
   if (wanted === 'native') throw new RelayEngineError(`handshake.engine is native, but ${why}`);
   return 'node';
