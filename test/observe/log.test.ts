@@ -1,6 +1,7 @@
 /** The access log: a subscriber that turns session records into JSON lines. */
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +9,9 @@ import { PassThrough } from 'node:stream';
 import pino from 'pino';
 import { test } from 'node:test';
 import { attachLogger, createLogger } from '../../src/index.js';
-import { STDOUT_BATCHING } from '../../src/observe/log.js';
+import fc from 'fast-check';
+import type { SessionRecord } from '../../src/observe/events.js';
+import { FILE_BATCHING, STDOUT_BATCHING, sessionLine, stdoutBatching } from '../../src/observe/log.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { startProxy } from '../helpers/server.js';
 
@@ -72,6 +75,94 @@ test('stdout batching writes whole lines, at most PIPE_BUF bytes each, so worker
     assert.deepEqual(lines.map((l) => (JSON.parse(l) as { id: number }).id), [...Array(500).keys()]);
   } finally {
     (fs as { write: unknown }).write = realWrite;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Collects what a logger writes, line by line. */
+function capture(): { out: PassThrough; lines: string[] } {
+  const out = new PassThrough();
+  const lines: string[] = [];
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line) lines.push(line);
+  });
+  return { out, lines };
+}
+
+const withoutTime = (line: string) => line.replace(/"time":"[^"]*"/, '"time":"T"');
+
+const sampleRecord: SessionRecord = {
+  id: 7, listener: '127.0.0.1:1080', clientAddress: '::1', clientPort: 40000, version: 5, authMethod: 'userpass',
+  user: 'alice', command: 'connect', requested: 'example.com:443', connected: '[2001:db8::1]:443', reply: 0,
+  bytesUp: 12, bytesDown: 3_000_000_000, relay: 'splice', datagramsUp: 0, datagramsDown: 0, datagramsDropped: 0,
+  startedAt: 1795394064052, durationMs: 112, reason: 'destination-closed', error: null, rule: 'office',
+};
+
+test('an access line is what pino writes for the same record, byte for byte, for any strings and numbers', () => {
+  const text = fc.option(fc.string({ unit: 'binary' }), { nil: null }); // control characters, quotes, astral planes, lone surrogates
+  const number = fc.oneof(fc.integer(), fc.double(), fc.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53 + 2));
+  fc.assert(fc.property(text, text, text, number, number, fc.string({ unit: 'binary' }), (user, error, requested, bytesUp, durationMs, msg) => {
+    const record = { ...sampleRecord, user, error, requested, bytesUp, durationMs };
+    let written = '';
+    const log = pino({ base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, { write: (line: string) => { written = line; } });
+    log.warn({ event: 'session', ...record }, msg);
+    assert.equal(withoutTime(sessionLine(40, '', record, msg)), withoutTime(written));
+  }), { numRuns: 300 });
+});
+
+test('an access line carries a child logger\'s bindings where pino puts them (the CLI\'s workers add their pid)', async () => {
+  const { out, lines } = capture();
+  const log = createLogger({ level: 'info', format: 'json', destination: out }).child({ pid: 4242 });
+  const proxy = await startProxy();
+  attachLogger(proxy.server, log);
+  try {
+    const client = await RawClient.connect(proxy.port);
+    client.write(hex('05 00'));
+    await client.readToEnd();
+    await proxy.record();
+    await new Promise((resolve) => setImmediate(resolve));
+    const line = lines.find((l) => l.includes('"event":"session"'));
+    assert.ok(line, lines.join('\n'));
+    assert.match(line, /^\{"level":40,"time":"[^"]+","pid":4242,"event":"session","id":\d+,/);
+    assert.equal(JSON.parse(line).reason, 'protocol-error');
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('a logger from elsewhere keeps its own serializers for access lines (only createLogger\'s loggers take the fast path)', async () => {
+  const { out, lines } = capture();
+  const log = pino({ base: undefined, serializers: { clientAddress: () => 'hidden' } }, out);
+  const proxy = await startProxy();
+  attachLogger(proxy.server, log);
+  try {
+    const client = await RawClient.connect(proxy.port);
+    client.write(hex('05 00'));
+    await client.readToEnd();
+    await proxy.record();
+    await new Promise((resolve) => setImmediate(resolve));
+    const line = lines.find((l) => l.includes('"event":"session"'));
+    assert.ok(line, lines.join('\n'));
+    assert.equal(JSON.parse(line).clientAddress, 'hidden');
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('stdout batching: synchronous 16–64 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'socksgate-log-'));
+  const fd = openSync(join(dir, 'out.log'), 'w');
+  try {
+    assert.deepEqual(stdoutBatching(fd), FILE_BATCHING);
+    assert.equal(FILE_BATCHING.sync, true);
+    assert.ok(FILE_BATCHING.minLength >= 16 * 1024);
+    // A child whose stdout is a pipe reports what it would use.
+    const script = `import('${new URL('../../src/observe/log.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.stdoutBatching(1))))`;
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.deepEqual(JSON.parse(child.stdout), STDOUT_BATCHING);
+    closeSync(fd);
+    assert.deepEqual(stdoutBatching(fd), STDOUT_BATCHING, 'a closed descriptor');
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
