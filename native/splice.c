@@ -50,6 +50,16 @@ enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_L
 /* Ask for more than a pipe holds: the kernel moves what fits. */
 #define SPLICE_REQUEST (1 << 20)
 #define POOL_MAX 64
+/*
+ * Request/response traffic moves through a buffer on the stack instead of a
+ * pipe: recv and send, where splicing costs a splice in, a splice out and a
+ * third that only says EAGAIN. A read shorter than the buffer proves the
+ * socket empty (later bytes raise a new edge), and copying a few bytes costs
+ * less than splicing pages. A read that fills the buffer marks the flow bulk,
+ * and it splices until a turn moves less than the buffer again. Not above a
+ * page: a pipe always has room for that much (see copy_small).
+ */
+#define SMALL_READ 4096
 #define MAX_EVENTS 256
 
 typedef struct pair pair_t;
@@ -69,6 +79,7 @@ typedef struct {
   uint64_t bytes;
   int eof;  /* the source sent FIN */
   int shut; /* the FIN was passed on */
+  int bulk; /* the last read filled SMALL_READ: splice, don't copy */
 } flow_t;
 
 struct pair {
@@ -135,6 +146,7 @@ static int pool[POOL_MAX][2];
 static int pool_size;
 static uint64_t pipes_created; /* read by stats(); a torn read only blurs a counter */
 static uint64_t native_accepted, native_handed_over; /* the same */
+static uint64_t bytes_copied; /* read by stats(): bytes relayed through copy_small's buffer */
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -256,12 +268,71 @@ static void bury_ended(void) {
   }
 }
 
-/* Moves what can move now in one direction; returns 0, or -1 when the pair ended. */
-static int pump(pair_t *p, int side) {
+/*
+ * Moves one small read from fd[side] to the other socket through a stack
+ * buffer (see SMALL_READ). What the destination cannot take at once waits in
+ * the flow's pipe, as spliced bytes do. Returns -1 when the pair ended, 0
+ * when the socket is known to be empty (or ended), 1 when splicing should go
+ * on: the buffer filled, or a FIN may be waiting behind a short read.
+ */
+static int copy_small(pair_t *p, int side, int short_read_ends) {
+  flow_t *f = &p->flow[side];
+  char buf[SMALL_READ];
+  ssize_t n;
+  do n = recv(p->fd[side], buf, sizeof buf, 0); while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return 0;
+    finish(p, END_ERROR, side, errno);
+    return -1;
+  }
+  if (n == 0) {
+    f->eof = 1;
+    if (p->first_eof < 0) p->first_eof = side;
+    return 0;
+  }
+  ssize_t sent;
+  do sent = send(p->fd[1 - side], buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL); while (sent < 0 && errno == EINTR);
+  if (sent < 0 && errno != EAGAIN) {
+    finish(p, END_ERROR, 1 - side, errno);
+    return -1;
+  }
+  if (sent < 0) sent = 0;
+  f->bytes += (uint64_t)sent;
+  bytes_copied += (uint64_t)n;
+  if (sent < n) {
+    /* An empty pipe holds at least a page, even at the per-user pipe limit. */
+    if (f->pipe_r < 0 && acquire_pipe(f) < 0) {
+      finish(p, END_ERROR, -1, errno);
+      return -1;
+    }
+    ssize_t parked = write(f->pipe_w, buf + sent, (size_t)(n - sent));
+    if (parked != n - sent) {
+      finish(p, END_ERROR, -1, parked < 0 ? errno : EIO);
+      return -1;
+    }
+    f->in_pipe = (size_t)parked;
+  }
+  f->bulk = n == (ssize_t)sizeof buf;
+  return f->bulk || !short_read_ends ? 1 : 0;
+}
+
+/*
+ * Moves what can move now in one direction; returns 0, or -1 when the pair
+ * ended. `short_read_ends`: the event carried no FIN, so a short read proves
+ * the socket empty (see read_client).
+ */
+static int pump(pair_t *p, int side, int short_read_ends) {
   flow_t *f = &p->flow[side];
   int from = p->fd[side], to = p->fd[1 - side];
   int moved = 0;
   int drained = 0; /* the source socket had nothing more: don't ask again until its next event */
+  size_t spliced_in = 0;
+  if (f->in_pipe == 0 && !f->eof && !f->bulk) {
+    int more = copy_small(p, side, short_read_ends);
+    if (more < 0) return -1;
+    drained = !more;
+    moved = 1;
+  }
   for (;;) {
     int progress = 0;
     if (f->in_pipe > 0) {
@@ -291,6 +362,7 @@ static int pump(pair_t *p, int side) {
       ssize_t n = splice(from, NULL, f->pipe_w, NULL, SPLICE_REQUEST, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         f->in_pipe += (size_t)n;
+        spliced_in += (size_t)n;
         progress = 1;
       } else if (n == 0) {
         f->eof = 1;
@@ -307,6 +379,7 @@ static int pump(pair_t *p, int side) {
     moved = 1;
   }
   if (moved) p->last_active = now_ms();
+  if (f->bulk && spliced_in < SMALL_READ) f->bulk = 0; /* a small turn: back to copying */
   if (f->in_pipe == 0) {
     release_pipe(f);
     if (f->eof && !f->shut) {
@@ -336,11 +409,11 @@ static void on_socket_event(pair_t *p, int side, uint32_t events) {
     }
   }
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-    if (pump(p, side) < 0) return;
+    if (pump(p, side, !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) < 0) return;
   }
   /* Writable: only the direction into this socket cares, and only when it is blocked. */
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
-    if (p->flow[1 - side].in_pipe > 0) pump(p, 1 - side);
+    if (p->flow[1 - side].in_pipe > 0) pump(p, 1 - side, 0);
   }
 }
 
@@ -626,14 +699,14 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver } for tests and diagnostics. */
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied } for tests and diagnostics. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
-  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver"};
-  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over};
+  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied"};
+  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied};
   CHECK(napi_create_object(env, &result));
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < 5; i++) {
     CHECK(napi_create_double(env, values[i], &value));
     CHECK(napi_set_named_property(env, result, names[i], value));
   }
@@ -1275,7 +1348,7 @@ static void connected(pair_t *p) {
   p->last_active = now_ms();
   /* The destination's registration for input above reports bytes already
    * waiting; the client's edge came and went unread only if it was flagged. */
-  if (unread) pump(p, 0);
+  if (unread) pump(p, 0, 0);
 }
 
 static void native_event(pair_t *p, int side, uint32_t events) {

@@ -15,6 +15,8 @@ declare -A PACKAGES=(
   [pysocks]=python3-socks
   [gcc]=gcc
   [taskset]=util-linux
+  [unshare]=util-linux
+  [ip]=iproute2
 )
 
 has() {

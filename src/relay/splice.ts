@@ -124,6 +124,8 @@ export interface SpliceStats {
   readonly nativeAccepted: number;
   /** Of those, how many were handed over to a Node session. */
   readonly nativeHandedOver: number;
+  /** Bytes relayed by copying through a small buffer (request/response traffic) rather than spliced. */
+  readonly bytesCopied: number;
 }
 
 /** The loaded addon, or null when it cannot be used here. */

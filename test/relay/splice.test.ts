@@ -2,11 +2,14 @@
  * The splice relay's own promises, beyond the relay suite both engines run
  * (test/server/relay.test.ts): bytes Node had already read before the
  * handover go out first and in order, resets and shutdowns reach both sides,
- * many sessions at once share the pipe pool, and a stalled reader stops the
- * sender instead of filling memory. Some cases run on both engines, so a
+ * many sessions at once share the pipe pool, small messages are copied
+ * (with a FIN in the same segment, and into a stalled destination) without
+ * losing a byte, and a stalled reader stops the sender instead of filling
+ * memory. Some cases run on both engines, so a
  * difference between them shows.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { type Socket, connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +18,7 @@ import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
 
 const MB = 1024 * 1024;
+const PYTHON = '/usr/bin/python3';
 const ENGINES = ['splice', 'stream'] as const;
 
 /** `n` bytes where byte i is (i * 7 + seed) mod 251: any loss, duplicate or reordering shows. */
@@ -129,6 +133,132 @@ describe('splice handover', () => {
       const record = await proxy.record((r) => r.clientPort === client.localPort);
       assert.equal(record.reason, 'destination-error');
       assert.match(record.error ?? '', /ECONNRESET|EPIPE/);
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+describe('small messages go through a buffer, not a pipe', () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({ relay: { engine: 'splice' } });
+  });
+  after(() => proxy.close());
+
+  const copied = () => spliceStats()?.bytesCopied ?? 0;
+  const echoTarget = () => startTcpServer((socket) => {
+    socket.on('data', (c: Buffer) => socket.write(c));
+    socket.on('end', () => socket.end());
+  });
+
+  test('request/response traffic is copied, every byte arrives, and the record counts it', async () => {
+    const target = await echoTarget();
+    try {
+      const client = await open(proxy, target.port);
+      const before = copied();
+      let total = 0;
+      for (let i = 1; i <= 300; i++) {
+        const message = pattern(i, i);
+        client.write(message);
+        assert.ok((await client.read(i)).equals(message), `round trip ${i}`);
+        total += i;
+      }
+      // Both directions went through the buffer: nothing of it was spliced.
+      assert.equal(copied() - before, 2 * total);
+      client.socket.end();
+      await client.readToEnd();
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.bytesUp, total);
+      assert.equal(record.bytesDown, total);
+    } finally {
+      await target.close();
+    }
+  });
+
+  test('a message with its FIN in the same segment: the bytes and the end both arrive, each way', () => {
+    // TCP_CORK (Python: Node cannot set it) puts the FIN into the segment
+    // with the data, so the relay sees one event for both: a short read must
+    // not be taken to mean "nothing more". The destination echoes the same way.
+    const script = `
+import socket, struct, sys, threading
+CORK = socket.TCP_CORK
+def send_with_fin(sock, data):
+    sock.setsockopt(socket.IPPROTO_TCP, CORK, 1)
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    sock.setsockopt(socket.IPPROTO_TCP, CORK, 0)
+def read_all(sock):
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+target = socket.socket()
+target.bind(("127.0.0.1", 0)); target.listen(64)
+def serve():
+    while True:
+        conn, _ = target.accept()
+        send_with_fin(conn, read_all(conn))
+        conn.close()
+threading.Thread(target=serve, daemon=True).start()
+ok = 0
+for i in range(40):
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+    c.sendall(bytes([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1]) + struct.pack(">H", target.getsockname()[1]))
+    reply = b""
+    while len(reply) < 12:
+        reply += c.recv(12 - len(reply))
+    message = bytes((j * 7 + i) % 251 for j in range(10 + i))
+    send_with_fin(c, message)
+    ok += read_all(c) == message
+    c.close()
+print(ok)
+`;
+    const run = spawnSync(PYTHON, ['-c', script, String(proxy.port)], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stdout.trim(), '40', 'every session echoed exactly and ended');
+  });
+
+  test('small reads the stalled destination cannot take wait in the proxy, and arrive whole and in order', () => {
+    // In a network namespace with 16 KiB TCP buffers (loopback's own grow to
+    // tens of MB, too much to fill with small writes): see the fixture.
+    const fixture = new URL('./small-buffers-fixture.js', import.meta.url).pathname;
+    const script = 'ip link set lo up && sysctl -qw net.ipv4.tcp_wmem="4096 8192 16384" net.ipv4.tcp_rmem="4096 8192 16384" && exec "$0" "$1"';
+    const run = spawnSync('unshare', ['--net', 'sh', '-c', script, process.execPath, fixture], {
+      encoding: 'utf8',
+      env: { ...process.env, SOCKSGATE_SMALL_BUFFERS: '1' },
+      timeout: 60_000,
+    });
+    assert.equal(run.status, 0, `unshare --net (needs root): ${run.stderr}`);
+    const result = JSON.parse(run.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+    assert.equal(result.heldBack, true, 'the client was held back: everything up to the destination was full');
+    assert.equal(result.received, result.sent);
+    assert.equal(result.identical, true, 'bytes identical and in order');
+    assert.equal(result.bytesUp, result.sent);
+    assert.equal(result.relay, 'splice');
+    assert.ok(Number(result.copied) > 64 * 1024, `small reads were copied: ${String(result.copied)} bytes`);
+  });
+
+  test('one flow that turns from bulk to small and back stays exact', async () => {
+    const target = await echoTarget();
+    try {
+      const client = await open(proxy, target.port);
+      const sent: Buffer[] = [];
+      const send = async (message: Buffer) => {
+        sent.push(message);
+        client.write(message);
+        assert.ok((await client.read(message.length)).equals(message), `echo of ${message.length} bytes`);
+      };
+      await send(pattern(3 * MB, 1));
+      for (let i = 0; i < 50; i++) await send(pattern(20 + i, i));
+      await send(pattern(2 * MB + 7, 2));
+      await send(pattern(5, 3));
+      client.socket.end();
+      await client.readToEnd();
+      const total = sent.reduce((n, b) => n + b.length, 0);
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.bytesUp, total);
+      assert.equal(record.bytesDown, total);
     } finally {
       await target.close();
     }
