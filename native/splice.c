@@ -1048,7 +1048,7 @@ static int64_t deadline_after(pair_t *p, int64_t ms) {
   return now_ms() + ms;
 }
 
-static void connected(pair_t *p);
+static void connected(pair_t *p, int watched);
 
 /*
  * Reads what the client has sent, up to the buffer's end. `whole`: until the
@@ -1270,7 +1270,7 @@ static void start_connect(pair_t *p) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   p->fd[1] = fd;
   if (connect(fd, (struct sockaddr *)&to, to_len) == 0) {
-    connected(p);
+    connected(p, 0);
     return;
   }
   if (errno != EINPROGRESS) {
@@ -1282,7 +1282,7 @@ static void start_connect(pair_t *p) {
   struct sockaddr_storage peer;
   socklen_t peer_len = sizeof peer;
   if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
-    connected(p);
+    connected(p, 0);
     return;
   }
   struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
@@ -1292,8 +1292,10 @@ static void start_connect(pair_t *p) {
   if (rc < 0) connect_failed(p, errno, 0);
 }
 
-/* The destination answered: reply, pass on early bytes, and start splicing. */
-static void connected(pair_t *p) {
+/* The destination answered: reply, pass on early bytes, and start splicing.
+ * `watched`: the socket is in the epoll set already (its connect took an
+ * EPOLLOUT round), so it is modified rather than added. */
+static void connected(pair_t *p, int watched) {
   handshake_t *h = p->hs;
   struct sockaddr_storage local;
   socklen_t len = sizeof local;
@@ -1329,8 +1331,7 @@ static void connected(pair_t *p) {
   }
   if (p->idle_ms > 0) count_for_scan(p, p->idle_ms);
   struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
-  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, p->fd[1], &ev);
-  if (rc < 0 && errno == ENOENT) rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[1], &ev); /* connect() succeeded at once */
+  int rc = epoll_ctl(epoll_fd, watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, p->fd[1], &ev);
   pthread_mutex_unlock(&pairs_lock);
   int early = h->len - p->request_len;
   int err = rc < 0 ? errno : send_all(p->fd[0], reply, reply_len);
@@ -1358,7 +1359,7 @@ static void native_event(pair_t *p, int side, uint32_t events) {
     socklen_t len = sizeof err;
     if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     if (err != 0) connect_failed(p, err, 0);
-    else connected(p);
+    else connected(p, 1);
     return;
   }
   /* While JavaScript decides or the destination is dialled, the client waits unread. */

@@ -180,23 +180,32 @@ export async function writeByteByByte(client: RawClient, bytes: Buffer, pauseMs 
  * checked to hang; if it does not, the fixture throws rather than letting a
  * test pass or fail for the wrong reason.
  */
-export async function startBlackHole(): Promise<{ readonly port: number; close(): Promise<void> }> {
+export async function startBlackHole(): Promise<{ readonly port: number; open(): void; close(): Promise<void> }> {
   const shared = new SharedArrayBuffer(4);
+  // open() (flag 2) lets the worker's loop run: it accepts what is queued and
+  // echoes, and a dropped SYN's retransmission then completes its connect.
   const code = `
     const { parentPort, workerData } = require('node:worker_threads');
     const net = require('node:net');
-    const server = net.createServer();
+    const server = net.createServer((socket) => socket.pipe(socket));
     server.on('error', (err) => parentPort.postMessage({ error: err.message }));
     server.listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => {
       parentPort.postMessage({ port: server.address().port });
-      Atomics.wait(new Int32Array(workerData.shared), 0, 0); // nothing accepts from here on
-      server.close();
+      const flag = new Int32Array(workerData.shared);
+      Atomics.wait(flag, 0, 0); // nothing accepts from here on
+      if (Atomics.load(flag, 0) !== 2) server.close();
+      else parentPort.on('message', () => server.close(() => parentPort.close()));
     });`;
   const worker = new Worker(code, { eval: true, workerData: { shared } });
   const sockets: Socket[] = [];
+  const flag = new Int32Array(shared);
+  const open = () => {
+    Atomics.store(flag, 0, 2);
+    Atomics.notify(flag, 0);
+  };
   const close = async () => {
     for (const s of sockets) s.destroy();
-    const flag = new Int32Array(shared);
+    if (Atomics.load(flag, 0) === 2) worker.postMessage('close');
     Atomics.store(flag, 0, 1);
     Atomics.notify(flag, 0);
     const exited = once(worker, 'exit');
@@ -222,7 +231,7 @@ export async function startBlackHole(): Promise<{ readonly port: number; close()
     // Fill the accept queue (a bounded number of tries), then prove a connect hangs.
     for (let i = 0; i < 8; i++) {
       const outcome = await attempt();
-      if (outcome === 'hung') return { port, close };
+      if (outcome === 'hung') return { port, open, close };
       if (outcome === 'failed') throw new Error('black hole: a connect failed instead of hanging');
     }
     throw new Error('black hole: the accept queue never filled, connects still complete');

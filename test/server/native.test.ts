@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { CloseReason, ServerOptions, SessionRecord } from '../../src/index.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer, startTcpServer } from '../helpers/server.js';
@@ -699,6 +700,36 @@ describe('native handshakes: connect timeout', () => {
       assert.deepEqual(node!.counters, UNTOUCHED);
       assert.deepEqual(comparable(native!.record), comparable(node!.record));
     } finally {
+      await hole.close();
+    }
+  });
+});
+
+describe('native handshakes: a connect that completes later', () => {
+  test('the destination answers only after a SYN retransmission: CONNECT succeeds and bytes flow', opts, async () => {
+    // The relay thread's connect does not complete inside connect() here, so
+    // the destination's socket is watched for EPOLLOUT, then re-armed for input.
+    const hole = await startBlackHole();
+    const proxy = await startEngineProxy('native', { timeouts: { connect: 10_000 } });
+    try {
+      const before = nativeCounters();
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
+      assert.equal((await client.read(2)).toString('hex'), '0500');
+      await delay(100); // the SYN is dropped by the full accept queue
+      hole.open();
+      const reply = await client.read(10);
+      assert.equal(reply[1], 0x00, 'succeeded');
+      client.write(Buffer.from('ping after a late connect'));
+      assert.equal((await client.read(25)).toString(), 'ping after a late connect');
+      client.socket.end();
+      await client.readToEnd();
+      const record = await recordOf(proxy, client.localPort);
+      assert.equal(record.reason, 'client-closed');
+      assert.equal(record.bytesUp, 25);
+      assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    } finally {
+      await proxy.close();
       await hole.close();
     }
   });
