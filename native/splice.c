@@ -170,6 +170,7 @@ typedef struct listener listener_t;
 static listener_t *paused_listeners;
 static void resume_listeners(int64_t now);
 #define ACCEPT_PAUSE_MS 100
+#define ACCEPT_FAILED_EVERY_MS 1000
 
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -720,7 +721,7 @@ enum { PHASE_RELAY = 0, PHASE_GREETING, PHASE_AUTH, PHASE_AUTH_WAIT, PHASE_REQUE
 /* Where JavaScript's session picks a handed-over connection up. */
 enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3 };
 /* Messages to JavaScript. */
-enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5 };
+enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6 };
 /* Messages nobody waits for (a session opened or ended) are posted together
  * at most this late, so a short session does not wake the main thread twice
  * while the relay thread is busy with the next handshake on the same core. */
@@ -847,6 +848,9 @@ struct listener {
   int refs;       /* the relay thread until it buries it, JavaScript until MSG_LISTENER_CLOSED */
   int64_t paused_until; /* out of descriptors and nothing to shed with: not watched until then */
   struct listener *next_paused;
+  /* Accepts that failed for want of descriptors since the last MSG_ACCEPT_FAILED, and when that was. */
+  int failed_shed, failed_paused, failed_errno;
+  int64_t failed_told;
 };
 
 static void listener_unref(listener_t *l) {
@@ -1548,6 +1552,31 @@ static void resume_listeners(int64_t now) {
  * waiting raises the next epoll_wait at once, and a lone connection (the
  * common case under light load) costs no accept4 that says EAGAIN.
  */
+/*
+ * accept() found no descriptor free: shed the connection with the spare, or
+ * pause the listener. JavaScript is told at most once a second per listener,
+ * with how many connections were shed and how often the listener paused
+ * since it was last told (it logs a listener error, as Node's listeners do).
+ */
+static void out_of_descriptors(listener_t *l, int err) {
+  if (shed_one(l)) l->failed_shed++;
+  else {
+    pause_listener(l);
+    l->failed_paused++;
+  }
+  l->failed_errno = err;
+  int64_t now = now_ms();
+  if (now - l->failed_told < ACCEPT_FAILED_EVERY_MS) return;
+  l->failed_told = now;
+  message_t *m = message(MSG_ACCEPT_FAILED, NULL, NULL, 0);
+  m->n[0] = l->tag;
+  m->n[1] = l->failed_errno;
+  m->n[2] = l->failed_shed;
+  m->n[3] = l->failed_paused;
+  post(m);
+  l->failed_shed = l->failed_paused = 0;
+}
+
 static void native_accept(watch_t *w) {
   listener_t *l = (listener_t *)w;
   for (int i = 0; i < ACCEPT_BATCH; i++) {
@@ -1561,7 +1590,7 @@ static void native_accept(watch_t *w) {
     }
     int fd = accept4(l->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     int err = errno;
-    if (fd < 0 && (err == EMFILE || err == ENFILE) && !shed_one(l)) pause_listener(l);
+    if (fd < 0 && (err == EMFILE || err == ENFILE)) out_of_descriptors(l, err);
     settings_t *settings = l->settings; /* configure() swaps it under the lock */
     int allowed = fd >= 0 && client_allowed(settings, &addr);
     if (fd >= 0) __atomic_add_fetch(&settings->refs, 1, __ATOMIC_ACQ_REL);

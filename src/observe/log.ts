@@ -106,8 +106,10 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     if (fast) stream.write(sessionLine(log.levels.values[level]!, chindings(log), record, msg));
     else log[level]({ event: 'session', ...record }, msg);
   };
-  const onListenerError = ({ listener, error }: { listener: string; error: Error }) =>
+  const onListenerError = ({ listener, error }: { listener: string; error: Error }) => {
     log.error({ event: 'listener-error', listener, err: error.message }, `listener ${listener}: ${error.message}`);
+    log.flush(); // rare, and an operator wants it now (at most one a second from the native listeners)
+  };
   const onDraining = ({ sessions, graceMs }: { sessions: number; graceMs: number }) => {
     log.info({ event: 'draining', sessions, graceMs }, `stopping: ${sessions} sessions may drain for ${graceMs} ms`);
     log.flush();

@@ -30,6 +30,7 @@ const enum Message {
   HAND_OVER = 3,
   END = 4,
   LISTENER_CLOSED = 5,
+  ACCEPT_FAILED = 6,
 }
 
 const RESUME_PHASES = ['version', 'auth', 'request'] as const;
@@ -55,6 +56,8 @@ export interface NativeOwner {
   opened(session: NativeSession): void;
   /** The session left the native path: go on with `socket` from `resume`; null: clients.allow refused it. */
   handedOver(session: NativeSession, socket: Socket, resume: SessionResume | null): void;
+  /** The relay thread could not accept for want of descriptors (told at most once a second). */
+  acceptFailed(error: Error): void;
 }
 
 /** A listener whose connections the relay thread accepts. */
@@ -201,6 +204,12 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     state.owners.delete(n0);
     state.closing.get(n0)?.();
     state.closing.delete(n0);
+    return;
+  }
+  if (type === Message.ACCEPT_FAILED) {
+    const counted = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+    const since = `${counted(n2, 'connection')} closed unserved, ${counted(n3, 'pause')} of 100 ms since the last report`;
+    state.owners.get(n0)?.owner.acceptFailed(errnoError('accept', n1, `(out of descriptors: ${since})`));
     return;
   }
   if (type === Message.OPEN) {

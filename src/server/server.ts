@@ -317,6 +317,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
         }
       },
       handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
+      acceptFailed: (error) => this.emit('listener-error', { listener: slot.ctx.listener, error }),
     };
     slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow));
     if (slot.native) server.close();

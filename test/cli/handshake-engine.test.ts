@@ -120,6 +120,10 @@ describe('handshake engine', () => {
 
       const shed = await RawClient.connect(port);
       assert.ok(['end', 'reset'].includes(await shed.ended), 'accepted with the spare descriptor and closed, not left waiting');
+      const failed = await daemon.waitFor((l) => l.event === 'listener-error', 'a listener-error line');
+      assert.equal(failed.level, 50);
+      assert.equal(failed.listener, `127.0.0.1:${port}`);
+      assert.equal(failed.err, 'accept EMFILE (out of descriptors: 1 connection closed unserved, 0 pauses of 100 ms since the last report)');
 
       for (const client of idle) client.socket.destroy();
       await setSoftLimit(pid, 20_000);
@@ -149,6 +153,10 @@ describe('handshake engine', () => {
       await delay(1000);
       // A level-triggered listener accept cannot clear would burn the whole second.
       assert.ok(cpuSeconds(pid) - before < 0.5, `the daemon used ${cpuSeconds(pid) - before} s of CPU in 1 s`);
+      // Told once, not once per pause: further failures wait for the next report, a second later.
+      const first = await daemon.waitFor((l) => l.event === 'listener-error', 'a listener-error line');
+      assert.ok(daemon.logs.filter((l) => l.event === 'listener-error').length <= 2, daemon.describe());
+      assert.match(String(first.err), /^accept EMFILE \(out of descriptors: 0 connections closed unserved, 1 pause of 100 ms since the last report\)$/);
 
       await setSoftLimit(pid, 20_000);
       assert.deepEqual(await waiting.read(2), hex('05 00'), 'served once descriptors are back');
