@@ -109,3 +109,15 @@ export async function closedPort(): Promise<number> {
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
 }
+
+/** Everything `socket` receives until its peer's FIN; then ends it in turn. */
+export function receiveAll(socket: Socket): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => {
+      resolve(Buffer.concat(chunks));
+      socket.end();
+    });
+  });
+}

@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { test } from 'node:test';
 import { attachLogger, createLogger } from '../../src/index.js';
 import fc from 'fast-check';
@@ -110,9 +110,8 @@ test('an access line is what pino writes for the same record, byte for byte, for
   }), { numRuns: 300 });
 });
 
-test('an access line carries a child logger\'s bindings where pino puts them (the CLI\'s workers add their pid)', async () => {
-  const { out, lines } = capture();
-  const log = createLogger({ level: 'info', format: 'json', destination: out }).child({ pid: 4242 });
+/** The access line a logger writes for a session refused at its greeting. */
+async function refusedSessionLine(log: Logger, lines: string[]): Promise<string> {
   const proxy = await startProxy();
   attachLogger(proxy.server, log);
   try {
@@ -123,30 +122,23 @@ test('an access line carries a child logger\'s bindings where pino puts them (th
     await new Promise((resolve) => setImmediate(resolve));
     const line = lines.find((l) => l.includes('"event":"session"'));
     assert.ok(line, lines.join('\n'));
-    assert.match(line, /^\{"level":40,"time":"[^"]+","pid":4242,"event":"session","id":\d+,/);
-    assert.equal(JSON.parse(line).reason, 'protocol-error');
+    return line;
   } finally {
     await proxy.close();
   }
+}
+
+test('an access line carries a child logger\'s bindings where pino puts them (the CLI\'s workers add their pid)', async () => {
+  const { out, lines } = capture();
+  const line = await refusedSessionLine(createLogger({ level: 'info', format: 'json', destination: out }).child({ pid: 4242 }), lines);
+  assert.match(line, /^\{"level":40,"time":"[^"]+","pid":4242,"event":"session","id":\d+,/);
+  assert.equal(JSON.parse(line).reason, 'protocol-error');
 });
 
 test('a logger from elsewhere keeps its own serializers for access lines (only createLogger\'s loggers take the fast path)', async () => {
   const { out, lines } = capture();
-  const log = pino({ base: undefined, serializers: { clientAddress: () => 'hidden' } }, out);
-  const proxy = await startProxy();
-  attachLogger(proxy.server, log);
-  try {
-    const client = await RawClient.connect(proxy.port);
-    client.write(hex('05 00'));
-    await client.readToEnd();
-    await proxy.record();
-    await new Promise((resolve) => setImmediate(resolve));
-    const line = lines.find((l) => l.includes('"event":"session"'));
-    assert.ok(line, lines.join('\n'));
-    assert.equal(JSON.parse(line).clientAddress, 'hidden');
-  } finally {
-    await proxy.close();
-  }
+  const line = await refusedSessionLine(pino({ base: undefined, serializers: { clientAddress: () => 'hidden' } }, out), lines);
+  assert.equal(JSON.parse(line).clientAddress, 'hidden');
 });
 
 test('stdout batching: synchronous 16–64 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {

@@ -16,7 +16,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { spliceStats } from '../../src/relay/splice.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
-import { startProxy, startTcpServer } from '../helpers/server.js';
+import { receiveAll, startProxy, startTcpServer } from '../helpers/server.js';
 
 if (process.env.SOCKSGATE_SMALL_BUFFERS === '1') await main();
 
@@ -27,14 +27,7 @@ async function main(): Promise<void> {
   const target = await startTcpServer((socket) => {
     atTarget = socket;
     socket.pause(); // reads nothing until the client is held back
-    received = new Promise((resolve) => {
-      const chunks: Buffer[] = [];
-      socket.on('data', (c: Buffer) => chunks.push(c));
-      socket.on('end', () => {
-        resolve(Buffer.concat(chunks));
-        socket.end();
-      });
-    });
+    received = receiveAll(socket);
   });
   const client = await RawClient.connect(proxy.port);
   client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));

@@ -15,7 +15,7 @@ import { type Socket, connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { spliceStats, spliceUnavailable } from '../../src/relay/splice.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
-import { type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
+import { type RunningProxy, receiveAll, startProxy, startTcpServer } from '../helpers/server.js';
 
 const MB = 1024 * 1024;
 const PYTHON = '/usr/bin/python3';
@@ -73,14 +73,7 @@ describe('splice handover', () => {
     let received: Promise<Buffer> = Promise.reject(new Error('no connection'));
     received.catch(() => {});
     const target = await startTcpServer((socket) => {
-      received = new Promise((resolve) => {
-        const chunks: Buffer[] = [];
-        socket.on('data', (c: Buffer) => chunks.push(c));
-        socket.on('end', () => {
-          resolve(Buffer.concat(chunks));
-          socket.end();
-        });
-      });
+      received = receiveAll(socket);
     });
     try {
       const client = await open(proxy, target.port, early);
