@@ -70,7 +70,8 @@ describe('relay engine', () => {
       const client = await RawClient.connect(port);
       client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
       assert.equal((await client.read(12))[3], 0x00, 'CONNECT succeeded');
-      client.write(Buffer.from('hello')); // the first bytes need a pipe
+      // Bulk bytes need a pipe (a read under 4 KiB would be copied without one).
+      client.write(Buffer.alloc(256 * 1024, 7));
       assert.equal(await client.ended, 'reset');
       const session = await daemon.waitFor((l) => l.event === 'session', 'the access line');
       assert.equal(session.reason, 'relay-error');
