@@ -291,6 +291,7 @@ static int copy_small(pair_t *p, int side, int short_read_ends) {
     if (p->first_eof < 0) p->first_eof = side;
     return 0;
   }
+  bytes_copied += (uint64_t)n; /* before the send: whoever gets the bytes sees them counted */
   ssize_t sent;
   do sent = send(p->fd[1 - side], buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL); while (sent < 0 && errno == EINTR);
   if (sent < 0 && errno != EAGAIN) {
@@ -299,7 +300,6 @@ static int copy_small(pair_t *p, int side, int short_read_ends) {
   }
   if (sent < 0) sent = 0;
   f->bytes += (uint64_t)sent;
-  bytes_copied += (uint64_t)n;
   if (sent < n) {
     /* An empty pipe holds at least a page, even at the per-user pipe limit. */
     if (f->pipe_r < 0 && acquire_pipe(f) < 0) {
