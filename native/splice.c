@@ -169,6 +169,10 @@ typedef struct listener listener_t;
  * under pairs_lock): watched again once their pause is over. */
 static listener_t *paused_listeners;
 static void resume_listeners(int64_t now);
+/* Listeners (relay thread only) with accept failures counted but not yet told. */
+static listener_t *failing_listeners;
+static int failures_timeout(void);
+static void tell_due_failures(int64_t now, listener_t *closing);
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_FAILED_EVERY_MS 1000
 
@@ -477,6 +481,8 @@ static void *relay_thread(void *unused) {
     pthread_mutex_unlock(&pairs_lock);
     int due = flush_timeout();
     if (paused_listeners && (due < 0 || due > ACCEPT_PAUSE_MS)) due = ACCEPT_PAUSE_MS;
+    int failures_due = failing_listeners ? failures_timeout() : -1;
+    if (failures_due >= 0 && (due < 0 || due > failures_due)) due = failures_due;
     int n = epoll_wait(epoll_fd, events, MAX_EVENTS, due >= 0 && (timeout < 0 || due < timeout) ? due : timeout);
     for (int i = 0; i < n; i++) {
       if (events[i].data.ptr == &wake_token) {
@@ -494,6 +500,7 @@ static void *relay_thread(void *unused) {
         next_idle_scan = now + timeout;
       }
     }
+    if (failing_listeners) tell_due_failures(now_ms(), NULL);
     flush_messages(now_ms());
     if (paused_listeners) resume_listeners(now_ms());
     bury_ended();
@@ -851,6 +858,8 @@ struct listener {
   /* Accepts that failed for want of descriptors since the last MSG_ACCEPT_FAILED, and when that was. */
   int failed_shed, failed_paused, failed_errno;
   int64_t failed_told;
+  int failing; /* in failing_listeners: failures wait to be told */
+  struct listener *next_failing;
 };
 
 static void listener_unref(listener_t *l) {
@@ -1552,11 +1561,25 @@ static void resume_listeners(int64_t now) {
  * waiting raises the next epoll_wait at once, and a lone connection (the
  * common case under light load) costs no accept4 that says EAGAIN.
  */
+/* Tells JavaScript of the listener's accept failures counted since it was last told. */
+static void tell_failures(listener_t *l, int64_t now) {
+  l->failed_told = now;
+  if (l->failed_shed == 0 && l->failed_paused == 0) return;
+  message_t *m = message(MSG_ACCEPT_FAILED, NULL, NULL, 0);
+  m->n[0] = l->tag;
+  m->n[1] = l->failed_errno;
+  m->n[2] = l->failed_shed;
+  m->n[3] = l->failed_paused;
+  post(m);
+  l->failed_shed = l->failed_paused = 0;
+}
+
 /*
  * accept() found no descriptor free: shed the connection with the spare, or
  * pause the listener. JavaScript is told at most once a second per listener,
  * with how many connections were shed and how often the listener paused
- * since it was last told (it logs a listener error, as Node's listeners do).
+ * since it was last told (it logs a listener error, as Node's listeners do);
+ * failures inside that second are told when it is over.
  */
 static void out_of_descriptors(listener_t *l, int err) {
   if (shed_one(l)) l->failed_shed++;
@@ -1566,15 +1589,36 @@ static void out_of_descriptors(listener_t *l, int err) {
   }
   l->failed_errno = err;
   int64_t now = now_ms();
-  if (now - l->failed_told < ACCEPT_FAILED_EVERY_MS) return;
-  l->failed_told = now;
-  message_t *m = message(MSG_ACCEPT_FAILED, NULL, NULL, 0);
-  m->n[0] = l->tag;
-  m->n[1] = l->failed_errno;
-  m->n[2] = l->failed_shed;
-  m->n[3] = l->failed_paused;
-  post(m);
-  l->failed_shed = l->failed_paused = 0;
+  if (now - l->failed_told >= ACCEPT_FAILED_EVERY_MS) tell_failures(l, now);
+  else if (!l->failing) {
+    l->failing = 1;
+    l->next_failing = failing_listeners;
+    failing_listeners = l;
+  }
+}
+
+/* How long epoll_wait may sleep before a listener's failures are due to be told (-1: none wait). */
+static int failures_timeout(void) {
+  int64_t now = now_ms(), soonest = -1;
+  for (listener_t *l = failing_listeners; l; l = l->next_failing) {
+    int64_t left = l->failed_told + ACCEPT_FAILED_EVERY_MS - now;
+    if (soonest < 0 || left < soonest) soonest = left > 0 ? left : 0;
+  }
+  return (int)soonest;
+}
+
+/* Tells the failures whose second is over; `closing` (may be NULL) is told now and leaves the list. */
+static void tell_due_failures(int64_t now, listener_t *closing) {
+  for (listener_t **at = &failing_listeners; *at;) {
+    listener_t *l = *at;
+    if (l != closing && now - l->failed_told < ACCEPT_FAILED_EVERY_MS) {
+      at = &l->next_failing;
+      continue;
+    }
+    *at = l->next_failing;
+    l->failing = 0;
+    tell_failures(l, now);
+  }
 }
 
 static void native_accept(watch_t *w) {
@@ -1615,6 +1659,7 @@ static void forget_listener(void *listener) {
     }
   }
   pthread_mutex_unlock(&pairs_lock);
+  if (l->failing) tell_due_failures(now_ms(), l); /* its last failures, before it is gone */
   message_t *m = message(MSG_LISTENER_CLOSED, NULL, NULL, 0);
   m->n[0] = l->tag;
   m->listener = l;

@@ -124,6 +124,13 @@ describe('handshake engine', () => {
       assert.equal(failed.level, 50);
       assert.equal(failed.listener, `127.0.0.1:${port}`);
       assert.equal(failed.err, 'accept EMFILE (out of descriptors: 1 connection closed unserved, 0 pauses of 100 ms since the last report)');
+      // Two more inside the same second: told together once the second is over, with no further failure to prompt it.
+      for (let i = 0; i < 2; i++) {
+        const more = await RawClient.connect(port);
+        assert.ok(['end', 'reset'].includes(await more.ended));
+      }
+      const later = await daemon.waitFor((l) => l.event === 'listener-error' && /: 2 connections/.test(String(l.err)), 'the second listener-error line');
+      assert.equal(later.err, 'accept EMFILE (out of descriptors: 2 connections closed unserved, 0 pauses of 100 ms since the last report)');
 
       for (const client of idle) client.socket.destroy();
       await setSoftLimit(pid, 20_000);
