@@ -1556,11 +1556,6 @@ static void resume_listeners(int64_t now) {
   pthread_mutex_unlock(&pairs_lock);
 }
 
-/*
- * One connection per event: the listener is level-triggered, so another one
- * waiting raises the next epoll_wait at once, and a lone connection (the
- * common case under light load) costs no accept4 that says EAGAIN.
- */
 /* Tells JavaScript of the listener's accept failures counted since it was last told. */
 static void tell_failures(listener_t *l, int64_t now) {
   l->failed_told = now;
@@ -1621,6 +1616,11 @@ static void tell_due_failures(int64_t now, listener_t *closing) {
   }
 }
 
+/*
+ * One connection per event: the listener is level-triggered, so another one
+ * waiting raises the next epoll_wait at once, and a lone connection (the
+ * common case under light load) costs no accept4 that says EAGAIN.
+ */
 static void native_accept(watch_t *w) {
   listener_t *l = (listener_t *)w;
   for (int i = 0; i < ACCEPT_BATCH; i++) {
