@@ -56,7 +56,7 @@ enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_L
  * third that only says EAGAIN. A read shorter than the buffer proves the
  * socket empty (later bytes raise a new edge), and copying a few bytes costs
  * less than splicing pages. A read that fills the buffer marks the flow bulk,
- * and it splices until a turn moves less than the buffer again. Not above a
+ * and it splices until the socket runs dry after less than the buffer. Not above a
  * page: a pipe always has room for that much (see copy_small).
  */
 #define SMALL_READ 4096
@@ -384,7 +384,9 @@ static int pump(pair_t *p, int side, int short_read_ends) {
     moved = 1;
   }
   if (moved) p->last_active = now_ms();
-  if (f->bulk && spliced_in < SMALL_READ) f->bulk = 0; /* a small turn: back to copying */
+  /* The socket ran dry after less than SMALL_READ: back to copying. A turn cut
+   * short by a full pipe (the destination is slow) says nothing of the sender. */
+  if (f->bulk && drained && spliced_in < SMALL_READ) f->bulk = 0;
   if (f->in_pipe == 0) {
     release_pipe(f);
     if (f->eof && !f->shut) {
