@@ -30,10 +30,10 @@ export function createLogger(options: LoggerOptions): Logger {
 }
 
 /**
- * The streams of loggers made here for JSON lines, with no serializers,
- * formatters or mixins: session lines for them are written by
- * `sessionLine()`, which gives the same line as pino in half the time. Child
- * loggers share their parent's stream (the CLI's workers add their pid).
+ * The streams of loggers made here for JSON lines: session lines for them are
+ * written by `sessionLine()`, which gives the same line as pino in half the
+ * time. Child loggers share their parent's stream (the CLI's workers add
+ * their pid).
  */
 const plainJsonStreams = new WeakSet<object>();
 
@@ -42,8 +42,28 @@ function plainJson(log: Logger): Logger {
   return log;
 }
 
+type PinoInternals = Record<symbol, unknown>;
+
 function streamOf(log: Logger): { write(line: string): unknown } {
-  return (log as unknown as Record<symbol, { write(line: string): unknown }>)[pino.symbols.streamSym]!;
+  return (log as unknown as PinoInternals)[pino.symbols.streamSym] as { write(line: string): unknown };
+}
+
+/**
+ * Whether pino would write a session line for `log` exactly as sessionLine()
+ * does: a logger made here, or a child of one that added only bindings. A
+ * child's own serializers, redaction, log formatter, mixin or message prefix
+ * (none of which createLogger sets) keep it on pino's path.
+ */
+function writesPlainLines(log: Logger): boolean {
+  const own = log as unknown as PinoInternals;
+  // msgPrefixSym is in pino.symbols but not in its type declarations
+  const { serializersSym, stringifiersSym, formattersSym, mixinSym, msgPrefixSym } = pino.symbols as typeof pino.symbols & { readonly msgPrefixSym: symbol };
+  return plainJsonStreams.has(streamOf(log))
+    && Object.keys(own[serializersSym] as object).every((key) => key === 'err')
+    && Object.keys(own[stringifiersSym] as object).length === 0
+    && (own[formattersSym] as { log?: unknown }).log === undefined
+    && own[mixinSym] === undefined
+    && own[msgPrefixSym] === undefined;
 }
 
 /** POSIX: a write of at most this many bytes to a pipe is never interleaved with another's. */
@@ -93,7 +113,7 @@ const WARN_REASONS: ReadonlySet<CloseReason> = new Set([
 /** Subscribes the logger to a server's events. Returns a function that unsubscribes. */
 export function attachLogger(server: SocksServer, log: Logger): () => void {
   const stream = streamOf(log);
-  const fast = plainJsonStreams.has(stream);
+  const fast = writesPlainLines(log);
   const onListening = (info: ListenerInfo) => {
     const listener = formatDestination({ host: info.address, port: info.port });
     log.info({ event: 'listening', listener, socks4: info.socks4 }, `listening on ${listener}`);

@@ -123,6 +123,21 @@ test('a logger from elsewhere keeps its own serializers for access lines (only c
   assert.equal(JSON.parse(line).clientAddress, 'hidden');
 });
 
+test('a child of createLogger\'s logger that redacts, serializes or prefixes its own way keeps that on access lines', async (t) => {
+  const children: Array<[string, (l: Logger) => Logger, (line: Record<string, unknown>) => void]> = [
+    ['redact', (l) => l.child({}, { redact: ['user', 'clientAddress'] }), (line) => assert.equal(line.clientAddress, '[Redacted]')],
+    ['serializers', (l) => l.child({}, { serializers: { clientAddress: () => 'hidden' } }), (line) => assert.equal(line.clientAddress, 'hidden')],
+    ['msgPrefix', (l) => l.child({}, { msgPrefix: 'edge: ' }), (line) => assert.match(String(line.msg), /^edge: session /)],
+  ];
+  for (const [what, child, check] of children) {
+    await t.test(what, async () => {
+      const { out, lines } = capture();
+      const line = await refusedSessionLine(child(createLogger({ level: 'info', format: 'json', destination: out })), lines);
+      check(JSON.parse(line) as Record<string, unknown>);
+    });
+  }
+});
+
 test('stdout batching: synchronous 16–64 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {
   const dir = mkdtempSync(join(tmpdir(), 'socksgate-log-'));
   const fd = openSync(join(dir, 'out.log'), 'w');
