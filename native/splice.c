@@ -1917,6 +1917,61 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * bindReusePort(address, port, backlog) -> [fd, port], or [-errno, 0]: a TCP
+ * socket of this process's own on address:port with SO_REUSEPORT, so that
+ * several processes (the CLI's workers) each accept on one port and the
+ * kernel spreads connections among them by their addresses, with no wake-up
+ * of every process per connection as one shared socket would cost. Listening
+ * when backlog >= 0; otherwise only bound, which holds the port (and turns
+ * port 0 into a real one) for the processes that bind it after. SO_REUSEADDR
+ * as libuv sets it; an IPv6 wildcard takes IPv4 too, as Node's listeners do.
+ * Only a process of the same user may join a SO_REUSEPORT port.
+ */
+static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
+  size_t argc = 3, len;
+  napi_value argv[3], result, item;
+  char text[INET6_ADDRSTRLEN];
+  int32_t port, backlog;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_string_utf8(env, argv[0], text, sizeof text, &len));
+  CHECK(napi_get_value_int32(env, argv[1], &port));
+  CHECK(napi_get_value_int32(env, argv[2], &backlog));
+  struct sockaddr_storage addr = {0};
+  socklen_t addr_len;
+  struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
+  if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons((uint16_t)port);
+    addr_len = sizeof *v4;
+  } else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons((uint16_t)port);
+    addr_len = sizeof *v6;
+  } else {
+    napi_throw_error(env, NULL, "not an IP address");
+    return NULL;
+  }
+  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, zero = 0, err = 0;
+  if (fd < 0) err = errno;
+  else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0
+           || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0
+           || (addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
+           || bind(fd, (struct sockaddr *)&addr, addr_len) < 0
+           || (backlog >= 0 && listen(fd, backlog) < 0)
+           || getsockname(fd, (struct sockaddr *)&addr, &addr_len) < 0)
+    err = errno;
+  if (err != 0 && fd >= 0) close(fd);
+  int bound = addr.ss_family == AF_INET ? ntohs(v4->sin_port) : ntohs(v6->sin6_port);
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_create_int32(env, err != 0 ? -err : fd, &item));
+  CHECK(napi_set_element(env, result, 0, item));
+  CHECK(napi_create_int32(env, err != 0 ? 0 : bound, &item));
+  CHECK(napi_set_element(env, result, 1, item));
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
@@ -1930,6 +1985,7 @@ NAPI_MODULE_INIT() {
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
       {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
+      {"bindReusePort", NULL, js_bind_reuse_port, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

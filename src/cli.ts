@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import type { SocksServer } from './server/server.js';
-import { isWorker, runPrimary } from './workers.js';
+import { isWorker, reservedPorts, runPrimary, tellPrimaryListening, workerPortsEnv } from './workers.js';
 
 // SIGHUP asks a daemon to reload; its default action would kill it. Catch it
 // before the heavy modules load (a fifth of a second): one that arrives
@@ -24,7 +24,7 @@ const [
   { configJsonSchema, workerCount },
   { UsersFileError },
   { attachLogger, createLogger },
-  { ListenError, RelayEngineError, createServer },
+  { ListenError, RelayEngineError, createServer, reservePorts },
   { runPasswd },
 ] = await Promise.all([
   import('./config/load.js'),
@@ -96,7 +96,17 @@ async function main(argv: string[]): Promise<number> {
   const workers = workerCount(server.config, availableParallelism());
   if (workers > 1 && !isWorker()) {
     process.off('SIGHUP', earlyHup); // the primary forwards SIGHUP to its workers
-    return runPrimary({ workers, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
+    let env: Record<string, string> | undefined;
+    // Native handshakes: every worker accepts on a SO_REUSEPORT socket of its own (workers.ts).
+    if (server.handshakeEngine === 'native') {
+      try {
+        env = workerPortsEnv(reservePorts(server.config.listen));
+      } catch (err) {
+        if (err instanceof ListenError) return fail(err.message, 1);
+        throw err;
+      }
+    }
+    return runPrimary({ workers, env, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
   }
   const running = run(server, server.config, flags);
   process.off('SIGHUP', earlyHup); // run() has its own handler now
@@ -166,11 +176,13 @@ async function run(server: SocksServer, config: Config, flags: Flags): Promise<n
   process.on('SIGHUP', reload);
 
   try {
-    await server.listen();
+    const ports = reservedPorts();
+    await server.listen(ports ? { reusePort: { ports } } : {});
   } catch (err) {
     if (err instanceof ListenError) return fail(err.message, 1);
     throw err;
   }
+  if (isWorker()) tellPrimaryListening();
   const relay = server.relayEngine;
   const handshakes = server.handshakeEngine;
   // A worker's logger already carries its pid.

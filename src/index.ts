@@ -8,8 +8,8 @@
  * await server.listen();
  * ```
  */
-export { createServer, SocksServer, ListenError, RelayEngineError } from './server/server.js';
-export type { ServerOptions, ServerDependencies, ReloadResult, SocksServerEvents, HandshakeEngine } from './server/server.js';
+export { createServer, SocksServer, ListenError, RelayEngineError, reservePorts } from './server/server.js';
+export type { ServerOptions, ServerDependencies, ReloadResult, SocksServerEvents, HandshakeEngine, ListenOptions } from './server/server.js';
 export type { RelayEngine } from './relay/tcp.js';
 export { compileRules, DEFAULT_DENY, RuleSet } from './policy/rules.js';
 export type { RuleRequest, RuleDecision, RuleCommand } from './policy/rules.js';

@@ -1,6 +1,10 @@
 /**
- * Several event loops on one port: the primary process forks workers (Node's
- * cluster shares each listening socket among them) and only supervises. A
+ * Several event loops on one port: the primary process forks workers and only
+ * supervises. With native handshakes the primary reserves each port (a
+ * SO_REUSEPORT socket, bound, not listening) and every worker listens on a
+ * SO_REUSEPORT socket of its own, accepted on by its addon: the kernel
+ * spreads connections among the workers. Otherwise Node's cluster shares each
+ * listening socket (the primary accepts and hands connections round). A
  * signal to the primary is passed to every worker, each drains its own
  * sessions, and the primary exits when all have: 0 if every worker stopped
  * cleanly. A worker that dies unexpectedly is replaced, at most once a second;
@@ -16,6 +20,8 @@ export interface PrimaryOptions {
   readonly workers: number;
   /** One line for the operator, e.g. to stderr. */
   readonly say: (line: string) => void;
+  /** Environment added to each worker's (e.g. workerPortsEnv's). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 export function runPrimary(options: PrimaryOptions): Promise<number> {
@@ -33,10 +39,11 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     const reloadWhenReady = new Set<Worker>();
 
     const fork = () => {
-      const worker = cluster.fork();
+      const worker = cluster.fork(options.env);
       live.add(worker);
       let listened = false;
-      worker.once('listening', () => {
+      worker.on('message', (message: unknown) => {
+        if (listened || (message as { socksgate?: unknown } | null)?.socksgate !== LISTENING) return;
         listened = true;
         failedStarts = 0;
         listening++;
@@ -106,4 +113,26 @@ const MAX_RETRY_MS = 60_000;
 
 export function isWorker(): boolean {
   return cluster.isWorker;
+}
+
+/** What a worker sends the primary once all its listeners are bound. */
+const LISTENING = 'listening';
+
+/** In a worker: tells the primary that this worker serves now. */
+export function tellPrimaryListening(): void {
+  process.send?.({ socksgate: LISTENING });
+}
+
+/** The environment variable carrying the reserved ports to the workers. */
+const PORTS_VARIABLE = 'SOCKSGATE_WORKER_PORTS';
+
+/** The environment that hands the workers the ports the primary reserved (in `listen` order). */
+export function workerPortsEnv(ports: readonly number[]): Record<string, string> {
+  return { [PORTS_VARIABLE]: ports.join(',') };
+}
+
+/** In a worker: the ports the primary reserved, or null when it reserved none (Node's cluster shares the ports). */
+export function reservedPorts(): number[] | null {
+  const text = isWorker() ? process.env[PORTS_VARIABLE] : undefined;
+  return text ? text.split(',').map(Number) : null;
 }

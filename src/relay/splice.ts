@@ -32,6 +32,8 @@ export interface Addon {
   pending(listener: object): number;
   /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
   siphash(key: Buffer, data: Buffer): Buffer;
+  /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */
+  bindReusePort(address: string, port: number, backlog: number): [number, number];
 }
 
 /** type, id, handle (open only), ten numbers, and the client's address (open) or the bytes concerned. */

@@ -122,6 +122,21 @@ function frontendOrNull(): Frontend | null {
 }
 
 /**
+ * A TCP socket of this process's own on address:port with SO_REUSEPORT
+ * (bindReusePort in native/splice.c): listening with `backlog`, or, when it
+ * is null, only bound, which holds the port for the processes that bind it
+ * after. Throws the system error (`listen EADDRINUSE`), or an Error when the
+ * addon is not loaded.
+ */
+export function bindReusePort(address: string, port: number, backlog: number | null): { fd: number; port: number } {
+  const addon = spliceAddon();
+  if (!addon) throw new Error('SO_REUSEPORT listeners need the splice addon');
+  const [fd, bound] = addon.bindReusePort(address, port, backlog ?? -1);
+  if (fd < 0) throw errnoError(backlog === null ? 'bind' : 'listen', -fd, formatDestination({ host: address, port }));
+  return { fd, port: bound };
+}
+
+/**
  * Takes over accepting on `fd` (a listening socket Node bound; the caller
  * then closes Node's handle, the socket stays open in the addon). Returns null
  * when the addon is not loaded.

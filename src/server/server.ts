@@ -4,7 +4,8 @@
  * (see observe/events.ts) and knows nothing of who listens to them.
  */
 import { EventEmitter } from 'node:events';
-import { BlockList, type Server as NetServer, type Socket, createServer as createNetServer } from 'node:net';
+import { closeSync } from 'node:fs';
+import { BlockList, type Server as NetServer, type Socket, createServer as createNetServer, isIP } from 'node:net';
 import { type Authenticator, UserStore, readUsersFile, storedSecret, type StoredSecret } from '../auth/users.js';
 import { validateConfig } from '../config/load.js';
 import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
@@ -15,7 +16,7 @@ import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
-import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, listenNatively } from './native.js';
+import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, bindReusePort, listenNatively } from './native.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
 
 /** Collaborators a library user (or a test) may replace. */
@@ -31,6 +32,20 @@ export interface ServerDependencies {
 }
 
 export type ServerOptions = ConfigInput & ServerDependencies;
+
+/** How `listen()` binds. */
+export interface ListenOptions {
+  /**
+   * For several processes serving the same port (the CLI's `--workers`):
+   * each listener gets a socket of this process's own with SO_REUSEPORT, and
+   * the kernel spreads new connections among the processes. `ports[i]`
+   * stands in for listener i's port when the configuration says 0 (the port
+   * the supervising process reserved, so that every worker binds the same).
+   * Only with native handshakes (the addon accepts on the socket); otherwise
+   * ignored, and Node binds as usual (in a cluster worker: through the primary).
+   */
+  readonly reusePort?: { readonly ports: readonly number[] };
+}
 
 /** A listener that could not be bound; the message is one line for operators. */
 export class ListenError extends Error {
@@ -149,8 +164,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   /**
    * Who runs handshakes: `handshake.engine` resolved against this machine.
-   * Under `--workers` the cluster primary accepts and hands each worker its
-   * connections, so there a worker's listeners stay on `node` once bound.
+   * In a cluster worker that binds through Node (not `listen({ reusePort })`)
+   * the primary accepts and hands each worker its connections, so there the
+   * listeners stay on `node` once bound.
    */
   get handshakeEngine(): HandshakeEngine {
     return this.#handshakeEngine;
@@ -222,11 +238,15 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
-  async listen(): Promise<ListenerInfo[]> {
+  async listen(options: ListenOptions = {}): Promise<ListenerInfo[]> {
     if (this.#state !== 'new') throw new Error(`server is ${this.#state}`);
     this.#state = 'listening';
+    const reusePorts = this.#handshakeEngine === 'native' ? options.reusePort?.ports : undefined;
     try {
-      for (const listener of this.config.listen) await this.#bind(listener);
+      for (const [i, listener] of this.config.listen.entries()) {
+        if (reusePorts) this.#bindReusable(listener, reusePorts[i] || listener.port);
+        else await this.#bind(listener);
+      }
     } catch (err) {
       await this.close({ graceMs: 0 });
       throw err;
@@ -286,10 +306,37 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     };
     const name = formatDestination({ host: info.address, port: info.port });
     server.on('error', (error) => this.emit('listener-error', { listener: name, error }));
-    const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener), native: null };
-    this.#listeners.push(slot);
+    const slot = this.#addListener(listener, name);
     server.on('connection', (socket) => this.#accept(socket, slot.ctx));
     if (this.#handshakeEngine === 'native') this.#acceptNatively(server, slot);
+    this.#listened(info);
+  }
+
+  /**
+   * A listener on a socket of this process's own with SO_REUSEPORT (see
+   * `ListenOptions.reusePort`), accepted on by the addon from the start: no
+   * Node handle, so no cluster primary in between.
+   */
+  #bindReusable(listener: ListenerConfig, port: number): void {
+    const { fd, port: bound } = reusableSocket(listener, port, listener.backlog);
+    const info: ListenerInfo = { address: listener.address, port: bound, family: isIP(listener.address) === 6 ? 'IPv6' : 'IPv4', socks4: listener.socks4 };
+    const slot = this.#addListener(listener, formatDestination({ host: info.address, port: info.port }));
+    try {
+      this.#listenNatively(fd, slot);
+    } finally {
+      closeSync(fd); // the addon accepts on a duplicate
+    }
+    if (!slot.native) throw new Error('the splice addon did not take the listener');
+    this.#listened(info);
+  }
+
+  #addListener(listener: ListenerConfig, name: string): ListenerSlot {
+    const slot: ListenerSlot = { config: listener, ctx: this.#sessionContext(name, listener), native: null };
+    this.#listeners.push(slot);
+    return slot;
+  }
+
+  #listened(info: ListenerInfo): void {
     this.#bound.push(info);
     this.emit('listening', info);
   }
@@ -305,6 +352,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       this.#handshakeEngine = 'node'; // a cluster worker's handle: the primary accepts
       return;
     }
+    this.#listenNatively(fd, slot);
+    if (slot.native) server.close();
+  }
+
+  #listenNatively(fd: number, slot: ListenerSlot): void {
     const owner: NativeOwner = {
       rememberCredentials: !this.#customAuthenticator,
       context: () => slot.ctx,
@@ -320,7 +372,6 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       acceptFailed: (error) => this.emit('listener-error', { listener: slot.ctx.listener, error }),
     };
     slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow));
-    if (slot.native) server.close();
   }
 
   /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
@@ -412,6 +463,26 @@ class ClientSlots {
     const count = (this.#counts.get(client) ?? 1) - 1;
     if (count <= 0) this.#counts.delete(client);
     else this.#counts.set(client, count);
+  }
+}
+
+/**
+ * For a supervisor of `listen({ reusePort })` workers: binds (without
+ * listening) a SO_REUSEPORT socket for each listener and keeps it open for
+ * the life of the process, so the port stays this user's while workers come
+ * and go, a port 0 becomes a real one every worker binds, and a port in use
+ * is reported once, before any worker starts. Returns the ports, in the
+ * order of `listen`; throws ListenError.
+ */
+export function reservePorts(listen: readonly Pick<ListenerConfig, 'address' | 'port'>[]): number[] {
+  return listen.map((listener) => reusableSocket(listener, listener.port, null).port);
+}
+
+function reusableSocket(listener: Pick<ListenerConfig, 'address'>, port: number, backlog: number | null): { fd: number; port: number } {
+  try {
+    return bindReusePort(listener.address, port, backlog);
+  } catch (err) {
+    throw new ListenError(listener.address, port, err as NodeJS.ErrnoException);
   }
 }
 

@@ -20,41 +20,57 @@ function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<v
   }), DEFAULT_TIMEOUT_MS, `${what}\n${daemon.describe()}`);
 }
 
+/** Opens sessions one after another until both `pids` served one (bounded); the pids that served. */
+async function serveUntilBoth(daemon: Daemon, port: number, targetPort: number, pids: ReadonlySet<unknown>): Promise<Set<unknown>> {
+  const servedBy = new Set<unknown>();
+  for (let i = 0; i < 200 && servedBy.size < pids.size; i++) {
+    const socket = await socksConnect(port, targetPort);
+    const clientPort = socket.localPort;
+    assert.equal(await echo(socket, `hello ${i}`), `hello ${i}`);
+    socket.end();
+    await once(socket, 'close');
+    const line = await daemon.waitFor((l) => l.event === 'session' && l.clientPort === clientPort, `the access line of session ${i + 1}`);
+    servedBy.add(line.pid);
+  }
+  return servedBy;
+}
+
 describe('socksgate --workers 2', () => {
-  it('serves from two processes, logs which one served, and stops both on SIGTERM with exit 0', async () => {
-    const target = await startEchoServer();
-    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
-    try {
-      const started = await Promise.all([0, 1].map((n) =>
-        daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length > n, `worker ${n + 1} started`)));
-      const workerPids = new Set(daemon.logs.filter((l) => l.event === 'started').map((l) => l.pid));
-      assert.equal(workerPids.size, 2, 'two worker processes');
-      assert.ok(started.every((l) => l.worker === true));
-      assert.ok(!workerPids.has(daemon.child.pid), 'the primary only supervises');
-      for (const raw of daemon.stdoutLines.filter((l) => l.includes('"event":"started"'))) {
-        assert.equal(raw.split('"pid":').length, 2, `one pid field: ${raw}`);
-      }
+  // Native handshakes (the default with the addon): each worker's addon accepts
+  // on a SO_REUSEPORT socket of its own. Node handshakes: the cluster primary
+  // accepts and hands connections round.
+  for (const [engine, args] of [['native', []], ['node', ['--handshake-engine', 'node']]] as const) {
+    it(`${engine} handshakes: serves from two processes on one port, logs which one served, and stops both on SIGTERM with exit 0`, async () => {
+      const target = await startEchoServer();
+      const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', ...args]);
+      try {
+        const started = await Promise.all([0, 1].map((n) =>
+          daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length > n, `worker ${n + 1} started`)));
+        const workerPids = new Set(daemon.logs.filter((l) => l.event === 'started').map((l) => l.pid));
+        assert.equal(workerPids.size, 2, 'two worker processes');
+        assert.ok(started.every((l) => l.worker === true));
+        assert.ok(started.every((l) => l.handshakes === engine), `each worker runs ${engine} handshakes`);
+        assert.ok(!workerPids.has(daemon.child.pid), 'the primary only supervises');
+        for (const raw of daemon.stdoutLines.filter((l) => l.includes('"event":"started"'))) {
+          assert.equal(raw.split('"pid":').length, 2, `one pid field: ${raw}`);
+        }
+        const listeners = daemon.logs.filter((l) => l.event === 'listening').map((l) => l.listener);
+        assert.deepEqual(listeners, [`127.0.0.1:${port}`, `127.0.0.1:${port}`], 'both workers on the one port');
 
-      for (let i = 0; i < 6; i++) {
-        const socket = await socksConnect(port, target.port);
-        assert.equal(await echo(socket, `hello ${i}`), `hello ${i}`);
-        socket.end();
-        await once(socket, 'close');
-      }
-      await daemon.waitFor(() => daemon.sessions().length === 6, 'six access lines');
-      const servedBy = new Set(daemon.sessions().map((l) => l.pid));
-      assert.equal(servedBy.size, 2, 'connections were shared between the workers');
-      for (const pid of servedBy) assert.ok(workerPids.has(pid));
+        const servedBy = await serveUntilBoth(daemon, port, target.port, workerPids);
+        assert.equal(servedBy.size, 2, 'connections were shared between the workers');
+        for (const pid of servedBy) assert.ok(workerPids.has(pid));
 
-      daemon.signal('SIGTERM');
-      const exit = await daemon.waitExit();
-      assert.deepEqual(exit, { code: 0, signal: null });
-      assert.equal(daemon.logs.filter((l) => l.event === 'stopped').length, 2, 'each worker drained and stopped');
-    } finally {
-      await daemon.kill();
-      await target.close();
-    }
-  });
+        daemon.signal('SIGTERM');
+        const exit = await daemon.waitExit();
+        assert.deepEqual(exit, { code: 0, signal: null });
+        assert.equal(daemon.logs.filter((l) => l.event === 'stopped').length, 2, 'each worker drained and stopped');
+      } finally {
+        await daemon.kill();
+        await target.close();
+      }
+    });
+  }
 
   it('a replacement worker that cannot start (config broken since) is retried with a growing delay; the other keeps serving', async () => {
     const target = await startEchoServer();
@@ -76,6 +92,9 @@ describe('socksgate --workers 2', () => {
       writeFileSync(config, good);
       const replacement = await daemon.waitFor((l) => l.event === 'started' && !pids.includes(Number(l.pid)), 'a replacement worker once the file is fixed');
       assert.equal(replacement.worker, true);
+      // It listens on the port the primary reserved, beside the surviving worker.
+      const servedBy = await serveUntilBoth(daemon, port, target.port, new Set([pids[1], Number(replacement.pid)]));
+      assert.ok(servedBy.has(Number(replacement.pid)), 'the replacement serves');
       daemon.signal('SIGTERM');
       assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
     } finally {

@@ -1,9 +1,12 @@
 /** Several listeners at once, IPv4 and IPv6, each with its own SOCKS4 switch. */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { test } from 'node:test';
 import { SocksClient } from 'socks';
-import { createServer, ListenError } from '../../src/index.js';
+import { createServer, ListenError, reservePorts } from '../../src/index.js';
+import { withTimeout } from '../cli/helpers.js';
 import { startEchoServer } from '../helpers/server.js';
+import { countersSince, nativeCounters } from './native-helpers.js';
 
 test('one server listens on 127.0.0.1 and ::1; SOCKS4 only where switched on', async () => {
   const echo = await startEchoServer();
@@ -48,5 +51,46 @@ test('when one listener cannot bind, listen() rejects with a one-line ListenErro
     assert.equal(second.addresses().length, 1, 'the first listener was bound before the failure');
   } finally {
     await first.close({ graceMs: 0 });
+  }
+});
+
+test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
+  const echo = await startEchoServer();
+  const listen = [{ address: '127.0.0.1', port: 0 }];
+  const [port] = reservePorts(listen);
+  assert.ok(port! > 0, 'port 0 became a real port');
+  const servers = [createServer({ listen }), createServer({ listen })];
+  const served = servers.map(() => 0);
+  servers.forEach((server, i) => server.on('session-close', () => { served[i]!++; }));
+  try {
+    for (const server of servers) {
+      assert.deepEqual((await server.listen({ reusePort: { ports: [port!] } })).map((b) => b.port), [port], 'the reserved port');
+      assert.equal(server.handshakeEngine, 'native');
+    }
+    const before = nativeCounters();
+    // The kernel picks a socket by the connection's addresses: bounded, and both are all but certain within a few.
+    for (let i = 0; i < 200 && served.some((n) => n === 0); i++) {
+      const { socket } = await SocksClient.createConnection({ proxy: { host: '127.0.0.1', port: port!, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+      socket.end('x');
+      await once(socket, 'close');
+      await withTimeout(new Promise<void>((resolve) => { const check = () => served.reduce((a, b) => a + b) > i ? resolve() : setTimeout(check, 5); check(); }), 5000, 'the session record');
+    }
+    assert.ok(served.every((n) => n > 0), `both servers served: ${served}`);
+    assert.equal(countersSince(before).handedOver, 0, 'every session stayed native');
+  } finally {
+    for (const server of servers) await server.close({ graceMs: 0 });
+    await echo.close();
+  }
+});
+
+test('reservePorts() reports a port in use as a ListenError, and listen({ reusePort }) without native handshakes binds as usual', async () => {
+  const holder = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine: 'node' } });
+  const [taken] = await holder.listen({ reusePort: { ports: [1] } });
+  try {
+    assert.notEqual(taken!.port, 1, 'ports are for SO_REUSEPORT sockets only');
+    assert.throws(() => reservePorts([{ address: '127.0.0.1', port: taken!.port }]), (err: unknown) =>
+      err instanceof ListenError && err.code === 'EADDRINUSE' && err.message === `cannot listen on 127.0.0.1:${taken!.port}: address already in use`);
+  } finally {
+    await holder.close({ graceMs: 0 });
   }
 });
