@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { attachLogger, createLogger } from '../../src/index.js';
 import fc from 'fast-check';
 import type { SessionRecord } from '../../src/observe/events.js';
-import { FILE_BATCHING, STDOUT_BATCHING, sessionLine, stdoutBatching } from '../../src/observe/log.js';
+import { FILE_BATCHING, STDOUT_BATCHING, isoTime, sessionLine, stdoutBatching } from '../../src/observe/log.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { startProxy } from '../helpers/server.js';
 
@@ -138,13 +138,13 @@ test('a child of createLogger\'s logger that redacts, serializes or prefixes its
   }
 });
 
-test('stdout batching: synchronous 16–64 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {
+test('stdout batching: synchronous 4–8 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {
   const dir = mkdtempSync(join(tmpdir(), 'socksgate-log-'));
   const fd = openSync(join(dir, 'out.log'), 'w');
   try {
     assert.deepEqual(stdoutBatching(fd), FILE_BATCHING);
     assert.equal(FILE_BATCHING.sync, true);
-    assert.ok(FILE_BATCHING.minLength >= 16 * 1024);
+    assert.ok(FILE_BATCHING.minLength >= 4 * 1024 && FILE_BATCHING.maxWrite <= 8 * 1024, 'whole pages, and batches small enough that measuring one on every line stays cheap');
     // A child whose stdout is a pipe reports what it would use.
     const script = `import('${new URL('../../src/observe/log.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.stdoutBatching(1))))`;
     const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
@@ -154,4 +154,16 @@ test('stdout batching: synchronous 16–64 KiB writes to a regular file, asynchr
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('isoTime: pino\'s time field, formatted once per millisecond', () => {
+  const pinoTime = (ms: number) => `,"time":"${new Date(ms).toISOString()}"`;
+  const t = Date.UTC(2026, 10, 23, 2, 41, 18, 113);
+  const first = isoTime(t);
+  assert.equal(first, pinoTime(t));
+  assert.equal(isoTime(t), first);
+  assert.equal(isoTime(t + 1), pinoTime(t + 1), 'the next millisecond');
+  assert.equal(isoTime(t), pinoTime(t), 'and back');
+  const now = isoTime();
+  assert.match(now, /^,"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"$/);
 });
