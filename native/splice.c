@@ -1924,8 +1924,11 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
  * kernel spreads connections among them by their addresses, with no wake-up
  * of every process per connection as one shared socket would cost. Listening
  * when backlog >= 0; otherwise only bound, which holds the port (and turns
- * port 0 into a real one) for the processes that bind it after. SO_REUSEADDR
- * as libuv sets it; an IPv6 wildcard takes IPv4 too, as Node's listeners do.
+ * port 0 into a real one) for the processes that bind it after. A listener
+ * sets SO_REUSEADDR as libuv does; a reservation must not, or any other
+ * process setting it could bind the port too while nothing listens on it
+ * (Linux lets two SO_REUSEADDR sockets share a port until one listens). An
+ * IPv6 wildcard takes IPv4 too, as Node's listeners do.
  * Only a process of the same user may join a SO_REUSEPORT port.
  */
 static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
@@ -1955,7 +1958,7 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   }
   int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, zero = 0, err = 0;
   if (fd < 0) err = errno;
-  else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0
+  else if ((backlog >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
            || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0
            || (addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
            || bind(fd, (struct sockaddr *)&addr, addr_len) < 0

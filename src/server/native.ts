@@ -129,6 +129,8 @@ function frontendOrNull(): Frontend | null {
  * addon is not loaded.
  */
 export function bindReusePort(address: string, port: number, backlog: number | null): { fd: number; port: number } {
+  // The addon takes 32-bit integers: a port out of range would wrap, not fail.
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new RangeError(`not a TCP port: ${port}`);
   const addon = spliceAddon();
   if (!addon) throw new Error('SO_REUSEPORT listeners need the splice addon');
   const [fd, bound] = addon.bindReusePort(address, port, backlog ?? -1);

@@ -472,10 +472,17 @@ class ClientSlots {
  * the life of the process, so the port stays this user's while workers come
  * and go, a port 0 becomes a real one every worker binds, and a port in use
  * is reported once, before any worker starts. Returns the ports, in the
- * order of `listen`; throws ListenError.
+ * order of `listen`; throws ListenError and then holds none of them.
  */
 export function reservePorts(listen: readonly Pick<ListenerConfig, 'address' | 'port'>[]): number[] {
-  return listen.map((listener) => reusableSocket(listener, listener.port, null).port);
+  const reserved: Array<{ fd: number; port: number }> = [];
+  try {
+    for (const listener of listen) reserved.push(reusableSocket(listener, listener.port, null));
+  } catch (err) {
+    for (const { fd } of reserved) closeSync(fd); // all or none
+    throw err;
+  }
+  return reserved.map(({ port }) => port);
 }
 
 function reusableSocket(listener: Pick<ListenerConfig, 'address'>, port: number, backlog: number | null): { fd: number; port: number } {

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { test } from 'node:test';
 import { SocksClient } from 'socks';
 import { createServer, ListenError, reservePorts } from '../../src/index.js';
-import { withTimeout } from '../cli/helpers.js';
+import { canBind, withTimeout } from '../cli/helpers.js';
 import { startEchoServer } from '../helpers/server.js';
 import { countersSince, nativeCounters } from './native-helpers.js';
 
@@ -63,6 +63,7 @@ test('reusePort: two servers on the port reservePorts() reserved, both accepting
   const served = servers.map(() => 0);
   servers.forEach((server, i) => server.on('session-close', () => { served[i]!++; }));
   try {
+    assert.equal(await canBind(port!), false, 'the reservation holds the port against others, though nothing listens on it yet');
     for (const server of servers) {
       assert.deepEqual((await server.listen({ reusePort: { ports: [port!] } })).map((b) => b.port), [port], 'the reserved port');
       assert.equal(server.handshakeEngine, 'native');
@@ -90,6 +91,31 @@ test('reservePorts() reports a port in use as a ListenError, and listen({ reuseP
     assert.notEqual(taken!.port, 1, 'ports are for SO_REUSEPORT sockets only');
     assert.throws(() => reservePorts([{ address: '127.0.0.1', port: taken!.port }]), (err: unknown) =>
       err instanceof ListenError && err.code === 'EADDRINUSE' && err.message === `cannot listen on 127.0.0.1:${taken!.port}: address already in use`);
+  } finally {
+    await holder.close({ graceMs: 0 });
+  }
+});
+
+test('reservePorts(): all or none, and malformed listeners are refused as ListenErrors before any socket is bound', async () => {
+  const holder = createServer({ listen: [{ address: '127.0.0.1', port: 0 }] });
+  const [taken] = await holder.listen();
+  try {
+    // A port free now, so that the reservation below binds it first.
+    const probe = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine: 'node' } });
+    const [unreserved] = await probe.listen();
+    await probe.close({ graceMs: 0 });
+    assert.throws(() => reservePorts([{ address: '127.0.0.1', port: unreserved!.port }, { address: '127.0.0.1', port: taken!.port }]), ListenError);
+    assert.ok(await canBind(unreserved!.port), 'the first port was let go when the second failed');
+
+    for (const [listener, why] of [
+      [{ address: '127.0.0.1', port: 65536 }, /not a TCP port: 65536/],
+      [{ address: '127.0.0.1', port: -1 }, /not a TCP port: -1/],
+      [{ address: '127.0.0.1', port: 1.5 }, /not a TCP port: 1.5/],
+      [{ address: 'localhost', port: 0 }, /not an IP address/],
+      [{ address: '127.0.0.1.1', port: 0 }, /not an IP address/],
+    ] as const) {
+      assert.throws(() => reservePorts([listener]), (err: unknown) => err instanceof ListenError && why.test(err.message), JSON.stringify(listener));
+    }
   } finally {
     await holder.close({ graceMs: 0 });
   }
