@@ -15,3 +15,13 @@ test('examples/embed.mjs serves one request through an authenticated proxy and p
   const lines = result.stdout.toString().trim().split('\n').map((l) => l.replace(/\d+/g, 'N')).sort();
   assert.deepEqual(lines, ['alice localhost:N client-closed N bytes down', 'hello through socksgate']);
 });
+
+test('examples/reuse-port.mjs: two servers on one reserved port serve four requests between them', async () => {
+  const env = { ...process.env };
+  for (const key of Object.keys(env)) if (/_proxy$/i.test(key)) delete env[key];
+  const result = await run(process.execPath, [`${ROOT}examples/reuse-port.mjs`], { env, timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr.toString());
+  const lines = result.stdout.toString().trim().split('\n');
+  assert.equal(lines.length, 4, result.stdout.toString());
+  for (const line of lines) assert.match(line, /^(first|second) served 127\.0\.0\.1:\d+$/);
+});
