@@ -38,7 +38,11 @@ export class BindListener {
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ host: address, port: 0, backlog: 4 }, () => {
+      // exclusive: in a cluster worker (--workers) a shared listen goes through
+      // the primary, which gives each worker's n-th port-0 listener the same
+      // port and hands its connections round the workers: another session's
+      // BIND would get the application server's connection.
+      server.listen({ host: address, port: 0, backlog: 4, exclusive: true }, () => {
         server.off('error', reject);
         resolve();
       });

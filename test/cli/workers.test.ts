@@ -1,11 +1,12 @@
 /** `--workers N`: several processes share the port; stop and logs stay whole. */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
+import { type Socket, connect, createServer } from 'node:net';
 import { describe, it } from 'node:test';
+import { RawClient } from '../helpers/raw.js';
 import { startEchoServer } from '../helpers/server.js';
 import { writeFileSync } from 'node:fs';
-import { DEFAULT_TIMEOUT_MS, Daemon, echo, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
+import { DEFAULT_TIMEOUT_MS, Daemon, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
 /** Resolves once the daemon's stderr matches (bounded). */
 function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
@@ -33,6 +34,49 @@ async function serveUntilBoth(daemon: Daemon, port: number, targetPort: number, 
     servedBy.add(line.pid);
   }
   return servedBy;
+}
+
+/**
+ * `count` SOCKS5 BINDs open at once: every announced port differs, the
+ * application server's connection to each port reaches that session (second
+ * reply, then bytes both ways). Returns the pids that served them.
+ */
+async function concurrentBinds(daemon: Daemon, port: number, count: number, round: number): Promise<Set<unknown>> {
+  const clients = await Promise.all(Array.from({ length: count }, () => RawClient.connect(port)));
+  const apps: Socket[] = [];
+  try {
+    const announced = await Promise.all(clients.map(async (client) => {
+      client.write('05 01 00  05 02 00 01 7f 00 00 01 00 00');
+      assert.deepEqual([...await client.read(2)], [5, 0]);
+      const reply = await client.read(10);
+      assert.equal(reply[1], 0, `first BIND reply ${reply.toString('hex')}`);
+      return reply.readUInt16BE(8);
+    }));
+    assert.equal(new Set(announced).size, count, `round ${round}: each BIND its own port: ${announced.join(', ')}`);
+    for (const [i, client] of clients.entries()) {
+      const app = connect({ host: '127.0.0.1', port: announced[i]! });
+      app.on('error', () => {});
+      apps.push(app);
+      await once(app, 'connect');
+      const second = await client.read(10);
+      assert.equal(second[1], 0, `second BIND reply ${second.toString('hex')}`);
+      assert.equal(second.readUInt16BE(8), app.localPort, 'the second reply names this session\'s peer');
+      app.write(`app ${i}`);
+      assert.equal((await client.read(`app ${i}`.length)).toString(), `app ${i}`);
+      client.write(Buffer.from(`client ${i}`));
+      assert.equal((await readBytes(app, `client ${i}`.length)).toString(), `client ${i}`);
+    }
+  } finally {
+    for (const socket of apps) socket.destroy();
+    for (const client of clients) client.destroy();
+  }
+  const pids = new Set<unknown>();
+  for (const client of clients) {
+    const line = await daemon.waitFor((l) => l.event === 'session' && l.clientPort === client.localPort, `the access line of BIND ${client.localPort}`);
+    assert.equal(line.command, 'bind');
+    pids.add(line.pid);
+  }
+  return pids;
 }
 
 describe('socksgate --workers 2', () => {
@@ -101,6 +145,25 @@ describe('socksgate --workers 2', () => {
       await daemon.kill();
       await target.close();
       dir.remove();
+    }
+  });
+
+  it('BIND: sessions in different workers get ports of their own, and each inbound connection reaches its own session', async () => {
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    try {
+      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      // Which worker takes a connection is the kernel's choice: rounds of
+      // concurrent BINDs until one round had both (bounded).
+      let workersInARound = 0;
+      for (let round = 0; round < 5 && workersInARound < 2; round++) {
+        const pids = await concurrentBinds(daemon, port, 6, round);
+        workersInARound = pids.size;
+      }
+      assert.equal(workersInARound, 2, 'a round of BINDs was served by both workers');
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+    } finally {
+      await daemon.kill();
     }
   });
 
