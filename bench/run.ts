@@ -3,9 +3,10 @@
  * [--only WORKLOADS] [--servers SERVERS] [--out FILE] [--json FILE] [--no-pin]`.
  *
  * Compiles the C load generator (bench/sockbench.c), then for each repetition
- * runs every server in turn (socksgate with the splice relay, socksgate with
- * the stream relay, socksgate in its production configuration, Dante,
- * microsocks, no proxy), each workload group against a fresh server instance
+ * runs every server in turn (socksgate with the splice relay, with the stream
+ * relay, with username/password only and in its production configuration,
+ * Dante, microsocks with and without username/password, no proxy), each
+ * workload group against a fresh server instance
  * and a fresh target, and writes bench/RESULTS.md.
  * Every child is killed by PID at the end, on an error, or on a signal; the
  * temporary directory is removed.
@@ -41,7 +42,8 @@ const USAGE = `Usage: node dist/bench/run.js [options]
   --reps N           repetitions (default 5, quick 1); medians are over these
   --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
                      or groups (upload, download, bulk, handshake, latency, udp, idle, backpressure)
-  --servers LIST     socksgate, socksgate-stream, socksgate-prod, dante, microsocks, microsocks-auth, none (default: all)
+  --servers LIST     socksgate, socksgate-stream, socksgate-auth, socksgate-prod, dante, microsocks,
+                     microsocks-auth, none (default: all)
   --out FILE         the Markdown report (default bench/RESULTS.md)
   --json FILE        also write every run's raw record as JSON
   --render FILE      run nothing: write the report again from a --json FILE of an earlier
@@ -187,7 +189,7 @@ function machineInfo(bin: Binaries, pinning: string, buildHash: string, addon: s
     socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; snapshot ${buildHash} of dist/src and build/*.node, taken when the run started)`,
     relay: `${addon ?? `${ADDON} not built`}` +
       `${process.env.SOCKSGATE_SPLICE_ADDON ? ` (SOCKSGATE_SPLICE_ADDON=${process.env.SOCKSGATE_SPLICE_ADDON} in the environment)` : ''}; ` +
-      'socksgate and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`',
+      'socksgate, socksgate (userpass) and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`',
     rules: `${PRODUCTION_RULE_COUNT} rules in socksgate (production)'s configuration`,
     pinning,
     openFiles: limits,

@@ -171,7 +171,9 @@ export function renderMarkdown(results: Results): string {
   out.push('Medians. "sg ÷ X" divides socksgate\'s median by X\'s: above 1 means socksgate has the larger number ' +
     '(better for MB/s, handshakes/s and datagrams/s, worse for latency and memory). "sg" is the minimal configuration with the splice relay; ' +
     '"stream ÷ splice" divides socksgate (stream relay)\'s median by socksgate\'s, "prod ÷ minimal" socksgate (production)\'s by socksgate\'s, ' +
-    '"microsocks userpass ÷ none" microsocks with RFC 1929 authentication by microsocks without (handshakes only: the price of the protocol\'s extra round trip; — elsewhere). ' +
+    '"sg userpass ÷ minimal" socksgate (userpass)\'s by socksgate\'s and "microsocks userpass ÷ none" microsocks with RFC 1929 authentication by microsocks without ' +
+    '(handshakes only: the price of the protocol\'s extra round trip; — elsewhere), "prod ÷ userpass" socksgate (production)\'s by socksgate (userpass)\'s ' +
+    '(handshakes only: what the 50 rules and the access log cost on top of it). ' +
     'n/a: the server does not take part in that workload (no memory for "no proxy", no UDP ASSOCIATE in microsocks).', '');
   const cols = servers.map((s) => s.label);
   const head = ['workload', 'metric', ...cols];
@@ -180,7 +182,9 @@ export function renderMarkdown(results: Results): string {
   if (present(SG) && present('microsocks')) ratios.push(['sg ÷ microsocks', SG, 'microsocks']);
   if (present(SG) && present('socksgate-stream')) ratios.push(['stream ÷ splice', 'socksgate-stream', SG]);
   if (present(SG) && present('socksgate-prod')) ratios.push(['prod ÷ minimal', 'socksgate-prod', SG]);
+  if (present(SG) && present('socksgate-auth')) ratios.push(['sg userpass ÷ minimal', 'socksgate-auth', SG]);
   if (present('microsocks') && present('microsocks-auth')) ratios.push(['microsocks userpass ÷ none', 'microsocks-auth', 'microsocks']);
+  if (present('socksgate-auth') && present('socksgate-prod')) ratios.push(['prod ÷ userpass', 'socksgate-prod', 'socksgate-auth']);
   if (present(SG) && present('none')) ratios.push(['sg ÷ no proxy', SG, 'none']);
   head.push(...ratios.map(([label]) => label));
   out.push(`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`);

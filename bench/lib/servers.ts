@@ -1,7 +1,8 @@
 /**
  * The servers under test, each started fresh as a child process on a free
  * loopback port: socksgate (minimal with the splice relay, minimal with the
- * stream relay, production configuration), Dante, microsocks, and "none"
+ * stream relay, minimal with username/password for the handshakes,
+ * production configuration), Dante, microsocks, and "none"
  * (the generator talks to the target directly).
  */
 import { type ChildProcess } from 'node:child_process';
@@ -9,7 +10,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, wr
 import { join } from 'node:path';
 import { descendants, freePort, rememberDescendants, spawnTracked, stopChild, waitForSocks } from './proc.js';
 
-export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-prod' | 'dante' | 'microsocks' | 'microsocks-auth' | 'none';
+export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-auth' | 'socksgate-prod' | 'dante' | 'microsocks' | 'microsocks-auth' | 'none';
 
 export interface ServerInfo {
   readonly id: ServerId;
@@ -40,6 +41,16 @@ export const SERVERS: readonly ServerInfo[] = [
     proxy: true,
     udp: true,
     describe: 'the same with `--relay-engine stream`: the pure Node stream relay',
+  },
+  {
+    id: 'socksgate-auth',
+    label: 'socksgate (userpass)',
+    proxy: true,
+    udp: true,
+    handshakesOnly: true,
+    describe: '`node dist/src/cli.js --config CONFIG.yaml --relay-engine splice`, handshakes only: the production configuration\'s `listen` and `auth` ' +
+      '(the same users file), `log` level warn, no rules. socksgate\'s own price for the RFC 1929 round trip (next to microsocks\'), and the base ' +
+      'that shows what the rules and the access log cost the production configuration',
   },
   {
     id: 'socksgate-prod',
@@ -74,7 +85,7 @@ export const SERVERS: readonly ServerInfo[] = [
     udp: false,
     handshakesOnly: true,
     describe: '`microsocks -i 127.0.0.1 -p P -u USER -P PASS`, handshakes only: what the RFC 1929 round trip costs a proxy with nothing else to do, ' +
-      'the reference for socksgate (production)\'s handshake ratio',
+      'next to socksgate (userpass)',
   },
   {
     id: 'none',
@@ -129,21 +140,28 @@ function flow(value: unknown): string {
 
 /** The production configuration file's text for a listener on `port`. */
 export function productionConfig(port: number, usersFile: string): string {
-  const lines = [
-    '# socksgate benchmark: the production configuration (bench/lib/servers.ts)',
-    'listen:',
-    `  - { address: 127.0.0.1, port: ${port} }`,
-    'auth:',
-    '  methods: [userpass]',
-    `  usersFile: ${JSON.stringify(usersFile)}`,
-    'log: { level: info, format: json }',
-    'rules:',
-  ];
+  const lines = [...userpassLines(port, usersFile, 'the production configuration'), 'log: { level: info, format: json }', 'rules:'];
   for (const { name, ...action } of productionRules()) {
     const [verb, match] = Object.entries(action)[0]!;
     lines.push(`  - name: ${String(name)}`, `    ${verb}: ${flow(match)}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** The production configuration without its rules and access log: username/password only. */
+export function userpassConfig(port: number, usersFile: string): string {
+  return `${[...userpassLines(port, usersFile, 'username/password only'), 'log: { level: warn, format: json }'].join('\n')}\n`;
+}
+
+function userpassLines(port: number, usersFile: string, what: string): string[] {
+  return [
+    `# socksgate benchmark: ${what} (bench/lib/servers.ts)`,
+    'listen:',
+    `  - { address: 127.0.0.1, port: ${port} }`,
+    'auth:',
+    '  methods: [userpass]',
+    `  usersFile: ${JSON.stringify(usersFile)}`,
+  ];
 }
 
 export interface Binaries {
@@ -209,13 +227,15 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
   switch (info.id) {
     case 'socksgate':
     case 'socksgate-stream':
+    case 'socksgate-auth':
     case 'socksgate-prod': {
       const prod = info.id === 'socksgate-prod';
+      const auth = prod || info.id === 'socksgate-auth';
       const logPath = join(env.tmp, `${info.id}-${n}.log`);
       let args: string[];
-      if (prod) {
+      if (auth) {
         const configPath = join(env.tmp, `${info.id}-${n}.yaml`);
-        writeFileSync(configPath, productionConfig(port, env.usersFile));
+        writeFileSync(configPath, (prod ? productionConfig : userpassConfig)(port, env.usersFile));
         args = [env.bin.cli, '--config', configPath];
       } else {
         args = [env.bin.cli, '--listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'];
@@ -225,11 +245,11 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
       const child = spawnTracked(env.bin.node, args, { stdio: ['ignore', fd, 'pipe'], affinity: env.affinity });
       closeSync(fd);
       const stderr = collect(child);
-      await ready(child, port, prod ? 2 : 0, stderr, info);
+      await ready(child, port, auth ? 2 : 0, stderr, info);
       return {
         info,
         port,
-        auth: prod ? env.credentials : null,
+        auth: auth ? env.credentials : null,
         pids: () => (child.pid === undefined ? [] : [child.pid]),
         stop: async () => {
           await stopChild(child);

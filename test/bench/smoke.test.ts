@@ -55,7 +55,7 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(results.failures, []);
 
       const ids = results.servers.map((s) => s.id);
-      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
+      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-auth', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
       for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
         assert.ok(results.workloads.some((w) => w.id === kind), `workload ${kind} was run`);
       }
@@ -66,7 +66,7 @@ describe('benchmark harness, quick mode', () => {
         for (const s of results.servers) {
           if (w.proxyOnly && !s.proxy) continue;
           if (w.command === 'udp' && !s.udp) continue; // microsocks: no UDP ASSOCIATE
-          if (s.handshakesOnly && w.command !== 'handshake') continue; // microsocks (userpass): a reference for handshakes
+          if (s.handshakesOnly && w.command !== 'handshake') continue; // the userpass variants: references for handshakes
           const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
           for (const m of w.metrics) {
             if (!runs.some((r) => r.ok && Number.isFinite(r.metrics[m.key]))) {
