@@ -9,8 +9,8 @@ import { parseArgs } from 'node:util';
 import { availableParallelism } from 'node:os';
 import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
 import type { Config, ConfigInput } from './config/schema.js';
-import type { SocksServer } from './server/server.js';
-import { isWorker, reservedPorts, runPrimary, tellPrimaryListening, workerPortsEnv } from './workers.js';
+import type { RestartSettings, SocksServer } from './server/server.js';
+import { isWorker, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv } from './workers.js';
 
 // SIGHUP asks a daemon to reload; its default action would kill it. Catch it
 // before the heavy modules load (a fifth of a second): one that arrives
@@ -24,7 +24,7 @@ const [
   { configJsonSchema, workerCount },
   { UsersFileError },
   { attachLogger, createLogger },
-  { ListenError, RelayEngineError, createServer, reservePorts },
+  { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts, restartSettings },
   { runPasswd },
 ] = await Promise.all([
   import('./config/load.js'),
@@ -81,8 +81,14 @@ async function main(argv: string[]): Promise<number> {
   if (flags.version) return write(`${version()}\n`, 0);
 
   let server: SocksServer;
+  /** A worker's restart keys whose value in the file differs from the primary's: kept as the primary started. */
+  let setAside: string[] = [];
   try {
-    server = createServer(readInput(flags));
+    const input = readInput(flags);
+    const kept = startSettings() as RestartSettings | null;
+    const built = kept ? keepRestartSettings(input, kept) : { input, needsRestart: [] };
+    setAside = built.needsRestart;
+    server = createServer(built.input);
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const problem of err.problems) process.stderr.write(`socksgate: config: ${problem}\n`);
@@ -96,11 +102,11 @@ async function main(argv: string[]): Promise<number> {
   const workers = workerCount(server.config, availableParallelism());
   if (workers > 1 && !isWorker()) {
     process.off('SIGHUP', earlyHup); // the primary forwards SIGHUP to its workers
-    let env: Record<string, string> | undefined;
+    let env = workerStartEnv(restartSettings(server.config));
     // Native handshakes: every worker accepts on a SO_REUSEPORT socket of its own (workers.ts).
     if (server.handshakeEngine === 'native') {
       try {
-        env = workerPortsEnv(reservePorts(server.config.listen));
+        env = { ...env, ...workerPortsEnv(reservePorts(server.config.listen)) };
       } catch (err) {
         if (err instanceof ListenError) return fail(err.message, 1);
         throw err;
@@ -108,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
     }
     return runPrimary({ workers, env, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
   }
-  const running = run(server, server.config, flags);
+  const running = run(server, server.config, flags, setAside);
   process.off('SIGHUP', earlyHup); // run() has its own handler now
   return running;
 }
@@ -118,11 +124,15 @@ function readInput(flags: Flags): ConfigInput {
   return mergeFlags(flags.config ? readConfigFile(flags.config) : {}, flags) as ConfigInput;
 }
 
-async function run(server: SocksServer, config: Config, flags: Flags): Promise<number> {
+async function run(server: SocksServer, config: Config, flags: Flags, setAside: readonly string[]): Promise<number> {
   const base = createLogger(config.log);
   // Workers share stdout: each line says which process wrote it.
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
+  if (setAside.length > 0) {
+    log.warn({ event: 'restart-needed', needsRestart: setAside },
+      `the config file changed ${setAside.join(', ')} since socksgate started: this worker keeps the running values until socksgate restarts`);
+  }
 
   // Signals are handled from the start: one that arrives while the listeners
   // are still binding is honoured as soon as they are bound.

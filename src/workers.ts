@@ -13,6 +13,9 @@
  * other workers keep serving.
  * SIGHUP to the primary is passed to every worker, each reloads its own
  * configuration (and logs the outcome); the primary itself reads nothing.
+ * Every worker reads the config file when it starts, but keeps the values of
+ * the restart keys the primary started with (workerStartEnv), as a reload
+ * does: a replacement started after the file changed serves like its siblings.
  */
 import cluster, { type Worker } from 'node:cluster';
 
@@ -129,6 +132,20 @@ const PORTS_VARIABLE = 'SOCKSGATE_WORKER_PORTS';
 /** The environment that hands the workers the ports the primary reserved (in `listen` order). */
 export function workerPortsEnv(ports: readonly number[]): Record<string, string> {
   return { [PORTS_VARIABLE]: ports.join(',') };
+}
+
+/** The environment variable carrying the primary's restart settings (JSON) to the workers. */
+const START_VARIABLE = 'SOCKSGATE_WORKER_START';
+
+/** The environment that hands the workers the settings only a restart changes (server.ts restartSettings). */
+export function workerStartEnv(settings: unknown): Record<string, string> {
+  return { [START_VARIABLE]: JSON.stringify(settings) };
+}
+
+/** In a worker: the restart settings the primary started with, or null outside a worker. */
+export function startSettings(): unknown {
+  const text = isWorker() ? process.env[START_VARIABLE] : undefined;
+  return text ? JSON.parse(text) : null;
 }
 
 /** In a worker: the ports the primary reserved, or null when it reserved none (Node's cluster shares the ports). */

@@ -111,6 +111,40 @@ export interface SocksServerEvents extends ServerEvents {
  */
 const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format'] as const;
 
+/** The sections of a configuration that hold the restart keys, as a running process keeps them. */
+export interface RestartSettings {
+  readonly listen: Config['listen'];
+  readonly workers: Config['workers'];
+  readonly relay: Config['relay'];
+  readonly handshake: Config['handshake'];
+  readonly log: Pick<Config['log'], 'format'>;
+}
+
+/** What `config` holds at the restart keys (plain data: it travels to workers as JSON). */
+export function restartSettings(config: Config): RestartSettings {
+  return { listen: config.listen, workers: config.workers, relay: config.relay, handshake: config.handshake, log: { format: config.log.format } };
+}
+
+/**
+ * `input`, validated, with `kept`'s values at the restart keys, as a reload
+ * keeps them: what a replacement worker builds from when the config file
+ * changed since the service started (cli.ts). Throws ConfigError as
+ * createServer does. `needsRestart`: the key paths whose file value was set aside.
+ */
+export function keepRestartSettings(input: ConfigInput, kept: RestartSettings): { input: ConfigInput; needsRestart: string[] } {
+  const wanted = validateConfig(input);
+  const needsRestart = differingRestartKeys(kept, wanted);
+  return { input: needsRestart.length === 0 ? input : withRestartSettings(wanted, kept), needsRestart };
+}
+
+function differingRestartKeys(kept: RestartSettings, wanted: Config): string[] {
+  return RESTART_KEYS.filter((key) => !sameValue(valueAt(kept, key), valueAt(wanted, key)));
+}
+
+function withRestartSettings(wanted: Config, kept: RestartSettings): ConfigInput {
+  return { ...wanted, listen: kept.listen, workers: kept.workers, relay: kept.relay, handshake: kept.handshake, log: { ...wanted.log, format: kept.log.format } };
+}
+
 /** Validates the options (throws ConfigError or UsersFileError) and builds a server. Call `listen()` to start it. */
 export function createServer(options: ServerOptions = {}): SocksServer {
   const input: Record<string, unknown> = { ...options };
@@ -194,18 +228,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (this.#state === 'closing' || this.#state === 'closed') throw new Error(`server is ${this.#state}`);
     const old = this.#config;
     const wanted = validateConfig(input);
-    const needsRestart = RESTART_KEYS.filter((key) => !sameValue(valueAt(old, key), valueAt(wanted, key)));
+    const needsRestart = differingRestartKeys(old, wanted);
     // What restarts would change stays; validated again as a whole, so that
     // e.g. an old non-loopback listener with a new `auth.methods: [none]` and
     // no `clients.allow` is refused here as it would be at startup.
-    const next = needsRestart.length === 0 ? wanted : validateConfig({
-      ...wanted,
-      listen: old.listen,
-      workers: old.workers,
-      relay: old.relay,
-      handshake: old.handshake,
-      log: { ...wanted.log, format: old.log.format },
-    });
+    const next = needsRestart.length === 0 ? wanted : validateConfig(withRestartSettings(wanted, old));
 
     // Build everything first (this may throw: users file), then swap at once.
     const users = this.#customAuthenticator ? null : loadUsers(next);
@@ -530,7 +557,7 @@ function sameUsers(a: ReadonlyMap<string, StoredSecret>, b: ReadonlyMap<string, 
 }
 
 /** `config` at a dotted key path (`relay.engine`). */
-function valueAt(config: Config, path: string): unknown {
+function valueAt(config: RestartSettings, path: string): unknown {
   let value: unknown = config;
   for (const key of path.split('.')) value = (value as Record<string, unknown> | undefined)?.[key];
   return value;

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { type Socket, connect, createServer } from 'node:net';
 import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
-import { startEchoServer } from '../helpers/server.js';
+import { closedPort, startEchoServer } from '../helpers/server.js';
 import { writeFileSync } from 'node:fs';
 import { DEFAULT_TIMEOUT_MS, Daemon, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
@@ -164,6 +164,38 @@ describe('socksgate --workers 2', () => {
       assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
     } finally {
       await daemon.kill();
+    }
+  });
+
+  it('a replacement worker started after the config file changed restart keys keeps the running values, says so, and serves beside the other', async () => {
+    const target = await startEchoServer();
+    const dir = tempDir();
+    const config = dir.file('socksgate.yaml');
+    writeFileSync(config, 'listen:\n  - { address: 127.0.0.1, port: 0 }\nlog: { format: json }\n');
+    const { daemon, port } = await startDaemon(['--config', config, '--workers', '2']);
+    try {
+      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      const pids = daemon.logs.filter((l) => l.event === 'started').map((l) => Number(l.pid));
+      const elsewhere = await closedPort();
+      // Each would need a restart: another port, Node handshakes (which could
+      // not share the reserved port), another log format (lines this test could not read).
+      writeFileSync(config, `listen:\n  - { address: 127.0.0.1, port: ${elsewhere} }\nhandshake: { engine: node }\nlog: { format: pretty }\n`);
+      process.kill(pids[0]!, 'SIGKILL');
+      const replacement = await daemon.waitFor((l) => l.event === 'started' && !pids.includes(Number(l.pid)), 'a replacement worker');
+      const pid = Number(replacement.pid);
+      assert.equal(replacement.handshakes, 'native', 'the running handshake engine');
+      const notice = daemon.logs.find((l) => l.event === 'restart-needed' && Number(l.pid) === pid);
+      assert.deepEqual(notice?.needsRestart, ['listen', 'handshake.engine', 'log.format'], 'the replacement names what it set aside');
+      const listening = daemon.logs.filter((l) => l.event === 'listening' && Number(l.pid) === pid).map((l) => l.listener);
+      assert.deepEqual(listening, [`127.0.0.1:${port}`], 'the running port, not the file\'s');
+      const servedBy = await serveUntilBoth(daemon, port, target.port, new Set([pids[1], pid]));
+      assert.ok(servedBy.has(pid), 'the replacement serves');
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+    } finally {
+      await daemon.kill();
+      await target.close();
+      dir.remove();
     }
   });
 
