@@ -36,6 +36,14 @@ async function serveUntilBoth(daemon: Daemon, port: number, targetPort: number, 
   return servedBy;
 }
 
+/** The replacement worker serves beside the survivor; then SIGTERM stops both with exit 0. */
+async function servesBesideThenStops(daemon: Daemon, port: number, targetPort: number, survivor: number, replacement: number): Promise<void> {
+  const servedBy = await serveUntilBoth(daemon, port, targetPort, new Set([survivor, replacement]));
+  assert.ok(servedBy.has(replacement), 'the replacement serves');
+  daemon.signal('SIGTERM');
+  assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+}
+
 /**
  * `count` SOCKS5 BINDs open at once: every announced port differs, the
  * application server's connection to each port reaches that session (second
@@ -137,10 +145,7 @@ describe('socksgate --workers 2', () => {
       const replacement = await daemon.waitFor((l) => l.event === 'started' && !pids.includes(Number(l.pid)), 'a replacement worker once the file is fixed');
       assert.equal(replacement.worker, true);
       // It listens on the port the primary reserved, beside the surviving worker.
-      const servedBy = await serveUntilBoth(daemon, port, target.port, new Set([pids[1], Number(replacement.pid)]));
-      assert.ok(servedBy.has(Number(replacement.pid)), 'the replacement serves');
-      daemon.signal('SIGTERM');
-      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+      await servesBesideThenStops(daemon, port, target.port, pids[1]!, Number(replacement.pid));
     } finally {
       await daemon.kill();
       await target.close();
@@ -188,10 +193,7 @@ describe('socksgate --workers 2', () => {
       assert.deepEqual(notice?.needsRestart, ['listen', 'handshake.engine', 'log.format'], 'the replacement names what it set aside');
       const listening = daemon.logs.filter((l) => l.event === 'listening' && Number(l.pid) === pid).map((l) => l.listener);
       assert.deepEqual(listening, [`127.0.0.1:${port}`], 'the running port, not the file\'s');
-      const servedBy = await serveUntilBoth(daemon, port, target.port, new Set([pids[1], pid]));
-      assert.ok(servedBy.has(pid), 'the replacement serves');
-      daemon.signal('SIGTERM');
-      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+      await servesBesideThenStops(daemon, port, target.port, pids[1]!, pid);
     } finally {
       await daemon.kill();
       await target.close();
