@@ -1934,7 +1934,7 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
 static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   size_t argc = 3, len;
   napi_value argv[3], result, item;
-  char text[INET6_ADDRSTRLEN];
+  char text[INET6_ADDRSTRLEN + 1]; /* one byte more than any address: a longer string is not cut into one */
   int32_t port, backlog;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_string_utf8(env, argv[0], text, sizeof text, &len));
@@ -1944,7 +1944,10 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   socklen_t addr_len;
   struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
   struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
-  if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
+  if (len >= INET6_ADDRSTRLEN) {
+    napi_throw_error(env, NULL, "not an IP address");
+    return NULL;
+  } else if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
     v4->sin_port = htons((uint16_t)port);
     addr_len = sizeof *v4;

@@ -113,6 +113,8 @@ test('reservePorts(): all or none, and malformed listeners are refused as Listen
       [{ address: '127.0.0.1', port: 1.5 }, /not a TCP port: 1.5/],
       [{ address: 'localhost', port: 0 }, /not an IP address/],
       [{ address: '127.0.0.1.1', port: 0 }, /not an IP address/],
+      // The longest address text (45 characters) and one more: refused whole, not cut to the address.
+      [{ address: 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255x', port: 0 }, /not an IP address/],
     ] as const) {
       assert.throws(() => reservePorts([listener]), (err: unknown) => err instanceof ListenError && why.test(err.message), JSON.stringify(listener));
     }
