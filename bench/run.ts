@@ -3,11 +3,13 @@
  * [--only WORKLOADS] [--servers SERVERS] [--out FILE] [--json FILE] [--no-pin]`.
  *
  * Compiles the C load generator (bench/sockbench.c), then for each repetition
- * runs every server in turn (socksgate with the splice relay, with the stream
- * relay, with username/password only and in its production configuration,
- * Dante, microsocks with and without username/password, no proxy), each
- * workload group against a fresh server instance
- * and a fresh target, and writes bench/RESULTS.md.
+ * runs each workload group (bulk, handshakes, latency, UDP, idle memory,
+ * backpressure) against every server in turn (socksgate with the splice
+ * relay, with the stream relay, with username/password only and in its
+ * production configuration, Dante, microsocks with and without
+ * username/password, no proxy; the order rotated by one each repetition),
+ * each against a fresh server instance and a fresh target, and writes
+ * bench/RESULTS.md.
  * Every child is killed by PID at the end, on an error, or on a signal; the
  * temporary directory is removed.
  */
@@ -30,7 +32,7 @@ import {
   productionConfig, startServer,
 } from './lib/servers.js';
 import {
-  FULL, QUICK, type Group, type RunContext, type RunRecord, type Settings, type Workload, applies, runIdle, runRelay, runStall, workloads,
+  FULL, QUICK, type RunContext, type RunRecord, type Settings, type Workload, applies, describeReps, runIdle, runRelay, runStall, schedule, workloads,
 } from './lib/workloads.js';
 
 /** dist/bench/run.js → the project root. */
@@ -39,7 +41,8 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const USAGE = `Usage: node dist/bench/run.js [options]
 
   --quick            a few seconds in all: tiny sizes, 1 repetition (a smoke test, not a measurement)
-  --reps N           repetitions (default 5, quick 1); medians are over these
+  --reps N           repetitions of every workload (default 5, and 9 for handshake and latency;
+                     quick 1); medians are over these
   --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
                      or groups (upload, download, bulk, handshake, latency, udp, idle, backpressure)
   --servers LIST     socksgate, socksgate-stream, socksgate-auth, socksgate-prod, dante, microsocks,
@@ -235,7 +238,8 @@ async function main(): Promise<number> {
     log('bench: --reps must be an integer from 1 to 50');
     return 2;
   }
-  const settings: Settings = { ...base, reps };
+  // --reps sets every group's count; the defaults give the noisiest groups more.
+  const settings: Settings = values.reps === undefined ? base : { ...base, reps, groupReps: {} };
   let selected: Workload[];
   let servers: ServerInfo[];
   try {
@@ -297,80 +301,75 @@ async function main(): Promise<number> {
     }
   }
 
-  log(`bench: ${settings.quick ? 'quick, ' : ''}${reps} rep(s), servers ${servers.map((s) => s.id).join(', ')}, workloads ${selected.map((w) => w.id).join(', ')}`);
+  log(`bench: ${settings.quick ? 'quick, ' : ''}${describeReps(settings)}, servers ${servers.map((s) => s.id).join(', ')}, workloads ${selected.map((w) => w.id).join(', ')}`);
   log(`bench: ${pinning}`);
   const runs: RunRecord[] = [];
   const instances: InstanceRecord[] = [];
   const failures: string[] = [];
-  const groups: Group[] = ['relay', 'idle', 'stall'];
 
-  for (let rep = 1; rep <= reps; rep++) {
-    for (const server of servers) {
-      for (const group of groups) {
-        const ws = selected.filter((w) => w.group === group && applies(w, server));
-        if (ws.length === 0) continue;
-        const failAll = (why: string) => {
-          failures.push(`rep ${rep}, ${server.label}, ${ws.map((w) => w.id).join('/')}: ${why}`);
-          for (const w of ws) runs.push({ rep, server: server.id, workload: w.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
-          log(`  rep ${rep} ${server.id} ${group}: FAILED: ${why}`);
-        };
-        let target: Target;
+  for (const { rep, group, server } of schedule(settings, servers)) {
+    const ws = selected.filter((w) => w.group === group && applies(w, server));
+    if (ws.length === 0) continue;
+    const failAll = (why: string) => {
+      failures.push(`rep ${rep}, ${server.label}, ${ws.map((w) => w.id).join('/')}: ${why}`);
+      for (const w of ws) runs.push({ rep, server: server.id, workload: w.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
+      log(`  rep ${rep} ${server.id} ${group}: FAILED: ${why}`);
+    };
+    let target: Target;
+    try {
+      target = await Target.start(binary, pin?.load ?? null);
+    } catch (err) {
+      failAll((err as Error).message);
+      continue;
+    }
+    let running: RunningServer;
+    const t0 = Date.now();
+    try {
+      running = await startServer(server, env);
+    } catch (err) {
+      failAll((err as Error).message.split('\n').slice(0, 6).join(' / '));
+      await target.stop();
+      continue;
+    }
+    const startMs = Date.now() - t0;
+    const rssStart = rssKb(running.pids());
+    const ctx: RunContext = { binary, settings, affinity: pin?.load ?? null, target, server: running, rep };
+    let rssEnd = 0;
+    let processesEnd = 0;
+    try {
+      const attempt = async (w: Workload | readonly Workload[], fn: () => Promise<RunRecord | RunRecord[]>) => {
+        const list = Array.isArray(w) ? w : [w];
         try {
-          target = await Target.start(binary, pin?.load ?? null);
-        } catch (err) {
-          failAll((err as Error).message);
-          continue;
-        }
-        let running: RunningServer;
-        const t0 = Date.now();
-        try {
-          running = await startServer(server, env);
-        } catch (err) {
-          failAll((err as Error).message.split('\n').slice(0, 6).join(' / '));
-          await target.stop();
-          continue;
-        }
-        const startMs = Date.now() - t0;
-        const rssStart = rssKb(running.pids());
-        const ctx: RunContext = { binary, settings, affinity: pin?.load ?? null, target, server: running, rep };
-        let rssEnd = 0;
-        let processesEnd = 0;
-        try {
-          const attempt = async (w: Workload | readonly Workload[], fn: () => Promise<RunRecord | RunRecord[]>) => {
-            const list = Array.isArray(w) ? w : [w];
-            try {
-              const recs = await fn();
-              for (const r of Array.isArray(recs) ? recs : [recs]) {
-                runs.push(r);
-                if (!r.ok) failures.push(`rep ${rep}, ${server.label}, ${r.workload}: ${r.error ?? 'failed'}`);
-                log(`  rep ${rep} ${server.id.padEnd(14)} ${r.workload.padEnd(13)} ${describe(r)}`);
-              }
-            } catch (err) {
-              const why = (err as Error).message;
-              for (const x of list) {
-                runs.push({ rep, server: server.id, workload: x.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
-                failures.push(`rep ${rep}, ${server.label}, ${x.id}: ${why}`);
-                log(`  rep ${rep} ${server.id.padEnd(14)} ${x.id.padEnd(13)} FAILED: ${why}`);
-              }
-            }
-          };
-          if (group === 'relay') {
-            for (const w of ws) await attempt(w, () => runRelay(ctx, w));
-          } else if (group === 'idle') {
-            await attempt(ws, () => runIdle(ctx, ws));
-          } else {
-            await attempt(ws[0]!, () => runStall(ctx, ws[0]!));
+          const recs = await fn();
+          for (const r of Array.isArray(recs) ? recs : [recs]) {
+            runs.push(r);
+            if (!r.ok) failures.push(`rep ${rep}, ${server.label}, ${r.workload}: ${r.error ?? 'failed'}`);
+            log(`  rep ${rep} ${server.id.padEnd(14)} ${r.workload.padEnd(13)} ${describe(r)}`);
           }
-        } finally {
-          const pids = running.pids();
-          rssEnd = rssKb(pids);
-          processesEnd = pids.length;
-          const summary = await running.stop();
-          await target.stop();
-          if (server.proxy) {
-            instances.push({ rep, server: server.id, group, startMs, rssStartKiB: rssStart, rssEndKiB: rssEnd, processesEnd, log: summary });
+        } catch (err) {
+          const why = (err as Error).message;
+          for (const x of list) {
+            runs.push({ rep, server: server.id, workload: x.id, ok: false, error: why, metrics: {}, errors: 0, errorKinds: {}, extra: {} });
+            failures.push(`rep ${rep}, ${server.label}, ${x.id}: ${why}`);
+            log(`  rep ${rep} ${server.id.padEnd(14)} ${x.id.padEnd(13)} FAILED: ${why}`);
           }
         }
+      };
+      if (group === 'idle') {
+        await attempt(ws, () => runIdle(ctx, ws));
+      } else if (group === 'stall') {
+        await attempt(ws[0]!, () => runStall(ctx, ws[0]!));
+      } else {
+        for (const w of ws) await attempt(w, () => runRelay(ctx, w));
+      }
+    } finally {
+      const pids = running.pids();
+      rssEnd = rssKb(pids);
+      processesEnd = pids.length;
+      const summary = await running.stop();
+      await target.stop();
+      if (server.proxy) {
+        instances.push({ rep, server: server.id, group, startMs, rssStartKiB: rssStart, rssEndKiB: rssEnd, processesEnd, log: summary });
       }
     }
   }
@@ -384,6 +383,7 @@ async function main(): Promise<number> {
     instances,
     failures,
     elapsedSeconds: (Date.now() - started) / 1000,
+    rotated: true,
   };
   writeReport(outPath, results);
   log(`bench: wrote ${outPath} (${Math.round(results.elapsedSeconds)} s)`);

@@ -3,7 +3,7 @@
  * the load generator's headroom, and the machine.
  */
 import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo } from './servers.js';
-import { type MetricDef, type RunRecord, type Settings, type Workload, applies } from './workloads.js';
+import { type MetricDef, type RunRecord, type Settings, type Workload, applies, describeReps } from './workloads.js';
 
 export interface InstanceRecord {
   readonly rep: number;
@@ -44,6 +44,12 @@ export interface Results {
   readonly instances: readonly InstanceRecord[];
   readonly failures: readonly string[];
   readonly elapsedSeconds: number;
+  /**
+   * Each workload group ran for every server before the next group, the
+   * servers' order rotated each repetition (absent in runs before that:
+   * each server then ran all its groups in turn, in a fixed order).
+   */
+  readonly rotated?: boolean;
 }
 
 export interface Stat {
@@ -132,8 +138,9 @@ export function renderMarkdown(results: Results): string {
   const out: string[] = [];
   out.push('# socksgate benchmark results', '');
   out.push(`Written by \`node dist/bench/run.js${settings.quick ? ' --quick' : ''}\` on ${machine.date}; ` +
-    `${settings.reps} repetition${settings.reps > 1 ? 's' : ''}, servers interleaved within each (a fresh instance of every server per ` +
-    `repetition and workload group); the whole run took ${Math.round(results.elapsedSeconds)} s. ` +
+    `${describeReps(settings)}, servers interleaved within each (a fresh instance of every server per ` +
+    `repetition and workload group${results.rotated ? '; each group runs every server in turn, the order rotated by one each repetition' : ''}); ` +
+    `the whole run took ${Math.round(results.elapsedSeconds)} s. ` +
     'Medians over the repetitions, with the spread (min–max). See bench/README.md for the method.', '');
   if (settings.quick) out.push('**Quick mode: tiny sizes and one repetition. These numbers are a smoke test, not a measurement.**', '');
 
@@ -309,7 +316,7 @@ function headroom(results: Results): string[] {
     'over the generator\'s wall time, which includes connection set-up).', '');
   out.push('| workload | no proxy | best proxy | headroom | generator CPU (no proxy) | generator CPU (proxied, max over servers) | target CPU (proxied, max) | server CPU (per server) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
-  for (const w of workloads.filter((x) => x.group === 'relay')) {
+  for (const w of workloads.filter((x) => x.command !== undefined)) { // the timed workloads
     const m = w.metrics[0]!;
     const none = metricStat(results, 'none', w.id, m.key);
     let best: { label: string; st: Stat } | null = null;
