@@ -9,8 +9,10 @@ import { parseArgs } from 'node:util';
 import { availableParallelism } from 'node:os';
 import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
 import type { Config, ConfigInput } from './config/schema.js';
-import type { RestartSettings, SocksServer } from './server/server.js';
-import { isWorker, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv } from './workers.js';
+import type { SocksServer } from './server/server.js';
+import {
+  WorkerStartError, isWorker, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv,
+} from './workers.js';
 
 // SIGHUP asks a daemon to reload; its default action would kill it. Catch it
 // before the heavy modules load (a fifth of a second): one that arrives
@@ -85,7 +87,7 @@ async function main(argv: string[]): Promise<number> {
   let setAside: string[] = [];
   try {
     const input = readInput(flags);
-    const kept = startSettings() as RestartSettings | null;
+    const kept = startSettings();
     const built = kept ? keepRestartSettings(input, kept) : { input, needsRestart: [] };
     setAside = built.needsRestart;
     server = createServer(built.input);
@@ -96,6 +98,7 @@ async function main(argv: string[]): Promise<number> {
     }
     if (err instanceof UsersFileError) return fail(err.message, 2);
     if (err instanceof RelayEngineError) return fail(err.message, 1);
+    if (err instanceof WorkerStartError) return fail(err.message, 2);
     throw err;
   }
   if (flags.check) return write(`socksgate: configuration is valid\n`, 0);

@@ -18,6 +18,7 @@
  * does: a replacement started after the file changed serves like its siblings.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { type RestartSettings, missingRestartKeys } from './server/server.js';
 
 export interface PrimaryOptions {
   readonly workers: number;
@@ -142,10 +143,31 @@ export function workerStartEnv(settings: unknown): Record<string, string> {
   return { [START_VARIABLE]: JSON.stringify(settings) };
 }
 
-/** In a worker: the restart settings the primary started with, or null outside a worker. */
-export function startSettings(): unknown {
+/** A worker's start-up environment is not what the primary writes (someone changed it). */
+export class WorkerStartError extends Error {
+  override readonly name = 'WorkerStartError';
+}
+
+/** In a worker: the restart settings the primary started with, or null outside a worker. Throws WorkerStartError. */
+export function startSettings(): RestartSettings | null {
   const text = isWorker() ? process.env[START_VARIABLE] : undefined;
-  return text ? JSON.parse(text) : null;
+  return text ? parseStartSettings(text) : null;
+}
+
+/** The restart settings in `text` (workerStartEnv's JSON). Throws WorkerStartError naming what is wrong. */
+export function parseStartSettings(text: string): RestartSettings {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new WorkerStartError(`${START_VARIABLE} is not JSON (${(err as Error).message}); the primary sets it for its workers`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new WorkerStartError(`${START_VARIABLE} is not a JSON object; the primary sets it for its workers`);
+  }
+  const missing = missingRestartKeys(value);
+  if (missing.length > 0) throw new WorkerStartError(`${START_VARIABLE} has no ${missing.join(', ')}; the primary sets it for its workers`);
+  return value as RestartSettings;
 }
 
 /** In a worker: the ports the primary reserved, or null when it reserved none (Node's cluster shares the ports). */

@@ -120,6 +120,15 @@ export interface RestartSettings {
   readonly log: Pick<Config['log'], 'format'>;
 }
 
+/**
+ * The restart keys that `value` (restart settings come back from JSON) has
+ * no value at: a worker must not fill them with defaults (another port, say)
+ * while its siblings serve with the primary's.
+ */
+export function missingRestartKeys(value: unknown): string[] {
+  return RESTART_KEYS.filter((key) => valueAt(value as RestartSettings, key) === undefined);
+}
+
 /** What `config` holds at the restart keys (plain data: it travels to workers as JSON). */
 export function restartSettings(config: Config): RestartSettings {
   return { listen: config.listen, workers: config.workers, relay: config.relay, handshake: config.handshake, log: { format: config.log.format } };
