@@ -10,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import type { SocksServer } from './server/server.js';
+import { restartSettings } from './config/restart.js';
 import {
   WorkerStartError, isWorker, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv,
 } from './workers.js';
@@ -26,7 +27,7 @@ const [
   { configJsonSchema, workerCount },
   { UsersFileError },
   { attachLogger, createLogger },
-  { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts, restartSettings },
+  { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts },
   { runPasswd },
 ] = await Promise.all([
   import('./config/load.js'),

@@ -18,7 +18,7 @@
  * does: a replacement started after the file changed serves like its siblings.
  */
 import cluster, { type Worker } from 'node:cluster';
-import { type RestartSettings, missingRestartKeys } from './server/server.js';
+import { type RestartSettings, missingRestartKeys } from './config/restart.js';
 
 export interface PrimaryOptions {
   readonly workers: number;
@@ -138,8 +138,8 @@ export function workerPortsEnv(ports: readonly number[]): Record<string, string>
 /** The environment variable carrying the primary's restart settings (JSON) to the workers. */
 const START_VARIABLE = 'SOCKSGATE_WORKER_START';
 
-/** The environment that hands the workers the settings only a restart changes (server.ts restartSettings). */
-export function workerStartEnv(settings: unknown): Record<string, string> {
+/** The environment that hands the workers the settings only a restart changes (config/restart.ts). */
+export function workerStartEnv(settings: RestartSettings): Record<string, string> {
   return { [START_VARIABLE]: JSON.stringify(settings) };
 }
 

@@ -8,6 +8,7 @@ import { closeSync } from 'node:fs';
 import { BlockList, type Server as NetServer, type Socket, createServer as createNetServer, isIP } from 'node:net';
 import { type Authenticator, UserStore, readUsersFile, storedSecret, type StoredSecret } from '../auth/users.js';
 import { validateConfig } from '../config/load.js';
+import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination, unmapIPv4 } from '../protocol/address.js';
@@ -103,35 +104,6 @@ export interface ReloadResult {
 export interface SocksServerEvents extends ServerEvents {
   /** A reload succeeded (a failed one throws to its caller and emits nothing). */
   reload: [ReloadResult];
-}
-
-/**
- * Settings bound to sockets, processes or the relay engine already chosen: a
- * reload reports a change to them in `needsRestart` and keeps the old value.
- */
-const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format'] as const;
-
-/** The sections of a configuration that hold the restart keys, as a running process keeps them. */
-export interface RestartSettings {
-  readonly listen: Config['listen'];
-  readonly workers: Config['workers'];
-  readonly relay: Config['relay'];
-  readonly handshake: Config['handshake'];
-  readonly log: Pick<Config['log'], 'format'>;
-}
-
-/**
- * The restart keys that `value` (restart settings come back from JSON) has
- * no value at: a worker must not fill them with defaults (another port, say)
- * while its siblings serve with the primary's.
- */
-export function missingRestartKeys(value: unknown): string[] {
-  return RESTART_KEYS.filter((key) => valueAt(value as RestartSettings, key) === undefined);
-}
-
-/** What `config` holds at the restart keys (plain data: it travels to workers as JSON). */
-export function restartSettings(config: Config): RestartSettings {
-  return { listen: config.listen, workers: config.workers, relay: config.relay, handshake: config.handshake, log: { format: config.log.format } };
 }
 
 /**
@@ -563,13 +535,6 @@ function sameUsers(a: ReadonlyMap<string, StoredSecret>, b: ReadonlyMap<string, 
     if (x.kind === 'bcrypt' ? x.hash !== (y as typeof x).hash : !x.digest.equals((y as typeof x).digest)) return false;
   }
   return true;
-}
-
-/** `config` at a dotted key path (`relay.engine`). */
-function valueAt(config: RestartSettings, path: string): unknown {
-  let value: unknown = config;
-  for (const key of path.split('.')) value = (value as Record<string, unknown> | undefined)?.[key];
-  return value;
 }
 
 /** Validated configs are plain data (JSON-like, keys in schema order). */

@@ -8,7 +8,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
 import { WorkerStartError, parseStartSettings, workerStartEnv } from '../../src/workers.js';
-import { createServer, restartSettings } from '../../src/server/server.js';
+import { restartSettings } from '../../src/config/restart.js';
+import { createServer } from '../../src/server/server.js';
 import { CLI, DEFAULT_TIMEOUT_MS, envWithoutProxies, withTimeout } from './helpers.js';
 
 const VARIABLE = 'SOCKSGATE_WORKER_START';
