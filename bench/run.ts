@@ -45,8 +45,8 @@ const USAGE = `Usage: node dist/bench/run.js [options]
                      quick 1); medians are over these
   --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
                      or groups (upload, download, bulk, handshake, latency, udp, idle, backpressure)
-  --servers LIST     socksgate, socksgate-stream, socksgate-auth, socksgate-prod, dante, microsocks,
-                     microsocks-auth, none (default: all)
+  --servers LIST     socksgate, socksgate-stream, socksgate-poll, socksgate-auth, socksgate-prod, dante,
+                     microsocks, microsocks-auth, none (default: all)
   --out FILE         the Markdown report (default bench/RESULTS.md)
   --json FILE        also write every run's raw record as JSON
   --render FILE      run nothing: write the report again from a --json FILE of an earlier

@@ -147,6 +147,13 @@ static int pool_size;
 static uint64_t pipes_created; /* read by stats(); a torn read only blurs a counter */
 static uint64_t native_accepted, native_handed_over; /* the same */
 static uint64_t bytes_copied; /* read by stats(): bytes relayed through copy_small's buffer */
+/* Busy polling (relay.busyPollMicroseconds): after a wait that brought events,
+ * the relay thread polls for this long before it sleeps again. Waking a core
+ * that went idle costs tens of microseconds, more in a virtual machine; a
+ * request/response exchange pays it at every message. 0: off. Set by
+ * JavaScript, read by the relay thread. */
+static int busy_poll_us;
+static uint64_t busy_poll_hits; /* read by stats(): polls that found events, so sleeps avoided */
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -473,9 +480,30 @@ static void run_commands(void) {
   }
 }
 
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Polls without sleeping for up to `window` microseconds: the events found, or 0. */
+static int poll_events(struct epoll_event *events, int window) {
+  int64_t until = now_us() + window;
+  do {
+    int n = epoll_wait(epoll_fd, events, MAX_EVENTS, 0);
+    if (n != 0) {
+      if (n > 0) busy_poll_hits++;
+      return n;
+    }
+  } while (now_us() < until);
+  return 0;
+}
+
 static void *relay_thread(void *unused) {
   (void)unused;
   struct epoll_event events[MAX_EVENTS];
+  /* Only a wait that brought events starts a poll: an idle thread sleeps. */
+  int busy_polling = 0;
   for (;;) {
     pthread_mutex_lock(&pairs_lock);
     int timeout = idle_pairs > 0 ? (int)idle_scan_every : -1;
@@ -485,7 +513,11 @@ static void *relay_thread(void *unused) {
     if (paused_listeners && (due < 0 || due > ACCEPT_PAUSE_MS)) due = ACCEPT_PAUSE_MS;
     int failures_due = failing_listeners ? failures_timeout() : -1;
     if (failures_due >= 0 && (due < 0 || due > failures_due)) due = failures_due;
-    int n = epoll_wait(epoll_fd, events, MAX_EVENTS, due >= 0 && (timeout < 0 || due < timeout) ? due : timeout);
+    int wait_ms = due >= 0 && (timeout < 0 || due < timeout) ? due : timeout;
+    int window = __atomic_load_n(&busy_poll_us, __ATOMIC_RELAXED);
+    int n = busy_polling && window > 0 && wait_ms != 0 ? poll_events(events, window) : 0;
+    if (n == 0) n = epoll_wait(epoll_fd, events, MAX_EVENTS, wait_ms);
+    busy_polling = n > 0;
     for (int i = 0; i < n; i++) {
       if (events[i].data.ptr == &wake_token) {
         run_commands();
@@ -709,14 +741,15 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied } for tests and diagnostics. */
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits } for tests and diagnostics. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
-  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied"};
-  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied};
+  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits"};
+  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
+                     (double)busy_poll_hits};
   CHECK(napi_create_object(env, &result));
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < 6; i++) {
     CHECK(napi_create_double(env, values[i], &value));
     CHECK(napi_set_named_property(env, result, names[i], value));
   }
@@ -1867,6 +1900,21 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* busyPoll(microseconds): how long the relay thread polls before it sleeps; 0 turns it off. */
+static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t us;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &us));
+  if (us < 0 || us > 1000000) {
+    napi_throw_range_error(env, NULL, "busyPoll takes 0 to 1000000 microseconds");
+    return NULL;
+  }
+  __atomic_store_n(&busy_poll_us, us, __ATOMIC_RELAXED);
+  return NULL;
+}
+
 /* siphash(key16, data) -> the 8-byte SipHash-2-4 tag, little-endian: for the reference vectors in the tests. */
 static napi_value js_siphash(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -1991,6 +2039,7 @@ NAPI_MODULE_INIT() {
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
       {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
+      {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"bindReusePort", NULL, js_bind_reuse_port, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

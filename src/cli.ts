@@ -60,6 +60,8 @@ Options:
                              listening beyond loopback, else 1)
       --relay-engine E       auto, splice (in the kernel; needs the addon built
                              at install) or stream (Node streams)
+      --busy-poll US         microseconds the splice relay polls before it sleeps
+                             (0-1000; default 0: off): less latency, more CPU
       --handshake-engine E   auto, native (the addon runs common SOCKS5
                              handshakes; needs the splice relay) or node
       --check                validate the configuration, print problems, and exit
@@ -201,7 +203,12 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   const handshakes = server.handshakeEngine;
   // A worker's logger already carries its pid.
   const pid = isWorker() ? {} : { pid: process.pid };
-  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay, handshakes }, `socksgate ${version()} started (${relay} relay, ${handshakes} handshakes)`);
+  const busyPoll = server.busyPollMicroseconds;
+  const polling = busyPoll > 0 ? `, busy polling ${busyPoll} µs` : '';
+  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay, handshakes, busyPoll }, `socksgate ${version()} started (${relay} relay, ${handshakes} handshakes${polling})`);
+  if (relay !== 'splice' && server.config.relay.busyPollMicroseconds > 0) {
+    log.warn({ event: 'busy-poll-unused' }, 'relay.busyPollMicroseconds has no effect: the stream relay has no thread of its own to poll');
+  }
   log.flush();
   started = true;
   if (requested) {

@@ -3,7 +3,7 @@
  * the load generator's headroom, and the machine.
  */
 import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo } from './servers.js';
-import { type MetricDef, type RunRecord, type Settings, type Workload, applies, describeReps } from './workloads.js';
+import { type MetricDef, type RunRecord, type Settings, type Workload, applies, describeReps, runsIn } from './workloads.js';
 
 export interface InstanceRecord {
   readonly rep: number;
@@ -100,10 +100,24 @@ function ratioOf(results: Results, w: Workload, m: MetricDef, a: ServerId, b: Se
   return ratio(metricStat(results, a, w.id, m.key), metricStat(results, b, w.id, m.key));
 }
 
+const PEERS: readonly ServerId[] = ['dante', 'microsocks'];
+
+/** a ÷ the best of Dante and microsocks (by the metric's own direction) for one workload; "n/a" when a does not take part. */
+function ratioToBestPeer(results: Results, w: Workload, m: MetricDef, a: ServerId): string {
+  const sa = serverOf(results, a);
+  if (!sa) return '—';
+  if (!applies(w, sa)) return 'n/a';
+  const peers = PEERS.map((id) => serverOf(results, id)).filter((p): p is ServerInfo => p !== undefined && applies(w, p));
+  const stats = peers.map((p) => metricStat(results, p.id, w.id, m.key)).filter((x): x is Stat => x !== null);
+  if (stats.length === 0) return '—';
+  const best = stats.reduce((b, x) => ((m.better === 'higher' ? x.median > b.median : x.median < b.median) ? x : b));
+  return ratio(metricStat(results, a, w.id, m.key), best);
+}
+
 /** Why a server has no number for a workload it is not run against. */
 function notApplicable(w: Workload, s: ServerInfo): string {
   if (w.proxyOnly && !s.proxy) return 'n/a';
-  if (s.handshakesOnly && w.command !== 'handshake') return '—';
+  if (!runsIn(w, s)) return '—';
   return w.command === 'udp' ? 'n/a (no UDP ASSOCIATE)' : 'n/a';
 }
 
@@ -181,6 +195,8 @@ export function renderMarkdown(results: Results): string {
     '"sg userpass ÷ minimal" socksgate (userpass)\'s by socksgate\'s and "microsocks userpass ÷ none" microsocks with RFC 1929 authentication by microsocks without ' +
     '(handshakes only: the price of the protocol\'s extra round trip; — elsewhere), "prod ÷ userpass" socksgate (production)\'s by socksgate (userpass)\'s ' +
     '(handshakes only: what the 50 rules and the access log cost on top of it). ' +
+    (present('socksgate-poll') ? '"busy poll ÷ minimal" divides socksgate (busy poll)\'s median by socksgate\'s (handshakes and latency only). ' : '') +
+    '"÷ best peer" divides by the better of Dante and microsocks on that line. ' +
     'n/a: the server does not take part in that workload (no memory for "no proxy", no UDP ASSOCIATE in microsocks).', '');
   const cols = servers.map((s) => s.label);
   const head = ['workload', 'metric', ...cols];
@@ -192,8 +208,14 @@ export function renderMarkdown(results: Results): string {
   if (present(SG) && present('socksgate-auth')) ratios.push(['sg userpass ÷ minimal', 'socksgate-auth', SG]);
   if (present('microsocks') && present('microsocks-auth')) ratios.push(['microsocks userpass ÷ none', 'microsocks-auth', 'microsocks']);
   if (present('socksgate-auth') && present('socksgate-prod')) ratios.push(['prod ÷ userpass', 'socksgate-prod', 'socksgate-auth']);
+  if (present(SG) && present('socksgate-poll')) ratios.push(['busy poll ÷ minimal', 'socksgate-poll', SG]);
   if (present(SG) && present('none')) ratios.push(['sg ÷ no proxy', SG, 'none']);
-  head.push(...ratios.map(([label]) => label));
+  const toBestPeer: Array<[string, ServerId]> = [];
+  if (PEERS.some(present)) {
+    if (present(SG)) toBestPeer.push(['sg ÷ best peer', SG]);
+    if (present('socksgate-poll')) toBestPeer.push(['busy poll ÷ best peer', 'socksgate-poll']);
+  }
+  head.push(...ratios.map(([label]) => label), ...toBestPeer.map(([label]) => label));
   out.push(`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`);
   for (const w of workloads) {
     for (const m of w.metrics) {
@@ -204,6 +226,7 @@ export function renderMarkdown(results: Results): string {
         row.push(st ? fmt(st.median, m.digits) : applies(w, s) ? '**missing**' : notApplicable(w, s));
       }
       for (const [, a, b] of ratios) row.push(ratioOf(results, w, m, a, b));
+      for (const [, a] of toBestPeer) row.push(ratioToBestPeer(results, w, m, a));
       out.push(`| ${row.join(' | ')} |`);
     }
   }
@@ -228,7 +251,7 @@ export function renderMarkdown(results: Results): string {
       out.push('| server | median | min–max | runs | socksgate ÷ server | notes |', '| --- | ---: | ---: | ---: | ---: | --- |');
       const sg = metricStat(results, SG, w.id, m.key);
       for (const s of servers) {
-        if ((w.proxyOnly && !s.proxy) || (s.handshakesOnly && w.command !== 'handshake')) continue;
+        if ((w.proxyOnly && !s.proxy) || !runsIn(w, s)) continue;
         if (!applies(w, s)) {
           out.push(`| ${s.label} | ${notApplicable(w, s)} | | | | |`);
           continue;

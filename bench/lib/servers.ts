@@ -9,8 +9,9 @@ import { type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { descendants, freePort, rememberDescendants, spawnTracked, stopChild, waitForSocks } from './proc.js';
+import type { Group } from './workloads.js';
 
-export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-auth' | 'socksgate-prod' | 'dante' | 'microsocks' | 'microsocks-auth' | 'none';
+export type ServerId = 'socksgate' | 'socksgate-stream' | 'socksgate-poll' | 'socksgate-auth' | 'socksgate-prod' | 'dante' | 'microsocks' | 'microsocks-auth' | 'none';
 
 export interface ServerInfo {
   readonly id: ServerId;
@@ -19,10 +20,15 @@ export interface ServerInfo {
   readonly proxy: boolean;
   /** Serves SOCKS5 UDP ASSOCIATE (false: the UDP workloads are shown as n/a for it). */
   readonly udp: boolean;
-  /** Run only for the handshake workloads (a reference point, not a contender). */
+  /** Run only in these workload groups (a reference point, not a contender); absent: every group. */
+  readonly groups?: readonly Group[];
+  /** Runs written before `groups` (2026-11-23 and earlier): the same as groups ['handshake']. */
   readonly handshakesOnly?: boolean;
   readonly describe: string;
 }
+
+/** socksgate (busy poll)'s window: Linux's recommended `net.core.busy_poll` for a few sockets. */
+export const BUSY_POLL_MICROSECONDS = 50;
 
 /** How many rules the production configuration carries: 49 that never match the benchmark's traffic, then the one that allows it. */
 export const PRODUCTION_RULE_COUNT = 50;
@@ -43,11 +49,20 @@ export const SERVERS: readonly ServerInfo[] = [
     describe: 'the same with `--relay-engine stream`: the pure Node stream relay',
   },
   {
+    id: 'socksgate-poll',
+    label: 'socksgate (busy poll)',
+    proxy: true,
+    udp: true,
+    groups: ['handshake', 'latency'],
+    describe: 'the same as socksgate with `--busy-poll 50` (`relay.busyPollMicroseconds`, off by default: the relay thread polls for 50 µs ' +
+      'after each burst of events before it sleeps, trading CPU for the wake-up of an idle core), handshakes and latency only',
+  },
+  {
     id: 'socksgate-auth',
     label: 'socksgate (userpass)',
     proxy: true,
     udp: true,
-    handshakesOnly: true,
+    groups: ['handshake'],
     describe: '`node dist/src/cli.js --config CONFIG.yaml --relay-engine splice`, handshakes only: the production configuration\'s `listen` and `auth` ' +
       '(the same users file), `log` level warn, no rules. socksgate\'s own price for the RFC 1929 round trip (next to microsocks\'), and the base ' +
       'that shows what the rules and the access log cost the production configuration',
@@ -83,7 +98,7 @@ export const SERVERS: readonly ServerInfo[] = [
     label: 'microsocks (userpass)',
     proxy: true,
     udp: false,
-    handshakesOnly: true,
+    groups: ['handshake'],
     describe: '`microsocks -i 127.0.0.1 -p P -u USER -P PASS`, handshakes only: what the RFC 1929 round trip costs a proxy with nothing else to do, ' +
       'next to socksgate (userpass)',
   },
@@ -227,6 +242,7 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
   switch (info.id) {
     case 'socksgate':
     case 'socksgate-stream':
+    case 'socksgate-poll':
     case 'socksgate-auth':
     case 'socksgate-prod': {
       const prod = info.id === 'socksgate-prod';
@@ -241,6 +257,7 @@ async function startOnce(info: ServerInfo, env: ServerEnv, port: number): Promis
         args = [env.bin.cli, '--listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'];
       }
       args.push('--relay-engine', info.id === 'socksgate-stream' ? 'stream' : 'splice');
+      if (info.id === 'socksgate-poll') args.push('--busy-poll', String(BUSY_POLL_MICROSECONDS));
       const fd = openSync(logPath, 'w');
       const child = spawnTracked(env.bin.node, args, { stdio: ['ignore', fd, 'pipe'], affinity: env.affinity });
       closeSync(fd);

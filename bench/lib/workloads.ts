@@ -253,8 +253,14 @@ export function workloads(s: Settings): Workload[] {
 }
 
 /** Whether a workload is run against a server at all (n/a otherwise: "none" has no memory, microsocks no UDP ASSOCIATE). */
-export function applies(w: Workload, s: Pick<ServerInfo, 'proxy' | 'udp' | 'handshakesOnly'>): boolean {
-  return (s.proxy || !w.proxyOnly) && (s.udp || w.command !== 'udp') && (!s.handshakesOnly || w.command === 'handshake');
+export function applies(w: Workload, s: Pick<ServerInfo, 'proxy' | 'udp' | 'groups' | 'handshakesOnly'>): boolean {
+  return (s.proxy || !w.proxyOnly) && (s.udp || w.command !== 'udp') && runsIn(w, s);
+}
+
+/** Whether a reference server (one limited to some groups) is run for this workload at all. */
+export function runsIn(w: Pick<Workload, 'group' | 'command'>, s: Pick<ServerInfo, 'groups' | 'handshakesOnly'>): boolean {
+  if (s.groups) return s.groups.includes(w.group);
+  return !s.handshakesOnly || w.command === 'handshake';
 }
 
 /** One workload run against one server: the numbers and what went wrong. */

@@ -21,6 +21,7 @@ export const CLI_OPTIONS = {
   'log-format': { type: 'string' },
   workers: { type: 'string' },
   'relay-engine': { type: 'string' },
+  'busy-poll': { type: 'string' },
   'handshake-engine': { type: 'string' },
   check: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -57,6 +58,7 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags['shutdown-grace']) timeouts.shutdownGrace = flags['shutdown-grace'];
   if (flags.workers) config.workers = /^\d+$/.test(flags.workers) ? Number(flags.workers) : flags.workers;
   if (flags['relay-engine']) section('relay').engine = flags['relay-engine'];
+  if (flags['busy-poll']) section('relay').busyPollMicroseconds = /^\d+$/.test(flags['busy-poll']) ? Number(flags['busy-poll']) : flags['busy-poll'];
   if (flags['handshake-engine']) section('handshake').engine = flags['handshake-engine'];
   if (flags['log-level']) section('log').level = flags['log-level'];
   if (flags['log-format']) section('log').format = flags['log-format'];

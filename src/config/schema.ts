@@ -119,6 +119,16 @@ const relaySchema = z.strictObject({
    * `stream`: Node streams; `auto`: splice when the addon is built, else stream.
    */
   engine: z.enum(['auto', 'splice', 'stream']).default('auto'),
+  /**
+   * Microseconds the splice relay's thread keeps polling for the next event
+   * before it sleeps (0: off, the default). Each message of a
+   * request/response exchange otherwise waits for an idle core to wake up
+   * (tens of microseconds, more in a virtual machine); polling trades CPU for
+   * that latency: up to this long after each burst of traffic. Like
+   * HAProxy's `busy-polling`, for latency-sensitive deployments. No effect
+   * with the stream relay.
+   */
+  busyPollMicroseconds: z.number().int().min(0).max(1000).default(0),
 });
 
 const handshakeSchema = z.strictObject({

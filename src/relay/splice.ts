@@ -34,6 +34,8 @@ export interface Addon {
   siphash(key: Buffer, data: Buffer): Buffer;
   /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */
   bindReusePort(address: string, port: number, backlog: number): [number, number];
+  /** How long the relay thread polls for events before it sleeps, in microseconds; 0: off. */
+  busyPoll(microseconds: number): void;
 }
 
 /** type, id, handle (open only), ten numbers, and the client's address (open) or the bytes concerned. */
@@ -128,12 +130,28 @@ export interface SpliceStats {
   readonly nativeHandedOver: number;
   /** Bytes relayed by copying through a small buffer (request/response traffic) rather than spliced. */
   readonly bytesCopied: number;
+  /** Busy polls (relay.busyPollMicroseconds) that found events, so that the relay thread did not have to sleep. */
+  readonly busyPollHits: number;
 }
 
 /** The loaded addon, or null when it cannot be used here. */
 export function spliceAddon(): Addon | null {
   const state = load();
   return 'addon' in state ? state.addon : null;
+}
+
+/** Busy-poll windows asked for, by the server asking; the relay thread, one per process, uses the longest. */
+const busyPollWanted = new Map<object, number>();
+
+/**
+ * Asks the relay thread to poll for `microseconds` before it sleeps (0
+ * withdraws the request). Several servers in one process share the thread:
+ * the longest window any of them wants applies.
+ */
+export function requestBusyPoll(owner: object, microseconds: number): void {
+  if (microseconds > 0) busyPollWanted.set(owner, microseconds);
+  else busyPollWanted.delete(owner);
+  spliceAddon()?.busyPoll(Math.max(0, ...busyPollWanted.values()));
 }
 
 /** Counters from the addon, for tests and diagnostics; null when it is not loaded. */

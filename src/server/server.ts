@@ -12,7 +12,7 @@ import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.j
 import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination, unmapIPv4 } from '../protocol/address.js';
-import { spliceUnavailable } from '../relay/splice.js';
+import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
@@ -187,6 +187,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     return this.#handshakeEngine;
   }
 
+  /** `relay.busyPollMicroseconds` as it applies here: 0 unless the splice relay runs. */
+  get busyPollMicroseconds(): number {
+    return this.relayEngine === 'splice' ? this.#config.relay.busyPollMicroseconds : 0;
+  }
+
   /** The validated, frozen configuration in effect for new sessions (after a reload, the reloaded one). */
   get config(): Config {
     return this.#config;
@@ -240,6 +245,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
       slot.native?.configure(slot.ctx, allowedNetworks(next.clients.allow));
     }
+    if (this.#state === 'listening') requestBusyPoll(this, this.busyPollMicroseconds);
     const result: ReloadResult = { changed, needsRestart };
     this.emit('reload', result);
     return result;
@@ -259,6 +265,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       await this.close({ graceMs: 0 });
       throw err;
     }
+    requestBusyPoll(this, this.busyPollMicroseconds);
     return this.addresses();
   }
 
@@ -281,6 +288,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   async close(options: { graceMs?: number } = {}): Promise<void> {
     if (this.#state === 'closing' || this.#state === 'closed') return;
     this.#state = 'closing';
+    requestBusyPoll(this, 0);
     const graceMs = options.graceMs ?? this.config.timeouts.shutdownGrace;
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();

@@ -20,8 +20,8 @@ const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
 const RUN_TIMEOUT_MS = 180_000;
 
 interface Results {
-  servers: Array<{ id: string; proxy: boolean; udp: boolean; handshakesOnly?: boolean }>;
-  workloads: Array<{ id: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
+  servers: Array<{ id: string; proxy: boolean; udp: boolean; groups?: string[] }>;
+  workloads: Array<{ id: string; group: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
   runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number> }>;
   failures: string[];
 }
@@ -55,7 +55,7 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(results.failures, []);
 
       const ids = results.servers.map((s) => s.id);
-      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-auth', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
+      for (const id of ['socksgate', 'socksgate-stream', 'socksgate-poll', 'socksgate-auth', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
       for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
         assert.ok(results.workloads.some((w) => w.id === kind), `workload ${kind} was run`);
       }
@@ -66,7 +66,7 @@ describe('benchmark harness, quick mode', () => {
         for (const s of results.servers) {
           if (w.proxyOnly && !s.proxy) continue;
           if (w.command === 'udp' && !s.udp) continue; // microsocks: no UDP ASSOCIATE
-          if (s.handshakesOnly && w.command !== 'handshake') continue; // the userpass variants: references for handshakes
+          if (s.groups && !s.groups.includes(w.group)) continue; // the reference variants: some groups only
           const runs = results.runs.filter((r) => r.server === s.id && r.workload === w.id);
           for (const m of w.metrics) {
             if (!runs.some((r) => r.ok && Number.isFinite(r.metrics[m.key]))) {
@@ -82,9 +82,11 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(results.runs.filter((r) => r.server.startsWith('microsocks') && r.workload.startsWith('udp-')), [], 'UDP is not run against microsocks');
       const referenceRuns = results.runs.filter((r) => r.server === 'microsocks-auth').map((r) => r.workload).sort();
       assert.deepEqual(referenceRuns, ['handshake-1', 'handshake-32'], 'microsocks (userpass) runs the handshakes only');
+      const pollRuns = [...new Set(results.runs.filter((r) => r.server === 'socksgate-poll').map((r) => r.workload))].sort();
+      assert.deepEqual(pollRuns, ['handshake-1', 'handshake-32', 'latency-1', 'latency-16'], 'socksgate (busy poll) runs handshakes and latency only');
 
       const bulk = results.runs.filter((r) => /^(upload|download)-/.test(r.workload) || r.workload === 'backpressure');
-      const full = results.servers.filter((s) => !s.handshakesOnly);
+      const full = results.servers.filter((s) => !s.groups);
       const proxies = full.filter((s) => s.proxy).length;
       assert.ok(bulk.length >= 4 * full.length + proxies, 'bulk and backpressure runs for every server');
       const inexact = bulk.filter((r) => r.exact !== true).map((r) => `${r.server} / ${r.workload}`);
@@ -97,6 +99,7 @@ describe('benchmark harness, quick mode', () => {
       assert.match(report, /n\/a \(no UDP ASSOCIATE\)/, 'microsocks is n/a for UDP');
       assert.match(report, /stream ÷ splice/);
       assert.match(report, /microsocks userpass ÷ none/, 'the price of RFC 1929, measured on microsocks');
+      assert.match(report, /busy poll ÷ best peer/, 'socksgate (busy poll) against the better peer');
       assert.match(report, /Backpressure bound/);
       assert.match(report, /\| production rules \| /, 'the report says whether the production configuration carried rules');
 

@@ -89,6 +89,30 @@ describe('relay engine', () => {
     assert.match(result.stderr, /relay\.engine is splice, but the splice addon cannot be used/);
   });
 
+  it('--busy-poll: the "started" line names the window; with the stream relay a warning says it does nothing', async () => {
+    for (const [engine, busyPoll] of [['splice', 50], ['stream', 0]] as const) {
+      const args = ['--listen', '127.0.0.1:0', '--log-format', 'json', '--relay-engine', engine, '--busy-poll', '50'];
+      const { daemon } = await startDaemon(args, envWithoutProxies());
+      try {
+        const started = await daemon.waitFor((l) => l.event === 'started', 'the "started" line');
+        assert.equal(started.busyPoll, busyPoll, engine);
+        if (engine === 'splice') assert.match(String(started.msg), /busy polling 50 µs/);
+        else assert.equal((await daemon.waitFor((l) => l.event === 'busy-poll-unused', 'the warning')).level, 40);
+      } finally {
+        daemon.signal('SIGTERM');
+        await daemon.waitExit();
+      }
+    }
+  });
+
+  it('--busy-poll out of range is a configuration error naming the key', async () => {
+    for (const value of ['1001', 'fast']) {
+      const result = await runCli(['--busy-poll', value, '--check']);
+      assert.equal(result.code, 2, value);
+      assert.match(result.stderr, /relay\.busyPollMicroseconds/);
+    }
+  });
+
   it('an unknown engine is a configuration error naming the key', async () => {
     const result = await runCli(['--relay-engine', 'sendfile', '--check']);
     assert.equal(result.code, 2);
