@@ -94,7 +94,7 @@ describe('socksgate --workers 2', () => {
   for (const [engine, args] of [['native', []], ['node', ['--handshake-engine', 'node']]] as const) {
     it(`${engine} handshakes: serves from two processes on one port, logs which one served, and stops both on SIGTERM with exit 0`, async () => {
       const target = await startEchoServer();
-      const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', ...args]);
+      const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--busy-poll', '20', ...args]);
       try {
         const started = await Promise.all([0, 1].map((n) =>
           daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length > n, `worker ${n + 1} started`)));
@@ -102,6 +102,7 @@ describe('socksgate --workers 2', () => {
         assert.equal(workerPids.size, 2, 'two worker processes');
         assert.ok(started.every((l) => l.worker === true));
         assert.ok(started.every((l) => l.handshakes === engine), `each worker runs ${engine} handshakes`);
+        assert.ok(started.every((l) => l.busyPoll === 20), 'each worker\'s relay thread polls as the flag says');
         assert.ok(!workerPids.has(daemon.child.pid), 'the primary only supervises');
         for (const raw of daemon.stdoutLines.filter((l) => l.includes('"event":"started"'))) {
           assert.equal(raw.split('"pid":').length, 2, `one pid field: ${raw}`);
