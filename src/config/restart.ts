@@ -8,18 +8,24 @@ import type { Config } from './schema.js';
 
 export const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format'] as const;
 
-/** The sections of a configuration that hold the restart keys, as a running process keeps them. */
+/** The restart keys' values, as a running process keeps them (only those: the rest of each section may change). */
 export interface RestartSettings {
   readonly listen: Config['listen'];
   readonly workers: Config['workers'];
-  readonly relay: Config['relay'];
-  readonly handshake: Config['handshake'];
+  readonly relay: Pick<Config['relay'], 'engine'>;
+  readonly handshake: Pick<Config['handshake'], 'engine'>;
   readonly log: Pick<Config['log'], 'format'>;
 }
 
 /** What `config` holds at the restart keys (plain data: it travels to workers as JSON). */
 export function restartSettings(config: Config): RestartSettings {
-  return { listen: config.listen, workers: config.workers, relay: config.relay, handshake: config.handshake, log: { format: config.log.format } };
+  return {
+    listen: config.listen,
+    workers: config.workers,
+    relay: { engine: config.relay.engine },
+    handshake: { engine: config.handshake.engine },
+    log: { format: config.log.format },
+  };
 }
 
 /**

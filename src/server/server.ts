@@ -123,7 +123,14 @@ function differingRestartKeys(kept: RestartSettings, wanted: Config): string[] {
 }
 
 function withRestartSettings(wanted: Config, kept: RestartSettings): ConfigInput {
-  return { ...wanted, listen: kept.listen, workers: kept.workers, relay: kept.relay, handshake: kept.handshake, log: { ...wanted.log, format: kept.log.format } };
+  return {
+    ...wanted,
+    listen: kept.listen,
+    workers: kept.workers,
+    relay: { ...wanted.relay, engine: kept.relay.engine },
+    handshake: { ...wanted.handshake, engine: kept.handshake.engine },
+    log: { ...wanted.log, format: kept.log.format },
+  };
 }
 
 /** Validates the options (throws ConfigError or UsersFileError) and builds a server. Call `listen()` to start it. */

@@ -8,7 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { restartSettings } from '../../src/config/restart.js';
 import { ConfigError, createServer } from '../../src/index.js';
+import { keepRestartSettings } from '../../src/server/server.js';
 import { spliceStats } from '../../src/relay/splice.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
@@ -52,6 +54,27 @@ describe('relay.busyPollMicroseconds in the schema', () => {
         String(wrong),
       );
     }
+  });
+
+  test('is not a restart key: a reload that also changes relay.engine still applies it', async () => {
+    const listen = [{ address: '127.0.0.1', port: 0 }];
+    const server = createServer({ listen, relay: { engine: 'splice' } });
+    const result = server.reload({ listen, relay: { engine: 'stream', busyPollMicroseconds: 50 } });
+    assert.deepEqual(result.needsRestart, ['relay.engine']);
+    assert.ok(result.changed.includes('relay.busyPollMicroseconds'), result.changed.join(', '));
+    assert.equal(server.config.relay.engine, 'splice', 'the engine waits for a restart');
+    assert.equal(server.config.relay.busyPollMicroseconds, 50);
+    await server.close();
+  });
+
+  test('a worker keeps the primary\'s relay.engine but takes the file\'s window', () => {
+    const listen = [{ address: '127.0.0.1', port: 0 }];
+    const kept = restartSettings(createServer({ listen, relay: { engine: 'splice' } }).config);
+    const built = keepRestartSettings({ listen, relay: { engine: 'stream', busyPollMicroseconds: 50 } }, kept);
+    assert.deepEqual(built.needsRestart, ['relay.engine']);
+    const config = createServer(built.input).config;
+    assert.equal(config.relay.engine, 'splice');
+    assert.equal(config.relay.busyPollMicroseconds, 50);
   });
 
   test('has no effect with the stream relay, and the server says 0', () => {
