@@ -54,7 +54,8 @@ export const SERVERS: readonly ServerInfo[] = [
     proxy: true,
     udp: true,
     groups: ['handshake', 'latency'],
-    describe: 'the same as socksgate with `--busy-poll 50` (`relay.busyPollMicroseconds`, off by default: the relay thread polls for 50 µs ' +
+    describe: `the same as socksgate with \`--busy-poll ${BUSY_POLL_MICROSECONDS}\` (\`relay.busyPollMicroseconds\`, off by default: ` +
+      `the relay thread polls for ${BUSY_POLL_MICROSECONDS} µs ` +
       'after each burst of events before it sleeps, trading CPU for the wake-up of an idle core), handshakes and latency only',
   },
   {
