@@ -25,8 +25,7 @@
  * made in one place, the JavaScript session.
  */
 #define _GNU_SOURCE
-#define NAPI_VERSION 8
-#include <node_api.h>
+#include "relay.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,14 +60,6 @@ enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_L
  */
 #define SMALL_READ 4096
 #define MAX_EVENTS 256
-
-typedef struct pair pair_t;
-
-typedef struct {
-  pair_t *pair; /* NULL: this is a listener's watch (native handshakes) */
-  int side;     /* 0: client socket, 1: destination socket */
-  int writable; /* EPOLLOUT is watched: only after a write would have blocked */
-} watch_t;
 
 typedef struct handshake handshake_t;
 
@@ -515,6 +506,7 @@ static void *relay_thread(void *unused) {
     if (failures_due >= 0 && (due < 0 || due > failures_due)) due = failures_due;
     int wait_ms = due >= 0 && (timeout < 0 || due < timeout) ? due : timeout;
     int window = __atomic_load_n(&busy_poll_us, __ATOMIC_RELAXED);
+    udp_before_wait();
     int n = busy_polling && window > 0 && wait_ms != 0 ? poll_events(events, window) : 0;
     if (n == 0) n = epoll_wait(epoll_fd, events, MAX_EVENTS, wait_ms);
     busy_polling = n > 0;
@@ -524,7 +516,8 @@ static void *relay_thread(void *unused) {
         continue;
       }
       watch_t *w = events[i].data.ptr;
-      if (w->pair == NULL) native_accept(w);
+      if (w->pair == NULL && w->side == WATCH_UDP) udp_event(w, events[i].events);
+      else if (w->pair == NULL) native_accept(w);
       else on_socket_event(w->pair, w->side, events[i].events);
     }
     if (timeout >= 0) {
@@ -562,6 +555,12 @@ static void start_thread(void) {
   pthread_t thread;
   thread_error = pthread_create(&thread, &attr, relay_thread, NULL);
   pthread_attr_destroy(&attr);
+}
+
+int relay_thread_ready(int *epoll_out) {
+  pthread_once(&thread_once, start_thread);
+  if (thread_error == 0) *epoll_out = epoll_fd;
+  return thread_error;
 }
 
 static void send_command_to(int kind, pair_t *p, void *listener, int arg);
@@ -741,15 +740,16 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits } for tests and diagnostics. */
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver }. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
-  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits"};
+  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits",
+                         "udpNativeDatagrams", "udpHandedOver"};
   double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
-                     (double)busy_poll_hits};
+                     (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js};
   CHECK(napi_create_object(env, &result));
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 8; i++) {
     CHECK(napi_create_double(env, values[i], &value));
     CHECK(napi_set_named_property(env, result, names[i], value));
   }
@@ -2043,5 +2043,6 @@ NAPI_MODULE_INIT() {
       {"bindReusePort", NULL, js_bind_reuse_port, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (udp_define(env, exports) != napi_ok) return NULL;
   return exports;
 }

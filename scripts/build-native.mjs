@@ -15,7 +15,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const source = join(root, 'native', 'splice.c');
+/** The relay thread and native handshakes, and the native UDP relay on the same thread. */
+const sources = ['splice.c', 'udp.c'].map((file) => join(root, 'native', file));
 const output = join(root, 'build', 'socksgate_splice.node');
 const required = process.argv.includes('--require');
 
@@ -43,7 +44,7 @@ const cc = process.env.CC || 'cc';
 mkdirSync(dirname(output), { recursive: true });
 const partial = `${output}.${process.pid}.tmp`;
 try {
-  execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-fPIC', '-shared', '-pthread', `-I${include}`, source, '-o', partial], {
+  execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-fPIC', '-shared', '-pthread', '-fvisibility=hidden', `-I${include}`, ...sources, '-o', partial], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   renameSync(partial, output); // never leave a half-written addon where the loader looks

@@ -132,6 +132,10 @@ export interface SpliceStats {
   readonly bytesCopied: number;
   /** Busy polls (relay.busyPollMicroseconds) that found events, so that the relay thread did not have to sleep. */
   readonly busyPollHits: number;
+  /** UDP datagrams the relay thread sent itself, both ways (relay/native-udp.ts). */
+  readonly udpNativeDatagrams: number;
+  /** Client datagrams it handed to JavaScript instead: a destination name, a fragment, a malformed header. */
+  readonly udpHandedOver: number;
 }
 
 /** The loaded addon, or null when it cannot be used here. */

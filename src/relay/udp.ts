@@ -23,7 +23,7 @@ import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dg
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
-import { decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
+import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
 
 export interface UdpLimits {
@@ -62,6 +62,16 @@ export interface UdpAssociationOptions {
   readonly onIdle: () => void;
 }
 
+/** A UDP association, whichever relays it: what the session needs of it. */
+export interface UdpRelay {
+  /** Relayed and dropped so far; after close(), the final figures. */
+  readonly counters: UdpCounters;
+  /** The client-facing address and port, for the reply. */
+  readonly address: Destination;
+  /** Closes every socket of the association. Idempotent. */
+  close(): void;
+}
+
 /** Senders whose reply header is kept per association; past this the cache starts over. */
 const REPLY_HEADERS = 256;
 
@@ -89,7 +99,7 @@ function passLiteral(address: string, _options: unknown, callback: (err: null, a
  * from a header's 16 bytes) as plain IPv4: the IPv6 outbound socket is
  * v6-only, so a mapped destination must go out over IPv4.
  */
-function sendable(address: string): string {
+export function sendable(address: string): string {
   if (!address.toLowerCase().startsWith('::ffff:')) return address;
   const dotted = unmapIPv4(address);
   if (dotted !== undefined) return dotted;
@@ -98,7 +108,96 @@ function sendable(address: string): string {
   return parsed.isIPv4MappedAddress() ? parsed.toIPv4Address().toString() : address;
 }
 
-export class UdpAssociation {
+/** A client's datagram decoded, or null when it is dropped (malformed, a fragment), counted. */
+export function decodeClientDatagram(msg: Buffer, counters: UdpCounters): { header: UdpHeader; payload: Buffer } | null {
+  let header;
+  try {
+    header = decodeUdpHeader(msg);
+  } catch {
+    counters.droppedInvalid++;
+    return null;
+  }
+  if (header.frag !== 0) {
+    counters.droppedFragments++;
+    return null;
+  }
+  return { header, payload: msg.subarray(header.payloadOffset) };
+}
+
+type Send = (address: string, port: number, family: 4 | 6, payload: Buffer) => void;
+
+/**
+ * Datagrams to destination names: each name is resolved once per
+ * association and remembered; datagrams wait while it resolves. Both bounded
+ * (limits.cachedNames, limits.pendingDatagrams); a datagram over the bound or
+ * to a name that does not resolve is dropped and counted.
+ */
+export class DestinationNames {
+  readonly #names = new Map<string, string>();
+  readonly #pending = new Map<string, Buffer[]>();
+  #pendingCount = 0;
+  readonly #options: Pick<UdpAssociationOptions, 'resolver' | 'limits'>;
+  readonly #counters: UdpCounters;
+  readonly #send: Send;
+
+  constructor(options: Pick<UdpAssociationOptions, 'resolver' | 'limits'>, counters: UdpCounters, send: Send) {
+    this.#options = options;
+    this.#counters = counters;
+    this.#send = send;
+  }
+
+  send(host: string, port: number, payload: Buffer): void {
+    const name = host.toLowerCase();
+    const address = this.#names.get(name);
+    if (address === undefined) this.#resolveThenSend(name, port, payload);
+    else this.#send(address, port, isIP(address) === 6 ? 6 : 4, payload);
+  }
+
+  /** Forgets the datagrams waiting (the association closed). */
+  clear(): void {
+    this.#pending.clear();
+  }
+
+  #resolveThenSend(name: string, port: number, payload: Buffer): void {
+    const key = `${name}:${port}`;
+    const waiting = this.#pending.get(key);
+    if (this.#pendingCount >= this.#options.limits.pendingDatagrams) {
+      this.#counters.droppedInvalid++;
+      return;
+    }
+    this.#pendingCount++;
+    if (waiting) {
+      waiting.push(payload);
+      return;
+    }
+    this.#pending.set(key, [payload]);
+    this.#options.resolver.resolve(name).then(
+      (addresses) => {
+        // Only an IP literal can be sent to (see passLiteral).
+        const found = addresses[0]?.address;
+        const first = found === undefined ? undefined : sendable(found);
+        const usable = first !== undefined && isIP(first) !== 0 ? first : undefined;
+        if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
+        this.#flushPending(key, usable, port);
+      },
+      () => this.#flushPending(key, undefined, port),
+    );
+  }
+
+  #flushPending(key: string, address: string | undefined, port: number): void {
+    const queued = this.#pending.get(key);
+    if (queued === undefined) return; // cleared: the association closed
+    this.#pending.delete(key);
+    this.#pendingCount -= queued.length;
+    const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
+    for (const payload of queued) {
+      if (address) this.#send(address, port, family, payload);
+      else this.#counters.droppedInvalid++;
+    }
+  }
+}
+
+export class UdpAssociation implements UdpRelay {
   readonly counters: UdpCounters = {
     datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
     droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0,
@@ -106,9 +205,7 @@ export class UdpAssociation {
   readonly #options: UdpAssociationOptions;
   readonly #clientSide: UdpSocket;
   readonly #outbound: { 4?: UdpSocket; 6?: UdpSocket } = {};
-  readonly #names = new Map<string, string>();
-  readonly #pending = new Map<string, Buffer[]>();
-  #pendingCount = 0;
+  readonly #names: DestinationNames;
   #lastTarget: Target | null = null;
   readonly #replyHeaders = new ReplyHeaders(REPLY_HEADERS);
   #clientPort: number | null;
@@ -122,6 +219,9 @@ export class UdpAssociation {
     this.#options = options;
     this.#clientSide = clientSide;
     this.#clientPort = options.clientPort;
+    this.#names = new DestinationNames(options, this.counters, (address, port, family, payload) => {
+      if (!this.#closed) this.#sendOut(address, port, family, payload);
+    });
     this.#maxToClient = isIP(options.bindAddress) === 6 ? 65527 : 65507;
     clientSide.on('message', (msg: Buffer, from: RemoteInfo) => this.#fromClient(msg, from.address, from.port));
     clientSide.on('error', () => {}); // ICMP errors and the like: a datagram is lost, the association lives on
@@ -159,7 +259,7 @@ export class UdpAssociation {
     this.#clientSide.close();
     this.#outbound[4]?.close();
     this.#outbound[6]?.close();
-    this.#pending.clear();
+    this.#names.clear();
   }
 
   #fromClient(msg: Buffer, address: string, port: number): void {
@@ -190,69 +290,18 @@ export class UdpAssociation {
 
   /** A datagram whose header differs from the last one's: decode it, and remember it when it resolves at once. */
   #decodeThenSend(msg: Buffer, port: number): void {
-    let header;
-    try {
-      header = decodeUdpHeader(msg);
-    } catch {
-      this.counters.droppedInvalid++;
-      return;
-    }
-    if (header.frag !== 0) {
-      this.counters.droppedFragments++;
-      return;
-    }
+    const decoded = decodeClientDatagram(msg, this.counters);
+    if (decoded === null) return;
     this.#clientPort ??= port;
     this.#touch();
-    const payload = msg.subarray(header.payloadOffset);
+    const { header, payload } = decoded;
     const target = header.destination;
-    let address: string | undefined = target.kind === 'ipv6' ? sendable(target.host) : target.host;
-    if (target.kind === 'domain') {
-      const name = target.host.toLowerCase();
-      address = this.#names.get(name);
-      if (address === undefined) return this.#resolveThenSend(name, target.port, payload);
-    }
+    if (target.kind === 'domain') return this.#names.send(target.host, target.port, payload);
+    const address = target.kind === 'ipv6' ? sendable(target.host) : target.host;
     const family = isIP(address) === 6 ? 6 : 4;
     // A copy: a view would keep the whole received datagram alive.
     this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };
     this.#sendOut(address, target.port, family, payload);
-  }
-
-  #resolveThenSend(name: string, port: number, payload: Buffer): void {
-    const key = `${name}:${port}`;
-    const waiting = this.#pending.get(key);
-    if (this.#pendingCount >= this.#options.limits.pendingDatagrams) {
-      this.counters.droppedInvalid++;
-      return;
-    }
-    this.#pendingCount++;
-    if (waiting) {
-      waiting.push(payload);
-      return;
-    }
-    this.#pending.set(key, [payload]);
-    this.#options.resolver.resolve(name).then(
-      (addresses) => {
-        // Only an IP literal can be sent to (see passLiteral).
-        const found = addresses[0]?.address;
-        const first = found === undefined ? undefined : sendable(found);
-        const usable = first !== undefined && isIP(first) !== 0 ? first : undefined;
-        if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
-        this.#flushPending(key, usable, port);
-      },
-      () => this.#flushPending(key, undefined, port),
-    );
-  }
-
-  #flushPending(key: string, address: string | undefined, port: number): void {
-    const queued = this.#pending.get(key) ?? [];
-    this.#pending.delete(key);
-    this.#pendingCount -= queued.length;
-    if (this.#closed) return;
-    const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
-    for (const payload of queued) {
-      if (address) this.#sendOut(address, port, family, payload);
-      else this.counters.droppedInvalid++;
-    }
   }
 
   #sendOut(address: string, port: number, family: 4 | 6, payload: Buffer): void {

@@ -24,7 +24,8 @@ import {
 import { UserPassStatus, decodeUserPass, encodeUserPassStatus } from '../protocol/userpass.js';
 import { Socks4Reply, Socks5Reply } from '../errors.js';
 import { type Relay, type RelayEnd, type RelayEngine, relay } from '../relay/tcp.js';
-import { type UdpLimits, UdpAssociation } from '../relay/udp.js';
+import { NativeUdpAssociation } from '../relay/native-udp.js';
+import { type UdpAssociationOptions, type UdpLimits, type UdpRelay, UdpAssociation } from '../relay/udp.js';
 import type { Dialer } from '../upstream/dialer.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { BindListener, type PeerCheck, addressToward } from './bind.js';
@@ -149,7 +150,7 @@ export class Session {
   #buffer: Buffer = EMPTY;
   #timer: NodeJS.Timeout | undefined;
   #bindListener: BindListener | null = null;
-  #udp: UdpAssociation | null = null;
+  #udp: UdpRelay | null = null;
   #udpClient: string | null = null;
   /** Between BIND's two replies: the control socket is read, not paused. */
   #bindWaiting = false;
@@ -496,7 +497,7 @@ export class Session {
       return;
     }
     this.#udpClient = client;
-    UdpAssociation.open({
+    openUdpRelay(ctx.relayEngine, {
       bindAddress: this.#localAddress(),
       clientAddress: client,
       clientPort: target.port === 0 ? null : target.port,
@@ -647,8 +648,8 @@ export class Session {
     if (this.#recorded) return;
     this.#recorded = true;
     this.#bindListener?.close();
+    this.#udp?.close(); // first: nothing is relayed after the figures are read
     const udp = this.#udp?.counters;
-    this.#udp?.close();
     if (this.#udpClient) this.#ctx.udpSlots.release(this.#udpClient);
     const relayed = this.#relayEnd;
     const bytesUp = udp ? udp.bytesUp : relayed?.bytesUp ?? 0;
@@ -678,4 +679,13 @@ export class Session {
       rule: this.#rule,
     });
   }
+}
+
+/**
+ * With the splice relay, the addon's relay thread carries the association's
+ * datagrams too (relay/native-udp.ts); otherwise, or where the addon lacks
+ * it, dgram sockets do (relay/udp.ts).
+ */
+async function openUdpRelay(engine: RelayEngine, options: UdpAssociationOptions): Promise<UdpRelay> {
+  return (engine === 'splice' ? NativeUdpAssociation.open(options) : null) ?? UdpAssociation.open(options);
 }
