@@ -39,14 +39,14 @@ export const SERVERS: readonly ServerInfo[] = [
     label: 'socksgate',
     proxy: true,
     udp: true,
-    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --log-level warn --log-format json --relay-engine splice` (no auth; the access log is at info, so nothing is logged for normal sessions; the native splice(2) relay asked for explicitly, so a missing addon fails the run instead of measuring the stream relay)',
+    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --log-level warn --log-format json --relay-engine splice` (no auth; the access log is at info, so nothing is logged for normal sessions; the native splice(2) relay asked for explicitly, so a missing addon fails the run instead of measuring the stream relay; with it, UDP associations run on the addon\'s relay thread too)',
   },
   {
     id: 'socksgate-stream',
     label: 'socksgate (stream relay)',
     proxy: true,
     udp: true,
-    describe: 'the same with `--relay-engine stream`: the pure Node stream relay',
+    describe: 'the same with `--relay-engine stream`: the pure Node stream relay, and dgram sockets for UDP',
   },
   {
     id: 'socksgate-poll',

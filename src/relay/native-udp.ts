@@ -71,10 +71,13 @@ export class NativeUdpAssociation implements UdpRelay {
     this.#armIdle(options.idleMs);
   }
 
-  /** Opens the client-facing socket on the relay thread; null when the addon is not there. */
+  /**
+   * Opens the client-facing socket on the relay thread; null when the addon
+   * is not there, or for a scoped (link-local) address, which it does not take.
+   */
   static open(options: UdpAssociationOptions): NativeUdpAssociation | null {
     const udp = addon();
-    if (!udp) return null;
+    if (!udp || options.bindAddress.includes('%') || options.clientAddress.includes('%')) return null;
     const id = nextId;
     const [handle, port] = udp.udpOpen(id, options.bindAddress, options.clientAddress, options.clientPort ?? 0, options.limits.maxDatagram);
     if (handle === null) throw errnoError('bind', -port, options.bindAddress);

@@ -8,6 +8,10 @@
  * are resolved once per association, the payload is sent on.
  * Destination → client: the payload is wrapped in a header naming the sender.
  *
+ * This is the stream relay's association (dgram sockets); with the splice
+ * relay the addon's relay thread carries the datagrams instead
+ * (native-udp.ts), and shares the name handling below (DestinationNames).
+ *
  * Everything is bounded: datagram size, datagrams waiting on a name lookup,
  * names cached, reply headers cached; drops are counted, never queued without
  * limit.
