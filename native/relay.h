@@ -25,6 +25,15 @@ typedef struct {
 
 #define WATCH_UDP 2
 
+/* For functions called from JavaScript: a failed N-API call throws and returns. */
+#define CHECK(call)                                \
+  do {                                             \
+    if ((call) != napi_ok) {                       \
+      napi_throw_error(env, NULL, "napi: " #call); \
+      return NULL;                                 \
+    }                                              \
+  } while (0)
+
 /* splice.c: the process's epoll instance, with its relay thread started (0), or an errno. */
 int relay_thread_ready(int *epoll_out);
 

@@ -631,14 +631,6 @@ static void send_command_to(int kind, pair_t *p, void *listener, int arg) {
 
 /* ---- JavaScript side (main thread) ---- */
 
-#define CHECK(call)                                  \
-  do {                                               \
-    if ((call) != napi_ok) {                         \
-      napi_throw_error(env, NULL, "napi: " #call);   \
-      return NULL;                                   \
-    }                                                \
-  } while (0)
-
 /* Runs on the main thread: dispatcher(id, up, down, reason, firstEofSide, errorSide, errno). */
 static void call_js(napi_env env, napi_value dispatcher, void *context, void *data) {
   (void)context;

@@ -344,14 +344,6 @@ void udp_before_wait(void) {
 
 /* ---- JavaScript side (main thread) ---- */
 
-#define CHECK(call)                                \
-  do {                                             \
-    if ((call) != napi_ok) {                       \
-      napi_throw_error(env, NULL, "napi: " #call); \
-      return NULL;                                 \
-    }                                              \
-  } while (0)
-
 /* Runs on the main thread: dispatch(id, clientPort, datagram) for a datagram the relay thread left to JavaScript. */
 static void deliver(napi_env env, napi_value dispatch, void *context, void *data) {
   (void)context;
@@ -497,6 +489,17 @@ static udp_t *handle_of(napi_env env, napi_value value) {
   return u;
 }
 
+/* The association a call's one argument names (NULL, with an exception pending, if none). */
+static udp_t *sole_handle(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, NULL, "a UDP association handle is required");
+    return NULL;
+  }
+  return handle_of(env, argv[0]);
+}
+
 /*
  * udpSend(handle, address, port, payload, clientPort) -> sent: a datagram
  * JavaScript decided (a name it resolved), from the client's `clientPort`.
@@ -555,10 +558,7 @@ static napi_value status_of(napi_env env, udp_t *u) {
 
 /* udpStatus(handle) -> the counters and the milliseconds since a datagram was last relayed. */
 static napi_value js_udp_status(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  udp_t *u = handle_of(env, argv[0]);
+  udp_t *u = sole_handle(env, info);
   if (!u) return NULL;
   pthread_mutex_lock(&u->lock);
   napi_value result = status_of(env, u);
@@ -568,10 +568,7 @@ static napi_value js_udp_status(napi_env env, napi_callback_info info) {
 
 /* udpClose(handle) -> the final status: every socket closed, nothing relayed after it. Idempotent. */
 static napi_value js_udp_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  udp_t *u = handle_of(env, argv[0]);
+  udp_t *u = sole_handle(env, info);
   if (!u) return NULL;
   pthread_mutex_lock(&u->lock);
   int first = !u->closed;
