@@ -17,7 +17,7 @@ import {
 export interface UdpAddon {
   udpInit(dispatch: (id: number, clientPort: number, datagram: Buffer) => void): void;
   udpOpen(id: number, bindAddress: string, clientAddress: string, clientPort: number, maxDatagram: number): [object | null, number];
-  udpSend(handle: object, address: string, port: number, payload: Buffer, clientPort: number): boolean;
+  udpSend(handle: object, address: string, port: number, payload: Buffer, clientPort: number): void;
   udpStatus(handle: object): NativeStatus;
   udpClose(handle: object): NativeStatus;
 }
@@ -39,13 +39,8 @@ function addon(): UdpAddon | null {
   return loaded;
 }
 
-/** Whether native UDP associations can be opened here (the addon is loaded and has them). */
-export function nativeUdpAvailable(): boolean {
-  return addon() !== null;
-}
-
 export class NativeUdpAssociation implements UdpRelay {
-  readonly #id = nextId++;
+  readonly #id: number;
   readonly #addon: UdpAddon;
   readonly #handle: object;
   readonly #port: number;
@@ -60,7 +55,8 @@ export class NativeUdpAssociation implements UdpRelay {
   #final: NativeStatus | null = null;
   #idleTimer: NodeJS.Timeout | undefined;
 
-  private constructor(addon: UdpAddon, handle: object, port: number, options: UdpAssociationOptions) {
+  private constructor(id: number, addon: UdpAddon, handle: object, port: number, options: UdpAssociationOptions) {
+    this.#id = id;
     this.#addon = addon;
     this.#handle = handle;
     this.#port = port;
@@ -78,10 +74,10 @@ export class NativeUdpAssociation implements UdpRelay {
   static open(options: UdpAssociationOptions): NativeUdpAssociation | null {
     const udp = addon();
     if (!udp || options.bindAddress.includes('%') || options.clientAddress.includes('%')) return null;
-    const id = nextId;
+    const id = nextId++;
     const [handle, port] = udp.udpOpen(id, options.bindAddress, options.clientAddress, options.clientPort ?? 0, options.limits.maxDatagram);
     if (handle === null) throw errnoError('bind', -port, options.bindAddress);
-    return new NativeUdpAssociation(udp, handle, port, options);
+    return new NativeUdpAssociation(id, udp, handle, port, options);
   }
 
   get address(): Destination {
