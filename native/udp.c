@@ -12,10 +12,22 @@
  * resolver, the name cache and the counting of what it drops, and sends with
  * udpSend() (server/native-udp.ts).
  *
+ * When the request rules look at UDP destinations, an association is opened
+ * "checked": it keeps a small table of verdicts by address and port, filled
+ * by JavaScript, which alone knows the rules. A datagram to (or a reply from)
+ * an address the table knows is sent or dropped here; one it does not know
+ * goes to JavaScript, which decides it, sends it, and tells the table.
+ *
  * The relay thread holds an association's lock while it reads or writes its
  * sockets; udpClose() takes it to close them, so a descriptor is never used
  * after it was closed. Bounded: a batch of slots for the relay thread, and at
- * most TO_JS_MAX datagrams per association on their way to JavaScript.
+ * most TO_JS_MAX datagrams per association on their way to JavaScript; near
+ * that, the relay thread stops reading the association's sockets until
+ * JavaScript catches up, so the kernel's buffers hold the rest.
+ *
+ * Order: while a datagram of one direction is on its way to JavaScript, the
+ * rest of that direction follows it there, so a datagram the table learns to
+ * decide in the meantime cannot overtake the ones before it.
  */
 #define _GNU_SOURCE
 #include "relay.h"
@@ -34,12 +46,27 @@
 #define BATCH 32
 /* Larger than any UDP payload (65507 over IPv4, 65527 over IPv6): a reply is never cut. */
 #define SLOT 65536
-#define TO_JS_MAX 64
+#define TO_JS_MAX 128
+#define TO_JS_RESUME BATCH /* reading resumes at or below this many on their way */
 #define CLIENT_RECEIVE_BUFFER (1 << 20)
 #define HEADER_MAX 22
 
 enum { CLIENT_SIDE = 0, OUT4 = 1, OUT6 = 2, SOCKETS = 3 };
-enum { UP, DOWN, BYTES_UP, BYTES_DOWN, FOREIGN, INVALID, COUNTERS };
+enum { UP, DOWN, BYTES_UP, BYTES_DOWN, FOREIGN, INVALID, DENIED, COUNTERS };
+/* What a datagram handed to JavaScript is: a client's (as received), or a reply (header and payload, as the client would get it). */
+enum { TO_JS_CLIENT = 0, TO_JS_REPLY = 1 };
+
+/* Verdicts of a checked association: VERDICT_SETS sets of VERDICT_WAYS, the least recently used replaced. */
+#define VERDICT_SETS 64
+#define VERDICT_WAYS 4
+
+typedef struct {
+  uint32_t used; /* the association's tick at the last lookup; 0: empty */
+  uint16_t port; /* network order */
+  uint8_t family;
+  uint8_t allowed;
+  unsigned char addr[16];
+} verdict_t;
 
 typedef struct udp udp_t;
 
@@ -61,7 +88,10 @@ struct udp {
   uint16_t client_port; /* network order; 0 until the first datagram names it */
   int max_datagram;
   int max_to_client;
-  int to_js;
+  int to_js[2]; /* by kind: datagrams on their way to JavaScript */
+  int paused;   /* bit per socket: not read until JavaScript catches up */
+  verdict_t *verdicts; /* NULL: not checked, every datagram is relayed */
+  uint32_t tick;
   uint64_t count[COUNTERS];
   int64_t last_active;
   udp_t *next_closed;
@@ -69,7 +99,8 @@ struct udp {
 
 typedef struct {
   udp_t *u;
-  int port;
+  int kind; /* TO_JS_CLIENT or TO_JS_REPLY */
+  int port; /* the client's source port (TO_JS_CLIENT) */
   size_t len;
   unsigned char data[];
 } to_js_t;
@@ -96,6 +127,7 @@ static int64_t clock_ms(void) {
 static void udp_unref(udp_t *u) {
   if (__atomic_sub_fetch(&u->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   pthread_mutex_destroy(&u->lock);
+  free(u->verdicts);
   free(u);
 }
 
@@ -123,6 +155,59 @@ static int is_client(const udp_t *u, const struct sockaddr_storage *s, uint16_t 
   int family = split_address(s, &addr, port);
   if (family != u->client_family || memcmp(addr, u->client, family == AF_INET ? 4 : 16) != 0) return 0;
   return u->client_port == 0 || *port == u->client_port;
+}
+
+/* The association's clock for least-recently-used replacement; never 0, which marks an empty slot. */
+static uint32_t next_tick(udp_t *u) {
+  if (++u->tick == 0) u->tick = 1;
+  return u->tick;
+}
+
+static verdict_t *verdict_set(udp_t *u, int family, const unsigned char *addr, uint16_t port) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (int i = 0; i < (family == AF_INET ? 4 : 16); i++) h = (h ^ addr[i]) * 16777619u;
+  h = (h ^ port) * 16777619u;
+  return u->verdicts + (h % VERDICT_SETS) * VERDICT_WAYS;
+}
+
+static int same_endpoint(const verdict_t *v, int family, const unsigned char *addr, uint16_t port) {
+  return v->used != 0 && v->family == family && v->port == port && memcmp(v->addr, addr, family == AF_INET ? 4 : 16) == 0;
+}
+
+/* The table's verdict on an address and port (lock held): 1 allowed, 0 denied, -1 not known. */
+static int verdict_of(udp_t *u, int family, const unsigned char *addr, uint16_t port) {
+  verdict_t *set = verdict_set(u, family, addr, port);
+  for (int i = 0; i < VERDICT_WAYS; i++) {
+    if (!same_endpoint(&set[i], family, addr, port)) continue;
+    set[i].used = next_tick(u);
+    return set[i].allowed;
+  }
+  return -1;
+}
+
+/* Records JavaScript's verdict (lock held), replacing the set's least recently used. */
+static void remember_verdict(udp_t *u, int family, const unsigned char *addr, uint16_t port, int allowed) {
+  verdict_t *set = verdict_set(u, family, addr, port), *slot = &set[0];
+  for (int i = 0; i < VERDICT_WAYS; i++) {
+    if (same_endpoint(&set[i], family, addr, port)) {
+      slot = &set[i];
+      break;
+    }
+    if (set[i].used < slot->used) slot = &set[i];
+  }
+  slot->used = next_tick(u);
+  slot->family = (uint8_t)family;
+  slot->port = port;
+  slot->allowed = (uint8_t)(allowed != 0);
+  memcpy(slot->addr, addr, family == AF_INET ? 4 : 16);
+}
+
+/* The verdict on a socket address (an IPv4-mapped one as IPv4); -1 when unknown. */
+static int verdict_for(udp_t *u, const struct sockaddr_storage *s) {
+  const unsigned char *addr;
+  uint16_t port;
+  int family = split_address(s, &addr, &port);
+  return verdict_of(u, family, addr, port);
 }
 
 /* A socket address for an IPv4 (4 bytes) or IPv6 (16) address; returns its length. */
@@ -232,21 +317,24 @@ static int receive(int fd) {
   return n;
 }
 
-static void deliver_later(udp_t *u, const unsigned char *d, size_t len, uint16_t port) {
-  to_js_t *m = u->to_js < TO_JS_MAX ? malloc(sizeof *m + len) : NULL;
+/* Queues a datagram for JavaScript: `head` (may be empty) then `d`. Dropped and counted past TO_JS_MAX. */
+static void deliver_later(udp_t *u, int kind, const unsigned char *head, size_t head_len, const unsigned char *d, size_t len, uint16_t port) {
+  to_js_t *m = u->to_js[0] + u->to_js[1] < TO_JS_MAX ? malloc(sizeof *m + head_len + len) : NULL;
   if (!m) {
     u->count[INVALID]++;
     return;
   }
   m->u = u;
+  m->kind = kind;
   m->port = ntohs(port);
-  m->len = len;
-  memcpy(m->data, d, len);
+  m->len = head_len + len;
+  if (head_len > 0) memcpy(m->data, head, head_len);
+  memcpy(m->data + head_len, d, len);
   __atomic_add_fetch(&u->refs, 1, __ATOMIC_ACQ_REL);
-  u->to_js++;
+  u->to_js[kind]++;
   udp_handed_to_js++;
   if (napi_call_threadsafe_function(on_udp, m, napi_tsfn_nonblocking) != napi_ok) {
-    u->to_js--;
+    u->to_js[kind]--;
     __atomic_sub_fetch(&u->refs, 1, __ATOMIC_ACQ_REL); /* not the last: JavaScript's handle holds one */
     free(m);
     u->count[INVALID]++;
@@ -257,8 +345,33 @@ static void add_out(struct mmsghdr *m, int k, struct sockaddr_storage *dest, soc
   m[k].msg_hdr = (struct msghdr){.msg_name = dest, .msg_namelen = dest_len, .msg_iov = iov, .msg_iovlen = (size_t)iovlen};
 }
 
+/*
+ * Whether a socket may be read now (lock held): not while a whole batch could
+ * overflow what is on its way to JavaScript. Then it is left out of the wait
+ * (level-triggered, it would wake the thread for nothing) until deliver()
+ * sees JavaScript catch up.
+ */
+static int may_read(udp_t *u, int which) {
+  if (u->to_js[0] + u->to_js[1] <= TO_JS_MAX - BATCH) return 1;
+  struct epoll_event ev = {.events = 0, .data.ptr = &u->watch[which].base};
+  epoll_ctl(epfd, EPOLL_CTL_MOD, u->fd[which], &ev);
+  u->paused |= 1 << which;
+  return 0;
+}
+
+/* Reading resumes on every paused socket (lock held). */
+static void resume_reading(udp_t *u) {
+  for (int i = 0; i < SOCKETS; i++) {
+    if (!(u->paused & (1 << i)) || u->fd[i] < 0) continue;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &u->watch[i].base};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, u->fd[i], &ev);
+  }
+  u->paused = 0;
+}
+
 /* Client → destinations (lock held). */
 static void from_client(udp_t *u) {
+  if (!may_read(u, CLIENT_SIDE)) return;
   int n = receive(u->fd[CLIENT_SIDE]);
   int n4 = 0, n6 = 0;
   for (int i = 0; i < n; i++) {
@@ -276,11 +389,16 @@ static void from_client(udp_t *u) {
     socklen_t dest_len;
     int which;
     int header = literal_destination(d, len, &to[i], &dest_len, &which);
-    if (header == 0) {
-      deliver_later(u, d, len, port);
+    int verdict = header == 0 || !u->verdicts ? 1 : u->to_js[TO_JS_CLIENT] > 0 ? -1 : verdict_for(u, &to[i]);
+    if (header == 0 || verdict < 0) {
+      deliver_later(u, TO_JS_CLIENT, NULL, 0, d, len, port);
       continue;
     }
     if (u->client_port == 0) u->client_port = port;
+    if (verdict == 0) {
+      u->count[DENIED]++;
+      continue;
+    }
     if (outbound(u, which) < 0) {
       u->count[INVALID]++;
       continue;
@@ -296,6 +414,7 @@ static void from_client(udp_t *u) {
 
 /* Destinations → client, each payload behind a header naming its sender (lock held). */
 static void from_destination(udp_t *u, int which) {
+  if (!may_read(u, which)) return;
   int n = receive(u->fd[which]);
   if (n <= 0 || u->client_port == 0) return; /* no client to send to yet: nothing is relayed */
   struct sockaddr_storage client;
@@ -306,6 +425,15 @@ static void from_destination(udp_t *u, int which) {
     int header = reply_header(headers[i], &from[i]);
     if (len + (size_t)header > (size_t)u->max_to_client) {
       u->count[INVALID]++; /* the header makes it too large for one datagram */
+      continue;
+    }
+    int verdict = !u->verdicts ? 1 : u->to_js[TO_JS_REPLY] > 0 ? -1 : verdict_for(u, &from[i]);
+    if (verdict < 0) {
+      deliver_later(u, TO_JS_REPLY, headers[i], (size_t)header, in_iov[i].iov_base, len, 0);
+      continue;
+    }
+    if (verdict == 0) {
+      u->count[DENIED]++;
       continue;
     }
     out_iov[i][0] = (struct iovec){.iov_base = headers[i], .iov_len = (size_t)header};
@@ -344,24 +472,29 @@ void udp_before_wait(void) {
 
 /* ---- JavaScript side (main thread) ---- */
 
-/* Runs on the main thread: dispatch(id, clientPort, datagram) for a datagram the relay thread left to JavaScript. */
+/* Runs on the main thread: dispatch(id, kind, clientPort, datagram) for a datagram the relay thread left to JavaScript. */
 static void deliver(napi_env env, napi_value dispatch, void *context, void *data) {
   (void)context;
   to_js_t *m = data;
   udp_t *u = m->u;
   pthread_mutex_lock(&u->lock);
-  u->to_js--;
   int closed = u->closed;
   pthread_mutex_unlock(&u->lock);
   if (env != NULL && dispatch != NULL && !closed) {
-    napi_value argv[3], undefined;
+    napi_value argv[4], undefined;
     void *copy;
     napi_get_undefined(env, &undefined);
     napi_create_double(env, u->id, &argv[0]);
-    napi_create_int32(env, m->port, &argv[1]);
-    napi_create_buffer_copy(env, m->len, m->data, &copy, &argv[2]);
-    napi_call_function(env, undefined, dispatch, 3, argv, NULL);
+    napi_create_int32(env, m->kind, &argv[1]);
+    napi_create_int32(env, m->port, &argv[2]);
+    napi_create_buffer_copy(env, m->len, m->data, &copy, &argv[3]);
+    napi_call_function(env, undefined, dispatch, 4, argv, NULL);
   }
+  /* Counted down only now: until JavaScript has sent or dropped it, the datagrams after it follow it. */
+  pthread_mutex_lock(&u->lock);
+  u->to_js[m->kind]--;
+  if (u->paused && !u->closed && u->to_js[0] + u->to_js[1] <= TO_JS_RESUME) resume_reading(u);
+  pthread_mutex_unlock(&u->lock);
   free(m);
   udp_unref(u);
 }
@@ -428,14 +561,16 @@ static int open_client_side(udp_t *u, int family, const unsigned char *bind_addr
 }
 
 /*
- * udpOpen(id, bindAddress, clientAddress, clientPort, maxDatagram) -> [handle, port],
- * or [null, -errno] when the socket cannot be opened.
+ * udpOpen(id, bindAddress, clientAddress, clientPort, maxDatagram, checked) -> [handle, port],
+ * or [null, -errno] when the socket cannot be opened. `checked`: each datagram's
+ * destination (a reply's sender) needs a verdict (udpVerdict, udpSend).
  */
 static napi_value js_udp_open(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], result, handle, item;
+  size_t argc = 6;
+  napi_value argv[6], result, handle, item;
   double id;
   int32_t client_port, max_datagram;
+  bool checked;
   unsigned char bind_addr[16], client[16];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_double(env, argv[0], &id));
@@ -443,12 +578,18 @@ static napi_value js_udp_open(napi_env env, napi_callback_info info) {
   int client_family = parse_ip(env, argv[2], client);
   CHECK(napi_get_value_int32(env, argv[3], &client_port));
   CHECK(napi_get_value_int32(env, argv[4], &max_datagram));
+  CHECK(napi_get_value_bool(env, argv[5], &checked));
   if (on_udp == NULL || bind_family == 0 || client_family == 0) {
     napi_throw_error(env, NULL, on_udp == NULL ? "udpInit() first" : "not an IP address");
     return NULL;
   }
   udp_t *u = calloc(1, sizeof *u);
   if (!u) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  if (checked && !(u->verdicts = calloc(VERDICT_SETS * VERDICT_WAYS, sizeof(verdict_t)))) {
+    free(u);
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
   }
@@ -470,6 +611,7 @@ static napi_value js_udp_open(napi_env env, napi_callback_info info) {
   CHECK(napi_create_array_with_length(env, 2, &result));
   if (fd < 0) {
     pthread_mutex_destroy(&u->lock);
+    free(u->verdicts);
     free(u);
     CHECK(napi_get_null(env, &handle));
     CHECK(napi_create_int32(env, fd, &item));
@@ -503,7 +645,8 @@ static udp_t *sole_handle(napi_env env, napi_callback_info info) {
 /*
  * udpSend(handle, address, port, payload, clientPort): a datagram JavaScript
  * decided (a name it resolved), from the client's `clientPort`; counted like
- * the relay thread's own, sent or dropped.
+ * the relay thread's own, sent or dropped. A checked association remembers
+ * the address and port as allowed, both ways.
  */
 static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -527,6 +670,7 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
     u->count[FOREIGN]++; /* the port was learned from another datagram meanwhile */
   } else {
     u->client_port = client_port;
+    if (family && u->verdicts) remember_verdict(u, family, addr, htons((uint16_t)port), 1);
     struct sockaddr_storage dest;
     socklen_t dest_len = family ? make_address(&dest, family, addr, htons((uint16_t)port)) : 0;
     int fd = family ? outbound(u, family == AF_INET ? OUT4 : OUT6) : -1;
@@ -543,7 +687,57 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* [datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, idleMs] (lock held). */
+/* udpVerdict(handle, address, port, allowed): JavaScript's verdict on an address and port, both ways. */
+static napi_value js_udp_verdict(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int32_t port;
+  bool allowed;
+  unsigned char addr[16];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_t *u = handle_of(env, argv[0]);
+  if (!u) return NULL;
+  int family = parse_ip(env, argv[1], addr);
+  CHECK(napi_get_value_int32(env, argv[2], &port));
+  CHECK(napi_get_value_bool(env, argv[3], &allowed));
+  pthread_mutex_lock(&u->lock);
+  if (family && u->verdicts && !u->closed) remember_verdict(u, family, addr, htons((uint16_t)port), allowed);
+  pthread_mutex_unlock(&u->lock);
+  return NULL;
+}
+
+/*
+ * udpToClient(handle, datagram, headerLength): a reply JavaScript allowed,
+ * as the relay thread handed it over (header and payload), sent to the client.
+ */
+static napi_value js_udp_to_client(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  void *data;
+  size_t len;
+  int32_t header;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_t *u = handle_of(env, argv[0]);
+  if (!u) return NULL;
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  CHECK(napi_get_value_int32(env, argv[2], &header));
+  pthread_mutex_lock(&u->lock);
+  if (!u->closed && u->client_port != 0) {
+    struct sockaddr_storage client;
+    socklen_t client_len = make_address(&client, u->client_family, u->client, u->client_port);
+    if (sendto(u->fd[CLIENT_SIDE], data, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&client, client_len) >= 0) {
+      u->count[DOWN]++;
+      u->count[BYTES_DOWN] += len - (size_t)header;
+      u->last_active = clock_ms();
+    } else {
+      u->count[INVALID]++;
+    }
+  }
+  pthread_mutex_unlock(&u->lock);
+  return NULL;
+}
+
+/* [datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, idleMs] (lock held). */
 static napi_value status_of(napi_env env, udp_t *u) {
   napi_value result, item;
   CHECK(napi_create_array_with_length(env, COUNTERS + 1, &result));
@@ -595,6 +789,8 @@ napi_status udp_define(napi_env env, napi_value exports) {
       {"udpInit", NULL, js_udp_init, NULL, NULL, NULL, napi_default, NULL},
       {"udpOpen", NULL, js_udp_open, NULL, NULL, NULL, napi_default, NULL},
       {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_default, NULL},
+      {"udpVerdict", NULL, js_udp_verdict, NULL, NULL, NULL, napi_default, NULL},
+      {"udpToClient", NULL, js_udp_to_client, NULL, NULL, NULL, napi_default, NULL},
       {"udpStatus", NULL, js_udp_status, NULL, NULL, NULL, napi_default, NULL},
       {"udpClose", NULL, js_udp_close, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -20,8 +20,12 @@
  *   same address. A name the resolver would read as an address (`10.1`,
  *   `0x0a000001`, `::1` sent as a domain name) is treated as that address.
  * - IPv4-mapped IPv6 addresses (client or destination) match IPv4 networks.
- * - UDP ASSOCIATE names no destination (its address is the client's own UDP
- *   source), so a rule with any `to` matcher never matches a `udp` request.
+ * - UDP is decided twice. The UDP ASSOCIATE request names no destination (its
+ *   address is the client's own UDP source): `decideAssociation` opens the
+ *   association when some destination could be allowed. Then each datagram
+ *   is decided by `decide` with command `udp` and the datagram's destination
+ *   (a reply: its sender, taken as a destination); the relays do that only
+ *   when `checksUdpDestinations` says the answer can differ by destination.
  * - BIND's destination is the application server expected to connect back.
  * - When no rule matches (and any rule exists) the request is denied by the
  *   implicit `default-deny`; with no rules at all nothing is decided here.
@@ -70,7 +74,7 @@ interface CompiledRule {
   readonly users: ReadonlySet<string> | null;
   readonly fromNets: BlockList | null;
   readonly fromPorts: Uint16Array | null;
-  /** Any `to` matcher at all (such a rule never matches `udp`). */
+  /** Any `to` matcher at all. */
   readonly hasTo: boolean;
   /** `to.nets` or `to.hosts` given: the destination must match one of them. */
   readonly hasToAddress: boolean;
@@ -116,11 +120,41 @@ export class RuleSet {
     return this.#rules.some((rule) => rule.fromPorts !== null);
   }
 
-  /** The first matching rule's decision, or default-deny. */
+  /**
+   * Whether a UDP datagram's fate can depend on its destination (some rule
+   * that may match `udp` has a `to` matcher); when not, the association's
+   * own decision covers every datagram and none is checked.
+   */
+  get checksUdpDestinations(): boolean {
+    return this.#rules.some((rule) => rule.hasTo && (rule.commands === 0 || (rule.commands & COMMAND_BITS.udp) !== 0));
+  }
+
+  /**
+   * The UDP ASSOCIATE request itself, which names no destination: the first
+   * rule that matches it apart from `to` decides, except that a deny with a
+   * `to` matcher only takes some destinations away, so the search goes on
+   * past it. An allow with a `to` matcher opens the association; its
+   * datagrams are then decided one by one (`decide`).
+   */
+  decideAssociation(request: RuleRequest): RuleDecision {
+    const rules = this.#rules;
+    let client: SocketAddress | null | undefined;
+    for (let i = 0; i < rules.length; i++) {
+      const rule = rules[i]!;
+      if (rule.hasTo && !rule.decision.allowed) continue;
+      if (!matchesApartFromTo(rule, request)) continue;
+      if (rule.fromNets !== null) {
+        client ??= this.#addresses.get(request.clientAddress);
+        if (client === null || !rule.fromNets.check(client)) continue;
+      }
+      return rule.decision;
+    }
+    return DEFAULT_DENY_DECISION;
+  }
+
+  /** The first matching rule's decision, or default-deny. For `udp`, one datagram (see decideAssociation). */
   decide(request: RuleRequest): RuleDecision {
     const rules = this.#rules;
-    const commandBit = COMMAND_BITS[request.command];
-    const isUdp = request.command === 'udp';
     const destinationPort = request.destination.port;
 
     // Prepared once per request, and only when a rule needs it.
@@ -132,12 +166,8 @@ export class RuleSet {
 
     for (let i = 0; i < rules.length; i++) {
       const rule = rules[i]!;
-      if (rule.commands !== 0 && (rule.commands & commandBit) === 0) continue;
-      if (rule.listeners !== null && !rule.listeners.has(request.listener)) continue;
-      if (rule.users !== null && (request.user === null || !rule.users.has(request.user))) continue;
-      if (rule.fromPorts !== null && !inRanges(rule.fromPorts, request.clientPort)) continue;
+      if (!matchesApartFromTo(rule, request)) continue;
       if (rule.hasTo) {
-        if (isUdp) continue;
         if (rule.toPorts !== null && !inRanges(rule.toPorts, destinationPort)) continue;
         if (rule.hasToAddress) {
           if (!prepared) {
@@ -158,6 +188,14 @@ export class RuleSet {
     }
     return DEFAULT_DENY_DECISION;
   }
+}
+
+/** The matchers that need no address parsing: command, listener, user, client port. */
+function matchesApartFromTo(rule: CompiledRule, request: RuleRequest): boolean {
+  if (rule.commands !== 0 && (rule.commands & COMMAND_BITS[request.command]) === 0) return false;
+  if (rule.listeners !== null && !rule.listeners.has(request.listener)) return false;
+  if (rule.users !== null && (request.user === null || !rule.users.has(request.user))) return false;
+  return rule.fromPorts === null || inRanges(rule.fromPorts, request.clientPort);
 }
 
 function destinationMatches(rule: CompiledRule, address: SocketAddress | null, name: string | null): boolean {

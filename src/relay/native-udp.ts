@@ -5,25 +5,39 @@
  * hands over what it cannot decide alone (a destination name, a fragment, a
  * malformed header), and this side decodes, resolves, counts and sends those
  * as the JavaScript association does (relay/udp.ts), through the addon.
+ *
+ * When the rules look at UDP destinations the association is opened checked:
+ * the relay thread keeps the verdicts this side gives it (udpVerdict, and
+ * every udpSend as an allow) by address and port, and hands over what it has
+ * no verdict for, a reply too (udpToClient sends one this side allowed).
  */
 import { isIP } from 'node:net';
 import { type Destination, destination } from '../protocol/address.js';
+import { decodeUdpHeader } from '../protocol/udp.js';
 import { errnoError, spliceAddon } from './splice.js';
 import {
-  DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram, sendable,
+  DatagramPolicy, DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram, sendable,
+  udpCounters,
 } from './udp.js';
+
+/** What the relay thread hands over (native/udp.c TO_JS_*). */
+const FROM_CLIENT = 0;
+const REPLY = 1;
 
 /** The addon's part (native/udp.c). */
 export interface UdpAddon {
-  udpInit(dispatch: (id: number, clientPort: number, datagram: Buffer) => void): void;
-  udpOpen(id: number, bindAddress: string, clientAddress: string, clientPort: number, maxDatagram: number): [object | null, number];
+  udpInit(dispatch: (id: number, kind: number, clientPort: number, datagram: Buffer) => void): void;
+  udpOpen(id: number, bindAddress: string, clientAddress: string, clientPort: number, maxDatagram: number, checked: boolean): [object | null, number];
   udpSend(handle: object, address: string, port: number, payload: Buffer, clientPort: number): void;
+  udpVerdict(handle: object, address: string, port: number, allowed: boolean): void;
+  udpToClient(handle: object, datagram: Buffer, headerLength: number): void;
   udpStatus(handle: object): NativeStatus;
   udpClose(handle: object): NativeStatus;
 }
 
-/** datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, milliseconds since the last datagram relayed. */
-type NativeStatus = [number, number, number, number, number, number, number];
+/** datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, milliseconds since the last datagram relayed. */
+type NativeStatus = [number, number, number, number, number, number, number, number];
+const IDLE_MS = 7;
 
 /** Live native associations by id, for the datagrams the relay thread hands over. */
 const live = new Map<number, NativeUdpAssociation>();
@@ -33,8 +47,12 @@ let initialised: UdpAddon | null = null;
 function addon(): UdpAddon | null {
   if (initialised) return initialised;
   const loaded = spliceAddon() as (UdpAddon & object) | null;
-  if (!loaded || typeof loaded.udpInit !== 'function') return null;
-  loaded.udpInit((id, clientPort, datagram) => live.get(id)?.fromClient(datagram, clientPort));
+  if (!loaded || typeof loaded.udpVerdict !== 'function') return null; // an addon from before checked associations
+  loaded.udpInit((id, kind, clientPort, datagram) => {
+    const association = live.get(id);
+    if (kind === REPLY) association?.fromDestination(datagram);
+    else if (kind === FROM_CLIENT) association?.fromClient(datagram, clientPort);
+  });
   initialised = loaded;
   return loaded;
 }
@@ -46,11 +64,9 @@ export class NativeUdpAssociation implements UdpRelay {
   readonly #port: number;
   readonly #options: UdpAssociationOptions;
   /** What JavaScript itself dropped; the rest is counted by the relay thread. */
-  readonly #own: UdpCounters = {
-    datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
-    droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0,
-  };
+  readonly #own: UdpCounters = udpCounters();
   readonly #names: DestinationNames;
+  readonly #policy: DatagramPolicy | null;
   #clientPort: number | null;
   #final: NativeStatus | null = null;
   #idleTimer: NodeJS.Timeout | undefined;
@@ -62,7 +78,12 @@ export class NativeUdpAssociation implements UdpRelay {
     this.#port = port;
     this.#options = options;
     this.#clientPort = options.clientPort;
-    this.#names = new DestinationNames(options, this.#own, (address, port, _family, payload) => this.#send(address, port, payload));
+    const policy = options.allows ? new DatagramPolicy(options.allows) : null;
+    this.#policy = policy;
+    this.#names = new DestinationNames(options, this.#own, (address, port, _family, payload) => {
+      policy?.reachedByName(address, port); // the relay thread learns it from udpSend
+      this.#send(address, port, payload);
+    });
     live.set(this.#id, this);
     this.#armIdle(options.idleMs);
   }
@@ -75,7 +96,8 @@ export class NativeUdpAssociation implements UdpRelay {
     const udp = addon();
     if (!udp || options.bindAddress.includes('%') || options.clientAddress.includes('%')) return null;
     const id = nextId++;
-    const [handle, port] = udp.udpOpen(id, options.bindAddress, options.clientAddress, options.clientPort ?? 0, options.limits.maxDatagram);
+    const checked = options.allows !== null;
+    const [handle, port] = udp.udpOpen(id, options.bindAddress, options.clientAddress, options.clientPort ?? 0, options.limits.maxDatagram, checked);
     if (handle === null) throw errnoError('bind', -port, options.bindAddress);
     return new NativeUdpAssociation(id, udp, handle, port, options);
   }
@@ -86,13 +108,14 @@ export class NativeUdpAssociation implements UdpRelay {
 
   /** Relayed and dropped so far; after close(), the final figures. */
   get counters(): UdpCounters {
-    const [datagramsUp, datagramsDown, bytesUp, bytesDown, foreign, invalid] = this.#final ?? this.#addon.udpStatus(this.#handle);
+    const [datagramsUp, datagramsDown, bytesUp, bytesDown, foreign, invalid, denied] = this.#final ?? this.#addon.udpStatus(this.#handle);
     const own = this.#own;
     return {
       datagramsUp, datagramsDown, bytesUp, bytesDown,
       droppedFragments: own.droppedFragments,
       droppedForeign: foreign + own.droppedForeign,
       droppedInvalid: invalid + own.droppedInvalid,
+      droppedDenied: denied + own.droppedDenied,
     };
   }
 
@@ -110,8 +133,30 @@ export class NativeUdpAssociation implements UdpRelay {
     if (decoded === null) return;
     this.#clientPort ??= port;
     const target = decoded.header.destination;
-    if (target.kind === 'domain') this.#names.send(target.host, target.port, decoded.payload);
-    else this.#send(target.kind === 'ipv6' ? sendable(target.host) : target.host, target.port, decoded.payload);
+    if (target.kind === 'domain') {
+      if (this.#policy && !this.#policy.admitsName(target.host, target.port)) return void this.#own.droppedDenied++;
+      return this.#names.send(target.host, target.port, decoded.payload);
+    }
+    const address = target.kind === 'ipv6' ? sendable(target.host) : target.host;
+    if (this.#policy && !this.#admitted(address, target.port)) return;
+    this.#send(address, target.port, decoded.payload);
+  }
+
+  /** A reply the relay thread had no verdict for (checked associations): its header names the sender. */
+  fromDestination(datagram: Buffer): void {
+    if (this.#final) return;
+    const header = decodeUdpHeader(datagram); // the relay thread's own encoding
+    if (this.#admitted(header.destination.host, header.destination.port)) {
+      this.#addon.udpToClient(this.#handle, datagram, header.payloadOffset);
+    }
+  }
+
+  /** The policy's verdict on an address, told to the relay thread; a refusal is counted. */
+  #admitted(address: string, port: number): boolean {
+    const allowed = this.#policy === null || this.#policy.admitsAddress(address, port);
+    if (!this.#final) this.#addon.udpVerdict(this.#handle, address, port, allowed);
+    if (!allowed) this.#own.droppedDenied++;
+    return allowed;
   }
 
   #send(address: string, port: number, payload: Buffer): void {
@@ -123,7 +168,7 @@ export class NativeUdpAssociation implements UdpRelay {
   #armIdle(delay: number): void {
     this.#idleTimer = setTimeout(() => {
       if (this.#final) return;
-      const idleFor = this.#addon.udpStatus(this.#handle)[6];
+      const idleFor = this.#addon.udpStatus(this.#handle)[IDLE_MS];
       if (idleFor >= this.#options.idleMs) this.#options.onIdle();
       else this.#armIdle(this.#options.idleMs - idleFor);
     }, Math.max(delay, 1));

@@ -7,6 +7,8 @@
  * once known) are taken; the header is decoded, fragments are dropped, names
  * are resolved once per association, the payload is sent on.
  * Destination → client: the payload is wrapped in a header naming the sender.
+ * When the request rules look at UDP destinations, each datagram is decided
+ * too (DatagramPolicy): denied ones are dropped and counted.
  *
  * This is the stream relay's association (dgram sockets); with the splice
  * relay the addon's relay thread carries the datagrams instead
@@ -50,7 +52,20 @@ export interface UdpCounters {
   droppedForeign: number;
   /** Malformed headers, oversized datagrams, full queues, failed lookups. */
   droppedInvalid: number;
+  /** Denied by the request rules: to its destination, or a reply from its sender. */
+  droppedDenied: number;
 }
+
+/** Fresh counters, all zero. */
+export function udpCounters(): UdpCounters {
+  return {
+    datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
+    droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0, droppedDenied: 0,
+  };
+}
+
+/** The request rules' verdict on one datagram's destination (a reply's sender taken as one); see DatagramPolicy. */
+export type UdpDestinationRules = (target: Destination) => boolean;
 
 export interface UdpAssociationOptions {
   /** Address to bind the client-facing socket on (where the client reached the proxy). */
@@ -64,6 +79,8 @@ export interface UdpAssociationOptions {
   /** No datagram either way for this long ends the association. */
   readonly idleMs: number;
   readonly onIdle: () => void;
+  /** Each datagram's verdict; null when the rules do not look at UDP destinations (all are relayed). */
+  readonly allows: UdpDestinationRules | null;
 }
 
 /** A UDP association, whichever relays it: what the session needs of it. */
@@ -78,6 +95,46 @@ export interface UdpRelay {
 
 /** Senders whose reply header is kept per association; past this the cache starts over. */
 const REPLY_HEADERS = 256;
+/** Address and port pairs remembered per association as reached through an allowed name. */
+const REACHED_BY_NAME = 1024;
+
+/**
+ * The request rules on single datagrams (rules.ts, `decide` with command
+ * `udp`). A client's datagram is decided by its destination as the client
+ * named it, before DNS, as CONNECT is; a reply by its sender, taken as a
+ * destination. Where an allowed name led (its address and the port) counts
+ * as allowed both ways, so the name's replies come back, and the client may
+ * write that address too. Bounded: past REACHED_BY_NAME the oldest is
+ * forgotten, and its replies are decided by the rules alone again.
+ */
+export class DatagramPolicy {
+  readonly #allows: UdpDestinationRules;
+  readonly #reached = new Set<string>();
+
+  constructor(allows: UdpDestinationRules) {
+    this.#allows = allows;
+  }
+
+  /** A datagram to a name. */
+  admitsName(host: string, port: number): boolean {
+    return this.#allows({ kind: 'domain', host, port });
+  }
+
+  /** A datagram to, or a reply from, an address (IPv4-mapped taken as IPv4). */
+  admitsAddress(address: string, port: number): boolean {
+    const plain = unmapIPv4(address) ?? address;
+    return this.#reached.has(`${plain} ${port}`) || this.#allows(destination(plain, port));
+  }
+
+  /** An allowed name resolved to `address`; true when that pair is new. */
+  reachedByName(address: string, port: number): boolean {
+    const key = `${unmapIPv4(address) ?? address} ${port}`;
+    if (this.#reached.has(key)) return false;
+    if (this.#reached.size >= REACHED_BY_NAME) this.#reached.delete(this.#reached.values().next().value!);
+    this.#reached.add(key);
+    return true;
+  }
+}
 
 /** Where the client's last datagram went, keyed by its exact header bytes. */
 interface Target {
@@ -202,16 +259,14 @@ export class DestinationNames {
 }
 
 export class UdpAssociation implements UdpRelay {
-  readonly counters: UdpCounters = {
-    datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
-    droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0,
-  };
+  readonly counters: UdpCounters = udpCounters();
   readonly #options: UdpAssociationOptions;
+  readonly #policy: DatagramPolicy | null;
   readonly #clientSide: UdpSocket;
   readonly #outbound: { 4?: UdpSocket; 6?: UdpSocket } = {};
   readonly #names: DestinationNames;
   #lastTarget: Target | null = null;
-  readonly #replyHeaders = new ReplyHeaders(REPLY_HEADERS);
+  readonly #replyHeaders: ReplyHeaders;
   #clientPort: number | null;
   /** Largest UDP payload the client-facing socket can send (IPv4 65507, IPv6 65527). */
   readonly #maxToClient: number;
@@ -223,8 +278,13 @@ export class UdpAssociation implements UdpRelay {
     this.#options = options;
     this.#clientSide = clientSide;
     this.#clientPort = options.clientPort;
+    const policy = options.allows ? new DatagramPolicy(options.allows) : null;
+    this.#policy = policy;
+    this.#replyHeaders = new ReplyHeaders(REPLY_HEADERS, policy ? (address, port) => policy.admitsAddress(address, port) : null);
     this.#names = new DestinationNames(options, this.counters, (address, port, family, payload) => {
-      if (!this.#closed) this.#sendOut(address, port, family, payload);
+      if (this.#closed) return;
+      if (policy?.reachedByName(address, port)) this.#replyHeaders.forget(address, port);
+      this.#sendOut(address, port, family, payload);
     });
     this.#maxToClient = isIP(options.bindAddress) === 6 ? 65527 : 65507;
     clientSide.on('message', (msg: Buffer, from: RemoteInfo) => this.#fromClient(msg, from.address, from.port));
@@ -300,12 +360,22 @@ export class UdpAssociation implements UdpRelay {
     this.#touch();
     const { header, payload } = decoded;
     const target = header.destination;
+    if (!this.#admits(target)) {
+      this.counters.droppedDenied++;
+      return;
+    }
     if (target.kind === 'domain') return this.#names.send(target.host, target.port, payload);
     const address = target.kind === 'ipv6' ? sendable(target.host) : target.host;
     const family = isIP(address) === 6 ? 6 : 4;
     // A copy: a view would keep the whole received datagram alive.
     this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };
     this.#sendOut(address, target.port, family, payload);
+  }
+
+  #admits(target: Destination): boolean {
+    const policy = this.#policy;
+    if (policy === null) return true;
+    return target.kind === 'domain' ? policy.admitsName(target.host, target.port) : policy.admitsAddress(target.host, target.port);
   }
 
   #sendOut(address: string, port: number, family: 4 | 6, payload: Buffer): void {
@@ -328,6 +398,10 @@ export class UdpAssociation implements UdpRelay {
   #fromDestination(msg: Buffer, address: string, port: number): void {
     if (this.#closed || this.#clientPort === null) return;
     const header = this.#replyHeaders.get(address, port);
+    if (header === null) {
+      this.counters.droppedDenied++; // a sender the rules refuse
+      return;
+    }
     if (header.length + msg.length > this.#maxToClient) {
       this.counters.droppedInvalid++; // the header makes it too large for one datagram
       return;
@@ -356,17 +430,20 @@ export class UdpAssociation implements UdpRelay {
 /**
  * Reply headers by sender address, then port, as dgram reports them: replies
  * mostly come from the few peers the client talks to, so each header is
- * encoded once and two map lookups replace the encoding. Bounded: when full,
+ * encoded once and two map lookups replace the encoding. With `admit`, a
+ * sender it refuses is remembered as null the same way. Bounded: when full,
  * it starts over (a header is cheap to encode again; a sender churn must not
  * grow memory). Exported for its tests only.
  */
 export class ReplyHeaders {
-  readonly #byAddress = new Map<string, Map<number, Buffer>>();
+  readonly #byAddress = new Map<string, Map<number, Buffer | null>>();
   readonly #limit: number;
+  readonly #admit: ((address: string, port: number) => boolean) | null;
   #size = 0;
 
-  constructor(limit: number) {
+  constructor(limit: number, admit: ((address: string, port: number) => boolean) | null = null) {
     this.#limit = limit;
+    this.#admit = admit;
   }
 
   /** Senders cached. */
@@ -374,14 +451,24 @@ export class ReplyHeaders {
     return this.#size;
   }
 
-  /** The header naming address:port (an IPv4-mapped address as IPv4); the same Buffer while cached, never to be written. */
-  get(address: string, port: number): Buffer {
-    const ports = this.#byAddress.get(address);
-    return ports?.get(port) ?? this.#add(ports, address, port);
+  /**
+   * The header naming address:port (an IPv4-mapped address as IPv4); the
+   * same Buffer while cached, never to be written. Null: `admit` refused it.
+   */
+  get(address: string, port: number): Buffer | null {
+    const known = this.#byAddress.get(address)?.get(port);
+    return known !== undefined ? known : this.#add(address, port);
   }
 
-  #add(ports: Map<number, Buffer> | undefined, address: string, port: number): Buffer {
-    const header = encodeUdpHeader(destination(unmapIPv4(address) ?? address, port));
+  /** Decide address:port again at its next reply. */
+  forget(address: string, port: number): void {
+    if (this.#byAddress.get(address)?.delete(port)) this.#size--;
+  }
+
+  #add(address: string, port: number): Buffer | null {
+    const admitted = this.#admit === null || this.#admit(address, port);
+    const header = admitted ? encodeUdpHeader(destination(unmapIPv4(address) ?? address, port)) : null;
+    let ports = this.#byAddress.get(address);
     if (this.#size >= this.#limit) {
       this.#byAddress.clear();
       this.#size = 0;

@@ -25,11 +25,11 @@ import { UserPassStatus, decodeUserPass, encodeUserPassStatus } from '../protoco
 import { Socks4Reply, Socks5Reply } from '../errors.js';
 import { type Relay, type RelayEnd, type RelayEngine, relay } from '../relay/tcp.js';
 import { NativeUdpAssociation } from '../relay/native-udp.js';
-import { type UdpAssociationOptions, type UdpLimits, type UdpRelay, UdpAssociation } from '../relay/udp.js';
+import { type UdpAssociationOptions, type UdpDestinationRules, type UdpLimits, type UdpRelay, UdpAssociation } from '../relay/udp.js';
 import type { Dialer } from '../upstream/dialer.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { BindListener, type PeerCheck, addressToward } from './bind.js';
-import { DEFAULT_DENY, type RuleCommand, type RuleSet } from '../policy/rules.js';
+import { DEFAULT_DENY, type RuleCommand, type RuleRequest, type RuleSet } from '../policy/rules.js';
 
 /** What a session needs from its server; passed in so tests can swap any of it. */
 export interface SessionContext {
@@ -377,20 +377,36 @@ export class Session {
   #allowedByRules(command: RuleCommand, target: Destination): boolean {
     const rules = this.#ctx.rules;
     if (rules === null) return true;
-    const decision = rules.decide({
-      clientAddress: this.#clientAddress,
-      clientPort: this.#clientPort,
-      command,
-      destination: target,
-      user: this.#user,
-      listener: this.#ctx.listener,
-    });
+    const request = this.#ruleRequest(command, target);
+    const decision = command === 'udp' ? rules.decideAssociation(request) : rules.decide(request);
     this.#rule = decision.rule;
     if (decision.allowed) return true;
     const why = decision.rule === DEFAULT_DENY ? `request denied: no rule matched (${DEFAULT_DENY})` : `request denied by rule "${decision.rule}"`;
     if (this.#version === 5) this.#refuse(encodeReply(Socks5Reply.NOT_ALLOWED), 'not-allowed', why, Socks5Reply.NOT_ALLOWED);
     else this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'not-allowed', why, Socks4Reply.REJECTED);
     return false;
+  }
+
+  #ruleRequest(command: RuleCommand, target: Destination): RuleRequest {
+    return {
+      clientAddress: this.#clientAddress,
+      clientPort: this.#clientPort,
+      command,
+      destination: target,
+      user: this.#user,
+      listener: this.#ctx.listener,
+    };
+  }
+
+  /**
+   * Each datagram's own decision, when the rules look at UDP destinations
+   * (null when they don't: the association's decision covers them all).
+   */
+  #datagramRules(): UdpDestinationRules | null {
+    const rules = this.#ctx.rules;
+    if (rules === null || !rules.checksUdpDestinations) return null;
+    const request = this.#ruleRequest('udp', { kind: 'ipv4', host: '0.0.0.0', port: 0 });
+    return (target) => rules.decide({ ...request, destination: target }).allowed;
   }
 
   /** Dials the destination, then replies once: success and relay, or the mapped failure. */
@@ -504,6 +520,7 @@ export class Session {
       resolver: ctx.resolver,
       limits: ctx.udpLimits,
       idleMs: ctx.udpIdleMs,
+      allows: this.#datagramRules(),
       onIdle: () => {
         this.#reason ??= 'idle-timeout';
         this.#socket.destroy();
@@ -671,7 +688,7 @@ export class Session {
       relay: relayed?.engine ?? null,
       datagramsUp: udp?.datagramsUp ?? 0,
       datagramsDown: udp?.datagramsDown ?? 0,
-      datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid : 0,
+      datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied : 0,
       startedAt: this.#startedAt,
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
       reason: this.#reason ?? 'client-gone',

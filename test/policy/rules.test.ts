@@ -191,14 +191,44 @@ describe('request rules: decide', () => {
     assert.equal(verdict(set, request({ command: 'bind' })), NO);
   });
 
-  test('a rule with a `to` matcher never matches UDP ASSOCIATE (it names no destination)', () => {
+  test('UDP ASSOCIATE (no destination): a deny with `to` is passed over, an allow with `to` opens it', () => {
     const set = ruleSet([
       { name: 'no-smtp', deny: { to: { ports: [25] } } },
-      { name: 'lan', allow: { to: { nets: ['0.0.0.0/0'] } } },
-      { name: 'udp', allow: { commands: ['udp'] } },
+      { name: 'dns', allow: { commands: ['udp'], to: { nets: ['192.0.2.53/32'], ports: [53] } } },
+      { name: 'no-udp-from-lan', deny: { commands: ['udp'], from: { nets: ['10.0.0.0/8'] } } },
     ]);
-    assert.equal(verdict(set, request({ command: 'udp', to: '0.0.0.0', port: 25 })), 'allow:udp');
+    const association = (over: Parameters<typeof request>[0] = {}) => {
+      const d = set.decideAssociation(request({ command: 'udp', to: '0.0.0.0', port: 0, ...over }));
+      return `${d.allowed ? 'allow' : 'deny'}:${d.rule}`;
+    };
+    assert.equal(association(), 'allow:dns', 'the deny of port 25 takes only some destinations away');
+    assert.equal(association({ command: 'connect' }), NO, 'only for UDP');
+    const noUdp = ruleSet([
+      { name: 'no-udp-from-lan', deny: { commands: ['udp'], from: { nets: ['10.0.0.0/8'] } } },
+      { name: 'dns', allow: { to: { ports: [53] } } },
+    ]);
+    assert.equal(noUdp.decideAssociation(request({ command: 'udp', clientAddress: '10.1.1.1' })).rule, 'no-udp-from-lan');
+    assert.equal(noUdp.decideAssociation(request({ command: 'udp', clientAddress: '11.1.1.1' })).rule, 'dns');
+    assert.equal(ruleSet([{ name: 'web', deny: { to: { ports: [80] } } }]).decideAssociation(request({ command: 'udp' })).rule, DEFAULT_DENY);
+  });
+
+  test('each UDP datagram is decided by its destination, as CONNECT is', () => {
+    const set = ruleSet([
+      { name: 'no-smtp', deny: { to: { ports: [25] } } },
+      { name: 'dns', allow: { commands: ['udp'], to: { nets: ['192.0.2.53/32'], hosts: ['dns.example'], ports: [53] } } },
+    ]);
+    assert.equal(verdict(set, request({ command: 'udp', to: '192.0.2.53', port: 53 })), 'allow:dns');
+    assert.equal(verdict(set, request({ command: 'udp', to: 'dns.example', kind: 'domain', port: 53 })), 'allow:dns');
+    assert.equal(verdict(set, request({ command: 'udp', to: '192.0.2.53', port: 25 })), 'deny:no-smtp');
+    assert.equal(verdict(set, request({ command: 'udp', to: '192.0.2.54', port: 53 })), NO);
     assert.equal(verdict(set, request({ command: 'bind', to: '192.0.2.1', port: 25 })), 'deny:no-smtp', 'BIND is matched on its expected peer');
+  });
+
+  test('checksUdpDestinations: only when a rule that may match UDP has a `to` matcher', () => {
+    assert.equal(ruleSet([{ name: 'a', allow: {} }]).checksUdpDestinations, false);
+    assert.equal(ruleSet([{ name: 'a', deny: { commands: ['connect'], to: { ports: [25] } } }, { name: 'b', allow: {} }]).checksUdpDestinations, false);
+    assert.equal(ruleSet([{ name: 'a', deny: { to: { ports: [25] } } }]).checksUdpDestinations, true);
+    assert.equal(ruleSet([{ name: 'a', allow: { commands: ['udp'], to: { hosts: ['x.example'] } } }]).checksUdpDestinations, true);
   });
 
   test('users: exact, case-sensitive; a session without a user matches no users list', () => {

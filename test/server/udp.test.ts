@@ -819,11 +819,131 @@ for (const engine of ['splice', 'stream'] as const) {
       }
     });
   });
+
+  describe(`UDP ASSOCIATE with rules on destinations (${engine} relay)`, opts, () => {
+    const suite = udpSuite(engine, {
+      rules: [
+        { name: 'not-dot-two', deny: { to: { nets: ['127.0.0.2/32'] } } },
+        { name: 'the-rest', allow: {} },
+      ],
+    });
+    let denied: UdpEcho;
+    before(async () => {
+      denied = await UdpEcho.start('127.0.0.2');
+    });
+    after(() => denied.close());
+
+    test('a datagram to a denied destination is dropped and counted, again and again; the association relays on', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = recordsFrom(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        for (const payload of ['first', 'second']) {
+          await peer.send(frame('127.0.0.2', denied.port, `denied ${payload}`), assoc.relay.port, assoc.relay.host);
+          await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, `allowed ${payload}`); // the barrier
+        }
+        assert.deepEqual(denied.payloads(), [], 'nothing reached the denied destination');
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.rule, 'the-rest', 'the association itself was allowed');
+        assert.equal(record.datagramsUp, 2);
+        assert.equal(record.datagramsDown, 2);
+        assert.equal(record.datagramsDropped, 2);
+      } finally {
+        await peer.close();
+      }
+    });
+
+    test('a reply from a sender the rules deny is dropped; one from an allowed sender is relayed', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      const intruder = await UdpPeer.open('127.0.0.2');
+      const stranger = await UdpPeer.open('127.0.0.3');
+      try {
+        const next = recordsFrom(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'opens the outbound socket');
+        const outbound = suite.echo4.received.at(-1)!.from.port;
+        for (const round of [1, 2]) {
+          await intruder.send(Buffer.from(`intruder ${round}`), outbound, '127.0.0.1');
+          await stranger.send(Buffer.from(`stranger ${round}`), outbound, '127.0.0.1');
+          assertReply(await peer.next(`the stranger's datagram ${round}`), assoc.relay, { host: '127.0.0.3', port: stranger.port }, `stranger ${round}`);
+        }
+        assert.equal(peer.queued, 0, "the intruder's datagrams were not relayed");
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsDown, 3);
+        assert.equal(record.datagramsDropped, 2);
+      } finally {
+        await Promise.all([peer.close(), intruder.close(), stranger.close()]);
+      }
+    });
+
+    test('a burst of 100 datagrams to a destination not decided yet: each relayed once, in order', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = recordsFrom(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        const payloads = Array.from({ length: 100 }, (_, i) => `checked burst ${i}`);
+        const seen = suite.echo4.received.length;
+        for (const payload of payloads) await peer.send(frame('127.0.0.1', suite.echo4.port, payload), assoc.relay.port, assoc.relay.host);
+        for (const payload of payloads) assertReply(await peer.next(`the echo of "${payload}"`), assoc.relay, { host: '127.0.0.1', port: suite.echo4.port }, payload);
+        assert.deepEqual(suite.echo4.payloads().slice(seen), payloads);
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsUp, 100);
+        assert.equal(record.datagramsDropped, 0);
+      } finally {
+        await peer.close();
+      }
+    });
+  });
+
+  describe(`UDP ASSOCIATE allowed to one name only (${engine} relay)`, opts, () => {
+    const resolver: Resolver = {
+      async resolve(name) {
+        if (name === 'four.test') return [{ address: '127.0.0.1', family: 4 }];
+        throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
+      },
+    };
+    const suite = udpSuite(engine, { resolver, rules: [{ name: 'four-test', allow: { commands: ['udp'], to: { hosts: ['four.test'] } } }] });
+
+    test('decided before DNS: the address is denied until the name led there; then both ways are open, and only there', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      const sameHost = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = recordsFrom(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        const seen = suite.echo4.received.length;
+        await peer.send(frame('127.0.0.1', suite.echo4.port, 'by address first'), assoc.relay.port, assoc.relay.host);
+        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'by name', { host: '127.0.0.1', port: suite.echo4.port });
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'by address, where the name led');
+        assert.deepEqual(suite.echo4.payloads().slice(seen), ['by name', 'by address, where the name led']);
+        const outbound = suite.echo4.received.at(-1)!.from.port;
+        await sameHost.send(Buffer.from('another port of that host'), outbound, '127.0.0.1');
+        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'the barrier', { host: '127.0.0.1', port: suite.echo4.port });
+        assert.equal(peer.queued, 0, 'the datagram from a port the name did not lead to was dropped');
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.rule, 'four-test');
+        assert.equal(record.datagramsUp, 3);
+        assert.equal(record.datagramsDown, 3);
+        assert.equal(record.datagramsDropped, 2);
+      } finally {
+        await Promise.all([peer.close(), sameHost.close()]);
+      }
+    });
+  });
 }
 
 describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
   const splice = udpSuite('splice');
   const stream = udpSuite('stream');
+  const checked = udpSuite('splice', {
+    rules: [
+      { name: 'not-dot-two', deny: { to: { nets: ['127.0.0.2/32'] } } },
+      { name: 'the-rest', allow: {} },
+    ],
+  });
 
   test('datagrams to addresses and their replies never enter JavaScript; a name is handed to it, resolved and sent', opts, async () => {
     const peer = await UdpPeer.open('127.0.0.1');
@@ -839,6 +959,35 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
       assert.equal(named.udpHandedOver - literal.udpHandedOver, 1, 'the datagram to a name went through JavaScript');
       assert.equal(named.udpNativeDatagrams - literal.udpNativeDatagrams, 1, 'its reply did not');
       assoc.control.end();
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('with rules on destinations: JavaScript decides an address once, the relay thread keeps its verdict, denials too', opts, async () => {
+    const peer = await UdpPeer.open('127.0.0.1');
+    try {
+      const assoc = await associate(checked.proxy, { host: '127.0.0.1', port: peer.port });
+      const before = spliceStats()!;
+      for (const payload of ['one', 'two', 'three']) await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, payload);
+      const allowed = spliceStats()!;
+      assert.equal(allowed.udpHandedOver - before.udpHandedOver, 1, 'the first datagram went to JavaScript for its verdict');
+      assert.equal(allowed.udpNativeDatagrams - before.udpNativeDatagrams, 5, 'the rest, and every reply, did not');
+      // The first denial is JavaScript's; once the barrier after it is back, the
+      // verdict is the relay thread's (a datagram that comes while one is on its
+      // way to JavaScript follows it there, so the barrier may or may not).
+      await peer.send(frame('127.0.0.2', checked.echo4.port, 'denied 1'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, 'barrier 1');
+      assert.ok(spliceStats()!.udpHandedOver - allowed.udpHandedOver >= 1);
+      const decided = spliceStats()!;
+      await peer.send(frame('127.0.0.2', checked.echo4.port, 'denied 2'), assoc.relay.port, assoc.relay.host);
+      await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, 'barrier 2');
+      const denied = spliceStats()!;
+      assert.equal(denied.udpHandedOver - decided.udpHandedOver, 0, 'the second denial was the relay thread\'s own');
+      assert.equal(denied.udpNativeDatagrams - decided.udpNativeDatagrams, 2, 'the barrier, each way');
+      assoc.control.end();
+      const record = await recordOf(checked.proxy, assoc);
+      assert.equal(record.datagramsDropped, 2);
     } finally {
       await peer.close();
     }
@@ -920,8 +1069,26 @@ describe('UDP reply headers cached per sender (ReplyHeaders)', () => {
     assert.deepEqual(again, first);
     for (let port = 1; port <= 1000; port++) {
       const header = cache.get('10.0.0.9', port);
-      assert.equal(header.readUInt16BE(8), port);
+      assert.equal(header?.readUInt16BE(8), port);
       assert.ok(cache.size <= 3);
     }
+  });
+
+  test('with a verdict: a refused sender is remembered as null, decided once, and decided again once forgotten', () => {
+    const asked: string[] = [];
+    let open = false;
+    const cache = new ReplyHeaders(8, (address, port) => {
+      asked.push(`${address}:${port}`);
+      return open || address === '10.0.0.1';
+    });
+    assert.deepEqual(cache.get('10.0.0.1', 53), hex('0000 00 01 0a000001 0035'));
+    assert.equal(cache.get('10.0.0.2', 53), null);
+    assert.equal(cache.get('10.0.0.2', 53), null);
+    assert.deepEqual(asked, ['10.0.0.1:53', '10.0.0.2:53'], 'each sender decided once');
+    open = true;
+    assert.equal(cache.get('10.0.0.2', 53), null, 'still the remembered verdict');
+    cache.forget('10.0.0.2', 53);
+    assert.deepEqual(cache.get('10.0.0.2', 53), hex('0000 00 01 0a000002 0035'), 'decided again');
+    assert.equal(cache.size, 2);
   });
 });
