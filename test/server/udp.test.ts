@@ -14,6 +14,7 @@
  * record's counters tell what happened to it.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import type { RemoteInfo, Socket as UdpSocket } from 'node:dgram';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -991,6 +992,32 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
     } finally {
       await peer.close();
     }
+  });
+
+  test('while JavaScript is busy, a burst it must decide waits in the socket buffer: none lost, in order', opts, async () => {
+    const count = 240; // more than the 128 that may be on their way to JavaScript
+    const next = recordsFrom(checked.proxy);
+    const assoc = await associate(checked.proxy, { host: '127.0.0.1', port: 0 });
+    const seen = checked.echo4.received.length;
+    // A checked association's first datagram to an address goes to JavaScript and
+    // the rest follow it. This thread is blocked while Python sends them all.
+    const blast = [
+      'import socket, struct, sys',
+      's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))',
+      'relay, echo, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])',
+      'for i in range(count): s.sendto(b"\\0\\0\\0\\1" + socket.inet_aton("127.0.0.1") + struct.pack(">H", echo) + b"held %d" % i, ("127.0.0.1", relay))',
+    ].join('\n');
+    try {
+      execFileSync('python3', ['-c', blast, String(assoc.relay.port), String(checked.echo4.port), String(count)]);
+      let waited = 0;
+      while (checked.echo4.received.length - seen < count && waited++ < 250) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.deepEqual(checked.echo4.payloads().slice(seen), Array.from({ length: count }, (_, i) => `held ${i}`));
+    } finally {
+      assoc.control.end();
+    }
+    const record = await next((r) => r.clientPort === assoc.controlPort);
+    assert.equal(record.datagramsUp, count);
+    assert.equal(record.datagramsDropped, 0);
   });
 
   test('with the stream relay, the relay thread carries no datagram', opts, async () => {
