@@ -2,7 +2,8 @@
 /**
  * Builds the optional splice(2) relay addon (native/splice.c) into
  * build/socksgate_splice.node with the system C compiler and Node's own
- * headers. It runs at `npm install` (prepare) and in the test command.
+ * headers. It runs at `npm install` (the install script, in a checkout and
+ * from the registry alike) and in the test command.
  *
  * Missing pieces (not Linux, no compiler, no headers) are not an error: the
  * addon is optional and socksgate falls back to its pure stream relay. So this

@@ -13,11 +13,13 @@ export interface RunOptions {
   /** Killed after this many milliseconds (default 20 s). */
   readonly timeoutMs?: number;
   readonly env?: NodeJS.ProcessEnv;
+  /** Working directory (default: this process's). */
+  readonly cwd?: string;
 }
 
 export function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env });
+    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env, cwd: options.cwd });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));
