@@ -60,7 +60,11 @@ export interface SessionRecord {
   readonly bytesUp: number;
   /** Payload bytes from destination to client. */
   readonly bytesDown: number;
-  /** The TCP relay engine that carried the session (`splice` in the kernel, or Node `stream`); null when nothing was relayed. */
+  /**
+   * What carried the session: `splice` (the addon's relay thread: TCP in the
+   * kernel, UDP datagrams in batches) or `stream` (Node streams, dgram
+   * sockets); null when nothing was relayed.
+   */
   readonly relay: 'splice' | 'stream' | null;
   /** UDP ASSOCIATE: datagrams relayed each way, and dropped (fragments, foreign sources, malformed, oversized). */
   readonly datagramsUp: number;

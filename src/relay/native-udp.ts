@@ -58,6 +58,7 @@ function addon(): UdpAddon | null {
 }
 
 export class NativeUdpAssociation implements UdpRelay {
+  readonly engine = 'splice';
   readonly #id: number;
   readonly #addon: UdpAddon;
   readonly #handle: object;

@@ -85,6 +85,8 @@ export interface UdpAssociationOptions {
 
 /** A UDP association, whichever relays it: what the session needs of it. */
 export interface UdpRelay {
+  /** What carries the datagrams: the addon's relay thread, or dgram sockets. */
+  readonly engine: 'splice' | 'stream';
   /** Relayed and dropped so far; after close(), the final figures. */
   readonly counters: UdpCounters;
   /** The client-facing address and port, for the reply. */
@@ -259,6 +261,7 @@ export class DestinationNames {
 }
 
 export class UdpAssociation implements UdpRelay {
+  readonly engine = 'stream';
   readonly counters: UdpCounters = udpCounters();
   readonly #options: UdpAssociationOptions;
   readonly #policy: DatagramPolicy | null;

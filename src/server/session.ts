@@ -685,7 +685,7 @@ export class Session {
       reply: this.#reply,
       bytesUp,
       bytesDown,
-      relay: relayed?.engine ?? null,
+      relay: relayed?.engine ?? this.#udp?.engine ?? null,
       datagramsUp: udp?.datagramsUp ?? 0,
       datagramsDown: udp?.datagramsDown ?? 0,
       datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied : 0,

@@ -303,6 +303,7 @@ for (const engine of ['splice', 'stream'] as const) {
         assert.equal(record.bytesDown, record.bytesUp);
         assert.equal(record.reason, 'client-closed');
         assert.equal(record.error, null);
+        assert.equal(record.relay, engine, 'the record names what carried the datagrams');
 
         await assertSocketsGone(baseline, '127.0.0.1', assoc.relay.port, outboundPort);
       } finally {
