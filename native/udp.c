@@ -642,6 +642,20 @@ static udp_t *sole_handle(napi_env env, napi_callback_info info) {
   return handle_of(env, argv[0]);
 }
 
+/* A call's association, address and port (argv 0-2); NULL, with an exception pending, if it names none. *family 0: not an IP address. */
+static udp_t *endpoint_args(napi_env env, napi_value *argv, int *family, unsigned char addr[16], uint16_t *port) {
+  int32_t value;
+  udp_t *u = handle_of(env, argv[0]);
+  if (!u) return NULL;
+  *family = parse_ip(env, argv[1], addr);
+  if (napi_get_value_int32(env, argv[2], &value) != napi_ok) {
+    napi_throw_type_error(env, NULL, "a port is required");
+    return NULL;
+  }
+  *port = htons((uint16_t)value);
+  return u;
+}
+
 /*
  * udpSend(handle, address, port, payload, clientPort): a datagram JavaScript
  * decided (a name it resolved), from the client's `clientPort`; counted like
@@ -651,15 +665,15 @@ static udp_t *sole_handle(napi_env env, napi_callback_info info) {
 static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
-  int32_t port, from_port;
+  int32_t from_port;
   void *payload;
   size_t len;
   unsigned char addr[16];
+  int family;
+  uint16_t port;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  udp_t *u = handle_of(env, argv[0]);
+  udp_t *u = endpoint_args(env, argv, &family, addr, &port);
   if (!u) return NULL;
-  int family = parse_ip(env, argv[1], addr);
-  CHECK(napi_get_value_int32(env, argv[2], &port));
   CHECK(napi_get_buffer_info(env, argv[3], &payload, &len));
   CHECK(napi_get_value_int32(env, argv[4], &from_port));
   pthread_mutex_lock(&u->lock);
@@ -670,9 +684,9 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
     u->count[FOREIGN]++; /* the port was learned from another datagram meanwhile */
   } else {
     u->client_port = client_port;
-    if (family && u->verdicts) remember_verdict(u, family, addr, htons((uint16_t)port), 1);
+    if (family && u->verdicts) remember_verdict(u, family, addr, port, 1);
     struct sockaddr_storage dest;
-    socklen_t dest_len = family ? make_address(&dest, family, addr, htons((uint16_t)port)) : 0;
+    socklen_t dest_len = family ? make_address(&dest, family, addr, port) : 0;
     int fd = family ? outbound(u, family == AF_INET ? OUT4 : OUT6) : -1;
     int sent = fd >= 0 && sendto(fd, payload, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&dest, dest_len) >= 0;
     if (sent) {
@@ -691,17 +705,16 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
 static napi_value js_udp_verdict(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
-  int32_t port;
   bool allowed;
   unsigned char addr[16];
+  int family;
+  uint16_t port;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  udp_t *u = handle_of(env, argv[0]);
+  udp_t *u = endpoint_args(env, argv, &family, addr, &port);
   if (!u) return NULL;
-  int family = parse_ip(env, argv[1], addr);
-  CHECK(napi_get_value_int32(env, argv[2], &port));
   CHECK(napi_get_value_bool(env, argv[3], &allowed));
   pthread_mutex_lock(&u->lock);
-  if (family && u->verdicts && !u->closed) remember_verdict(u, family, addr, htons((uint16_t)port), allowed);
+  if (family && u->verdicts && !u->closed) remember_verdict(u, family, addr, port, allowed);
   pthread_mutex_unlock(&u->lock);
   return NULL;
 }
