@@ -66,7 +66,7 @@ export interface SessionRecord {
    * sockets); null when nothing was relayed.
    */
   readonly relay: 'splice' | 'stream' | null;
-  /** UDP ASSOCIATE: datagrams relayed each way, and dropped (fragments, foreign sources, malformed, oversized). */
+  /** UDP ASSOCIATE: datagrams relayed each way, and dropped (fragments, foreign sources, malformed, oversized, denied by the rules). */
   readonly datagramsUp: number;
   readonly datagramsDown: number;
   readonly datagramsDropped: number;

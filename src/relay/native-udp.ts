@@ -134,30 +134,25 @@ export class NativeUdpAssociation implements UdpRelay {
     if (decoded === null) return;
     this.#clientPort ??= port;
     const target = decoded.header.destination;
-    if (target.kind === 'domain') {
-      if (this.#policy && !this.#policy.admitsName(target.host, target.port)) return void this.#own.droppedDenied++;
-      return this.#names.send(target.host, target.port, decoded.payload);
-    }
-    const address = target.kind === 'ipv6' ? sendable(target.host) : target.host;
-    if (this.#policy && !this.#admitted(address, target.port)) return;
-    this.#send(address, target.port, decoded.payload);
+    if (this.#policy !== null && !this.#policy.admits(target)) return this.#refuse(target);
+    if (target.kind === 'domain') this.#names.send(target.host, target.port, decoded.payload);
+    else this.#send(target.kind === 'ipv6' ? sendable(target.host) : target.host, target.port, decoded.payload);
   }
 
   /** A reply the relay thread had no verdict for (checked associations): its header names the sender. */
   fromDestination(datagram: Buffer): void {
     if (this.#final) return;
     const header = decodeUdpHeader(datagram); // the relay thread's own encoding
-    if (this.#admitted(header.destination.host, header.destination.port)) {
-      this.#addon.udpToClient(this.#handle, datagram, header.payloadOffset);
-    }
+    const sender = header.destination;
+    if (this.#policy !== null && !this.#policy.admits(sender)) return this.#refuse(sender);
+    this.#addon.udpVerdict(this.#handle, sender.host, sender.port, true); // udpSend teaches allows the other way
+    this.#addon.udpToClient(this.#handle, datagram, header.payloadOffset);
   }
 
-  /** The policy's verdict on an address, told to the relay thread; a refusal is counted. */
-  #admitted(address: string, port: number): boolean {
-    const allowed = this.#policy === null || this.#policy.admitsAddress(address, port);
-    if (!this.#final) this.#addon.udpVerdict(this.#handle, address, port, allowed);
-    if (!allowed) this.#own.droppedDenied++;
-    return allowed;
+  /** Counts a denied datagram; for an address, the relay thread drops the next ones itself. */
+  #refuse(target: Destination): void {
+    this.#own.droppedDenied++;
+    if (target.kind !== 'domain') this.#addon.udpVerdict(this.#handle, target.host, target.port, false);
   }
 
   #send(address: string, port: number, payload: Buffer): void {

@@ -117,9 +117,9 @@ export class DatagramPolicy {
     this.#allows = allows;
   }
 
-  /** A datagram to a name. */
-  admitsName(host: string, port: number): boolean {
-    return this.#allows({ kind: 'domain', host, port });
+  /** A client's datagram to `target`, as its header names it. */
+  admits(target: Destination): boolean {
+    return target.kind === 'domain' ? this.#allows(target) : this.admitsAddress(target.host, target.port);
   }
 
   /** A datagram to, or a reply from, an address (IPv4-mapped taken as IPv4). */
@@ -363,7 +363,7 @@ export class UdpAssociation implements UdpRelay {
     this.#touch();
     const { header, payload } = decoded;
     const target = header.destination;
-    if (!this.#admits(target)) {
+    if (this.#policy !== null && !this.#policy.admits(target)) {
       this.counters.droppedDenied++;
       return;
     }
@@ -373,12 +373,6 @@ export class UdpAssociation implements UdpRelay {
     // A copy: a view would keep the whole received datagram alive.
     this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };
     this.#sendOut(address, target.port, family, payload);
-  }
-
-  #admits(target: Destination): boolean {
-    const policy = this.#policy;
-    if (policy === null) return true;
-    return target.kind === 'domain' ? policy.admitsName(target.host, target.port) : policy.admitsAddress(target.host, target.port);
   }
 
   #sendOut(address: string, port: number, family: 4 | 6, payload: Buffer): void {
