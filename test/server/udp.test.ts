@@ -844,13 +844,18 @@ for (const engine of ['splice', 'stream'] as const) {
           await peer.send(frame('127.0.0.2', denied.port, `denied ${payload}`), assoc.relay.port, assoc.relay.host);
           await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, `allowed ${payload}`); // the barrier
         }
+        // The same address written as IPv4-mapped IPv6 (ATYP 4) is the same destination.
+        const mapped = frame('::ffff:127.0.0.2', denied.port, 'denied, mapped');
+        assert.equal(mapped[3], 4, 'sent as ATYP IPv6');
+        await peer.send(mapped, assoc.relay.port, assoc.relay.host);
+        await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, 'allowed over IPv6');
         assert.deepEqual(denied.payloads(), [], 'nothing reached the denied destination');
         assoc.control.end();
         const record = await next((r) => r.clientPort === assoc.controlPort);
         assert.equal(record.rule, 'the-rest', 'the association itself was allowed');
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.equal(record.datagramsDropped, 2);
+        assert.equal(record.datagramsUp, 3);
+        assert.equal(record.datagramsDown, 3);
+        assert.equal(record.datagramsDropped, 3);
       } finally {
         await peer.close();
       }
