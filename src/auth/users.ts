@@ -5,7 +5,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import bcrypt from 'bcryptjs';
+import { bcryptCompare, bcryptHash } from './bcrypt.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -15,7 +15,9 @@ export interface Authenticator {
 /** A stored credential: a bcrypt hash, or (config only) a plain password. */
 export type StoredSecret = { readonly kind: 'bcrypt'; readonly hash: string } | { readonly kind: 'plain'; readonly digest: Buffer };
 
-const BCRYPT = /^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$/;
+// $2x$ (crypt_blowfish's bug-compatible variant) is left out: neither
+// implementation here checks it, so such a line is refused when the file loads.
+const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
 
 export function isBcryptHash(value: string): boolean {
   return BCRYPT.test(value);
@@ -43,6 +45,9 @@ export function parseUsersFile(text: string, path = 'users file'): Map<string, S
     const colon = line.indexOf(':');
     const name = line.slice(0, colon);
     const hash = line.slice(colon + 1);
+    if (colon > 0 && hash.startsWith('$2x$')) {
+      throw new UsersFileError(`${path}:${index + 1}: $2x$ hashes are not supported; hash the password again (socksgate passwd)`);
+    }
     if (colon <= 0 || !isBcryptHash(hash)) {
       throw new UsersFileError(`${path}:${index + 1}: expected "name:bcrypt-hash"`);
     }
@@ -64,9 +69,9 @@ export function readUsersFile(path: string): Map<string, StoredSecret> {
 
 // Hash of a random password, compared against when the user is unknown, so a
 // wrong name costs as much time as a wrong password. Made on first need.
-let dummyHash: string | undefined;
-function dummy(): string {
-  dummyHash ??= bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
+let dummyHash: Promise<string> | undefined;
+function dummy(): Promise<string> {
+  dummyHash ??= bcryptHash(randomBytes(16).toString('hex'), 10);
   return dummyHash;
 }
 const CACHE_LIMIT = 4096;
@@ -94,7 +99,7 @@ export class UserStore implements Authenticator {
   async verify(username: string, password: string): Promise<boolean> {
     const secret = this.#users.get(username);
     if (!secret) {
-      await bcrypt.compare(password, dummy());
+      await bcryptCompare(password, await dummy());
       return false;
     }
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);
@@ -104,7 +109,7 @@ export class UserStore implements Authenticator {
     // bcrypt run instead of each paying tens of milliseconds of CPU.
     let pending = this.#inFlight.get(cacheKey);
     if (!pending) {
-      pending = bcrypt.compare(password, secret.hash).finally(() => this.#inFlight.delete(cacheKey));
+      pending = bcryptCompare(password, secret.hash).finally(() => this.#inFlight.delete(cacheKey));
       this.#inFlight.set(cacheKey, pending);
     }
     const ok = await pending;
@@ -127,7 +132,7 @@ export class UserStore implements Authenticator {
 
 /** A bcrypt hash for a users file entry. */
 export function hashPassword(password: string, cost = 10): Promise<string> {
-  return bcrypt.hash(password, cost);
+  return bcryptHash(password, cost);
 }
 
 function sha256(text: string): Buffer {
