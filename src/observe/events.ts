@@ -70,6 +70,8 @@ export interface SessionRecord {
   readonly datagramsUp: number;
   readonly datagramsDown: number;
   readonly datagramsDropped: number;
+  /** Of the dropped, those the request rules refused: datagrams to a denied destination and replies from a denied sender. */
+  readonly datagramsDenied: number;
   /** Epoch milliseconds. */
   readonly startedAt: number;
   readonly durationMs: number;

@@ -163,7 +163,8 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
 /** Every field of a session record, in the order of the access line. */
 const SESSION_FIELDS = [
   'id', 'listener', 'clientAddress', 'clientPort', 'version', 'authMethod', 'user', 'command', 'requested', 'connected',
-  'reply', 'bytesUp', 'bytesDown', 'relay', 'datagramsUp', 'datagramsDown', 'datagramsDropped', 'startedAt', 'durationMs',
+  'reply', 'bytesUp', 'bytesDown', 'relay', 'datagramsUp', 'datagramsDown', 'datagramsDropped', 'datagramsDenied',
+  'startedAt', 'durationMs',
   'reason', 'error', 'rule',
 ] as const satisfies ReadonlyArray<keyof SessionRecord>;
 // A field added to SessionRecord but not above fails to compile here.

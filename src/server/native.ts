@@ -452,6 +452,7 @@ export class NativeSession {
       datagramsUp: 0,
       datagramsDown: 0,
       datagramsDropped: 0,
+      datagramsDenied: 0,
       startedAt: this.#startedAt,
       durationMs: Math.max(0, ctx.now() - this.#startedAt),
       reason: end.reason,

@@ -627,6 +627,7 @@ function deniedRecord(id: number, ctx: SessionContext, clientAddress: string, cl
     datagramsUp: 0,
     datagramsDown: 0,
     datagramsDropped: 0,
+    datagramsDenied: 0,
     startedAt: now,
     durationMs: 0,
     reason: 'not-allowed',

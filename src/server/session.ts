@@ -689,6 +689,7 @@ export class Session {
       datagramsUp: udp?.datagramsUp ?? 0,
       datagramsDown: udp?.datagramsDown ?? 0,
       datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied : 0,
+      datagramsDenied: udp?.droppedDenied ?? 0,
       startedAt: this.#startedAt,
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
       reason: this.#reason ?? 'client-gone',

@@ -76,7 +76,7 @@ const withoutTime = (line: string) => line.replace(/"time":"[^"]*"/, '"time":"T"
 const sampleRecord: SessionRecord = {
   id: 7, listener: '127.0.0.1:1080', clientAddress: '::1', clientPort: 40000, version: 5, authMethod: 'userpass',
   user: 'alice', command: 'connect', requested: 'example.com:443', connected: '[2001:db8::1]:443', reply: 0,
-  bytesUp: 12, bytesDown: 3_000_000_000, relay: 'splice', datagramsUp: 0, datagramsDown: 0, datagramsDropped: 0,
+  bytesUp: 12, bytesDown: 3_000_000_000, relay: 'splice', datagramsUp: 0, datagramsDown: 0, datagramsDropped: 0, datagramsDenied: 0,
   startedAt: 1795394064052, durationMs: 112, reason: 'destination-closed', error: null, rule: 'office',
 };
 

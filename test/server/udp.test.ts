@@ -712,6 +712,7 @@ for (const engine of ['splice', 'stream'] as const) {
         assoc.control.end();
         const record = await recordOf(suite.proxy, assoc);
         assert.equal(record.datagramsDropped, Object.keys(bad).length);
+        assert.equal(record.datagramsDenied, 0, "malformed datagrams are dropped, not denied");
         assert.equal(record.datagramsUp, 2);
         assert.equal(record.datagramsDown, 2);
         assert.equal(record.bytesUp, 'valid'.length + largest.length);
@@ -856,6 +857,7 @@ for (const engine of ['splice', 'stream'] as const) {
         assert.equal(record.datagramsUp, 3);
         assert.equal(record.datagramsDown, 3);
         assert.equal(record.datagramsDropped, 3);
+        assert.equal(record.datagramsDenied, 3, 'every drop here is a denial');
       } finally {
         await peer.close();
       }
@@ -880,6 +882,7 @@ for (const engine of ['splice', 'stream'] as const) {
         const record = await next((r) => r.clientPort === assoc.controlPort);
         assert.equal(record.datagramsDown, 3);
         assert.equal(record.datagramsDropped, 2);
+        assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
       } finally {
         await Promise.all([peer.close(), intruder.close(), stranger.close()]);
       }
@@ -899,6 +902,7 @@ for (const engine of ['splice', 'stream'] as const) {
         const record = await next((r) => r.clientPort === assoc.controlPort);
         assert.equal(record.datagramsUp, 100);
         assert.equal(record.datagramsDropped, 0);
+        assert.equal(record.datagramsDenied, 0, 'every drop here is a denial');
       } finally {
         await peer.close();
       }
@@ -935,6 +939,7 @@ for (const engine of ['splice', 'stream'] as const) {
         assert.equal(record.datagramsUp, 3);
         assert.equal(record.datagramsDown, 3);
         assert.equal(record.datagramsDropped, 2);
+        assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
       } finally {
         await Promise.all([peer.close(), sameHost.close()]);
       }
@@ -995,6 +1000,7 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
       assoc.control.end();
       const record = await recordOf(checked.proxy, assoc);
       assert.equal(record.datagramsDropped, 2);
+      assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
     } finally {
       await peer.close();
     }
