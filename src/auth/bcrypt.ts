@@ -31,6 +31,8 @@ export interface PasswordCheckStats {
   readonly engine: BcryptEngine;
   readonly running: number;
   readonly waiting: number;
+  /** Checks and hashes begun since the process started. */
+  readonly total: number;
 }
 
 function loadNative(): NativeBcrypt | null {
@@ -44,15 +46,17 @@ function loadNative(): NativeBcrypt | null {
 
 const native = loadNative();
 let running = 0;
+let total = 0;
 const waiting: Array<() => void> = [];
 
 /** Which implementation checks passwords, and how many checks are under way. */
 export function passwordChecks(): PasswordCheckStats {
-  return { engine: native ? 'native' : 'bcryptjs', running, waiting: waiting.length };
+  return { engine: native ? 'native' : 'bcryptjs', running, waiting: waiting.length, total };
 }
 
 /** Whether `password` matches a bcrypt `hash` ($2a$, $2b$ or $2y$). */
 export async function bcryptCompare(password: string, hash: string): Promise<boolean> {
+  total++;
   if (!native) return bcryptjs.compare(password, hash);
   // $2y$ (PHP, htpasswd -B) is the same algorithm as $2b$; the binding knows only $2a$ and $2b$.
   const spelled = hash.startsWith('$2y$') ? `$2b$${hash.slice(4)}` : hash;
@@ -61,6 +65,7 @@ export async function bcryptCompare(password: string, hash: string): Promise<boo
 
 /** A new bcrypt hash of `password` at `cost` (work factor, 4–31). */
 export function bcryptHash(password: string, cost: number): Promise<string> {
+  total++;
   return native ? onThreadPool(() => native.hash(password, cost)) : bcryptjs.hash(password, cost);
 }
 

@@ -67,12 +67,36 @@ export function readUsersFile(path: string): Map<string, StoredSecret> {
   return parseUsersFile(text, path);
 }
 
-// Hash of a random password, compared against when the user is unknown, so a
-// wrong name costs as much time as a wrong password. Made on first need.
-let dummyHash: Promise<string> | undefined;
-function dummy(): Promise<string> {
-  dummyHash ??= bcryptHash(randomBytes(16).toString('hex'), 10);
-  return dummyHash;
+// Hashes of a random password by cost, compared against when the user is
+// unknown, so a wrong name costs as much time as a wrong password. A store
+// makes its own when it is built: were it made by the first unknown name
+// instead, that check would take twice as long and tell the name is not there.
+const dummies = new Map<number, Promise<string>>();
+function dummy(cost: number): Promise<string> {
+  let hash = dummies.get(cost);
+  if (!hash) {
+    hash = bcryptHash(randomBytes(16).toString('hex'), cost);
+    hash.catch(() => dummies.delete(cost)); // the next unknown name tries again
+    dummies.set(cost, hash);
+  }
+  return hash;
+}
+
+/** The cost most of the hashes have (10 when there are none): what an unknown name should cost. */
+function usualCost(users: ReadonlyMap<string, StoredSecret>): number {
+  const counts = new Map<number, number>();
+  for (const secret of users.values()) {
+    if (secret.kind === 'bcrypt') {
+      const cost = Number(secret.hash.slice(4, 6));
+      counts.set(cost, (counts.get(cost) ?? 0) + 1);
+    }
+  }
+  let usual = 10;
+  let most = 0;
+  for (const [cost, count] of counts) {
+    if (count > most) [usual, most] = [cost, count];
+  }
+  return usual;
 }
 const CACHE_LIMIT = 4096;
 
@@ -88,8 +112,12 @@ export class UserStore implements Authenticator {
   /** bcrypt checks under way, by cache key; bounded by the sessions in their handshake. */
   readonly #inFlight = new Map<string, Promise<boolean>>();
 
+  readonly #dummyCost: number;
+
   constructor(users: ReadonlyMap<string, StoredSecret>) {
     this.#users = users;
+    this.#dummyCost = usualCost(users);
+    dummy(this.#dummyCost).catch(() => {}); // a failure here is retried by the first unknown name
   }
 
   get size(): number {
@@ -99,7 +127,7 @@ export class UserStore implements Authenticator {
   async verify(username: string, password: string): Promise<boolean> {
     const secret = this.#users.get(username);
     if (!secret) {
-      await bcryptCompare(password, await dummy());
+      await bcryptCompare(password, await dummy(this.#dummyCost));
       return false;
     }
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);

@@ -55,9 +55,10 @@ describe('bcrypt checks', () => {
   test('at most two checks run at once; the rest wait their turn and all finish', async () => {
     const hash = await bcryptHash('pw', 6);
     const checks = Array.from({ length: 6 }, (_, i) => bcryptCompare(i === 3 ? 'pw' : `no${i}`, hash));
-    assert.deepEqual({ ...passwordChecks() }, { engine: 'native', running: 2, waiting: 4 });
+    const { total, ...now } = passwordChecks();
+    assert.deepEqual(now, { engine: 'native', running: 2, waiting: 4 });
     assert.deepEqual(await Promise.all(checks), [false, false, false, true, false, false]);
-    assert.deepEqual({ ...passwordChecks() }, { engine: 'native', running: 0, waiting: 0 });
+    assert.deepEqual({ ...passwordChecks() }, { engine: 'native', running: 0, waiting: 0, total });
   });
 
   test('past 1,024 waiting checks a check fails at once, naming why; the queued ones still finish', async () => {
@@ -81,6 +82,19 @@ describe('users file hash variants', () => {
   test('a $2x$ line is refused when the file loads, naming the line and what to do', () => {
     const hash = bcryptjs.hashSync('pw', 4).replace(/^\$2[ab]\$/, '$2x$');
     assert.throws(() => parseUsersFile(`ok:${bcryptjs.hashSync('pw', 4)}\nold:${hash}\n`, 'users.txt'), /users\.txt:2: \$2x\$ hashes are not supported; hash the password again/);
+  });
+
+  test('a store makes its unknown-name hash when it is built, at its users\' cost: the first unknown name pays one check, not two', async () => {
+    const before = passwordChecks().total;
+    const store = new UserStore(parseUsersFile(`a:${bcryptjs.hashSync('pw', 5)}\nb:${bcryptjs.hashSync('pw', 5)}\nc:${bcryptjs.hashSync('pw', 4)}\n`));
+    assert.equal(passwordChecks().total, before + 1, 'the hash for unknown names is under way');
+    new UserStore(parseUsersFile(`d:${bcryptjs.hashSync('pw', 5)}\n`));
+    assert.equal(passwordChecks().total, before + 1, 'a second store at the same cost shares it');
+    new UserStore(parseUsersFile(`e:${bcryptjs.hashSync('pw', 4)}\n`));
+    assert.equal(passwordChecks().total, before + 2, 'a store whose users have another cost makes its own');
+    for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(await store.verify('nobody', 'pw'), false);
+    assert.equal(passwordChecks().total, before + 3, 'one check for the unknown name');
   });
 
   test('many wrong passwords for an unknown user all get an answer (each pays a full check)', async () => {
