@@ -21,7 +21,7 @@ export { ConfigError, validateConfig, readConfigFile } from './config/load.js';
 export { configJsonSchema, parseDuration } from './config/schema.js';
 export type { Config, ConfigInput, ListenerConfig } from './config/schema.js';
 export { UserStore, UsersFileError, hashPassword, parseUsersFile, readUsersFile } from './auth/users.js';
-export type { Authenticator } from './auth/users.js';
+export type { Authenticator, VerifyContext } from './auth/users.js';
 export { createDirectDialer } from './upstream/dialer.js';
 export type { Dialer, DialOptions } from './upstream/dialer.js';
 export { systemResolver } from './upstream/resolver.js';

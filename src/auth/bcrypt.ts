@@ -5,10 +5,13 @@
  * burst of password guesses never stalls the event loop that serves every
  * other session, and it leaves nothing on the JavaScript heap. Where the
  * binding does not load, bcryptjs does the same work in JavaScript on the
- * main thread, as before.
+ * main thread, as before. Either way checks take turns through one gate:
+ * two at once, the rest waiting in a line per client, served in rotation,
+ * and dropped when the session that asked is gone.
  */
 import { createRequire } from 'node:module';
 import bcryptjs from 'bcryptjs';
+import ipaddr from 'ipaddr.js';
 
 /** What this module needs of the native binding (its own types are not a dependency). */
 interface NativeBcrypt {
@@ -17,13 +20,21 @@ interface NativeBcrypt {
 }
 
 /**
- * Checks running on the thread pool at once. The pool (4 threads unless
- * UV_THREADPOOL_SIZE says otherwise) also serves dns.lookup for CONNECT by
- * name and file I/O: a flood of guesses must leave it threads.
+ * Checks running at once. On the thread pool (4 threads unless
+ * UV_THREADPOOL_SIZE says otherwise) they share it with dns.lookup for
+ * CONNECT by name and with file I/O: a flood of guesses must leave it threads.
+ * With bcryptjs they share the main thread, so the gate bounds that too.
  */
 const PARALLEL_CHECKS = 2;
-/** Checks waiting for a thread; past this the check fails at once (the session logs why). */
+/** Checks waiting for a turn; past this a check fails at once (the session logs why). */
 const WAITING_LIMIT = 1024;
+/**
+ * Checks one client may have waiting. Without it one address could fill the
+ * whole queue, and everyone else's login would be refused until its
+ * connections timed out. Generous enough for an office behind one NAT
+ * address logging in at once (a success is remembered, so only first logins wait).
+ */
+const WAITING_PER_CLIENT = 64;
 
 export type BcryptEngine = 'native' | 'bcryptjs';
 
@@ -33,6 +44,23 @@ export interface PasswordCheckStats {
   readonly waiting: number;
   /** Checks and hashes begun since the process started. */
   readonly total: number;
+  /** Checks dropped while they waited, because the session that asked had gone. */
+  readonly cancelled: number;
+}
+
+/** Who a check is for, so checks are served fairly and dropped when nobody waits for them any more. */
+export interface CheckOptions {
+  /**
+   * The client's address. Each client's checks wait in their own line, and
+   * the lines take turns: one client's flood of guesses delays another
+   * client's login by at most one check per waiting client, not by the
+   * flood's length. IPv6 clients are grouped by /64, the block one host is
+   * usually given. Checks naming no client share one line, limited only by
+   * the total.
+   */
+  readonly client?: string;
+  /** Aborted when the session that asked is gone: its check, if still waiting, is dropped. */
+  readonly signal?: AbortSignal;
 }
 
 function loadNative(): NativeBcrypt | null {
@@ -45,40 +73,97 @@ function loadNative(): NativeBcrypt | null {
 }
 
 const native = loadNative();
+
+/** Starts a waiting check. */
+type Waiter = () => void;
+
 let running = 0;
 let total = 0;
-const waiting: Array<() => void> = [];
+let cancelled = 0;
+let waitingCount = 0;
+/** One line of waiting checks per client; a Map keeps the lines in turn order. */
+const lines = new Map<string, Waiter[]>();
 
 /** Which implementation checks passwords, and how many checks are under way. */
 export function passwordChecks(): PasswordCheckStats {
-  return { engine: native ? 'native' : 'bcryptjs', running, waiting: waiting.length, total };
+  return { engine: native ? 'native' : 'bcryptjs', running, waiting: waitingCount, total, cancelled };
 }
 
 /** Whether `password` matches a bcrypt `hash` ($2a$, $2b$ or $2y$). */
-export async function bcryptCompare(password: string, hash: string): Promise<boolean> {
+export async function bcryptCompare(password: string, hash: string, options: CheckOptions = {}): Promise<boolean> {
   total++;
-  if (!native) return bcryptjs.compare(password, hash);
+  if (!native) return inTurn(options, () => bcryptjs.compare(password, hash));
   // $2y$ (PHP, htpasswd -B) is the same algorithm as $2b$; the binding knows only $2a$ and $2b$.
   const spelled = hash.startsWith('$2y$') ? `$2b$${hash.slice(4)}` : hash;
-  return onThreadPool(() => native.compare(password, spelled));
+  return inTurn(options, () => native.compare(password, spelled));
 }
 
 /** A new bcrypt hash of `password` at `cost` (work factor, 4–31). */
 export function bcryptHash(password: string, cost: number): Promise<string> {
   total++;
-  return native ? onThreadPool(() => native.hash(password, cost)) : bcryptjs.hash(password, cost);
+  return inTurn({}, () => (native ? native.hash(password, cost) : bcryptjs.hash(password, cost)));
 }
 
-async function onThreadPool<T>(work: () => Promise<T>): Promise<T> {
-  if (running >= PARALLEL_CHECKS) {
-    if (waiting.length >= WAITING_LIMIT) throw new Error(`too many password checks waiting (${WAITING_LIMIT})`);
-    await new Promise<void>((resolve) => waiting.push(resolve));
-  }
+async function inTurn<T>(options: CheckOptions, work: () => Promise<T>): Promise<T> {
+  options.signal?.throwIfAborted();
+  if (running >= PARALLEL_CHECKS) await waitInLine(lineOf(options.client), options.signal);
   running++;
   try {
     return await work();
   } finally {
     running--;
-    waiting.shift()?.();
+    startNext();
+  }
+}
+
+function waitInLine(line: string, signal: AbortSignal | undefined): Promise<void> {
+  if (waitingCount >= WAITING_LIMIT) throw new Error(`too many password checks waiting (${WAITING_LIMIT})`);
+  const queue = lines.get(line) ?? [];
+  if (line !== '' && queue.length >= WAITING_PER_CLIENT) {
+    throw new Error(`too many password checks waiting from ${line} (${WAITING_PER_CLIENT})`);
+  }
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => {
+      const index = queue.indexOf(waiter);
+      if (index < 0) return; // already started
+      queue.splice(index, 1);
+      if (queue.length === 0 && lines.get(line) === queue) lines.delete(line);
+      waitingCount--;
+      cancelled++;
+      reject(signal?.reason);
+    };
+    const waiter: Waiter = () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    queue.push(waiter);
+    if (queue.length === 1) lines.set(line, queue);
+    waitingCount++;
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Starts the first check of the line whose turn it is, and sends that line to the back. */
+function startNext(): void {
+  for (const [line, queue] of lines) {
+    const waiter = queue.shift();
+    lines.delete(line);
+    if (!waiter) continue;
+    if (queue.length > 0) lines.set(line, queue);
+    waitingCount--;
+    waiter();
+    return;
+  }
+}
+
+/** The line a client's checks wait in: its address, or its /64 for IPv6. */
+function lineOf(client: string | undefined): string {
+  if (!client) return '';
+  if (!client.includes(':') || client.startsWith('::ffff:')) return client;
+  try {
+    const bytes = ipaddr.IPv6.parse(client).toByteArray();
+    return `${ipaddr.fromByteArray([...bytes.slice(0, 8), 0, 0, 0, 0, 0, 0, 0, 0]).toString()}/64`;
+  } catch {
+    return client;
   }
 }

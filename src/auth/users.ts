@@ -5,11 +5,19 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { bcryptCompare, bcryptHash } from './bcrypt.js';
+import { bcryptCompare, bcryptHash, type CheckOptions } from './bcrypt.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
-  verify(username: string, password: string): Promise<boolean>;
+  verify(username: string, password: string, context?: VerifyContext): Promise<boolean>;
+}
+
+/** What the server tells an authenticator about the check it asks for. */
+export interface VerifyContext {
+  /** The client's address (as Node writes it): the built-in store serves each client's checks in turn. */
+  readonly clientAddress: string;
+  /** Aborted when the session is gone (closed, timed out): there is no one left to answer. */
+  readonly signal: AbortSignal;
 }
 
 /** A stored credential: a bcrypt hash, or (config only) a plain password. */
@@ -110,7 +118,7 @@ export class UserStore implements Authenticator {
   readonly #cacheKey = randomBytes(32);
   readonly #verified = new Map<string, true>();
   /** bcrypt checks under way, by cache key; bounded by the sessions in their handshake. */
-  readonly #inFlight = new Map<string, Promise<boolean>>();
+  readonly #inFlight = new Map<string, SharedCheck>();
 
   readonly #dummyCost: number;
 
@@ -124,10 +132,11 @@ export class UserStore implements Authenticator {
     return this.#users.size;
   }
 
-  async verify(username: string, password: string): Promise<boolean> {
+  async verify(username: string, password: string, context?: VerifyContext): Promise<boolean> {
     const secret = this.#users.get(username);
+    const options: CheckOptions = { client: context?.clientAddress, signal: context?.signal };
     if (!secret) {
-      await bcryptCompare(password, await dummy(this.#dummyCost));
+      await bcryptCompare(password, await dummy(this.#dummyCost), options);
       return false;
     }
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);
@@ -135,12 +144,17 @@ export class UserStore implements Authenticator {
     if (this.#verified.has(cacheKey)) return true;
     // Many connections with the same credentials arriving at once share one
     // bcrypt run instead of each paying tens of milliseconds of CPU.
-    let pending = this.#inFlight.get(cacheKey);
-    if (!pending) {
-      pending = bcryptCompare(password, secret.hash).finally(() => this.#inFlight.delete(cacheKey));
-      this.#inFlight.set(cacheKey, pending);
+    let shared = this.#inFlight.get(cacheKey);
+    if (!shared || shared.abandoned) {
+      shared = new SharedCheck((signal) => bcryptCompare(password, secret.hash, { client: options.client, signal }));
+      const started = shared;
+      const forget = (): void => {
+        if (this.#inFlight.get(cacheKey) === started) this.#inFlight.delete(cacheKey);
+      };
+      started.result.then(forget, forget);
+      this.#inFlight.set(cacheKey, started);
     }
-    const ok = await pending;
+    const ok = await shared.join(context?.signal);
     if (ok) this.#remember(cacheKey);
     return ok;
   }
@@ -155,6 +169,42 @@ export class UserStore implements Authenticator {
       if (oldest !== undefined) this.#verified.delete(oldest);
     }
     this.#verified.set(key, true);
+  }
+}
+
+/**
+ * One bcrypt check that several sessions with the same credentials wait for.
+ * It is dropped (if it has not started) only when every one of them is gone,
+ * so a session that timed out does not cancel the check for the others.
+ */
+class SharedCheck {
+  readonly result: Promise<boolean>;
+  readonly #abort = new AbortController();
+  #waiting = 0;
+
+  /** Everyone who waited for it has gone: a newcomer must start its own. */
+  get abandoned(): boolean {
+    return this.#abort.signal.aborted;
+  }
+
+  constructor(check: (signal: AbortSignal) => Promise<boolean>) {
+    this.result = check(this.#abort.signal);
+    this.result.catch(() => {}); // each joiner sees the failure
+  }
+
+  /** The check's verdict; without waiting for it once `signal` aborts (rejected with its reason). */
+  join(signal: AbortSignal | undefined): Promise<boolean> {
+    this.#waiting++;
+    if (!signal) return this.result; // someone waits for good: the check is never dropped
+    return new Promise<boolean>((resolve, reject) => {
+      const leave = (): void => {
+        if (--this.#waiting === 0) this.#abort.abort(signal.reason);
+        reject(signal.reason);
+      };
+      if (signal.aborted) return leave();
+      signal.addEventListener('abort', leave, { once: true });
+      this.result.then(resolve, reject).finally(() => signal.removeEventListener('abort', leave));
+    });
   }
 }
 

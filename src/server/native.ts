@@ -319,6 +319,8 @@ export class NativeSession {
   readonly #startedAt: number;
   #user: string | null = null;
   #authRefused = false;
+  /** Aborted once the addon lets the session go, so a password check still waiting is dropped. */
+  #abort: AbortController | null = null;
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
@@ -362,7 +364,9 @@ export class NativeSession {
       return this.#answer(false); // the session decodes it again and says why
     }
     this.#user = username;
-    const verdict = ctx.authenticator ? ctx.authenticator.verify(username, password) : Promise.resolve(false);
+    this.#abort ??= new AbortController();
+    const context = { clientAddress: this.clientAddress, signal: this.#abort.signal };
+    const verdict = ctx.authenticator ? ctx.authenticator.verify(username, password, context) : Promise.resolve(false);
     verdict.then(
       (ok) => {
         if (!ok) this.#authRefused = true;
@@ -391,12 +395,22 @@ export class NativeSession {
     this.#answer(decision.allowed, decision.allowed ? decision.index : -1);
   }
 
+  /**
+   * The addon has forgotten the handle. A password check still waiting is
+   * dropped: nobody reads its answer (a session taking the connection over
+   * asks again if it still needs one).
+   */
+  #letGo(): void {
+    this.#gone = true;
+    this.#abort?.abort(new Error('the session left the relay thread'));
+  }
+
   #answer(goOn: boolean, rememberAs = -1): void {
     if (!this.#gone) this.#addon.answer(this.#handle, goOn, rememberAs);
   }
 
   handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno }: NativeHandOver, user: string | null, buffer: Buffer): void {
-    this.#gone = true;
+    this.#letGo();
     this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
     if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, null);
@@ -424,7 +438,7 @@ export class NativeSession {
   }
 
   end({ up, down, reason, firstEof, errorSide, errno, rule, method, version }: NativeEnd, user: string | null, request: Buffer): void {
-    this.#gone = true;
+    this.#letGo();
     this.#user = user;
     const ctx = this.ctx;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;

@@ -313,7 +313,8 @@ export class Session {
       return false;
     }
     const authenticator = this.#ctx.authenticator;
-    const verdict = authenticator ? authenticator.verify(username, password) : Promise.resolve(false);
+    const context = { clientAddress: this.#clientAddress, signal: this.#signal() };
+    const verdict = authenticator ? authenticator.verify(username, password, context) : Promise.resolve(false);
     verdict.then(
       (ok) => this.#afterVerify(ok, null),
       (err: unknown) => this.#afterVerify(false, err),

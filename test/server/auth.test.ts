@@ -6,8 +6,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import bcrypt from 'bcryptjs';
 import { UserStore, UsersFileError, createServer, parseUsersFile } from '../../src/index.js';
+import { bcryptCompare, passwordChecks } from '../../src/auth/bcrypt.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
+import { ENGINES, startEngineProxy } from './native-helpers.js';
 
 function credentials(user: string, pass: string): Buffer {
   return Buffer.concat([Buffer.from([1, user.length]), Buffer.from(user), Buffer.from([pass.length]), Buffer.from(pass)]);
@@ -150,3 +152,40 @@ describe('users file', () => {
     }
   });
 });
+
+/**
+ * A session that ends while its password check waits for a turn drops the
+ * check, on either handshake engine: a flood of connections that time out
+ * must not leave checks behind that delay later logins.
+ */
+for (const engine of ENGINES) {
+  describe(`password checks of sessions that are gone (${engine} handshakes)`, () => {
+    test('sessions that time out while their checks wait drop them: they never run', async () => {
+      await untilNoCheckRuns();
+      const proxy = await startEngineProxy(engine, {
+        auth: { methods: ['userpass'], users: [{ name: 'erin', password: bcrypt.hashSync('pw', 4) }] },
+        timeouts: { handshake: 150 },
+      });
+      try {
+        await untilNoCheckRuns(); // the store's hash for unknown names
+        // Two slow checks take both turns, so the sessions' checks wait.
+        const slow = bcrypt.hashSync('pw', 13);
+        const busy = [bcryptCompare('x', slow), bcryptCompare('x', slow)];
+        const { cancelled } = passwordChecks();
+        const clients = await Promise.all(Array.from({ length: 4 }, () => RawClient.connect(proxy.port)));
+        clients.forEach((client, i) => client.write(Buffer.concat([hex('05 01 02'), credentials('erin', `guess${i}`)])));
+        const records = await Promise.all(clients.map((client) => proxy.record((r) => r.clientPort === client.localPort)));
+        assert.deepEqual(records.map((r) => r.reason), Array(4).fill('handshake-timeout'));
+        assert.equal(passwordChecks().cancelled - cancelled, 4, 'all four waiting checks were dropped');
+        await Promise.all(busy);
+        assert.equal(passwordChecks().waiting, 0);
+      } finally {
+        await proxy.close();
+      }
+    });
+  });
+}
+
+async function untilNoCheckRuns(): Promise<void> {
+  for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+}

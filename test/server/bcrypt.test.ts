@@ -25,6 +25,11 @@ async function loopTurnsDuring(work: Promise<unknown>): Promise<number> {
   return turns;
 }
 
+/** Until no check runs (a store's hash for unknown names, made when it is built). */
+async function idle(): Promise<void> {
+  for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
 describe('bcrypt checks', () => {
   test('the native binding is installed here and checks the passwords', () => {
     assert.equal(passwordChecks().engine, 'native', 'npm install should have brought the prebuilt bcrypt binding');
@@ -55,10 +60,10 @@ describe('bcrypt checks', () => {
   test('at most two checks run at once; the rest wait their turn and all finish', async () => {
     const hash = await bcryptHash('pw', 6);
     const checks = Array.from({ length: 6 }, (_, i) => bcryptCompare(i === 3 ? 'pw' : `no${i}`, hash));
-    const { total, ...now } = passwordChecks();
+    const { total, cancelled, ...now } = passwordChecks();
     assert.deepEqual(now, { engine: 'native', running: 2, waiting: 4 });
     assert.deepEqual(await Promise.all(checks), [false, false, false, true, false, false]);
-    assert.deepEqual({ ...passwordChecks() }, { engine: 'native', running: 0, waiting: 0, total });
+    assert.deepEqual({ ...passwordChecks() }, { engine: 'native', running: 0, waiting: 0, total, cancelled });
   });
 
   test('past 1,024 waiting checks a check fails at once, naming why; the queued ones still finish', async () => {
@@ -66,6 +71,45 @@ describe('bcrypt checks', () => {
     const queued = Array.from({ length: 2 + 1024 }, () => bcryptCompare('pw', hash));
     await assert.rejects(bcryptCompare('pw', hash), /too many password checks waiting \(1024\)/);
     assert.equal((await Promise.all(queued)).every(Boolean), true);
+  });
+
+  test('clients take turns: a login waits for one check per busy client, not for another client\'s whole flood', async () => {
+    const hash = await bcryptHash('pw', 6);
+    const finished: string[] = [];
+    const check = (client: string, i: number) => bcryptCompare(`guess${i}`, hash, { client }).then(() => finished.push(`${client}${i}`));
+    const flood = Array.from({ length: 12 }, (_, i) => check('192.0.2.66', i));
+    const login = check('192.0.2.7', 0);
+    await Promise.all([...flood, login]);
+    // Two of the flood were running and a third went first when a slot freed; then it was the login's turn.
+    assert.ok(finished.indexOf('192.0.2.70') <= 3, `the login finished ${finished.indexOf('192.0.2.70') + 1}th of 13: ${finished.join(' ')}`);
+  });
+
+  test('one client may have 64 checks waiting; past that its checks fail at once while other clients still queue', async () => {
+    const hash = await bcryptHash('pw', 4);
+    const client = '2001:db8:0:1::5';
+    const queued = Array.from({ length: 2 + 64 }, () => bcryptCompare('pw', hash, { client }));
+    assert.equal(passwordChecks().waiting, 64);
+    // Its neighbours in the same /64 share its line; the next /64 has its own.
+    await assert.rejects(bcryptCompare('pw', hash, { client: '2001:db8:0:1::6' }), /too many password checks waiting from 2001:db8:0:1::\/64 \(64\)/);
+    const other = bcryptCompare('pw', hash, { client: '2001:db8:0:2::5' });
+    const v4 = bcryptCompare('pw', hash, { client: '198.51.100.1' });
+    assert.equal(passwordChecks().waiting, 66);
+    assert.equal((await Promise.all([...queued, other, v4])).every(Boolean), true);
+  });
+
+  test('a waiting check whose session is gone is dropped; the rest run', async () => {
+    const hash = await bcryptHash('pw', 6);
+    const { cancelled } = passwordChecks();
+    const sessions = Array.from({ length: 6 }, () => new AbortController());
+    const checks = sessions.map((session, i) => bcryptCompare(i === 5 ? 'pw' : 'no', hash, { client: '192.0.2.1', signal: session.signal }));
+    const reason = new Error('session closed');
+    for (const i of [2, 3]) sessions[i]!.abort(reason);
+    sessions[0]!.abort(reason); // running already: it finishes and answers
+    assert.equal(passwordChecks().waiting, 2);
+    const settled = await Promise.allSettled(checks);
+    assert.deepEqual(settled.map((s) => (s.status === 'fulfilled' ? s.value : (s.reason as Error).message)), [false, false, 'session closed', 'session closed', false, true]);
+    assert.equal(passwordChecks().cancelled, cancelled + 2);
+    await assert.rejects(bcryptCompare('pw', hash, { signal: AbortSignal.abort(reason) }), /session closed/, 'a session already gone does not queue at all');
   });
 
   test('SOCKSGATE_BCRYPT=bcryptjs (or a platform without the binding) falls back to bcryptjs, which reads the same hashes', () => {
@@ -92,9 +136,36 @@ describe('users file hash variants', () => {
     assert.equal(passwordChecks().total, before + 1, 'a second store at the same cost shares it');
     new UserStore(parseUsersFile(`e:${bcryptjs.hashSync('pw', 4)}\n`));
     assert.equal(passwordChecks().total, before + 2, 'a store whose users have another cost makes its own');
-    for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+    await idle();
     assert.equal(await store.verify('nobody', 'pw'), false);
     assert.equal(passwordChecks().total, before + 3, 'one check for the unknown name');
+  });
+
+  test('sessions sharing one check: it is dropped only when every one of them is gone', async () => {
+    const store = new UserStore(parseUsersFile(`dave:${bcryptjs.hashSync('pw', 6)}\n`));
+    const slow = bcryptjs.hashSync('pw', 12);
+    await idle(); // the store's hash for unknown names is made
+    const busy = [bcryptCompare('x', slow), bcryptCompare('x', slow)]; // both slots taken: the checks below wait
+    const [first, second, third, fourth] = Array.from({ length: 4 }, () => new AbortController());
+    const context = (c: AbortController) => ({ clientAddress: '192.0.2.9', signal: c.signal });
+    const verdicts = [
+      store.verify('dave', 'pw', context(first!)),
+      store.verify('dave', 'pw', context(second!)),
+      store.verify('dave', 'nope', context(third!)),
+      store.verify('dave', 'nope', context(fourth!)),
+    ];
+    const settled = Promise.allSettled(verdicts);
+    const { cancelled } = passwordChecks();
+    first!.abort(new Error('first gone'));
+    third!.abort(new Error('third gone'));
+    assert.equal(passwordChecks().cancelled, cancelled, 'the second and fourth sessions still wait for their checks');
+    fourth!.abort(new Error('fourth gone'));
+    assert.equal(passwordChecks().cancelled, cancelled + 1);
+    assert.equal(passwordChecks().waiting, 1, 'the shared check for dave:pw still waits');
+    const outcome = (await settled).map((s) => (s.status === 'fulfilled' ? s.value : (s.reason as Error).message));
+    assert.deepEqual(outcome, ['first gone', true, 'third gone', 'fourth gone'], 'a session that left hears at once; the one that stayed gets the verdict');
+    assert.equal(await store.verify('dave', 'nope', context(new AbortController())), false, 'a newcomer after the drop gets its own check');
+    await Promise.all(busy);
   });
 
   test('many wrong passwords for an unknown user all get an answer (each pays a full check)', async () => {
