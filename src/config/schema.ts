@@ -59,7 +59,14 @@ export const listenerSchema = z.strictObject({
 const userSchema = z.strictObject({
   name: z.string().min(1).max(255),
   /** A bcrypt hash, or a plain password for quick starts. */
-  password: z.string().min(1).max(255),
+  password: z
+    .string()
+    .min(1)
+    .max(255)
+    // Taken as plain text, a $2x$ hash would silently become the password itself.
+    .refine((value) => !/^\$2x\$\d\d\$[./A-Za-z0-9]{53}$/.test(value), {
+      message: '$2x$ hashes are not supported; hash the password again (socksgate passwd)',
+    }),
 });
 
 export const authMethod = z.enum(['none', 'userpass']);

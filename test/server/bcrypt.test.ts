@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import bcryptjs from 'bcryptjs';
 import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
-import { UserStore, parseUsersFile } from '../../src/index.js';
+import { ConfigError, UserStore, createServer, parseUsersFile } from '../../src/index.js';
 
 const BCRYPT_MODULE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'auth', 'bcrypt.js');
 
@@ -126,6 +126,14 @@ describe('users file hash variants', () => {
   test('a $2x$ line is refused when the file loads, naming the line and what to do', () => {
     const hash = bcryptjs.hashSync('pw', 4).replace(/^\$2[ab]\$/, '$2x$');
     assert.throws(() => parseUsersFile(`ok:${bcryptjs.hashSync('pw', 4)}\nold:${hash}\n`, 'users.txt'), /users\.txt:2: \$2x\$ hashes are not supported; hash the password again/);
+  });
+
+  test('a $2x$ hash as a config password is refused too, instead of becoming the password itself', () => {
+    const hash = bcryptjs.hashSync('pw', 4).replace(/^\$2[ab]\$/, '$2x$');
+    assert.throws(
+      () => createServer({ auth: { methods: ['userpass'], users: [{ name: 'old', password: hash }] } }),
+      (err: unknown) => err instanceof ConfigError && /auth\.users\[0\]\.password.*\$2x\$ hashes are not supported/s.test(`${err.problems.join('\n')}`),
+    );
   });
 
   test('a store makes its unknown-name hash when it is built, at its users\' cost: the first unknown name pays one check, not two', async () => {
