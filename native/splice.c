@@ -2018,8 +2018,18 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* What the JavaScript side checks before it uses the addon (ADDON_INTERFACE in
+ * src/relay/splice.ts): raise both together whenever an export, an argument
+ * or a message's layout changes, so a stale build (an old file named by
+ * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
+ * with a reason instead of misread. */
+#define ADDON_INTERFACE 2
+
 NAPI_MODULE_INIT() {
+  napi_value interface_version;
+  if (napi_create_int32(env, ADDON_INTERFACE, &interface_version) != napi_ok) return NULL;
   napi_property_descriptor props[] = {
+      {"interfaceVersion", NULL, NULL, NULL, NULL, interface_version, napi_enumerable, NULL},
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
       {"start", NULL, js_start, NULL, NULL, NULL, napi_default, NULL},
       {"cancel", NULL, js_cancel, NULL, NULL, NULL, napi_default, NULL},

@@ -47,7 +47,7 @@ let initialised: UdpAddon | null = null;
 function addon(): UdpAddon | null {
   if (initialised) return initialised;
   const loaded = spliceAddon() as (UdpAddon & object) | null;
-  if (!loaded || typeof loaded.udpVerdict !== 'function') return null; // an addon from before checked associations
+  if (!loaded) return null;
   loaded.udpInit((id, kind, clientPort, datagram) => {
     const association = live.get(id);
     if (kind === REPLY) association?.fromDestination(datagram);

@@ -19,6 +19,8 @@ import type { CloseReason } from '../observe/events.js';
 import type { Relay, RelayOptions } from './tcp.js';
 
 export interface Addon {
+  /** ADDON_INTERFACE in native/splice.c; absent in builds from before it. */
+  readonly interfaceVersion?: number;
   init(dispatch: (...report: Report) => void): void;
   start(id: number, clientFd: number, destinationFd: number, idleMs: number): object;
   cancel(handle: object): void;
@@ -83,6 +85,12 @@ interface StreamHandle {
   readStop(): number;
 }
 
+/**
+ * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
+ * raised together). A file built from other sources is refused, not misread.
+ */
+const ADDON_INTERFACE = 2;
+
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 
 let loaded: { readonly addon: Addon } | { readonly why: string } | undefined;
@@ -100,6 +108,10 @@ function load(): { readonly addon: Addon } | { readonly why: string } {
     if (path === 'off') throw new Error('switched off by SOCKSGATE_SPLICE_ADDON=off');
     if (process.platform !== 'linux') throw new Error('splice(2) is Linux-only');
     const addon = createRequire(import.meta.url)(path) as Addon;
+    if (addon.interfaceVersion !== ADDON_INTERFACE) {
+      const built = addon.interfaceVersion === undefined ? 'an older build with no interface version' : `interface ${addon.interfaceVersion}`;
+      throw new Error(`${path} was built from other sources (${built}; this socksgate needs interface ${ADDON_INTERFACE}): rebuild it with node scripts/build-native.mjs`);
+    }
     addon.init((...report: Report) => {
       const done = pending.get(report[0]);
       pending.delete(report[0]);

@@ -5,7 +5,9 @@
  * without a compiler.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
@@ -87,6 +89,26 @@ describe('relay engine', () => {
     const result = await runCli(['--listen', '127.0.0.1:0', '--relay-engine', 'splice'], { env: WITHOUT_ADDON });
     assert.equal(result.code, 1);
     assert.match(result.stderr, /relay\.engine is splice, but the splice addon cannot be used/);
+  });
+
+  it('an addon built from other sources (SOCKSGATE_SPLICE_ADDON, a stale build/) is refused, naming why, not misread', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'socksgate-addon-'));
+    try {
+      for (const [file, exports, why] of [
+        ['unversioned.cjs', 'module.exports = { init() {}, start() {}, udpInit() {} };', /an older build with no interface version/],
+        ['other.cjs', 'module.exports = { interfaceVersion: 999, init() {} };', /interface 999; this socksgate needs interface \d+/],
+      ] as const) {
+        writeFileSync(join(dir, file), exports);
+        const env = { ...envWithoutProxies(), SOCKSGATE_SPLICE_ADDON: join(dir, file) };
+        const result = await runCli(['--listen', '127.0.0.1:0', '--relay-engine', 'splice'], { env });
+        assert.equal(result.code, 1, file);
+        assert.match(result.stderr, /the splice addon cannot be used/, file);
+        assert.match(result.stderr, /was built from other sources/, file);
+        assert.match(result.stderr, why, file);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('--busy-poll: the "started" line names the window; with the stream relay a warning says it does nothing', async () => {
