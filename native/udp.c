@@ -750,12 +750,16 @@ static napi_value js_udp_to_client(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* [datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, idleMs] (lock held). */
+/* [datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, idleMs,
+ *  toJs] (lock held). toJs: datagrams handed to JavaScript that it has not yet taken; after udpClose
+ * it never will, so they are lost, and JavaScript counts them as dropped. */
 static napi_value status_of(napi_env env, udp_t *u) {
   napi_value result, item;
-  CHECK(napi_create_array_with_length(env, COUNTERS + 1, &result));
-  for (int i = 0; i <= COUNTERS; i++) {
-    double value = i < COUNTERS ? (double)u->count[i] : (double)(clock_ms() - u->last_active);
+  CHECK(napi_create_array_with_length(env, COUNTERS + 2, &result));
+  for (int i = 0; i <= COUNTERS + 1; i++) {
+    double value = i < COUNTERS ? (double)u->count[i]
+                   : i == COUNTERS ? (double)(clock_ms() - u->last_active)
+                                   : (double)(u->to_js[0] + u->to_js[1]);
     CHECK(napi_create_double(env, value, &item));
     CHECK(napi_set_element(env, result, (uint32_t)i, item));
   }

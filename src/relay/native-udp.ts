@@ -35,9 +35,14 @@ export interface UdpAddon {
   udpClose(handle: object): NativeStatus;
 }
 
-/** datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, milliseconds since the last datagram relayed. */
-type NativeStatus = [number, number, number, number, number, number, number, number];
+/**
+ * datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign,
+ * droppedInvalid, droppedDenied, milliseconds since the last datagram
+ * relayed, and datagrams handed to JavaScript that it has not taken yet.
+ */
+type NativeStatus = [number, number, number, number, number, number, number, number, number];
 const IDLE_MS = 7;
+const TO_JS = 8;
 
 /** Live native associations by id, for the datagrams the relay thread hands over. */
 const live = new Map<number, NativeUdpAssociation>();
@@ -117,6 +122,7 @@ export class NativeUdpAssociation implements UdpRelay {
       droppedForeign: foreign + own.droppedForeign,
       droppedInvalid: invalid + own.droppedInvalid,
       droppedDenied: denied + own.droppedDenied,
+      droppedAtClose: own.droppedAtClose,
     };
   }
 
@@ -126,6 +132,8 @@ export class NativeUdpAssociation implements UdpRelay {
     live.delete(this.#id);
     clearTimeout(this.#idleTimer);
     this.#names.clear();
+    // Handed to JavaScript but not taken: their dispatch finds the association gone.
+    this.#own.droppedAtClose += this.#final[TO_JS];
   }
 
   /** A datagram from the client that the relay thread left to JavaScript (called by the addon's dispatch). */

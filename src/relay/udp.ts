@@ -54,13 +54,15 @@ export interface UdpCounters {
   droppedInvalid: number;
   /** Denied by the request rules: to its destination, or a reply from its sender. */
   droppedDenied: number;
+  /** Still waiting when the association closed: for a name lookup, or (native relay) for JavaScript to take them. */
+  droppedAtClose: number;
 }
 
 /** Fresh counters, all zero. */
 export function udpCounters(): UdpCounters {
   return {
     datagramsUp: 0, datagramsDown: 0, bytesUp: 0, bytesDown: 0,
-    droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0, droppedDenied: 0,
+    droppedFragments: 0, droppedForeign: 0, droppedInvalid: 0, droppedDenied: 0, droppedAtClose: 0,
   };
 }
 
@@ -216,8 +218,10 @@ export class DestinationNames {
     else this.#send(address, port, isIP(address) === 6 ? 6 : 4, payload);
   }
 
-  /** Forgets the datagrams waiting (the association closed). */
+  /** Drops the datagrams waiting for a lookup, counted (the association closed). */
   clear(): void {
+    this.#counters.droppedAtClose += this.#pendingCount;
+    this.#pendingCount = 0;
     this.#pending.clear();
   }
 

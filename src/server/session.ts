@@ -689,7 +689,7 @@ export class Session {
       relay: relayed?.engine ?? this.#udp?.engine ?? null,
       datagramsUp: udp?.datagramsUp ?? 0,
       datagramsDown: udp?.datagramsDown ?? 0,
-      datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied : 0,
+      datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied + udp.droppedAtClose : 0,
       datagramsDenied: udp?.droppedDenied ?? 0,
       startedAt: this.#startedAt,
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
