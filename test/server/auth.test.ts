@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import bcrypt from 'bcryptjs';
 import { UserStore, UsersFileError, createServer, parseUsersFile } from '../../src/index.js';
-import { bcryptCompare, passwordChecks } from '../../src/auth/bcrypt.js';
+import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
 import { ENGINES, startEngineProxy } from './native-helpers.js';
@@ -164,12 +164,12 @@ for (const engine of ENGINES) {
       await untilNoCheckRuns();
       const proxy = await startEngineProxy(engine, {
         auth: { methods: ['userpass'], users: [{ name: 'erin', password: bcrypt.hashSync('pw', 4) }] },
-        timeouts: { handshake: 150 },
+        timeouts: { handshake: 300 },
       });
       try {
         await untilNoCheckRuns(); // the store's hash for unknown names
         // Two slow checks take both turns, so the sessions' checks wait.
-        const slow = bcrypt.hashSync('pw', 13);
+        const slow = await bcryptHash('pw', 13);
         const busy = [bcryptCompare('x', slow), bcryptCompare('x', slow)];
         const { cancelled } = passwordChecks();
         const clients = await Promise.all(Array.from({ length: 4 }, () => RawClient.connect(proxy.port)));
