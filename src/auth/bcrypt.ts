@@ -106,8 +106,10 @@ export function bcryptHash(password: string, cost: number): Promise<string> {
 
 async function inTurn<T>(options: CheckOptions, work: () => Promise<T>): Promise<T> {
   options.signal?.throwIfAborted();
-  if (running >= PARALLEL_CHECKS) await waitInLine(lineOf(options.client), options.signal);
-  running++;
+  // A waiting check is handed its slot by the one finishing (startNext), so
+  // no newcomer can take it in between.
+  if (running < PARALLEL_CHECKS) running++;
+  else await waitInLine(lineOf(options.client), options.signal);
   try {
     return await work();
   } finally {
@@ -143,7 +145,7 @@ function waitInLine(line: string, signal: AbortSignal | undefined): Promise<void
   });
 }
 
-/** Starts the first check of the line whose turn it is, and sends that line to the back. */
+/** Gives a freed slot to the first check of the line whose turn it is, and sends that line to the back. */
 function startNext(): void {
   for (const [line, queue] of lines) {
     const waiter = queue.shift();
@@ -151,6 +153,7 @@ function startNext(): void {
     if (!waiter) continue;
     if (queue.length > 0) lines.set(line, queue);
     waitingCount--;
+    running++;
     waiter();
     return;
   }
