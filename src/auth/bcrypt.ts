@@ -147,16 +147,15 @@ function waitInLine(line: string, signal: AbortSignal | undefined): Promise<void
 
 /** Gives a freed slot to the first check of the line whose turn it is, and sends that line to the back. */
 function startNext(): void {
-  for (const [line, queue] of lines) {
-    const waiter = queue.shift();
-    lines.delete(line);
-    if (!waiter) continue;
-    if (queue.length > 0) lines.set(line, queue);
-    waitingCount--;
-    running++;
-    waiter();
-    return;
-  }
+  const turn = lines.entries().next();
+  if (turn.done) return;
+  const [line, queue] = turn.value; // never empty: an emptied line is deleted
+  const waiter = queue.shift()!;
+  lines.delete(line);
+  if (queue.length > 0) lines.set(line, queue);
+  waitingCount--;
+  running++;
+  waiter();
 }
 
 /** The line a client's checks wait in: its address, or its /64 for IPv6. */
@@ -164,8 +163,7 @@ function lineOf(client: string | undefined): string {
   if (!client) return '';
   if (!client.includes(':') || client.startsWith('::ffff:')) return client;
   try {
-    const bytes = ipaddr.IPv6.parse(client).toByteArray();
-    return `${ipaddr.fromByteArray([...bytes.slice(0, 8), 0, 0, 0, 0, 0, 0, 0, 0]).toString()}/64`;
+    return `${ipaddr.IPv6.networkAddressFromCIDR(`${client}/64`).toString()}/64`;
   } catch {
     return client;
   }

@@ -5,7 +5,8 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { bcryptCompare, bcryptHash, type CheckOptions } from './bcrypt.js';
+import { bcryptCompare, bcryptHash } from './bcrypt.js';
+import { UNSUPPORTED_2X, isBcryptHash, isUnsupportedBcryptHash } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -23,13 +24,6 @@ export interface VerifyContext {
 /** A stored credential: a bcrypt hash, or (config only) a plain password. */
 export type StoredSecret = { readonly kind: 'bcrypt'; readonly hash: string } | { readonly kind: 'plain'; readonly digest: Buffer };
 
-// $2x$ (crypt_blowfish's bug-compatible variant) is left out: neither
-// implementation here checks it, so such a line is refused when the file loads.
-const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
-
-export function isBcryptHash(value: string): boolean {
-  return BCRYPT.test(value);
-}
 
 /** Turns a configured password (plain text or a bcrypt hash) into a stored secret. */
 export function storedSecret(password: string): StoredSecret {
@@ -53,9 +47,7 @@ export function parseUsersFile(text: string, path = 'users file'): Map<string, S
     const colon = line.indexOf(':');
     const name = line.slice(0, colon);
     const hash = line.slice(colon + 1);
-    if (colon > 0 && hash.startsWith('$2x$')) {
-      throw new UsersFileError(`${path}:${index + 1}: $2x$ hashes are not supported; hash the password again (socksgate passwd)`);
-    }
+    if (colon > 0 && isUnsupportedBcryptHash(hash)) throw new UsersFileError(`${path}:${index + 1}: ${UNSUPPORTED_2X}`);
     if (colon <= 0 || !isBcryptHash(hash)) {
       throw new UsersFileError(`${path}:${index + 1}: expected "name:bcrypt-hash"`);
     }
@@ -134,9 +126,9 @@ export class UserStore implements Authenticator {
 
   async verify(username: string, password: string, context?: VerifyContext): Promise<boolean> {
     const secret = this.#users.get(username);
-    const options: CheckOptions = { client: context?.clientAddress, signal: context?.signal };
+    const client = context?.clientAddress;
     if (!secret) {
-      await bcryptCompare(password, await dummy(this.#dummyCost), options);
+      await bcryptCompare(password, await dummy(this.#dummyCost), { client, signal: context?.signal });
       return false;
     }
     if (secret.kind === 'plain') return timingSafeEqual(sha256(password), secret.digest);
@@ -146,7 +138,7 @@ export class UserStore implements Authenticator {
     // bcrypt run instead of each paying tens of milliseconds of CPU.
     let shared = this.#inFlight.get(cacheKey);
     if (!shared || shared.abandoned) {
-      shared = new SharedCheck((signal) => bcryptCompare(password, secret.hash, { client: options.client, signal }));
+      shared = new SharedCheck((signal) => bcryptCompare(password, secret.hash, { client, signal }));
       const started = shared;
       const forget = (): void => {
         if (this.#inFlight.get(cacheKey) === started) this.#inFlight.delete(cacheKey);

@@ -5,6 +5,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
+import { UNSUPPORTED_2X, isUnsupportedBcryptHash } from '../auth/hash-format.js';
 import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
 
 /** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
@@ -64,9 +65,7 @@ const userSchema = z.strictObject({
     .min(1)
     .max(255)
     // Taken as plain text, a $2x$ hash would silently become the password itself.
-    .refine((value) => !/^\$2x\$\d\d\$[./A-Za-z0-9]{53}$/.test(value), {
-      message: '$2x$ hashes are not supported; hash the password again (socksgate passwd)',
-    }),
+    .refine((value) => !isUnsupportedBcryptHash(value), { message: UNSUPPORTED_2X }),
 });
 
 export const authMethod = z.enum(['none', 'userpass']);
