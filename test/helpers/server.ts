@@ -5,6 +5,7 @@
 import { once } from 'node:events';
 import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, type Server, type Socket, createServer as createNetServer } from 'node:net';
+import { passwordChecks } from '../../src/auth/bcrypt.js';
 import { createServer, type ServerOptions, type SessionRecord, type SocksServer } from '../../src/index.js';
 
 export interface RunningProxy {
@@ -120,4 +121,9 @@ export function receiveAll(socket: Socket): Promise<Buffer> {
       socket.end();
     });
   });
+}
+
+/** Until no password check runs (a user store's hash for unknown names is made when it is built). */
+export async function untilNoPasswordCheckRuns(): Promise<void> {
+  for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
 }

@@ -8,7 +8,7 @@ import bcrypt from 'bcryptjs';
 import { UserStore, UsersFileError, createServer, parseUsersFile } from '../../src/index.js';
 import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
-import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
+import { type Fixture, type RunningProxy, startEchoServer, startProxy, untilNoPasswordCheckRuns } from '../helpers/server.js';
 import { ENGINES, startEngineProxy } from './native-helpers.js';
 
 function credentials(user: string, pass: string): Buffer {
@@ -161,13 +161,13 @@ describe('users file', () => {
 for (const engine of ENGINES) {
   describe(`password checks of sessions that are gone (${engine} handshakes)`, () => {
     test('sessions that time out while their checks wait drop them: they never run', async () => {
-      await untilNoCheckRuns();
+      await untilNoPasswordCheckRuns();
       const proxy = await startEngineProxy(engine, {
         auth: { methods: ['userpass'], users: [{ name: 'erin', password: bcrypt.hashSync('pw', 4) }] },
         timeouts: { handshake: 300 },
       });
       try {
-        await untilNoCheckRuns(); // the store's hash for unknown names
+        await untilNoPasswordCheckRuns(); // the store's hash for unknown names
         // Two slow checks take both turns, so the sessions' checks wait.
         const slow = await bcryptHash('pw', 13);
         const busy = [bcryptCompare('x', slow), bcryptCompare('x', slow)];
@@ -184,8 +184,4 @@ for (const engine of ENGINES) {
       }
     });
   });
-}
-
-async function untilNoCheckRuns(): Promise<void> {
-  for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
 }

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import bcryptjs from 'bcryptjs';
 import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
 import { ConfigError, UserStore, createServer, parseUsersFile } from '../../src/index.js';
+import { untilNoPasswordCheckRuns } from '../helpers/server.js';
 
 const BCRYPT_MODULE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'auth', 'bcrypt.js');
 
@@ -23,11 +24,6 @@ async function loopTurnsDuring(work: Promise<unknown>): Promise<number> {
     turns++;
   }
   return turns;
-}
-
-/** Until no check runs (a store's hash for unknown names, made when it is built). */
-async function idle(): Promise<void> {
-  for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
 describe('bcrypt checks', () => {
@@ -148,7 +144,7 @@ describe('users file hash variants', () => {
     assert.equal(passwordChecks().total, before + 1, 'a second store at the same cost shares it');
     new UserStore(parseUsersFile(`e:${bcryptjs.hashSync('pw', 4)}\n`));
     assert.equal(passwordChecks().total, before + 2, 'a store whose users have another cost makes its own');
-    await idle();
+    await untilNoPasswordCheckRuns();
     assert.equal(await store.verify('nobody', 'pw'), false);
     assert.equal(passwordChecks().total, before + 3, 'one check for the unknown name');
   });
@@ -156,7 +152,7 @@ describe('users file hash variants', () => {
   test('sessions sharing one check: it is dropped only when every one of them is gone', async () => {
     const store = new UserStore(parseUsersFile(`dave:${bcryptjs.hashSync('pw', 6)}\n`));
     const slow = bcryptjs.hashSync('pw', 12);
-    await idle(); // the store's hash for unknown names is made
+    await untilNoPasswordCheckRuns(); // the store's hash for unknown names is made
     const busy = [bcryptCompare('x', slow), bcryptCompare('x', slow)]; // both slots taken: the checks below wait
     const [first, second, third, fourth] = Array.from({ length: 4 }, () => new AbortController());
     const context = (c: AbortController) => ({ clientAddress: '192.0.2.9', signal: c.signal });
