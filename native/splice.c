@@ -62,6 +62,7 @@ enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_L
 #define MAX_EVENTS 256
 
 typedef struct handshake handshake_t;
+typedef struct username username_t;
 
 /* One direction: from fd[side] to fd[1 - side]. */
 typedef struct {
@@ -95,8 +96,7 @@ struct pair {
   handshake_t *hs;   /* negotiation state, freed once relaying */
   unsigned char request[22]; /* the CONNECT request, for the record */
   int request_len;
-  unsigned char *user; /* the RFC 1929 username, for the record and rules */
-  int user_len;        /* -1: none */
+  username_t *user;  /* the RFC 1929 username, for the record and rules; NULL: none */
   int rule;            /* the index of the rule that allowed the request, -1: none decided */
   pair_t *expired;   /* scan_idle's list of pairs past their deadline */
 };
@@ -174,9 +174,11 @@ static void tell_due_failures(int64_t now, listener_t *closing);
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_FAILED_EVERY_MS 1000
 
+static void username_release(username_t *u);
+
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-    free(p->user);
+    username_release(p->user);
     free(p);
   }
 }
@@ -732,16 +734,18 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver }. */
+static int usernames_live; /* read by stats(): a torn read only blurs a counter */
+
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver, usernames }. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
   const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits",
-                         "udpNativeDatagrams", "udpHandedOver"};
+                         "udpNativeDatagrams", "udpHandedOver", "usernames"};
   double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
-                     (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js};
+                     (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js, (double)usernames_live};
   CHECK(napi_create_object(env, &result));
-  for (int i = 0; i < 8; i++) {
+  for (int i = 0; i < 9; i++) {
     CHECK(napi_create_double(env, values[i], &value));
     CHECK(napi_set_named_property(env, result, names[i], value));
   }
@@ -854,6 +858,67 @@ static void tag_of(const settings_t *s, const unsigned char *in, size_t len, uin
   tag[0] = siphash(s->key[0], s->key[1], in, len);
   tag[1] = siphash(s->key[2], s->key[3], in, len);
   if ((tag[0] | tag[1]) == 0) tag[0] = 1; /* zero marks an empty slot */
+}
+
+/*
+ * Usernames are interned: the sessions of one user share one copy. A proxy
+ * holds thousands of sessions of a few users, and a copy each cost 32 bytes
+ * of heap per session, about a twentieth of an idle session's memory. The
+ * table's hash is keyed at random, so that chosen names cannot pile into one
+ * chain. Any thread may drop a reference (unref_pair), so the table is under
+ * a lock, which the relay thread takes once per RFC 1929 session.
+ */
+struct username {
+  username_t *next;
+  uint64_t hash;
+  int refs;
+  int len;
+  unsigned char bytes[];
+};
+#define USERNAME_BUCKETS 1024
+static username_t *usernames[USERNAME_BUCKETS];
+static pthread_mutex_t usernames_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t username_key[2];
+static int username_keyed;
+
+/* A reference to the interned copy of these bytes. */
+static username_t *username_acquire(const unsigned char *bytes, int len) {
+  pthread_mutex_lock(&usernames_lock);
+  if (!username_keyed) {
+    if (getrandom(username_key, sizeof username_key, 0) != (ssize_t)sizeof username_key) abort();
+    username_keyed = 1;
+  }
+  uint64_t hash = siphash(username_key[0], username_key[1], bytes, (size_t)len);
+  username_t **head = &usernames[hash % USERNAME_BUCKETS];
+  username_t *u = *head;
+  while (u && !(u->hash == hash && u->len == len && memcmp(u->bytes, bytes, (size_t)len) == 0)) u = u->next;
+  if (!u) {
+    u = malloc(sizeof *u + (size_t)len);
+    if (!u) abort();
+    u->hash = hash;
+    u->refs = 0;
+    u->len = len;
+    memcpy(u->bytes, bytes, (size_t)len);
+    u->next = *head;
+    *head = u;
+    usernames_live++;
+  }
+  u->refs++;
+  pthread_mutex_unlock(&usernames_lock);
+  return u;
+}
+
+static void username_release(username_t *u) {
+  if (!u) return;
+  pthread_mutex_lock(&usernames_lock);
+  if (--u->refs == 0) {
+    username_t **at = &usernames[u->hash % USERNAME_BUCKETS];
+    while (*at != u) at = &(*at)->next;
+    *at = u->next;
+    usernames_live--;
+    free(u);
+  }
+  pthread_mutex_unlock(&usernames_lock);
 }
 
 /* The remembered verdict's rule for this tag, or -1. Compared in constant time. */
@@ -994,11 +1059,11 @@ static int send_all(int fd, const void *data, size_t len) {
 
 /* A message whose payload starts with the username (a flag byte, a length byte, the bytes). */
 static message_t *message_with_user(int type, pair_t *p, const unsigned char *rest, int rest_len) {
-  int ulen = p->user_len > 0 ? p->user_len : 0;
+  int ulen = p->user ? p->user->len : 0;
   message_t *m = message(type, p, NULL, 2 + ulen + rest_len);
-  m->data[0] = p->user_len >= 0;
+  m->data[0] = p->user != NULL;
   m->data[1] = (unsigned char)ulen;
-  if (ulen > 0) memcpy(m->data + 2, p->user, (size_t)ulen);
+  if (ulen > 0) memcpy(m->data + 2, p->user->bytes, (size_t)ulen);
   if (rest_len > 0) memcpy(m->data + 2 + ulen, rest, (size_t)rest_len);
   return m;
 }
@@ -1173,11 +1238,8 @@ static int step_credentials(pair_t *p) {
   int plen = h->buf[2 + ulen];
   if (h->len < 3 + ulen + plen) return STEP_MORE;
   h->msg_len = 3 + ulen + plen;
-  free(p->user);
-  p->user = malloc(ulen > 0 ? (size_t)ulen : 1);
-  if (!p->user) abort();
-  memcpy(p->user, h->buf + 2, (size_t)ulen);
-  p->user_len = ulen;
+  username_release(p->user);
+  p->user = username_acquire(h->buf + 2, ulen);
   if (h->settings->remember_credentials) {
     uint64_t tag[2];
     tag_of(h->settings, h->buf, (size_t)h->msg_len, tag);
@@ -1214,10 +1276,10 @@ static void decision_key(pair_t *p, uint64_t tag[2]) {
   at = 20;
   memcpy(key + at, p->request, (size_t)p->request_len);
   at += (size_t)p->request_len;
-  key[at++] = p->user_len >= 0;
-  int ulen = p->user_len > 0 ? p->user_len : 0;
+  key[at++] = p->user != NULL;
+  int ulen = p->user ? p->user->len : 0;
   key[at++] = (unsigned char)ulen;
-  if (ulen > 0) memcpy(key + at, p->user, (size_t)ulen);
+  if (ulen > 0) memcpy(key + at, p->user->bytes, (size_t)ulen);
   at += (size_t)ulen;
   tag_of(h->settings, key, at, tag);
 }
@@ -1486,7 +1548,6 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
   h->settings = s;
   h->client = *addr;
-  p->user_len = -1;
   p->rule = -1;
   p->id = ++next_native_id;
   p->native = 1;
@@ -2023,7 +2084,7 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 3
+#define ADDON_INTERFACE 4
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

@@ -89,7 +89,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 3;
+const ADDON_INTERFACE = 4;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 
@@ -148,6 +148,8 @@ export interface SpliceStats {
   readonly udpNativeDatagrams: number;
   /** Client datagrams it handed to JavaScript instead: a destination name, a fragment, a malformed header. */
   readonly udpHandedOver: number;
+  /** Distinct RFC 1929 usernames the live native sessions hold: the sessions of one user share one copy. */
+  readonly usernames: number;
 }
 
 /** The loaded addon, or null when it cannot be used here. */

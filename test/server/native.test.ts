@@ -10,11 +10,12 @@
  * deltas around one test's own sessions are used.
  */
 import assert from 'node:assert/strict';
-import { connect, createServer as createNetServer } from 'node:net';
+import { type Socket, connect, createServer as createNetServer } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { CloseReason, ServerOptions, SessionRecord } from '../../src/index.js';
+import { spliceStats } from '../../src/relay/splice.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer, startTcpServer } from '../helpers/server.js';
 import { ALICE, USERPASS_ONLY } from '../interop/helpers.js';
@@ -624,6 +625,56 @@ async function runCase(c: HandOverCase, proxy: EngineProxy, ports: Ports): Promi
     client.destroy();
   }
 }
+
+describe('native handshakes: usernames', () => {
+  const BOB = { name: 'bob', password: 'hunter2' } as const;
+
+  function usernamesHeld(): number {
+    const stats = spliceStats();
+    assert.ok(stats, 'the splice addon is loaded (the test command builds it)');
+    return stats.usernames;
+  }
+
+  /** Waits (bounded) until the relay thread has let go of every pair that held a name. */
+  async function untilUsernamesHeld(count: number): Promise<number> {
+    for (let i = 0; i < 2_000 && usernamesHeld() !== count; i++) await delay(5);
+    return usernamesHeld();
+  }
+
+  test('the sessions of one user share one copy of the name; the copy goes with the last of them', opts, async () => {
+    const echo = await startEchoServer();
+    // A rule that names users, so the remembered decision is keyed by the name too.
+    const proxy = await startEngineProxy('native', {
+      auth: { methods: ['userpass'], users: [{ ...ALICE }, { ...BOB }] },
+      rules: [{ name: 'known-users', allow: { users: [ALICE.name, BOB.name] } }],
+    });
+    const sockets: Socket[] = [];
+    try {
+      const baseline = usernamesHeld();
+      const who = [ALICE, ALICE, BOB, ALICE, BOB, ALICE];
+      for (const auth of who) sockets.push(await socksConnect(proxy, echo.port, auth));
+      assert.equal(usernamesHeld() - baseline, 2, 'six sessions of two users hold two names');
+      // Each relay still carries its own bytes and names its own user.
+      await Promise.all(sockets.map(async (socket, i) => {
+        socket.write(`hello ${i}`);
+        const [echoed] = (await once(socket, 'data')) as [Buffer];
+        assert.equal(echoed.toString(), `hello ${i}`);
+      }));
+      const ports = sockets.map((socket) => socket.localPort!);
+      for (const socket of sockets.splice(0, 3)) socket.destroy();
+      const firstRecords = await Promise.all(ports.slice(0, 3).map((port) => recordOf(proxy, port)));
+      assert.equal(await untilUsernamesHeld(baseline + 2), baseline + 2, 'alice and bob each still have a live session');
+      for (const socket of sockets.splice(0)) socket.destroy();
+      const records = [...firstRecords, ...(await Promise.all(ports.slice(3).map((port) => recordOf(proxy, port))))];
+      assert.deepEqual(records.map((r) => [r.user, r.rule]), who.map((auth) => [auth.name, 'known-users']));
+      assert.equal(await untilUsernamesHeld(baseline), baseline, 'no name is held once its last session is gone');
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await proxy.close();
+      await echo.close();
+    }
+  });
+});
 
 describe('native handshakes: every hand-over gives the node engine\'s answer', () => {
   let echo: Fixture;
