@@ -524,6 +524,9 @@ static void *relay_thread(void *unused) {
     }
     if (timeout >= 0) {
       int64_t now = now_ms();
+      /* A shorter timeout came since the last scan was planned (another
+       * listener's, or a reload's): do not wait out the longer interval. */
+      if (next_idle_scan > now + timeout) next_idle_scan = now + timeout;
       if (now >= next_idle_scan) {
         scan_idle(now);
         next_idle_scan = now + timeout;
@@ -878,16 +881,19 @@ struct username {
 #define USERNAME_BUCKETS 1024
 static username_t *usernames[USERNAME_BUCKETS];
 static pthread_mutex_t usernames_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Set on the main thread with the first listener's settings, so before any
+ * session of the relay thread needs it. */
 static uint64_t username_key[2];
 static int username_keyed;
+
+static int username_key_ready(void) {
+  if (!username_keyed) username_keyed = getrandom(username_key, sizeof username_key, 0) == (ssize_t)sizeof username_key;
+  return username_keyed;
+}
 
 /* A reference to the interned copy of these bytes. */
 static username_t *username_acquire(const unsigned char *bytes, int len) {
   pthread_mutex_lock(&usernames_lock);
-  if (!username_keyed) {
-    if (getrandom(username_key, sizeof username_key, 0) != (ssize_t)sizeof username_key) abort();
-    username_keyed = 1;
-  }
   uint64_t hash = siphash(username_key[0], username_key[1], bytes, (size_t)len);
   username_t **head = &usernames[hash % USERNAME_BUCKETS];
   username_t *u = *head;
@@ -1844,7 +1850,7 @@ static settings_t *parse_settings(napi_env env, napi_value value) {
   s->key_client_port = b[41];
   s->credentials = calloc(CREDENTIALS_CACHED, sizeof(verdict_t));
   s->decisions = calloc(DECISIONS_CACHED, sizeof(verdict_t));
-  if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key) {
+  if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key || !username_key_ready()) {
     settings_unref(s);
     return NULL;
   }

@@ -1,0 +1,55 @@
+/**
+ * The relay thread checks negotiation deadlines on a scan whose interval
+ * follows the shortest timeout it has seen (a quarter of it, at most 1 s).
+ * When a shorter timeout arrives (another listener's, or after a reload), the
+ * scan already planned with the longer interval must not be waited out.
+ *
+ * Its own file: the interval only ever shrinks within a process, and this
+ * test needs the relay thread to start from the default 1 s.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { RawClient } from '../helpers/raw.js';
+import { type Fixture, startEchoServer } from '../helpers/server.js';
+import { type EngineProxy, recordOf, socksConnect, startEngineProxy } from './native-helpers.js';
+
+const SHORT_HANDSHAKE_MS = 200;
+/** The interval the relay thread starts with (idle_scan_every in native/splice.c). */
+const FIRST_SCAN_INTERVAL_MS = 1000;
+
+let echo: Fixture;
+before(async () => {
+  echo = await startEchoServer();
+});
+after(() => echo.close());
+
+test('a short handshake timeout on a second listener is kept, not stretched to the scan planned for the first', { timeout: 30_000 }, async () => {
+  const proxies: EngineProxy[] = [];
+  try {
+    // Default timeouts: the relay thread plans its next scan a second ahead.
+    const relaxed = await startEngineProxy('native');
+    proxies.push(relaxed);
+    const relayed = await socksConnect(relaxed, echo.port);
+    try {
+      const strict = await startEngineProxy('native', { timeouts: { handshake: SHORT_HANDSHAKE_MS } });
+      proxies.push(strict);
+      const silent = await RawClient.connect(strict.port); // sends nothing
+      try {
+        const record = await recordOf(strict, silent.localPort);
+        assert.equal(record.reason, 'handshake-timeout');
+        // Fails when the deadline waits for the scan planned a second ahead;
+        // the margin above the timeout's own quarter-interval is wide on purpose.
+        assert.ok(
+          record.durationMs < FIRST_SCAN_INTERVAL_MS - 200,
+          `the ${SHORT_HANDSHAKE_MS} ms handshake timeout ended the session after ${record.durationMs} ms`,
+        );
+      } finally {
+        silent.destroy();
+      }
+    } finally {
+      relayed.destroy();
+    }
+  } finally {
+    for (const proxy of proxies) await proxy.close();
+  }
+});
