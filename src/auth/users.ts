@@ -24,7 +24,6 @@ export interface VerifyContext {
 /** A stored credential: a bcrypt hash, or (config only) a plain password. */
 export type StoredSecret = { readonly kind: 'bcrypt'; readonly hash: string } | { readonly kind: 'plain'; readonly digest: Buffer };
 
-
 /** Turns a configured password (plain text or a bcrypt hash) into a stored secret. */
 export function storedSecret(password: string): StoredSecret {
   if (isBcryptHash(password)) return { kind: 'bcrypt', hash: password };
