@@ -92,6 +92,7 @@ struct pair {
   int phase;         /* PHASE_RELAY (0) once spliced; pairs from start() are born relaying */
   int method;        /* the SOCKS5 method chosen */
   int counted;       /* counts in idle_pairs: it has a deadline the scan must see */
+  int64_t scan_every; /* while counted: how often the scan must run for this pair's deadline */
   int64_t deadline;  /* handshake or connect deadline while negotiating */
   handshake_t *hs;   /* negotiation state, freed once relaying */
   unsigned char request[22]; /* the CONNECT request, for the record */
@@ -129,7 +130,11 @@ static pair_t *pairs; /* every live pair, for the idle scan */
 static pair_t *ended;
 static int idle_pairs; /* live pairs with an idle deadline */
 static int64_t next_idle_scan;
-static int64_t idle_scan_every = 1000;
+/* How often the scan runs: often enough for the shortest deadline of the live
+ * pairs (a quarter of its timeout), at most this often when none is short. */
+#define SCAN_EVERY_MAX 1000
+#define SCAN_EVERY_MIN 10
+static int64_t idle_scan_every = SCAN_EVERY_MAX;
 static int64_t scan_every_told = 0; /* the relay thread's idea of it, to know when to wake it */
 
 /* Relay-thread state. */
@@ -217,12 +222,17 @@ static void release_pipe(flow_t *f) {
 
 /* ---- pairs ---- */
 
+/* The pair no longer has a deadline the scan must see (pairs_lock held). */
+static void uncount_for_scan(pair_t *p) {
+  if (p->counted && --idle_pairs == 0) idle_scan_every = SCAN_EVERY_MAX; /* no deadline left to serve */
+  p->counted = 0;
+}
+
 static void unlink_pair(pair_t *p) {
   if (p->prev) p->prev->next = p->next;
   else pairs = p->next;
   if (p->next) p->next->prev = p->prev;
-  if (p->counted) idle_pairs--;
-  p->counted = 0;
+  uncount_for_scan(p);
 }
 
 /* Ends a pair (relay thread, pairs_lock held) and reports it to JavaScript. */
@@ -427,9 +437,13 @@ static void on_socket_event(pair_t *p, int side, uint32_t events) {
 static void scan_idle(int64_t now) {
   pair_t *expired = NULL;
   pthread_mutex_lock(&pairs_lock);
+  /* Recomputed from the pairs still here, so the interval grows back once
+   * the sessions with short timeouts are gone (a listener closed, a reload). */
+  int64_t every = SCAN_EVERY_MAX;
   pair_t *p = pairs;
   while (p) {
     pair_t *next = p->next;
+    if (p->counted && p->scan_every < every) every = p->scan_every;
     if (p->phase != 0) {
       /* Negotiating: handed over outside the lock (it sends a message). */
       if (now >= p->deadline) {
@@ -441,6 +455,7 @@ static void scan_idle(int64_t now) {
     }
     p = next;
   }
+  idle_scan_every = every;
   pthread_mutex_unlock(&pairs_lock);
   while (expired) {
     p = expired;
@@ -588,7 +603,8 @@ static int count_for_scan(pair_t *p, int64_t timeout_ms) {
   }
   /* Scan often enough that a short timeout is not overshot by much. */
   int64_t every = timeout_ms / 4;
-  if (every < 10) every = 10;
+  if (every < SCAN_EVERY_MIN) every = SCAN_EVERY_MIN;
+  p->scan_every = every; /* the pair's latest deadline: a handshake's, then its idle timeout */
   if (every < idle_scan_every) idle_scan_every = every;
   return scan_every_told == 0 || idle_scan_every < scan_every_told;
 }
@@ -739,16 +755,18 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
 
 static int usernames_live; /* read by stats(): a torn read only blurs a counter */
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver, usernames }. */
+/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver, usernames,
+ * scanIntervalMs }. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
   const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits",
-                         "udpNativeDatagrams", "udpHandedOver", "usernames"};
+                         "udpNativeDatagrams", "udpHandedOver", "usernames", "scanIntervalMs"};
   double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
-                     (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js, (double)usernames_live};
+                     (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js, (double)usernames_live,
+                     (double)__atomic_load_n(&idle_scan_every, __ATOMIC_RELAXED)};
   CHECK(napi_create_object(env, &result));
-  for (int i = 0; i < 9; i++) {
+  for (int i = 0; i < (int)(sizeof values / sizeof values[0]); i++) {
     CHECK(napi_create_double(env, values[i], &value));
     CHECK(napi_set_named_property(env, result, names[i], value));
   }
@@ -1433,11 +1451,8 @@ static void connected(pair_t *p, int watched) {
   }
   pthread_mutex_lock(&pairs_lock);
   p->phase = PHASE_RELAY;
-  if (p->idle_ms <= 0 && p->counted) {
-    p->counted = 0;
-    idle_pairs--;
-  }
   if (p->idle_ms > 0) count_for_scan(p, p->idle_ms);
+  else uncount_for_scan(p);
   struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
   int rc = epoll_ctl(epoll_fd, watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, p->fd[1], &ev);
   pthread_mutex_unlock(&pairs_lock);
@@ -2090,7 +2105,7 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 4
+#define ADDON_INTERFACE 5
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

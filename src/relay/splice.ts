@@ -89,7 +89,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 4;
+const ADDON_INTERFACE = 5;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 
@@ -150,6 +150,8 @@ export interface SpliceStats {
   readonly udpHandedOver: number;
   /** Distinct RFC 1929 usernames the live native sessions hold: the sessions of one user share one copy. */
   readonly usernames: number;
+  /** How often the relay thread looks for passed deadlines: a quarter of the shortest live timeout, at most 1,000 ms. */
+  readonly scanIntervalMs: number;
 }
 
 /** The loaded addon, or null when it cannot be used here. */

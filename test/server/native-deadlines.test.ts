@@ -4,11 +4,13 @@
  * When a shorter timeout arrives (another listener's, or after a reload), the
  * scan already planned with the longer interval must not be waited out.
  *
- * Its own file: the interval only ever shrinks within a process, and this
- * test needs the relay thread to start from the default 1 s.
+ * Its own file: the first test needs the relay thread to start from the
+ * default 1 s, which no other test file's sessions may have shortened.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import { spliceStats } from '../../src/relay/splice.js';
 import { RawClient } from '../helpers/raw.js';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
 import { type EngineProxy, recordOf, socksConnect, startEngineProxy } from './native-helpers.js';
@@ -45,6 +47,54 @@ test('a short handshake timeout on a second listener is kept, not stretched to t
         );
       } finally {
         silent.destroy();
+      }
+    } finally {
+      relayed.destroy();
+    }
+  } finally {
+    for (const proxy of proxies) await proxy.close();
+  }
+});
+
+/** The relay thread's scan interval once it equals `ms`, or its last value after a bounded wait. */
+async function untilScanInterval(ms: number): Promise<number> {
+  let current = Number.NaN;
+  for (let i = 0; i < 500; i++) {
+    const stats = spliceStats();
+    assert.ok(stats, 'the splice addon is loaded (the test command builds it)');
+    current = stats.scanIntervalMs;
+    if (current === ms) break;
+    await delay(10);
+  }
+  return current;
+}
+
+test('the scan interval grows back once the sessions with a short timeout are gone', { timeout: 30_000 }, async () => {
+  const proxies: EngineProxy[] = [];
+  try {
+    // A session with the default idle timeout (an hour) keeps the scan running throughout.
+    const relaxed = await startEngineProxy('native');
+    proxies.push(relaxed);
+    const relayed = await socksConnect(relaxed, echo.port);
+    try {
+      const strict = await startEngineProxy('native', { timeouts: { handshake: 40 } });
+      proxies.push(strict);
+      const silent = await RawClient.connect(strict.port);
+      try {
+        // A quarter of 40 ms is below the floor of 10 ms.
+        assert.equal(await untilScanInterval(10), 10);
+        assert.equal((await recordOf(strict, silent.localPort)).reason, 'handshake-timeout');
+      } finally {
+        silent.destroy();
+      }
+      // Before, the thread kept waking every 10 ms for as long as any session lived.
+      assert.equal(await untilScanInterval(FIRST_SCAN_INTERVAL_MS), FIRST_SCAN_INTERVAL_MS);
+      // And it shrinks again for the next short deadline.
+      const again = await RawClient.connect(strict.port);
+      try {
+        assert.equal(await untilScanInterval(10), 10);
+      } finally {
+        again.destroy();
       }
     } finally {
       relayed.destroy();
