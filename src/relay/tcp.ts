@@ -77,7 +77,9 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
 
   client.on('error', (err) => fail('client-error', err, destination));
   destination.on('error', (err) => fail('destination-error', err, client));
-  client.once('end', () => { reason ??= 'client-closed'; });
+  // A client that half-closed during the handshake has no 'end' left to emit (pipe() passes its FIN on).
+  if (client.readableEnded) reason = 'client-closed';
+  else client.once('end', () => { reason ??= 'client-closed'; });
   destination.once('end', () => { reason ??= 'destination-closed'; });
   client.once('close', closed);
   destination.once('close', closed);

@@ -154,6 +154,12 @@ export class Session {
   #udpClient: string | null = null;
   /** Between BIND's two replies: the control socket is read, not paused. */
   #bindWaiting = false;
+  /**
+   * The client sent its FIN during the handshake. While a credential check
+   * or a dial is under way that is a half-close, not a departure: the client
+   * may have sent everything it meant to (request and data) and still reads.
+   */
+  #clientEnded = false;
   #relay: Relay | null = null;
   #relayEnd: RelayEnd | null = null;
   #recorded = false;
@@ -241,6 +247,8 @@ export class Session {
     } catch (err) {
       this.#protocolError(err);
     }
+    // Still reading a message that can no longer be completed.
+    if (this.#clientEnded && this.#phase !== 'waiting') this.#clientGone();
   }
 
   /** One step; true when it consumed a message and the next phase may proceed. */
@@ -644,11 +652,18 @@ export class Session {
       this.#socket.end();
       return;
     }
+    this.#clientEnded = true;
+    // The check or dial answers; then the bytes buffered are read on (#advance).
+    if (this.#phase !== 'waiting') this.#clientGone();
+  };
+
+  /** The client ended its side while the handshake needs more of its bytes. */
+  #clientGone(): void {
     const label = PHASE_NAMES[this.#phase];
-    if (!label) return; // a refusal is already under way
+    if (!label) return; // a refusal is already under way, or the session is past the handshake
     const detail = this.#buffer.length > 0 ? `truncated ${label} (${this.#buffer.length} bytes)` : `before the ${label}`;
     this.#refuse(null, 'client-gone', `client closed the connection mid-handshake: ${detail}`);
-  };
+  }
 
   readonly #onHandshakeError = (err: Error): void => {
     this.#reason ??= this.#phase === 'associated' ? 'client-error' : 'client-gone';

@@ -11,6 +11,8 @@ import { type Socket, connect } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { SocksClient } from 'socks';
+import { bcryptHash } from '../../src/auth/bcrypt.js';
+import type { ServerOptions } from '../../src/index.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
 
@@ -173,6 +175,48 @@ describe(`relay (${engine} engine)`, () => {
     } finally {
       await target.close();
     }
+  });
+});
+
+describe(`a client that half-closes during the handshake (node handshake engine, ${engine} relay)`, () => {
+  /**
+   * The client writes its whole exchange and its data, then shuts its write
+   * side before the proxy has answered (as `printf ... | nc -N` does): the FIN
+   * reaches the proxy while it checks the password or dials. That is a
+   * half-close, not a departure: the client still reads.
+   */
+  async function halfClosedEarly(options: ServerOptions, greeting: Buffer, answerBeforeReply: string) {
+    const target = await startTcpServer((socket) => {
+      const request: Buffer[] = [];
+      socket.on('data', (c: Buffer) => request.push(c));
+      socket.on('end', () => socket.end(`read ${Buffer.concat(request).length} bytes, then EOF`));
+    });
+    const proxy = await startProxy({ ...options, relay: { engine }, handshake: { engine: 'node' } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      const data = Buffer.from('all of the request');
+      client.socket.end(Buffer.concat([greeting, connectRequest('127.0.0.1', target.port), data]));
+      const answer = await client.readToEnd();
+      assert.equal(answer.subarray(0, answerBeforeReply.length / 2 + 4).toString('hex'), `${answerBeforeReply}05000001`, 'the replies');
+      assert.equal(answer.subarray(answerBeforeReply.length / 2 + 10).toString(), `read ${data.length} bytes, then EOF`);
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.reason, 'client-closed');
+      assert.equal(record.bytesUp, data.length);
+      assert.equal(record.relay, engine);
+    } finally {
+      await proxy.close();
+      await target.close();
+    }
+  }
+
+  test('no authentication: the FIN arrives while the proxy dials', async () => {
+    await halfClosedEarly({}, hex('05 01 00'), '0500');
+  });
+
+  test('username/password with a bcrypt hash: the FIN arrives while the password is checked', async () => {
+    const users = [{ name: 'carol', password: await bcryptHash('pass', 4) }];
+    const greeting = Buffer.concat([hex('05 01 02 01 05'), Buffer.from('carol'), hex('04'), Buffer.from('pass')]);
+    await halfClosedEarly({ auth: { methods: ['userpass'], users } }, greeting, '05020100');
   });
 });
 
