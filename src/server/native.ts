@@ -434,7 +434,8 @@ export class NativeSession {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
-    return toSocksError(errnoError('connect', errno, formatDestination(target)));
+    // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it.
+    return toSocksError(errnoError('connect', errno, `${target.host}:${target.port}`));
   }
 
   end({ up, down, reason, firstEof, errorSide, errno, rule, method, version }: NativeEnd, user: string | null, request: Buffer): void {

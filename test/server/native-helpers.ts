@@ -69,6 +69,29 @@ export function recordOf(proxy: EngineProxy, clientPort: number): Promise<Sessio
   return withTimeout(found, RECORD_WAIT_MS, `the record of the session from client port ${clientPort}`);
 }
 
+/** The fields of a record that must not depend on the engine (no ids, client ports or times). */
+export function comparable(r: SessionRecord) {
+  return {
+    clientAddress: r.clientAddress,
+    version: r.version,
+    authMethod: r.authMethod,
+    user: r.user,
+    command: r.command,
+    requested: r.requested,
+    // A UDP relay's port is ephemeral.
+    connected: r.command === 'udp' ? r.connected?.replace(/:\d+$/, ':*') ?? null : r.connected,
+    reply: r.reply,
+    bytesUp: r.bytesUp,
+    bytesDown: r.bytesDown,
+    relay: r.relay,
+    datagramsUp: r.datagramsUp,
+    datagramsDown: r.datagramsDown,
+    reason: r.reason,
+    error: r.error,
+    rule: r.rule,
+  };
+}
+
 /** Reads one whole SOCKS5 reply (its length depends on ATYP). */
 export async function readSocks5Reply(client: RawClient): Promise<Buffer> {
   const head = await client.read(4);

@@ -24,6 +24,7 @@ import {
   type Engine,
   type EngineProxy,
   type NativeCounters,
+  comparable,
   connectRequest6,
   countersSince,
   credentials,
@@ -237,29 +238,6 @@ describe('native handshakes: the common path stays native', () => {
 });
 
 // ---- hand-over cases: the same answer as the node engine ----
-
-/** The fields of a record that must not depend on the engine (no ids, client ports or times). */
-function comparable(r: SessionRecord) {
-  return {
-    clientAddress: r.clientAddress,
-    version: r.version,
-    authMethod: r.authMethod,
-    user: r.user,
-    command: r.command,
-    requested: r.requested,
-    // A UDP relay's port is ephemeral.
-    connected: r.command === 'udp' ? r.connected?.replace(/:\d+$/, ':*') ?? null : r.connected,
-    reply: r.reply,
-    bytesUp: r.bytesUp,
-    bytesDown: r.bytesDown,
-    relay: r.relay,
-    datagramsUp: r.datagramsUp,
-    datagramsDown: r.datagramsDown,
-    reason: r.reason,
-    error: r.error,
-    rule: r.rule,
-  };
-}
 
 /** The fixtures a case's bytes may name. */
 interface Ports {
