@@ -33,8 +33,9 @@ export class RawClient {
     });
   }
 
-  static async connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
-    const socket = connect({ port, host });
+  /** `localPort`: connect from this port (rules on the client's port); by default the kernel picks one. */
+  static async connect(port: number, host = '127.0.0.1', localPort?: number): Promise<RawClient> {
+    const socket = connect({ port, host, ...(localPort === undefined ? {} : { localPort }) });
     await once(socket, 'connect');
     return new RawClient(socket);
   }

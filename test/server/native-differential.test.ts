@@ -21,18 +21,36 @@ import { ENGINES, type Engine, type EngineProxy, comparable, recordOf, startEngi
 
 const BOB = { name: 'bob', password: 'hunter2' } as const;
 
-/** Two users with plain passwords: a wrong one is refused at once, no bcrypt wait. */
-const KINDS = {
-  plain: (): ServerOptions => ({}),
-  userpass: (): ServerOptions => ({ auth: { methods: ['userpass'], users: [{ ...ALICE }, { ...BOB }] } }),
-} as const;
-type Kind = keyof typeof KINDS;
-
 /** Where a request may point: the echo server, a closed port, port 0. */
 interface Ports {
   readonly echo: number;
   readonly closed: number;
 }
+
+/**
+ * Client ports a rule looks at, and the ports beside them: below the
+ * ephemeral range (32768-60999), so that only clients that ask get them.
+ */
+const CLIENT_PORTS = { low: [20_000, 24_999], high: [25_000, 29_999] } as const;
+
+/** Two users with plain passwords: a wrong one is refused at once, no bcrypt wait. */
+const USERS = { methods: ['userpass' as const], users: [{ ...ALICE }, { ...BOB }] };
+const KINDS = {
+  plain: (): ServerOptions => ({}),
+  userpass: (): ServerOptions => ({ auth: USERS }),
+  /** Rules on the user, the client's port, the destination's port and network. */
+  rules: (ports: Ports): ServerOptions => ({
+    auth: { ...USERS, methods: ['userpass', 'none'] },
+    rules: [
+      { name: 'bob-not-to-echo', deny: { users: [BOB.name], to: { ports: [ports.echo] } } },
+      // Towards the echo server: an allowed CONNECT stays native, so only the relay thread's memory decides a repeat.
+      { name: 'low-client-ports-not-to-echo', deny: { from: { ports: [CLIENT_PORTS.low.join('-')] }, to: { ports: [ports.echo] } } },
+      { name: 'v4-loopback', allow: { to: { nets: ['127.0.0.0/8'] } } },
+      { name: 'v6-loopback-echo', allow: { to: { nets: ['::1/128'], ports: [ports.echo] } } },
+    ],
+  }),
+} as const;
+type Kind = keyof typeof KINDS;
 
 /** Mostly the valid value, sometimes one of the wrong ones. */
 function mostly<T>(good: T, ...bad: T[]): fc.Arbitrary<T> {
@@ -77,7 +95,7 @@ const request = fc.record({
 });
 
 const script = fc.record({
-  kind: fc.constantFrom<Kind>('plain', 'userpass'),
+  kind: fc.constantFrom<'plain' | 'userpass'>('plain', 'userpass'),
   greeting,
   credentials: fc.option(credentials, { freq: 4 }),
   request,
@@ -125,20 +143,32 @@ function maskReply(answer: Buffer): Buffer {
   return out;
 }
 
-/** Sends the script's bytes in its pieces, a little apart so that the server reads them apart, then a FIN. */
-async function play(s: Script, proxy: EngineProxy, ports: Ports) {
-  const all = bytesOf(s, ports);
-  const bytes = s.cut === null ? all : all.subarray(0, Math.floor(s.cut * all.length));
-  const points = [...new Set(s.splits.map((f) => Math.floor(f * bytes.length)))].sort((a, b) => a - b);
+/** Connects from a port in `range`: a random one, another if it is taken (an earlier client's TIME_WAIT). */
+async function connectFrom(port: number, [low, high]: readonly [number, number]): Promise<RawClient> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await RawClient.connect(port, '127.0.0.1', low + Math.floor(Math.random() * (high - low + 1)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt === 50) throw err;
+    }
+  }
+}
+
+/**
+ * Sends `bytes` in pieces ending at `splits`, a little apart so that the
+ * server reads them apart, then a FIN; from a port in `from` if given.
+ */
+async function play(bytes: Buffer, splits: readonly number[], proxy: EngineProxy, from?: readonly [number, number]) {
+  const points = [...new Set(splits.map((f) => Math.floor(f * bytes.length)))].sort((a, b) => a - b);
   // Hundreds of sessions: an earlier one's client port comes back, and its record must not be taken for this one's.
   proxy.records.length = 0;
   proxy.opens.length = 0;
-  const client = await RawClient.connect(proxy.port);
+  const client = from ? await connectFrom(proxy.port, from) : await RawClient.connect(proxy.port);
   try {
-    let from = 0;
-    for (const to of [...points, bytes.length]) {
-      if (to > from) client.write(bytes.subarray(from, to));
-      from = to;
+    let start = 0;
+    for (const end of [...points, bytes.length]) {
+      if (end > start) client.write(bytes.subarray(start, end));
+      start = end;
       await delay(2);
     }
     client.socket.end();
@@ -159,7 +189,7 @@ before(async () => {
   echo = await startEchoServer();
   ports = { echo: echo.port, closed: await closedPort() };
   for (const kind of Object.keys(KINDS) as Kind[]) {
-    for (const engine of ENGINES) proxies.set(`${kind}/${engine}`, await startEngineProxy(engine, KINDS[kind]()));
+    for (const engine of ENGINES) proxies.set(`${kind}/${engine}`, await startEngineProxy(engine, KINDS[kind](ports)));
   }
 });
 after(async () => {
@@ -174,10 +204,47 @@ function proxyFor(kind: Kind, engine: Engine): EngineProxy {
 test('generated clients, whole or cut short, in any pieces: both engines give the same answer, close and record', { timeout: 120_000 }, async () => {
   await fc.assert(
     fc.asyncProperty(script, async (s) => {
-      const node = await play(s, proxyFor(s.kind, 'node'), ports);
-      const native = await play(s, proxyFor(s.kind, 'native'), ports);
-      assert.deepEqual(native, node, `client bytes ${bytesOf(s, ports).toString('hex')}`);
+      const all = bytesOf(s, ports);
+      const bytes = s.cut === null ? all : all.subarray(0, Math.floor(s.cut * all.length));
+      const node = await play(bytes, s.splits, proxyFor(s.kind, 'node'));
+      const native = await play(bytes, s.splits, proxyFor(s.kind, 'native'));
+      assert.deepEqual(native, node, `client bytes ${bytes.toString('hex')}`);
     }),
     { numRuns: 150, includeErrorInReport: true },
+  );
+});
+
+/** One well-formed client of the rules proxy: who it is, and where it asks to go. */
+const ruledRequest = fc.record({
+  who: fc.constantFrom<'anonymous' | 'alice' | 'bob'>('anonymous', 'alice', 'bob'),
+  from: fc.constantFrom<keyof typeof CLIENT_PORTS>('low', 'high'),
+  address: fc.constantFrom(V4_LOOPBACK, V6_LOOPBACK),
+  port: fc.constantFrom<'echo' | 'closed'>('echo', 'closed'),
+});
+
+function ruledBytes({ who, address, port }: typeof ruledRequest extends fc.Arbitrary<infer T> ? T : never): Buffer {
+  const to = port === 'echo' ? ports.echo : ports.closed;
+  const user = who === 'alice' ? ALICE : who === 'bob' ? BOB : null;
+  const hello = user
+    ? Buffer.concat([Buffer.from([5, 1, 2, 1, user.name.length]), Buffer.from(user.name), Buffer.from([user.password.length]), Buffer.from(user.password)])
+    : Buffer.from([5, 1, 0]);
+  return Buffer.concat([hello, Buffer.from([5, 1, 0, address.atyp, ...address.bytes, to >> 8, to & 0xff])]);
+}
+
+test('runs of requests under rules on users, client ports and destinations: both engines apply the same rule to each', { timeout: 120_000 }, async () => {
+  // The relay thread remembers each verdict by everything it depended on, so
+  // one proxy per engine serves every run, and a verdict given to one client
+  // must not be repeated for another that differs in any of it.
+  await fc.assert(
+    fc.asyncProperty(fc.array(ruledRequest, { minLength: 1, maxLength: 6 }), async (requests) => {
+      for (const request of requests) {
+        const bytes = ruledBytes(request);
+        const from = CLIENT_PORTS[request.from];
+        const node = await play(bytes, [], proxyFor('rules', 'node'), from);
+        const native = await play(bytes, [], proxyFor('rules', 'native'), from);
+        assert.deepEqual(native, node, `client bytes ${bytes.toString('hex')}`);
+      }
+    }),
+    { numRuns: 40, includeErrorInReport: true },
   );
 });
