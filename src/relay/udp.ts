@@ -380,6 +380,11 @@ export class UdpAssociation implements UdpRelay {
   }
 
   #sendOut(address: string, port: number, family: 4 | 6, payload: Buffer): void {
+    if (port === 0) {
+      // Nothing can be sent to port 0 (the kernel refuses it, and dgram throws).
+      this.counters.droppedInvalid++;
+      return;
+    }
     this.counters.datagramsUp++;
     this.counters.bytesUp += payload.length;
     this.#outboundSocket(family).send(payload, port, address);

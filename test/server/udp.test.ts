@@ -699,6 +699,9 @@ for (const engine of ['splice', 'stream'] as const) {
           'domain longer than the datagram': hex('00 00 00 03 20 61 62 63'),
           'unknown ATYP 0x05': Buffer.concat([hex('00 00 00 05 7f 00 00 01'), port, Buffer.from('atyp')]),
           'unknown ATYP 0x02': Buffer.concat([hex('00 00 00 02 7f 00 00 01'), port, Buffer.from('atyp')]),
+          // Once threw out of the dgram relay and ended the process.
+          'destination port 0': Buffer.concat([hex('00 00 00 01 7f 00 00 01 00 00'), Buffer.from('port 0')]),
+          'a name with port 0': Buffer.concat([hex('00 00 00 03 09'), Buffer.from('127.0.0.1'), hex('00 00'), Buffer.from('port 0')]),
           '1000 bytes (over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(990, 0x61)]),
           '513 bytes (one over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(503, 0x62)]),
         };
