@@ -1,0 +1,148 @@
+/**
+ * The relay thread's UDP relay (native/udp.c, with the splice relay) against
+ * the dgram relay (the stream relay), on generated datagrams: SOCKS5 UDP
+ * headers valid or with one field off (RSV, FRAG, ATYP, the destination),
+ * cut short anywhere, with any payload. Both relays must deliver the same
+ * datagrams to the destinations, send the client the same replies, and count
+ * the same in the record.
+ */
+import assert from 'node:assert/strict';
+import type { Socket as UdpSocket } from 'node:dgram';
+import { after, before, test } from 'node:test';
+import fc from 'fast-check';
+import { RawClient, hex } from '../helpers/raw.js';
+import { type RunningProxy, startProxy } from '../helpers/server.js';
+import { UdpEcho, bindUdp } from '../helpers/udp.js';
+
+const RELAYS = ['splice', 'stream'] as const;
+type RelayEngine = (typeof RELAYS)[number];
+
+/** Mostly the valid value, sometimes one of the wrong ones. */
+function mostly<T>(good: T, ...bad: T[]): fc.Arbitrary<T> {
+  return fc.oneof({ weight: 4, arbitrary: fc.constant(good) }, { weight: 1, arbitrary: fc.constantFrom(...bad) });
+}
+
+/** Where a datagram may be addressed; `echo4` and `echo6` are filled in with the servers' port. */
+type Target = 'echo4' | 'echo6' | 'mapped' | 'port0' | 'badType';
+
+const datagram = fc.record({
+  rsv: mostly(0, 0x0100, 0x0001),
+  frag: mostly(0, 1, 0x80),
+  target: fc.oneof(
+    { weight: 4, arbitrary: fc.constant<Target>('echo4') },
+    { weight: 1, arbitrary: fc.constantFrom<Target>('echo6', 'mapped', 'port0', 'badType') },
+  ),
+  payload: fc.uint8Array({ maxLength: 64 }),
+  /** A fraction of the length to cut the datagram at, or null to send it whole. */
+  cut: fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { freq: 4 }),
+});
+type Generated = typeof datagram extends fc.Arbitrary<infer T> ? T : never;
+
+let echo4: UdpEcho;
+let echo6: UdpEcho;
+const proxies = new Map<RelayEngine, RunningProxy>();
+
+before(async () => {
+  echo4 = await UdpEcho.start('127.0.0.1');
+  echo6 = await UdpEcho.start('::1');
+  for (const engine of RELAYS) proxies.set(engine, await startProxy({ relay: { engine } }));
+});
+after(async () => {
+  for (const proxy of proxies.values()) await proxy.close();
+  await echo4.close();
+  await echo6.close();
+});
+
+function header(rsv: number, frag: number, atyp: number, address: readonly number[], port: number): Buffer {
+  return Buffer.from([rsv >> 8, rsv & 0xff, frag, atyp, ...address, port >> 8, port & 0xff]);
+}
+
+const V4 = [127, 0, 0, 1];
+const V6 = [...Array<number>(15).fill(0), 1];
+const MAPPED = [...Array<number>(10).fill(0), 0xff, 0xff, ...V4];
+
+function bytesOf({ rsv, frag, target, payload, cut }: Generated): Buffer {
+  const head =
+    target === 'echo4' ? header(rsv, frag, 1, V4, echo4.port)
+    : target === 'echo6' ? header(rsv, frag, 4, V6, echo6.port)
+    : target === 'mapped' ? header(rsv, frag, 4, MAPPED, echo4.port)
+    : target === 'port0' ? header(rsv, frag, 1, V4, 0)
+    : header(rsv, frag, 2, V4, echo4.port);
+  const whole = Buffer.concat([head, payload]);
+  return cut === null ? whole : whole.subarray(0, Math.floor(cut * whole.length));
+}
+
+/** What the client and the destinations saw of one association, and its record's counts. */
+async function play(engine: RelayEngine, datagrams: readonly Buffer[], run: number) {
+  const proxy = proxies.get(engine)!;
+  const control = await RawClient.connect(proxy.port);
+  const client = await bindUdp('127.0.0.1');
+  const replies: string[] = [];
+  const barriers = new Set([`barrier ${run} v4`, `barrier ${run} v6`]);
+  const barriersBack = new Promise<void>((resolve) => {
+    client.on('message', (msg) => {
+      const payload = msg.subarray(msg[3] === 4 ? 22 : 10).toString('latin1');
+      if (barriers.delete(payload)) {
+        if (barriers.size === 0) resolve();
+      } else {
+        replies.push(msg.toString('hex'));
+      }
+    });
+  });
+  const echoedBefore = { v4: echo4.received.length, v6: echo6.received.length };
+  try {
+    const port = client.address().port;
+    control.write(Buffer.concat([hex('05 01 00 05 03 00 01 7f000001'), Buffer.from([port >> 8, port & 0xff])]));
+    const reply = await control.read(12);
+    assert.equal(reply[3], 0x00, `${engine}: the association is granted`);
+    const relayPort = reply.readUInt16BE(10);
+    const send = (bytes: Buffer) => sendTo(client, bytes, relayPort);
+    for (const bytes of datagrams) await send(bytes);
+    // Datagrams through one socket keep their order, and so do the replies
+    // through each outbound socket: once a barrier per family is back, every
+    // datagram before it has been handled.
+    await send(Buffer.concat([header(0, 0, 1, V4, echo4.port), Buffer.from(`barrier ${run} v4`)]));
+    await send(Buffer.concat([header(0, 0, 4, V6, echo6.port), Buffer.from(`barrier ${run} v6`)]));
+    await barriersBack;
+    control.socket.end();
+    await control.readToEnd();
+    const record = await proxy.record((r) => r.clientPort === control.localPort);
+    const received = (echo: UdpEcho, from: number) => echo.received.slice(from).map((r) => r.data.toString('hex'));
+    return {
+      // Replies from the two destinations may interleave either way.
+      replies: replies.sort(),
+      atEcho4: received(echo4, echoedBefore.v4),
+      atEcho6: received(echo6, echoedBefore.v6),
+      counts: {
+        reason: record.reason,
+        datagramsUp: record.datagramsUp,
+        datagramsDown: record.datagramsDown,
+        datagramsDropped: record.datagramsDropped,
+        datagramsDenied: record.datagramsDenied,
+        bytesUp: record.bytesUp,
+        bytesDown: record.bytesDown,
+      },
+    };
+  } finally {
+    control.destroy();
+    client.close();
+  }
+}
+
+function sendTo(socket: UdpSocket, bytes: Buffer, port: number): Promise<void> {
+  return new Promise((resolve, reject) => socket.send(bytes, port, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
+}
+
+test('generated datagrams, whole or cut short: both UDP relays deliver, answer and count the same', { timeout: 120_000 }, async () => {
+  let run = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.array(datagram, { minLength: 1, maxLength: 6 }), async (generated) => {
+      run++;
+      const datagrams = generated.map(bytesOf);
+      const native = await play('splice', datagrams, run);
+      const dgram = await play('stream', datagrams, run);
+      assert.deepEqual(native, dgram, `datagrams ${datagrams.map((d) => d.toString('hex')).join(' ')}`);
+    }),
+    { numRuns: 200, includeErrorInReport: true },
+  );
+});
