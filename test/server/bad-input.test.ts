@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { SocksClient } from 'socks';
 import type { Socket } from 'node:net';
-import { type Dialer, createDirectDialer } from '../../src/index.js';
+import { type Dialer, type Resolver, createDirectDialer } from '../../src/index.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy, startTcpServer } from '../helpers/server.js';
 
@@ -20,6 +20,66 @@ const loopbackOnly: Dialer = {
     return direct.dial(target, options);
   },
 };
+
+/** Nor may a name be looked up in DNS (BIND resolves the peer's name it is given). */
+const localhostOnly: Resolver = {
+  resolve: async (hostname) => {
+    if (hostname.toLowerCase() === 'localhost') return [{ address: '127.0.0.1', family: 4 }];
+    throw Object.assign(new Error(`test: ${hostname} not looked up`), { code: 'ENOTFOUND' });
+  },
+};
+
+/** Mostly the valid value, sometimes one of the others. */
+function mostly<T>(good: T, ...others: T[]): fc.Arbitrary<T> {
+  return fc.oneof({ weight: 3, arbitrary: fc.constant(good) }, { weight: 1, arbitrary: fc.constantFrom(...others) });
+}
+
+const anyPort = fc.oneof(fc.constantFrom(0, 1, 65535), fc.integer({ min: 0, max: 65535 }));
+/** Names for the proxy to try: none of them leaves the machine (see localhostOnly and loopbackOnly). */
+const NAMES = ['localhost', '127.0.0.1', '', 'x.invalid', 'a'.repeat(255), 'LOCALHOST.', '[::1]', '-'];
+
+/** A SOCKS4 or SOCKS4a request: any command, port, user id and name; terminators sometimes missing. */
+const socks4Request = fc
+  .record({
+    command: mostly(1, 2, 3, 0, 0xff),
+    port: anyPort,
+    ip: fc.constantFrom([127, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 255]),
+    userId: fc.string({ maxLength: 12 }).map((t) => t.replaceAll('\0', '')),
+    name: fc.constantFrom(...NAMES),
+    terminated: mostly(true, false),
+  })
+  .map(({ command, port, ip, userId, name, terminated }) => {
+    const end = terminated ? [0] : [];
+    const head = Buffer.from([4, command, port >> 8, port & 0xff, ...ip]);
+    const socks4a = ip[0] === 0 && ip[1] === 0 && ip[2] === 0 && ip[3] !== 0;
+    return Buffer.concat([head, Buffer.from(userId), Buffer.from([0]), ...(socks4a ? [Buffer.from(name), Buffer.from(end)] : [])]);
+  });
+
+/** A SOCKS5 greeting offering no authentication, then a request: any command, address type, address and port. */
+const socks5Request = fc
+  .record({
+    command: mostly(1, 2, 3, 0, 4, 0xff),
+    reserved: mostly(0, 1, 0xff),
+    address: fc.oneof(
+      fc.constantFrom([1, 127, 0, 0, 1], [1, 0, 0, 0, 0], [4, ...Array<number>(15).fill(0), 1], [4, ...Array<number>(16).fill(0)]),
+      fc.constantFrom(...NAMES).map((name) => [3, Buffer.byteLength(name), ...Buffer.from(name)]),
+      fc.constantFrom([2, 127, 0, 0, 1], [3, 0], [3, 255]),
+    ),
+    port: anyPort,
+  })
+  .map(({ command, reserved, address, port }) => Buffer.from([5, 1, 0, 5, command, reserved, ...address, port >> 8, port & 0xff]));
+
+/** A request of either version, maybe followed by payload, maybe cut short. */
+const structuredRequest = fc
+  .record({
+    request: fc.oneof(socks4Request, socks5Request),
+    payload: fc.uint8Array({ maxLength: 32 }),
+    cut: fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { freq: 3 }),
+  })
+  .map(({ request, payload, cut }) => {
+    const whole = Buffer.concat([request, payload]);
+    return cut === null ? whole : whole.subarray(0, Math.floor(cut * whole.length));
+  });
 
 async function echoRoundTrip(socket: Socket, text: string): Promise<string> {
   const data = new Promise<string>((resolve) => {
@@ -48,6 +108,7 @@ describe('bad input', () => {
       listen: [{ address: '127.0.0.1', port: 0, socks4: true }],
       timeouts: { handshake: 300 },
       dialer: loopbackOnly,
+      resolver: localhostOnly,
     });
     const { socket } = await SocksClient.createConnection({
       proxy: { host: '127.0.0.1', port: proxy.port, type: 5 },
@@ -148,6 +209,23 @@ describe('bad input', () => {
         assert.notEqual(record.error, null, 'every refusal names its cause');
       }),
       { numRuns: 60 },
+    );
+  });
+
+  test('requests of both versions and every command with any fields: each ends with a record naming its cause, the server serves on', async () => {
+    await fc.assert(
+      fc.asyncProperty(structuredRequest, async (bytes) => {
+        // Hundreds of clients: an earlier one's port may come back; only records from now on count.
+        const start = proxy.records.length;
+        const client = await RawClient.connect(proxy.port);
+        client.write(bytes);
+        client.socket.end();
+        await client.readToEnd();
+        const record = await proxy.record((r) => proxy.records.indexOf(r) >= start && r.clientPort === client.localPort);
+        const relayed = record.reason === 'client-closed' || record.reason === 'destination-closed';
+        assert.ok(relayed || record.error !== null, `a refusal names its cause (${record.reason})`);
+      }),
+      { numRuns: 200, includeErrorInReport: true },
     );
   });
 });
