@@ -5,7 +5,7 @@
  *
  * Rules are compiled once, when the configuration is read, into matchers
  * that cost nothing to allocate per request and rule: `net.BlockList` for
- * address sets, sorted merged ranges for ports, a Set of exact names plus a
+ * address sets (one per family, networks.ts), sorted merged ranges for ports, a Set of exact names plus a
  * list of suffixes for host patterns, a bit mask for commands. The request
  * is prepared once (addresses unmapped and turned into `SocketAddress`es,
  * names lower-cased), then every rule is tried against it in order.
@@ -19,7 +19,8 @@
  *   `to.hosts` matches a name, and an address only when the pattern is that
  *   same address. A name the resolver would read as an address (`10.1`,
  *   `0x0a000001`, `::1` sent as a domain name) is treated as that address.
- * - IPv4-mapped IPv6 addresses (client or destination) match IPv4 networks.
+ * - IPv4-mapped IPv6 addresses (client or destination) match IPv4 networks,
+ *   and an IPv6 network matches IPv6 addresses only (networks.ts).
  * - UDP is decided twice. The UDP ASSOCIATE request names no destination (its
  *   address is the client's own UDP source): `decideAssociation` opens the
  *   association when some destination could be allowed. Then each datagram
@@ -32,7 +33,8 @@
  */
 import { BlockList, SocketAddress, isIP } from 'node:net';
 import { type RuleConfig, parseNetwork } from '../config/schema.js';
-import { type Destination, unmapIPv4 } from '../protocol/address.js';
+import type { Destination } from '../protocol/address.js';
+import { NetworkSet, unmappedAddress } from './networks.js';
 import { normalizeHostName, numericIPv4, parseHostPattern, parseListenerLabel, parsePortRange } from './patterns.js';
 
 export type RuleCommand = 'connect' | 'bind' | 'udp';
@@ -72,13 +74,13 @@ interface CompiledRule {
   readonly commands: number;
   readonly listeners: ReadonlySet<string> | null;
   readonly users: ReadonlySet<string> | null;
-  readonly fromNets: BlockList | null;
+  readonly fromNets: NetworkSet | null;
   readonly fromPorts: Uint16Array | null;
   /** Any `to` matcher at all. */
   readonly hasTo: boolean;
   /** `to.nets` or `to.hosts` given: the destination must match one of them. */
   readonly hasToAddress: boolean;
-  readonly toNets: BlockList | null;
+  readonly toNets: NetworkSet | null;
   /** Address literals listed in `to.hosts`. */
   readonly toLiterals: BlockList | null;
   readonly toNames: ReadonlySet<string> | null;
@@ -245,7 +247,7 @@ class AddressCache {
   get(text: string): SocketAddress | null {
     const known = this.#map.get(text);
     if (known !== undefined) return known;
-    const made = socketAddress(unmapIPv4(text) ?? text);
+    const made = socketAddress(isIP(text) === 0 ? text : unmappedAddress(text));
     if (this.#map.size >= this.#limit) this.#map.delete(this.#map.keys().next().value!);
     this.#map.set(text, made);
     return made;
@@ -298,16 +300,14 @@ function compileRule(rule: RuleConfig, index: number): CompiledRule {
   };
 }
 
-export function compileNets(networks: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const text of networks) {
-    const net = parseNetwork(text);
-    if (!net) throw new Error(`not a network: ${text}`); // the schema refuses these first
-    const v4 = net.family === 6 ? unmapIPv4(net.address) : undefined;
-    if (v4 !== undefined && net.prefix >= 96) list.addSubnet(v4, net.prefix - 96, 'ipv4');
-    else list.addSubnet(net.address, net.prefix, net.family === 6 ? 'ipv6' : 'ipv4');
-  }
-  return list;
+export function compileNets(networks: readonly string[]): NetworkSet {
+  return new NetworkSet(
+    networks.map((text) => {
+      const net = parseNetwork(text);
+      if (!net) throw new Error(`not a network: ${text}`); // the schema refuses these first
+      return net;
+    }),
+  );
 }
 
 /** Port lists → sorted, merged [low, high] pairs. */
@@ -339,9 +339,8 @@ function compileHosts(patterns: readonly string[]): { literals: BlockList | null
     else if (pattern.kind === 'suffix') suffixes.push(pattern.suffix);
     else {
       literals ??= new BlockList();
-      const v4 = pattern.family === 'ipv6' ? unmapIPv4(pattern.address) : undefined;
-      if (v4 !== undefined) literals.addAddress(v4, 'ipv4');
-      else literals.addAddress(pattern.address, pattern.family);
+      const address = unmappedAddress(pattern.address);
+      literals.addAddress(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
     }
   }
   return { literals, names: names.size > 0 ? names : null, suffixes: suffixes.length > 0 ? suffixes : null };

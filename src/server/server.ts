@@ -5,13 +5,13 @@
  */
 import { EventEmitter } from 'node:events';
 import { closeSync } from 'node:fs';
-import { BlockList, type Server as NetServer, type Socket, createServer as createNetServer, isIP } from 'node:net';
+import { type Server as NetServer, type Socket, createServer as createNetServer, isIP } from 'node:net';
 import { type Authenticator, UserStore, readUsersFile, storedSecret, type StoredSecret } from '../auth/users.js';
 import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
-import { formatDestination, unmapIPv4 } from '../protocol/address.js';
+import { formatDestination } from '../protocol/address.js';
 import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
@@ -19,6 +19,7 @@ import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
 import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, bindReusePort, listenNatively } from './native.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
+import { NetworkSet, canonicalNetwork } from '../policy/networks.js';
 
 /** Collaborators a library user (or a test) may replace. */
 export interface ServerDependencies {
@@ -153,7 +154,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** The users behind #authenticator (config and users file), to tell whether a reload changed them. */
   #users: LoadedUsers | null;
   readonly #now: () => number;
-  #allow: BlockList | null;
+  #allow: NetworkSet | null;
   /** Request rules, compiled once per configuration; null when none are configured. */
   #rules: RuleSet | null;
   /** Per bound listener, the context new sessions get; a reload replaces each `ctx` at once. */
@@ -444,7 +445,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       socket.destroy(); // shutting down, or the client is already gone
       return;
     }
-    if (this.#allow && !allowed(this.#allow, address)) {
+    if (this.#allow && !this.#allow.has(address)) {
       socket.on('error', () => {});
       socket.destroy();
       this.emit('session-close', deniedRecord(id, ctx, address, socket.remotePort ?? 0, this.#now()));
@@ -584,28 +585,19 @@ function isSection(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function buildAllowList(networks: readonly string[] | undefined): BlockList | null {
-  if (!networks) return null;
-  const list = new BlockList();
-  for (const text of networks) {
-    const net = parseNetwork(text);
-    if (!net) continue; // the schema has already refused it
-    const type = net.family === 6 ? 'ipv6' : 'ipv4';
-    list.addSubnet(net.address, net.prefix, type);
-  }
-  return list;
+function buildAllowList(networks: readonly string[] | undefined): NetworkSet | null {
+  const parsed = allowedNetworks(networks);
+  return parsed && new NetworkSet(parsed);
 }
 
-function allowed(list: BlockList, address: string): boolean {
-  const v4 = unmapIPv4(address);
-  if (v4) return list.check(v4, 'ipv4');
-  return list.check(address, address.includes(':') ? 'ipv6' : 'ipv4');
-}
-
-/** The networks of `clients.allow` for the addon; null when any client may connect. */
+/**
+ * The networks of `clients.allow` (null when any client may connect), each
+ * in its own family, as the addon compares them: an IPv4-mapped IPv6
+ * network is the IPv4 network it maps.
+ */
 function allowedNetworks(networks: readonly string[] | undefined): AllowedNetwork[] | null {
   if (!networks) return null;
-  return networks.map(parseNetwork).filter((net) => net !== undefined);
+  return networks.map(parseNetwork).filter((net) => net !== undefined).map(canonicalNetwork);
 }
 
 function deniedRecord(id: number, ctx: SessionContext, clientAddress: string, clientPort: number, now: number): SessionRecord {

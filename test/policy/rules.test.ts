@@ -105,6 +105,29 @@ describe('request rules: decide', () => {
     assert.equal(verdict(mapped, request({ clientAddress: '11.1.2.3' })), NO);
   });
 
+  test('an IPv6 network holds IPv6 addresses only: "::/0" is not every IPv4 address too', () => {
+    // Node's BlockList alone would check 127.0.0.1 against ::/0 as ::ffff:127.0.0.1, inside it.
+    const set = ruleSet([
+      { name: 'no-ipv6', deny: { to: { nets: ['::/0'] } } },
+      { name: 'ipv6-clients', allow: { from: { nets: ['::/0'] }, to: { ports: [443] } } },
+      { name: 'rest', allow: {} },
+    ]);
+    assert.equal(verdict(set, request({ to: '127.0.0.1' })), 'allow:rest');
+    assert.equal(verdict(set, request({ to: '::ffff:7f00:1' })), 'allow:rest', 'an IPv4-mapped destination is IPv4');
+    assert.equal(verdict(set, request({ to: '::1' })), 'deny:no-ipv6');
+    assert.equal(verdict(set, request({ to: '::ffff:7f00:1', port: 443, clientAddress: '::1' })), 'allow:ipv6-clients');
+    assert.equal(verdict(set, request({ to: '127.0.0.1', port: 443, clientAddress: '127.0.0.1' })), 'allow:rest');
+    assert.equal(verdict(set, request({ to: '127.0.0.1', port: 443, clientAddress: '::ffff:127.0.0.1' })), 'allow:rest');
+  });
+
+  test('an IPv4-mapped network written in hex (::ffff:a00:0/104) is the IPv4 network it maps', () => {
+    const set = only({ to: { nets: ['::ffff:a00:0/104'] }, from: { nets: ['::ffff:7f00:0/104'] } });
+    assert.equal(verdict(set, request({ to: '10.1.2.3', clientAddress: '127.0.0.1' })), YES);
+    assert.equal(verdict(set, request({ to: '::ffff:10.1.2.3', clientAddress: '::ffff:127.0.0.2' })), YES);
+    assert.equal(verdict(set, request({ to: '11.1.2.3', clientAddress: '127.0.0.1' })), NO);
+    assert.equal(verdict(set, request({ to: '10.1.2.3', clientAddress: '128.0.0.1' })), NO);
+  });
+
   test('many distinct client addresses (past what the rule set remembers) are all decided correctly', () => {
     const set = only({ from: { nets: ['10.0.0.0/16'] } });
     for (let i = 0; i < 5000; i++) {

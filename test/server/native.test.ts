@@ -1193,6 +1193,25 @@ describe('native handshakes: clients.allow', () => {
     }
   });
 
+  for (const [allow, admitted] of [
+    [['::/0'], false], // every IPv6 address, not every IPv4 address too
+    [['::ffff:7f00:0/104'], true], // an IPv4-mapped network in hex: 127.0.0.0/8
+  ] as const) {
+    test(`clients.allow ${JSON.stringify(allow)} ${admitted ? 'admits' : 'refuses'} an IPv4 loopback client, on both engines`, opts, async () => {
+      for (const engine of ENGINES) {
+        const proxy = await startEngineProxy(engine, { clients: { allow: [...allow] } });
+        try {
+          const { answer, record } = await attempt(proxy, '127.0.0.1');
+          assert.equal(record.reason, admitted ? 'client-closed' : 'not-allowed', `${engine} engine`);
+          if (admitted) assertRelayed(answer);
+          else assert.equal(answer.length, 0, `${engine} engine: no reply`);
+        } finally {
+          await proxy.close();
+        }
+      }
+    });
+  }
+
   describe('on an IPv6 listener ([::1])', () => {
     let v6: boolean;
     before(async () => {
