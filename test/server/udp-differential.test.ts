@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import type { Socket as UdpSocket } from 'node:dgram';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
+import { withTimeout } from '../cli/helpers.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { type RunningProxy, startProxy } from '../helpers/server.js';
 import { UdpEcho, bindUdp } from '../helpers/udp.js';
@@ -23,14 +24,14 @@ function mostly<T>(good: T, ...bad: T[]): fc.Arbitrary<T> {
 }
 
 /** Where a datagram may be addressed; `echo4` and `echo6` are filled in with the servers' port. */
-type Target = 'echo4' | 'echo6' | 'mapped' | 'port0' | 'badType';
+type Target = 'echo4' | 'echo6' | 'mapped' | 'port0' | 'badType' | 'silent';
 
 const datagram = fc.record({
   rsv: mostly(0, 0x0100, 0x0001),
   frag: mostly(0, 1, 0x80),
   target: fc.oneof(
     { weight: 4, arbitrary: fc.constant<Target>('echo4') },
-    { weight: 1, arbitrary: fc.constantFrom<Target>('echo6', 'mapped', 'port0', 'badType') },
+    { weight: 1, arbitrary: fc.constantFrom<Target>('echo6', 'mapped', 'port0', 'badType', 'silent') },
   ),
   payload: fc.uint8Array({ maxLength: 64 }),
   /** A fraction of the length to cut the datagram at, or null to send it whole. */
@@ -40,12 +41,30 @@ type Generated = typeof datagram extends fc.Arbitrary<infer T> ? T : never;
 
 let echo4: UdpEcho;
 let echo6: UdpEcho;
-const proxies = new Map<RelayEngine, RunningProxy>();
+/** A UDP port on 127.0.0.1 nothing listens on (bound and closed). */
+let silentPort: number;
+/** Per relay engine: `plain` relays everything; `rules` decides each datagram and each reply. */
+const proxies = new Map<string, RunningProxy>();
+type Kind = 'plain' | 'rules';
 
 before(async () => {
   echo4 = await UdpEcho.start('127.0.0.1');
   echo6 = await UdpEcho.start('::1');
-  for (const engine of RELAYS) proxies.set(engine, await startProxy({ relay: { engine } }));
+  const probe = await bindUdp('127.0.0.1');
+  silentPort = probe.address().port;
+  probe.close();
+  for (const engine of RELAYS) {
+    proxies.set(`plain/${engine}`, await startProxy({ relay: { engine } }));
+    proxies.set(`rules/${engine}`, await startProxy({
+      relay: { engine },
+      rules: [
+        // A deny with `to` leaves the association open and drops what it matches.
+        { name: 'no-ipv6', deny: { to: { nets: ['::/0'] } } },
+        // Opens the association, and lets each datagram to echo4 (and each reply from it) through.
+        { name: 'echo4-only', allow: { commands: ['udp'], to: { nets: ['127.0.0.0/8'], ports: [echo4.port] } } },
+      ],
+    }));
+  }
 });
 after(async () => {
   for (const proxy of proxies.values()) await proxy.close();
@@ -67,18 +86,21 @@ function bytesOf({ rsv, frag, target, payload, cut }: Generated): Buffer {
     : target === 'echo6' ? header(rsv, frag, 4, V6, echo6.port)
     : target === 'mapped' ? header(rsv, frag, 4, MAPPED, echo4.port)
     : target === 'port0' ? header(rsv, frag, 1, V4, 0)
+    : target === 'silent' ? header(rsv, frag, 1, V4, silentPort)
     : header(rsv, frag, 2, V4, echo4.port);
   const whole = Buffer.concat([head, payload]);
   return cut === null ? whole : whole.subarray(0, Math.floor(cut * whole.length));
 }
 
 /** What the client and the destinations saw of one association, and its record's counts. */
-async function play(engine: RelayEngine, datagrams: readonly Buffer[], run: number) {
-  const proxy = proxies.get(engine)!;
+async function play(kind: Kind, engine: RelayEngine, datagrams: readonly Buffer[], run: number) {
+  const proxy = proxies.get(`${kind}/${engine}`)!;
   const control = await RawClient.connect(proxy.port);
   const client = await bindUdp('127.0.0.1');
   const replies: string[] = [];
-  const barriers = new Set([`barrier ${run} v4`, `barrier ${run} v6`]);
+  // The rules proxy lets no IPv6 destination through: no second outbound socket, no second barrier.
+  const barrierTo = kind === 'plain' ? { v4: echo4.port, v6: echo6.port } : { v4: echo4.port };
+  const barriers = new Set(Object.keys(barrierTo).map((family) => `barrier ${run} ${family}`));
   const barriersBack = new Promise<void>((resolve) => {
     client.on('message', (msg) => {
       const payload = msg.subarray(msg[3] === 4 ? 22 : 10).toString('latin1');
@@ -101,9 +123,9 @@ async function play(engine: RelayEngine, datagrams: readonly Buffer[], run: numb
     // Datagrams through one socket keep their order, and so do the replies
     // through each outbound socket: once a barrier per family is back, every
     // datagram before it has been handled.
-    await send(Buffer.concat([header(0, 0, 1, V4, echo4.port), Buffer.from(`barrier ${run} v4`)]));
-    await send(Buffer.concat([header(0, 0, 4, V6, echo6.port), Buffer.from(`barrier ${run} v6`)]));
-    await barriersBack;
+    await send(Buffer.concat([header(0, 0, 1, V4, barrierTo.v4), Buffer.from(`barrier ${run} v4`)]));
+    if (barrierTo.v6) await send(Buffer.concat([header(0, 0, 4, V6, barrierTo.v6), Buffer.from(`barrier ${run} v6`)]));
+    await withTimeout(barriersBack, 5000, `${engine} relay (${kind}): the barriers' echoes`);
     control.socket.end();
     await control.readToEnd();
     const record = await proxy.record((r) => r.clientPort === control.localPort);
@@ -139,10 +161,26 @@ test('generated datagrams, whole or cut short: both UDP relays deliver, answer a
     fc.asyncProperty(fc.array(datagram, { minLength: 1, maxLength: 6 }), async (generated) => {
       run++;
       const datagrams = generated.map(bytesOf);
-      const native = await play('splice', datagrams, run);
-      const dgram = await play('stream', datagrams, run);
+      const native = await play('plain', 'splice', datagrams, run);
+      const dgram = await play('plain', 'stream', datagrams, run);
       assert.deepEqual(native, dgram, `datagrams ${datagrams.map((d) => d.toString('hex')).join(' ')}`);
     }),
     { numRuns: 200, includeErrorInReport: true },
+  );
+});
+
+test('the same under rules on destinations: both relays let through, deny and count the same datagrams and replies', { timeout: 120_000 }, async () => {
+  // One proxy per engine for every run: the relay thread keeps each verdict
+  // it was given, and must repeat it only for the same destination.
+  let run = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.array(datagram, { minLength: 1, maxLength: 6 }), async (generated) => {
+      run++;
+      const datagrams = generated.map(bytesOf);
+      const native = await play('rules', 'splice', datagrams, run);
+      const dgram = await play('rules', 'stream', datagrams, run);
+      assert.deepEqual(native, dgram, `datagrams ${datagrams.map((d) => d.toString('hex')).join(' ')}`);
+    }),
+    { numRuns: 100, includeErrorInReport: true },
   );
 });
