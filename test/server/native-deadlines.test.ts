@@ -25,35 +25,47 @@ before(async () => {
 });
 after(() => echo.close());
 
-test('a short handshake timeout on a second listener is kept, not stretched to the scan planned for the first', { timeout: 30_000 }, async () => {
+/**
+ * Runs `body` with two native listeners: one with the default timeouts and a
+ * relayed session through it, which keeps the relay thread scanning (its idle
+ * timeout is an hour), and a strict one with a handshake timeout of
+ * `handshakeMs`, which `body` gets.
+ */
+async function withStrictBesideRelaxed(handshakeMs: number, body: (strict: EngineProxy) => Promise<void>): Promise<void> {
   const proxies: EngineProxy[] = [];
   try {
-    // Default timeouts: the relay thread plans its next scan a second ahead.
     const relaxed = await startEngineProxy('native');
     proxies.push(relaxed);
     const relayed = await socksConnect(relaxed, echo.port);
     try {
-      const strict = await startEngineProxy('native', { timeouts: { handshake: SHORT_HANDSHAKE_MS } });
+      const strict = await startEngineProxy('native', { timeouts: { handshake: handshakeMs } });
       proxies.push(strict);
-      const silent = await RawClient.connect(strict.port); // sends nothing
-      try {
-        const record = await recordOf(strict, silent.localPort);
-        assert.equal(record.reason, 'handshake-timeout');
-        // Fails when the deadline waits for the scan planned a second ahead;
-        // the margin above the timeout's own quarter-interval is wide on purpose.
-        assert.ok(
-          record.durationMs < FIRST_SCAN_INTERVAL_MS - 200,
-          `the ${SHORT_HANDSHAKE_MS} ms handshake timeout ended the session after ${record.durationMs} ms`,
-        );
-      } finally {
-        silent.destroy();
-      }
+      await body(strict);
     } finally {
       relayed.destroy();
     }
   } finally {
     for (const proxy of proxies) await proxy.close();
   }
+}
+
+test('a short handshake timeout on a second listener is kept, not stretched to the scan planned for the first', { timeout: 30_000 }, async () => {
+  // The relaxed listener's session had the relay thread plan its next scan a second ahead.
+  await withStrictBesideRelaxed(SHORT_HANDSHAKE_MS, async (strict) => {
+    const silent = await RawClient.connect(strict.port); // sends nothing
+    try {
+      const record = await recordOf(strict, silent.localPort);
+      assert.equal(record.reason, 'handshake-timeout');
+      // Fails when the deadline waits for the scan planned a second ahead;
+      // the margin above the timeout's own quarter-interval is wide on purpose.
+      assert.ok(
+        record.durationMs < FIRST_SCAN_INTERVAL_MS - 200,
+        `the ${SHORT_HANDSHAKE_MS} ms handshake timeout ended the session after ${record.durationMs} ms`,
+      );
+    } finally {
+      silent.destroy();
+    }
+  });
 });
 
 /** The relay thread's scan interval once it equals `ms`, or its last value after a bounded wait. */
@@ -70,36 +82,23 @@ async function untilScanInterval(ms: number): Promise<number> {
 }
 
 test('the scan interval grows back once the sessions with a short timeout are gone', { timeout: 30_000 }, async () => {
-  const proxies: EngineProxy[] = [];
-  try {
-    // A session with the default idle timeout (an hour) keeps the scan running throughout.
-    const relaxed = await startEngineProxy('native');
-    proxies.push(relaxed);
-    const relayed = await socksConnect(relaxed, echo.port);
+  await withStrictBesideRelaxed(40, async (strict) => {
+    const silent = await RawClient.connect(strict.port);
     try {
-      const strict = await startEngineProxy('native', { timeouts: { handshake: 40 } });
-      proxies.push(strict);
-      const silent = await RawClient.connect(strict.port);
-      try {
-        // A quarter of 40 ms is below the floor of 10 ms.
-        assert.equal(await untilScanInterval(10), 10);
-        assert.equal((await recordOf(strict, silent.localPort)).reason, 'handshake-timeout');
-      } finally {
-        silent.destroy();
-      }
-      // Before, the thread kept waking every 10 ms for as long as any session lived.
-      assert.equal(await untilScanInterval(FIRST_SCAN_INTERVAL_MS), FIRST_SCAN_INTERVAL_MS);
-      // And it shrinks again for the next short deadline.
-      const again = await RawClient.connect(strict.port);
-      try {
-        assert.equal(await untilScanInterval(10), 10);
-      } finally {
-        again.destroy();
-      }
+      // A quarter of 40 ms is below the floor of 10 ms.
+      assert.equal(await untilScanInterval(10), 10);
+      assert.equal((await recordOf(strict, silent.localPort)).reason, 'handshake-timeout');
     } finally {
-      relayed.destroy();
+      silent.destroy();
     }
-  } finally {
-    for (const proxy of proxies) await proxy.close();
-  }
+    // Before, the thread kept waking every 10 ms for as long as any session lived.
+    assert.equal(await untilScanInterval(FIRST_SCAN_INTERVAL_MS), FIRST_SCAN_INTERVAL_MS);
+    // And it shrinks again for the next short deadline.
+    const again = await RawClient.connect(strict.port);
+    try {
+      assert.equal(await untilScanInterval(10), 10);
+    } finally {
+      again.destroy();
+    }
+  });
 });

@@ -155,32 +155,27 @@ function sendTo(socket: UdpSocket, bytes: Buffer, port: number): Promise<void> {
   return new Promise((resolve, reject) => socket.send(bytes, port, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
 }
 
-test('generated datagrams, whole or cut short: both UDP relays deliver, answer and count the same', { timeout: 120_000 }, async () => {
+/** Plays runs of generated datagrams through both relays of `kind` and compares what each did. */
+async function bothRelaysAgree(kind: Kind, numRuns: number): Promise<void> {
   let run = 0;
   await fc.assert(
     fc.asyncProperty(fc.array(datagram, { minLength: 1, maxLength: 6 }), async (generated) => {
       run++;
       const datagrams = generated.map(bytesOf);
-      const native = await play('plain', 'splice', datagrams, run);
-      const dgram = await play('plain', 'stream', datagrams, run);
+      const native = await play(kind, 'splice', datagrams, run);
+      const dgram = await play(kind, 'stream', datagrams, run);
       assert.deepEqual(native, dgram, `datagrams ${datagrams.map((d) => d.toString('hex')).join(' ')}`);
     }),
-    { numRuns: 200, includeErrorInReport: true },
+    { numRuns, includeErrorInReport: true },
   );
+}
+
+test('generated datagrams, whole or cut short: both UDP relays deliver, answer and count the same', { timeout: 120_000 }, async () => {
+  await bothRelaysAgree('plain', 200);
 });
 
 test('the same under rules on destinations: both relays let through, deny and count the same datagrams and replies', { timeout: 120_000 }, async () => {
   // One proxy per engine for every run: the relay thread keeps each verdict
   // it was given, and must repeat it only for the same destination.
-  let run = 0;
-  await fc.assert(
-    fc.asyncProperty(fc.array(datagram, { minLength: 1, maxLength: 6 }), async (generated) => {
-      run++;
-      const datagrams = generated.map(bytesOf);
-      const native = await play('rules', 'splice', datagrams, run);
-      const dgram = await play('rules', 'stream', datagrams, run);
-      assert.deepEqual(native, dgram, `datagrams ${datagrams.map((d) => d.toString('hex')).join(' ')}`);
-    }),
-    { numRuns: 100, includeErrorInReport: true },
-  );
+  await bothRelaysAgree('rules', 100);
 });
