@@ -5,10 +5,11 @@
  *
  * Rules are compiled once, when the configuration is read, into matchers
  * that cost nothing to allocate per request and rule: `net.BlockList` for
- * address sets (one per family, networks.ts), sorted merged ranges for ports, a Set of exact names plus a
- * list of suffixes for host patterns, a bit mask for commands. The request
- * is prepared once (addresses unmapped and turned into `SocketAddress`es,
- * names lower-cased), then every rule is tried against it in order.
+ * address sets (one per family, networks.ts), sorted merged ranges for
+ * ports, a Set of exact names plus a list of suffixes for host patterns, a
+ * bit mask for commands. The request is prepared once (addresses unmapped
+ * and turned into `SocketAddress`es, names lower-cased), then every rule is
+ * tried against it in order.
  *
  * Semantics:
  * - Within a rule every matcher given must match (AND); within a list any
