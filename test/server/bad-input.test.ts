@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { SocksClient } from 'socks';
 import type { Socket } from 'node:net';
 import { type Dialer, type Resolver, createDirectDialer } from '../../src/index.js';
+import { mostly } from '../helpers/arbitraries.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy, startTcpServer } from '../helpers/server.js';
 
@@ -28,11 +29,6 @@ const localhostOnly: Resolver = {
     throw Object.assign(new Error(`test: ${hostname} not looked up`), { code: 'ENOTFOUND' });
   },
 };
-
-/** Mostly the valid value, sometimes one of the others. */
-function mostly<T>(good: T, ...others: T[]): fc.Arbitrary<T> {
-  return fc.oneof({ weight: 3, arbitrary: fc.constant(good) }, { weight: 1, arbitrary: fc.constantFrom(...others) });
-}
 
 const anyPort = fc.oneof(fc.constantFrom(0, 1, 65535), fc.integer({ min: 0, max: 65535 }));
 /** Names for the proxy to try: none of them leaves the machine (see localhostOnly and loopbackOnly). */

@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import type { ServerOptions } from '../../src/index.js';
+import { mostly } from '../helpers/arbitraries.js';
 import { RawClient } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer } from '../helpers/server.js';
 import { ALICE } from '../interop/helpers.js';
@@ -51,11 +52,6 @@ const KINDS = {
   }),
 } as const;
 type Kind = keyof typeof KINDS;
-
-/** Mostly the valid value, sometimes one of the wrong ones. */
-function mostly<T>(good: T, ...bad: T[]): fc.Arbitrary<T> {
-  return fc.oneof({ weight: 4, arbitrary: fc.constant(good) }, { weight: 1, arbitrary: fc.constantFrom(...bad) });
-}
 
 /** Added to a length field: 0, or a count that disagrees with the bytes that follow. */
 const skew = mostly(0, -1, 1, 3);

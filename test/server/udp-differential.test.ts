@@ -11,17 +11,13 @@ import type { Socket as UdpSocket } from 'node:dgram';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
 import { withTimeout } from '../cli/helpers.js';
+import { mostly } from '../helpers/arbitraries.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { type RunningProxy, startProxy } from '../helpers/server.js';
 import { UdpEcho, bindUdp } from '../helpers/udp.js';
 
 const RELAYS = ['splice', 'stream'] as const;
 type RelayEngine = (typeof RELAYS)[number];
-
-/** Mostly the valid value, sometimes one of the wrong ones. */
-function mostly<T>(good: T, ...bad: T[]): fc.Arbitrary<T> {
-  return fc.oneof({ weight: 4, arbitrary: fc.constant(good) }, { weight: 1, arbitrary: fc.constantFrom(...bad) });
-}
 
 /** Where a datagram may be addressed; `echo4` and `echo6` are filled in with the servers' port. */
 type Target = 'echo4' | 'echo6' | 'mapped' | 'port0' | 'badType' | 'silent';
