@@ -248,7 +248,7 @@ class AddressCache {
   get(text: string): SocketAddress | null {
     const known = this.#map.get(text);
     if (known !== undefined) return known;
-    const made = socketAddress(isIP(text) === 0 ? text : unmappedAddress(text));
+    const made = socketAddress(unmappedAddress(text));
     if (this.#map.size >= this.#limit) this.#map.delete(this.#map.keys().next().value!);
     this.#map.set(text, made);
     return made;
