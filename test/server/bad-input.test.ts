@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { SocksClient } from 'socks';
 import type { Socket } from 'node:net';
 import { type Dialer, type Resolver, createDirectDialer } from '../../src/index.js';
-import { mostly } from '../helpers/arbitraries.js';
+import { fraction, mostly } from '../helpers/arbitraries.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy, startTcpServer } from '../helpers/server.js';
 
@@ -70,7 +70,7 @@ const structuredRequest = fc
   .record({
     request: fc.oneof(socks4Request, socks5Request),
     payload: fc.uint8Array({ maxLength: 32 }),
-    cut: fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { freq: 3 }),
+    cut: fc.option(fraction, { freq: 3 }),
   })
   .map(({ request, payload, cut }) => {
     const whole = Buffer.concat([request, payload]);

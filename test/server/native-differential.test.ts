@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import type { ServerOptions } from '../../src/index.js';
-import { mostly } from '../helpers/arbitraries.js';
+import { fraction, mostly } from '../helpers/arbitraries.js';
 import { RawClient } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer } from '../helpers/server.js';
 import { ALICE } from '../interop/helpers.js';
@@ -97,9 +97,9 @@ const script = fc.record({
   request,
   payload: fc.uint8Array({ maxLength: 300 }),
   /** Fractions of the length, each a point where one write ends and the next begins. */
-  splits: fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 4 }),
+  splits: fc.array(fraction, { maxLength: 4 }),
   /** A fraction of the length to cut the bytes at, or null to send them all. */
-  cut: fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { freq: 3 }),
+  cut: fc.option(fraction, { freq: 3 }),
 });
 /** A generated client: what it sends, and where its writes are split. */
 type Script = typeof script extends fc.Arbitrary<infer T> ? T : never;
