@@ -8,15 +8,15 @@
  * ended it and in which phase.
  */
 export type CloseReason =
-  /** The client ended first after a successful relay (normal). */
+  /** The client ended first after a successful relay, and the destination ended too (normal). */
   | 'client-closed'
-  /** The destination ended first after a successful relay (normal). */
+  /** The destination ended first after a successful relay, and the client ended too (normal). */
   | 'destination-closed'
   /** The client went away during the handshake, before a request was answered. */
   | 'client-gone'
-  /** The client's connection failed (reset) while relaying. */
+  /** The client's connection failed (reset, or a write after it closed) while relaying, a half-close before it or not. */
   | 'client-error'
-  /** The destination's connection failed (reset) while relaying. */
+  /** The destination's connection failed (reset, or a write after it closed) while relaying, a half-close before it or not. */
   | 'destination-error'
   /** The proxy itself could not go on relaying (e.g. out of file descriptors for a splice pipe); both sides are reset. */
   | 'relay-error'

@@ -57,7 +57,9 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
   const clientWrittenBefore = client.bytesWritten;
 
   const fail = (why: CloseReason, err: Error | null, other: Socket) => {
-    if (reason === null) {
+    // A failure after a half-close still ends the session, and bytes may
+    // have been lost with it: the record names it, as the splice relay's does.
+    if (reason === null || halfClosed(reason)) {
       reason = why;
       error = err;
     }
@@ -86,7 +88,7 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
 
   if (options.idleMs > 0) {
     const idle = () => {
-      reason ??= 'idle-timeout';
+      if (reason === null || halfClosed(reason)) reason = 'idle-timeout';
       client.destroy();
       destination.destroy();
     };
@@ -103,4 +105,9 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
       client.destroy();
     },
   };
+}
+
+/** A FIN from one side: the session goes on in the other direction until that ends too, fails or idles out. */
+function halfClosed(reason: CloseReason): boolean {
+  return reason === 'client-closed' || reason === 'destination-closed';
 }

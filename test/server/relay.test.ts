@@ -236,5 +236,22 @@ describe(`idle timeout (${engine} engine)`, () => {
       await target.close();
     }
   });
+
+  test('a half-closed session that goes quiet is closed after timeouts.idle, and the record says so (not client-closed)', async () => {
+    const target = await startTcpServer(() => {}); // reads the FIN, never answers, never closes
+    const proxy = await startProxy({ timeouts: { idle: 200 }, relay: { engine } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      assert.equal((await client.read(12))[3], 0x00);
+      client.socket.end();
+      await client.readToEnd();
+      const record = await proxy.record((r) => r.clientPort === client.localPort);
+      assert.equal(record.reason, 'idle-timeout');
+    } finally {
+      await proxy.close();
+      await target.close();
+    }
+  });
 });
 }
