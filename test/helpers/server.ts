@@ -48,6 +48,17 @@ export async function startProxy(options: ServerOptions = {}): Promise<RunningPr
   };
 }
 
+/**
+ * Records closed from now on only: call before starting a client, then await
+ * the returned function. A client port the kernel hands out again, or a
+ * record left by an earlier test on the same proxy, cannot be mistaken for
+ * this one.
+ */
+export function recordsFrom(proxy: RunningProxy): (match?: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
+  const start = proxy.records.length;
+  return (match = () => true) => proxy.record((r) => proxy.records.indexOf(r) >= start && match(r));
+}
+
 export interface Fixture {
   readonly port: number;
   close(): Promise<void>;

@@ -57,15 +57,7 @@ export function forPort(port: number): (r: SessionRecord) => boolean {
   return (r) => r.requested !== null && r.requested.endsWith(`:${port}`);
 }
 
-/**
- * Records closed from now on only: call before starting a client, then await
- * the returned function. A port reused by a later fixture, or a record left
- * by an earlier test on the same proxy, cannot be mistaken for this one.
- */
-export function recordsFrom(proxy: RunningProxy): (match?: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
-  const start = proxy.records.length;
-  return (match = () => true) => proxy.record((r) => proxy.records.indexOf(r) >= start && match(r));
-}
+export { recordsFrom } from '../helpers/server.js';
 
 /** A payload that no single chunk or short buffer could fake: random bytes. */
 export function payload(size: number): Buffer {

@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { type Dialer, type Resolver, createDirectDialer } from '../../src/index.js';
 import { fraction, mostly } from '../helpers/arbitraries.js';
 import { RawClient, connectRequest, hex } from '../helpers/raw.js';
-import { type Fixture, type RunningProxy, startEchoServer, startProxy, startTcpServer } from '../helpers/server.js';
+import { type Fixture, type RunningProxy, recordsFrom, startEchoServer, startProxy, startTcpServer } from '../helpers/server.js';
 
 /** Random requests must never reach beyond loopback: refuse every other destination. */
 const direct = createDirectDialer();
@@ -124,11 +124,12 @@ describe('bad input', () => {
 
   /** Sends `bytes`, expects `reply` (or none) and a close, and returns the record. */
   async function expectRefusal(bytes: Buffer, reply: Buffer | null) {
+    const next = recordsFrom(proxy);
     const client = await RawClient.connect(proxy.port);
     client.write(bytes);
     const rest = await client.readToEnd();
     assert.deepEqual(rest, reply ?? Buffer.alloc(0));
-    return proxy.record((r) => r.clientPort === client.localPort);
+    return next((r) => r.clientPort === client.localPort);
   }
 
   test('garbage (an HTTP request) is closed without a reply', async () => {
@@ -197,11 +198,12 @@ describe('bad input', () => {
   test('random bytes never crash the server: each connection is refused or closed, with a record', async () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 64 }), async (bytes) => {
+        const next = recordsFrom(proxy);
         const client = await RawClient.connect(proxy.port);
         client.write(Buffer.from(bytes));
         client.socket.end();
         await client.readToEnd();
-        const record = await proxy.record((r) => r.clientPort === client.localPort);
+        const record = await next((r) => r.clientPort === client.localPort);
         assert.notEqual(record.error, null, 'every refusal names its cause');
       }),
       { numRuns: 60 },
@@ -212,12 +214,12 @@ describe('bad input', () => {
     await fc.assert(
       fc.asyncProperty(structuredRequest, async (bytes) => {
         // Hundreds of clients: an earlier one's port may come back; only records from now on count.
-        const start = proxy.records.length;
+        const next = recordsFrom(proxy);
         const client = await RawClient.connect(proxy.port);
         client.write(bytes);
         client.socket.end();
         await client.readToEnd();
-        const record = await proxy.record((r) => proxy.records.indexOf(r) >= start && r.clientPort === client.localPort);
+        const record = await next((r) => r.clientPort === client.localPort);
         const relayed = record.reason === 'client-closed' || record.reason === 'destination-closed';
         assert.ok(relayed || record.error !== null, `a refusal names its cause (${record.reason})`);
       }),

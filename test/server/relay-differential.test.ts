@@ -15,11 +15,12 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { type Socket, connect } from 'node:net';
 import { after, before, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import type { ServerOptions } from '../../src/index.js';
 import { withTimeout } from '../cli/helpers.js';
 import { connectRequest } from '../helpers/raw.js';
-import { type Fixture, type RunningProxy, startProxy, startTcpServer } from '../helpers/server.js';
+import { type Fixture, type RunningProxy, recordsFrom, startProxy, startTcpServer } from '../helpers/server.js';
 
 /**
  * The relay thread with its own handshakes (the default), the relay thread
@@ -40,6 +41,8 @@ const turn = fc.record({
   by: fc.constantFrom<Side>('client', 'target'),
   op: fc.oneof(
     { weight: 6, arbitrary: fc.constant<'write'>('write') },
+    /** A write while the other end stops reading for a moment: the relay must hold back, not drop. */
+    { weight: 1, arbitrary: fc.constant<'stalled-write'>('stalled-write') },
     { weight: 2, arbitrary: fc.constant<'end'>('end') },
     { weight: 1, arbitrary: fc.constantFrom<'reset' | 'destroy'>('reset', 'destroy') },
   ),
@@ -183,6 +186,7 @@ async function readExactly(socket: Socket, n: number): Promise<Buffer> {
  */
 async function play(engine: Engine, { version, early, turns }: Conversation) {
   const proxy = proxies.get(engine)!;
+  const nextRecord = recordsFrom(proxy);
   const { client, target, clientPort } = await converse(proxy, version, early);
   const ends = { client, target };
   let broken = false; // a reset or an outright close: later deliveries may be cut short
@@ -190,14 +194,21 @@ async function play(engine: Engine, { version, early, turns }: Conversation) {
     const self = ends[by];
     const peer = by === 'client' ? target : client;
     if (self.done || self.closed) continue;
-    if (op === 'write') {
+    if (op === 'write' || op === 'stalled-write') {
       // Bytes towards an end that closed outright are lost, and when the
       // relay learns of it is a race (the reset comes back after the write
       // succeeded; the stream relay only sees it on its next write): no
       // single answer to compare.
       if (peer.gone) continue;
-      self.socket.write(bytesFrom(self.sent, size));
-      self.sent += size;
+      const stalled = op === 'stalled-write' && !broken;
+      const bytes = stalled ? size * 8 : size; // megabytes, past what the sockets' buffers hold
+      if (stalled) peer.socket.pause();
+      self.socket.write(bytesFrom(self.sent, bytes));
+      self.sent += bytes;
+      if (stalled) {
+        await delay(20);
+        peer.socket.resume();
+      }
       if (!broken) await peer.until(() => peer.received === self.sent, `${engine}: ${by}'s ${self.sent} bytes arrive`);
       continue;
     }
@@ -221,7 +232,7 @@ async function play(engine: Engine, { version, early, turns }: Conversation) {
   }
   await client.until(() => client.closed, `${engine}: the client's connection closes`);
   await target.until(() => target.closed, `${engine}: the target's connection closes`);
-  const record = await withTimeout(proxy.record((r) => r.clientPort === clientPort), TURN_MS, `${engine}: the record`);
+  const record = await withTimeout(nextRecord((r) => r.clientPort === clientPort), TURN_MS, `${engine}: the record`);
   const seen = (end: End) => ({ received: end.received, checksum: end.checksum, heard: end.heard });
   return {
     client: seen(client),

@@ -14,7 +14,7 @@ import type { Resolver } from '../../src/index.js';
 import { withTimeout } from '../cli/helpers.js';
 import { fraction, mostly } from '../helpers/arbitraries.js';
 import { RawClient, hex } from '../helpers/raw.js';
-import { type RunningProxy, startProxy } from '../helpers/server.js';
+import { type RunningProxy, recordsFrom, startProxy } from '../helpers/server.js';
 import { UdpEcho, bindUdp } from '../helpers/udp.js';
 
 const RELAYS = ['splice', 'stream'] as const;
@@ -119,6 +119,7 @@ function bytesOf({ rsv, frag, target, payload, cut }: Generated): Buffer {
 /** What the client and the destinations saw of one association, and its record's counts. */
 async function play(kind: Kind, engine: RelayEngine, datagrams: readonly Buffer[], run: number, inOrder: boolean) {
   const proxy = proxies.get(`${kind}/${engine}`)!;
+  const nextRecord = recordsFrom(proxy);
   const control = await RawClient.connect(proxy.port);
   const client = await bindUdp('127.0.0.1');
   const replies: string[] = [];
@@ -157,7 +158,7 @@ async function play(kind: Kind, engine: RelayEngine, datagrams: readonly Buffer[
     await withTimeout(barriersBack, 5000, `${engine} relay (${kind}): the barriers' echoes`);
     control.socket.end();
     await control.readToEnd();
-    const record = await proxy.record((r) => r.clientPort === control.localPort);
+    const record = await nextRecord((r) => r.clientPort === control.localPort);
     const received = (echo: UdpEcho, from: number) => {
       const payloads = echo.received.slice(from).map((r) => r.data.toString('hex'));
       return inOrder ? payloads : payloads.sort();

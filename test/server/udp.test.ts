@@ -26,7 +26,7 @@ import { spliceStats } from '../../src/relay/splice.js';
 import { ReplyHeaders } from '../../src/relay/udp.js';
 import { startDaemon } from '../cli/helpers.js';
 import { RawClient, hex } from '../helpers/raw.js';
-import { type RunningProxy, startProxy } from '../helpers/server.js';
+import { type RunningProxy, recordsFrom, startProxy } from '../helpers/server.js';
 import { UdpEcho, bindUdp } from '../helpers/udp.js';
 
 const opts = { timeout: 20_000 };
@@ -257,10 +257,10 @@ function udpSuite(engine: 'splice' | 'stream', options: ServerOptions = {}): Udp
   return suite;
 }
 
-/** Records closed from now on only, so a record of an earlier test cannot match. */
-function recordsFrom(proxy: RunningProxy): (match: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
-  const start = proxy.records.length;
-  return (match) => within(proxy.record((r) => proxy.records.indexOf(r) >= start && match(r)), 5000, 'the session record');
+/** Records closed from now on only (recordsFrom), each awaited for at most 5 s. */
+function laterRecords(proxy: RunningProxy): (match: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  return (match) => within(next(match), 5000, 'the session record');
 }
 
 /**
@@ -275,7 +275,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
         const baseline = udpPortsOfThisProcess().length;
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         assert.equal(assoc.relay.host, '127.0.0.1', 'the relay is announced on the address the client reached, not 0.0.0.0');
         assert.ok(assoc.relay.port > 0);
@@ -338,7 +338,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('IPv6 destination (::1) through the IPv4 relay: the header carries ::1 and the echo port', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen = suite.echo6.received.length;
         const reply = await roundTrip(peer, assoc.relay, '::1', suite.echo6.port, 'hello v6');
@@ -414,7 +414,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       const foreign = await UdpPeer.open('127.0.0.2');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
         const seen = suite.echo4.received.length;
         // First, before the client's port is known: only the address can tell.
@@ -439,7 +439,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       const otherPort = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen = suite.echo4.received.length;
         await otherPort.send(frame('127.0.0.1', suite.echo4.port, 'wrong port'), assoc.relay.port, assoc.relay.host);
@@ -459,7 +459,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('a fragment (FRAG = 1) is dropped and counted, and the association keeps relaying', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen = suite.echo4.received.length;
         const port = Buffer.alloc(2);
@@ -486,7 +486,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('after a datagram to the echo, a fragment and a datagram cut short to the same place are still dropped; a header alone is relayed empty', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen = suite.echo4.received.length;
         await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'first');
@@ -513,7 +513,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       const other = await UdpEcho.start('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen4 = suite.echo4.received.length;
         const seen6 = suite.echo6.received.length;
@@ -781,7 +781,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('a burst of 100 datagrams (over three of the relay thread\'s batches): each relayed once, in order, and counted', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const payloads = Array.from({ length: 100 }, (_, i) => `burst ${i}`);
         const seen = suite.echo4.received.length;
@@ -803,7 +803,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
         const baseline = udpPortsOfThisProcess().length;
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         for (let round = 0; round < 20; round++) {
           const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
           const sent: Array<Promise<void>> = [];
@@ -842,7 +842,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('a datagram to a denied destination is dropped and counted, again and again; the association relays on', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         for (const payload of ['first', 'second']) {
           await peer.send(frame('127.0.0.2', denied.port, `denied ${payload}`), assoc.relay.port, assoc.relay.host);
@@ -871,7 +871,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const intruder = await UdpPeer.open('127.0.0.2');
       const stranger = await UdpPeer.open('127.0.0.3');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'opens the outbound socket');
         const outbound = suite.echo4.received.at(-1)!.from.port;
@@ -894,7 +894,7 @@ for (const engine of ['splice', 'stream'] as const) {
     test('a burst of 100 datagrams to a destination not decided yet: each relayed once, in order', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const payloads = Array.from({ length: 100 }, (_, i) => `checked burst ${i}`);
         const seen = suite.echo4.received.length;
@@ -925,7 +925,7 @@ for (const engine of ['splice', 'stream'] as const) {
       const peer = await UdpPeer.open('127.0.0.1');
       const sameHost = await UdpPeer.open('127.0.0.1');
       try {
-        const next = recordsFrom(suite.proxy);
+        const next = laterRecords(suite.proxy);
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
         const seen = suite.echo4.received.length;
         await peer.send(frame('127.0.0.1', suite.echo4.port, 'by address first'), assoc.relay.port, assoc.relay.host);
@@ -1011,7 +1011,7 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
 
   test('while JavaScript is busy, a burst it must decide waits in the socket buffer: none lost, in order', opts, async () => {
     const count = 240; // more than the 128 that may be on their way to JavaScript
-    const next = recordsFrom(checked.proxy);
+    const next = laterRecords(checked.proxy);
     const assoc = await associate(checked.proxy, { host: '127.0.0.1', port: 0 });
     const seen = checked.echo4.received.length;
     // A checked association's first datagram to an address goes to JavaScript and
