@@ -18,6 +18,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import type { ServerOptions } from '../../src/index.js';
+import { spliceStats } from '../../src/relay/splice.js';
 import { withTimeout } from '../cli/helpers.js';
 import { connectRequest } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, recordsFrom, startProxy, startTcpServer } from '../helpers/server.js';
@@ -233,6 +234,9 @@ async function play(engine: Engine, { version, early, turns }: Conversation) {
   await client.until(() => client.closed, `${engine}: the client's connection closes`);
   await target.until(() => target.closed, `${engine}: the target's connection closes`);
   const record = await withTimeout(nextRecord((r) => r.clientPort === clientPort), TURN_MS, `${engine}: the record`);
+  // Nothing outlives its record: no session, no pair of the relay thread's (each holds two descriptors).
+  assert.equal(proxy.server.sessionCount, 0, `${engine}: sessions left after the record`);
+  assert.equal(spliceStats()?.activePairs ?? 0, 0, `${engine}: relay-thread pairs left after the record`);
   const seen = (end: End) => ({ received: end.received, checksum: end.checksum, heard: end.heard });
   return {
     client: seen(client),
