@@ -221,37 +221,29 @@ describe(`a client that half-closes during the handshake (node handshake engine,
 });
 
 describe(`idle timeout (${engine} engine)`, () => {
-  test('a relayed session with no traffic is closed after timeouts.idle', async () => {
+  /** The record of a session to a destination that never answers or closes; the client half-closes first if asked. */
+  async function idleRecord(halfClose: boolean) {
     const target = await startTcpServer(() => {});
     const proxy = await startProxy({ timeouts: { idle: 200 }, relay: { engine } });
     try {
       const client = await RawClient.connect(proxy.port);
       client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
       assert.equal((await client.read(12))[3], 0x00);
+      if (halfClose) client.socket.end();
       await client.readToEnd();
-      const record = await proxy.record((r) => r.clientPort === client.localPort);
-      assert.equal(record.reason, 'idle-timeout');
+      return await proxy.record((r) => r.clientPort === client.localPort);
     } finally {
       await proxy.close();
       await target.close();
     }
+  }
+
+  test('a relayed session with no traffic is closed after timeouts.idle', async () => {
+    assert.equal((await idleRecord(false)).reason, 'idle-timeout');
   });
 
   test('a half-closed session that goes quiet is closed after timeouts.idle, and the record says so (not client-closed)', async () => {
-    const target = await startTcpServer(() => {}); // reads the FIN, never answers, never closes
-    const proxy = await startProxy({ timeouts: { idle: 200 }, relay: { engine } });
-    try {
-      const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
-      assert.equal((await client.read(12))[3], 0x00);
-      client.socket.end();
-      await client.readToEnd();
-      const record = await proxy.record((r) => r.clientPort === client.localPort);
-      assert.equal(record.reason, 'idle-timeout');
-    } finally {
-      await proxy.close();
-      await target.close();
-    }
+    assert.equal((await idleRecord(true)).reason, 'idle-timeout');
   });
 });
 }
