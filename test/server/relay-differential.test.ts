@@ -202,7 +202,7 @@ async function play(engine: Engine, { version, early, turns }: Conversation) {
       // single answer to compare.
       if (peer.gone) continue;
       const stalled = op === 'stalled-write' && !broken;
-      const bytes = stalled ? size * 8 : size; // megabytes, past what the sockets' buffers hold
+      const bytes = stalled ? size * 8 : size; // up to 3 MB: past what the sockets' buffers hold
       if (stalled) peer.socket.pause();
       self.socket.write(bytesFrom(self.sent, bytes));
       self.sent += bytes;
@@ -245,7 +245,7 @@ async function play(engine: Engine, { version, early, turns }: Conversation) {
   };
 }
 
-test('generated conversations: both relays deliver the same bytes, end each side the same way and write the same record', { timeout: 300_000 }, async () => {
+test('generated conversations: the three relay paths deliver the same bytes, end each side the same way and write the same record', { timeout: 300_000 }, async () => {
   await fc.assert(
     fc.asyncProperty(conversation, async (generated) => {
       const stream = await play('stream', generated);
