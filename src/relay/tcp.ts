@@ -59,7 +59,7 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
   const fail = (why: CloseReason, err: Error | null, other: Socket) => {
     // A failure after a half-close still ends the session, and bytes may
     // have been lost with it: the record names it, as the splice relay's does.
-    if (reason === null || halfClosed(reason)) {
+    if (stillOpen(reason)) {
       reason = why;
       error = err;
     }
@@ -88,7 +88,7 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
 
   if (options.idleMs > 0) {
     const idle = () => {
-      if (reason === null || halfClosed(reason)) reason = 'idle-timeout';
+      if (stillOpen(reason)) reason = 'idle-timeout';
       client.destroy();
       destination.destroy();
     };
@@ -107,7 +107,11 @@ function streamRelay(client: Socket, destination: Socket, options: RelayOptions)
   };
 }
 
-/** A FIN from one side: the session goes on in the other direction until that ends too, fails or idles out. */
-function halfClosed(reason: CloseReason): boolean {
-  return reason === 'client-closed' || reason === 'destination-closed';
+/**
+ * Nothing has ended the session yet, or only one side's FIN has: it goes on
+ * in the other direction until that ends too, fails or idles out, and a
+ * failure or a timeout is then what the record names.
+ */
+function stillOpen(reason: CloseReason | null): boolean {
+  return reason === null || reason === 'client-closed' || reason === 'destination-closed';
 }
