@@ -78,6 +78,24 @@ export function spliceEnd(end: number, firstEof: number, errorSide: number, errn
   }
 }
 
+/**
+ * Wraps a function the addon calls on the main thread. A throw out of an
+ * addon's callback is not an ordinary uncaught exception: Node 20 swallows it
+ * with a deprecation warning (DEP0168), and the rest of the addon's batch
+ * fails because an exception is pending. So it is caught here and thrown
+ * again on the next tick, where it reaches 'uncaughtException' as any other
+ * would, after the batch is done.
+ */
+export function fromAddon<A extends unknown[]>(callback: (...args: A) => void): (...args: A) => void {
+  return (...args) => {
+    try {
+      callback(...args);
+    } catch (error) {
+      process.nextTick(() => { throw error; });
+    }
+  };
+}
+
 /** The part of libuv's stream handle the handover needs (Node internals, stable since Node 0.x). */
 interface StreamHandle {
   readonly fd: number;
@@ -112,11 +130,11 @@ function load(): { readonly addon: Addon } | { readonly why: string } {
       const built = addon.interfaceVersion === undefined ? 'an older build with no interface version' : `interface ${addon.interfaceVersion}`;
       throw new Error(`${path} was built from other sources (${built}; this socksgate needs interface ${ADDON_INTERFACE}): rebuild it with node scripts/build-native.mjs`);
     }
-    addon.init((...report: Report) => {
+    addon.init(fromAddon((...report: Report) => {
       const done = pending.get(report[0]);
       pending.delete(report[0]);
       done?.(report);
-    });
+    }));
     loaded = { addon };
   } catch (err) {
     const why = (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? `${path} was not built (npm install builds it when a C compiler is present)` : (err as Error).message;

@@ -19,7 +19,7 @@ import type { SessionRecord } from '../observe/events.js';
 import { NEED_MORE, formatDestination } from '../protocol/address.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
-import { type Addon, type NativeMessage, errnoError, spliceAddon, spliceEnd } from '../relay/splice.js';
+import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
 import { connectTimeoutError } from '../upstream/dialer.js';
 import type { SessionContext, SessionResume } from './session.js';
 
@@ -116,7 +116,7 @@ function frontendOrNull(): Frontend | null {
   const addon = spliceAddon();
   if (!addon) return null;
   const state: Frontend = { addon, owners: new Map(), closing: new Map(), sessions: new Map(), nextTag: 1 };
-  addon.nativeInit((...message: NativeMessage) => dispatch(state, message));
+  addon.nativeInit(fromAddon((...message: NativeMessage) => dispatch(state, message)));
   frontend = state;
   return state;
 }

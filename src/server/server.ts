@@ -255,7 +255,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     }
     if (this.#state === 'listening') requestBusyPoll(this, this.busyPollMicroseconds);
     const result: ReloadResult = { changed, needsRestart };
-    this.emit('reload', result);
+    this.#tell('reload', result);
     return result;
   }
 
@@ -302,7 +302,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     for (const server of this.#servers) server.close();
     // Native listeners tell of sessions in batches: count only once all are known.
     await Promise.all(this.#listeners.map((slot) => slot.native?.close()));
-    this.emit('draining', { sessions: this.#sessions.size, graceMs });
+    this.#tell('draining', { sessions: this.#sessions.size, graceMs });
     if (this.#sessions.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve; });
       const timer = setTimeout(() => { for (const s of this.#sessions.values()) s.shutdown(); }, graceMs);
@@ -310,7 +310,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       clearTimeout(timer);
     }
     this.#state = 'closed';
-    this.emit('close');
+    this.#tell('close');
   }
 
   async #bind(listener: ListenerConfig): Promise<void> {
@@ -329,7 +329,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       socks4: listener.socks4,
     };
     const name = formatDestination({ host: info.address, port: info.port });
-    server.on('error', (error) => this.emit('listener-error', { listener: name, error }));
+    server.on('error', (error) => this.#tell('listener-error', { listener: name, error }));
     const slot = this.#addListener(listener, name);
     server.on('connection', (socket) => this.#accept(socket, slot.ctx));
     if (this.#handshakeEngine === 'native') this.#acceptNatively(server, slot);
@@ -362,7 +362,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   #listened(info: ListenerInfo): void {
     this.#bound.push(info);
-    this.emit('listening', info);
+    this.#tell('listening', info);
   }
 
   /**
@@ -389,11 +389,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
         this.#sessions.set(session.id, session);
         if (this.listenerCount('session-open') > 0) {
           const { id, clientAddress, clientPort } = session;
-          this.emit('session-open', { id, listener: slot.ctx.listener, clientAddress, clientPort });
+          this.#tell('session-open', { id, listener: slot.ctx.listener, clientAddress, clientPort });
         }
       },
       handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
-      acceptFailed: (error) => this.emit('listener-error', { listener: slot.ctx.listener, error }),
+      acceptFailed: (error) => this.#tell('listener-error', { listener: slot.ctx.listener, error }),
     };
     slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow));
   }
@@ -448,20 +448,36 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (this.#allow && !this.#allow.has(address)) {
       socket.on('error', () => {});
       socket.destroy();
-      this.emit('session-close', deniedRecord(id, ctx, address, socket.remotePort ?? 0, this.#now()));
+      this.#tell('session-close', deniedRecord(id, ctx, address, socket.remotePort ?? 0, this.#now()));
       return;
     }
     const session = new Session(id, socket, ctx);
     this.#sessions.set(id, session);
     if (this.listenerCount('session-open') > 0) {
-      this.emit('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
+      this.#tell('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
     }
     session.start();
   }
 
+  /**
+   * Tells observers. A listener that throws must not stop the server half way
+   * through its own work (a session counted forever, a close that never
+   * resolves, the rest of a native batch unrecorded), so its error is thrown
+   * again on the next tick: it reaches 'uncaughtException' as a listener's
+   * error does in Node, once the server is consistent.
+   */
+  // (`args` is typed as EventEmitter types emit's, so the two agree for any K.)
+  #tell<K extends keyof SocksServerEvents>(event: K, ...args: K extends keyof SocksServerEvents ? SocksServerEvents[K] : never): void {
+    try {
+      this.emit(event, ...args);
+    } catch (error) {
+      process.nextTick(() => { throw error; });
+    }
+  }
+
   readonly #onSessionClose = (record: SessionRecord): void => {
     this.#sessions.delete(record.id);
-    this.emit('session-close', record);
+    this.#tell('session-close', record);
     if (this.#sessions.size === 0 && this.#drained) this.#drained();
   };
 }
