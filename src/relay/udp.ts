@@ -50,7 +50,7 @@ export interface UdpCounters {
   droppedFragments: number;
   /** From an address other than the client's. */
   droppedForeign: number;
-  /** Malformed headers, oversized datagrams, full queues, failed lookups. */
+  /** Malformed headers, oversized datagrams, full queues, failed lookups, sends the kernel refused. */
   droppedInvalid: number;
   /** Denied by the request rules: to its destination, or a reply from its sender. */
   droppedDenied: number;
@@ -385,9 +385,27 @@ export class UdpAssociation implements UdpRelay {
       this.counters.droppedInvalid++;
       return;
     }
+    // Counted when handed over, so that a record read at close includes the
+    // datagrams still on their way; one the kernel refuses (too large for
+    // IPv4, a broadcast address, a firewall) is taken back as dropped, as the
+    // native relay counts it. dgram tells of that only to this callback.
     this.counters.datagramsUp++;
     this.counters.bytesUp += payload.length;
-    this.#outboundSocket(family).send(payload, port, address);
+    this.#outboundSocket(family).send(payload, port, address, (error) => {
+      if (error) this.#refused('up', payload.length);
+    });
+  }
+
+  #refused(direction: 'up' | 'down', length: number): void {
+    const counters = this.counters;
+    if (direction === 'up') {
+      counters.datagramsUp--;
+      counters.bytesUp -= length;
+    } else {
+      counters.datagramsDown--;
+      counters.bytesDown -= length;
+    }
+    counters.droppedInvalid++;
   }
 
   #outboundSocket(family: 4 | 6): UdpSocket {
@@ -415,7 +433,9 @@ export class UdpAssociation implements UdpRelay {
     this.counters.datagramsDown++;
     this.counters.bytesDown += msg.length;
     this.#touch();
-    this.#clientSide.send([header, msg], this.#clientPort, this.#options.clientAddress);
+    this.#clientSide.send([header, msg], this.#clientPort, this.#options.clientAddress, (error) => {
+      if (error) this.#refused('down', msg.length); // see #sendOut
+    });
   }
 
   #touch(): void {

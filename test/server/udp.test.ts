@@ -602,6 +602,24 @@ for (const engine of ['splice', 'stream'] as const) {
         await peer.close();
       }
     });
+
+    test('a datagram the kernel refuses to send (too large for IPv4) is counted as dropped, not relayed', opts, async () => {
+      // IPv6 carries 65527 bytes of UDP payload, IPv4 65507: with a 10-byte
+      // header, 65517 bytes for an IPv4 destination arrive whole and cannot go on.
+      const peer = await UdpPeer.open('::1');
+      try {
+        const assoc = await associate(suite.proxy, { host: '::1', port: peer.port }, '::1');
+        await peer.send(frame('127.0.0.1', suite.echo4.port, Buffer.alloc(65517, 0x61)), assoc.relay.port, assoc.relay.host);
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'after it'); // same socket, same order
+        assoc.control.end();
+        const record = await recordOf(suite.proxy, assoc);
+        assert.equal(record.datagramsUp, 1, 'only the small one went on');
+        assert.equal(record.bytesUp, 'after it'.length);
+        assert.equal(record.datagramsDropped, 1, 'the refused one is counted as dropped');
+      } finally {
+        await peer.close();
+      }
+    });
   });
 
   describe(`UDP ASSOCIATE with a custom resolver (${engine} relay)`, opts, () => {
