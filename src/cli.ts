@@ -26,7 +26,7 @@ const [
   { ConfigError, readConfigFile },
   { configJsonSchema, workerCount },
   { UsersFileError },
-  { attachLogger, createLogger },
+  { attachLogger, createLogger, logCrashes },
   { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts },
   { runPasswd },
 ] = await Promise.all([
@@ -135,6 +135,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   // Workers share stdout: each line says which process wrote it.
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
+  logCrashes(log);
   if (setAside.length > 0) {
     log.warn({ event: 'restart-needed', needsRestart: setAside },
       `the config file changed ${setAside.join(', ')} since socksgate started: this worker keeps the running values until socksgate restarts`);

@@ -24,9 +24,36 @@ export function createLogger(options: LoggerOptions): Logger {
     return pino(base, pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
   }
   if (options.destination) return plainJson(pino(base, options.destination));
-  const stream = pino.destination({ dest: 1, ...stdoutBatching(1) });
+  const batching = stdoutBatching(1);
+  const stream = pino.destination({ dest: 1, ...batching });
   setInterval(() => stream.flush(), 1000).unref();
+  // pino writes out an asynchronous destination's batch when the process
+  // exits, but not a synchronous one's (a regular file): a crash or a
+  // process.exit() would lose the access lines still in it.
+  if (batching.sync) process.once('exit', () => flushIfOpen(stream));
   return plainJson(pino(base, stream));
+}
+
+function flushIfOpen(stream: { flushSync(): void; readonly destroyed?: boolean }): void {
+  try {
+    if (!stream.destroyed) stream.flushSync();
+  } catch {
+    // stdout closed under us: nothing can be written anyway
+  }
+}
+
+/**
+ * Logs an uncaught exception (or unhandled rejection) at fatal as the process
+ * ends: the log says why socksgate stopped, and the exit flush above takes
+ * that line out with the batched access lines. Node's own report on stderr
+ * and its exit code stay as they are.
+ */
+export function logCrashes(log: Logger): void {
+  process.on('uncaughtExceptionMonitor', (error, origin) => {
+    const what = origin === 'unhandledRejection' ? 'unhandled rejection' : 'uncaught exception';
+    const message = error instanceof Error ? error.message : String(error);
+    log.fatal({ event: 'crashed', err: error }, `${what}, exiting: ${message}`);
+  });
 }
 
 /**

@@ -13,6 +13,7 @@ import fc from 'fast-check';
 import type { SessionRecord } from '../../src/observe/events.js';
 import { FILE_BATCHING, STDOUT_BATCHING, isoTime, sessionLine, stdoutBatching } from '../../src/observe/log.js';
 import { RawClient, hex } from '../helpers/raw.js';
+import { CRASH_SESSIONS } from './crash-fixture.js';
 import { startProxy } from '../helpers/server.js';
 
 test('a refused session leaves a warn line with every access field, naming the cause', async () => {
@@ -167,3 +168,45 @@ test('isoTime: pino\'s time field, formatted once per millisecond', () => {
   const now = isoTime();
   assert.match(now, /^,"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"$/);
 });
+
+for (const stdout of ['a regular file', 'a pipe'] as const) {
+  test(`a crash keeps the batched access lines and ends the log with a fatal line naming the cause (stdout to ${stdout})`, () => {
+    const { status, stderr, lines } = runCrashFixture('crash', stdout);
+    assert.equal(status, 1, `the process ended as an uncaught exception ends it: ${stderr}`);
+    assert.match(stderr, /planned crash in an observer/, "Node's own report is still on stderr");
+    assert.equal(lines.filter((line) => line.event === 'session').length, CRASH_SESSIONS + 1, 'every session\'s access line, the last one\'s too');
+    const last = lines.at(-1)!;
+    assert.equal(last.event, 'crashed');
+    assert.equal(last.level, 60, 'fatal');
+    assert.equal(last.msg, 'uncaught exception, exiting: planned crash in an observer');
+    assert.match(String((last.err as { stack?: unknown }).stack), /planned crash in an observer/);
+  });
+
+  test(`process.exit() keeps the batched access lines (stdout to ${stdout})`, () => {
+    const { status, stderr, lines } = runCrashFixture('exit', stdout);
+    assert.equal(status, 0, stderr);
+    assert.equal(lines.filter((line) => line.event === 'session').length, CRASH_SESSIONS);
+  });
+}
+
+/** Runs test/observe/crash-fixture.ts with stdout to a regular file or a pipe; its JSON lines. */
+function runCrashFixture(mode: 'crash' | 'exit', stdout: 'a regular file' | 'a pipe'): { status: number | null; stderr: string; lines: Record<string, unknown>[] } {
+  const fixture = new URL('./crash-fixture.js', import.meta.url).pathname;
+  const dir = mkdtempSync(join(tmpdir(), 'socksgate-crash-'));
+  try {
+    const file = join(dir, 'out.log');
+    const fd = openSync(file, 'w');
+    const run = spawnSync(process.execPath, [fixture], {
+      stdio: ['ignore', stdout === 'a pipe' ? 'pipe' : fd, 'pipe'],
+      env: { ...process.env, SOCKSGATE_CRASH_FIXTURE: mode },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    closeSync(fd);
+    const text = stdout === 'a pipe' ? run.stdout : readFileSync(file, 'utf8');
+    const lines = text.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    return { status: run.status, stderr: run.stderr, lines };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
