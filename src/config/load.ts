@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { type Config, configSchema } from './schema.js';
+import { type Config, configSchema, configSchemaOwnAuthenticator } from './schema.js';
 
 /** A configuration that does not validate; `problems` name each key path. */
 export class ConfigError extends Error {
@@ -16,8 +16,9 @@ export class ConfigError extends Error {
 }
 
 /** Validates and fills in defaults; throws ConfigError. The result is frozen. */
-export function validateConfig(input: unknown): Config {
-  const result = configSchema.safeParse(input ?? {});
+export function validateConfig(input: unknown, options: { readonly ownAuthenticator?: boolean } = {}): Config {
+  const schema = options.ownAuthenticator ? configSchemaOwnAuthenticator : configSchema;
+  const result = schema.safeParse(input ?? {});
   if (!result.success) throw new ConfigError(result.error.issues.flatMap((i) => describeIssue(i).split('\n')));
   return deepFreeze(result.data);
 }

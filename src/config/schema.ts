@@ -200,7 +200,7 @@ const ruleSchema = z.strictObject({
   deny: ruleMatchSchema.optional(),
 });
 
-export const configSchema = z
+const configObject = z
   .strictObject({
     listen: z.array(listenerSchema).min(1).default([listenerSchema.parse({})]),
     auth: authSchema.prefault({}),
@@ -219,16 +219,26 @@ export const configSchema = z
      * any listener is beyond loopback (a proxy for a network), else one.
      */
     workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default('auto'),
-  })
-  // Cross-field rules run even when a field is invalid, so one --check lists
-  // every problem; the value may then be partly unparsed, hence the guards.
-  .superRefine((config, ctx) => crossFieldChecks(config as Partial<Config>, ctx), { when: () => true });
+  });
 
-function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx): void {
+// Cross-field rules run even when a field is invalid, so one --check lists
+// every problem; the value may then be partly unparsed, hence the guards.
+export const configSchema = configObject
+  .superRefine((config, ctx) => crossFieldChecks(config as Partial<Config>, ctx, true), { when: () => true });
+
+/**
+ * The same for a server given an authenticator of its own (the library's
+ * `authenticator` option): userpass then needs no users in the configuration.
+ */
+export const configSchemaOwnAuthenticator = configObject
+  .superRefine((config, ctx) => crossFieldChecks(config as Partial<Config>, ctx, false), { when: () => true });
+
+/** `usersFromConfig`: passwords are checked against the configured users (no authenticator of the library's own). */
+function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx, usersFromConfig: boolean): void {
   ruleChecks(config.rules, ctx);
   const methods = Array.isArray(config.auth?.methods) ? config.auth.methods : [];
   const users = Array.isArray(config.auth?.users) ? config.auth.users : [];
-  if (methods.includes('userpass') && users.length === 0 && !config.auth?.usersFile) {
+  if (usersFromConfig && methods.includes('userpass') && users.length === 0 && !config.auth?.usersFile) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'methods'], message: 'userpass needs auth.users or auth.usersFile' });
   }
   const open = methods.includes('none') && !config.clients?.allow;

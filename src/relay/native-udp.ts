@@ -14,7 +14,7 @@
 import { isIP } from 'node:net';
 import { type Destination, destination } from '../protocol/address.js';
 import { decodeUdpHeader } from '../protocol/udp.js';
-import { errnoError, spliceAddon } from './splice.js';
+import { errnoError, fromAddon, spliceAddon } from './splice.js';
 import {
   DatagramPolicy, DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram, sendable,
   udpCounters,
@@ -53,11 +53,11 @@ function addon(): UdpAddon | null {
   if (initialised) return initialised;
   const loaded = spliceAddon() as (UdpAddon & object) | null;
   if (!loaded) return null;
-  loaded.udpInit((id, kind, clientPort, datagram) => {
+  loaded.udpInit(fromAddon((id: number, kind: number, clientPort: number, datagram: Buffer) => {
     const association = live.get(id);
     if (kind === REPLY) association?.fromDestination(datagram);
     else if (kind === FROM_CLIENT) association?.fromClient(datagram, clientPort);
-  });
+  }));
   initialised = loaded;
   return loaded;
 }

@@ -13,6 +13,7 @@
  */
 import { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { askAuthenticator } from '../auth/users.js';
 import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
@@ -366,7 +367,7 @@ export class NativeSession {
     this.#user = username;
     this.#abort ??= new AbortController();
     const context = { clientAddress: this.clientAddress, signal: this.#abort.signal };
-    const verdict = ctx.authenticator ? ctx.authenticator.verify(username, password, context) : Promise.resolve(false);
+    const verdict = ctx.authenticator ? askAuthenticator(ctx.authenticator, username, password, context) : Promise.resolve(false);
     verdict.then(
       (ok) => {
         if (!ok) this.#authRefused = true;

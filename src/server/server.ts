@@ -138,7 +138,7 @@ function withRestartSettings(wanted: Config, kept: RestartSettings): ConfigInput
 export function createServer(options: ServerOptions = {}): SocksServer {
   const input: Record<string, unknown> = { ...options };
   for (const key of DEPENDENCY_KEYS) delete input[key];
-  return new SocksServer(validateConfig(input), options);
+  return new SocksServer(validateConfig(input, { ownAuthenticator: options.authenticator !== undefined }), options);
 }
 
 export class SocksServer extends EventEmitter<SocksServerEvents> {
@@ -221,12 +221,13 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   reload(input: ConfigInput = {}): ReloadResult {
     if (this.#state === 'closing' || this.#state === 'closed') throw new Error(`server is ${this.#state}`);
     const old = this.#config;
-    const wanted = validateConfig(input);
+    const ownAuthenticator = { ownAuthenticator: this.#customAuthenticator };
+    const wanted = validateConfig(input, ownAuthenticator);
     const needsRestart = differingRestartKeys(old, wanted);
     // What restarts would change stays; validated again as a whole, so that
     // e.g. an old non-loopback listener with a new `auth.methods: [none]` and
     // no `clients.allow` is refused here as it would be at startup.
-    const next = needsRestart.length === 0 ? wanted : validateConfig(withRestartSettings(wanted, old));
+    const next = needsRestart.length === 0 ? wanted : validateConfig(withRestartSettings(wanted, old), ownAuthenticator);
 
     // Build everything first (this may throw: users file), then swap at once.
     const users = this.#customAuthenticator ? null : loadUsers(next);

@@ -8,7 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
-import type { Authenticator } from '../auth/users.js';
+import { type Authenticator, askAuthenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
 import { type Destination, NEED_MORE, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
@@ -322,7 +322,7 @@ export class Session {
     }
     const authenticator = this.#ctx.authenticator;
     const context = { clientAddress: this.#clientAddress, signal: this.#signal() };
-    const verdict = authenticator ? authenticator.verify(username, password, context) : Promise.resolve(false);
+    const verdict = authenticator ? askAuthenticator(authenticator, username, password, context) : Promise.resolve(false);
     verdict.then(
       (ok) => this.#afterVerify(ok, null),
       (err: unknown) => this.#afterVerify(false, err),

@@ -185,3 +185,55 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+/**
+ * An authenticator of the library's own (createServer's `authenticator`):
+ * userpass needs no users in the configuration then, and a check that fails,
+ * by a rejection or by a synchronous throw (from a verify() that is not an
+ * async function), refuses the client with status 0x01 and names the
+ * failure, on either handshake engine.
+ */
+for (const engine of ENGINES) {
+  describe(`an authenticator of the library's own (${engine} handshakes)`, () => {
+    const authenticator = {
+      verify(user: string, password: string): Promise<boolean> {
+        if (user === 'throws') throw new Error('user database unreachable');
+        if (user === 'rejects') return Promise.reject(new Error('user database timed out'));
+        return Promise.resolve(user === 'carol' && password === 'pw');
+      },
+    };
+    let proxy: RunningProxy;
+    let echo: Fixture;
+    before(async () => {
+      echo = await startEchoServer();
+      proxy = await startEngineProxy(engine, { auth: { methods: ['userpass'] }, authenticator });
+    });
+    after(async () => {
+      await proxy.close();
+      await echo.close();
+    });
+
+    test('userpass needs no users in the configuration: the right password connects, a reload without users is taken', async () => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 02'), credentials('carol', 'pw'), connectRequest('127.0.0.1', echo.port)]));
+      assert.deepEqual((await client.read(14)).subarray(0, 6), hex('05 02 01 00 05 00'));
+      client.socket.destroy();
+      const { changed } = proxy.server.reload({ listen: [{ address: '127.0.0.1', port: proxy.port }], auth: { methods: ['userpass'] }, timeouts: { handshake: '9s' } });
+      assert.deepEqual(changed, ['timeouts.handshake']);
+      assert.throws(() => createServer({ auth: { methods: ['userpass'] } }), /userpass needs auth\.users or auth\.usersFile/, 'without one, users are still needed');
+    });
+
+    for (const [user, cause] of [['throws', 'user database unreachable'], ['rejects', 'user database timed out']] as const) {
+      test(`a check that ${user === 'throws' ? 'throws synchronously' : 'rejects'} refuses with status 0x01 and names the failure`, async () => {
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex('05 01 02'), credentials(user, 'pw')]));
+        assert.deepEqual(await client.read(4), hex('05 02 01 01'));
+        assert.equal(await client.ended, 'end');
+        const record = await proxy.record((r) => r.clientPort === client.localPort);
+        assert.equal(record.reason, 'auth-failed');
+        assert.equal(record.user, user);
+        assert.equal(record.error, `authenticator failed: ${cause}`);
+      });
+    }
+  });
+}
