@@ -41,6 +41,23 @@ test('the addon is built and loads (the test command builds it)', () => {
   assert.equal(spliceUnavailable(), null);
 });
 
+test('fromAddon: a callback that throws returns to the addon, and its error reaches uncaughtException on the next tick', () => {
+  // In a child: the runner's own uncaughtException handler would take the error here.
+  const module = new URL('../../src/relay/splice.js', import.meta.url).href;
+  const script = `
+    const { fromAddon } = await import(${JSON.stringify(module)});
+    const seen = [];
+    process.on('uncaughtException', (error) => seen.push('uncaught: ' + error.message));
+    const batch = fromAddon((n) => { seen.push('message ' + n); if (n === 1) throw new Error('bug in a handler'); });
+    for (const n of [1, 2, 3]) batch(n); // as the addon delivers a batch
+    seen.push('batch done');
+    setImmediate(() => console.log(JSON.stringify(seen)));
+  `;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.deepEqual(JSON.parse(run.stdout), ['message 1', 'message 2', 'message 3', 'batch done', 'uncaught: bug in a handler']);
+});
+
 describe('splice handover', () => {
   let proxy: RunningProxy;
   before(async () => {
