@@ -13,19 +13,6 @@ export interface Authenticator {
   verify(username: string, password: string, context?: VerifyContext): Promise<boolean>;
 }
 
-/**
- * Asks `authenticator` about a password. A synchronous throw is a failed
- * check like a rejection (one that is not an async function may throw), not
- * an error out of the session that asked.
- */
-export function askAuthenticator(authenticator: Authenticator, username: string, password: string, context: VerifyContext): Promise<boolean> {
-  try {
-    return Promise.resolve(authenticator.verify(username, password, context));
-  } catch (error) {
-    return Promise.reject(error);
-  }
-}
-
 /** What the server tells an authenticator about the check it asks for. */
 export interface VerifyContext {
   /** The client's address (as Node writes it): the built-in store serves each client's checks in turn. */

@@ -31,6 +31,7 @@ import ipaddr from 'ipaddr.js';
 import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
+import { promiseFrom } from '../promise.js';
 
 export interface UdpLimits {
   /** Largest datagram taken from the client, header included, in bytes. */
@@ -238,7 +239,7 @@ export class DestinationNames {
       return;
     }
     this.#pending.set(key, [payload]);
-    this.#options.resolver.resolve(name).then(
+    promiseFrom(() => this.#options.resolver.resolve(name)).then(
       (addresses) => {
         // Only an IP literal can be sent to (see passLiteral).
         const found = addresses[0]?.address;

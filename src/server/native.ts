@@ -13,11 +13,11 @@
  */
 import { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
-import { askAuthenticator } from '../auth/users.js';
 import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
 import { NEED_MORE, formatDestination } from '../protocol/address.js';
+import { promiseFrom } from '../promise.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
 import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
@@ -367,7 +367,8 @@ export class NativeSession {
     this.#user = username;
     this.#abort ??= new AbortController();
     const context = { clientAddress: this.clientAddress, signal: this.#abort.signal };
-    const verdict = ctx.authenticator ? askAuthenticator(ctx.authenticator, username, password, context) : Promise.resolve(false);
+    const { authenticator } = ctx;
+    const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
     verdict.then(
       (ok) => {
         if (!ok) this.#authRefused = true;

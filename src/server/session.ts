@@ -8,9 +8,10 @@
  */
 import type { Socket } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
-import { type Authenticator, askAuthenticator } from '../auth/users.js';
+import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
+import { promiseFrom } from '../promise.js';
 import { type Destination, NEED_MORE, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
@@ -322,7 +323,7 @@ export class Session {
     }
     const authenticator = this.#ctx.authenticator;
     const context = { clientAddress: this.#clientAddress, signal: this.#signal() };
-    const verdict = authenticator ? askAuthenticator(authenticator, username, password, context) : Promise.resolve(false);
+    const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
     verdict.then(
       (ok) => this.#afterVerify(ok, null),
       (err: unknown) => this.#afterVerify(false, err),
@@ -425,7 +426,7 @@ export class Session {
     const failure = this.#resume?.dialFailure;
     if (failure) return this.#commandFailed(failure);
     const signal = this.#signal();
-    this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal }).then(
+    promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal })).then(
       (outbound) => this.#afterConnect(outbound),
       (err: unknown) => this.#commandFailed(toSocksError(err)),
     );

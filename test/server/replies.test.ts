@@ -65,6 +65,19 @@ describe('SOCKS5 reply codes', () => {
     });
   }
 
+  test('0x01 for a dialer that throws synchronously (not an async function): the record names its error', async () => {
+    const dialer: Dialer = { dial: () => { throw new Error('a bug in the dialer'); } };
+    const proxy = await startProxy({ dialer });
+    try {
+      const { reply, record } = await socks5Attempt(proxy, connectRequest('192.0.2.1', 80));
+      assert.equal(reply[1], 0x01);
+      assert.equal(record.reason, 'connect-failed');
+      assert.match(record.error ?? '', /a bug in the dialer/);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   test('0x04 host unreachable for a name the resolver cannot resolve', async () => {
     const resolver: Resolver = { resolve: () => Promise.reject(errno('ENOTFOUND')) };
     const proxy = await startProxy({ resolver });
