@@ -267,6 +267,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const reusePorts = this.#handshakeEngine === 'native' ? options.reusePort?.ports : undefined;
     try {
       for (const [i, listener] of this.config.listen.entries()) {
+        if (this.#state !== 'listening') throw closedWhileListening();
         if (reusePorts) this.#bindReusable(listener, reusePorts[i] || listener.port);
         else await this.#bind(listener);
       }
@@ -319,6 +320,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#servers.push(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new ListenError(listener.address, listener.port, err)));
+      server.once('close', () => reject(closedWhileListening())); // close() came first: no 'listening' will
       server.listen({ host: listener.address, port: listener.port, backlog: listener.backlog }, () => resolve());
     });
     const address = server.address();
@@ -481,6 +483,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#tell('session-close', record);
     if (this.#sessions.size === 0 && this.#drained) this.#drained();
   };
+}
+
+/** What listen() rejects with when close() was called before every listener was bound. */
+function closedWhileListening(): Error {
+  return new Error('the server was closed before it was listening');
 }
 
 /** Counts something per client address against a limit. */

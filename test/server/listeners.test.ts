@@ -54,6 +54,20 @@ test('when one listener cannot bind, listen() rejects with a one-line ListenErro
   }
 });
 
+for (const engine of ['native', 'node'] as const) {
+  test(`close() right after listen(): listen() rejects, close() resolves, no listener is left bound (${engine} handshakes)`, async () => {
+    const listeningSockets = () => process.getActiveResourcesInfo().filter((kind) => kind === 'TCPServerWrap').length;
+    const before = listeningSockets();
+    const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }, { address: '::1', port: 0 }], handshake: { engine } });
+    const listening = server.listen();
+    const closed = server.close();
+    await withTimeout(assert.rejects(listening, /the server was closed before it was listening/), 5000, 'listen() to settle');
+    await withTimeout(closed, 5000, 'close() to resolve');
+    assert.deepEqual(server.addresses(), []);
+    assert.equal(listeningSockets(), before);
+  });
+}
+
 test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
   const echo = await startEchoServer();
   const listen = [{ address: '127.0.0.1', port: 0 }];
