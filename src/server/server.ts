@@ -168,6 +168,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #nextId = 1;
   #state: 'new' | 'listening' | 'closing' | 'closed' = 'new';
   #drained: (() => void) | null = null;
+  /** close()'s promise, from its first call. */
+  #closed: Promise<void> | null = null;
 
   constructor(config: Config, deps: ServerDependencies = {}) {
     super();
@@ -293,13 +295,18 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   /**
    * Stops accepting, lets sessions finish for `graceMs` (default
-   * `timeouts.shutdownGrace`), then closes the rest. Resolves when all are gone.
+   * `timeouts.shutdownGrace`), then closes the rest. Resolves when all are
+   * gone. A later call returns the first one's promise: it too resolves only
+   * once every session is gone.
    */
-  async close(options: { graceMs?: number } = {}): Promise<void> {
-    if (this.#state === 'closing' || this.#state === 'closed') return;
+  close(options: { graceMs?: number } = {}): Promise<void> {
+    this.#closed ??= this.#close(options.graceMs ?? this.config.timeouts.shutdownGrace);
+    return this.#closed;
+  }
+
+  async #close(graceMs: number): Promise<void> {
     this.#state = 'closing';
     requestBusyPoll(this, 0);
-    const graceMs = options.graceMs ?? this.config.timeouts.shutdownGrace;
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
     // Native listeners tell of sessions in batches: count only once all are known.

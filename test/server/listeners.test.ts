@@ -68,6 +68,29 @@ for (const engine of ['native', 'node'] as const) {
   });
 }
 
+for (const engine of ['native', 'node'] as const) {
+  test(`a second close() resolves only when the first does: once the open session is gone (${engine} handshakes)`, async () => {
+    const echo = await startEchoServer();
+    const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine } });
+    const [bound] = await server.listen();
+    try {
+      const { socket } = await SocksClient.createConnection({ proxy: { host: bound!.address, port: bound!.port, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+      const order: string[] = [];
+      const first = server.close({ graceMs: 60_000 }).then(() => order.push('first'));
+      const second = server.close({ graceMs: 0 }).then(() => order.push('second'));
+      await once(server, 'draining');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(order, [], 'neither resolved while the session was open');
+      assert.equal(server.sessionCount, 1);
+      socket.destroy();
+      await withTimeout(Promise.all([first, second]), 5000, 'both close() calls');
+      assert.deepEqual(order, ['first', 'second']);
+    } finally {
+      await echo.close();
+    }
+  });
+}
+
 test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
   const echo = await startEchoServer();
   const listen = [{ address: '127.0.0.1', port: 0 }];
