@@ -48,12 +48,20 @@ export function readConfigFile(path: string): unknown {
   } catch (err) {
     throw new ConfigError([`cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`]);
   }
+  let parsed: unknown;
   try {
-    return parseYaml(text) ?? {};
+    parsed = parseYaml(text) ?? {};
   } catch (err) {
     // yaml's first line ends with ':' before a source excerpt; the position is enough.
     throw new ConfigError([`${path}: ${(err as Error).message.split('\n')[0]!.replace(/:$/, '')}`]);
   }
+  // A file that parses as a list or a lone value (a key without its colon is
+  // a string) would otherwise mean "no settings": a default proxy, silently.
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+    const found = Array.isArray(parsed) ? 'a list' : `a ${typeof parsed} (${JSON.stringify(parsed).slice(0, 40)})`;
+    throw new ConfigError([`${path}: the top level must be a mapping of settings (key: value), not ${found}`]);
+  }
+  return parsed;
 }
 
 function deepFreeze<T>(value: T): T {

@@ -77,6 +77,19 @@ describe('socksgate --check', () => {
     assert.match(problems[0]!, /syntax\.yaml: .*at line \d+, column \d+$/);
   });
 
+  it('refuses a file whose top level is not a mapping (a list, or a key without its colon), exit 2; an empty file means the defaults', async () => {
+    for (const [name, text, found] of [
+      ['list.yaml', '- listen: 127.0.0.1:1080\n', 'a list'],
+      ['nocolon.yaml', 'listen 127.0.0.1:1081\n', 'a string ("listen 127.0.0.1:1081")'],
+    ] as const) {
+      const r = await runCli(['--check', '-c', write(name, text)]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.deepEqual(lines(r.stderr), [`socksgate: config: ${dir.file(name)}: the top level must be a mapping of settings (key: value), not ${found}`]);
+    }
+    const empty = await runCli(['--check', '-c', write('empty.yaml', '# nothing set yet\n')]);
+    assert.equal(empty.code, 0, empty.stderr);
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);
