@@ -18,17 +18,38 @@ export function parseDuration(text: string): number | undefined {
   return Math.round(Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS]);
 }
 
-const duration = z
-  .union([z.number().int().min(0), z.string()])
+/**
+ * The longest wait a Node timer holds (2^31 - 1 ms, about 24.8 days). A
+ * longer one is cut to this (a socket's) or fires at once (setTimeout), so a
+ * longer duration is refused rather than obeyed wrongly.
+ */
+export const LONGEST_TIMER_MS = 2_147_483_647;
+
+/**
+ * A duration in milliseconds: a whole number, or a string with a unit.
+ * `least` 1 where 0 would end every session at once (there is no "off").
+ */
+const durationAtLeast = (least: 0 | 1) => z
+  .union([z.number(), z.string()], { error: 'must be a duration: milliseconds, or a string such as 500ms, 10s, 5m, 1h' })
   .transform((value, ctx) => {
-    if (typeof value === 'number') return value;
-    const ms = parseDuration(value);
+    const ms = typeof value === 'number' ? value : parseDuration(value);
     if (ms === undefined) {
       ctx.addIssue({ code: 'custom', message: `"${value}" is not a duration (e.g. 500ms, 10s, 5m, 1h)` });
       return z.NEVER;
     }
+    if (!Number.isInteger(ms)) {
+      ctx.addIssue({ code: 'custom', message: `${value} is not a whole number of milliseconds` });
+      return z.NEVER;
+    }
+    if (ms < least || ms > LONGEST_TIMER_MS) {
+      const floor = least === 0 ? '0' : '1 ms (0 would end every session at once)';
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} is out of range: at least ${floor}, at most ${LONGEST_TIMER_MS} ms (about 24.8 days, the longest timer Node has)` });
+      return z.NEVER;
+    }
     return ms;
   });
+const duration = durationAtLeast(0);
+const positiveDuration = durationAtLeast(1);
 
 const ipAddress = z.string().refine((v) => isIP(v) !== 0, { message: 'must be an IPv4 or IPv6 address' });
 
@@ -78,13 +99,14 @@ const authSchema = z.strictObject({
 });
 
 const timeoutsSchema = z.strictObject({
-  handshake: duration.default(10_000),
-  connect: duration.default(30_000),
+  handshake: positiveDuration.default(10_000),
+  connect: positiveDuration.default(30_000),
+  /** A relayed session with no traffic either way for this long is closed; 0: never. */
   idle: duration.default(3_600_000),
   /** BIND: how long to wait for the application server's inbound connection. */
-  bind: duration.default(120_000),
+  bind: positiveDuration.default(120_000),
   /** UDP ASSOCIATE: no datagram either way for this long ends the association. */
-  udpIdle: duration.default(120_000),
+  udpIdle: positiveDuration.default(120_000),
   /** How long sessions may drain on SIGINT/SIGTERM before they are closed. */
   shutdownGrace: duration.default(10_000),
 });

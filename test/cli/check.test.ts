@@ -90,6 +90,25 @@ describe('socksgate --check', () => {
     assert.equal(empty.code, 0, empty.stderr);
   });
 
+  it('refuses a duration longer than Node\'s longest timer (it would fire at once), a fraction of a millisecond, and 0 where it ends every session; idle 0 (never) is valid', async () => {
+    const range = (floor: string) => `is out of range: at least ${floor}, at most 2147483647 ms (about 24.8 days, the longest timer Node has)`;
+    const cases = [
+      ['timeouts:\n  handshake: 1000h\n', `timeouts.handshake: "1000h" ${range('1 ms (0 would end every session at once)')}`],
+      ['timeouts:\n  idle: 2147483648\n', `timeouts.idle: 2147483648 ${range('0')}`],
+      ['timeouts:\n  connect: 0\n', `timeouts.connect: 0 ${range('1 ms (0 would end every session at once)')}`],
+      ['timeouts:\n  udpIdle: 0\n', `timeouts.udpIdle: 0 ${range('1 ms (0 would end every session at once)')}`],
+      ['timeouts:\n  bind: 1.5\n', 'timeouts.bind: 1.5 is not a whole number of milliseconds'],
+      ['timeouts:\n  shutdownGrace: [1]\n', 'timeouts.shutdownGrace: must be a duration: milliseconds, or a string such as 500ms, 10s, 5m, 1h'],
+    ] as const;
+    for (const [i, [text, problem]] of cases.entries()) {
+      const r = await runCli(['--check', '-c', write(`range${i}.yaml`, text)]);
+      assert.notEqual(r.code, 0, text);
+      assert.deepEqual(lines(r.stderr), [`socksgate: config: ${problem}`]);
+    }
+    const longest = await runCli(['--check', '-c', write('longest.yaml', 'timeouts:\n  idle: 0\n  handshake: 596h\n  udpIdle: 2147483647\n  shutdownGrace: 0\n')]);
+    assert.equal(longest.code, 0, longest.stderr);
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);
