@@ -9,7 +9,7 @@ import { type Server as NetServer, type Socket, createServer as createNetServer,
 import { type Authenticator, UserStore, readUsersFile, storedSecret, type StoredSecret } from '../auth/users.js';
 import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
-import { type Config, type ConfigInput, type ListenerConfig, parseNetwork } from '../config/schema.js';
+import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination } from '../protocol/address.js';
 import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
@@ -314,7 +314,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#tell('draining', { sessions: this.#sessions.size, graceMs });
     if (this.#sessions.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve; });
-      const timer = setTimeout(() => { for (const s of this.#sessions.values()) s.shutdown(); }, graceMs);
+      // Longer than a timer holds (Infinity too): wait for the sessions themselves.
+      const timer = graceMs <= LONGEST_TIMER_MS ? setTimeout(() => { for (const s of this.#sessions.values()) s.shutdown(); }, graceMs) : undefined;
       await drained;
       clearTimeout(timer);
     }

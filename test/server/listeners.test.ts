@@ -91,6 +91,28 @@ for (const engine of ['native', 'node'] as const) {
   });
 }
 
+test('close({ graceMs: Infinity }) waits for the open session itself (a timer that long would fire at once)', async () => {
+  const echo = await startEchoServer();
+  const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }] });
+  const [bound] = await server.listen();
+  try {
+    const { socket } = await SocksClient.createConnection({ proxy: { host: bound!.address, port: bound!.port, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+    let resolved = false;
+    const closed = server.close({ graceMs: Infinity }).then(() => { resolved = true; });
+    await once(server, 'draining');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(resolved, false);
+    assert.equal(server.sessionCount, 1, 'the session was not shut down');
+    const echoed = new Promise<string>((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString())));
+    socket.write('still relayed');
+    assert.equal(await echoed, 'still relayed');
+    socket.destroy();
+    await withTimeout(closed, 5000, 'close()');
+  } finally {
+    await echo.close();
+  }
+});
+
 test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
   const echo = await startEchoServer();
   const listen = [{ address: '127.0.0.1', port: 0 }];
