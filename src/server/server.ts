@@ -169,7 +169,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #state: 'new' | 'listening' | 'closing' | 'closed' = 'new';
   #drained: (() => void) | null = null;
   /** close()'s promise, from its first call. */
-  #closed: Promise<void> | null = null;
+  #closing: Promise<void> | null = null;
 
   constructor(config: Config, deps: ServerDependencies = {}) {
     super();
@@ -300,8 +300,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    * once every session is gone.
    */
   close(options: { graceMs?: number } = {}): Promise<void> {
-    this.#closed ??= this.#close(options.graceMs ?? this.config.timeouts.shutdownGrace);
-    return this.#closed;
+    this.#closing ??= this.#close(options.graceMs ?? this.config.timeouts.shutdownGrace);
+    return this.#closing;
   }
 
   async #close(graceMs: number): Promise<void> {
