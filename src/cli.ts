@@ -53,7 +53,7 @@ Options:
       --auth METHODS         accepted methods in order: none, userpass, or userpass,none
       --allow CIDR           networks allowed to connect, repeatable (default: any)
       --handshake-timeout D  e.g. 10s   --connect-timeout D  e.g. 30s
-      --idle-timeout D       e.g. 1h    --shutdown-grace D   e.g. 10s
+      --idle-timeout D       e.g. 1h    --shutdown-grace D   e.g. 10s   (bare digits: ms)
       --log-level LEVEL      fatal, error, warn, info, debug, trace, silent
       --log-format FORMAT    auto (readable on a terminal), json, pretty
       --workers N|auto       event loops sharing the port (auto: one per core when

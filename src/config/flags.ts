@@ -31,6 +31,11 @@ export const CLI_OPTIONS = {
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof CLI_OPTIONS }>>['values'];
 
 /** Lays the flags over the file's object (flags win). */
+/** A flag's duration: bare digits are milliseconds, as a number is in the config file (`--idle-timeout 0`: never). */
+function durationFlag(text: string): string | number {
+  return /^\d+$/.test(text) ? Number(text) : text;
+}
+
 export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown> {
   const config: Record<string, any> = structuredClone(isObject(file) ? file : {});
   const section = (key: string): Record<string, unknown> => {
@@ -52,10 +57,10 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   else if ((flags.user || flags['users-file']) && auth.methods === undefined) auth.methods = ['userpass'];
   if (flags.allow) section('clients').allow = flags.allow;
   const timeouts = section('timeouts');
-  if (flags['handshake-timeout']) timeouts.handshake = flags['handshake-timeout'];
-  if (flags['connect-timeout']) timeouts.connect = flags['connect-timeout'];
-  if (flags['idle-timeout']) timeouts.idle = flags['idle-timeout'];
-  if (flags['shutdown-grace']) timeouts.shutdownGrace = flags['shutdown-grace'];
+  if (flags['handshake-timeout']) timeouts.handshake = durationFlag(flags['handshake-timeout']);
+  if (flags['connect-timeout']) timeouts.connect = durationFlag(flags['connect-timeout']);
+  if (flags['idle-timeout']) timeouts.idle = durationFlag(flags['idle-timeout']);
+  if (flags['shutdown-grace']) timeouts.shutdownGrace = durationFlag(flags['shutdown-grace']);
   if (flags.workers) config.workers = /^\d+$/.test(flags.workers) ? Number(flags.workers) : flags.workers;
   if (flags['relay-engine']) section('relay').engine = flags['relay-engine'];
   if (flags['busy-poll']) section('relay').busyPollMicroseconds = /^\d+$/.test(flags['busy-poll']) ? Number(flags['busy-poll']) : flags['busy-poll'];

@@ -248,6 +248,16 @@ describe('socksgate --check', () => {
     assert.equal(r.code, 0);
   });
 
+  it('takes bare digits in a duration flag as milliseconds, as in the file: --idle-timeout 0 means never', async () => {
+    const r = await runCli(['--check', '--idle-timeout', '0', '--connect-timeout', '5000']);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+    const zero = await runCli(['--check', '--handshake-timeout', '0']);
+    assert.deepEqual(lines(zero.stderr), [
+      'socksgate: config: timeouts.handshake: 0 is out of range: at least 1 ms (0 would end every session at once), at most 2147483647 ms (about 24.8 days, the longest timer Node has)',
+    ]);
+  });
+
   it('lets flags override file values (bad flag values over a good file are reported)', async () => {
     const file = write('override2.yaml', 'timeouts:\n  handshake: 5s\n  idle: 1h\nlog:\n  level: info\n');
     const r = await runCli(['--check', '-c', file, '--handshake-timeout', 'soon', '--log-level', 'loud']);
