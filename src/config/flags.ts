@@ -30,12 +30,16 @@ export const CLI_OPTIONS = {
 
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof CLI_OPTIONS }>>['values'];
 
-/** Lays the flags over the file's object (flags win). */
-/** A flag's duration: bare digits are milliseconds, as a number is in the config file (`--idle-timeout 0`: never). */
-function durationFlag(text: string): string | number {
+/**
+ * A flag's value as the config file would hold it: bare digits are a number
+ * (for a duration, milliseconds: `--idle-timeout 0` is never), anything else
+ * stays text for the schema to read or refuse.
+ */
+function numberOrText(text: string): string | number {
   return /^\d+$/.test(text) ? Number(text) : text;
 }
 
+/** Lays the flags over the file's object (flags win). */
 export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown> {
   const config: Record<string, any> = structuredClone(isObject(file) ? file : {});
   const section = (key: string): Record<string, unknown> => {
@@ -57,13 +61,13 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   else if ((flags.user || flags['users-file']) && auth.methods === undefined) auth.methods = ['userpass'];
   if (flags.allow) section('clients').allow = flags.allow;
   const timeouts = section('timeouts');
-  if (flags['handshake-timeout']) timeouts.handshake = durationFlag(flags['handshake-timeout']);
-  if (flags['connect-timeout']) timeouts.connect = durationFlag(flags['connect-timeout']);
-  if (flags['idle-timeout']) timeouts.idle = durationFlag(flags['idle-timeout']);
-  if (flags['shutdown-grace']) timeouts.shutdownGrace = durationFlag(flags['shutdown-grace']);
-  if (flags.workers) config.workers = /^\d+$/.test(flags.workers) ? Number(flags.workers) : flags.workers;
+  if (flags['handshake-timeout']) timeouts.handshake = numberOrText(flags['handshake-timeout']);
+  if (flags['connect-timeout']) timeouts.connect = numberOrText(flags['connect-timeout']);
+  if (flags['idle-timeout']) timeouts.idle = numberOrText(flags['idle-timeout']);
+  if (flags['shutdown-grace']) timeouts.shutdownGrace = numberOrText(flags['shutdown-grace']);
+  if (flags.workers) config.workers = numberOrText(flags.workers);
   if (flags['relay-engine']) section('relay').engine = flags['relay-engine'];
-  if (flags['busy-poll']) section('relay').busyPollMicroseconds = /^\d+$/.test(flags['busy-poll']) ? Number(flags['busy-poll']) : flags['busy-poll'];
+  if (flags['busy-poll']) section('relay').busyPollMicroseconds = numberOrText(flags['busy-poll']);
   if (flags['handshake-engine']) section('handshake').engine = flags['handshake-engine'];
   if (flags['log-level']) section('log').level = flags['log-level'];
   if (flags['log-format']) section('log').format = flags['log-format'];
@@ -78,7 +82,7 @@ function parseListen(text: string): { address: string; port: number | string } {
   const colon = text.lastIndexOf(':');
   if (colon < 0 || text.indexOf(':') !== colon) return { address: text, port: 'missing port' };
   const port = text.slice(colon + 1);
-  return { address: text.slice(0, colon), port: /^\d+$/.test(port) ? Number(port) : port };
+  return { address: text.slice(0, colon), port: numberOrText(port) };
 }
 
 function parseUser(text: string): { name: string; password: string } {
