@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { getSystemErrorName } from 'node:util';
+import { throwLater } from '../callbacks.js';
 import type { CloseReason } from '../observe/events.js';
 import type { Relay, RelayOptions } from './tcp.js';
 
@@ -91,7 +92,7 @@ export function fromAddon<A extends unknown[]>(callback: (...args: A) => void): 
     try {
       callback(...args);
     } catch (error) {
-      process.nextTick(() => { throw error; });
+      throwLater(error);
     }
   };
 }

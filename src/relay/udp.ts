@@ -31,7 +31,7 @@ import ipaddr from 'ipaddr.js';
 import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
-import { promiseFrom } from '../promise.js';
+import { promiseFrom } from '../callbacks.js';
 
 export interface UdpLimits {
   /** Largest datagram taken from the client, header included, in bytes. */

@@ -17,7 +17,7 @@ import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
 import { NEED_MORE, formatDestination } from '../protocol/address.js';
-import { promiseFrom } from '../promise.js';
+import { promiseFrom } from '../callbacks.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
 import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';

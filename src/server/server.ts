@@ -12,6 +12,7 @@ import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.j
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { formatDestination } from '../protocol/address.js';
+import { throwLater } from '../callbacks.js';
 import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
@@ -475,14 +476,14 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    * through its own work (a session counted forever, a close that never
    * resolves, the rest of a native batch unrecorded), so its error is thrown
    * again on the next tick: it reaches 'uncaughtException' as a listener's
-   * error does in Node, once the server is consistent.
+   * error does in Node, once the server is consistent. (`args` is typed as
+   * EventEmitter types emit's, so that the two agree for any K.)
    */
-  // (`args` is typed as EventEmitter types emit's, so the two agree for any K.)
   #tell<K extends keyof SocksServerEvents>(event: K, ...args: K extends keyof SocksServerEvents ? SocksServerEvents[K] : never): void {
     try {
       this.emit(event, ...args);
     } catch (error) {
-      process.nextTick(() => { throw error; });
+      throwLater(error);
     }
   }
 

@@ -11,7 +11,7 @@ import { SocksError, toSocksError } from '../errors.js';
 import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
-import { promiseFrom } from '../promise.js';
+import { promiseFrom } from '../callbacks.js';
 import { type Destination, NEED_MORE, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
