@@ -1,12 +1,13 @@
 /** Several listeners at once, IPv4 and IPv6, each with its own SOCKS4 switch. */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { SocksClient } from 'socks';
-import { createServer, ListenError, reservePorts } from '../../src/index.js';
+import { type ServerOptions, type SocksServer, createServer, ListenError, reservePorts } from '../../src/index.js';
 import { canBind, withTimeout } from '../cli/helpers.js';
 import { startEchoServer } from '../helpers/server.js';
-import { countersSince, nativeCounters } from './native-helpers.js';
+import { ENGINES, countersSince, nativeCounters } from './native-helpers.js';
 
 test('one server listens on 127.0.0.1 and ::1; SOCKS4 only where switched on', async () => {
   const echo = await startEchoServer();
@@ -54,7 +55,23 @@ test('when one listener cannot bind, listen() rejects with a one-line ListenErro
   }
 });
 
-for (const engine of ['native', 'node'] as const) {
+/**
+ * A server on 127.0.0.1:0 with `options`, one SOCKS5 session (npm socks) relaying to an echo
+ * server, and `scenario`, which is to close the server; the echo server is closed after it.
+ */
+async function withOneSession(options: ServerOptions, scenario: (server: SocksServer, socket: Socket) => Promise<void>): Promise<void> {
+  const echo = await startEchoServer();
+  const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], ...options });
+  const [bound] = await server.listen();
+  try {
+    const { socket } = await SocksClient.createConnection({ proxy: { host: bound!.address, port: bound!.port, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+    await scenario(server, socket);
+  } finally {
+    await echo.close();
+  }
+}
+
+for (const engine of ENGINES) {
   test(`close() right after listen(): listen() rejects, close() resolves, no listener is left bound (${engine} handshakes)`, async () => {
     const listeningSockets = () => process.getActiveResourcesInfo().filter((kind) => kind === 'TCPServerWrap').length;
     const before = listeningSockets();
@@ -66,15 +83,9 @@ for (const engine of ['native', 'node'] as const) {
     assert.deepEqual(server.addresses(), []);
     assert.equal(listeningSockets(), before);
   });
-}
 
-for (const engine of ['native', 'node'] as const) {
-  test(`a second close() resolves only when the first does: once the open session is gone (${engine} handshakes)`, async () => {
-    const echo = await startEchoServer();
-    const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine } });
-    const [bound] = await server.listen();
-    try {
-      const { socket } = await SocksClient.createConnection({ proxy: { host: bound!.address, port: bound!.port, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+  test(`a second close() resolves only when the first does: once the open session is gone (${engine} handshakes)`, () =>
+    withOneSession({ handshake: { engine } }, async (server, socket) => {
       const order: string[] = [];
       const first = server.close({ graceMs: 60_000 }).then(() => order.push('first'));
       const second = server.close({ graceMs: 0 }).then(() => order.push('second'));
@@ -85,18 +96,11 @@ for (const engine of ['native', 'node'] as const) {
       socket.destroy();
       await withTimeout(Promise.all([first, second]), 5000, 'both close() calls');
       assert.deepEqual(order, ['first', 'second']);
-    } finally {
-      await echo.close();
-    }
-  });
+    }));
 }
 
-test('close({ graceMs: Infinity }) waits for the open session itself (a timer that long would fire at once)', async () => {
-  const echo = await startEchoServer();
-  const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }] });
-  const [bound] = await server.listen();
-  try {
-    const { socket } = await SocksClient.createConnection({ proxy: { host: bound!.address, port: bound!.port, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+test('close({ graceMs: Infinity }) waits for the open session itself (a timer that long would fire at once)', () =>
+  withOneSession({}, async (server, socket) => {
     let resolved = false;
     const closed = server.close({ graceMs: Infinity }).then(() => { resolved = true; });
     await once(server, 'draining');
@@ -108,10 +112,7 @@ test('close({ graceMs: Infinity }) waits for the open session itself (a timer th
     assert.equal(await echoed, 'still relayed');
     socket.destroy();
     await withTimeout(closed, 5000, 'close()');
-  } finally {
-    await echo.close();
-  }
-});
+  }));
 
 test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
   const echo = await startEchoServer();
