@@ -7,7 +7,8 @@
  * listening socket (the primary accepts and hands connections round). A
  * signal to the primary is passed to every worker, each drains its own
  * sessions, and the primary exits when all have: 0 if every worker stopped
- * cleanly. A worker that dies unexpectedly is replaced, at most once a second;
+ * cleanly (one still starting, that the signal ended before it had handlers,
+ * counts as clean), else 1, naming the worker. A worker that dies unexpectedly is replaced, at most once a second;
  * a replacement that exits before it listens (say the config file broke since
  * the start) is retried after 2, 4, 8… seconds, up to a minute, while the
  * other workers keep serving.
@@ -59,7 +60,14 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
         ready.delete(worker);
         reloadWhenReady.delete(worker);
         if (stopping) {
-          if (code !== 0) failed = true;
+          // A worker still starting has no handlers yet, so the stop signal
+          // ends it outright; it had no sessions, so that is a clean stop too.
+          const clean = code === 0 || (!listened && (signal === 'SIGTERM' || signal === 'SIGINT'));
+          if (!clean) {
+            failed = true;
+            // SIGKILL is the primary's own (a second signal, a failed start): already explained.
+            if (signal !== 'SIGKILL') options.say(`worker ${worker.process.pid} exited (${signal ?? `code ${code}`}) while stopping`);
+          }
           if (live.size === 0) resolve(failed ? 1 : 0);
           return;
         }

@@ -5,7 +5,7 @@ import { type Socket, connect, createServer } from 'node:net';
 import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
 import { closedPort, startEchoServer } from '../helpers/server.js';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { DEFAULT_TIMEOUT_MS, Daemon, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
 /** Resolves once the daemon's stderr matches (bounded). */
@@ -85,6 +85,24 @@ async function concurrentBinds(daemon: Daemon, port: number, count: number, roun
     pids.add(line.pid);
   }
   return pids;
+}
+
+/** Resolves once `pid` has `count` child processes (polled every 5 ms); rejects after `timeoutMs`. */
+async function childrenOf(pid: number, count: number, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
+  const parentOf = (entry: string): number => {
+    try {
+      return Number(readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+    } catch {
+      return -1; // gone meanwhile, or not a process
+    }
+  };
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const children = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && parentOf(entry) === pid);
+    if (children.length >= count) return;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  throw new Error(`process ${pid} had fewer than ${count} children after ${timeoutMs} ms`);
 }
 
 describe('socksgate --workers 2', () => {
@@ -201,6 +219,23 @@ describe('socksgate --workers 2', () => {
       dir.remove();
     }
   });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    it(`${signal} while the workers are still starting stops them all with exit 0`, async () => {
+      const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+      try {
+        // The primary forks only once its own handlers are in place; a worker
+        // takes far longer to load than this poll's step, so the signal it
+        // passes on reaches workers that have no handlers of their own yet.
+        await childrenOf(daemon.child.pid!, 2);
+        daemon.signal(signal);
+        assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+        assert.doesNotMatch(daemon.stderr, /while stopping/);
+      } finally {
+        await daemon.kill();
+      }
+    });
+  }
 
   it('exits non-zero when the workers cannot listen', async () => {
     const holder = createServer();
