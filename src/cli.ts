@@ -26,7 +26,7 @@ const [
   { ConfigError, readConfigFile },
   { configJsonSchema, workerCount },
   { UsersFileError },
-  { attachLogger, createLogger, logCrashes },
+  { attachLogger, createLogger, flushLog, logCrashes },
   { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts },
   { runPasswd },
 ] = await Promise.all([
@@ -68,6 +68,9 @@ Options:
   -h, --help                 this text
   -V, --version              the version
 `;
+
+/** How long a stop waits for stdout to take the last log lines (a stalled reader must not hold the exit). */
+const STOP_FLUSH_WAIT_MS = 2000;
 
 /** Exit codes: 0 fine, 1 could not run (port in use…), 2 bad usage or configuration. */
 async function main(argv: string[]): Promise<number> {
@@ -155,12 +158,12 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
     }
     if (stopping) {
       log.warn({ event: 'forced', signal }, `${signal} again: exiting now`);
-      log.flush(() => finish(1));
+      finish(1); // the exit flush writes out what stdout will take
       return;
     }
     stopping = true;
     log.info({ event: 'stopping', signal }, `${signal}: stopping`);
-    server.close().then(() => log.flush(() => finish(0)));
+    server.close().then(() => flushLog(log, STOP_FLUSH_WAIT_MS)).then(() => finish(0));
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);

@@ -3,12 +3,12 @@
  * One JSON line per session when it ends (pino), readable when stdout is a
  * terminal.
  */
-import { fstatSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
 import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
+import { StdoutSink } from './stdout.js';
 
 export interface LoggerOptions {
   readonly level: string;
@@ -24,28 +24,36 @@ export function createLogger(options: LoggerOptions): Logger {
     return pino(base, pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
   }
   if (options.destination) return plainJson(pino(base, options.destination));
-  const batching = stdoutBatching(1);
-  const stream = pino.destination({ dest: 1, ...batching });
-  setInterval(() => stream.flush(), 1000).unref();
-  // pino writes out an asynchronous destination's batch when the process
-  // exits, but not a synchronous one's (a regular file): a crash or a
-  // process.exit() would lose the access lines still in it.
-  if (batching.sync) process.once('exit', () => flushIfOpen(stream));
-  return plainJson(pino(base, stream));
+  const sink = new StdoutSink();
+  const log = plainJson(pino(base, sink.stream));
+  sink.reportTo(log);
+  sinks.set(sink.stream, sink);
+  return log;
 }
 
-function flushIfOpen(stream: { flushSync(): void; readonly destroyed?: boolean }): void {
-  try {
-    if (!stream.destroyed) stream.flushSync();
-  } catch {
-    // stdout closed under us: nothing can be written anyway
-  }
+/** The stdout sinks of loggers made here, by stream (child loggers share it). */
+const sinks = new WeakMap<object, StdoutSink>();
+
+/**
+ * Resolves once the log's batched lines are written, or after `timeoutMs`:
+ * a stop does not wait longer on a stdout that stalled or fails.
+ */
+export function flushLog(log: Logger, timeoutMs: number): Promise<void> {
+  const sink = sinks.get(streamOf(log));
+  if (sink) return sink.flush(timeoutMs);
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    log.flush(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 /**
  * Logs an uncaught exception (or unhandled rejection) at fatal as the process
- * ends: the log says why socksgate stopped, and the exit flush above takes
- * that line out with the batched access lines. Node's own report on stderr
+ * ends: the log says why socksgate stopped, and the stdout sink's exit flush
+ * (stdout.ts) takes that line out with the batched access lines. Node's own report on stderr
  * and its exit code stay as they are.
  */
 export function logCrashes(log: Logger): void {
@@ -93,42 +101,6 @@ function writesPlainLines(log: Logger): boolean {
     && own[msgPrefixSym] === undefined;
 }
 
-/** POSIX: a write of at most this many bytes to a pipe is never interleaved with another's. */
-const PIPE_BUF = 4096;
-
-/**
- * How stdout lines are batched into writes, by what stdout is.
- *
- * A pipe (or a terminal): lines are gathered into asynchronous writes of
- * 2–4 KiB (one syscall per line was ~8% of a handshake-heavy profile). Each
- * write holds whole lines and at most PIPE_BUF bytes: workers share one
- * stdout, and a larger write to a pipe could be interleaved with another
- * worker's, splitting lines. Asynchronous, because a slow reader must not
- * stall the event loop.
- *
- * A regular file: synchronous writes of 4–8 KiB. A write to the page cache
- * does not block for long, while each asynchronous write costs a thread-pool
- * round trip: together ~10 µs per access line in the production benchmark's
- * handshakes. Not larger: sonic-boom measures the pending batch's UTF-8
- * length on every line it adds, which copies the batch (a 16 KiB batch cost
- * ~1 µs more per line, in time and garbage). Linux keeps each write() to a
- * regular file whole even when workers share the file.
- *
- * Either way lines are flushed at least once a second, so a quiet proxy's last
- * lines never wait long.
- */
-export function stdoutBatching(fd: number): { readonly sync: boolean; readonly minLength: number; readonly maxWrite: number } {
-  let regularFile = false;
-  try {
-    regularFile = fstatSync(fd).isFile();
-  } catch {
-    // not open, or not ours to inspect: treat it as a pipe
-  }
-  return regularFile ? FILE_BATCHING : STDOUT_BATCHING;
-}
-
-export const STDOUT_BATCHING = { sync: false, minLength: PIPE_BUF / 2, maxWrite: PIPE_BUF } as const;
-export const FILE_BATCHING = { sync: true, minLength: 4 * 1024, maxWrite: 8 * 1024 } as const;
 
 /** Reasons that mean the client misbehaved or was refused: logged at warn. */
 const WARN_REASONS: ReadonlySet<CloseReason> = new Set([

@@ -11,7 +11,8 @@ import { test } from 'node:test';
 import { attachLogger, createLogger } from '../../src/index.js';
 import fc from 'fast-check';
 import type { SessionRecord } from '../../src/observe/events.js';
-import { FILE_BATCHING, STDOUT_BATCHING, isoTime, sessionLine, stdoutBatching } from '../../src/observe/log.js';
+import { isoTime, sessionLine } from '../../src/observe/log.js';
+import { FILE_BATCHING, STDOUT_BATCHING, stdoutBatching } from '../../src/observe/stdout.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { CRASH_SESSIONS } from './crash-fixture.js';
 import { startProxy } from '../helpers/server.js';
@@ -147,7 +148,7 @@ test('stdout batching: synchronous 4–8 KiB writes to a regular file, asynchron
     assert.equal(FILE_BATCHING.sync, true);
     assert.ok(FILE_BATCHING.minLength >= 4 * 1024 && FILE_BATCHING.maxWrite <= 8 * 1024, 'whole pages, and batches small enough that measuring one on every line stays cheap');
     // A child whose stdout is a pipe reports what it would use.
-    const script = `import('${new URL('../../src/observe/log.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.stdoutBatching(1))))`;
+    const script = `import('${new URL('../../src/observe/stdout.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.stdoutBatching(1))))`;
     const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     assert.deepEqual(JSON.parse(child.stdout), STDOUT_BATCHING);
     closeSync(fd);

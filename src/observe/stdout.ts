@@ -1,0 +1,172 @@
+/**
+ * stdout as the log's destination. The proxy never waits for its log, never
+ * stops for it, and never holds more than LOG_BACKLOG_BYTES of it: when
+ * stdout cannot take lines (a reader that stalls, a full disk, a pipe whose
+ * reader is gone), lines wait in memory up to that bound and newer ones are
+ * dropped and counted. The first failure is said on stderr; once stdout has
+ * taken everything that waited, a `log-resumed` line at warn says how many
+ * lines were dropped.
+ */
+import { fstatSync } from 'node:fs';
+import type { Logger } from 'pino';
+// A CommonJS module: its class is a property of the default export at run time.
+import sonicBoom, { type SonicBoom, type SonicBoomOpts } from 'sonic-boom';
+
+/** The most log bytes held while stdout cannot take them (about 35,000 access lines). */
+export const LOG_BACKLOG_BYTES = 16 * 1024 * 1024;
+
+/**
+ * EAGAIN retries in a row (100 ms apart) before a write counts as failed: a
+ * stalled reader is reported after about 2 s, and an exit never waits longer.
+ */
+const WRITE_RETRIES = 20;
+
+/** POSIX: a write of at most this many bytes to a pipe is never interleaved with another's. */
+const PIPE_BUF = 4096;
+
+/**
+ * How stdout lines are batched into writes, by what stdout is.
+ *
+ * A pipe (or a terminal): lines are gathered into asynchronous writes of
+ * 2–4 KiB (one syscall per line was ~8% of a handshake-heavy profile). Each
+ * write holds whole lines and at most PIPE_BUF bytes: workers share one
+ * stdout, and a larger write to a pipe could be interleaved with another
+ * worker's, splitting lines. Asynchronous, because a slow reader must not
+ * stall the event loop.
+ *
+ * A regular file: synchronous writes of 4–8 KiB. A write to the page cache
+ * does not block for long, while each asynchronous write costs a thread-pool
+ * round trip: together ~10 µs per access line in the production benchmark's
+ * handshakes. Not larger: sonic-boom measures the pending batch's UTF-8
+ * length on every line it adds, which copies the batch (a 16 KiB batch cost
+ * ~1 µs more per line, in time and garbage). Linux keeps each write() to a
+ * regular file whole even when workers share the file.
+ *
+ * Either way lines are flushed at least once a second, so a quiet proxy's last
+ * lines never wait long.
+ */
+export function stdoutBatching(fd: number): { readonly sync: boolean; readonly minLength: number; readonly maxWrite: number } {
+  let regularFile = false;
+  try {
+    regularFile = fstatSync(fd).isFile();
+  } catch {
+    // not open, or not ours to inspect: treat it as a pipe
+  }
+  return regularFile ? FILE_BATCHING : STDOUT_BATCHING;
+}
+
+export const STDOUT_BATCHING = { sync: false, minLength: PIPE_BUF / 2, maxWrite: PIPE_BUF } as const;
+export const FILE_BATCHING = { sync: true, minLength: 4 * 1024, maxWrite: 8 * 1024 } as const;
+
+/** sonic-boom 5 takes maxWriteRetries; its bundled types predate it. */
+type SinkOptions = SonicBoomOpts & { readonly maxWriteRetries: number };
+
+export interface StdoutSinkOptions {
+  /** Default 1. */
+  readonly fd?: number;
+  /** Default LOG_BACKLOG_BYTES. */
+  readonly backlogBytes?: number;
+  /** Reports a failure, once (default: a line on stderr): the log itself cannot. */
+  readonly say?: (line: string) => void;
+}
+
+export class StdoutSink {
+  readonly stream: SonicBoom;
+  readonly #say: (line: string) => void;
+  readonly #backlogBytes: number;
+  #log: Logger | null = null;
+  /** Lines dropped since the last report. */
+  #dropped = 0;
+  /** The write error that started the current failure, or null while writes go through. */
+  #failure: string | null = null;
+  /** Set at exit, and when a stop gave up waiting: EAGAIN then fails at once instead of waiting. */
+  #givenUp = false;
+
+  constructor(options: StdoutSinkOptions = {}) {
+    const { fd = 1, backlogBytes = LOG_BACKLOG_BYTES } = options;
+    this.#say = options.say ?? ((line) => process.stderr.write(`${line}\n`));
+    this.#backlogBytes = backlogBytes;
+    // Node opens a pipe or socket stdout non-blocking (the flag lives on the
+    // shared file description, so it holds for sonic-boom's writes too). A
+    // blocking one would hold a thread-pool thread in write(2) while the
+    // reader stalls, and the process could not exit: Node joins those threads.
+    if (fd === 1) void process.stdout;
+    const boomOptions: SinkOptions = {
+      fd,
+      ...stdoutBatching(fd),
+      maxLength: backlogBytes,
+      maxWriteRetries: WRITE_RETRIES,
+      retryEAGAIN: () => !this.#givenUp,
+    };
+    this.stream = new sonicBoom.SonicBoom(boomOptions);
+    this.stream.on('drop', () => { this.#dropped++; });
+    this.stream.on('error', (err: NodeJS.ErrnoException) => this.#failed(err));
+    this.stream.on('drain', () => this.#caughtUp());
+    setInterval(() => this.stream.flush(), 1000).unref();
+    // A crash or a process.exit() would otherwise lose the lines still batched.
+    process.once('exit', () => this.flushNow());
+  }
+
+  /** Where the `log-resumed` line goes (the logger writing to this sink). */
+  reportTo(log: Logger): void {
+    this.#log = log;
+  }
+
+  /**
+   * Resolves once everything batched is written, or after `timeoutMs`
+   * (stdout stalled, or failing): a stop never waits on its log for longer.
+   */
+  flush(timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#givenUp = true; // and the exit flush will not wait either
+        resolve();
+      }, timeoutMs);
+      this.stream.flush(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Writes what is batched, synchronously, as the process ends. Not while
+   * stdout is failing or a write is still in flight: the next write would
+   * block (a pipe whose reader stalled) or fail again.
+   */
+  flushNow(): void {
+    this.#givenUp = true;
+    if (this.#failure !== null || this.#writeInFlight()) return;
+    try {
+      this.stream.flushSync();
+    } catch {
+      // stdout failed just now: nothing more can be written
+    }
+  }
+
+  /**
+   * sonic-boom's own flag for an fs.write() not yet returned. At exit that
+   * write cannot complete any more, and one that is still pending means
+   * stdout is full. (Private to sonic-boom; test/observe/stdout.test.ts
+   * notices if it goes.)
+   */
+  #writeInFlight(): boolean {
+    return (this.stream as unknown as { _writing?: unknown })._writing === true;
+  }
+
+  #failed(err: NodeJS.ErrnoException): void {
+    if (this.#failure !== null) return;
+    this.#failure = err.code ?? err.message;
+    const kib = Math.round(this.#backlogBytes / 1024);
+    this.#say(`socksgate: the log cannot be written to stdout (${err.message}); up to ${kib} KiB of lines wait, newer ones are dropped and counted`);
+  }
+
+  #caughtUp(): void {
+    if (this.#failure === null && this.#dropped === 0) return;
+    const dropped = this.#dropped;
+    const after = this.#failure ? ` after ${this.#failure}` : '';
+    this.#dropped = 0;
+    this.#failure = null;
+    this.#log?.warn({ event: 'log-resumed', dropped }, `the log is written again${after}: ${dropped} lines were dropped meanwhile`);
+  }
+}
