@@ -1161,6 +1161,9 @@ static void native_finished(pair_t *p) {
   m->n[7] = p->method;
   /* SOCKS5 is known once its first byte was read. */
   m->n[8] = p->method >= 0 || (p->hs && p->hs->len > 0 && p->hs->buf[0] == 5) ? 5 : 0;
+  /* Replied and relaying: not a session cut short while it was still
+   * connecting (a shutdown), whose request was read all the same. */
+  m->n[9] = p->phase == PHASE_RELAY;
   free_handshake(p);
   post(m);
 }
@@ -2105,7 +2108,7 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 5
+#define ADDON_INTERFACE 6
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

@@ -39,8 +39,12 @@ const RESUME_PHASES = ['version', 'auth', 'request'] as const;
 const RESUME_DENIED = 3;
 const METHOD_BYTES = { none: Method.NONE, userpass: Method.USERPASS } as const;
 const SETTINGS_HEADER = 48;
-/** Contexts kept per listener for sessions accepted under an older generation of its settings. */
-const GENERATIONS_KEPT = 8;
+/**
+ * Contexts kept per listener beyond the oldest one a session not yet told to
+ * JavaScript may have been accepted under: a bound on memory for a storm of
+ * reloads, far beyond what the relay thread lags behind.
+ */
+const GENERATIONS_KEPT = 64;
 const NETWORK_BYTES = 18;
 
 /** What a native listener's owner (the server) does with its sessions. */
@@ -80,7 +84,10 @@ export type AllowedNetwork = NonNullable<ReturnType<typeof parseNetwork>>;
 /**
  * A listener's contexts by the generation of its settings: a session
  * accepted just before a reload is told to JavaScript just after it, and
- * must get the context the relay thread used (its rules' indexes, above all).
+ * must get the context the relay thread used (its methods and its rules'
+ * indexes, above all), never a newer one. The relay thread tells a listener's
+ * sessions in the order it accepted them, so once a session of generation g
+ * is told, no older generation is asked for again.
  */
 class Generations {
   readonly #contexts = new Map<number, SessionContext>();
@@ -96,8 +103,17 @@ class Generations {
     return this.#latest;
   }
 
-  get(generation: number): SessionContext {
-    return this.#contexts.get(generation) ?? this.#contexts.get(this.#latest)!;
+  /** The context of a session accepted under `generation`, or null if a storm of reloads evicted it. */
+  told(generation: number): SessionContext | null {
+    for (const older of this.#contexts.keys()) {
+      if (older >= generation) break; // a Map keeps insertion order: ascending
+      this.#contexts.delete(older);
+    }
+    return this.#contexts.get(generation) ?? null;
+  }
+
+  get latest(): SessionContext {
+    return this.#contexts.get(this.#latest)!;
   }
 }
 
@@ -217,7 +233,7 @@ function addressBytes(address: string, family: 4 | 6): Buffer {
   return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
 }
 
-function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, n7, n8, , payload]: NativeMessage): void {
+function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, payload]: NativeMessage): void {
   if (type === Message.LISTENER_CLOSED) {
     state.owners.delete(n0);
     state.closing.get(n0)?.();
@@ -234,9 +250,12 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     const listener = state.owners.get(n0);
     if (!listener || !handle) return; // not ours (cannot happen: a listener's sessions come before its close)
     const { owner, generations } = listener;
-    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, generations.get(n2));
+    const ctx = generations.told(n2);
+    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest);
     state.sessions.set(id, session);
     if (n3 !== 1) owner.opened(session); // 1: clients.allow refused it; its hand-over follows
+    // Its context is gone: deciding with another one could mix two configurations. Refuse it.
+    if (!ctx) session.shutdown();
     return;
   }
   const session = state.sessions.get(id);
@@ -257,7 +276,7 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     case Message.END: {
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
-      return session.end({ up: n0, down: n1, reason: n2, firstEof: n3, errorSide: n4, errno: n5, rule: n6, method: n7, version: n8 }, user, rest);
+      return session.end({ up: n0, down: n1, reason: n2, firstEof: n3, errorSide: n4, errno: n5, rule: n6, method: n7, version: n8, replied: n9 }, user, rest);
     }
   }
 }
@@ -283,6 +302,8 @@ interface NativeEnd {
   readonly method: number;
   /** 5 once the first byte was read, else 0. */
   readonly version: number;
+  /** 1 once the success reply went out and the pair relayed; 0 if it ended before (a shutdown). */
+  readonly replied: number;
 }
 
 /** How a connection left the native path, as the addon reports it. */
@@ -440,13 +461,13 @@ export class NativeSession {
     return toSocksError(errnoError('connect', errno, `${target.host}:${target.port}`));
   }
 
-  end({ up, down, reason, firstEof, errorSide, errno, rule, method, version }: NativeEnd, user: string | null, request: Buffer): void {
+  end({ up, down, reason, firstEof, errorSide, errno, rule, method, version, replied }: NativeEnd, user: string | null, request: Buffer): void {
     this.#letGo();
     this.#user = user;
     const ctx = this.ctx;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
-    const relayed = decoded !== NEED_MORE;
-    const destination = relayed ? decoded.value.destination : null;
+    const destination = decoded !== NEED_MORE ? decoded.value.destination : null;
+    const relayed = destination !== null && replied === 1;
     const end = spliceEnd(reason, firstEof, errorSide, errno);
     // Ended before relaying: only a shutdown does that (anything else is handed over).
     const error = end.error?.message ?? (relayed ? null : 'server shutting down');
@@ -459,9 +480,9 @@ export class NativeSession {
       version: version === 5 ? 5 : null,
       authMethod: methodName(method),
       user: this.#user,
-      command: relayed ? 'connect' : null,
+      command: destination ? 'connect' : null,
       requested: destination && formatDestination(destination),
-      connected: destination && formatDestination({ host: unmappedText(destination.host), port: destination.port }),
+      connected: relayed ? formatDestination({ host: unmappedText(destination.host), port: destination.port }) : null,
       reply: relayed ? 0 : null,
       bytesUp: up,
       bytesDown: down,

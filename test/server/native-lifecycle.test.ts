@@ -8,12 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { after, before, describe, test } from 'node:test';
 import { RelayEngineError, createServer, createDirectDialer } from '../../src/index.js';
 import type { ServerOptions } from '../../src/index.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
 import { tryConnect, withTimeout } from '../cli/helpers.js';
+import { startBlackHole } from './native-helpers.js';
 import {
   counters,
   credentials,
@@ -389,7 +391,90 @@ describe('reload while native sessions relay', () => {
   }
 });
 
+/**
+ * A client in a worker thread sends greeting and CONNECT to 127.0.0.1:port
+ * at once; resolves with the first 4 bytes it got back (hex) once it has 12
+ * or the proxy closed. The worker lets this thread hold still while the
+ * relay thread accepts.
+ */
+function clientInWorker(proxyPort: number, port: number): Promise<string> {
+  const worker = new Worker(`
+    const net = require('node:net'); const { parentPort, workerData } = require('node:worker_threads');
+    const request = Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, workerData.port >> 8, workerData.port & 255]);
+    const c = net.connect(workerData.proxy, '127.0.0.1', () => c.write(request));
+    const got = []; let sent = false;
+    const report = () => { if (!sent) { sent = true; parentPort.postMessage(Buffer.concat(got).subarray(0, 4).toString('hex')); } c.destroy(); };
+    c.on('data', (d) => { got.push(d); if (Buffer.concat(got).length >= 12) report(); });
+    c.on('error', () => {}); c.on('close', report);
+  `, { eval: true, workerData: { proxy: proxyPort, port } });
+  return withTimeout(once(worker, 'message'), 10_000, 'the worker client\'s answer').then(([reply]) => {
+    void worker.terminate();
+    return reply as string;
+  });
+}
+
+describe('many reloads while the relay thread has accepted a session JavaScript has not heard of', () => {
+  // The old configuration: no authentication, and its rules deny everything.
+  // The new one: authentication, and rules that allow everything. A session
+  // accepted under the old one must be judged by the old one alone.
+  const oldConfig: ServerOptions = { ...NATIVE_BASE, rules: [{ name: 'deny-all', deny: {} }] };
+  const newConfig: ServerOptions = {
+    ...NATIVE_BASE,
+    auth: { methods: ['userpass'], users: [{ name: 'u', password: 'p' }] },
+    rules: [{ name: 'allow-all', allow: {} }],
+  };
+
+  for (const reloads of [8, 40, 200]) {
+    test(`${reloads} reloads: the session is judged by its own configuration (05 00 then 05 02, deny-all), or refused, never relayed`, async () => {
+      const proxy = await startProxy(oldConfig);
+      try {
+        const answer = clientInWorker(proxy.port, echo.port);
+        // Hold this thread still (no turn of the event loop, so JavaScript is
+        // not told of the accept) until the relay thread has accepted.
+        const nap = new Int32Array(new SharedArrayBuffer(4));
+        const deadline = Date.now() + 10_000;
+        while (proxy.server.sessionCount === 0 && Date.now() < deadline) Atomics.wait(nap, 0, 0, 1);
+        assert.equal(proxy.server.sessionCount, 1, 'the relay thread accepted');
+        for (let i = 0; i < reloads; i++) proxy.server.reload(newConfig);
+        const reply = await answer;
+        const record = await proxy.record(() => true);
+        assert.notEqual(record.reply, 0, `never relayed (client got ${reply}; ${record.reason}, rule ${record.rule})`);
+        if (reply === '05000502') {
+          assert.equal(record.rule, 'deny-all', 'the old rules decided');
+        } else {
+          // Past the contexts kept, the session is refused rather than judged by another configuration.
+          assert.ok(reloads > 64, `refused only past the contexts kept: client got ${reply}, ${record.reason}`);
+          assert.ok(!reply.startsWith('0500') || reply.length === 4, `no second reply: ${reply}`);
+        }
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+});
+
 describe('shutdown with native sessions', () => {
+  test('a session shut down while its connect is under way: the native record says what the node one says (not connected, no reply, not relayed)', async () => {
+    const hole = await startBlackHole();
+    const records: Record<string, unknown>[] = [];
+    try {
+      for (const engine of ENGINES) {
+        const proxy = await proxyWith(engine);
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', hole.port)]));
+        assert.deepEqual(await client.read(2), hex('05 00'));
+        await proxy.server.close({ graceMs: 0 }); // the connect never completes: it is under way, or about to be
+        const { reason, error, command, requested, connected, reply, relay } = await proxy.record();
+        records.push({ engine, reason, error, command, requested, connected, reply, relay });
+        assert.equal((await client.readToEnd()).length, 0, `${engine}: no reply after the method`);
+      }
+      const expected = { reason: 'shutdown', error: 'server shutting down', command: 'connect', requested: `127.0.0.1:${hole.port}`, connected: null, reply: null, relay: null };
+      assert.deepEqual(records, ENGINES.map((engine) => ({ engine, ...expected })));
+    } finally {
+      await hole.close();
+    }
+  });
+
   test('close({ graceMs: 0 }) ends a relaying and a mid-handshake session, records both as shutdown, and stops listening', async () => {
     const proxy = await proxyWith('native');
     try {
