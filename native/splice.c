@@ -2108,7 +2108,7 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 6
+#define ADDON_INTERFACE 7
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

@@ -389,7 +389,11 @@ static void from_client(udp_t *u) {
     socklen_t dest_len;
     int which;
     int header = literal_destination(d, len, &to[i], &dest_len, &which);
-    int verdict = header == 0 || !u->verdicts ? 1 : u->to_js[TO_JS_CLIENT] > 0 ? -1 : verdict_for(u, &to[i]);
+    /* A datagram ahead of it is with JavaScript: it follows, so that order
+     * holds, and, while the port is not known, so that JavaScript, which
+     * learns it from the first datagram that decodes, can judge this one. */
+    int behind_js = u->to_js[TO_JS_CLIENT] > 0 && (u->verdicts || u->client_port == 0);
+    int verdict = header == 0 ? 1 : behind_js ? -1 : !u->verdicts ? 1 : verdict_for(u, &to[i]);
     if (header == 0 || verdict < 0) {
       deliver_later(u, TO_JS_CLIENT, NULL, 0, d, len, port);
       continue;
@@ -701,6 +705,28 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * udpClientPort(handle, port) -> whether `port` is the client's: a datagram
+ * JavaScript decoded came from it. The first one to decode sets the port
+ * when the request gave none; the relay thread then drops the others itself.
+ */
+static napi_value js_udp_client_port(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int32_t port;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_t *u = handle_of(env, argv[0]);
+  if (!u) return NULL;
+  CHECK(napi_get_value_int32(env, argv[1], &port));
+  uint16_t client_port = htons((uint16_t)port);
+  pthread_mutex_lock(&u->lock);
+  if (u->client_port == 0 && !u->closed) u->client_port = client_port;
+  int ours = u->client_port == client_port;
+  pthread_mutex_unlock(&u->lock);
+  CHECK(napi_get_boolean(env, ours, &result));
+  return result;
+}
+
 /* udpVerdict(handle, address, port, allowed): JavaScript's verdict on an address and port, both ways. */
 static napi_value js_udp_verdict(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -807,6 +833,7 @@ napi_status udp_define(napi_env env, napi_value exports) {
       {"udpOpen", NULL, js_udp_open, NULL, NULL, NULL, napi_default, NULL},
       {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_default, NULL},
       {"udpVerdict", NULL, js_udp_verdict, NULL, NULL, NULL, napi_default, NULL},
+      {"udpClientPort", NULL, js_udp_client_port, NULL, NULL, NULL, napi_default, NULL},
       {"udpToClient", NULL, js_udp_to_client, NULL, NULL, NULL, napi_default, NULL},
       {"udpStatus", NULL, js_udp_status, NULL, NULL, NULL, napi_default, NULL},
       {"udpClose", NULL, js_udp_close, NULL, NULL, NULL, napi_default, NULL},

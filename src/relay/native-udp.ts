@@ -30,6 +30,8 @@ export interface UdpAddon {
   udpOpen(id: number, bindAddress: string, clientAddress: string, clientPort: number, maxDatagram: number, checked: boolean): [object | null, number];
   udpSend(handle: object, address: string, port: number, payload: Buffer, clientPort: number): void;
   udpVerdict(handle: object, address: string, port: number, allowed: boolean): void;
+  /** Whether `port` is the client's; the first datagram that decodes sets it when the request gave none. */
+  udpClientPort(handle: object, port: number): boolean;
   udpToClient(handle: object, datagram: Buffer, headerLength: number): void;
   udpStatus(handle: object): NativeStatus;
   udpClose(handle: object): NativeStatus;
@@ -140,7 +142,13 @@ export class NativeUdpAssociation implements UdpRelay {
   fromClient(msg: Buffer, port: number): void {
     const decoded = decodeClientDatagram(msg, this.#own);
     if (decoded === null) return;
-    this.#clientPort ??= port;
+    // As on the stream relay: the first datagram that decodes names the
+    // client's port, here for the relay thread too, and the others are foreign.
+    if (!this.#addon.udpClientPort(this.#handle, port)) {
+      this.#own.droppedForeign++;
+      return;
+    }
+    this.#clientPort = port;
     const target = decoded.header.destination;
     if (this.#policy !== null && !this.#policy.admits(target)) return this.#refuse(target);
     if (target.kind === 'domain') this.#names.send(target.host, target.port, decoded.payload);

@@ -656,6 +656,28 @@ for (const engine of ['splice', 'stream'] as const) {
         await peer.close();
       }
     });
+    test('request naming port 0, first datagram to a name that does not resolve: it names the client port all the same, and another port of the address is foreign', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      const otherPort = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = laterRecords(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
+        const seen = suite.echo4.received.length;
+        // On the splice relay the name goes to JavaScript, which must teach the port to the relay thread.
+        await peer.send(frame('nowhere.test', suite.echo4.port, 'first, to no one'), assoc.relay.port, assoc.relay.host);
+        await otherPort.send(frame('127.0.0.1', suite.echo4.port, 'from another port'), assoc.relay.port, assoc.relay.host);
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine');
+        assert.deepEqual(suite.echo4.payloads().slice(seen), ['mine'], 'nothing from the other port reached the echo');
+        assert.equal(otherPort.queued, 0);
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsUp, 1);
+        assert.equal(record.datagramsDropped, 2, 'the unresolved name and the foreign port');
+      } finally {
+        await peer.close();
+        await otherPort.close();
+      }
+    });
   });
 
   describe(`UDP ASSOCIATE idle timeout (${engine} relay)`, opts, () => {
