@@ -12,10 +12,7 @@
  */
 import { BlockList, type SocketAddress, isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
-import { unmapIPv4 } from '../protocol/address.js';
-
-/** Every spelling of an IPv4-mapped address has these hex digits in it. */
-const MAY_BE_MAPPED = /ffff/i;
+import { unmappedAddress } from '../protocol/address.js';
 
 export interface Network {
   readonly family: 4 | 6;
@@ -29,16 +26,6 @@ export function canonicalNetwork(net: Network): Network {
   const address = ipaddr.IPv6.parse(net.address);
   if (!address.isIPv4MappedAddress()) return net;
   return { family: 4, address: address.toIPv4Address().toString(), prefix: net.prefix - 96 };
-}
-
-/** The address as its family has it: an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, `::ffff:a00:1`) becomes IPv4. */
-export function unmappedAddress(text: string): string {
-  // Per connection on a dual-stack listener: the common spellings without a parse.
-  const dotted = unmapIPv4(text);
-  if (dotted !== undefined) return dotted;
-  if (!MAY_BE_MAPPED.test(text) || isIP(text) !== 6) return text;
-  const address = ipaddr.IPv6.parse(text);
-  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : text;
 }
 
 export class NetworkSet {

@@ -34,8 +34,8 @@
  */
 import { BlockList, SocketAddress, isIP } from 'node:net';
 import { type RuleConfig, parseNetwork } from '../config/schema.js';
-import type { Destination } from '../protocol/address.js';
-import { NetworkSet, unmappedAddress } from './networks.js';
+import { type Destination, unmappedAddress } from '../protocol/address.js';
+import { NetworkSet } from './networks.js';
 import { normalizeHostName, numericIPv4, parseHostPattern, parseListenerLabel, parsePortRange } from './patterns.js';
 
 export type RuleCommand = 'connect' | 'bind' | 'udp';

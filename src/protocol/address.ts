@@ -50,11 +50,42 @@ export function destination(host: string, port: number): Destination {
   return { kind: 'domain', host, port };
 }
 
-/** `::ffff:1.2.3.4` → `1.2.3.4`; anything else → undefined. */
+/** `::ffff:1.2.3.4` → `1.2.3.4`; anything else → undefined. Node's spelling only: see unmappedAddress. */
 export function unmapIPv4(host: string): string | undefined {
   if (!host.includes('.') || !host.toLowerCase().startsWith('::ffff:')) return undefined;
   const tail = host.slice(7);
   return isIP(tail) === 4 ? tail : undefined;
+}
+
+/** Every spelling of an IPv4-mapped address has these hex digits in it. */
+const MAY_BE_MAPPED = /ffff/i;
+
+/**
+ * The address as its family has it: an IPv4-mapped IPv6 address in any
+ * spelling (`::ffff:10.0.0.1` as Node writes it, `::ffff:a00:1` as a
+ * request's 16 bytes decode, `0:0:0:0:0:ffff:a00:1`) becomes IPv4.
+ */
+export function unmappedAddress(text: string): string {
+  // Per connection on a dual-stack listener: the common spellings without a parse.
+  const dotted = unmapIPv4(text);
+  if (dotted !== undefined) return dotted;
+  if (!MAY_BE_MAPPED.test(text) || isIP(text) !== 6) return text;
+  const address = ipaddr.IPv6.parse(text);
+  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : text;
+}
+
+/**
+ * An IP literal as Node spells a socket's address (`::1`, never
+ * `0:0:0:0:0:0:0:1`; an IPv4-mapped one as IPv4), so that addresses from a
+ * resolver compare equal to those sockets report; undefined for anything
+ * that is not an IP literal.
+ */
+export function canonicalAddress(text: string): string | undefined {
+  const family = isIP(text);
+  if (family === 4) return text;
+  if (family !== 6) return undefined;
+  const address = ipaddr.IPv6.parse(text);
+  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toString();
 }
 
 /** `host:port`, with brackets around IPv6 literals. */

@@ -7,7 +7,7 @@
 import { createSocket } from 'node:dgram';
 import { type Server, type Socket, createServer, isIP } from 'node:net';
 import { SocksError } from '../errors.js';
-import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
+import { type Destination, canonicalAddress, destination, unmappedAddress } from '../protocol/address.js';
 import type { Resolver } from '../upstream/resolver.js';
 
 /** Whether an inbound connection from `peer` is the one the request named. */
@@ -58,8 +58,10 @@ export class BindListener {
 
   /** Waits for the one inbound connection; then stops listening. Rejects with a SocksError. */
   accept(options: BindWaitOptions): Promise<Socket> {
-    const anyPeer = options.check === 'any' || options.expectedPeers.some(isUnspecified);
-    const expected = options.expectedPeers.map((p) => unmapIPv4(p) ?? p);
+    // As the peer's socket will spell them: a request's IPv4-mapped address
+    // decodes as `::ffff:7f00:1`, a resolver may write IPv6 in full.
+    const expected = options.expectedPeers.map((p) => canonicalAddress(p) ?? p);
+    const anyPeer = options.check === 'any' || expected.some(isUnspecified);
     return new Promise<Socket>((resolve, reject) => {
       const done = (err: SocksError | null, socket?: Socket) => {
         clearTimeout(timer);
@@ -70,7 +72,7 @@ export class BindListener {
         else reject(err);
       };
       const onConnection = (socket: Socket) => {
-        const peer = unmapIPv4(socket.remoteAddress ?? '') ?? socket.remoteAddress ?? '';
+        const peer = unmappedAddress(socket.remoteAddress ?? '');
         if (anyPeer || expected.includes(peer)) return done(null, socket);
         socket.destroy();
         this.#strayCount++;

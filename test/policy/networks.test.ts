@@ -1,7 +1,19 @@
 /** Network sets that keep IPv4 and IPv6 apart (src/policy/networks.ts). */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { NetworkSet, canonicalNetwork, unmappedAddress } from '../../src/policy/networks.js';
+import { NetworkSet, canonicalNetwork } from '../../src/policy/networks.js';
+import { canonicalAddress, unmappedAddress } from '../../src/protocol/address.js';
+
+test('canonicalAddress: an IP literal as a socket spells it (IPv6 compressed, IPv4-mapped as IPv4); not an address: undefined', () => {
+  assert.equal(canonicalAddress('127.0.0.1'), '127.0.0.1');
+  assert.equal(canonicalAddress('0:0:0:0:0:0:0:1'), '::1');
+  assert.equal(canonicalAddress('2001:DB8:0:0:0:0:0:1'), '2001:db8::1');
+  assert.equal(canonicalAddress('::ffff:7f00:2'), '127.0.0.2');
+  assert.equal(canonicalAddress('::ffff:0:0'), '0.0.0.0');
+  assert.equal(canonicalAddress('::'), '::');
+  assert.equal(canonicalAddress('example.test'), undefined);
+  assert.equal(canonicalAddress(''), undefined);
+});
 
 test('unmappedAddress: every spelling of an IPv4-mapped address is that IPv4 address; anything else is left as it is', () => {
   assert.equal(unmappedAddress('10.0.0.1'), '10.0.0.1');

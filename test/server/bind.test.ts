@@ -306,6 +306,30 @@ describe('BIND', opts, () => {
     }
   });
 
+  for (const [named, peerAddress] of [['::ffff:127.0.0.2', '127.0.0.2'], ['::ffff:0.0.0.0', '127.0.0.3']] as const) {
+    test(`SOCKS5 BIND naming the IPv4-mapped ${named} (ATYP 4): a peer from ${peerAddress} is the one expected`, opts, async () => {
+      const client = await RawClient.connect(proxy.port);
+      try {
+        const mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...named.slice(7).split('.').map(Number)];
+        client.write(Buffer.concat([hex('05 01 00'), Buffer.from([5, 2, 0, 4, ...mapped, 0, 0])]));
+        assert.deepEqual(await client.read(2), hex('05 00'));
+        const first = await client.read(10);
+        assert.deepEqual(first.subarray(0, 3), hex('05 00 00'));
+        const announced = socks5ReplyAddress(first);
+        const app = await appConnect(announced.host, announced.port, peerAddress);
+        try {
+          const second = await within(client.read(10), 5000, 'the second BIND reply');
+          assert.deepEqual(second.subarray(0, 3), hex('05 00 00'), `second reply ${second.toString('hex')}`);
+          assert.deepEqual(socks5ReplyAddress(second), { host: peerAddress, port: app.localPort });
+        } finally {
+          app.destroy();
+        }
+      } finally {
+        client.destroy();
+      }
+    });
+  }
+
   test('SOCKS4: a connection from the wrong address ends the BIND with 0x5B', opts, async () => {
     const client = await RawClient.connect(proxy.port);
     try {
@@ -401,6 +425,8 @@ describe('BIND naming the application server by name', opts, () => {
   const resolver: Resolver = {
     async resolve(name) {
       if (name === 'app.test') return [{ address: '127.0.0.2', family: 4 }];
+      // The same peer as a resolver of the library's user may spell it.
+      if (name === 'mapped.test') return [{ address: '0:0:0:0:0:ffff:7f00:2', family: 6 }];
       throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
     },
   };
@@ -409,9 +435,9 @@ describe('BIND naming the application server by name', opts, () => {
   });
   after(() => proxy.close());
 
-  for (const type of [5, 4] as const) {
-    test(`SOCKS${type === 5 ? '5' : '4a'}: the name's addresses are the expected peers`, opts, async () => {
-      const session = startBind(proxy, type, 'app.test');
+  for (const [type, name] of [[5, 'app.test'], [4, 'app.test'], [5, 'mapped.test']] as const) {
+    test(`SOCKS${type === 5 ? '5' : '4a'}: the name's addresses are the expected peers (${name})`, opts, async () => {
+      const session = startBind(proxy, type, name);
       const bound = await within(session.bound, 5000, 'the first BIND reply');
       assert.notEqual(bound.host, '0.0.0.0');
       if (type === 5) {
@@ -430,7 +456,7 @@ describe('BIND naming the application server by name', opts, () => {
         socket.destroy();
         const record = await within(proxy.record((r) => r.clientPort === session.controlPort()), 5000, 'the session record');
         assert.equal(record.version, type);
-        assert.equal(record.requested, 'app.test:0');
+        assert.equal(record.requested, `${name}:0`);
         assert.equal(record.connected, `127.0.0.2:${appPort}`);
         assert.equal(record.bytesUp, 4);
       } finally {
