@@ -27,8 +27,7 @@
  */
 import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { isIP } from 'node:net';
-import ipaddr from 'ipaddr.js';
-import { type Destination, destination, unmapIPv4 } from '../protocol/address.js';
+import { type Destination, canonicalAddress, destination, unmapIPv4, unmappedAddress } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { promiseFrom } from '../callbacks.js';
@@ -127,13 +126,13 @@ export class DatagramPolicy {
 
   /** A datagram to, or a reply from, an address (IPv4-mapped taken as IPv4). */
   admitsAddress(address: string, port: number): boolean {
-    const plain = unmapIPv4(address) ?? address;
+    const plain = unmappedAddress(address);
     return this.#reached.has(`${plain} ${port}`) || this.#allows(destination(plain, port));
   }
 
   /** An allowed name resolved to `address`; true when that pair is new. */
   reachedByName(address: string, port: number): boolean {
-    const key = `${unmapIPv4(address) ?? address} ${port}`;
+    const key = `${unmappedAddress(address)} ${port}`;
     if (this.#reached.has(key)) return false;
     if (this.#reached.size >= REACHED_BY_NAME) this.#reached.delete(this.#reached.values().next().value!);
     this.#reached.add(key);
@@ -166,12 +165,7 @@ function passLiteral(address: string, _options: unknown, callback: (err: null, a
  * v6-only, so a mapped destination must go out over IPv4.
  */
 export function sendable(address: string): string {
-  if (!address.toLowerCase().startsWith('::ffff:')) return address;
-  const dotted = unmapIPv4(address);
-  if (dotted !== undefined) return dotted;
-  if (isIP(address) !== 6) return address;
-  const parsed = ipaddr.IPv6.parse(address);
-  return parsed.isIPv4MappedAddress() ? parsed.toIPv4Address().toString() : address;
+  return unmappedAddress(address);
 }
 
 /** A client's datagram decoded, or null when it is dropped (malformed, a fragment), counted. */
@@ -200,7 +194,8 @@ type Send = (address: string, port: number, family: 4 | 6, payload: Buffer) => v
  */
 export class DestinationNames {
   readonly #names = new Map<string, string>();
-  readonly #pending = new Map<string, Buffer[]>();
+  /** By name: the datagrams waiting for its one lookup, each with its port. */
+  readonly #pending = new Map<string, Array<{ readonly port: number; readonly payload: Buffer }>>();
   #pendingCount = 0;
   readonly #options: Pick<UdpAssociationOptions, 'resolver' | 'limits'>;
   readonly #counters: UdpCounters;
@@ -227,42 +222,49 @@ export class DestinationNames {
   }
 
   #resolveThenSend(name: string, port: number, payload: Buffer): void {
-    const key = `${name}:${port}`;
-    const waiting = this.#pending.get(key);
     if (this.#pendingCount >= this.#options.limits.pendingDatagrams) {
       this.#counters.droppedInvalid++;
       return;
     }
     this.#pendingCount++;
+    const waiting = this.#pending.get(name);
     if (waiting) {
-      waiting.push(payload);
+      waiting.push({ port, payload });
       return;
     }
-    this.#pending.set(key, [payload]);
+    this.#pending.set(name, [{ port, payload }]);
     promiseFrom(() => this.#options.resolver.resolve(name)).then(
       (addresses) => {
-        // Only an IP literal can be sent to (see passLiteral).
-        const found = addresses[0]?.address;
-        const first = found === undefined ? undefined : sendable(found);
-        const usable = first !== undefined && isIP(first) !== 0 ? first : undefined;
+        const usable = firstAddress(addresses);
         if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
-        this.#flushPending(key, usable, port);
+        this.#flushPending(name, usable);
       },
-      () => this.#flushPending(key, undefined, port),
+      () => this.#flushPending(name, undefined),
     );
   }
 
-  #flushPending(key: string, address: string | undefined, port: number): void {
-    const queued = this.#pending.get(key);
+  #flushPending(name: string, address: string | undefined): void {
+    const queued = this.#pending.get(name);
     if (queued === undefined) return; // cleared: the association closed
-    this.#pending.delete(key);
+    this.#pending.delete(name);
     this.#pendingCount -= queued.length;
     const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
-    for (const payload of queued) {
+    for (const { port, payload } of queued) {
       if (address) this.#send(address, port, family, payload);
       else this.#counters.droppedInvalid++;
     }
   }
+}
+
+/**
+ * The first address of a resolver's answer, spelled as a socket spells it
+ * (replies are matched against it by their sender's text); undefined when
+ * there is none, or the answer is not what a Resolver returns (a custom one
+ * may break its contract: the datagrams are then dropped, not the process).
+ */
+function firstAddress(answer: unknown): string | undefined {
+  const first: unknown = Array.isArray(answer) ? (answer[0] as { address?: unknown } | undefined)?.address : undefined;
+  return typeof first === 'string' ? canonicalAddress(first) : undefined;
 }
 
 export class UdpAssociation implements UdpRelay {

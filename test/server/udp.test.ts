@@ -631,6 +631,9 @@ for (const engine of ['splice', 'stream'] as const) {
         if (name === 'echo.test') return Promise.resolve([{ address: '::1', family: 6 }, { address: '127.0.0.1', family: 4 }]);
         if (name === 'four.test') return Promise.resolve([{ address: '127.0.0.1', family: 4 }]);
         if (name === 'broken.test') throw new Error('a bug in the resolver');
+        // Not what a Resolver returns: a library user's may break its contract.
+        if (name === 'null.test') return Promise.resolve(null as unknown as []);
+        if (name === 'slow.test') return new Promise((resolve) => setTimeout(() => resolve([{ address: '127.0.0.1', family: 4 }]), 100));
         return Promise.reject(Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' }));
       },
     };
@@ -656,6 +659,47 @@ for (const engine of ['splice', 'stream'] as const) {
         await peer.close();
       }
     });
+    test('an answer that is not a list of addresses (null): the datagram is dropped and counted, and the proxy relays on', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      // In the daemon an unhandled rejection ends the process.
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        const next = laterRecords(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await peer.send(frame('null.test', suite.echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
+        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'after the broken answer', { host: '127.0.0.1', port: suite.echo4.port });
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsDropped, 1);
+        assert.equal(record.datagramsUp, 1);
+        assert.deepEqual(unhandled, []);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+        await peer.close();
+      }
+    });
+
+    test('datagrams to one name at two ports while it resolves: one lookup, each delivered to its port', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      const other = await UdpEcho.start('127.0.0.1');
+      try {
+        const before = asked.filter((name) => name === 'slow.test').length;
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await peer.send(frame('slow.test', suite.echo4.port, 'to the first port'), assoc.relay.port, assoc.relay.host);
+        await peer.send(frame('slow.test', other.port, 'to the second port'), assoc.relay.port, assoc.relay.host);
+        const replies = [await peer.next('the first echo'), await peer.next('the second echo')];
+        assert.deepEqual(replies.map(({ msg }) => msg.subarray(10).toString()).sort(), ['to the first port', 'to the second port']);
+        assert.deepEqual(other.payloads(), ['to the second port']);
+        assert.equal(asked.filter((name) => name === 'slow.test').length - before, 1, 'one lookup');
+        assoc.control.end();
+      } finally {
+        await peer.close();
+        await other.close();
+      }
+    });
+
     test('request naming port 0, first datagram to a name that does not resolve: it names the client port all the same, and another port of the address is foreign', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       const otherPort = await UdpPeer.open('127.0.0.1');
@@ -959,10 +1003,32 @@ for (const engine of ['splice', 'stream'] as const) {
     const resolver: Resolver = {
       async resolve(name) {
         if (name === 'four.test') return [{ address: '127.0.0.1', family: 4 }];
+        if (name === 'six.test') return [{ address: '0:0:0:0:0:0:0:1', family: 6 }]; // ::1, spelled in full
         throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
       },
     };
-    const suite = udpSuite(engine, { resolver, rules: [{ name: 'four-test', allow: { commands: ['udp'], to: { hosts: ['four.test'] } } }] });
+    const suite = udpSuite(engine, {
+      resolver,
+      rules: [
+        { name: 'four-test', allow: { commands: ['udp'], to: { hosts: ['four.test'] } } },
+        { name: 'six-test', allow: { commands: ['udp'], to: { hosts: ['six.test'] } } },
+      ],
+    });
+
+    test('a name the resolver spells in full (0:0:0:0:0:0:0:1): its replies come back from ::1', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = laterRecords(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await assertEchoed(peer, assoc.relay, 'six.test', suite.echo6.port, 'spelled in full', { host: '::1', port: suite.echo6.port });
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsDown, 1);
+        assert.equal(record.datagramsDenied, 0);
+      } finally {
+        await peer.close();
+      }
+    });
 
     test('decided before DNS: the address is denied until the name led there; then both ways are open, and only there', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
