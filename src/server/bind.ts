@@ -8,7 +8,6 @@ import { createSocket } from 'node:dgram';
 import { type Server, type Socket, createServer, isIP } from 'node:net';
 import { SocksError } from '../errors.js';
 import { type Destination, canonicalAddress, destination, unmappedAddress } from '../protocol/address.js';
-import type { Resolver } from '../upstream/resolver.js';
 
 /** Whether an inbound connection from `peer` is the one the request named. */
 export type PeerCheck = 'requested' | 'any';
@@ -106,21 +105,19 @@ function isUnspecified(address: string): boolean {
 }
 
 /**
- * The local address the kernel would use toward `target` (a connected UDP
- * socket sends nothing but knows its route), else `fallback`: the address the
- * client reached the proxy on.
+ * The local address the kernel would use toward `host` (an IP literal; a
+ * connected UDP socket sends nothing but knows its route), else `fallback`:
+ * the address the client reached the proxy on.
  */
-export async function addressToward(target: Destination, fallback: string, resolver: Resolver): Promise<string> {
+export async function addressToward(host: string, port: number, fallback: string): Promise<string> {
   try {
-    let host = target.host;
-    if (target.kind === 'domain') host = (await resolver.resolve(host))[0]?.address ?? '';
     if (isIP(host) === 0 || isUnspecified(host)) return fallback;
     const family = isIP(host) === 6 ? 'udp6' : 'udp4';
     const probe = createSocket(family);
     try {
       await new Promise<void>((resolve, reject) => {
         probe.once('error', reject);
-        probe.connect(target.port || 9, host, () => resolve());
+        probe.connect(port || 9, host, () => resolve());
       });
       const local = probe.address().address;
       return isUnspecified(local) ? fallback : local;

@@ -6,13 +6,13 @@
  * terminal: the reply is sent once, the session closes, and the record names
  * the cause.
  */
-import type { Socket } from 'node:net';
+import { type Socket, isIP } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
 import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
 import { promiseFrom } from '../callbacks.js';
-import { type Destination, NEED_MORE, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
+import { type Destination, NEED_MORE, canonicalAddress, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
   Command,
@@ -27,7 +27,7 @@ import { Socks4Reply, Socks5Reply } from '../errors.js';
 import { type Relay, type RelayEnd, type RelayEngine, relay } from '../relay/tcp.js';
 import { NativeUdpAssociation } from '../relay/native-udp.js';
 import { type UdpAssociationOptions, type UdpDestinationRules, type UdpLimits, type UdpRelay, UdpAssociation } from '../relay/udp.js';
-import type { Dialer } from '../upstream/dialer.js';
+import { type Dialer, resolveWithin } from '../upstream/dialer.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { BindListener, type PeerCheck, addressToward } from './bind.js';
 import { DEFAULT_DENY, type RuleCommand, type RuleRequest, type RuleSet } from '../policy/rules.js';
@@ -479,9 +479,9 @@ export class Session {
 
   async #runBind(target: Destination): Promise<void> {
     const ctx = this.#ctx;
-    const localAddress = this.#localAddress();
-    const expectedPeers = await this.#expectedPeers(target);
-    const listener = await BindListener.open(await addressToward(target, localAddress, ctx.resolver));
+    const expectedPeers = await this.#bindPeers(target);
+    if (this.#phase !== 'waiting' || this.#socket.destroyed) return;
+    const listener = await BindListener.open(await addressToward(expectedPeers[0]!, target.port, this.#localAddress()));
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return listener.close();
     this.#bindListener = listener;
     this.#replySuccess(listener.address);
@@ -504,11 +504,22 @@ export class Session {
     this.#startRelay(inbound);
   }
 
-  /** The addresses a BIND peer may come from: none listed means any. */
-  async #expectedPeers(target: Destination): Promise<string[]> {
-    if (target.kind !== 'domain') return [target.host];
-    const found = await this.#ctx.resolver.resolve(target.host); // a failure is mapped by #bind
-    return found.map((a) => a.address);
+  /**
+   * The addresses a BIND peer may come from (an unspecified one: any), the
+   * first one the way to the application server. A name is resolved once,
+   * within the connect timeout as a CONNECT's is; SOCKS4 keeps its IPv4
+   * addresses, the only ones its replies can carry. A failure is mapped by #bind.
+   */
+  async #bindPeers(target: Destination): Promise<string[]> {
+    if (target.kind !== 'domain') return [canonicalAddress(target.host) ?? target.host];
+    const found = await resolveWithin(this.#ctx.resolver, target.host, this.#ctx.connectMs);
+    const peers = found.map((a) => canonicalAddress(a.address)).filter((a) => a !== undefined);
+    const usable = this.#version === 4 ? peers.filter((a) => isIP(a) === 4) : peers;
+    if (usable.length === 0) {
+      const what = this.#version === 4 ? 'no IPv4 address (a SOCKS4 reply carries no other)' : 'no address';
+      throw new SocksError('ERR_HOST_NOT_FOUND', `BIND: ${target.host} has ${what}`);
+    }
+    return usable;
   }
 
   /** UDP ASSOCIATE: open the relay, reply with its address, live as long as the control connection. */
@@ -642,9 +653,10 @@ export class Session {
 
   readonly #onHandshakeEnd = (): void => {
     if (this.#bindWaiting) {
-      this.#bindWaiting = false;
-      this.#bindListener?.close();
-      this.#refuse(null, 'client-gone', 'client closed the connection while waiting for the BIND peer');
+      // A half-close: as with CONNECT, the client may send its request and
+      // data and shut its side. The wait goes on (bounded by timeouts.bind,
+      // a reset ends it at once), and the relay passes the FIN on.
+      this.#clientEnded = true;
       return;
     }
     if (this.#phase === 'associated') {

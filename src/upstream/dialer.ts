@@ -88,6 +88,23 @@ async function resolveAll(resolver: Resolver, host: string): Promise<readonly Re
   return found;
 }
 
+/**
+ * A name's addresses within `timeoutMs`, as a dial resolves them: a
+ * SocksError when there are none (ERR_HOST_NOT_FOUND), or none in time
+ * (ERR_CONNECT_TIMEOUT). For BIND, whose peer is named but not dialed.
+ */
+export async function resolveWithin(resolver: Resolver, host: string, timeoutMs: number): Promise<readonly ResolvedAddress[]> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(new SocksError('ERR_CONNECT_TIMEOUT', `resolving ${host} timed out after ${timeoutMs} ms`)), timeoutMs);
+  try {
+    return await raceAbort(resolveAll(resolver, host), abort.signal);
+  } catch (err) {
+    throw toSocksError(err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The error of a connect that did not finish in time (the native handshake uses it too). */
 export function connectTimeoutError(target: { readonly host: string; readonly port: number }, ms: number): SocksError {
   return new SocksError('ERR_CONNECT_TIMEOUT', `connect to ${target.host}:${target.port} timed out after ${ms} ms`);

@@ -372,21 +372,73 @@ describe('BIND', opts, () => {
     }
   });
 
-  test('the client closes the control connection while the proxy waits: the session ends and the listener closes', opts, async () => {
-    // A long BIND timeout: only the client's close can end this session within the test's time.
+  test('the client resets the control connection while the proxy waits: the session ends and the listener closes', opts, async () => {
+    // A long BIND timeout: only the client's reset can end this session within the test's time.
     const patient = await startProxy({ timeouts: { bind: 60_000 } });
     try {
       const client = await RawClient.connect(patient.port);
       client.write(socks5Bind('127.0.0.1'));
       await client.read(2);
       const announced = socks5ReplyAddress(await client.read(10));
-      client.destroy();
+      client.socket.resetAndDestroy();
       const record = await within(patient.record((r) => r.clientPort === client.localPort), 5000, 'the session record after the client left');
       assert.equal(record.command, 'bind');
       assert.equal(record.connected, null);
+      assert.equal(record.reason, 'client-gone');
       assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
     } finally {
       await patient.close();
+    }
+  });
+
+  for (const version of [5, 4] as const) {
+    test(`SOCKS${version}: the client sends its request, data and FIN at once (a half-close): the peer still comes, gets the data and the FIN, and answers`, opts, async () => {
+      const client = await RawClient.connect(proxy.port);
+      try {
+        const request = version === 5 ? socks5Bind('127.0.0.1') : socks4Bind('127.0.0.1');
+        client.socket.end(Buffer.concat([request, Buffer.from('UPLOAD')]));
+        if (version === 5) assert.deepEqual(await client.read(2), hex('05 00'));
+        const first = await client.read(version === 5 ? 10 : 8);
+        const announced = version === 5 ? socks5ReplyAddress(first) : socks4ReplyAddress(first);
+        // Half-open itself, to answer after the client's FIN.
+        const app = connect({ host: announced.host, port: announced.port, allowHalfOpen: true });
+        app.on('error', () => {});
+        await once(app, 'connect');
+        try {
+          const second = await within(client.read(version === 5 ? 10 : 8), 5000, 'the second BIND reply');
+          assert.equal(second[1], version === 5 ? 0 : SOCKS4_GRANTED, `second reply ${second.toString('hex')}`);
+          const received: Buffer[] = [];
+          app.on('data', (chunk: Buffer) => received.push(chunk));
+          await within(once(app, 'end'), 5000, 'the client\'s FIN at the application server');
+          assert.equal(Buffer.concat(received).toString(), 'UPLOAD');
+          app.end('ANSWER');
+          assert.equal((await within(client.readToEnd(), 5000, 'the answer at the client')).toString(), 'ANSWER');
+          const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+          assert.equal(record.bytesUp, 6);
+          assert.equal(record.bytesDown, 6);
+          assert.equal(record.reason, 'client-closed');
+        } finally {
+          app.destroy();
+        }
+      } finally {
+        client.destroy();
+      }
+    });
+  }
+
+  test('a client that shut its side and never sees a peer: the BIND times out and the listener closes', opts, async () => {
+    const brief = await startProxy({ timeouts: { bind: 300 } });
+    try {
+      const client = await RawClient.connect(brief.port);
+      client.socket.end(socks5Bind('127.0.0.1'));
+      await client.read(2);
+      const announced = socks5ReplyAddress(await client.read(10));
+      const record = await within(brief.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+      client.destroy();
+    } finally {
+      await brief.close();
     }
   });
 });
@@ -427,6 +479,10 @@ describe('BIND naming the application server by name', opts, () => {
       if (name === 'app.test') return [{ address: '127.0.0.2', family: 4 }];
       // The same peer as a resolver of the library's user may spell it.
       if (name === 'mapped.test') return [{ address: '0:0:0:0:0:ffff:7f00:2', family: 6 }];
+      // IPv6 first: a SOCKS4 reply can carry only the IPv4 one.
+      if (name === 'both.test') return [{ address: '::1', family: 6 }, { address: '127.0.0.2', family: 4 }];
+      if (name === 'six.test') return [{ address: '::1', family: 6 }];
+      if (name === 'slow.test') return new Promise(() => {}); // never answers
       throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' });
     },
   };
@@ -435,7 +491,7 @@ describe('BIND naming the application server by name', opts, () => {
   });
   after(() => proxy.close());
 
-  for (const [type, name] of [[5, 'app.test'], [4, 'app.test'], [5, 'mapped.test']] as const) {
+  for (const [type, name] of [[5, 'app.test'], [4, 'app.test'], [5, 'mapped.test'], [4, 'both.test']] as const) {
     test(`SOCKS${type === 5 ? '5' : '4a'}: the name's addresses are the expected peers (${name})`, opts, async () => {
       const session = startBind(proxy, type, name);
       const bound = await within(session.bound, 5000, 'the first BIND reply');
@@ -464,6 +520,37 @@ describe('BIND naming the application server by name', opts, () => {
       }
     });
   }
+
+  test('SOCKS4a: a name with IPv6 addresses only is refused with 0x5B (its reply could not name the listener)', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(Buffer.concat([hex('04 02 0000 00000001 00'), Buffer.from('six.test\0')]));
+      const reply = await within(client.read(8), 5000, 'the reply');
+      assert.equal(reply[1], SOCKS4_REJECTED);
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.match(String(record.error), /no IPv4 address/);
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('a name whose lookup never answers: REP 0x06 after timeouts.connect, as for CONNECT', opts, async () => {
+    const brief = await startProxy({ resolver, timeouts: { connect: 300, bind: 60_000 } });
+    try {
+      const client = await RawClient.connect(brief.port);
+      const name = Buffer.from('slow.test');
+      client.write(Buffer.concat([hex('05 01 00 05 02 00 03'), Buffer.from([name.length]), name, hex('00 00')]));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const reply = await within(client.read(4), 5000, 'the failure reply');
+      assert.equal(reply[1], 0x06, `REP 0x${reply[1]!.toString(16)}`);
+      const record = await within(brief.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      client.destroy();
+    } finally {
+      await brief.close();
+    }
+  });
 
   test('SOCKS5: a name that does not resolve is refused with REP 0x04 (host unreachable), reason bind-failed', opts, async () => {
     const client = await RawClient.connect(proxy.port);
