@@ -11,7 +11,7 @@ import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
-import { formatDestination } from '../protocol/address.js';
+import { canonicalAddress, formatDestination } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
 import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
@@ -274,8 +274,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
         if (reusePorts) this.#bindReusable(listener, reusePorts[i] || listener.port);
         else await this.#bind(listener);
       }
+      // The last one's `listening` listener may have called close().
+      if (this.#state !== 'listening') throw closedWhileListening();
     } catch (err) {
-      await this.close({ graceMs: 0 });
+      // A close() already under way keeps its own grace; this one is not waited for.
+      if (this.#closing === null) await this.close({ graceMs: 0 });
       throw err;
     }
     requestBusyPoll(this, this.busyPollMicroseconds);
@@ -355,7 +358,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    */
   #bindReusable(listener: ListenerConfig, port: number): void {
     const { fd, port: bound } = reusableSocket(listener, port, listener.backlog);
-    const info: ListenerInfo = { address: listener.address, port: bound, family: isIP(listener.address) === 6 ? 'IPv6' : 'IPv4', socks4: listener.socks4 };
+    // Spelled as Node spells a bound address (`::1`), as #bind's listeners are: rules name listeners so.
+    const address = canonicalAddress(listener.address) ?? listener.address;
+    const info: ListenerInfo = { address, port: bound, family: isIP(address) === 6 ? 'IPv6' : 'IPv4', socks4: listener.socks4 };
     const slot = this.#addListener(listener, formatDestination({ host: info.address, port: info.port }));
     try {
       this.#listenNatively(fd, slot);

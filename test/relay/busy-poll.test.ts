@@ -132,6 +132,19 @@ describe('busy polling on the relay thread', () => {
     }
   });
 
+  test('a server closed by its own `listening` listener: listen() rejects, and its window is not asked for after all', async () => {
+    const closing = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], relay: { engine: 'splice', busyPollMicroseconds: WINDOW } });
+    closing.on('listening', () => void closing.close());
+    await assert.rejects(closing.listen(), /closed before it was listening/);
+    const quiet = await startProxy({ relay: { engine: 'splice' } });
+    try {
+      assert.equal(await pingPong(quiet, echo.port), 0, 'no window of the closed server\'s');
+    } finally {
+      await quiet.close();
+      await closing.close();
+    }
+  });
+
   test('a reload turns it on and off', async () => {
     const proxy = await startProxy({ relay: { engine: 'splice' } });
     const base = { listen: [{ address: '127.0.0.1', port: 0 }], relay: { engine: 'splice' as const } };

@@ -144,6 +144,42 @@ test('reusePort: two servers on the port reservePorts() reserved, both accepting
   }
 });
 
+test('reusePort: a listener written in full (0:0:0:0:0:0:0:1) is named as Node names a bound one ([::1]:port), in addresses() and records, so rules on listeners match', async () => {
+  const echo = await startEchoServer('::1');
+  const listen = [{ address: '0:0:0:0:0:0:0:1', port: 0 }];
+  const [port] = reservePorts(listen);
+  const rules = [{ name: 'this-listener', allow: { listeners: [`[::1]:${port}`] } }];
+  const server = createServer({ listen, rules });
+  const records: string[] = [];
+  server.on('session-close', (record) => records.push(`${record.listener} ${record.rule}`));
+  try {
+    assert.deepEqual((await server.listen({ reusePort: { ports: [port!] } })).map((b) => b.address), ['::1']);
+    const { socket } = await SocksClient.createConnection({ proxy: { host: '::1', port: port!, type: 5 }, command: 'connect', destination: { host: '::1', port: echo.port } });
+    socket.end('x');
+    await once(socket, 'close');
+    await withTimeout(new Promise<void>((resolve) => { const check = () => records.length > 0 ? resolve() : setTimeout(check, 5); check(); }), 5000, 'the session record');
+    assert.deepEqual(records, [`[::1]:${port} this-listener`]);
+  } finally {
+    await server.close({ graceMs: 0 });
+    await echo.close();
+  }
+});
+
+for (const engine of ENGINES) {
+  test(`${engine}: close() from a \`listening\` listener: listen() rejects and nothing stays bound`, async () => {
+    const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine } });
+    let port = 0;
+    server.on('listening', (info) => {
+      port = info.port;
+      void server.close();
+    });
+    await assert.rejects(server.listen(), /closed before it was listening/);
+    assert.ok(port > 0);
+    assert.equal(await canBind(port), true, 'the port is free again');
+    await server.close();
+  });
+}
+
 test('reservePorts() reports a port in use as a ListenError, and listen({ reusePort }) without native handshakes binds as usual', async () => {
   const holder = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], handshake: { engine: 'node' } });
   const [taken] = await holder.listen({ reusePort: { ports: [1] } });
