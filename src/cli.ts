@@ -184,7 +184,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
     }
     try {
       server.reload(readInput(flags));
-      base.level = log.level = server.config.log.level;
+      base.level = server.config.log.level; // attachLogger sets its own logger's (a worker's child)
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems
         : err instanceof UsersFileError ? [err.message]

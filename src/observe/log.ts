@@ -141,6 +141,9 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     const restart = needsRestart.length > 0 ? `; not applied until a restart: ${needsRestart.join(', ')}` : '';
     log.info({ event: 'reloaded', changed, needsRestart }, `reloaded: ${what}${restart}`);
     log.flush();
+    // The one logging setting a reload applies (the format needs a restart);
+    // after the line above, which the old level lets through.
+    if (changed.includes('log.level')) log.level = server.config.log.level;
   };
 
   server.on('listening', onListening);

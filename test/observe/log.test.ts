@@ -211,3 +211,27 @@ function runCrashFixture(mode: 'crash' | 'exit', stdout: 'a regular file' | 'a p
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+test('reload({ log: { level } }) applies the level to the logger attachLogger was given, after the reloaded line', async () => {
+  const { out, lines } = capture();
+  const log = createLogger({ level: 'info', format: 'json', destination: out });
+  const proxy = await startProxy();
+  attachLogger(proxy.server, log);
+  try {
+    const listen = proxy.server.config.listen.map((l) => ({ address: l.address, port: l.port }));
+    const result = proxy.server.reload({ listen, log: { level: 'warn' } });
+    assert.deepEqual(result.changed, ['log.level']);
+    assert.equal(log.level, 'warn');
+    // A normal session's line is at info: no longer written.
+    const client = await RawClient.connect(proxy.port);
+    client.write(hex('05 01 00'));
+    assert.deepEqual(await client.read(2), hex('05 00'));
+    client.destroy();
+    await proxy.record();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.ok(lines.some((l) => l.includes('"event":"reloaded"')), 'the reloaded line, at the old level');
+    assert.equal(lines.filter((l) => l.includes('"event":"session"')).length, 0, lines.join('\n'));
+  } finally {
+    await proxy.close();
+  }
+});
