@@ -1491,6 +1491,18 @@ static void native_event(pair_t *p, int side, uint32_t events) {
   /* While JavaScript decides or the destination is dialled, the client waits unread. */
   if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) {
     p->hs->unread = 1;
+    /* A reset while the destination is dialled: the client is gone, and the
+     * dial could last the whole connect timeout. JavaScript's session ends it
+     * with the record the node engine writes. (A FIN alone is a half-close:
+     * EPOLLRDHUP, not EPOLLHUP, and the session goes on.) */
+    if (p->phase == PHASE_CONNECTING && (events & (EPOLLERR | EPOLLHUP))) {
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(p->fd[0], SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err == 0) err = ECONNRESET;
+      p->hs->err = err;
+      p->hs->eof = 1;
+      hand_over(p, RESUME_REQUEST, 0, 0);
+    }
     return;
   }
   read_client(p, (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);

@@ -205,6 +205,8 @@ export class Session {
     this.#user = resume.user;
     this.#buffer = resume.buffer;
     if (resume.clientError) {
+      // Reset while the relay thread dialled: the record names the request, as the node engine's does.
+      if (resume.phase === 'request') this.#noteRequest(resume.buffer);
       this.#onHandshakeError(resume.clientError);
       this.#socket.destroy();
       return;
@@ -217,6 +219,19 @@ export class Session {
     const left = this.#ctx.handshakeMs - (this.#ctx.now() - this.#startedAt);
     this.#timer = setTimeout(this.#onHandshakeTimeout, Math.max(0, left));
     if (this.#buffer.length > 0) this.#advance();
+  }
+
+  /** The command and destination of a whole SOCKS5 request in `buffer`, for the record; nothing if there is none. */
+  #noteRequest(buffer: Buffer): void {
+    let decoded;
+    try {
+      decoded = decodeRequest(buffer);
+    } catch {
+      return;
+    }
+    if (decoded === NEED_MORE) return;
+    this.#command = COMMAND_NAMES[decoded.value.command] ?? null;
+    this.#requested = formatDestination(decoded.value.destination);
   }
 
   /** Ends the session now, whatever its phase (server shutdown). */

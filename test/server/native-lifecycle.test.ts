@@ -211,6 +211,33 @@ describe('a client that resets mid-handshake: the native record says what the no
   }
 });
 
+describe('a client that resets while its destination is dialled: the native record says what the node one says, at once', () => {
+  test('both engines end the session without waiting out timeouts.connect', async () => {
+    const hole = await startBlackHole();
+    const records: Record<string, unknown>[] = [];
+    try {
+      for (const engine of ENGINES) {
+        // A connect timeout far beyond the wait below: only the reset can end the session in time.
+        const proxy = await proxyWith(engine, { timeouts: { connect: '60s' } });
+        try {
+          const client = await RawClient.connect(proxy.port);
+          client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', hole.port)]));
+          assert.deepEqual(await client.read(2), hex('05 00'));
+          client.socket.resetAndDestroy();
+          const { reason, error, command, requested, connected, relay } = await withTimeout(proxy.record(), 10_000, `${engine}: the record after the reset`);
+          records.push({ engine, reason, error, command, requested, connected, relay });
+        } finally {
+          await proxy.close();
+        }
+      }
+      const expected = { reason: 'client-gone', error: 'client connection failed during handshake: ECONNRESET', command: 'connect', requested: `127.0.0.1:${hole.port}`, connected: null, relay: null };
+      assert.deepEqual(records, ENGINES.map((engine) => ({ engine, ...expected })));
+    } finally {
+      await hole.close();
+    }
+  });
+});
+
 describe('reload while native sessions relay', () => {
   test('a deny rule refuses new sessions (05 02, the rule named) while the old one relays; without rules again, new sessions are native', async () => {
     const proxy = await proxyWith('native');

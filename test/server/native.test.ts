@@ -267,9 +267,10 @@ type ProxyKind = keyof typeof PROXY_KINDS;
  * What the client does after its bytes: `close` waits for the server to
  * close; `end-close` ends its side at once, then waits; `relay` reads the
  * answer, echoes "ping" through the destination and ends; `hold` reads the
- * answer (BIND's first reply, UDP's reply) and ends.
+ * answer (BIND's first reply, UDP's reply) and ends; `reset` reads it and
+ * resets (a FIN while BIND waits is a half-close: the wait goes on).
  */
-type Then = 'close' | 'end-close' | 'relay' | 'hold';
+type Then = 'close' | 'end-close' | 'relay' | 'hold' | 'reset';
 
 interface HandOverCase {
   readonly name: string;
@@ -384,10 +385,10 @@ const CASES: readonly HandOverCase[] = [
     reason: 'client-closed',
   },
   {
-    name: 'BIND: the first reply, then the client leaves while waiting for the peer',
+    name: 'BIND: the first reply, then the client resets while waiting for the peer',
     proxy: 'plain',
     bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', 0, 2)]),
-    then: 'hold',
+    then: 'reset',
     answer: `05 00 05 00 ${ZERO_V4}`,
     reason: 'client-gone',
   },
@@ -594,6 +595,10 @@ async function runCase(c: HandOverCase, proxy: EngineProxy, ports: Ports): Promi
         answer = await readAnswer();
         client.socket.end();
         assert.equal((await client.readToEnd()).length, 0, 'nothing after the reply');
+        break;
+      case 'reset':
+        answer = await readAnswer();
+        client.socket.resetAndDestroy();
         break;
     }
     const ended = await client.ended;
