@@ -374,6 +374,7 @@ static void from_client(udp_t *u) {
   if (!may_read(u, CLIENT_SIDE)) return;
   int n = receive(u->fd[CLIENT_SIDE]);
   int n4 = 0, n6 = 0;
+  int heard = 0; /* a datagram from the client that decodes: the association is in use (as on the stream relay) */
   for (int i = 0; i < n; i++) {
     size_t len = in[i].msg_len;
     unsigned char *d = in_iov[i].iov_base;
@@ -399,6 +400,7 @@ static void from_client(udp_t *u) {
       continue;
     }
     if (u->client_port == 0) u->client_port = port;
+    heard = 1;
     if (verdict == 0) {
       u->count[DENIED]++;
       continue;
@@ -413,7 +415,7 @@ static void from_client(udp_t *u) {
   }
   if (n4 > 0) send_batch(u, u->fd[OUT4], out4, n4, 0, UP);
   if (n6 > 0) send_batch(u, u->fd[OUT6], out6, n6, 0, UP);
-  if (n4 + n6 > 0) u->last_active = clock_ms();
+  if (heard) u->last_active = clock_ms();
 }
 
 /* Destinations → client, each payload behind a header naming its sender (lock held). */
@@ -722,6 +724,7 @@ static napi_value js_udp_client_port(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&u->lock);
   if (u->client_port == 0 && !u->closed) u->client_port = client_port;
   int ours = u->client_port == client_port;
+  if (ours) u->last_active = clock_ms(); /* it decoded: the association is in use, even if denied or unresolved */
   pthread_mutex_unlock(&u->lock);
   CHECK(napi_get_boolean(env, ours, &result));
   return result;

@@ -424,13 +424,16 @@ export class UdpAssociation implements UdpRelay {
 
   #fromDestination(msg: Buffer, address: string, port: number): void {
     if (this.#closed || this.#clientPort === null) return;
+    // The header makes it too large for one datagram: dropped before the
+    // rules are asked, as the relay thread does. (An outbound IPv6 socket is
+    // v6-only: a sender with a colon is IPv6, and gets a 22-byte header.)
+    if ((address.includes(':') ? 22 : 10) + msg.length > this.#maxToClient) {
+      this.counters.droppedInvalid++;
+      return;
+    }
     const header = this.#replyHeaders.get(address, port);
     if (header === null) {
       this.counters.droppedDenied++; // a sender the rules refuse
-      return;
-    }
-    if (header.length + msg.length > this.#maxToClient) {
-      this.counters.droppedInvalid++; // the header makes it too large for one datagram
       return;
     }
     this.counters.datagramsDown++;

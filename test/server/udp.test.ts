@@ -978,6 +978,27 @@ for (const engine of ['splice', 'stream'] as const) {
       }
     });
 
+    test('a reply too large to wrap in a header, from a sender the rules deny: counted as too large, not as denied', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      const intruder = await UdpPeer.open('127.0.0.2');
+      const stranger = await UdpPeer.open('127.0.0.3');
+      try {
+        const next = laterRecords(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'opens the outbound socket');
+        const outbound = suite.echo4.received.at(-1)!.from.port;
+        await intruder.send(Buffer.alloc(65507, 0x42), outbound, '127.0.0.1');
+        await stranger.send(Buffer.from('the barrier'), outbound, '127.0.0.1');
+        assertReply(await peer.next('the barrier'), assoc.relay, { host: '127.0.0.3', port: stranger.port }, 'the barrier');
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.datagramsDropped, 1);
+        assert.equal(record.datagramsDenied, 0, 'the relays agree: too large comes first');
+      } finally {
+        await Promise.all([peer.close(), intruder.close(), stranger.close()]);
+      }
+    });
+
     test('a burst of 100 datagrams to a destination not decided yet: each relayed once, in order', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
@@ -993,6 +1014,36 @@ for (const engine of ['splice', 'stream'] as const) {
         assert.equal(record.datagramsUp, 100);
         assert.equal(record.datagramsDropped, 0);
         assert.equal(record.datagramsDenied, 0, 'every drop here is a denial');
+      } finally {
+        await peer.close();
+      }
+    });
+  });
+
+  describe(`UDP ASSOCIATE idle timeout counts every datagram of the client's that decodes (${engine} relay)`, opts, () => {
+    const resolver: Resolver = { resolve: (name) => Promise.reject(Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: 'ENOTFOUND' })) };
+    const suite = udpSuite(engine, {
+      resolver,
+      timeouts: { udpIdle: 1000 },
+      rules: [{ name: 'not-dot-two', deny: { to: { nets: ['127.0.0.2/32'] } } }, { name: 'the-rest', allow: {} }],
+    });
+
+    test('datagrams to a denied destination and to a name that does not resolve keep the association alive past timeouts.udpIdle', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      try {
+        const next = laterRecords(suite.proxy);
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        // 2.5 s of datagrams none of which is relayed, one every 100 ms: well past the 1 s idle timeout.
+        for (let i = 0; i < 25; i++) {
+          const target = i % 2 === 0 ? frame('127.0.0.2', suite.echo4.port, `denied ${i}`) : frame('nowhere.test', suite.echo4.port, `unresolved ${i}`);
+          await peer.send(target, assoc.relay.port, assoc.relay.host);
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'still associated');
+        assoc.control.end();
+        const record = await next((r) => r.clientPort === assoc.controlPort);
+        assert.equal(record.reason, 'client-closed', 'not idle-timeout');
+        assert.equal(record.datagramsDropped, 25);
       } finally {
         await peer.close();
       }
