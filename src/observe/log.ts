@@ -8,7 +8,7 @@ import pretty from 'pino-pretty';
 import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
 import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
-import { StdoutSink } from './stdout.js';
+import { StdoutSink, doneWithin } from './stdout.js';
 
 export interface LoggerOptions {
   readonly level: string;
@@ -41,20 +41,14 @@ const sinks = new WeakMap<object, StdoutSink>();
 export function flushLog(log: Logger, timeoutMs: number): Promise<void> {
   const sink = sinks.get(streamOf(log));
   if (sink) return sink.flush(timeoutMs);
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, timeoutMs);
-    log.flush(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
+  return doneWithin(timeoutMs, (done) => log.flush(() => done()));
 }
 
 /**
  * Logs an uncaught exception (or unhandled rejection) at fatal as the process
  * ends: the log says why socksgate stopped, and the stdout sink's exit flush
- * (stdout.ts) takes that line out with the batched access lines. Node's own report on stderr
- * and its exit code stay as they are.
+ * (stdout.ts) takes that line out with the batched access lines. Node's own
+ * report on stderr and its exit code stay as they are.
  */
 export function logCrashes(log: Logger): void {
   process.on('uncaughtExceptionMonitor', (error, origin) => {
@@ -100,7 +94,6 @@ function writesPlainLines(log: Logger): boolean {
     && own[mixinSym] === undefined
     && own[msgPrefixSym] === undefined;
 }
-
 
 /** Reasons that mean the client misbehaved or was refused: logged at warn. */
 const WARN_REASONS: ReadonlySet<CloseReason> = new Set([

@@ -117,41 +117,23 @@ export class StdoutSink {
    * (stdout stalled, or failing): a stop never waits on its log for longer.
    */
   flush(timeoutMs: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.#givenUp = true; // and the exit flush will not wait either
-        resolve();
-      }, timeoutMs);
-      this.stream.flush(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    // Past the wait the exit flush will not wait either.
+    return doneWithin(timeoutMs, (done) => this.stream.flush(() => done()), () => { this.#givenUp = true; });
   }
 
   /**
-   * Writes what is batched, synchronously, as the process ends. Not while
-   * stdout is failing or a write is still in flight: the next write would
-   * block (a pipe whose reader stalled) or fail again.
+   * Writes what is batched, synchronously, as the process ends; not while
+   * stdout is failing. A pipe's EAGAIN now fails at once (see #givenUp), and
+   * stdout is non-blocking (see the constructor): this cannot hang the exit.
    */
   flushNow(): void {
     this.#givenUp = true;
-    if (this.#failure !== null || this.#writeInFlight()) return;
+    if (this.#failure !== null) return;
     try {
       this.stream.flushSync();
     } catch {
       // stdout failed just now: nothing more can be written
     }
-  }
-
-  /**
-   * sonic-boom's own flag for an fs.write() not yet returned. At exit that
-   * write cannot complete any more, and one that is still pending means
-   * stdout is full. (Private to sonic-boom; test/observe/stdout.test.ts
-   * notices if it goes.)
-   */
-  #writeInFlight(): boolean {
-    return (this.stream as unknown as { _writing?: unknown })._writing === true;
   }
 
   #failed(err: NodeJS.ErrnoException): void {
@@ -169,4 +151,18 @@ export class StdoutSink {
     this.#failure = null;
     this.#log?.warn({ event: 'log-resumed', dropped }, `the log is written again${after}: ${dropped} lines were dropped meanwhile`);
   }
+}
+
+/** Resolves once `begin` calls `done`, or after `timeoutMs`, whichever comes first (`onTimeout` runs then). */
+export function doneWithin(timeoutMs: number, begin: (done: () => void) => void, onTimeout = (): void => {}): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      onTimeout();
+      resolve();
+    }, timeoutMs);
+    begin(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
