@@ -8,10 +8,10 @@
  * signal to the primary is passed to every worker, each drains its own
  * sessions, and the primary exits when all have: 0 if every worker stopped
  * cleanly (one still starting, that the signal ended before it had handlers,
- * counts as clean), else 1, naming the worker. A worker that dies unexpectedly is replaced, at most once a second;
- * a replacement that exits before it listens (say the config file broke since
- * the start) is retried after 2, 4, 8… seconds, up to a minute, while the
- * other workers keep serving.
+ * counts as clean), else 1, naming the worker. A worker that dies
+ * unexpectedly is replaced, at most once a second; a replacement that exits
+ * before it listens (say the config file broke since the start) is retried
+ * after 2, 4, 8… seconds, up to a minute, while the other workers keep serving.
  * SIGHUP to the primary is passed to every worker, each reloads its own
  * configuration (and logs the outcome); the primary itself reads nothing.
  * Every worker reads the config file when it starts, but keeps the values of
@@ -59,6 +59,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
         live.delete(worker);
         ready.delete(worker);
         reloadWhenReady.delete(worker);
+        const how = signal ?? `code ${code}`;
         if (stopping) {
           // A worker still starting has no handlers yet, so the stop signal
           // ends it outright; it had no sessions, so that is a clean stop too.
@@ -66,7 +67,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
           if (!clean) {
             failed = true;
             // SIGKILL is the primary's own (a second signal, a failed start): already explained.
-            if (signal !== 'SIGKILL') options.say(`worker ${worker.process.pid} exited (${signal ?? `code ${code}`}) while stopping`);
+            if (signal !== 'SIGKILL') options.say(`worker ${worker.process.pid} exited (${how}) while stopping`);
           }
           if (live.size === 0) resolve(failed ? 1 : 0);
           return;
@@ -76,7 +77,6 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
           stop('startup failure', code ?? 1);
           return;
         }
-        const how = signal ?? `code ${code}`;
         let wait = Math.max(0, lastRespawn + 1000 - Date.now());
         if (listened) {
           options.say(`worker ${worker.process.pid} exited (${how}); starting another`);
