@@ -12,11 +12,11 @@
  * no verdict for, a reply too (udpToClient sends one this side allowed).
  */
 import { isIP } from 'node:net';
-import { type Destination, destination } from '../protocol/address.js';
+import { type Destination, destination, unmappedAddress } from '../protocol/address.js';
 import { decodeUdpHeader } from '../protocol/udp.js';
 import { errnoError, fromAddon, spliceAddon } from './splice.js';
 import {
-  DatagramPolicy, DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram, sendable,
+  DatagramPolicy, DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram,
   udpCounters,
 } from './udp.js';
 
@@ -152,7 +152,7 @@ export class NativeUdpAssociation implements UdpRelay {
     const target = decoded.header.destination;
     if (this.#policy !== null && !this.#policy.admits(target)) return this.#refuse(target);
     if (target.kind === 'domain') this.#names.send(target.host, target.port, decoded.payload);
-    else this.#send(target.kind === 'ipv6' ? sendable(target.host) : target.host, target.port, decoded.payload);
+    else this.#send(target.kind === 'ipv6' ? unmappedAddress(target.host) : target.host, target.port, decoded.payload); // mapped: over IPv4
   }
 
   /** A reply the relay thread had no verdict for (checked associations): its header names the sender. */

@@ -159,15 +159,6 @@ function passLiteral(address: string, _options: unknown, callback: (err: null, a
   callback(null, address, address.includes(':') ? 6 : 4);
 }
 
-/**
- * An IPv4-mapped address (`::ffff:127.0.0.1`, or `::ffff:7f00:1` as decoded
- * from a header's 16 bytes) as plain IPv4: the IPv6 outbound socket is
- * v6-only, so a mapped destination must go out over IPv4.
- */
-export function sendable(address: string): string {
-  return unmappedAddress(address);
-}
-
 /** A client's datagram decoded, or null when it is dropped (malformed, a fragment), counted. */
 export function decodeClientDatagram(msg: Buffer, counters: UdpCounters): { header: UdpHeader; payload: Buffer } | null {
   let header;
@@ -375,7 +366,8 @@ export class UdpAssociation implements UdpRelay {
       return;
     }
     if (target.kind === 'domain') return this.#names.send(target.host, target.port, payload);
-    const address = target.kind === 'ipv6' ? sendable(target.host) : target.host;
+    // An IPv4-mapped destination goes out over IPv4: the IPv6 outbound socket is v6-only.
+    const address = target.kind === 'ipv6' ? unmappedAddress(target.host) : target.host;
     const family = isIP(address) === 6 ? 6 : 4;
     // A copy: a view would keep the whole received datagram alive.
     this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };
