@@ -7,13 +7,17 @@
 import { createSocket } from 'node:dgram';
 import { type Server, type Socket, createServer, isIP } from 'node:net';
 import { SocksError } from '../errors.js';
-import { type Destination, canonicalAddress, destination, unmappedAddress } from '../protocol/address.js';
+import { type Destination, destination, unmappedAddress } from '../protocol/address.js';
 
 /** Whether an inbound connection from `peer` is the one the request named. */
 export type PeerCheck = 'requested' | 'any';
 
 export interface BindWaitOptions {
-  /** The application server's addresses from the request; an unspecified one (0.0.0.0, ::) accepts any peer. */
+  /**
+   * The application server's addresses from the request, spelled as a
+   * peer's socket spells its address (canonicalAddress); an unspecified one
+   * (0.0.0.0, ::) accepts any peer.
+   */
   readonly expectedPeers: readonly string[];
   readonly check: PeerCheck;
   readonly timeoutMs: number;
@@ -57,9 +61,7 @@ export class BindListener {
 
   /** Waits for the one inbound connection; then stops listening. Rejects with a SocksError. */
   accept(options: BindWaitOptions): Promise<Socket> {
-    // As the peer's socket will spell them: a request's IPv4-mapped address
-    // decodes as `::ffff:7f00:1`, a resolver may write IPv6 in full.
-    const expected = options.expectedPeers.map((p) => canonicalAddress(p) ?? p);
+    const expected = options.expectedPeers;
     const anyPeer = options.check === 'any' || expected.some(isUnspecified);
     return new Promise<Socket>((resolve, reject) => {
       const done = (err: SocksError | null, socket?: Socket) => {

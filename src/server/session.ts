@@ -206,7 +206,7 @@ export class Session {
     this.#buffer = resume.buffer;
     if (resume.clientError) {
       // Reset while the relay thread dialled: the record names the request, as the node engine's does.
-      if (resume.phase === 'request') this.#noteRequest(resume.buffer);
+      if (resume.phase === 'request') this.#noteRequestIn(resume.buffer);
       this.#onHandshakeError(resume.clientError);
       this.#socket.destroy();
       return;
@@ -222,16 +222,18 @@ export class Session {
   }
 
   /** The command and destination of a whole SOCKS5 request in `buffer`, for the record; nothing if there is none. */
-  #noteRequest(buffer: Buffer): void {
-    let decoded;
+  #noteRequestIn(buffer: Buffer): void {
     try {
-      decoded = decodeRequest(buffer);
+      const decoded = decodeRequest(buffer);
+      if (decoded !== NEED_MORE) this.#noteRequest(decoded.value.command, decoded.value.destination);
     } catch {
-      return;
+      // not a whole request: the record names none
     }
-    if (decoded === NEED_MORE) return;
-    this.#command = COMMAND_NAMES[decoded.value.command] ?? null;
-    this.#requested = formatDestination(decoded.value.destination);
+  }
+
+  #noteRequest(command: number, target: Destination): void {
+    this.#command = COMMAND_NAMES[command] ?? null;
+    this.#requested = formatDestination(target);
   }
 
   /** Ends the session now, whatever its phase (server shutdown). */
@@ -364,8 +366,7 @@ export class Session {
     if (request === NEED_MORE) return false;
     this.#consume(request.bytesRead);
     const { command, destination: target } = request.value;
-    this.#command = COMMAND_NAMES[command] ?? null;
-    this.#requested = formatDestination(target);
+    this.#noteRequest(command, target);
     if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
     if (command === Command.CONNECT) this.#connect(target);
     else if (command === Command.BIND) this.#bind(target);
