@@ -217,15 +217,18 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    * and `log.format` cannot change without a restart: a change to them is
    * listed in `needsRestart` and not applied.
    *
+   * The collaborators (`resolver`, `dialer`, `authenticator`, `now`) stay:
+   * the same ones may be given again, others throw a TypeError.
+   *
    * Synchronous and all-or-nothing: an invalid input throws ConfigError
    * (`problems` name each key path) or UsersFileError, and the server is left
    * exactly as it was. On success emits `reload` with the result.
    */
-  reload(input: ConfigInput = {}): ReloadResult {
+  reload(input: ServerOptions = {}): ReloadResult {
     if (this.#state === 'closing' || this.#state === 'closed') throw new Error(`server is ${this.#state}`);
     const old = this.#config;
     const ownAuthenticator = { ownAuthenticator: this.#customAuthenticator };
-    const wanted = validateConfig(input, ownAuthenticator);
+    const wanted = validateConfig(this.#withoutCollaborators(input), ownAuthenticator);
     const needsRestart = differingRestartKeys(old, wanted);
     // What restarts would change stays; validated again as a whole, so that
     // e.g. an old non-loopback listener with a new `auth.methods: [none]` and
@@ -261,6 +264,21 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const result: ReloadResult = { changed, needsRestart };
     this.#tell('reload', result);
     return result;
+  }
+
+  /**
+   * `input` without the collaborators, which a reload keeps: the very ones
+   * given to createServer may come again (the same options object, with new
+   * settings); others are refused, since the running sessions hold these.
+   */
+  #withoutCollaborators(input: ServerOptions): ConfigInput {
+    const held: ServerDependencies = { resolver: this.#resolver, dialer: this.#dialer, authenticator: this.#authenticator ?? undefined, now: this.#now };
+    const rest: Record<string, unknown> = { ...input };
+    for (const key of DEPENDENCY_KEYS) {
+      if (rest[key] !== undefined && rest[key] !== held[key]) throw new TypeError(`reload cannot replace the ${key} given to createServer: create a new server for another`);
+      delete rest[key];
+    }
+    return rest;
   }
 
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
@@ -304,7 +322,12 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    * once every session is gone.
    */
   close(options: { graceMs?: number } = {}): Promise<void> {
-    this.#closing ??= this.#close(options.graceMs ?? this.config.timeouts.shutdownGrace);
+    const { graceMs } = options;
+    // NaN would pass every comparison below as "longer than a timer holds" and wait forever.
+    if (graceMs !== undefined && !(typeof graceMs === 'number' && graceMs >= 0)) {
+      return Promise.reject(new RangeError(`close: graceMs must be a number of milliseconds >= 0 or Infinity, not ${String(graceMs)}`));
+    }
+    this.#closing ??= this.#close(graceMs ?? this.config.timeouts.shutdownGrace);
     return this.#closing;
   }
 

@@ -7,6 +7,7 @@ import { SocksClient } from 'socks';
 import { type ServerOptions, type SocksServer, createServer, ListenError, reservePorts } from '../../src/index.js';
 import { canBind, withTimeout } from '../cli/helpers.js';
 import { startEchoServer } from '../helpers/server.js';
+import { RawClient } from '../helpers/raw.js';
 import { ENGINES, countersSince, nativeCounters } from './native-helpers.js';
 
 test('one server listens on 127.0.0.1 and ::1; SOCKS4 only where switched on', async () => {
@@ -98,6 +99,20 @@ for (const engine of ENGINES) {
       assert.deepEqual(order, ['first', 'second']);
     }));
 }
+
+test('close() with a grace that is not a number >= 0 rejects and closes nothing; a valid close() after it works', async () => {
+  const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }] });
+  await server.listen();
+  try {
+    for (const graceMs of [NaN, -1, '5' as unknown as number]) {
+      await assert.rejects(server.close({ graceMs }), (err: unknown) => err instanceof RangeError && /graceMs must be/.test(err.message));
+    }
+    const client = await RawClient.connect(server.addresses()[0]!.port);
+    client.destroy();
+  } finally {
+    await withTimeout(server.close({ graceMs: 0 }), 5000, 'close()');
+  }
+});
 
 test('close({ graceMs: Infinity }) waits for the open session itself (a timer that long would fire at once)', () =>
   withOneSession({}, async (server, socket) => {

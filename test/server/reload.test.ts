@@ -241,4 +241,20 @@ describe('SocksServer.reload', () => {
     );
     assert.equal(server.config, config);
   });
+
+  test('the options object given to createServer, collaborators and all, can be given again with new settings; another collaborator is refused', () => {
+    const authenticator = { verify: async () => true };
+    const options = { listen: LOOPBACK_0, auth: { methods: ['userpass' as const] }, authenticator, now: () => 0 };
+    const server = createServer(options);
+    assert.deepEqual(server.reload({ ...options, timeouts: { connect: 1234 } }).changed, ['timeouts.connect']);
+    assert.equal(server.config.timeouts.connect, 1234);
+    const config = server.config;
+    assert.throws(
+      () => server.reload({ ...options, timeouts: { connect: 99 }, authenticator: { verify: async () => false } }),
+      (err: unknown) => err instanceof TypeError && /cannot replace the authenticator/.test(err.message),
+    );
+    assert.throws(() => server.reload({ ...options, now: Date.now }), /cannot replace the now/);
+    assert.throws(() => createServer({ listen: LOOPBACK_0 }).reload({ dialer: { dial: () => Promise.reject(new Error('x')) } }), /cannot replace the dialer/);
+    assert.equal(server.config, config, 'nothing changed');
+  });
 });
