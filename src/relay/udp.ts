@@ -30,7 +30,7 @@ import { isIP } from 'node:net';
 import { type Destination, canonicalAddress, destination, unmapIPv4, unmappedAddress } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
-import { promiseFrom } from '../callbacks.js';
+import { resolveWithin } from '../upstream/dialer.js';
 
 export interface UdpLimits {
   /** Largest datagram taken from the client, header included, in bytes. */
@@ -77,6 +77,8 @@ export interface UdpAssociationOptions {
   /** The client's UDP port if it named one in its request; otherwise learned from its first datagram. */
   readonly clientPort: number | null;
   readonly resolver: Resolver;
+  /** A destination name's lookup gives up after this long (`timeouts.connect`): its datagrams are dropped. */
+  readonly lookupMs: number;
   readonly limits: UdpLimits;
   /** No datagram either way for this long ends the association. */
   readonly idleMs: number;
@@ -183,26 +185,43 @@ type Send = (address: string, port: number, family: 4 | 6, payload: Buffer) => v
  * (limits.cachedNames, limits.pendingDatagrams); a datagram over the bound or
  * to a name that does not resolve is dropped and counted.
  */
+/** How long an answer is used before its name is looked up again (getaddrinfo tells no TTL). */
+export const NAME_TTL_MS = 60_000;
+/** How long a name whose lookup failed is not looked up again: its datagrams are dropped meanwhile. */
+export const FAILED_NAME_TTL_MS = 10_000;
+
+/** A name's last lookup: its address (null: it failed) and until when that holds. */
+interface KnownName {
+  readonly address: string | null;
+  readonly family: 4 | 6;
+  readonly until: number;
+}
+
 export class DestinationNames {
-  readonly #names = new Map<string, string>();
+  /** Answers and failures, at most `limits.cachedNames`, each for a while (NAME_TTL_MS, FAILED_NAME_TTL_MS). */
+  readonly #names = new Map<string, KnownName>();
   /** By name: the datagrams waiting for its one lookup, each with its port. */
   readonly #pending = new Map<string, Array<{ readonly port: number; readonly payload: Buffer }>>();
   #pendingCount = 0;
-  readonly #options: Pick<UdpAssociationOptions, 'resolver' | 'limits'>;
+  readonly #options: Pick<UdpAssociationOptions, 'resolver' | 'limits' | 'lookupMs'>;
   readonly #counters: UdpCounters;
   readonly #send: Send;
+  /** Milliseconds on a monotonic clock (tests pass their own). */
+  readonly #now: () => number;
 
-  constructor(options: Pick<UdpAssociationOptions, 'resolver' | 'limits'>, counters: UdpCounters, send: Send) {
+  constructor(options: Pick<UdpAssociationOptions, 'resolver' | 'limits' | 'lookupMs'>, counters: UdpCounters, send: Send, now: () => number = () => performance.now()) {
     this.#options = options;
     this.#counters = counters;
     this.#send = send;
+    this.#now = now;
   }
 
   send(host: string, port: number, payload: Buffer): void {
     const name = host.toLowerCase();
-    const address = this.#names.get(name);
-    if (address === undefined) this.#resolveThenSend(name, port, payload);
-    else this.#send(address, port, isIP(address) === 6 ? 6 : 4, payload);
+    const known = this.#names.get(name);
+    if (known === undefined || known.until <= this.#now()) this.#resolveThenSend(name, port, payload);
+    else if (known.address === null) this.#counters.droppedInvalid++;
+    else this.#send(known.address, port, known.family, payload);
   }
 
   /** Drops the datagrams waiting for a lookup, counted (the association closed). */
@@ -224,26 +243,35 @@ export class DestinationNames {
       return;
     }
     this.#pending.set(name, [{ port, payload }]);
-    promiseFrom(() => this.#options.resolver.resolve(name)).then(
-      (addresses) => {
-        const usable = firstAddress(addresses);
-        if (usable && this.#names.size < this.#options.limits.cachedNames) this.#names.set(name, usable);
-        this.#flushPending(name, usable);
-      },
-      () => this.#flushPending(name, undefined),
+    // With a deadline: a lookup that never answers would hold its datagrams, and its slots, for good.
+    resolveWithin(this.#options.resolver, name, this.#options.lookupMs).then(
+      (addresses) => this.#learned(name, firstAddress(addresses)),
+      () => this.#learned(name, undefined),
     );
   }
 
-  #flushPending(name: string, address: string | undefined): void {
+  /** Remembers a lookup's outcome (a failure too: a client repeating a bad name costs one lookup a while), then sends what waited. */
+  #learned(name: string, address: string | undefined): void {
+    const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
+    const ttl = address === undefined ? FAILED_NAME_TTL_MS : NAME_TTL_MS;
+    if (this.#roomForName()) this.#names.set(name, { address: address ?? null, family, until: this.#now() + ttl });
     const queued = this.#pending.get(name);
     if (queued === undefined) return; // cleared: the association closed
     this.#pending.delete(name);
     this.#pendingCount -= queued.length;
-    const family = address !== undefined && isIP(address) === 6 ? 6 : 4;
     for (const { port, payload } of queued) {
       if (address) this.#send(address, port, family, payload);
       else this.#counters.droppedInvalid++;
     }
+  }
+
+  /** Whether one more name fits in the cache, after forgetting those that expired. */
+  #roomForName(): boolean {
+    const limit = this.#options.limits.cachedNames;
+    if (this.#names.size < limit) return true;
+    const now = this.#now();
+    for (const [name, known] of this.#names) if (known.until <= now) this.#names.delete(name);
+    return this.#names.size < limit;
   }
 }
 

@@ -555,6 +555,7 @@ export class Session {
       clientAddress: client,
       clientPort: target.port === 0 ? null : target.port,
       resolver: ctx.resolver,
+      lookupMs: ctx.connectMs,
       limits: ctx.udpLimits,
       idleMs: ctx.udpIdleMs,
       allows: this.#datagramRules(),

@@ -24,6 +24,7 @@ function options(resolver: Resolver): UdpAssociationOptions {
     clientAddress: '127.0.0.1',
     clientPort: null,
     resolver,
+    lookupMs: 60_000,
     limits: { maxDatagram: 65_535, pendingDatagrams: 64, cachedNames: 64 },
     idleMs: 60_000,
     onIdle: () => {},
