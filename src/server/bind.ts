@@ -32,8 +32,17 @@ export class BindListener {
   #strayCount = 0;
   readonly #strayAddresses = new Set<string>();
 
+  /** An error the listening socket reported (an accept that failed), kept for the wait it ends. */
+  #failure: Error | null = null;
+  #onFailure: ((err: Error) => void) | null = null;
+
   private constructor(server: Server) {
     this.#server = server;
+    // Without a listener an accept error would be thrown and end the process; it ends this BIND only.
+    server.on('error', (err) => {
+      this.#failure ??= err;
+      this.#onFailure?.(err);
+    });
   }
 
   /** Listens on `address`, any free port. */
@@ -68,6 +77,7 @@ export class BindListener {
         clearTimeout(timer);
         options.signal.removeEventListener('abort', onAbort);
         this.#server.off('connection', onConnection);
+        this.#onFailure = null;
         this.close();
         if (socket) resolve(socket);
         else reject(err);
@@ -87,7 +97,10 @@ export class BindListener {
         () => done(new SocksError('ERR_CONNECT_TIMEOUT', `BIND: no connection within ${options.timeoutMs} ms${this.#strayNote()}`)),
         options.timeoutMs,
       );
+      const onFailure = (err: Error) => done(new SocksError('ERR_GENERAL', `BIND: the listening socket failed: ${err.message}`));
       if (options.signal.aborted) return onAbort();
+      if (this.#failure) return onFailure(this.#failure);
+      this.#onFailure = onFailure;
       options.signal.addEventListener('abort', onAbort, { once: true });
       this.#server.on('connection', onConnection);
     });

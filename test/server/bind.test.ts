@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { type Socket, connect, isIP } from 'node:net';
+import { type AddressInfo, Server, type Socket, connect, isIP } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { SocksClient, type SocksRemoteHost } from 'socks';
 import type { Resolver, SessionRecord } from '../../src/index.js';
@@ -240,6 +240,30 @@ describe('BIND', opts, () => {
     } finally {
       client.destroy();
     }
+  });
+
+  test('the BIND listening socket reports an error (a failed accept): REP 0x01 naming it, the listener closes, the server serves on', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks5Bind('127.0.0.1'));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const announced = socks5ReplyAddress(await client.read(10));
+      // The proxy's own listening socket for this BIND, as libuv would report an accept error on it.
+      const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles();
+      const bindServer = handles.find((h): h is Server => h instanceof Server && (h.address() as AddressInfo | null)?.port === announced.port);
+      assert.ok(bindServer, 'the BIND listener is found');
+      bindServer.emit('error', Object.assign(new Error('accept ENOBUFS'), { code: 'ENOBUFS' }));
+      const second = await within(client.read(10), 5000, 'the failure reply');
+      assert.deepEqual(second.subarray(0, 2), hex('05 01'));
+      await within(client.readToEnd(), 5000, 'the proxy to close');
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.match(record.error ?? '', /the listening socket failed: accept ENOBUFS/);
+      assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+    } finally {
+      client.destroy();
+    }
+    await bindRoundTrip(proxy, 5);
   });
 
   test('SOCKS4 BIND 0.0.0.0: the announced address is not 0.0.0.0 either', opts, async () => {
