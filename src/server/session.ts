@@ -635,12 +635,12 @@ export class Session {
     this.#phase = 'closing';
     this.#reason ??= reason;
     this.#error ??= error;
-    if (replyCode !== undefined) this.#reply = replyCode;
     this.#cancel(new SocksError('ERR_GENERAL', error));
     clearTimeout(this.#timer);
     this.#buffer = EMPTY;
     const socket = this.#socket;
-    if (socket.destroyed) return;
+    if (socket.destroyed) return; // the client is gone (a reset during the dial): no reply reached it, none is recorded
+    if (replyCode !== undefined) this.#reply = replyCode;
     if (reply) socket.end(reply);
     else socket.end();
     socket.resume();

@@ -211,7 +211,7 @@ describe('a client that resets mid-handshake: the native record says what the no
   }
 });
 
-describe('a client that resets while its destination is dialled: the native record says what the node one says, at once', () => {
+describe('a client that resets while its destination is dialled: the native record says what the node one says (no reply: none reached the client), at once', () => {
   test('both engines end the session without waiting out timeouts.connect', async () => {
     const hole = await startBlackHole();
     const records: Record<string, unknown>[] = [];
@@ -224,13 +224,13 @@ describe('a client that resets while its destination is dialled: the native reco
           client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', hole.port)]));
           assert.deepEqual(await client.read(2), hex('05 00'));
           client.socket.resetAndDestroy();
-          const { reason, error, command, requested, connected, relay } = await withTimeout(proxy.record(), 10_000, `${engine}: the record after the reset`);
-          records.push({ engine, reason, error, command, requested, connected, relay });
+          const { reason, error, command, requested, connected, reply, relay } = await withTimeout(proxy.record(), 10_000, `${engine}: the record after the reset`);
+          records.push({ engine, reason, error, command, requested, connected, reply, relay });
         } finally {
           await proxy.close();
         }
       }
-      const expected = { reason: 'client-gone', error: 'client connection failed during handshake: ECONNRESET', command: 'connect', requested: `127.0.0.1:${hole.port}`, connected: null, relay: null };
+      const expected = { reason: 'client-gone', error: 'client connection failed during handshake: ECONNRESET', command: 'connect', requested: `127.0.0.1:${hole.port}`, connected: null, reply: null, relay: null };
       assert.deepEqual(records, ENGINES.map((engine) => ({ engine, ...expected })));
     } finally {
       await hole.close();
