@@ -1,5 +1,6 @@
 /** The README's library example runs as written and does what it says. */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { run } from './helpers/run.js';
@@ -24,4 +25,17 @@ test('examples/reuse-port.mjs: two servers on one reserved port serve four reque
   const lines = result.stdout.toString().trim().split('\n');
   assert.equal(lines.length, 4, result.stdout.toString());
   for (const line of lines) assert.match(line, /^(first|second) served 127\.0\.0\.1:\d+$/);
+});
+
+test('examples/reload.mjs: a reload applies, two mistakes are refused naming the cause, a listen change waits for a restart; the README shows the file as it is', async () => {
+  const result = await run(process.execPath, [`${ROOT}examples/reload.mjs`], { timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr.toString());
+  assert.deepEqual(result.stdout.toString().trim().split('\n'), [
+    'changed: rules; needs a restart: nothing',
+    'refused: rules[0].deny.to.ports[0]: "20-10": the range starts above its end',
+    'refused: cannot read users file /nonexistent/users: ENOENT',
+    'changed: nothing; needs a restart: listen',
+  ]);
+  const readme = readFileSync(`${ROOT}README.md`, 'utf8');
+  assert.ok(readme.includes(`\`\`\`js\n${readFileSync(`${ROOT}examples/reload.mjs`, 'utf8')}\`\`\``), 'README.md shows examples/reload.mjs verbatim');
 });
