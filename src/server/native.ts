@@ -340,7 +340,8 @@ export class NativeSession {
   readonly ctx: SessionContext;
   readonly #startedAt: number;
   #user: string | null = null;
-  #authRefused = false;
+  /** The credentials were refused: by the authenticator (error null), or because it failed (its error). */
+  #authRefused: { readonly error: unknown } | null = null;
   /** Aborted once the addon lets the session go, so a password check still waiting is dropped. */
   #abort: AbortController | null = null;
   /** Handed over or ended: the addon has forgotten the handle. */
@@ -392,10 +393,17 @@ export class NativeSession {
     const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
     verdict.then(
       (ok) => {
-        if (!ok) this.#authRefused = true;
-        this.#answer(ok, ok && this.#owner.rememberCredentials ? 1 : -1);
+        // Only true accepts (as in the node engine): a truthy string from a
+        // careless authenticator is not a yes, and the addon takes booleans only.
+        const accepted = ok === true;
+        if (!accepted) this.#authRefused = { error: null };
+        this.#answer(accepted, accepted && this.#owner.rememberCredentials ? 1 : -1);
       },
-      () => this.#answer(false), // the session asks again and logs the authenticator's failure
+      (err: unknown) => {
+        // The session the refusal is handed to records the failure; it does not ask again.
+        this.#authRefused = { error: err ?? new Error('rejected without a reason') };
+        this.#answer(false);
+      },
     );
   }
 

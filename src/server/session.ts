@@ -77,8 +77,8 @@ export interface SessionResume {
   readonly user: string | null;
   /** The handshake deadline has passed: end with the timeout now. */
   readonly timedOut: boolean;
-  /** The credentials in `buffer` were already checked and refused. */
-  readonly authRefused: boolean;
+  /** The credentials in `buffer` were already checked and refused (error null), or the check failed so: not asked again. */
+  readonly authRefused: { readonly error: unknown } | null;
   /** The CONNECT in `buffer` was already dialled and failed so: refuse with it. */
   readonly dialFailure: SocksError | null;
   /** Reading from the client already failed so (a reset is reported once). */
@@ -334,16 +334,17 @@ export class Session {
     const { username, password } = message.value;
     this.#user = username;
     this.#wait();
-    if (this.#resume?.authRefused) {
-      this.#afterVerify(false, null);
+    const refused = this.#resume?.authRefused;
+    if (refused) {
+      this.#afterVerify(false, refused.error);
       return false;
     }
     const authenticator = this.#ctx.authenticator;
     const context = { clientAddress: this.#clientAddress, signal: this.#signal() };
     const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
     verdict.then(
-      (ok) => this.#afterVerify(ok, null),
-      (err: unknown) => this.#afterVerify(false, err),
+      (ok) => this.#afterVerify(ok === true, null), // only true accepts: a truthy string is not a yes
+      (err: unknown) => this.#afterVerify(false, err ?? new Error('rejected without a reason')),
     );
     return false;
   }
@@ -351,7 +352,7 @@ export class Session {
   #afterVerify(ok: boolean, err: unknown): void {
     if (this.#phase !== 'waiting') return; // timed out or closed meanwhile
     if (!ok) {
-      const cause = err ? `authenticator failed: ${(err as Error).message}` : `wrong credentials for user "${this.#user}"`;
+      const cause = err ? `authenticator failed: ${err instanceof Error ? err.message : String(err)}` : `wrong credentials for user "${this.#user}"`;
       this.#refuse(encodeUserPassStatus(UserPassStatus.FAILURE), 'auth-failed', cause);
       return;
     }

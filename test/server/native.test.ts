@@ -961,6 +961,39 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     assert.equal(runs.native.record.reason, 'handshake-timeout');
     assertSameEnding(runs);
   });
+
+  for (const [what, outcome] of [['undefined', undefined], ['1', 1], ['"yes"', 'yes']] as const) {
+    test(`an authenticator that resolves ${what}, not true: refused (01 01) on both engines, the process unharmed`, opts, async () => {
+      const careless = { verify: async () => outcome as unknown as boolean };
+      const answers: string[] = [];
+      const runs = await onBothEngines({ auth: USERPASS_ONLY, authenticator: careless }, async (proxy) => {
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+        answers.push((await client.readToEnd()).toString('hex'));
+        return client.localPort;
+      });
+      assert.deepEqual(answers, ['05020101', '05020101'], 'native, then node');
+      assert.equal(runs.native.record.reason, 'auth-failed');
+      assertSameEnding(runs);
+    });
+  }
+
+  test('an authenticator that rejects is asked once per attempt on both engines; the record names its failure', opts, async () => {
+    let calls = 0;
+    const failing = { verify: async () => { calls++; throw new Error(`backend down (call ${calls})`); } };
+    const callsPerEngine: number[] = [];
+    const runs = await onBothEngines({ auth: USERPASS_ONLY, authenticator: failing }, async (proxy) => {
+      calls = 0;
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+      assert.equal((await client.readToEnd()).toString('hex'), '05020101');
+      callsPerEngine.push(calls);
+      return client.localPort;
+    });
+    assert.deepEqual(callsPerEngine, [1, 1], 'native, then node');
+    assert.equal(runs.native.record.error, 'authenticator failed: backend down (call 1)');
+    assertSameEnding(runs);
+  });
 });
 
 /**
