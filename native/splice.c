@@ -1311,6 +1311,14 @@ static void decision_key(pair_t *p, uint64_t tag[2]) {
   tag_of(h->settings, key, at, tag);
 }
 
+/* Whether a request's address (ATYP 1: 4 bytes, 4: 16) is 0.0.0.0, ::, or ::ffff:0.0.0.0. */
+static int unspecified_address(int atyp, const unsigned char *addr) {
+  static const unsigned char zeros[16] = {0};
+  if (atyp == 1) return memcmp(addr, zeros, 4) == 0;
+  if (memcmp(addr, zeros, 10) != 0 || memcmp(addr + 12, zeros, 4) != 0) return 0;
+  return (addr[10] == 0 && addr[11] == 0) || (addr[10] == 0xff && addr[11] == 0xff);
+}
+
 static int step_request(pair_t *p) {
   handshake_t *h = p->hs;
   if (h->len < 4) return STEP_MORE;
@@ -1322,7 +1330,8 @@ static int step_request(pair_t *p) {
   }
   int size = atyp == 1 ? 10 : 22;
   if (h->len < size) return STEP_MORE;
-  if (h->buf[size - 2] == 0 && h->buf[size - 1] == 0) { /* port 0 */
+  /* Port 0, and the unspecified address (which Linux connects to this host): JavaScript refuses them. */
+  if ((h->buf[size - 2] == 0 && h->buf[size - 1] == 0) || unspecified_address(atyp, h->buf + 4)) {
     hand_over(p, RESUME_REQUEST, 0, 0);
     return STEP_STOP;
   }

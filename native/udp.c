@@ -227,6 +227,14 @@ static socklen_t make_address(struct sockaddr_storage *s, int family, const unsi
   return sizeof *v6;
 }
 
+/* Whether a header's address literal is 0.0.0.0, ::, or ::ffff:0.0.0.0 (only the length is trusted, not checked further). */
+static int unspecified_destination(const unsigned char *d, size_t len) {
+  static const unsigned char zeros[16] = {0};
+  if (d[3] == 1) return len >= 10 && memcmp(d + 4, zeros, 4) == 0;
+  if (d[3] != 4 || len < 22 || memcmp(d + 4, zeros, 10) != 0 || memcmp(d + 16, zeros, 4) != 0) return 0;
+  return (d[14] == 0 && d[15] == 0) || (d[14] == 0xff && d[15] == 0xff);
+}
+
 /*
  * Where a client's datagram goes when the relay thread can send it itself:
  * RSV 0, FRAG 0 and an address literal (an IPv4-mapped IPv6 one goes out over
@@ -235,6 +243,8 @@ static socklen_t make_address(struct sockaddr_storage *s, int family, const unsi
  */
 static int literal_destination(const unsigned char *d, size_t len, struct sockaddr_storage *dest, socklen_t *dest_len, int *which) {
   if (len < 4 || d[0] != 0 || d[1] != 0 || d[2] != 0) return 0;
+  /* The unspecified address reaches this host: JavaScript drops it, counted. */
+  if (unspecified_destination(d, len)) return 0;
   uint16_t port;
   if (d[3] == 1 && len >= 10) {
     memcpy(&port, d + 8, 2);

@@ -88,6 +88,21 @@ export function canonicalAddress(text: string): string | undefined {
   return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toString();
 }
 
+/** Only zeros, colons, dots and the `ffff` of a mapped address: what an unspecified address can be spelled with. */
+const MAY_BE_UNSPECIFIED = /^[0:.f]+$/i;
+
+/**
+ * Whether an IP literal is the unspecified address in any spelling (`0.0.0.0`,
+ * `::`, `0:0:0:0:0:0:0:0`, `::ffff:0.0.0.0`). As a destination it is not
+ * "nowhere": Linux connects (and sends) it to this host.
+ */
+export function isUnspecifiedAddress(text: string): boolean {
+  if (text === '0.0.0.0' || text === '::') return true;
+  if (!MAY_BE_UNSPECIFIED.test(text)) return false;
+  const canonical = canonicalAddress(text);
+  return canonical === '0.0.0.0' || canonical === '::';
+}
+
 /** `host:port`, with brackets around IPv6 literals. */
 export function formatDestination(d: { host: string; port: number }): string {
   return d.host.includes(':') ? `[${d.host}]:${d.port}` : `${d.host}:${d.port}`;

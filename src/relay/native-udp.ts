@@ -12,7 +12,7 @@
  * no verdict for, a reply too (udpToClient sends one this side allowed).
  */
 import { isIP } from 'node:net';
-import { type Destination, destination, unmappedAddress } from '../protocol/address.js';
+import { type Destination, destination, isUnspecifiedAddress, unmappedAddress } from '../protocol/address.js';
 import { decodeUdpHeader } from '../protocol/udp.js';
 import { errnoError, fromAddon, spliceAddon } from './splice.js';
 import {
@@ -151,8 +151,10 @@ export class NativeUdpAssociation implements UdpRelay {
     this.#clientPort = port;
     const target = decoded.header.destination;
     if (this.#policy !== null && !this.#policy.admits(target)) return this.#refuse(target);
-    if (target.kind === 'domain') this.#names.send(target.host, target.port, decoded.payload);
-    else this.#send(target.kind === 'ipv6' ? unmappedAddress(target.host) : target.host, target.port, decoded.payload); // mapped: over IPv4
+    if (target.kind === 'domain') return this.#names.send(target.host, target.port, decoded.payload);
+    const address = target.kind === 'ipv6' ? unmappedAddress(target.host) : target.host; // mapped: over IPv4
+    if (isUnspecifiedAddress(address)) this.#own.droppedInvalid++; // the relay thread leaves these here: Linux would deliver them to this host
+    else this.#send(address, target.port, decoded.payload);
   }
 
   /** A reply the relay thread had no verdict for (checked associations): its header names the sender. */

@@ -27,7 +27,7 @@
  */
 import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { isIP } from 'node:net';
-import { type Destination, canonicalAddress, destination, unmapIPv4, unmappedAddress } from '../protocol/address.js';
+import { type Destination, canonicalAddress, destination, isUnspecifiedAddress, unmapIPv4, unmappedAddress } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { resolveWithin } from '../upstream/dialer.js';
@@ -282,8 +282,14 @@ export class DestinationNames {
  * may break its contract: the datagrams are then dropped, not the process).
  */
 function firstAddress(answer: unknown): string | undefined {
-  const first: unknown = Array.isArray(answer) ? (answer[0] as { address?: unknown } | undefined)?.address : undefined;
-  return typeof first === 'string' ? canonicalAddress(first) : undefined;
+  if (!Array.isArray(answer)) return undefined;
+  for (const entry of answer as unknown[]) {
+    const text: unknown = (entry as { address?: unknown } | null)?.address;
+    const address = typeof text === 'string' ? canonicalAddress(text) : undefined;
+    // An unspecified address (a blocklist's 0.0.0.0) would be delivered to this host: not a destination.
+    if (address !== undefined && !isUnspecifiedAddress(address)) return address;
+  }
+  return undefined;
 }
 
 export class UdpAssociation implements UdpRelay {
@@ -396,6 +402,10 @@ export class UdpAssociation implements UdpRelay {
     if (target.kind === 'domain') return this.#names.send(target.host, target.port, payload);
     // An IPv4-mapped destination goes out over IPv4: the IPv6 outbound socket is v6-only.
     const address = target.kind === 'ipv6' ? unmappedAddress(target.host) : target.host;
+    if (isUnspecifiedAddress(address)) {
+      this.counters.droppedInvalid++; // Linux would deliver it to this host
+      return;
+    }
     const family = isIP(address) === 6 ? 6 : 4;
     // A copy: a view would keep the whole received datagram alive.
     this.#lastTarget = { header: Buffer.from(msg.subarray(0, header.payloadOffset)), address, port: target.port, family };

@@ -7,7 +7,7 @@
 import { createSocket } from 'node:dgram';
 import { type Server, type Socket, createServer, isIP } from 'node:net';
 import { SocksError } from '../errors.js';
-import { type Destination, destination, unmappedAddress } from '../protocol/address.js';
+import { type Destination, destination, isUnspecifiedAddress, unmappedAddress } from '../protocol/address.js';
 
 /** Whether an inbound connection from `peer` is the one the request named. */
 export type PeerCheck = 'requested' | 'any';
@@ -71,7 +71,7 @@ export class BindListener {
   /** Waits for the one inbound connection; then stops listening. Rejects with a SocksError. */
   accept(options: BindWaitOptions): Promise<Socket> {
     const expected = options.expectedPeers;
-    const anyPeer = options.check === 'any' || expected.some(isUnspecified);
+    const anyPeer = options.check === 'any' || expected.some(isUnspecifiedAddress);
     return new Promise<Socket>((resolve, reject) => {
       const done = (err: SocksError | null, socket?: Socket) => {
         clearTimeout(timer);
@@ -115,10 +115,6 @@ export class BindListener {
   }
 }
 
-function isUnspecified(address: string): boolean {
-  return address === '0.0.0.0' || address === '::' || /^(0+:){7}0+$/.test(address);
-}
-
 /**
  * The local address the kernel would use toward `host` (an IP literal; a
  * connected UDP socket sends nothing but knows its route), else `fallback`:
@@ -126,7 +122,7 @@ function isUnspecified(address: string): boolean {
  */
 export async function addressToward(host: string, port: number, fallback: string): Promise<string> {
   try {
-    if (isIP(host) === 0 || isUnspecified(host)) return fallback;
+    if (isIP(host) === 0 || isUnspecifiedAddress(host)) return fallback;
     const family = isIP(host) === 6 ? 'udp6' : 'udp4';
     const probe = createSocket(family);
     try {
@@ -135,7 +131,7 @@ export async function addressToward(host: string, port: number, fallback: string
         probe.connect(port || 9, host, () => resolve());
       });
       const local = probe.address().address;
-      return isUnspecified(local) ? fallback : local;
+      return isUnspecifiedAddress(local) ? fallback : local;
     } finally {
       probe.close();
     }

@@ -6,7 +6,7 @@
  */
 import { Socket, connect } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
-import type { Destination } from '../protocol/address.js';
+import { type Destination, isUnspecifiedAddress } from '../protocol/address.js';
 import { type ResolvedAddress, type Resolver, systemResolver } from './resolver.js';
 
 export interface DialOptions {
@@ -32,7 +32,10 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
   const attemptDelayMs = options.attemptDelayMs ?? 250;
   return {
     async dial(target, { timeoutMs, signal }) {
-      if (target.kind !== 'domain') return connectOne(target.host, target.port, timeoutMs, signal);
+      if (target.kind !== 'domain') {
+        if (isUnspecifiedAddress(target.host)) return Promise.reject(reachesThisHost(target.host));
+        return connectOne(target.host, target.port, timeoutMs, signal);
+      }
       // One controller carries both the deadline and the caller's abort; no
       // AbortSignal.any (slow, and it retains its sources on Node 20).
       const abort = new AbortController();
@@ -41,7 +44,9 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       signal?.addEventListener('abort', forward, { once: true });
       try {
         if (signal?.aborted) throw signal.reason;
-        const addresses = await raceAbort(resolveAll(resolver, target.host), abort.signal);
+        const found = await raceAbort(resolveAll(resolver, target.host), abort.signal);
+        const addresses = found.filter((a) => !isUnspecifiedAddress(a.address));
+        if (addresses.length === 0) throw reachesThisHost(found[0]!.address, target.host);
         return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort.signal);
       } catch (err) {
         throw toSocksError(err);
@@ -51,6 +56,16 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       }
     },
   };
+}
+
+/**
+ * The refusal of an unspecified destination (0.0.0.0, ::), given as such or
+ * as a name's only answer (a "0" or a blocklist's 0.0.0.0): Linux would
+ * connect it to this host, past rules that keep clients off loopback.
+ */
+function reachesThisHost(address: string, name?: string): SocksError {
+  const what = name === undefined ? address : `${name} resolves only to ${address}, which`;
+  return new SocksError('ERR_HOST_UNREACHABLE', `${what} is the unspecified address: a connection to it would reach this host`);
 }
 
 /**
