@@ -1,5 +1,6 @@
 /** Validation against the schema, and loading of YAML files. */
 import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { type Config, configSchema, configSchemaOwnAuthenticator } from './schema.js';
@@ -40,7 +41,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
   }, '');
 }
 
-/** Reads a YAML (or JSON) config file into a plain object, not yet validated. */
+/** Reads a YAML (or JSON) config file into a plain object, not yet validated; a relative `auth.usersFile` becomes a path beside the file. */
 export function readConfigFile(path: string): unknown {
   let text: string;
   try {
@@ -61,7 +62,20 @@ export function readConfigFile(path: string): unknown {
     const found = Array.isArray(parsed) ? 'a list' : `a ${typeof parsed} (${JSON.stringify(parsed).slice(0, 40)})`;
     throw new ConfigError([`${path}: the top level must be a mapping of settings (key: value), not ${found}`]);
   }
-  return parsed;
+  return withUsersFileFrom(parsed as Record<string, unknown>, dirname(path));
+}
+
+/**
+ * A relative `auth.usersFile` names a file beside the config file (the way
+ * `/etc/socksgate/socksgate.yaml` says `./users`), not one in whatever
+ * directory the daemon was started from (`/` under systemd).
+ */
+function withUsersFileFrom(settings: Record<string, unknown>, directory: string): Record<string, unknown> {
+  const auth = settings['auth'];
+  if (typeof auth !== 'object' || auth === null) return settings;
+  const file: unknown = (auth as Record<string, unknown>)['usersFile'];
+  if (typeof file !== 'string' || file === '' || isAbsolute(file)) return settings;
+  return { ...settings, auth: { ...auth, usersFile: resolve(directory, file) } };
 }
 
 function deepFreeze<T>(value: T): T {

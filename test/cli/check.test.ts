@@ -328,6 +328,19 @@ describe('socksgate --check', () => {
     assert.equal(r.code, 0);
   });
 
+  it('a relative auth.usersFile in a config file is beside that file, wherever the daemon starts; a relative --users-file is from the working directory', async () => {
+    const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    write('beside-users', `alice:${hash}\n`);
+    const config = write('beside.yaml', 'auth:\n  methods: [userpass]\n  usersFile: ./beside-users\n');
+    const fromRoot = await runCli(['--check', '--config', config], { cwd: '/' });
+    assert.equal(fromRoot.stderr, '');
+    assert.equal(fromRoot.code, 0);
+    const flagFromRoot = await runCli(['--check', '--config', config, '--users-file', 'beside-users'], { cwd: '/' });
+    assert.match(flagFromRoot.stderr, /cannot read users file beside-users: ENOENT/);
+    const flagHere = await runCli(['--check', '--config', config, '--users-file', 'beside-users'], { cwd: dir.file('') });
+    assert.equal(flagHere.code, 0, flagHere.stderr);
+  });
+
   it('rejects an unknown flag with usage and exit 2', async () => {
     const r = await runCli(['--check', '--no-such-flag']);
     assert.equal(r.code, 2);
