@@ -4,6 +4,7 @@
  * errors exactly as it reports file errors.
  */
 import type { parseArgs } from 'node:util';
+import { ConfigError } from './load.js';
 
 export const CLI_OPTIONS = {
   config: { type: 'string', short: 'c' },
@@ -56,33 +57,40 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
     const users = Array.isArray(auth.users) ? auth.users : [];
     auth.users = [...users, ...flags.user.map(parseUser)];
   }
-  if (flags['users-file']) auth.usersFile = flags['users-file'];
-  if (flags.auth) auth.methods = flags.auth.split(',').map((m) => m.trim());
+  if (flags['users-file'] !== undefined) auth.usersFile = flags['users-file'];
+  if (flags.auth !== undefined) auth.methods = flags.auth.split(',').map((m) => m.trim());
   else if ((flags.user || flags['users-file']) && auth.methods === undefined) auth.methods = ['userpass'];
   if (flags.allow) section('clients').allow = flags.allow;
   const timeouts = section('timeouts');
-  if (flags['handshake-timeout']) timeouts.handshake = numberOrText(flags['handshake-timeout']);
-  if (flags['connect-timeout']) timeouts.connect = numberOrText(flags['connect-timeout']);
-  if (flags['idle-timeout']) timeouts.idle = numberOrText(flags['idle-timeout']);
-  if (flags['shutdown-grace']) timeouts.shutdownGrace = numberOrText(flags['shutdown-grace']);
-  if (flags.workers) config.workers = numberOrText(flags.workers);
-  if (flags['relay-engine']) section('relay').engine = flags['relay-engine'];
-  if (flags['busy-poll']) section('relay').busyPollMicroseconds = numberOrText(flags['busy-poll']);
-  if (flags['handshake-engine']) section('handshake').engine = flags['handshake-engine'];
-  if (flags['log-level']) section('log').level = flags['log-level'];
-  if (flags['log-format']) section('log').format = flags['log-format'];
+  if (flags['handshake-timeout'] !== undefined) timeouts.handshake = numberOrText(flags['handshake-timeout']);
+  if (flags['connect-timeout'] !== undefined) timeouts.connect = numberOrText(flags['connect-timeout']);
+  if (flags['idle-timeout'] !== undefined) timeouts.idle = numberOrText(flags['idle-timeout']);
+  if (flags['shutdown-grace'] !== undefined) timeouts.shutdownGrace = numberOrText(flags['shutdown-grace']);
+  if (flags.workers !== undefined) config.workers = numberOrText(flags.workers);
+  if (flags['relay-engine'] !== undefined) section('relay').engine = flags['relay-engine'];
+  if (flags['busy-poll'] !== undefined) section('relay').busyPollMicroseconds = numberOrText(flags['busy-poll']);
+  if (flags['handshake-engine'] !== undefined) section('handshake').engine = flags['handshake-engine'];
+  if (flags['log-level'] !== undefined) section('log').level = flags['log-level'];
+  if (flags['log-format'] !== undefined) section('log').format = flags['log-format'];
   return config;
 }
 
-/** `127.0.0.1:1080`, `[::1]:1080`, `0.0.0.0:1080` or `1080` (loopback). */
-function parseListen(text: string): { address: string; port: number | string } {
+/**
+ * `127.0.0.1:1080`, `[::1]:1080`, `0.0.0.0:1080` or `1080` (loopback). The
+ * address is the schema's to judge; the shape is judged here, where the
+ * message can say how to write it.
+ */
+function parseListen(text: string): { address: string; port: number } {
   const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
   if (bracketed) return { address: bracketed[1]!, port: Number(bracketed[2]) };
   if (/^\d+$/.test(text)) return { address: '127.0.0.1', port: Number(text) };
   const colon = text.lastIndexOf(':');
-  if (colon < 0 || text.indexOf(':') !== colon) return { address: text, port: 'missing port' };
-  const port = text.slice(colon + 1);
-  return { address: text.slice(0, colon), port: numberOrText(port) };
+  const problem = colon < 0 ? 'no port: write address:port, [IPv6]:port, or a port alone (loopback)'
+    : text.indexOf(':') !== colon ? `an IPv6 address goes in brackets: [${text.slice(0, colon)}]:${text.slice(colon + 1)}`
+    : /^\d+$/.test(text.slice(colon + 1)) ? null
+    : 'the port must be a number from 0 to 65535';
+  if (problem !== null) throw new ConfigError([`--listen ${text}: ${problem}`]);
+  return { address: text.slice(0, colon), port: Number(text.slice(colon + 1)) };
 }
 
 function parseUser(text: string): { name: string; password: string } {

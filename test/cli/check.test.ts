@@ -341,6 +341,21 @@ describe('socksgate --check', () => {
     assert.equal(flagHere.code, 0, flagHere.stderr);
   });
 
+  it('--listen in a shape it cannot read says how to write it; an empty flag value is refused, not ignored', async () => {
+    const cases: Array<[string[], string]> = [
+      [['--listen', '::1:80'], 'socksgate: config: --listen ::1:80: an IPv6 address goes in brackets: [::1]:80'],
+      [['--listen', '127.0.0.1:-1'], 'socksgate: config: --listen 127.0.0.1:-1: the port must be a number from 0 to 65535'],
+      [['--listen', 'localhost'], 'socksgate: config: --listen localhost: no port: write address:port, [IPv6]:port, or a port alone (loopback)'],
+      [['--handshake-timeout='], 'socksgate: config: timeouts.handshake: "" is not a duration (e.g. 500ms, 10s, 5m, 1h)'],
+      [['--log-level='], 'socksgate: config: log.level: Invalid option: expected one of "fatal"|"error"|"warn"|"info"|"debug"|"trace"|"silent"'],
+    ];
+    for (const [flags, message] of cases) {
+      const r = await runCli(['--check', ...flags]);
+      assert.equal(r.code, 2, flags.join(' '));
+      assert.deepEqual(lines(r.stderr), [message]);
+    }
+  });
+
   it('rejects an unknown flag with usage and exit 2', async () => {
     const r = await runCli(['--check', '--no-such-flag']);
     assert.equal(r.code, 2);
