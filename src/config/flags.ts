@@ -4,7 +4,7 @@
  * errors exactly as it reports file errors.
  */
 import type { parseArgs } from 'node:util';
-import { ConfigError } from './load.js';
+import { ConfigError } from './config-error.js';
 
 export const CLI_OPTIONS = {
   config: { type: 'string', short: 'c' },

@@ -3,18 +3,11 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
+import { ConfigError } from './config-error.js';
 import { type Config, configSchema, configSchemaOwnAuthenticator } from './schema.js';
 
-/** A configuration that does not validate; `problems` name each key path. */
-export class ConfigError extends Error {
-  readonly problems: readonly string[];
+export { ConfigError };
 
-  constructor(problems: readonly string[]) {
-    super(problems.join('; '));
-    this.name = 'ConfigError';
-    this.problems = problems;
-  }
-}
 
 /** Validates and fills in defaults; throws ConfigError. The result is frozen. */
 export function validateConfig(input: unknown, options: { readonly ownAuthenticator?: boolean } = {}): Config {
