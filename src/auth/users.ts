@@ -6,7 +6,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { bcryptCompare, bcryptHash } from './bcrypt.js';
-import { UNSUPPORTED_2X, isBcryptHash, isUnsupportedBcryptHash } from './hash-format.js';
+import { bcryptHashProblem, isBcryptHash } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -46,7 +46,9 @@ export function parseUsersFile(text: string, path = 'users file'): Map<string, S
     const colon = line.indexOf(':');
     const name = line.slice(0, colon);
     const hash = line.slice(colon + 1);
-    if (colon > 0 && isUnsupportedBcryptHash(hash)) throw new UsersFileError(`${path}:${index + 1}: ${UNSUPPORTED_2X}`);
+    // A $2x$ hash, a cut one, one with a cost bcrypt has not or one too slow to check.
+    const problem = colon > 0 ? bcryptHashProblem(hash) : undefined;
+    if (problem !== undefined) throw new UsersFileError(`${path}:${index + 1}: ${problem}`);
     if (colon <= 0 || !isBcryptHash(hash)) {
       throw new UsersFileError(`${path}:${index + 1}: expected "name:bcrypt-hash"`);
     }

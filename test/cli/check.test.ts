@@ -320,6 +320,23 @@ describe('socksgate --check', () => {
     assert.doesNotMatch(r.stderr, /not-a-hash/); // the secret column is not echoed
   });
 
+  it('refuses a users file with a cost bcrypt has not or one too slow to check, exit 2 without listening (a cost-31 hash held the daemon\'s stop for more than a day)', async () => {
+    const tail = 'GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    for (const [cost, problem] of [['31', /bcrypt cost 31 is too slow to check \(at most 15\)/], ['99', /not a valid bcrypt hash: cost 99 is not one bcrypt has/]] as const) {
+      const file = write(`users-${cost}.txt`, `alice:$2b$${cost}$${tail}\n`);
+      for (const args of [['--check'], ['--listen', '127.0.0.1:0', '--log-format', 'json']]) {
+        const r = await runCli([...args, '--users-file', file], { timeoutMs: 10_000 }); // a daemon that started is killed then
+        assert.equal(r.code, 2, r.stderr);
+        assert.doesNotMatch(r.stdout.toString(), /listening/);
+        const problems = lines(r.stderr);
+        assert.equal(problems.length, 1, r.stderr);
+        assert.match(problems[0]!, new RegExp(`users-${cost}\\.txt:1: `));
+        assert.match(problems[0]!, problem);
+        assert.doesNotMatch(r.stderr, new RegExp(tail.slice(0, 20)));
+      }
+    }
+  });
+
   it('accepts a well-formed users file', async () => {
     const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
     const file = write('users-ok.txt', `# users\nalice:${hash}\n`);

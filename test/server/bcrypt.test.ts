@@ -128,6 +128,17 @@ describe('users file hash variants', () => {
     assert.throws(() => parseUsersFile(`ok:${bcryptjs.hashSync('pw', 4)}\nold:${hash}\n`, 'users.txt'), /users\.txt:2: \$2x\$ hashes are not supported; hash the password again/);
   });
 
+  test('a line whose cost bcrypt has not, or one too slow to check, is refused when the file loads, naming the line and why', () => {
+    const tail = bcryptjs.hashSync('pw', 4).slice(7);
+    const file = (cost: string) => `ok:${bcryptjs.hashSync('pw', 4)}\nslow:$2b$${cost}$${tail}\n`;
+    assert.throws(() => parseUsersFile(file('99'), 'users.txt'), /^UsersFileError: users\.txt:2: not a valid bcrypt hash: cost 99 is not one bcrypt has \(04 to 31\)$/);
+    assert.throws(() => parseUsersFile(file('03'), 'users.txt'), /users\.txt:2: not a valid bcrypt hash: cost 03 is not one/);
+    for (const cost of ['16', '20', '31']) {
+      assert.throws(() => parseUsersFile(file(cost), 'users.txt'), new RegExp(`users\\.txt:2: bcrypt cost ${cost} is too slow to check \\(at most 15\\): .*a few wrong guesses would hold every login`));
+    }
+    assert.deepEqual([...parseUsersFile(file('15')).keys()], ['ok', 'slow']);
+  });
+
   test('a $2x$ hash as a config password is refused too, instead of becoming the password itself', () => {
     const hash = bcryptjs.hashSync('pw', 4).replace(/^\$2[ab]\$/, '$2x$');
     assert.throws(
