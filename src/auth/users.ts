@@ -6,7 +6,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { bcryptCompare, bcryptHash } from './bcrypt.js';
-import { bcryptHashProblem, isBcryptHash } from './hash-format.js';
+import { MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -83,12 +83,20 @@ function dummy(cost: number): Promise<string> {
   return hash;
 }
 
-/** The cost most of the hashes have (10 when there are none): what an unknown name should cost. */
+/**
+ * The cost most of the hashes have (10 when there are none): what an unknown
+ * name should cost. Never above MAX_COST: the users file and the config refuse
+ * such hashes, but a store built from a map of the library's own may hold
+ * anything, and a store starts this hash when it is built (at 31 it ran for
+ * more than a day, held a slot of the gate and the process's exit with it).
+ */
 function usualCost(users: ReadonlyMap<string, StoredSecret>): number {
   const counts = new Map<number, number>();
   for (const secret of users.values()) {
     if (secret.kind === 'bcrypt') {
-      const cost = Number(secret.hash.slice(4, 6));
+      const written = bcryptCost(secret.hash);
+      if (Number.isNaN(written)) continue;
+      const cost = Math.min(Math.max(written, MIN_BCRYPT_COST), MAX_COST);
       counts.set(cost, (counts.get(cost) ?? 0) + 1);
     }
   }

@@ -13,6 +13,7 @@ import { ConfigError, UserStore, createServer, parseUsersFile } from '../../src/
 import { untilNoPasswordCheckRuns } from '../helpers/server.js';
 
 const BCRYPT_MODULE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'auth', 'bcrypt.js');
+const USERS_MODULE = join(dirname(BCRYPT_MODULE), 'users.js');
 
 /** Turns of the event loop (setImmediate callbacks) while `work` runs. */
 async function loopTurnsDuring(work: Promise<unknown>): Promise<number> {
@@ -137,6 +138,19 @@ describe('users file hash variants', () => {
       assert.throws(() => parseUsersFile(file(cost), 'users.txt'), new RegExp(`users\\.txt:2: bcrypt cost ${cost} is too slow to check \\(at most 15\\): .*a few wrong guesses would hold every login`));
     }
     assert.deepEqual([...parseUsersFile(file('15')).keys()], ['ok', 'slow']);
+  });
+
+  test('a store of the library\'s own with hashes above cost 15 makes its unknown-name hash at 15: an unknown name is answered and the process exits', () => {
+    // In a child process, bounded: before, the store started a cost-31 hash
+    // (more than a day) at once, and the exit waited for it on the thread pool.
+    const users = new Map([['slow', { kind: 'bcrypt', hash: `$2b$31$${bcryptjs.hashSync('pw', 4).slice(7)}` }]]);
+    const script = `
+      const { UserStore } = await import(${JSON.stringify(USERS_MODULE)});
+      const store = new UserStore(new Map(${JSON.stringify([...users])}));
+      console.log(JSON.stringify(await store.verify('nobody', 'pw')));
+      process.exit(0);`;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 30_000, killSignal: 'SIGKILL' });
+    assert.equal(JSON.parse(out.toString()), false);
   });
 
   test('a $2x$ hash as a config password is refused too, instead of becoming the password itself', () => {
