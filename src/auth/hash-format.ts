@@ -63,8 +63,3 @@ export function bcryptHashProblem(value: string): string | undefined {
   }
   return undefined;
 }
-
-/** A $2x$ hash: refused where it is written, never taken as plain text. */
-export function isUnsupportedBcryptHash(value: string): boolean {
-  return bcryptHashProblem(value) === UNSUPPORTED_2X;
-}

@@ -5,7 +5,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
-import { UNSUPPORTED_2X, isUnsupportedBcryptHash } from '../auth/hash-format.js';
+import { bcryptHashProblem } from '../auth/hash-format.js';
 import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
 
 /** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
@@ -85,8 +85,15 @@ const userSchema = z.strictObject({
     .string()
     .min(1)
     .max(255)
-    // Taken as plain text, a $2x$ hash would silently become the password itself.
-    .refine((value) => !isUnsupportedBcryptHash(value), { message: UNSUPPORTED_2X }),
+    // Taken as plain text, a $2x$, cut or mistyped hash (a trailing space)
+    // would silently become the password itself: whatever begins like a
+    // bcrypt hash ($2, a letter, $) is one or is refused, naming the problem.
+    .superRefine((value, ctx) => {
+      const problem = bcryptHashProblem(value);
+      if (problem === undefined) return;
+      const plain = problem.startsWith('not a valid') ? ' (a password beginning like a bcrypt hash is not taken as plain text)' : '';
+      ctx.addIssue({ code: 'custom', message: `${problem}${plain}` });
+    }),
 });
 
 export const authMethod = z.enum(['none', 'userpass']);

@@ -337,6 +337,23 @@ describe('socksgate --check', () => {
     }
   });
 
+  it('refuses a -u or config password that begins like a bcrypt hash but is not one (cut short, a trailing space), exit 2, naming the problem', async () => {
+    const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    const config = write('spaced.yaml', `auth:\n  methods: [userpass]\n  users:\n    - { name: bob, password: "${hash} " }\n`);
+    for (const [args, problem] of [
+      [['-u', `alice:${hash.slice(0, 59)}`], /auth\.users\[0\]\.password: not a valid bcrypt hash: it has 59 characters, not 60/],
+      [['-c', config], /auth\.users\[0\]\.password: not a valid bcrypt hash: character 61 \(whitespace\) is not one of/],
+    ] as const) {
+      const r = await runCli(['--check', ...args]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.equal(r.stdout.toString(), '');
+      const problems = lines(r.stderr);
+      assert.equal(problems.length, 1, r.stderr);
+      assert.match(problems[0]!, CONFIG_PROBLEM);
+      assert.match(problems[0]!, problem);
+    }
+  });
+
   it('accepts a well-formed users file', async () => {
     const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
     const file = write('users-ok.txt', `# users\nalice:${hash}\n`);

@@ -161,6 +161,29 @@ describe('users file hash variants', () => {
     );
   });
 
+  test('a config password that begins like a bcrypt hash but is not a valid one is refused, naming the problem, instead of becoming the password itself', () => {
+    const hash = bcryptjs.hashSync('pw', 4);
+    const refused = (password: string, problem: RegExp) => assert.throws(
+      () => createServer({ auth: { methods: ['userpass'], users: [{ name: 'ok', password: 'plain' }, { name: 'bad', password }] } }),
+      (err: unknown) => err instanceof ConfigError && err.problems.length === 1 && problem.test(err.problems[0]!),
+      `${JSON.stringify(password)} should be refused with ${problem}`,
+    );
+    const invalid = (why: string) => new RegExp(`^auth\\.users\\[1\\]\\.password: not a valid bcrypt hash: ${why}.*not taken as plain text`);
+    refused(hash.slice(0, 59), invalid('it has 59 characters, not 60'));
+    refused(`${hash}x`, invalid('it has 61 characters, not 60'));
+    refused(`${hash} `, invalid('character 61 \\(whitespace\\) is not one of \\./A-Za-z0-9'));
+    refused(`${hash.slice(0, 30)}!${hash.slice(31)}`, invalid('character 31 is not one of'));
+    refused(`$2c$${hash.slice(4)}`, invalid('\\$2c\\$ is not a variant socksgate reads'));
+    refused(`$2B$${hash.slice(4)}`, invalid('\\$2B\\$ is not a variant'));
+    refused(`$2b$4$${hash.slice(7)}`, invalid('the cost after the variant must be two digits'));
+    refused(`$2b$99$${hash.slice(7)}`, invalid('cost 99 is not one bcrypt has'));
+    refused(`$2b$16$${hash.slice(7)}`, /^auth\.users\[1\]\.password: bcrypt cost 16 is too slow to check \(at most 15\)/);
+    // What does not begin with $2, a letter and $ is a plain password, as before.
+    for (const plain of ['$2$10$whatever', 'x$2b$04$', '$2b', '$3b$04$abc']) {
+      assert.doesNotThrow(() => createServer({ auth: { methods: ['userpass'], users: [{ name: 'p', password: plain }] } }), plain);
+    }
+  });
+
   test('a store makes its unknown-name hash when it is built, at its users\' cost: the first unknown name pays one check, not two', async () => {
     const before = passwordChecks().total;
     const store = new UserStore(parseUsersFile(`a:${bcryptjs.hashSync('pw', 5)}\nb:${bcryptjs.hashSync('pw', 5)}\nc:${bcryptjs.hashSync('pw', 4)}\n`));
