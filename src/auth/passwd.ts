@@ -4,7 +4,8 @@
  * from the first line of stdin otherwise — never from argv, where `ps` and
  * shell history would show it.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { hashPassword, parseUsersFile } from './users.js';
 
@@ -27,14 +28,28 @@ export async function runPasswd(argv: string[]): Promise<number> {
   const cost = Number(parsed.values.cost ?? 10);
   if (!Number.isInteger(cost) || cost < 4 || cost > 15) return fail('--cost must be an integer from 4 to 15');
 
-  const lines = existsSync(file) ? readFileSync(file, 'utf8').split(/\r?\n/) : [];
+  try {
+    return await update(file, user, cost, parsed.values.delete === true);
+  } catch (err) {
+    if (err instanceof PasswdError) return fail(err.message);
+    throw err;
+  }
+}
+
+async function update(file: string, user: string, cost: number, remove: boolean): Promise<number> {
+  const text = readText(file);
+  if (text === null) {
+    if (remove) throw new PasswdError(`cannot read ${file}: ENOENT`);
+    checkWritableDirectory(file); // before the prompt, not after the password is typed
+  }
+  const lines = text === null ? [] : text.split(/\r?\n/);
   try {
     parseUsersFile(lines.join('\n'), file); // refuse to rewrite a file we cannot read back
   } catch (err) {
     return fail((err as Error).message);
   }
   const kept = lines.filter((line) => line.trim() !== '' && !line.startsWith(`${user}:`));
-  if (parsed.values.delete) {
+  if (remove) {
     if (kept.length === lines.filter((l) => l.trim() !== '').length) return fail(`no user ${user} in ${file}`);
     writeAtomically(file, kept);
     return 0;
@@ -52,10 +67,33 @@ export async function runPasswd(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The file's text, or null when there is no file yet. */
+function readText(file: string): string | null {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw fsError('read', file, err);
+  }
+}
+
+/** A new file can be made beside `file` (fails early on a missing or unwritable directory). */
+function checkWritableDirectory(file: string): void {
+  try {
+    accessSync(dirname(file), constants.W_OK | constants.X_OK);
+  } catch (err) {
+    throw fsError('write', file, err);
+  }
+}
+
 function writeAtomically(file: string, lines: string[]): void {
   const temp = `${file}.${process.pid}.tmp`;
-  writeFileSync(temp, lines.join('\n') + '\n', { mode: 0o600 });
-  renameSync(temp, file);
+  try {
+    writeFileSync(temp, lines.join('\n') + '\n', { mode: 0o600 });
+    renameSync(temp, file);
+  } catch (err) {
+    throw fsError('write', file, err);
+  }
 }
 
 async function readPassword(): Promise<string> {
@@ -96,6 +134,15 @@ function prompt(question: string): Promise<string> {
     };
     stdin.on('data', onData);
   });
+}
+
+/** A refusal told in one line (exit 2), not a stack trace. */
+class PasswdError extends Error {}
+
+/** A file system error as one line, `cannot read FILE: EACCES`; anything else (a bug) as it is. */
+function fsError(action: 'read' | 'write', file: string, err: unknown): Error {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' ? new PasswdError(`cannot ${action} ${file}: ${code}`) : (err as Error);
 }
 
 function fail(message: string): number {

@@ -4,7 +4,8 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { startEchoServer, type Fixture } from '../helpers/server.js';
 import { closed, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
@@ -13,6 +14,17 @@ const BCRYPT_LINE = /^([^:\s]+):(\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53})$/;
 
 function setPassword(file: string, user: string, password: string, ...extra: string[]) {
   return runCli(['passwd', file, user, '--cost', '4', ...extra], { input: `${password}\n` });
+}
+
+const isRoot = process.getuid?.() === 0;
+/** Who the permission tests run the CLI as: nobody when the tests run as root (root may write anywhere). */
+const unprivileged = isRoot ? { uid: 65534, gid: 65534 } : {};
+
+/** One line `socksgate passwd: …` on stderr, no stack trace. */
+function assertOneLine(stderr: string, pattern: RegExp): void {
+  assert.match(stderr, pattern);
+  assert.equal(stderr.trimEnd().split('\n').length, 1, `one line: ${stderr}`);
+  assert.match(stderr, /^socksgate passwd: /);
 }
 
 /** name → hash, checking that every line is a `name:bcrypt` line. */
@@ -130,6 +142,56 @@ describe('socksgate passwd', () => {
     assert.notEqual(colon.code, 0);
     assert.match(colon.stderr, /":"/);
     assert.equal(existsSync(file), false);
+  });
+});
+
+describe('socksgate passwd: file errors', { skip: process.platform === 'win32' }, () => {
+  let dir: ReturnType<typeof tempDir>;
+  before(() => {
+    dir = tempDir();
+    chmodSync(dir.path, 0o755); // the unprivileged runs reach their files through it
+  });
+  after(() => dir.remove());
+
+  it('a directory given as the file: one line, exit 2', async () => {
+    const file = dir.file('a-directory');
+    mkdirSync(file);
+    const r = await setPassword(file, 'alice', 'pw');
+    assert.equal(r.code, 2, r.stderr);
+    assertOneLine(r.stderr, new RegExp(`cannot read ${file}: EISDIR`));
+    const del = await runCli(['passwd', file, 'alice', '--delete']);
+    assert.equal(del.code, 2, del.stderr);
+    assertOneLine(del.stderr, /: EISDIR$/m);
+  });
+
+  it('a missing directory: one line, exit 2, and --delete of a missing file says so', async () => {
+    const file = dir.file('missing/users');
+    const r = await setPassword(file, 'alice', 'pw');
+    assert.equal(r.code, 2, r.stderr);
+    assertOneLine(r.stderr, new RegExp(`cannot write ${file}: ENOENT`));
+    const del = await runCli(['passwd', dir.file('absent.users'), 'alice', '--delete']);
+    assert.equal(del.code, 2, del.stderr);
+    assertOneLine(del.stderr, /cannot read .*absent\.users: ENOENT/);
+  });
+
+  it('an unwritable directory or an unreadable file: one line, exit 2, nothing changed', async () => {
+    const locked = dir.file('locked');
+    mkdirSync(locked, { mode: 0o555 });
+    chmodSync(locked, 0o555);
+    const file = join(locked, 'users');
+    const r = await runCli(['passwd', file, 'alice', '--cost', '4'], { input: 'pw\n', ...unprivileged });
+    assert.equal(r.code, 2, r.stderr);
+    assertOneLine(r.stderr, new RegExp(`cannot write ${file}: EACCES`));
+    assert.equal(existsSync(file), false);
+
+    const secret = dir.file('unreadable.users');
+    writeFileSync(secret, '# nothing yet\n', { mode: 0o000 });
+    chmodSync(secret, 0o000);
+    const read = await runCli(['passwd', secret, 'alice', '--cost', '4'], { input: 'pw\n', ...unprivileged });
+    assert.equal(read.code, 2, read.stderr);
+    assertOneLine(read.stderr, new RegExp(`cannot read ${secret}: EACCES`));
+    chmodSync(secret, 0o600);
+    assert.equal(readFileSync(secret, 'utf8'), '# nothing yet\n');
   });
 });
 

@@ -15,11 +15,16 @@ export interface RunOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** Working directory (default: this process's). */
   readonly cwd?: string;
+  /** Run as this user and group (the caller must be root). */
+  readonly uid?: number;
+  readonly gid?: number;
 }
 
 export function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env, cwd: options.cwd });
+    const child = spawn(command, args, {
+      stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env, cwd: options.cwd, uid: options.uid, gid: options.gid,
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));
