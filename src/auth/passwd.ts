@@ -4,7 +4,8 @@
  * from the first line of stdin otherwise — never from argv, where `ps` and
  * shell history would show it.
  */
-import { accessSync, constants, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { accessSync, closeSync, constants, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { hashPassword, parseUsersFile } from './users.js';
@@ -51,7 +52,7 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   const kept = lines.filter((line) => line.trim() !== '' && !line.startsWith(`${user}:`));
   if (remove) {
     if (kept.length === lines.filter((l) => l.trim() !== '').length) return fail(`no user ${user} in ${file}`);
-    writeAtomically(file, kept);
+    writeAtomically(file, kept.join('\n') + '\n');
     return 0;
   }
   let password: string;
@@ -63,7 +64,7 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   if (password === '') return fail('empty password refused');
   if (Buffer.byteLength(password) > 255) return fail('password longer than 255 bytes (SOCKS5 cannot carry it)');
   kept.push(`${user}:${await hashPassword(password, cost)}`);
-  writeAtomically(file, kept);
+  writeAtomically(file, kept.join('\n') + '\n');
   return 0;
 }
 
@@ -86,13 +87,38 @@ function checkWritableDirectory(file: string): void {
   }
 }
 
-function writeAtomically(file: string, lines: string[]): void {
-  const temp = `${file}.${process.pid}.tmp`;
+/**
+ * Replaces `file` with `text` in one rename. The temporary file beside it has
+ * a random name and is made with O_EXCL ('wx'): a name planted there, a
+ * symbolic link above all, is never written through. It is removed when
+ * anything fails.
+ */
+function writeAtomically(file: string, text: string): void {
+  const temp = `${file}.${randomBytes(8).toString('hex')}.tmp`;
+  let fd: number | undefined;
   try {
-    writeFileSync(temp, lines.join('\n') + '\n', { mode: 0o600 });
-    renameSync(temp, file);
+    fd = openSync(temp, 'wx', 0o600);
   } catch (err) {
     throw fsError('write', file, err);
+  }
+  try {
+    writeFileSync(fd, text);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+    renameSync(temp, file);
+  } catch (err) {
+    if (fd !== undefined) closeQuietly(fd);
+    rmSync(temp, { force: true });
+    throw fsError('write', file, err);
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // the write's error is the one to report
   }
 }
 

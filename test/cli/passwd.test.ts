@@ -4,11 +4,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { startEchoServer, type Fixture } from '../helpers/server.js';
-import { closed, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
+import { CLI, closed, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
 
 const BCRYPT_LINE = /^([^:\s]+):(\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53})$/;
 
@@ -25,6 +26,23 @@ function assertOneLine(stderr: string, pattern: RegExp): void {
   assert.match(stderr, pattern);
   assert.equal(stderr.trimEnd().split('\n').length, 1, `one line: ${stderr}`);
   assert.match(stderr, /^socksgate passwd: /);
+}
+
+/** `socksgate passwd` with its stdin left open: the test says when the password comes. */
+function startPasswd(args: readonly string[]): { child: ChildProcess; done: Promise<{ code: number | null; stderr: string }> } {
+  const child = spawn(process.execPath, [CLI, 'passwd', ...args], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+  child.stdin!.on('error', () => {});
+  const done = new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    });
+  });
+  return { child, done };
 }
 
 /** name → hash, checking that every line is a `name:bcrypt` line. */
@@ -114,6 +132,22 @@ describe('socksgate passwd', () => {
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /nobody/);
     assert.equal(readFileSync(file, 'utf8'), before);
+  });
+
+  it('never writes through a link planted where the temporary file would go', { skip: process.platform === 'win32' }, async () => {
+    const file = dir.file('planted.users');
+    const victim = dir.file('planted-victim');
+    writeFileSync(victim, 'not yours\n');
+    const { child, done } = startPasswd([file, 'alice', '--cost', '4']);
+    // The name passwd used to write to, ${file}.${pid}.tmp, is known once it runs.
+    symlinkSync(victim, `${file}.${child.pid}.tmp`);
+    child.stdin!.end('pw\n');
+    const r = await done;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(victim, 'utf8'), 'not yours\n', 'the link target is untouched');
+    assert.ok(lstatSync(file).isFile(), 'the users file is a file of its own, not the planted link');
+    assert.deepEqual([...readUsers(file).keys()], ['alice']);
+    assert.ok(lstatSync(`${file}.${child.pid}.tmp`).isSymbolicLink(), 'the planted link is left alone');
   });
 
   it('refuses an empty password and writes nothing', async () => {
