@@ -38,23 +38,12 @@ export async function runPasswd(argv: string[]): Promise<number> {
 }
 
 async function update(file: string, user: string, cost: number, remove: boolean): Promise<number> {
-  const text = readText(file);
-  if (text === null) {
-    if (remove) throw new PasswdError(`cannot read ${file}: ENOENT`);
-    checkWritableDirectory(file); // before the prompt, not after the password is typed
-  }
-  const lines = text === null ? [] : text.split(/\r?\n/);
-  try {
-    parseUsersFile(lines.join('\n'), file); // refuse to rewrite a file we cannot read back
-  } catch (err) {
-    return fail((err as Error).message);
-  }
-  const kept = lines.filter((line) => line.trim() !== '' && !line.startsWith(`${user}:`));
   if (remove) {
-    if (kept.length === lines.filter((l) => l.trim() !== '').length) return fail(`no user ${user} in ${file}`);
-    writeAtomically(file, kept.join('\n') + '\n');
+    writeAtomically(file, edited(file, user, null));
     return 0;
   }
+  // Refuse a file we could not rewrite before asking for the password...
+  edited(file, user, `${user}:`);
   let password: string;
   try {
     password = await readPassword();
@@ -63,9 +52,32 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   }
   if (password === '') return fail('empty password refused');
   if (Buffer.byteLength(password) > 255) return fail('password longer than 255 bytes (SOCKS5 cannot carry it)');
-  kept.push(`${user}:${await hashPassword(password, cost)}`);
-  writeAtomically(file, kept.join('\n') + '\n');
+  const line = `${user}:${await hashPassword(password, cost)}`;
+  // ...and read it again now: the prompt may have waited while someone else changed it.
+  writeAtomically(file, edited(file, user, line));
   return 0;
+}
+
+/** The file's text with `user`'s line replaced by `line` (or removed, when null); it must read back. */
+function edited(file: string, user: string, line: string | null): string {
+  const text = readText(file);
+  if (text === null) {
+    if (line === null) throw new PasswdError(`cannot read ${file}: ENOENT`);
+    checkWritableDirectory(file);
+  }
+  const lines = text === null ? [] : text.split(/\r?\n/);
+  try {
+    parseUsersFile(lines.join('\n'), file); // refuse to rewrite a file we cannot read back
+  } catch (err) {
+    throw new PasswdError((err as Error).message);
+  }
+  const kept = lines.filter((l) => l.trim() !== '' && !l.startsWith(`${user}:`));
+  if (line === null) {
+    if (kept.length === lines.filter((l) => l.trim() !== '').length) throw new PasswdError(`no user ${user} in ${file}`);
+  } else {
+    kept.push(line);
+  }
+  return kept.join('\n') + '\n';
 }
 
 /** The file's text, or null when there is no file yet. */

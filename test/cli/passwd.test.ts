@@ -150,6 +150,24 @@ describe('socksgate passwd', () => {
     assert.ok(lstatSync(`${file}.${child.pid}.tmp`).isSymbolicLink(), 'the planted link is left alone');
   });
 
+  it('reads the file after the password: a change made while it waited is kept', async () => {
+    const file = dir.file('concurrent.users');
+    writeFileSync(file, `alice:${bcrypt.hashSync('alice-pw', 4)}\n`);
+    const { child, done } = startPasswd([file, 'carol', '--cost', '4']);
+    // Once passwd has taken more than a pipe's worth of stdin it is reading the
+    // password: whatever it read of the file before that is stale from here.
+    await new Promise<void>((resolve, reject) => {
+      child.stdin!.write(`carol-pw\n${'x'.repeat(4 << 20)}`, (err) => (err ? reject(err) : resolve()));
+    });
+    writeFileSync(file, `bob:${bcrypt.hashSync('bob-pw', 4)}\n`, { flag: 'a' });
+    child.stdin!.end();
+    const r = await done;
+    assert.equal(r.code, 0, r.stderr);
+    const users = readUsers(file);
+    assert.deepEqual([...users.keys()].sort(), ['alice', 'bob', 'carol'], 'bob, added meanwhile, is still there');
+    assert.ok(bcrypt.compareSync('carol-pw', users.get('carol')!));
+  });
+
   it('refuses an empty password and writes nothing', async () => {
     const file = dir.file('empty.users');
     const r = await runCli(['passwd', file, 'alice', '--cost', '4'], { input: '' });
