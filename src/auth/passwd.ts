@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { accessSync, closeSync, constants, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { hashPassword, parseUsersFile } from './users.js';
+import { hashPassword, parseUsersFile, usersFileLine } from './users.js';
 
 const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
 
@@ -58,26 +58,56 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   return 0;
 }
 
-/** The file's text with `user`'s line replaced by `line` (or removed, when null); it must read back. */
+/**
+ * The file's text with `user`'s line replaced by `line` (or removed, when
+ * null); it must read back. Lines are matched as parseUsersFile reads them
+ * (trimmed, a BOM too). Everything else stays as it was: blank lines,
+ * comments, the order (a replaced user keeps its place; a new one comes
+ * last), a BOM, and each line's end; a new line ends as the file's first
+ * line does (LF in a new file). Further lines of the same user are removed.
+ */
 function edited(file: string, user: string, line: string | null): string {
   const text = readText(file);
   if (text === null) {
     if (line === null) throw new PasswdError(`cannot read ${file}: ENOENT`);
     checkWritableDirectory(file);
   }
-  const lines = text === null ? [] : text.split(/\r?\n/);
+  const bom = text?.startsWith('\uFEFF') ? '\uFEFF' : '';
+  const lines = splitLines((text ?? '').slice(bom.length));
   try {
-    parseUsersFile(lines.join('\n'), file); // refuse to rewrite a file we cannot read back
+    parseUsersFile(lines.map((l) => l.text).join('\n'), file); // refuse to rewrite a file we cannot read back
   } catch (err) {
     throw new PasswdError((err as Error).message);
   }
-  const kept = lines.filter((l) => l.trim() !== '' && !l.startsWith(`${user}:`));
-  if (line === null) {
-    if (kept.length === lines.filter((l) => l.trim() !== '').length) throw new PasswdError(`no user ${user} in ${file}`);
-  } else {
-    kept.push(line);
+  const mine = lines.map((l) => usersFileLine(l.text)?.name === user);
+  const first = mine.indexOf(true);
+  if (line === null && first < 0) throw new PasswdError(`no user ${user} in ${file}`);
+  const kept: Line[] = [];
+  lines.forEach((l, i) => {
+    if (i === first && line !== null) kept.push({ text: line, end: l.end });
+    else if (!mine[i]) kept.push(l);
+  });
+  if (line !== null && first < 0) {
+    const end = lines.find((l) => l.end !== '')?.end ?? '\n';
+    const last = kept.at(-1);
+    if (last && last.end === '') kept[kept.length - 1] = { text: last.text, end };
+    kept.push({ text: line, end });
   }
-  return kept.join('\n') + '\n';
+  return bom + kept.map((l) => l.text + l.end).join('');
+}
+
+/** A line of the file and its end: '\r\n', '\n', or '' (a last line without one). */
+interface Line {
+  readonly text: string;
+  readonly end: string;
+}
+
+function splitLines(text: string): Line[] {
+  if (text === '') return [];
+  return text.split(/(?<=\n)/).map((raw) => {
+    const end = /\r?\n$/.exec(raw)?.[0] ?? '';
+    return { text: raw.slice(0, raw.length - end.length), end };
+  });
 }
 
 /** The file's text, or null when there is no file yet. */

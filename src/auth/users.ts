@@ -41,20 +41,32 @@ export class UsersFileError extends Error {
 export function parseUsersFile(text: string, path = 'users file'): Map<string, StoredSecret> {
   const users = new Map<string, StoredSecret>();
   text.split(/\r?\n/).forEach((raw, index) => {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) return;
-    const colon = line.indexOf(':');
-    const name = line.slice(0, colon);
-    const hash = line.slice(colon + 1);
+    const entry = usersFileLine(raw);
+    if (!entry) return;
+    const { name, hash } = entry;
     // A $2x$ hash, a cut one, one with a cost bcrypt has not or one too slow to check.
-    const problem = colon > 0 ? bcryptHashProblem(hash) : undefined;
+    const problem = name !== '' ? bcryptHashProblem(hash) : undefined;
     if (problem !== undefined) throw new UsersFileError(`${path}:${index + 1}: ${problem}`);
-    if (colon <= 0 || !isBcryptHash(hash)) {
+    if (name === '' || !isBcryptHash(hash)) {
       throw new UsersFileError(`${path}:${index + 1}: expected "name:bcrypt-hash"`);
     }
     users.set(name, { kind: 'bcrypt', hash });
   });
   return users;
+}
+
+/**
+ * How parseUsersFile reads one line (without its line end): null for a blank
+ * line or a comment; else the name before the first colon ('' when there is
+ * none) and what follows it. The line is trimmed first (spaces, tabs, a BOM).
+ * `socksgate passwd` finds a user's line with it too.
+ */
+export function usersFileLine(raw: string): { readonly name: string; readonly hash: string } | null {
+  const line = raw.trim();
+  if (line === '' || line.startsWith('#')) return null;
+  const colon = line.indexOf(':');
+  if (colon <= 0) return { name: '', hash: line };
+  return { name: line.slice(0, colon), hash: line.slice(colon + 1) };
 }
 
 export function readUsersFile(path: string): Map<string, StoredSecret> {

@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
+import { parseUsersFile } from '../../src/auth/users.js';
 import { startEchoServer, type Fixture } from '../helpers/server.js';
 import { CLI, closed, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
 
@@ -166,6 +167,48 @@ describe('socksgate passwd', () => {
     const users = readUsers(file);
     assert.deepEqual([...users.keys()].sort(), ['alice', 'bob', 'carol'], 'bob, added meanwhile, is still there');
     assert.ok(bcrypt.compareSync('carol-pw', users.get('carol')!));
+  });
+
+  it('finds a user as the daemon reads the file: past leading spaces, a tab, a BOM', async () => {
+    const hash = (pw: string) => bcrypt.hashSync(pw, 4);
+    const file = dir.file('indented.users');
+    writeFileSync(file, `\uFEFFalice:${hash('a')}\n  bob:${hash('b')}\n\tcarol:${hash('c')}\n`);
+    const del = await runCli(['passwd', file, 'bob', '--delete']);
+    assert.equal(del.code, 0, del.stderr);
+    for (const [user, pw] of [['carol', 'carol-new'], ['alice', 'alice-new']] as const) {
+      const r = await setPassword(file, user, pw);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const text = readFileSync(file, 'utf8');
+    assert.ok(text.startsWith('\uFEFFalice:'), `the BOM stays, alice keeps her place: ${JSON.stringify(text)}`);
+    assert.equal(lines(text).length, 2, `one line each for alice and carol: ${JSON.stringify(text)}`);
+    const users = parseUsersFile(text);
+    assert.deepEqual([...users.keys()], ['alice', 'carol']);
+    for (const [user, pw] of [['alice', 'alice-new'], ['carol', 'carol-new']] as const) {
+      const secret = users.get(user);
+      assert.ok(secret?.kind === 'bcrypt' && bcrypt.compareSync(pw, secret.hash), user);
+    }
+  });
+
+  it('keeps comments, blank lines, the order and CRLF line ends', async () => {
+    const hash = (pw: string) => bcrypt.hashSync(pw, 4);
+    const file = dir.file('layout.users');
+    const [a, b] = [hash('a'), hash('b')];
+    writeFileSync(file, `# staff\r\n\r\nalice:${a}\r\n# contractors\r\nbob:${b}\r\n\r\n`);
+    assert.equal((await setPassword(file, 'alice', 'alice-new')).code, 0);
+    assert.equal((await setPassword(file, 'carol', 'carol-pw')).code, 0);
+    assert.equal((await runCli(['passwd', file, 'bob', '--delete'])).code, 0);
+    const text = readFileSync(file, 'utf8');
+    const newHash = /^alice:(\S+)\r$/m.exec(text)?.[1];
+    const carolHash = /^carol:(\S+)\r$/m.exec(text)?.[1];
+    assert.ok(newHash && carolHash, JSON.stringify(text));
+    assert.ok(bcrypt.compareSync('alice-new', newHash));
+    assert.equal(text, `# staff\r\n\r\nalice:${newHash}\r\n# contractors\r\n\r\ncarol:${carolHash}\r\n`);
+
+    const bare = dir.file('no-final-newline.users');
+    writeFileSync(bare, `alice:${a}`);
+    assert.equal((await setPassword(bare, 'bob', 'bob-pw')).code, 0);
+    assert.match(readFileSync(bare, 'utf8'), new RegExp(`^alice:${a.replace(/[$.]/g, '\\$&')}\nbob:\\S+\n$`));
   });
 
   it('refuses an empty password and writes nothing', async () => {
