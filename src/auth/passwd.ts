@@ -74,12 +74,14 @@ function edited(file: string, user: string, line: string | null): string {
   }
   const bom = text?.startsWith('\uFEFF') ? '\uFEFF' : '';
   const lines = splitLines((text ?? '').slice(bom.length));
+  const mine = lines.map((l) => usersFileLine(l.text)?.name === user);
+  // Refuse to rewrite a file we cannot read back, but for the user's own
+  // lines, which go: that is how a $2x$ hash (or a broken one) is repaired.
   try {
-    parseUsersFile(lines.map((l) => l.text).join('\n'), file); // refuse to rewrite a file we cannot read back
+    parseUsersFile(lines.map((l, i) => (mine[i] ? '' : l.text)).join('\n'), file);
   } catch (err) {
     throw new PasswdError((err as Error).message);
   }
-  const mine = lines.map((l) => usersFileLine(l.text)?.name === user);
   const first = mine.indexOf(true);
   if (line === null && first < 0) throw new PasswdError(`no user ${user} in ${file}`);
   const kept: Line[] = [];

@@ -228,6 +228,40 @@ describe('socksgate passwd', () => {
     assert.equal(readFileSync(file, 'utf8'), 'garbage line\n');
   });
 
+  it('repairs a user whose $2x$ line the daemon refuses (replace or delete), and still refuses other bad lines', async () => {
+    const x = `$2x$${bcrypt.hashSync('old', 4).slice(4)}`;
+    const bob = `bob:${bcrypt.hashSync('bob-pw', 4)}`;
+    const file = dir.file('2x.users');
+    writeFileSync(file, `alice:${x}\n${bob}\n`);
+    assert.throws(() => parseUsersFile(readFileSync(file, 'utf8')), /\$2x\$/);
+
+    const other = await setPassword(file, 'dave', 'pw');
+    assert.equal(other.code, 2, 'another user: the $2x$ line still refuses');
+    assert.ok(other.stderr.includes(`${file}:1: $2x$ hashes are not supported`), other.stderr);
+
+    const replaced = await setPassword(file, 'alice', 'alice-new');
+    assert.equal(replaced.code, 0, replaced.stderr);
+    const text = readFileSync(file, 'utf8');
+    const users = parseUsersFile(text, file); // the daemon reads it now
+    assert.deepEqual([...users.keys()], ['alice', 'bob']);
+    const alice = users.get('alice');
+    assert.ok(alice?.kind === 'bcrypt' && bcrypt.compareSync('alice-new', alice.hash));
+    assert.ok(text.endsWith(`\n${bob}\n`), 'bob untouched');
+
+    const gone = dir.file('2x-delete.users');
+    writeFileSync(gone, `${bob}\ncarol:${x}\n`);
+    const deleted = await runCli(['passwd', gone, 'carol', '--delete']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal(readFileSync(gone, 'utf8'), `${bob}\n`);
+
+    const broken = dir.file('2x-and-garbage.users');
+    writeFileSync(broken, `alice:${x}\ngarbage line\n`);
+    const r = await setPassword(broken, 'alice', 'pw');
+    assert.equal(r.code, 2);
+    assert.ok(r.stderr.includes(`${broken}:2: expected`), r.stderr);
+    assert.equal(readFileSync(broken, 'utf8'), `alice:${x}\ngarbage line\n`);
+  });
+
   it('rejects a bad --cost and a user name with a colon', async () => {
     const file = dir.file('bad-args.users');
     const cost = await runCli(['passwd', file, 'alice', '--cost', '3'], { input: 'pw\n' });
