@@ -25,7 +25,8 @@ export async function runPasswd(argv: string[]): Promise<number> {
   }
   const [file, user, ...extra] = parsed.positionals;
   if (!file || !user || extra.length > 0) return fail(USAGE);
-  if (user.includes(':') || /\s/.test(user)) return fail(`user name may not contain ":" or spaces: ${user}`);
+  const problem = nameProblem(user);
+  if (problem) return fail(problem);
   const cost = Number(parsed.values.cost ?? 10);
   if (!Number.isInteger(cost) || cost < 4 || cost > 15) return fail('--cost must be an integer from 4 to 15');
 
@@ -110,6 +111,20 @@ function splitLines(text: string): Line[] {
     const end = /\r?\n$/.exec(raw)?.[0] ?? '';
     return { text: raw.slice(0, raw.length - end.length), end };
   });
+}
+
+/**
+ * Why `user` could never log in from the users file, or null. A line
+ * `user:hash` must read back as that user (parseUsersFile trims the line,
+ * takes a line starting with # as a comment, and the name ends at the first
+ * colon); a SOCKS5 client can send at most 255 bytes of name (RFC 1929).
+ */
+function nameProblem(user: string): string | null {
+  if (user.includes(':') || /\s/.test(user)) return `user name may not contain ":" or spaces: ${user}`;
+  if (user.startsWith('#')) return `user name may not start with "#" (the line would be a comment): ${user}`;
+  if (Buffer.byteLength(user) > 255) return 'user name longer than 255 bytes (SOCKS5 cannot carry it)';
+  if (usersFileLine(`${user}:`)?.name !== user) return `user name would not read back from the users file: ${user}`;
+  return null;
 }
 
 /** The file's text, or null when there is no file yet. */

@@ -274,6 +274,40 @@ describe('socksgate passwd', () => {
   });
 });
 
+describe('socksgate passwd: user names', () => {
+  let dir: ReturnType<typeof tempDir>;
+  before(() => {
+    dir = tempDir();
+  });
+  after(() => dir.remove());
+
+  it('refuses a name that could never log in: one line, exit 2, nothing written', async () => {
+    const file = dir.file('refused.users');
+    for (const [name, why] of [
+      ['#alice', /may not start with "#"/],
+      ['a'.repeat(256), /longer than 255 bytes/],
+      ['é'.repeat(128), /longer than 255 bytes/], // 256 bytes in UTF-8
+      ['al ice', /":" or spaces/],
+      ['a:b', /":" or spaces/],
+    ] as const) {
+      const r = await setPassword(file, name, 'pw');
+      assert.equal(r.code, 2, `${name}: ${r.stderr}`);
+      assertOneLine(r.stderr, why);
+      assert.equal(existsSync(file), false, name);
+    }
+  });
+
+  it('every name it accepts reads back from the file as that name', async () => {
+    const file = dir.file('accepted.users');
+    const names = ['a'.repeat(255), 'é'.repeat(127), 'x#y', 'ü', 'a.b@example.com', '$2b$'];
+    for (const name of names) {
+      const r = await setPassword(file, name, 'pw');
+      assert.equal(r.code, 0, `${name}: ${r.stderr}`);
+    }
+    assert.deepEqual([...parseUsersFile(readFileSync(file, 'utf8')).keys()], names);
+  });
+});
+
 describe('socksgate passwd: file errors', { skip: process.platform === 'win32' }, () => {
   let dir: ReturnType<typeof tempDir>;
   before(() => {
