@@ -5,7 +5,10 @@
  * shell history would show it.
  */
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  type Stats, accessSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, openSync, readFileSync,
+  realpathSync, renameSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { hashPassword, parseUsersFile, usersFileLine } from './users.js';
@@ -40,7 +43,7 @@ export async function runPasswd(argv: string[]): Promise<number> {
 
 async function update(file: string, user: string, cost: number, remove: boolean): Promise<number> {
   if (remove) {
-    writeAtomically(file, edited(file, user, null));
+    write(file, edited(file, user, null));
     return 0;
   }
   // Refuse a file we could not rewrite before asking for the password...
@@ -55,8 +58,15 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   if (Buffer.byteLength(password) > 255) return fail('password longer than 255 bytes (SOCKS5 cannot carry it)');
   const line = `${user}:${await hashPassword(password, cost)}`;
   // ...and read it again now: the prompt may have waited while someone else changed it.
-  writeAtomically(file, edited(file, user, line));
+  write(file, edited(file, user, line));
   return 0;
+}
+
+/** The users file as read: where it really is, its owner and mode (null when there is no file yet), its text. */
+interface Snapshot {
+  readonly target: string;
+  readonly stat: Stats | null;
+  readonly text: string;
 }
 
 /**
@@ -67,14 +77,12 @@ async function update(file: string, user: string, cost: number, remove: boolean)
  * last), a BOM, and each line's end; a new line ends as the file's first
  * line does (LF in a new file). Further lines of the same user are removed.
  */
-function edited(file: string, user: string, line: string | null): string {
-  const text = readText(file);
-  if (text === null) {
-    if (line === null) throw new PasswdError(`cannot read ${file}: ENOENT`);
-    checkWritableDirectory(file);
-  }
-  const bom = text?.startsWith('\uFEFF') ? '\uFEFF' : '';
-  const lines = splitLines((text ?? '').slice(bom.length));
+function edited(file: string, user: string, line: string | null): Snapshot {
+  const { target, stat, text } = read(file);
+  if (!stat && line === null) throw new PasswdError(`cannot read ${file}: ENOENT`);
+  checkWritableDirectory(target, file);
+  const bom = text.startsWith('\uFEFF') ? '\uFEFF' : '';
+  const lines = splitLines(text.slice(bom.length));
   const mine = lines.map((l) => usersFileLine(l.text)?.name === user);
   // Refuse to rewrite a file we cannot read back, but for the user's own
   // lines, which go: that is how a $2x$ hash (or a broken one) is repaired.
@@ -96,7 +104,7 @@ function edited(file: string, user: string, line: string | null): string {
     if (last && last.end === '') kept[kept.length - 1] = { text: last.text, end };
     kept.push({ text: line, end });
   }
-  return bom + kept.map((l) => l.text + l.end).join('');
+  return { target, stat, text: bom + kept.map((l) => l.text + l.end).join('') };
 }
 
 /** A line of the file and its end: '\r\n', '\n', or '' (a last line without one). */
@@ -127,33 +135,63 @@ function nameProblem(user: string): string | null {
   return null;
 }
 
-/** The file's text, or null when there is no file yet. */
-function readText(file: string): string | null {
+/**
+ * Reads the users file. A symbolic link is followed to the file it names
+ * (realpath), which is the one rewritten: the link stays a link.
+ */
+function read(file: string): Snapshot {
+  const target = resolveLink(file);
+  let stat: Stats;
   try {
-    return readFileSync(file, 'utf8');
+    stat = statSync(target);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { target, stat: null, text: '' };
+    throw fsError('read', file, err);
+  }
+  if (stat.isDirectory()) throw new PasswdError(`cannot read ${file}: EISDIR`);
+  if (!stat.isFile()) throw new PasswdError(`cannot rewrite ${file}: not a regular file`);
+  try {
+    return { target, stat, text: readFileSync(target, 'utf8') };
+  } catch (err) {
     throw fsError('read', file, err);
   }
 }
 
-/** A new file can be made beside `file` (fails early on a missing or unwritable directory). */
-function checkWritableDirectory(file: string): void {
+/** Where `file` really is: itself when it does not exist yet. */
+function resolveLink(file: string): string {
   try {
-    accessSync(dirname(file), constants.W_OK | constants.X_OK);
+    return realpathSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fsError('read', file, err);
+  }
+  let dangling = false;
+  try {
+    dangling = lstatSync(file).isSymbolicLink();
+  } catch {
+    // no file and no link: a new file
+  }
+  if (dangling) throw new PasswdError(`cannot follow the symbolic link ${file}: ENOENT`);
+  return file;
+}
+
+/** A file can be made beside `target` (fails before the prompt on a missing or unwritable directory). */
+function checkWritableDirectory(target: string, file: string): void {
+  try {
+    accessSync(dirname(target), constants.W_OK | constants.X_OK);
   } catch (err) {
     throw fsError('write', file, err);
   }
 }
 
 /**
- * Replaces `file` with `text` in one rename. The temporary file beside it has
- * a random name and is made with O_EXCL ('wx'): a name planted there, a
- * symbolic link above all, is never written through. It is removed when
- * anything fails.
+ * Replaces the file with the new text in one rename. The temporary file
+ * beside it has a random name and is made with O_EXCL ('wx'): a name planted
+ * there, a symbolic link above all, is never written through. It gets the
+ * owner, group and mode of the file it replaces (a new file: 0600), and it is
+ * removed when anything fails.
  */
-function writeAtomically(file: string, text: string): void {
-  const temp = `${file}.${randomBytes(8).toString('hex')}.tmp`;
+function write(file: string, { target, stat, text }: Snapshot): void {
+  const temp = `${target}.${randomBytes(8).toString('hex')}.tmp`;
   let fd: number | undefined;
   try {
     fd = openSync(temp, 'wx', 0o600);
@@ -162,14 +200,54 @@ function writeAtomically(file: string, text: string): void {
   }
   try {
     writeFileSync(fd, text);
+    keepOwnerAndMode(fd, file, stat);
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
-    renameSync(temp, file);
+    renameSync(temp, target);
   } catch (err) {
     if (fd !== undefined) closeQuietly(fd);
     rmSync(temp, { force: true });
-    throw fsError('write', file, err);
+    throw err instanceof PasswdError ? err : fsError('write', file, err);
+  }
+  syncDirectory(dirname(target));
+}
+
+/**
+ * Gives the new file the old one's owner, group and mode. Changing the owner
+ * takes root (the group, membership of it): when that fails the file is not
+ * replaced, since the daemon reading it as that owner or group might no
+ * longer be able to. When they are the same already (the file's owner runs
+ * passwd), nothing needs root.
+ */
+function keepOwnerAndMode(fd: number, file: string, stat: Stats | null): void {
+  if (!stat) {
+    fchmodSync(fd, 0o600); // exactly, whatever the umask
+    return;
+  }
+  const made = fstatSync(fd);
+  if (made.uid !== stat.uid || made.gid !== stat.gid) {
+    try {
+      fchownSync(fd, stat.uid, stat.gid);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      throw new PasswdError(`cannot keep the owner of ${file} (uid ${stat.uid}, gid ${stat.gid}): ${code}`);
+    }
+  }
+  fchmodSync(fd, stat.mode & 0o7777); // after fchown, which may clear set-id bits
+}
+
+/** Makes the rename durable; a file system that cannot sync a directory is no reason to fail. */
+function syncDirectory(dir: string): void {
+  try {
+    const fd = openSync(dir, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // best effort
   }
 }
 

@@ -4,8 +4,10 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import {
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { parseUsersFile } from '../../src/auth/users.js';
@@ -355,6 +357,90 @@ describe('socksgate passwd: file errors', { skip: process.platform === 'win32' }
     assertOneLine(read.stderr, new RegExp(`cannot read ${secret}: EACCES`));
     chmodSync(secret, 0o600);
     assert.equal(readFileSync(secret, 'utf8'), '# nothing yet\n');
+  });
+});
+
+describe('socksgate passwd: the file it replaces', { skip: process.platform === 'win32' }, () => {
+  let dir: ReturnType<typeof tempDir>;
+  const aliceLine = () => `alice:${bcrypt.hashSync('alice-pw', 4)}\n`;
+  before(() => {
+    dir = tempDir();
+    chmodSync(dir.path, 0o755); // the unprivileged run reaches its files through it
+  });
+  after(() => dir.remove());
+
+  it('keeps the mode of the file it replaces, and makes a new one 0600', async () => {
+    const file = dir.file('mode.users');
+    writeFileSync(file, aliceLine());
+    chmodSync(file, 0o640);
+    assert.equal((await setPassword(file, 'bob', 'pw')).code, 0);
+    assert.equal(statSync(file).mode & 0o7777, 0o640, 'after a change');
+    assert.equal((await runCli(['passwd', file, 'alice', '--delete'])).code, 0);
+    assert.equal(statSync(file).mode & 0o7777, 0o640, 'after a delete');
+
+    const fresh = dir.file('fresh.users');
+    assert.equal((await setPassword(fresh, 'alice', 'pw')).code, 0);
+    assert.equal(statSync(fresh).mode & 0o7777, 0o600);
+  });
+
+  it('keeps the owner and group of the file it replaces', { skip: !isRoot && 'needs root (chown)' }, async () => {
+    const file = dir.file('owned.users');
+    writeFileSync(file, aliceLine());
+    chownSync(file, 65534, 65534);
+    chmodSync(file, 0o640);
+    assert.equal((await setPassword(file, 'bob', 'pw')).code, 0);
+    const st = statSync(file);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [65534, 65534, 0o640]);
+    assert.deepEqual([...readUsers(file).keys()], ['alice', 'bob']);
+  });
+
+  it('refuses, and leaves the file and no temporary file, when it cannot keep the owner', { skip: !isRoot && 'needs root (a file owned by someone else)' }, async () => {
+    const shared = dir.file('shared');
+    mkdirSync(shared);
+    chmodSync(shared, 0o777); // nobody may make files here and rename over root's
+    const file = join(shared, 'users');
+    const before = aliceLine();
+    writeFileSync(file, before);
+    chmodSync(file, 0o644);
+    const r = await runCli(['passwd', file, 'bob', '--cost', '4'], { input: 'pw\n', ...unprivileged });
+    assert.equal(r.code, 2, r.stderr);
+    assertOneLine(r.stderr, new RegExp(`cannot keep the owner of ${file} \\(uid 0, gid 0\\): EPERM`));
+    const st = statSync(file);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [0, 0, 0o644]);
+    assert.equal(readFileSync(file, 'utf8'), before);
+    assert.deepEqual(readdirSync(shared), ['users'], 'no temporary file left');
+  });
+
+  it('updates the file a symbolic link names, and the link stays', async () => {
+    mkdirSync(dir.file('etc'));
+    const real = dir.file('etc/users');
+    writeFileSync(real, aliceLine());
+    chmodSync(real, 0o640);
+    const link = dir.file('users-link');
+    symlinkSync('etc/users', link);
+    assert.equal((await setPassword(link, 'bob', 'pw')).code, 0);
+    assert.equal((await runCli(['passwd', link, 'alice', '--delete'])).code, 0);
+    assert.ok(lstatSync(link).isSymbolicLink(), 'still a link');
+    assert.equal(readlinkSync(link), 'etc/users');
+    assert.deepEqual([...readUsers(real).keys()], ['bob']);
+    assert.equal(statSync(real).mode & 0o7777, 0o640);
+    assert.deepEqual(readdirSync(dir.file('etc')), ['users'], 'no temporary file left beside it');
+
+    const dangling = dir.file('dangling-link');
+    symlinkSync('etc/nothing', dangling);
+    const r = await setPassword(dangling, 'bob', 'pw');
+    assert.equal(r.code, 2);
+    assertOneLine(r.stderr, /cannot follow the symbolic link .*dangling-link: ENOENT/);
+    assert.ok(lstatSync(dangling).isSymbolicLink());
+  });
+
+  it('refuses to replace what is not a regular file', async () => {
+    const fifo = dir.file('a-fifo');
+    execFileSync('mkfifo', [fifo]);
+    const r = await setPassword(fifo, 'alice', 'pw');
+    assert.equal(r.code, 2, r.stderr);
+    assertOneLine(r.stderr, /not a regular file/);
+    assert.ok(lstatSync(fifo).isFIFO());
   });
 });
 
