@@ -11,6 +11,7 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
+import { MAX_COST, MIN_BCRYPT_COST } from './hash-format.js';
 import { hashPassword, parseUsersFile, usersFileLine } from './users.js';
 
 const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
@@ -31,7 +32,7 @@ export async function runPasswd(argv: string[]): Promise<number> {
   const problem = nameProblem(user);
   if (problem) return fail(problem);
   const cost = Number(parsed.values.cost ?? 10);
-  if (!Number.isInteger(cost) || cost < 4 || cost > 15) return fail('--cost must be an integer from 4 to 15');
+  if (!Number.isInteger(cost) || cost < MIN_BCRYPT_COST || cost > MAX_COST) return fail(`--cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}`);
 
   try {
     return await update(file, user, cost, parsed.values.delete === true);
