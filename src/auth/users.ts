@@ -40,10 +40,15 @@ export class UsersFileError extends Error {
 /** Parses an htpasswd-style file: `name:hash` per line, `#` comments and blank lines ignored. */
 export function parseUsersFile(text: string, path = 'users file'): Map<string, StoredSecret> {
   const users = new Map<string, StoredSecret>();
+  const lineOf = new Map<string, number>();
   text.split(/\r?\n/).forEach((raw, index) => {
     const entry = usersFileLine(raw);
     if (!entry) return;
     const { name, hash } = entry;
+    // htpasswd reads the first, a map keeps the last: which password counts would be a guess.
+    const first = lineOf.get(name);
+    if (first !== undefined) throw new UsersFileError(`${path}:${index + 1}: user "${name}" again (first on line ${first}): each name may appear once`);
+    lineOf.set(name, index + 1);
     // A $2x$ hash, a cut one, one with a cost bcrypt has not or one too slow to check.
     const problem = name !== '' ? bcryptHashProblem(hash) : undefined;
     if (problem !== undefined) throw new UsersFileError(`${path}:${index + 1}: ${problem}`);

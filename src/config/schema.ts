@@ -101,7 +101,15 @@ export const authMethod = z.enum(['none', 'userpass']);
 const authSchema = z.strictObject({
   /** Methods in order of preference; `none` absent means authentication is required. */
   methods: z.array(authMethod).min(1).default(['none']),
-  users: z.array(userSchema).default([]),
+  users: z.array(userSchema).default([]).superRefine((users, ctx) => {
+    // As in the users file: with a name twice, which password counts would be a guess.
+    const first = new Map<string, number>();
+    users.forEach((user, i) => {
+      const earlier = first.get(user.name);
+      if (earlier === undefined) first.set(user.name, i);
+      else ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `"${user.name}" again (first at auth.users[${earlier}]): each name may appear once` });
+    });
+  }),
   usersFile: z.string().min(1).optional(),
 });
 

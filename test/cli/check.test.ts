@@ -390,6 +390,17 @@ describe('socksgate --check', () => {
     }
   });
 
+  it('a user named twice, in the users file or in auth.users, is refused naming both places (which password counted was a guess)', async () => {
+    const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
+    const file = write('users-twice', `alice:${hash}\n# bob\nbob:${hash}\n  alice:${hash}\n`);
+    const inFile = await runCli(['--check', '--users-file', file]);
+    assert.equal(inFile.code, 2);
+    assert.deepEqual(lines(inFile.stderr), [`socksgate: ${file}:4: user "alice" again (first on line 1): each name may appear once`]);
+    const inConfig = await runCli(['--check', '-u', 'alice:one', '-u', 'bob:two', '-u', 'alice:three']);
+    assert.equal(inConfig.code, 2);
+    assert.deepEqual(lines(inConfig.stderr), ['socksgate: config: auth.users[2].name: "alice" again (first at auth.users[0]): each name may appear once']);
+  });
+
   it('rejects an unknown flag with usage and exit 2', async () => {
     const r = await runCli(['--check', '--no-such-flag']);
     assert.equal(r.code, 2);
