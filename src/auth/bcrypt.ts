@@ -11,7 +11,7 @@
  */
 import { createRequire } from 'node:module';
 import bcryptjs from 'bcryptjs';
-import ipaddr from 'ipaddr.js';
+import { clientBlock } from '../protocol/address.js';
 
 /** What this module needs of the native binding (its own types are not a dependency). */
 interface NativeBcrypt {
@@ -109,7 +109,7 @@ async function inTurn<T>(options: CheckOptions, work: () => Promise<T>): Promise
   // A waiting check is handed its slot by the one finishing (startNext), so
   // no newcomer can take it in between.
   if (running < PARALLEL_CHECKS) running++;
-  else await waitInLine(lineOf(options.client), options.signal);
+  else await waitInLine(options.client ? clientBlock(options.client) : '', options.signal);
   try {
     return await work();
   } finally {
@@ -158,13 +158,3 @@ function startNext(): void {
   waiter();
 }
 
-/** The line a client's checks wait in: its address, or its /64 for IPv6. */
-function lineOf(client: string | undefined): string {
-  if (!client) return '';
-  if (!client.includes(':') || client.startsWith('::ffff:')) return client;
-  try {
-    return `${ipaddr.IPv6.networkAddressFromCIDR(`${client}/64`).toString()}/64`;
-  } catch {
-    return client;
-  }
-}

@@ -151,7 +151,7 @@ const udpSchema = z.strictObject({
   pendingDatagrams: z.number().int().min(0).max(100_000).default(64),
   /** Destination names remembered per association. */
   cachedNames: z.number().int().min(0).max(100_000).default(256),
-  /** Live associations allowed per client address. */
+  /** Live associations allowed per client address (per /64 for IPv6: a host given a /64 has addresses to spare). */
   maxAssociationsPerClient: z.number().int().min(1).max(100_000).default(32),
 });
 

@@ -103,6 +103,21 @@ export function isUnspecifiedAddress(text: string): boolean {
   return canonical === '0.0.0.0' || canonical === '::';
 }
 
+/**
+ * What a client is counted as, for limits and fairness: its address, or for
+ * IPv6 its /64 (`2001:db8:1:2::/64`), the block one host or site is usually
+ * given, whose other addresses would otherwise be fresh clients. An
+ * IPv4-mapped address stays the IPv4 client it is.
+ */
+export function clientBlock(address: string): string {
+  if (!address.includes(':') || address.startsWith('::ffff:')) return address;
+  try {
+    return `${ipaddr.IPv6.networkAddressFromCIDR(`${address}/64`).toString()}/64`;
+  } catch {
+    return address;
+  }
+}
+
 /** `host:port`, with brackets around IPv6 literals. */
 export function formatDestination(d: { host: string; port: number }): string {
   return d.host.includes(':') ? `[${d.host}]:${d.port}` : `${d.host}:${d.port}`;

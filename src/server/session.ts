@@ -12,7 +12,7 @@ import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
 import { promiseFrom } from '../callbacks.js';
-import { type Destination, NEED_MORE, canonicalAddress, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
+import { type Destination, NEED_MORE, canonicalAddress, clientBlock, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
   Command,
@@ -152,7 +152,8 @@ export class Session {
   #timer: NodeJS.Timeout | undefined;
   #bindListener: BindListener | null = null;
   #udp: UdpRelay | null = null;
-  #udpClient: string | null = null;
+  /** The UDP association slot this session holds (its client's address, or /64). */
+  #udpSlot: string | null = null;
   /** Between BIND's two replies: the control socket is read, not paused. */
   #bindWaiting = false;
   /**
@@ -545,12 +546,14 @@ export class Session {
     clearTimeout(this.#timer);
     const ctx = this.#ctx;
     const client = unmapIPv4(this.#clientAddress) ?? this.#clientAddress;
-    if (!ctx.udpSlots.acquire(client)) {
-      const why = `too many UDP associations from ${client} (limit ${ctx.udpSlots.limit})`;
+    // Counted per address, or per /64 for IPv6: a host given a /64 has addresses to spare.
+    const slot = clientBlock(client);
+    if (!ctx.udpSlots.acquire(slot)) {
+      const why = `too many UDP associations from ${slot} (limit ${ctx.udpSlots.limit})`;
       this.#refuse(encodeReply(Socks5Reply.GENERAL_FAILURE), 'limit-reached', why, Socks5Reply.GENERAL_FAILURE);
       return;
     }
-    this.#udpClient = client;
+    this.#udpSlot = slot;
     openUdpRelay(ctx.relayEngine, {
       bindAddress: this.#localAddress(),
       clientAddress: client,
@@ -714,7 +717,7 @@ export class Session {
     this.#bindListener?.close();
     this.#udp?.close(); // first: nothing is relayed after the figures are read
     const udp = this.#udp?.counters;
-    if (this.#udpClient) this.#ctx.udpSlots.release(this.#udpClient);
+    if (this.#udpSlot) this.#ctx.udpSlots.release(this.#udpSlot);
     const relayed = this.#relayEnd;
     const bytesUp = udp ? udp.bytesUp : relayed?.bytesUp ?? 0;
     const bytesDown = udp ? udp.bytesDown : relayed?.bytesDown ?? 0;

@@ -17,6 +17,7 @@ import {
   writeAddress,
   writeIPv4,
 } from '../../src/protocol/index.js';
+import { clientBlock } from '../../src/protocol/address.js';
 import {
   type BadVector,
   type Vector,
@@ -293,5 +294,18 @@ describe('address properties', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('clientBlock', () => {
+  it('an IPv4 client (mapped too) is its address; an IPv6 client is its /64', () => {
+    assert.equal(clientBlock('192.0.2.7'), '192.0.2.7');
+    assert.equal(clientBlock('::ffff:192.0.2.7'), '::ffff:192.0.2.7');
+    assert.equal(clientBlock('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+    assert.equal(clientBlock('2001:db8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64', 'another address of the same /64');
+    assert.equal(clientBlock('2001:db8:1:3::1'), '2001:db8:1:3::/64');
+    assert.equal(clientBlock('::1'), '::/64');
+    assert.equal(clientBlock('fe80::1%lo'), 'fe80::/64', 'a link-local address with its zone');
+    assert.equal(clientBlock('not:an:address'), 'not:an:address', 'not an address: itself');
   });
 });

@@ -862,6 +862,23 @@ for (const engine of ['splice', 'stream'] as const) {
     });
   });
 
+  test(`UDP ASSOCIATE limit on an IPv6 listener: counted per /64, and the refusal names it (${engine} relay)`, opts, async () => {
+    const proxy = await startProxy({ listen: [{ address: '::1', port: 0 }], relay: { engine }, udp: { maxAssociationsPerClient: 1 } });
+    const first = await associate(proxy, { host: '::1', port: 0 }, '::1');
+    try {
+      const second = await RawClient.connect(proxy.port, '::1');
+      second.write(hex('05 01 00 05 03 00 01 00000000 0000'));
+      assert.deepEqual((await second.read(6)).subarray(0, 4), hex('05 00 05 01'));
+      await within(second.readToEnd(), 5000, 'the proxy to close the refused association');
+      const record = await within(proxy.record((r) => r.clientPort === second.localPort), 5000, 'the refused session record');
+      assert.equal(record.reason, 'limit-reached');
+      assert.equal(record.error, 'too many UDP associations from ::/64 (limit 1)');
+    } finally {
+      first.control.destroy();
+      await proxy.close();
+    }
+  });
+
   describe(`UDP ASSOCIATE under load (${engine} relay)`, opts, () => {
     const suite = udpSuite(engine);
 
