@@ -24,6 +24,12 @@ export interface BindWaitOptions {
   readonly signal: AbortSignal;
   /** SOCKS4 ends the session on a wrong peer (its spec says so); SOCKS5 turns the stray away and waits on. */
   readonly strayEndsWait: boolean;
+  /**
+   * Why the request rules refuse a peer the request would take, or null when
+   * they allow it: a request naming any peer (0.0.0.0, `acceptFrom: any`)
+   * must not bring in one the rules keep out. Refused peers are strays.
+   */
+  readonly refusal?: (peer: string) => string | null;
 }
 
 export class BindListener {
@@ -84,12 +90,15 @@ export class BindListener {
       };
       const onConnection = (socket: Socket) => {
         const peer = unmappedAddress(socket.remoteAddress ?? '');
-        if (anyPeer || expected.includes(peer)) return done(null, socket);
+        const named = anyPeer || expected.includes(peer);
+        const refused = named ? options.refusal?.(peer) ?? null : null;
+        if (named && refused === null) return done(null, socket);
         socket.destroy();
         this.#strayCount++;
         if (this.#strayAddresses.size < 8) this.#strayAddresses.add(peer); // bounded: strays may flood
         if (options.strayEndsWait) {
-          done(new SocksError('ERR_NOT_ALLOWED', `BIND: connection from ${peer}, expected ${expected.join(' or ')}`));
+          const why = refused ?? `expected ${expected.join(' or ')}`;
+          done(new SocksError('ERR_NOT_ALLOWED', `BIND: connection from ${peer}, ${why}`));
         }
       };
       const onAbort = () => done(new SocksError('ERR_GENERAL', 'BIND wait aborted'));

@@ -415,6 +415,20 @@ export class Session {
     return false;
   }
 
+  /**
+   * The rules' say on the peer that connects to a BIND listener, decided as a
+   * BIND naming that peer (at the requested port); undefined without rules.
+   */
+  #bindPeerRefusal(port: number): ((peer: string) => string | null) | undefined {
+    const rules = this.#ctx.rules;
+    if (rules === null) return undefined;
+    return (peer) => {
+      const decision = rules.decide(this.#ruleRequest('bind', destination(peer, port)));
+      if (decision.allowed) return null;
+      return decision.rule === DEFAULT_DENY ? `denied: no rule matched (${DEFAULT_DENY})` : `denied by rule "${decision.rule}"`;
+    };
+  }
+
   #ruleRequest(command: RuleCommand, target: Destination): RuleRequest {
     return {
       clientAddress: this.#clientAddress,
@@ -513,6 +527,7 @@ export class Session {
       timeoutMs: ctx.bindMs,
       signal: this.#signal(),
       strayEndsWait: this.#version === 4,
+      refusal: this.#bindPeerRefusal(target.port),
     });
     this.#bindWaiting = false;
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return void inbound.destroy();

@@ -467,6 +467,61 @@ describe('BIND', opts, () => {
   });
 });
 
+describe('BIND and request rules denying a network: the peer that connects is decided too', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    proxy = await startProxy({
+      listen: [{ address: '127.0.0.1', port: 0, socks4: true }],
+      rules: [{ name: 'no-bind-from-dot-two', deny: { commands: ['bind'], to: { nets: ['127.0.0.2/32'] } } }, { name: 'rest', allow: {} }],
+    });
+  });
+  after(() => proxy.close());
+
+  test('SOCKS5 BIND 0.0.0.0 (any peer): a peer from the denied network is turned away, one from elsewhere is taken', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks5Bind('0.0.0.0'));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      const announced = socks5ReplyAddress(await client.read(10));
+      const denied = await appConnect(announced.host, announced.port, '127.0.0.2');
+      await within(closed(denied), 5000, 'the proxy to close the denied peer');
+      const app = await appConnect(announced.host, announced.port, '127.0.0.3');
+      const appPort = app.localPort!;
+      try {
+        const second = await within(client.read(10), 5000, 'the second BIND reply');
+        assert.deepEqual(second.subarray(0, 3), hex('05 00 00'));
+        assert.deepEqual(socks5ReplyAddress(second), { host: '127.0.0.3', port: appPort });
+      } finally {
+        app.destroy();
+      }
+      await client.readToEnd();
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.connected, `127.0.0.3:${appPort}`);
+    } finally {
+      client.destroy();
+    }
+  });
+
+  test('SOCKS4 BIND 0.0.0.0: a peer from the denied network ends the BIND with 0x5B, the rule named', opts, async () => {
+    const client = await RawClient.connect(proxy.port);
+    try {
+      client.write(socks4Bind('0.0.0.0'));
+      const first = await client.read(8);
+      assert.equal(first[1], SOCKS4_GRANTED);
+      const announced = socks4ReplyAddress(first);
+      const denied = await appConnect(announced.host, announced.port, '127.0.0.2');
+      await within(closed(denied), 5000, 'the proxy to close the denied peer');
+      const second = await client.read(8);
+      assert.equal(second[1], SOCKS4_REJECTED);
+      const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+      assert.equal(record.reason, 'bind-failed');
+      assert.equal(record.error, 'BIND: connection from 127.0.0.2, denied by rule "no-bind-from-dot-two"');
+    } finally {
+      client.destroy();
+    }
+  });
+});
+
 describe('BIND with bind.acceptFrom: any', opts, () => {
   let proxy: RunningProxy;
   before(async () => {
