@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { boundAddressSpelling } from '../protocol/address.js';
 
 /** `25`, `"587"`, `" 1024 - 65535 "` → [low, high], or undefined unless 1 <= low <= high <= 65535. */
 export function parsePortRange(value: unknown): readonly [number, number] | undefined {
@@ -111,11 +112,7 @@ export function parseListenerLabel(text: string): string | undefined {
   const port = Number(m[2]);
   if (port > 65535) return undefined;
   const family = isIP(address);
-  if (bracketed && family === 6) {
-    const parsed = ipaddr.IPv6.parse(address);
-    const canonical = parsed.isIPv4MappedAddress() ? `::ffff:${parsed.toIPv4Address().toString()}` : parsed.toRFC5952String();
-    return `[${canonical}]:${port}`;
-  }
+  if (bracketed && family === 6) return `[${boundAddressSpelling(address)!}]:${port}`;
   if (plain && family === 4) return `${address}:${port}`;
   return undefined;
 }

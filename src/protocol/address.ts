@@ -88,6 +88,20 @@ export function canonicalAddress(text: string): string | undefined {
   return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toString();
 }
 
+/**
+ * An IP literal as a bound socket reports its own address (`::1`, never
+ * `0:0:0:0:0:0:0:1`; an IPv4-mapped one stays IPv6, `::ffff:127.0.0.1`):
+ * how listeners are named for the access log and `listeners:` rules.
+ * Undefined for anything that is not an IP literal.
+ */
+export function boundAddressSpelling(text: string): string | undefined {
+  const family = isIP(text);
+  if (family === 4) return text;
+  if (family !== 6) return undefined;
+  const address = ipaddr.IPv6.parse(text);
+  return address.isIPv4MappedAddress() ? `::ffff:${address.toIPv4Address().toString()}` : address.toRFC5952String();
+}
+
 /** Only zeros, colons, dots and the `ffff` of a mapped address: what an unspecified address can be spelled with. */
 const MAY_BE_UNSPECIFIED = /^[0:.f]+$/i;
 

@@ -11,7 +11,7 @@ import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
-import { canonicalAddress, formatDestination } from '../protocol/address.js';
+import { boundAddressSpelling, formatDestination } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
 import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
@@ -381,8 +381,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    */
   #bindReusable(listener: ListenerConfig, port: number): void {
     const { fd, port: bound } = reusableSocket(listener, port, listener.backlog);
-    // Spelled as Node spells a bound address (`::1`), as #bind's listeners are: rules name listeners so.
-    const address = canonicalAddress(listener.address) ?? listener.address;
+    // Spelled as Node spells a bound address (`::1`, `::ffff:127.0.0.1`), as #bind's listeners are: rules name listeners so.
+    const address = boundAddressSpelling(listener.address) ?? listener.address;
     const info: ListenerInfo = { address, port: bound, family: isIP(address) === 6 ? 'IPv6' : 'IPv4', socks4: listener.socks4 };
     const slot = this.#addListener(listener, formatDestination({ host: info.address, port: info.port }));
     try {

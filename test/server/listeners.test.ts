@@ -129,6 +129,26 @@ test('close({ graceMs: Infinity }) waits for the open session itself (a timer th
     await withTimeout(closed, 5000, 'close()');
   }));
 
+test('reusePort: a listener on an IPv4-mapped address is named as a plain listener is ([::ffff:127.0.0.1]:port), so listeners: rules match it', async () => {
+  const echo = await startEchoServer();
+  const listen = [{ address: '::ffff:127.0.0.1', port: 0 }];
+  const [port] = reservePorts(listen);
+  const server = createServer({ listen, rules: [{ name: 'this-listener', allow: { listeners: [`[::ffff:7f00:1]:${port}`] } }] });
+  try {
+    await server.listen({ reusePort: { ports: [port!] } });
+    assert.deepEqual(server.addresses().map((a) => [a.address, a.family]), [['::ffff:127.0.0.1', 'IPv6']], 'as Node reports such a listener');
+    const closed = once(server, 'session-close');
+    const { socket } = await SocksClient.createConnection({ proxy: { host: '127.0.0.1', port: port!, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port } });
+    socket.destroy();
+    const [record] = await withTimeout(closed, 5000, 'the session record') as [{ listener: string; rule: string | null }];
+    assert.equal(record.listener, `[::ffff:127.0.0.1]:${port}`);
+    assert.equal(record.rule, 'this-listener');
+  } finally {
+    await server.close({ graceMs: 0 });
+    await echo.close();
+  }
+});
+
 test('reusePort: two servers on the port reservePorts() reserved, both accepting natively; the kernel spreads connections', async () => {
   const echo = await startEchoServer();
   const listen = [{ address: '127.0.0.1', port: 0 }];
