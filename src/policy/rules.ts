@@ -220,11 +220,13 @@ function destinationMatches(rule: CompiledRule, address: SocketAddress | null, n
 /**
  * The destination as an address literal when it is one; undefined for a
  * real name. A name that is an address, in any form the resolver would
- * accept (`10.1`, `0x0a000001`, `::1`), counts as that address.
+ * accept as one (`10.1`, `0x0a000001`, `::1`), counts as that address.
  */
 function destinationLiteral(target: Destination): string | undefined {
   if (target.kind !== 'domain' || isIP(target.host) !== 0) return target.host;
-  return numericIPv4(normalizeHostName(target.host));
+  // Not normalizeHostName: with its trailing dot (`10.0.0.1.`) getaddrinfo
+  // takes it for a name and asks DNS, so it must be matched as a name.
+  return numericIPv4(target.host);
 }
 
 /** How many distinct addresses (clients and destinations) a rule set remembers. */

@@ -174,6 +174,15 @@ describe('request rules: decide', () => {
     assert.equal(verdict(set, request({ to: '1password.com', kind: 'domain' })), 'allow:rest');
   });
 
+  test('to.nets: a numeric name with a trailing dot is a name, as getaddrinfo takes it (it asks DNS): an allow by nets does not let it through', () => {
+    const set = ruleSet([{ name: 'only-10', allow: { to: { nets: ['10.0.0.0/8'] } } }]);
+    assert.equal(verdict(set, request({ to: '10.0.0.1', kind: 'domain' })), 'allow:only-10');
+    assert.equal(verdict(set, request({ to: '0X0A000001', kind: 'domain' })), 'allow:only-10', 'hex in capitals is an address too');
+    for (const name of ['10.0.0.1.', '10.1.', '167772161.']) {
+      assert.equal(verdict(set, request({ to: name, kind: 'domain' })), 'deny:default-deny', name);
+    }
+  });
+
   test('to.hosts: exact names and *.suffix patterns, case-insensitive', () => {
     const set = only({ to: { hosts: ['*.corp.example', 'Example.ORG'] } });
     const name = (host: string) => verdict(set, request({ to: host, kind: 'domain' }));
