@@ -32,6 +32,8 @@ export interface PrimaryOptions {
 export function runPrimary(options: PrimaryOptions): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
+    /** A second SIGINT/SIGTERM came: each worker exits at once on its own second signal. */
+    let forced = false;
     let failed = false;
     let listening = 0;
     let lastRespawn = 0;
@@ -42,6 +44,12 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     const ready = new Set<Worker>();
     /** Workers still starting when a SIGHUP came: they get it once listening. */
     const reloadWhenReady = new Set<Worker>();
+    /** Workers this process killed with SIGKILL: it said why already. */
+    const killed = new WeakSet<Worker>();
+    const kill = (worker: Worker) => {
+      killed.add(worker);
+      worker.process.kill('SIGKILL');
+    };
 
     const fork = () => {
       const worker = cluster.fork(options.env);
@@ -66,8 +74,8 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
           const clean = code === 0 || (!listened && (signal === 'SIGTERM' || signal === 'SIGINT'));
           if (!clean) {
             failed = true;
-            // SIGKILL is the primary's own (a second signal, a failed start): already explained.
-            if (signal !== 'SIGKILL') options.say(`worker ${worker.process.pid} exited (${how}) while stopping`);
+            // Forced, each worker logged its own `forced` line; one killed here was explained here.
+            if (!forced && !killed.has(worker)) options.say(`worker ${worker.process.pid} exited (${how}) while stopping`);
           }
           if (live.size === 0) resolve(failed ? 1 : 0);
           return;
@@ -90,15 +98,29 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       });
     };
 
-    const stop = (why: string, exitCode = 0) => {
+    const stop = (why: 'SIGINT' | 'SIGTERM' | 'startup failure', exitCode = 0) => {
       if (stopping) {
-        for (const w of live) w.process.kill('SIGKILL'); // a second signal: now
+        if (forced || why === 'startup failure') return;
+        // A second signal: passed on, so each worker exits at once as a
+        // single process does, writing its batched access lines and a
+        // `forced` line (SIGKILL would lose up to a second of lines).
+        forced = true;
+        failed = true;
+        for (const w of live) w.process.kill(why);
+        setTimeout(() => {
+          if (live.size === 0) return;
+          options.say(`${why} again: ${live.size} worker${live.size === 1 ? '' : 's'} still running after ${FORCED_EXIT_MS / 1000} s; killing`);
+          for (const w of live) kill(w);
+        }, FORCED_EXIT_MS).unref();
         return;
       }
       stopping = true;
       if (exitCode !== 0) failed = true;
       if (live.size === 0) return resolve(failed ? 1 : 0);
-      for (const w of live) w.process.kill(why === 'startup failure' ? 'SIGKILL' : 'SIGTERM');
+      for (const w of live) {
+        if (why === 'startup failure') kill(w);
+        else w.process.kill(why);
+      }
     };
 
     const reload = () => {
@@ -119,6 +141,9 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     for (let i = 0; i < options.workers; i++) fork();
   });
 }
+
+/** After a second stop signal, how long a worker may take to exit before it is killed. */
+const FORCED_EXIT_MS = 2000;
 
 /** The longest wait between attempts to replace a worker that cannot start. */
 const MAX_RETRY_MS = 60_000;

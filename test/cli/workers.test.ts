@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
 import { closedPort, startEchoServer } from '../helpers/server.js';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { DEFAULT_TIMEOUT_MS, Daemon, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
+import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
 /** Resolves once the daemon's stderr matches (bounded). */
 function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
@@ -236,6 +236,35 @@ describe('socksgate --workers 2', () => {
       }
     });
   }
+
+  it('a second SIGTERM while draining: every worker exits at once, writing the access lines it held and a forced line; exit 1', async () => {
+    const target = await startEchoServer();
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '60s']);
+    try {
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+      const sessions = await Promise.all(Array.from({ length: 8 }, () => socksConnect(port, target.port)));
+      for (const [i, socket] of sessions.entries()) assert.equal(await echo(socket, `s${i}`), `s${i}`);
+      daemon.signal('SIGTERM');
+      await daemon.waitFor((l) => l.event === 'draining' && daemon.logs.filter((x) => x.event === 'draining').length >= 2, 'both workers draining');
+      // Half of them end now, during the drain: a worker holds their lines in its batch for up to a second.
+      const ended = sessions.slice(0, 4);
+      const endedPorts = ended.map((socket) => socket.localPort);
+      for (const socket of ended) socket.end();
+      await Promise.all(ended.map((socket) => closedSocket(socket)));
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the proxy records a session as it closes it
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 1, signal: null }, daemon.describe());
+      for (const clientPort of endedPorts) {
+        assert.ok(daemon.logs.some((l) => l.event === 'session' && l.clientPort === clientPort), `the access line of ${clientPort} was written`);
+      }
+      assert.ok(daemon.logs.some((l) => l.event === 'forced'), 'a worker said it was forced');
+      assert.doesNotMatch(daemon.stderr, /SIGKILL|killing/);
+      for (const socket of sessions) socket.destroy();
+    } finally {
+      await daemon.kill();
+      await target.close();
+    }
+  });
 
   it('exits non-zero when the workers cannot listen', async () => {
     const holder = createServer();
