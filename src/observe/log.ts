@@ -21,7 +21,9 @@ export function createLogger(options: LoggerOptions): Logger {
   const usePretty = options.format === 'pretty' || (options.format === 'auto' && !options.destination && process.stdout.isTTY === true);
   const base = { level: options.level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime };
   if (usePretty) {
-    return pino(base, pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+    // `pid` stays: a worker's lines carry it (the base has none, so a single process shows it on `started` only).
+    const destination = options.destination ?? 1;
+    return pino(base, pretty({ colorize: !options.destination && process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', destination }));
   }
   if (options.destination) return plainJson(pino(base, options.destination));
   const sink = new StdoutSink();

@@ -235,3 +235,14 @@ test('reload({ log: { level } }) applies the level to the logger attachLogger wa
     await proxy.close();
   }
 });
+
+test('pretty format: lines go to the destination given, and a worker\'s pid is shown (README: every log line of a worker carries its pid)', async () => {
+  const out = new PassThrough();
+  let text = '';
+  out.on('data', (chunk: Buffer) => { text += chunk.toString(); });
+  const log = createLogger({ level: 'info', format: 'pretty', destination: out });
+  log.child({ pid: 4242 }).info({ event: 'started' }, 'hello from a worker');
+  for (let i = 0; i < 200 && !text.includes('\n'); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.match(text, /INFO \(4242\): hello from a worker/);
+  assert.doesNotMatch(text, /hostname/);
+});
