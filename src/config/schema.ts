@@ -223,7 +223,10 @@ const ruleMatchSchema = z.strictObject({
   users: ruleList(z.string().min(1).max(255)).optional(),
   /** Listener labels as in the access log, e.g. `127.0.0.1:1080`, `[::1]:1080`. */
   listeners: ruleList(
-    z.string().refine((v) => parseListenerLabel(v) !== undefined, { message: 'must be a listener as address:port, e.g. 127.0.0.1:1080 or [::1]:1080' }),
+    z.string()
+      .refine((v) => parseListenerLabel(v) !== undefined, { message: 'must be a listener as address:port, e.g. 127.0.0.1:1080 or [::1]:1080' })
+      // A listener is named by the port it bound, never 0: such an entry could match nothing.
+      .refine((v) => !/:0+$/.test(v), { message: 'port 0 matches no listener: a listener is named by the port it bound (see the listening lines)' }),
   ).optional(),
 });
 

@@ -408,3 +408,10 @@ describe('request rules: configuration errors name the key path', () => {
     assert.deepEqual(schema.properties.rules?.items?.required, ['name']);
   });
 });
+
+test('a listeners entry with port 0 is refused: listeners are named by the port they bound, so it could match nothing', () => {
+  assert.deepEqual(problems({ rules: [{ name: 'a', allow: { listeners: ['127.0.0.1:0', '[::1]:00', '127.0.0.1:1080', '[::1]:1080'] } }] }), [
+    'rules[0].allow.listeners[0]: port 0 matches no listener: a listener is named by the port it bound (see the listening lines)',
+    'rules[0].allow.listeners[1]: port 0 matches no listener: a listener is named by the port it bound (see the listening lines)',
+  ]);
+});
