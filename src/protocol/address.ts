@@ -57,6 +57,20 @@ export function unmapIPv4(host: string): string | undefined {
   return isIP(tail) === 4 ? tail : undefined;
 }
 
+/**
+ * An IPv6 literal parsed without its zone (`fe80::1%eth0.5`: a socket
+ * reports its own and its peer's address without one, and SOCKS carries
+ * none); undefined when ipaddr.js cannot read it, though Node's isIP can.
+ */
+function parseIPv6(text: string): ipaddr.IPv6 | undefined {
+  const zone = text.indexOf('%');
+  try {
+    return ipaddr.IPv6.parse(zone < 0 ? text : text.slice(0, zone));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Every spelling of an IPv4-mapped address has these hex digits in it. */
 const MAY_BE_MAPPED = /ffff/i;
 
@@ -70,8 +84,8 @@ export function unmappedAddress(text: string): string {
   const dotted = unmapIPv4(text);
   if (dotted !== undefined) return dotted;
   if (!MAY_BE_MAPPED.test(text) || isIP(text) !== 6) return text;
-  const address = ipaddr.IPv6.parse(text);
-  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : text;
+  const address = parseIPv6(text);
+  return address?.isIPv4MappedAddress() ? address.toIPv4Address().toString() : text;
 }
 
 /**
@@ -84,8 +98,9 @@ export function canonicalAddress(text: string): string | undefined {
   const family = isIP(text);
   if (family === 4) return text;
   if (family !== 6) return undefined;
-  const address = ipaddr.IPv6.parse(text);
-  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toString();
+  const address = parseIPv6(text);
+  if (address === undefined) return undefined;
+  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toRFC5952String();
 }
 
 /**
@@ -98,7 +113,8 @@ export function boundAddressSpelling(text: string): string | undefined {
   const family = isIP(text);
   if (family === 4) return text;
   if (family !== 6) return undefined;
-  const address = ipaddr.IPv6.parse(text);
+  const address = parseIPv6(text);
+  if (address === undefined) return undefined;
   return address.isIPv4MappedAddress() ? `::ffff:${address.toIPv4Address().toString()}` : address.toRFC5952String();
 }
 
@@ -187,7 +203,9 @@ export function writeAddress(buf: Buffer, at: number, d: Destination): number {
   }
   if (d.kind === 'ipv6') {
     buf[at] = AddressType.IPV6;
-    buf.set(ipaddr.IPv6.parse(d.host).toByteArray(), at + 1);
+    const address = isIP(d.host) === 6 ? parseIPv6(d.host) : undefined;
+    if (address === undefined) throw new SocksError('ERR_MALFORMED', `not an IPv6 address: ${d.host}`);
+    buf.set(address.toByteArray(), at + 1);
     buf.writeUInt16BE(d.port, at + 17);
     return at + 19;
   }

@@ -17,7 +17,7 @@ import {
   writeAddress,
   writeIPv4,
 } from '../../src/protocol/index.js';
-import { clientBlock } from '../../src/protocol/address.js';
+import { boundAddressSpelling, canonicalAddress, clientBlock, unmappedAddress } from '../../src/protocol/address.js';
 import {
   type BadVector,
   type Vector,
@@ -191,6 +191,12 @@ describe('writeAddress: refused input', () => {
     assertSocksError(() => writeAddress(Buffer.alloc(16), 0, { kind: 'ipv4', host: '1.2.3', port: 80 }), 'ERR_MALFORMED');
   });
 
+  it('an IPv6 host that is not one → ERR_MALFORMED; one with a zone (a socket\'s link-local address) is written without it', () => {
+    assertSocksError(() => writeAddress(Buffer.alloc(32), 0, { kind: 'ipv6', host: '1:2:3', port: 80 }), 'ERR_MALFORMED');
+    assertSocksError(() => writeAddress(Buffer.alloc(32), 0, { kind: 'ipv6', host: '1.2.3.4', port: 80 }), 'ERR_MALFORMED');
+    assert.deepEqual(encodeAddress({ kind: 'ipv6', host: 'fe80::1%eth0.5', port: 80 }), hex('04 fe800000000000000000000000000001 0050'));
+  });
+
   it('an IPv4-mapped IPv6 host given as ipv6 is written as 16 bytes', () => {
     assert.deepEqual(
       encodeAddress({ kind: 'ipv6', host: '::ffff:1.2.3.4', port: 80 }),
@@ -307,5 +313,14 @@ describe('clientBlock', () => {
     assert.equal(clientBlock('::1'), '::/64');
     assert.equal(clientBlock('fe80::1%lo'), 'fe80::/64', 'a link-local address with its zone');
     assert.equal(clientBlock('not:an:address'), 'not:an:address', 'not an address: itself');
+  });
+
+  it('canonicalAddress and boundAddressSpelling drop a zone, whatever characters it has (ipaddr.js refuses some Node accepts); unmappedAddress keeps it', () => {
+    for (const text of ['fe80::1%eth0.5', 'fe80::1%a-b', 'fe80::1%a:b', 'fe80::1%lo']) {
+      assert.equal(canonicalAddress(text), 'fe80::1', text);
+      assert.equal(boundAddressSpelling(text), 'fe80::1', text);
+      assert.equal(unmappedAddress(text), text, text);
+    }
+    assert.equal(unmappedAddress('::ffff:7f00:1%eth0.5'), '127.0.0.1');
   });
 });

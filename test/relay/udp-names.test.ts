@@ -131,3 +131,13 @@ test('pendingDatagrams 0 relays no datagram to a name: each is dropped, counted,
   assert.equal(h.calls.length, 0);
   assert.equal(h.counters.droppedInvalid, 1);
 });
+
+test('an answer with a zone is sent to the address without it, as both relays can (ipaddr.js threw on some zones Node accepts, and the process ended)', async () => {
+  const h = harness();
+  h.names.send('scoped.test', 53, Buffer.from('a'));
+  h.names.send('vlan.test', 53, Buffer.from('b'));
+  h.calls[0]!.answer([{ address: '::1%lo', family: 6 }]);
+  h.calls[1]!.answer([{ address: 'fe80::1%eth0.5', family: 6 }]);
+  await settle();
+  assert.deepEqual(h.sent, ['::1:53/6 a', 'fe80::1:53/6 b']);
+});
