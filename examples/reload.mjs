@@ -16,7 +16,7 @@ function reload(change) {
   } catch (err) {
     // Anything else (e.g. a reload during close()) is the caller's mistake.
     if (!(err instanceof ConfigError || err instanceof UsersFileError)) throw err;
-    console.log(`refused: ${err.problems?.join('; ') ?? err.message}`);
+    console.log(`refused: ${err instanceof ConfigError ? err.problems.join('; ') : err.message}`);
   }
 }
 

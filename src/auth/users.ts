@@ -10,7 +10,8 @@ import { MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash 
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
-  verify(username: string, password: string, context?: VerifyContext): Promise<boolean>;
+  /** The server always passes `context`; an authenticator may leave it unread. Only `true` accepts. */
+  verify(username: string, password: string, context: VerifyContext): Promise<boolean>;
 }
 
 /** What the server tells an authenticator about the check it asks for. */

@@ -303,7 +303,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     return this.addresses();
   }
 
-  /** The bound addresses, with the real port when port 0 was asked for. */
+  /** The bound addresses, with the real port when port 0 was asked for; none once close() is called. */
   addresses(): ListenerInfo[] {
     return [...this.#bound];
   }
@@ -336,6 +336,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     requestBusyPoll(this, 0);
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
+    this.#bound.length = 0; // addresses() lists what is bound: nothing from now on
     // Native listeners tell of sessions in batches: count only once all are known.
     await Promise.all(this.#listeners.map((slot) => slot.native?.close()));
     this.#tell('draining', { sessions: this.#sessions.size, graceMs });

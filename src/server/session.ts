@@ -6,7 +6,7 @@
  * terminal: the reply is sent once, the session closes, and the record names
  * the cause.
  */
-import { type Socket, isIP } from 'node:net';
+import { Socket, isIP } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
 import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
@@ -27,7 +27,7 @@ import { Socks4Reply, Socks5Reply } from '../errors.js';
 import { type Relay, type RelayEnd, type RelayEngine, relay } from '../relay/tcp.js';
 import { NativeUdpAssociation } from '../relay/native-udp.js';
 import { type UdpAssociationOptions, type UdpDestinationRules, type UdpLimits, type UdpRelay, UdpAssociation } from '../relay/udp.js';
-import { type Dialer, resolveWithin } from '../upstream/dialer.js';
+import { type Dialer, connectTimeoutError, resolveWithin } from '../upstream/dialer.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { BindListener, type PeerCheck, addressToward } from './bind.js';
 import { DEFAULT_DENY, type RuleCommand, type RuleRequest, type RuleSet } from '../policy/rules.js';
@@ -353,7 +353,7 @@ export class Session {
   #afterVerify(ok: boolean, err: unknown): void {
     if (this.#phase !== 'waiting') return; // timed out or closed meanwhile
     if (!ok) {
-      const cause = err ? `authenticator failed: ${err instanceof Error ? err.message : String(err)}` : `wrong credentials for user "${this.#user}"`;
+      const cause = err ? `authenticator failed: ${toSocksError(err).message}` : `wrong credentials for user "${this.#user}"`;
       this.#refuse(encodeUserPassStatus(UserPassStatus.FAILURE), 'auth-failed', cause);
       return;
     }
@@ -458,17 +458,27 @@ export class Session {
     const failure = this.#resume?.dialFailure;
     if (failure) return this.#commandFailed(failure);
     const signal = this.#signal();
-    promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: this.#ctx.connectMs, signal })).then(
+    const connectMs = this.#ctx.connectMs;
+    // The session's own deadline too: a dialer of the library's may ignore
+    // timeoutMs and the signal, and must not hold the session for good.
+    this.#timer = setTimeout(() => this.#commandFailed(connectTimeoutError(target, connectMs)), connectMs);
+    promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: connectMs, signal })).then(
       (outbound) => this.#afterConnect(outbound),
       (err: unknown) => this.#commandFailed(toSocksError(err)),
     );
   }
 
-  #afterConnect(outbound: Socket): void {
+  #afterConnect(outbound: unknown): void {
+    if (!(outbound instanceof Socket)) {
+      // A dialer of the library's that broke its contract: its failure, refused as such.
+      this.#commandFailed(new SocksError('ERR_GENERAL', `the dialer gave ${outbound === null ? 'null' : typeof outbound}, not a net.Socket`));
+      return;
+    }
     if (this.#phase !== 'waiting' || this.#socket.destroyed) {
       outbound.destroy();
       return;
     }
+    clearTimeout(this.#timer);
     const bound = destination(outbound.localAddress ?? '0.0.0.0', outbound.localPort ?? 0);
     this.#connected = formatDestination({ host: outbound.remoteAddress ?? '', port: outbound.remotePort ?? 0 });
     this.#replySuccess(bound);

@@ -4,7 +4,7 @@
  * a new attempt every `attemptDelayMs` or as soon as the previous one fails,
  * first success wins, the losers are destroyed.
  */
-import { Socket, connect } from 'node:net';
+import { Socket, connect, isIP } from 'node:net';
 import { SocksError, toSocksError } from '../errors.js';
 import { type Destination, isUnspecifiedAddress } from '../protocol/address.js';
 import { type ResolvedAddress, type Resolver, systemResolver } from './resolver.js';
@@ -45,9 +45,7 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       try {
         if (signal?.aborted) throw signal.reason;
         const found = await raceAbort(resolveAll(resolver, target.host), abort.signal);
-        const addresses = found.filter((a) => !isUnspecifiedAddress(a.address));
-        if (addresses.length === 0) throw reachesThisHost(found[0]!.address, target.host);
-        return await connectFirst(interleave(addresses), target.port, attemptDelayMs, abort.signal);
+        return await connectFirst(interleave(dialable(found, target.host)), target.port, attemptDelayMs, abort.signal);
       } catch (err) {
         throw toSocksError(err);
       } finally {
@@ -56,6 +54,20 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       }
     },
   };
+}
+
+/**
+ * The answers worth a connect: IP literals only (a resolver of the
+ * library's may answer anything, and net.connect takes no host for
+ * localhost and looks a name up again), and not the unspecified address.
+ * Throws when none is left.
+ */
+function dialable(found: readonly ResolvedAddress[], name: string): ResolvedAddress[] {
+  const literals = found.filter((a) => typeof a?.address === 'string' && isIP(a.address) !== 0);
+  const addresses = literals.filter((a) => !isUnspecifiedAddress(a.address));
+  if (addresses.length > 0) return addresses;
+  if (literals.length > 0) throw reachesThisHost(literals[0]!.address, name);
+  throw new SocksError('ERR_HOST_NOT_FOUND', `${name}: the resolver gave no IP address`);
 }
 
 /**
