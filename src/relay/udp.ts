@@ -284,7 +284,12 @@ export class DestinationNames {
 function firstAddress(answer: unknown): string | undefined {
   if (!Array.isArray(answer)) return undefined;
   for (const entry of answer as unknown[]) {
-    const text: unknown = (entry as { address?: unknown } | null)?.address;
+    let text: unknown;
+    try {
+      text = (entry as { address?: unknown } | null)?.address;
+    } catch {
+      continue; // a getter that throws: not an answer
+    }
     const address = typeof text === 'string' ? canonicalAddress(text) : undefined;
     // An unspecified address (a blocklist's 0.0.0.0) would be delivered to this host: not a destination.
     if (address !== undefined && !isUnspecifiedAddress(address)) return address;

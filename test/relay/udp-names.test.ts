@@ -141,3 +141,12 @@ test('an answer with a zone is sent to the address without it, as both relays ca
   await settle();
   assert.deepEqual(h.sent, ['::1:53/6 a', 'fe80::1:53/6 b']);
 });
+
+test('an answer entry whose address getter throws is passed over, not thrown out of the relay', async () => {
+  const h = harness();
+  h.names.send('odd.test', 7, Buffer.from('x'));
+  const throwing = { get address(): string { throw new Error('no address'); }, family: 4 as const };
+  h.calls[0]!.answer([throwing as unknown as ResolvedAddress, { address: '127.0.0.9', family: 4 }]);
+  await settle();
+  assert.deepEqual(h.sent, ['127.0.0.9:7/4 x']);
+});
