@@ -400,10 +400,11 @@ static void from_client(udp_t *u) {
     socklen_t dest_len;
     int which;
     int header = literal_destination(d, len, &to[i], &dest_len, &which);
-    /* A datagram ahead of it is with JavaScript: it follows, so that order
-     * holds, and, while the port is not known, so that JavaScript, which
-     * learns it from the first datagram that decodes, can judge this one. */
-    int behind_js = u->to_js[TO_JS_CLIENT] > 0 && (u->verdicts || u->client_port == 0);
+    /* A datagram ahead of it is with JavaScript (a name, an address to
+     * decide, the first one): it follows, so that order holds as on the
+     * stream relay, and, while the port is not known, so that JavaScript,
+     * which learns it from the first datagram that decodes, can judge this one. */
+    int behind_js = u->to_js[TO_JS_CLIENT] > 0;
     int verdict = header == 0 ? 1 : behind_js ? -1 : !u->verdicts ? 1 : verdict_for(u, &to[i]);
     if (header == 0 || verdict < 0) {
       deliver_later(u, TO_JS_CLIENT, NULL, 0, d, len, port);

@@ -659,6 +659,27 @@ for (const engine of ['splice', 'stream'] as const) {
         await peer.close();
       }
     });
+    test('datagrams to a known name and to an address, interleaved, reach the destination in the order sent', opts, async () => {
+      const peer = await UdpPeer.open('127.0.0.1');
+      try {
+        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'the name is known now', { host: '127.0.0.1', port: suite.echo4.port });
+        const seen = suite.echo4.received.length;
+        const sent: string[] = [];
+        // Sent back to back: on the relay thread, the one to a name goes through JavaScript.
+        await Promise.all(Array.from({ length: 5 }, (_, i) => [
+          peer.send(frame('four.test', suite.echo4.port, `name ${i}`), assoc.relay.port, assoc.relay.host),
+          peer.send(frame('127.0.0.1', suite.echo4.port, `address ${i}`), assoc.relay.port, assoc.relay.host),
+        ]).flat());
+        for (let i = 0; i < 5; i++) sent.push(`name ${i}`, `address ${i}`);
+        for (const payload of sent) await peer.next(`the echo of "${payload}"`);
+        assert.deepEqual(suite.echo4.payloads().slice(seen), sent);
+        assoc.control.end();
+      } finally {
+        await peer.close();
+      }
+    });
+
     test('an answer that is not a list of addresses (null): the datagram is dropped and counted, and the proxy relays on', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       // In the daemon an unhandled rejection ends the process.
