@@ -13,6 +13,7 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { SocksError } from '../errors.js';
+import { checkPort } from './check.js';
 
 export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
 export type AddressType = (typeof AddressType)[keyof typeof AddressType];
@@ -193,8 +194,13 @@ export function encodedAddressLength(d: Destination): number {
   return 4 + Buffer.byteLength(d.host, 'latin1');
 }
 
-/** Writes ATYP, address and port at `at`; returns the offset after them. */
+/**
+ * Writes ATYP, address and port at `at`; returns the offset after them.
+ * Refuses (SocksError) what decodeAddress would not read back: a port that is
+ * not an integer 0-65535 (ERR_MALFORMED), a host that is not of its kind.
+ */
 export function writeAddress(buf: Buffer, at: number, d: Destination): number {
+  checkPort(d.port);
   if (d.kind === 'ipv4') {
     buf[at] = AddressType.IPV4;
     writeIPv4(buf, at + 1, d.host);

@@ -27,6 +27,7 @@ import {
   readPort,
   writeIPv4,
 } from './address.js';
+import { checkPort } from './check.js';
 
 export const SOCKS4_VERSION = 0x04;
 export const SOCKS4_REPLY_VERSION = 0x00;
@@ -90,7 +91,9 @@ function findNul(buf: Uint8Array, start: number, max: number, field: string): nu
   return NEED_MORE;
 }
 
+/** Refuses (SocksError) what decodeSocks4Request would not read back as `request`: a port that is not an integer 0-65535 (ERR_MALFORMED). */
 export function encodeSocks4Request(request: Socks4Request): Buffer {
+  checkPort(request.destination.port);
   const user = Buffer.from(request.userId, 'latin1');
   const name = request.destination.kind === 'domain' ? Buffer.from(request.destination.host + '\0', 'latin1') : null;
   const head = Buffer.alloc(8);
@@ -108,8 +111,9 @@ export interface Socks4Reply {
   readonly host: string;
 }
 
-/** Encodes a reply; the address must be IPv4 (SOCKS4 has no other). */
+/** Encodes a reply; the address must be IPv4 (SOCKS4 has no other), the port an integer 0-65535 (ERR_MALFORMED). */
 export function encodeSocks4Reply(reply: number, port = 0, host = '0.0.0.0'): Buffer {
+  checkPort(port);
   const buf = Buffer.allocUnsafe(8);
   buf[0] = SOCKS4_REPLY_VERSION;
   buf[1] = reply;

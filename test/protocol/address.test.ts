@@ -30,6 +30,7 @@ import {
   expectDecoded,
   hex,
 } from './vectors.js';
+import type { SocksErrorCode } from '../../src/errors.js';
 
 // ---------------------------------------------------------------- helpers
 
@@ -178,6 +179,30 @@ describe('decodeAddress: malformed vectors', () => {
 });
 
 describe('writeAddress: refused input', () => {
+  /** writeAddress(d) into a buffer of 0xee throws `code`, having written nothing. */
+  function refuses(d: Destination, code: SocksErrorCode): void {
+    const buf = Buffer.alloc(300, 0xee);
+    assertSocksError(() => writeAddress(buf, 0, d), code);
+    assert.deepEqual(buf, Buffer.alloc(300, 0xee), 'nothing written');
+  }
+
+  const HOSTS: readonly Destination[] = [
+    { kind: 'ipv4', host: '1.2.3.4', port: 0 },
+    { kind: 'ipv6', host: '::1', port: 0 },
+    { kind: 'domain', host: 'example.com', port: 0 },
+  ];
+
+  for (const port of [65536, -1, 1.5, NaN, Infinity, -Infinity, 2 ** 32, 2 ** 32 + 80, -0.5]) {
+    it(`port ${port} → ERR_MALFORMED, for each kind of host`, () => {
+      for (const d of HOSTS) refuses({ ...d, port }, 'ERR_MALFORMED');
+    });
+  }
+
+  it('port 65535 and 0 are written', () => {
+    assert.deepEqual(encodeAddress({ kind: 'ipv4', host: '1.2.3.4', port: 65535 }), hex('01 01020304 ffff'));
+    assert.deepEqual(encodeAddress({ kind: 'domain', host: 'a', port: 0 }), hex('03 01 61 0000'));
+  });
+
   it('an empty domain name → ERR_TOO_LONG', () => {
     assertSocksError(() => writeAddress(Buffer.alloc(16), 0, { kind: 'domain', host: '', port: 80 }), 'ERR_TOO_LONG');
   });

@@ -231,6 +231,15 @@ describe('SOCKS4/4a request', () => {
     assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
   });
 
+  it('encodeSocks4Request refuses a port that is not an integer 0-65535 (it threw a RangeError, or wrote 1.5 as 1 and NaN as 0)', () => {
+    for (const port of [65536, -1, 1.5, NaN]) {
+      for (const d of [{ kind: 'ipv4', host: '1.2.3.4' }, { kind: 'domain', host: 'example.com' }] as const) {
+        const request: Socks4Request = { command: Socks4Command.CONNECT, destination: { ...d, port }, userId: '', socks4a: d.kind === 'domain' };
+        assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
+      }
+    }
+  });
+
   it('property: encode → decode round trip', () => {
     const latin1 = fc.string({ unit: fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), maxLength: 255 });
     const hostname = fc.string({
@@ -319,6 +328,10 @@ describe('SOCKS4 reply', () => {
   it('encodeSocks4Reply defaults to 0.0.0.0:0 and VN 0', () => {
     assert.deepEqual(encodeSocks4Reply(Socks4ReplyCode.REJECTED), hex('00 5b 0000 00000000'));
     assert.equal(SOCKS4_REPLY_VERSION, 0);
+  });
+
+  it('encodeSocks4Reply refuses a port that is not an integer 0-65535', () => {
+    for (const port of [65536, -1, 1.5, NaN]) assertSocksError(() => encodeSocks4Reply(Socks4ReplyCode.GRANTED, port), 'ERR_MALFORMED');
   });
 
   it('encodeSocks4Reply refuses a non-IPv4 host', () => {

@@ -5,6 +5,7 @@ import {
   Command,
   Method,
   SOCKS5_VERSION,
+  type Destination,
   type Greeting,
   type Reply,
   type Request,
@@ -54,6 +55,13 @@ function fuzz<T>(decode: Decoder<T>, firstBytes: readonly number[]): void {
 }
 
 const byte = fc.integer({ min: 0, max: 255 });
+
+/** One host of each kind, to pair with a bad port. */
+const BAD_PORT_HOSTS: readonly Destination[] = [
+  { kind: 'ipv4', host: '1.2.3.4', port: 0 },
+  { kind: 'ipv6', host: '::1', port: 0 },
+  { kind: 'domain', host: 'example.com', port: 0 },
+];
 
 const LONG_NAME = 'x'.repeat(255);
 const ALL_METHODS = Array.from({ length: 255 }, (_, i) => i);
@@ -236,6 +244,14 @@ describe('SOCKS5 request', () => {
     assertSocksError(() => encodeRequest(request), 'ERR_TOO_LONG');
   });
 
+  it('encodeRequest refuses a port that is not an integer 0-65535 (it threw a RangeError, or wrote 1.5 as 1 and NaN as 0)', () => {
+    for (const port of [65536, -1, 1.5, NaN]) {
+      for (const destination of BAD_PORT_HOSTS) {
+        assertSocksError(() => encodeRequest({ command: Command.CONNECT, destination: { ...destination, port } }), 'ERR_MALFORMED');
+      }
+    }
+  });
+
   it('Command has the RFC 1928 values', () => {
     assert.deepEqual({ ...Command }, { CONNECT: 0x01, BIND: 0x02, UDP_ASSOCIATE: 0x03 });
   });
@@ -337,6 +353,12 @@ describe('SOCKS5 reply', () => {
       assert.equal(bytes.length, 10, name);
       assert.equal(bytes[1], code, name);
       assert.deepEqual(expectDecoded(decodeReply(bytes)).value.reply, code, name);
+    }
+  });
+
+  it('encodeReply refuses a port that is not an integer 0-65535', () => {
+    for (const port of [65536, -1, 1.5, NaN]) {
+      for (const bound of BAD_PORT_HOSTS) assertSocksError(() => encodeReply(Socks5Reply.SUCCEEDED, { ...bound, port }), 'ERR_MALFORMED');
     }
   });
 

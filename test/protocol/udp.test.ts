@@ -159,6 +159,15 @@ describe('SOCKS5 UDP header: valid vectors', () => {
     assertSocksError(() => encodeUdpHeader({ kind: 'domain', host: 'a'.repeat(256), port: 53 }), 'ERR_TOO_LONG');
   });
 
+  it('encodeUdpHeader and encodeUdpDatagram refuse a port that is not an integer 0-65535', () => {
+    for (const port of [65536, -1, 1.5, NaN]) {
+      for (const d of [{ kind: 'ipv4', host: '1.2.3.4' }, { kind: 'ipv6', host: '::1' }, { kind: 'domain', host: 'dns.example' }] as const) {
+        assertSocksError(() => encodeUdpHeader({ ...d, port }), 'ERR_MALFORMED');
+        assertSocksError(() => encodeUdpDatagram({ ...d, port }, PAYLOAD), 'ERR_MALFORMED');
+      }
+    }
+  });
+
   it('encodeUdpHeader refuses a malformed IPv4 address', () => {
     assertSocksError(() => encodeUdpHeader({ kind: 'ipv4', host: '1.2.3', port: 53 }), 'ERR_MALFORMED');
   });
