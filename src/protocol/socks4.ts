@@ -27,7 +27,7 @@ import {
   readPort,
   writeIPv4,
 } from './address.js';
-import { checkPort } from './check.js';
+import { checkByte, checkPort } from './check.js';
 
 export const SOCKS4_VERSION = 0x04;
 export const SOCKS4_REPLY_VERSION = 0x00;
@@ -91,8 +91,13 @@ function findNul(buf: Uint8Array, start: number, max: number, field: string): nu
   return NEED_MORE;
 }
 
-/** Refuses (SocksError) what decodeSocks4Request would not read back as `request`: a port that is not an integer 0-65535 (ERR_MALFORMED). */
+/**
+ * Refuses (SocksError) what decodeSocks4Request would not read back as
+ * `request`: a command that is not an integer 0-255 and a port that is not
+ * one 0-65535 (ERR_MALFORMED).
+ */
 export function encodeSocks4Request(request: Socks4Request): Buffer {
+  checkByte(request.command, 'the command');
   checkPort(request.destination.port);
   const user = Buffer.from(request.userId, 'latin1');
   const name = request.destination.kind === 'domain' ? Buffer.from(request.destination.host + '\0', 'latin1') : null;
@@ -111,8 +116,12 @@ export interface Socks4Reply {
   readonly host: string;
 }
 
-/** Encodes a reply; the address must be IPv4 (SOCKS4 has no other), the port an integer 0-65535 (ERR_MALFORMED). */
+/**
+ * Encodes a reply; the address must be IPv4 (SOCKS4 has no other), the
+ * reply code an integer 0-255 and the port one 0-65535 (ERR_MALFORMED).
+ */
 export function encodeSocks4Reply(reply: number, port = 0, host = '0.0.0.0'): Buffer {
+  checkByte(reply, 'the reply code');
   checkPort(port);
   const buf = Buffer.allocUnsafe(8);
   buf[0] = SOCKS4_REPLY_VERSION;

@@ -15,6 +15,7 @@ import {
   hex,
   writeAddress,
 } from './address.js';
+import { checkByte } from './check.js';
 
 export const SOCKS5_VERSION = 0x05;
 
@@ -48,10 +49,12 @@ export function decodeGreeting(buf: Uint8Array, at = 0): Decoded<Greeting> | Nee
   return { value: { methods: Array.from(buf.subarray(at + 2, at + 2 + count)) }, bytesRead: 2 + count };
 }
 
+/** Refuses (ERR_MALFORMED) 0 or over 255 methods, and a method that is not an integer 0-255. */
 export function encodeGreeting(methods: readonly number[]): Buffer {
   if (methods.length === 0 || methods.length > 255) {
     throw new SocksError('ERR_MALFORMED', 'a greeting carries 1-255 methods');
   }
+  for (const method of methods) checkByte(method, 'a method');
   return Buffer.from([SOCKS5_VERSION, methods.length, ...methods]);
 }
 
@@ -60,8 +63,11 @@ export function encodeGreeting(methods: readonly number[]): Buffer {
  *   |VER | METHOD |
  *   +----+--------+
  *   | 1  |   1    |
+ *
+ * encodeMethodSelection refuses (ERR_MALFORMED) a method that is not an integer 0-255.
  */
 export function encodeMethodSelection(method: number): Buffer {
+  checkByte(method, 'the method');
   return Buffer.from([SOCKS5_VERSION, method]);
 }
 
@@ -94,7 +100,9 @@ export function decodeRequest(buf: Uint8Array, at = 0): Decoded<Request> | NeedM
   return { value: { command: buf[at + 1]!, destination: address.value }, bytesRead: 3 + address.bytesRead };
 }
 
+/** Refuses (SocksError) what decodeRequest would not read back: a command that is not an integer 0-255 (ERR_MALFORMED), and what writeAddress refuses. */
 export function encodeRequest(request: Request): Buffer {
+  checkByte(request.command, 'the command');
   const buf = Buffer.allocUnsafe(3 + encodedAddressLength(request.destination));
   buf[0] = SOCKS5_VERSION;
   buf[1] = request.command;
@@ -117,8 +125,13 @@ export interface Reply {
 
 const UNSPECIFIED: Destination = { kind: 'ipv4', host: '0.0.0.0', port: 0 };
 
-/** Encodes a reply in one buffer, so it goes out in one write. */
+/**
+ * Encodes a reply in one buffer, so it goes out in one write. Refuses
+ * (SocksError) a reply code that is not an integer 0-255 (ERR_MALFORMED), and
+ * what writeAddress refuses.
+ */
 export function encodeReply(reply: number, bound: Destination = UNSPECIFIED): Buffer {
+  checkByte(reply, 'the reply code');
   const buf = Buffer.allocUnsafe(3 + encodedAddressLength(bound));
   buf[0] = SOCKS5_VERSION;
   buf[1] = reply;

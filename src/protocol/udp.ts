@@ -12,6 +12,7 @@
  */
 import { SocksError } from '../errors.js';
 import { type Destination, NEED_MORE, decodeAddress, encodedAddressLength, writeAddress } from './address.js';
+import { checkByte } from './check.js';
 
 export interface UdpHeader {
   /** Fragment number; 0 means a whole datagram. */
@@ -32,8 +33,11 @@ export function decodeUdpHeader(datagram: Uint8Array): UdpHeader {
 /**
  * The header alone, to send ahead of a payload without copying it:
  * `socket.send([header, payload])`. A relay encodes it once per peer.
+ * Refuses (SocksError) a FRAG that is not an integer 0-255 (ERR_MALFORMED),
+ * and what writeAddress refuses.
  */
 export function encodeUdpHeader(destination: Destination, frag = 0): Buffer {
+  checkByte(frag, 'FRAG');
   const buf = Buffer.allocUnsafe(3 + encodedAddressLength(destination));
   buf[0] = 0;
   buf[1] = 0;

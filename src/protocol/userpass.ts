@@ -12,6 +12,7 @@
  */
 import { SocksError } from '../errors.js';
 import { type Decoded, type NeedMore, NEED_MORE, hex } from './address.js';
+import { checkByte } from './check.js';
 
 export const USERPASS_VERSION = 0x01;
 export const MAX_CREDENTIAL_LENGTH = 255;
@@ -57,7 +58,9 @@ export function encodeUserPass(credentials: Credentials): Buffer {
  *   |VER | STATUS |
  *   +----+--------+
  */
+/** Refuses (ERR_MALFORMED) a status that is not an integer 0-255. */
 export function encodeUserPassStatus(status: number): Buffer {
+  checkByte(status, 'the status');
   return Buffer.from([USERPASS_VERSION, status]);
 }
 

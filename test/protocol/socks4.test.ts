@@ -22,6 +22,7 @@ import {
   type BadVector,
   type Decoder,
   type Vector,
+  NOT_BYTES,
   ascii,
   assertSocksError,
   assertThrowsOnlySocksError,
@@ -231,6 +232,13 @@ describe('SOCKS4/4a request', () => {
     assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
   });
 
+  it('encodeSocks4Request refuses a command that is not an integer 0-255 (256 was written as 0)', () => {
+    for (const command of NOT_BYTES) {
+      const request: Socks4Request = { command, destination: { kind: 'ipv4', host: '1.2.3.4', port: 80 }, userId: '', socks4a: false };
+      assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
+    }
+  });
+
   it('encodeSocks4Request refuses a port that is not an integer 0-65535 (it threw a RangeError, or wrote 1.5 as 1 and NaN as 0)', () => {
     for (const port of [65536, -1, 1.5, NaN]) {
       for (const d of [{ kind: 'ipv4', host: '1.2.3.4' }, { kind: 'domain', host: 'example.com' }] as const) {
@@ -328,6 +336,10 @@ describe('SOCKS4 reply', () => {
   it('encodeSocks4Reply defaults to 0.0.0.0:0 and VN 0', () => {
     assert.deepEqual(encodeSocks4Reply(Socks4ReplyCode.REJECTED), hex('00 5b 0000 00000000'));
     assert.equal(SOCKS4_REPLY_VERSION, 0);
+  });
+
+  it('encodeSocks4Reply refuses a reply code that is not an integer 0-255 (0x15a was written as 0x5a, GRANTED)', () => {
+    for (const code of [...NOT_BYTES, 0x15a]) assertSocksError(() => encodeSocks4Reply(code), 'ERR_MALFORMED');
   });
 
   it('encodeSocks4Reply refuses a port that is not an integer 0-65535', () => {

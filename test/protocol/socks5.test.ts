@@ -22,6 +22,7 @@ import { Socks5Reply } from '../../src/errors.js';
 import {
   type Decoder,
   type Vector,
+  NOT_BYTES,
   arbDestination,
   ascii,
   assertSocksError,
@@ -95,6 +96,13 @@ describe('SOCKS5 greeting', () => {
     ], FRAMING);
   });
 
+  it('encodeGreeting refuses a method that is not an integer 0-255 (256 was written as method 0)', () => {
+    for (const bad of NOT_BYTES) {
+      assertSocksError(() => encodeGreeting([bad]), 'ERR_MALFORMED');
+      assertSocksError(() => encodeGreeting([Method.NONE, Method.USERPASS, bad]), 'ERR_MALFORMED');
+    }
+  });
+
   it('encodeGreeting refuses 0 and 256 methods', () => {
     assertSocksError(() => encodeGreeting([]), 'ERR_MALFORMED');
     assertSocksError(() => encodeGreeting([...ALL_METHODS, 0]), 'ERR_MALFORMED');
@@ -135,6 +143,10 @@ describe('SOCKS5 method selection', () => {
       { name: 'SOCKS4 version', bytes: '04 00', code: 'ERR_BAD_VERSION' },
       { name: 'username/password version', bytes: '01 00', code: 'ERR_BAD_VERSION' },
     ], FRAMING);
+  });
+
+  it('encodeMethodSelection refuses a method that is not an integer 0-255 (-1 was written as 0xff, NO ACCEPTABLE METHODS)', () => {
+    for (const bad of NOT_BYTES) assertSocksError(() => encodeMethodSelection(bad), 'ERR_MALFORMED');
   });
 
   it('Method has the IANA values', () => {
@@ -252,6 +264,12 @@ describe('SOCKS5 request', () => {
     }
   });
 
+  it('encodeRequest refuses a command that is not an integer 0-255 (256 was written as 0)', () => {
+    for (const command of NOT_BYTES) {
+      assertSocksError(() => encodeRequest({ command, destination: { kind: 'ipv4', host: '1.2.3.4', port: 80 } }), 'ERR_MALFORMED');
+    }
+  });
+
   it('Command has the RFC 1928 values', () => {
     assert.deepEqual({ ...Command }, { CONNECT: 0x01, BIND: 0x02, UDP_ASSOCIATE: 0x03 });
   });
@@ -353,6 +371,13 @@ describe('SOCKS5 reply', () => {
       assert.equal(bytes.length, 10, name);
       assert.equal(bytes[1], code, name);
       assert.deepEqual(expectDecoded(decodeReply(bytes)).value.reply, code, name);
+    }
+  });
+
+  it('encodeReply refuses a reply code that is not an integer 0-255 (0x100 was written as 0x00, SUCCEEDED)', () => {
+    for (const code of NOT_BYTES) {
+      assertSocksError(() => encodeReply(code), 'ERR_MALFORMED');
+      assertSocksError(() => encodeReply(code, { kind: 'ipv6', host: '::1', port: 80 }), 'ERR_MALFORMED');
     }
   });
 

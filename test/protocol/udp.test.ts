@@ -9,7 +9,7 @@ import {
   encodeUdpHeader,
   startsWithUdpHeader,
 } from '../../src/protocol/index.js';
-import { type BadVector, arbDestination, ascii, assertSocksError, assertThrowsOnlySocksError, badVectors, hex } from './vectors.js';
+import { type BadVector, NOT_BYTES, arbDestination, ascii, assertSocksError, assertThrowsOnlySocksError, badVectors, hex } from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
 
@@ -157,6 +157,13 @@ describe('SOCKS5 UDP header: valid vectors', () => {
   it('encodeUdpHeader refuses an empty domain name and one over 255 bytes', () => {
     assertSocksError(() => encodeUdpHeader({ kind: 'domain', host: '', port: 53 }), 'ERR_TOO_LONG');
     assertSocksError(() => encodeUdpHeader({ kind: 'domain', host: 'a'.repeat(256), port: 53 }), 'ERR_TOO_LONG');
+  });
+
+  it('encodeUdpHeader and encodeUdpDatagram refuse a FRAG that is not an integer 0-255 (256 was written as 0, a whole datagram)', () => {
+    for (const frag of NOT_BYTES) {
+      assertSocksError(() => encodeUdpHeader({ kind: 'ipv4', host: '1.2.3.4', port: 53 }, frag), 'ERR_MALFORMED');
+      assertSocksError(() => encodeUdpDatagram({ kind: 'ipv4', host: '1.2.3.4', port: 53 }, PAYLOAD, frag), 'ERR_MALFORMED');
+    }
   });
 
   it('encodeUdpHeader and encodeUdpDatagram refuse a port that is not an integer 0-65535', () => {

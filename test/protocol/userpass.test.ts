@@ -13,6 +13,7 @@ import {
 } from '../../src/protocol/index.js';
 import {
   type Vector,
+  NOT_BYTES,
   assertSocksError,
   badVectors,
   checkArbitraryBytes,
@@ -146,6 +147,10 @@ describe('RFC 1929 status', () => {
       ],
       FRAMING,
     );
+  });
+
+  it('encodeUserPassStatus refuses a status that is not an integer 0-255 (256 was written as 0x00, success)', () => {
+    for (const status of NOT_BYTES) assertSocksError(() => encodeUserPassStatus(status), 'ERR_MALFORMED');
   });
 
   describe('malformed vectors', () => {

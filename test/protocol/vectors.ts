@@ -89,6 +89,9 @@ export function checkArbitraryBytes<T>(decode: Decoder<T>, buf: Uint8Array, offs
   return r;
 }
 
+/** Values a one-byte field refuses: each was written as some other byte (256 as 0, -1 as 0xff, 1.5 as 1, NaN as 0). */
+export const NOT_BYTES: readonly number[] = [256, 257, 511, -1, -256, 1.5, NaN, Infinity, 2 ** 32];
+
 // ---------------------------------------------------------------- vector tables
 
 export interface Vector<T> {
