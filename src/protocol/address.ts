@@ -13,7 +13,7 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { SocksError } from '../errors.js';
-import { checkPort } from './check.js';
+import { checkHostname, checkPort } from './check.js';
 
 export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
 export type AddressType = (typeof AddressType)[keyof typeof AddressType];
@@ -191,13 +191,15 @@ export function decodeAddress(buf: Uint8Array, at: number): Decoded<Destination>
 export function encodedAddressLength(d: Destination): number {
   if (d.kind === 'ipv4') return 7;
   if (d.kind === 'ipv6') return 19;
-  return 4 + Buffer.byteLength(d.host, 'latin1');
+  return 4 + d.host.length; // one byte a character, in a name writeAddress accepts
 }
 
 /**
  * Writes ATYP, address and port at `at`; returns the offset after them.
  * Refuses (SocksError) what decodeAddress would not read back: a port that is
- * not an integer 0-65535 (ERR_MALFORMED), a host that is not of its kind.
+ * not an integer 0-65535 (ERR_MALFORMED), a host that is not of its kind, a
+ * domain name that is empty or over 255 characters (ERR_TOO_LONG) or has a
+ * character that is not printable ASCII (ERR_MALFORMED, as decodeHostname).
  */
 export function writeAddress(buf: Buffer, at: number, d: Destination): number {
   checkPort(d.port);
@@ -215,10 +217,8 @@ export function writeAddress(buf: Buffer, at: number, d: Destination): number {
     buf.writeUInt16BE(d.port, at + 17);
     return at + 19;
   }
-  const length = Buffer.byteLength(d.host, 'latin1');
-  if (length === 0 || length > MAX_DOMAIN_LENGTH) {
-    throw new SocksError('ERR_TOO_LONG', `domain name must be 1-${MAX_DOMAIN_LENGTH} bytes`);
-  }
+  checkHostname(d.host);
+  const length = d.host.length;
   buf[at] = AddressType.DOMAIN;
   buf[at + 1] = length;
   buf.write(d.host, at + 2, 'latin1');

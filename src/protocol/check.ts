@@ -21,3 +21,24 @@ export function checkByte(value: number, field: string): void {
     throw new SocksError('ERR_MALFORMED', `${field} must be an integer 0-255, got ${String(value)}`);
   }
 }
+
+/**
+ * Refuses what decodeHostname refuses, so that a name that is written reads
+ * back as itself: 0 or over 255 characters (ERR_TOO_LONG: the one-byte
+ * length of SOCKS5, the default limit of SOCKS4a), and any character but
+ * printable ASCII, 0x21-0x7e (ERR_MALFORMED: NUL, space, controls, and
+ * anything past ASCII, which was written as Latin-1 or cut to its low byte;
+ * IDNs go as punycode). Once it passes, characters and bytes are one to one.
+ */
+export function checkHostname(host: string): void {
+  const length = host.length;
+  if (length === 0 || length > 255) {
+    throw new SocksError('ERR_TOO_LONG', `domain name must be 1-255 bytes, got ${length}`);
+  }
+  for (let i = 0; i < length; i++) {
+    const c = host.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) {
+      throw new SocksError('ERR_MALFORMED', `domain name has a character that is not printable ASCII: U+${c.toString(16).padStart(4, '0')}`);
+    }
+  }
+}

@@ -198,6 +198,42 @@ describe('writeAddress: refused input', () => {
     });
   }
 
+  // Each of these was written (as Latin-1, or cut to its low byte) and then refused by decodeAddress, or read back as another name.
+  const NOT_PRINTABLE_ASCII: readonly [string, string][] = [
+    ['日本.jp', 'CJK, written as the low bytes e5 2c'],
+    ['café.com', 'é, written as Latin-1 e9'],
+    ['xn--caf-dma.com\u00e9', 'é after punycode'],
+    ['a\0b', 'NUL'],
+    ['a b', 'space'],
+    ['a\tb', 'tab'],
+    ['a\r\nb', 'CR LF'],
+    ['a\x7fb', 'DEL'],
+    ['\x80', 'C1 control'],
+    ['\xff', 'ÿ'],
+    ['a\u0100b', 'U+0100, written as its low byte 0x00'],
+    ['a\u0161b', 'U+0161, written as its low byte 0x61 (a)'],
+    ['\u{1f600}', 'an emoji (a surrogate pair)'],
+    ['\ud800', 'a lone surrogate'],
+  ];
+  for (const [host, what] of NOT_PRINTABLE_ASCII) {
+    it(`a domain name with ${what} (${JSON.stringify(host)}) → ERR_MALFORMED, nothing written`, () => {
+      refuses({ kind: 'domain', host, port: 80 }, 'ERR_MALFORMED');
+    });
+  }
+
+  it('a domain name is counted in characters, each one byte: 256 → ERR_TOO_LONG; 128 × é (128 Latin-1 bytes, 256 UTF-8 bytes) → ERR_MALFORMED', () => {
+    refuses({ kind: 'domain', host: 'a'.repeat(256), port: 80 }, 'ERR_TOO_LONG');
+    refuses({ kind: 'domain', host: '', port: 80 }, 'ERR_TOO_LONG');
+    refuses({ kind: 'domain', host: 'é'.repeat(128), port: 80 }, 'ERR_MALFORMED');
+  });
+
+  it('every printable ASCII character is written as its byte', () => {
+    const printable = String.fromCharCode(...Array.from({ length: 0x7e - 0x21 + 1 }, (_, i) => 0x21 + i));
+    const bytes = encodeAddress({ kind: 'domain', host: printable, port: 80 });
+    assert.deepEqual(bytes, hex(`03 5e ${ascii(printable)} 0050`));
+    assert.deepEqual(expectDecoded(decodeAddress(bytes, 0)).value, { kind: 'domain', host: printable, port: 80 });
+  });
+
   it('port 65535 and 0 are written', () => {
     assert.deepEqual(encodeAddress({ kind: 'ipv4', host: '1.2.3.4', port: 65535 }), hex('01 01020304 ffff'));
     assert.deepEqual(encodeAddress({ kind: 'domain', host: 'a', port: 0 }), hex('03 01 61 0000'));

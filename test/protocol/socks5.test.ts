@@ -270,6 +270,12 @@ describe('SOCKS5 request', () => {
     }
   });
 
+  it('encodeRequest refuses a domain name decodeRequest would refuse: non-ASCII (it was written as Latin-1), NUL, space', () => {
+    for (const host of ['日本.jp', 'café.com', 'a\0b', 'a b']) {
+      assertSocksError(() => encodeRequest({ command: Command.CONNECT, destination: { kind: 'domain', host, port: 80 } }), 'ERR_MALFORMED');
+    }
+  });
+
   it('Command has the RFC 1928 values', () => {
     assert.deepEqual({ ...Command }, { CONNECT: 0x01, BIND: 0x02, UDP_ASSOCIATE: 0x03 });
   });

@@ -175,6 +175,10 @@ describe('SOCKS5 UDP header: valid vectors', () => {
     }
   });
 
+  it('encodeUdpHeader refuses a domain name decodeUdpHeader would refuse: non-ASCII (it was written as Latin-1), NUL, space', () => {
+    for (const host of ['日本.jp', 'café.com', 'a\0b', 'a b']) assertSocksError(() => encodeUdpHeader({ kind: 'domain', host, port: 53 }), 'ERR_MALFORMED');
+  });
+
   it('encodeUdpHeader refuses a malformed IPv4 address', () => {
     assertSocksError(() => encodeUdpHeader({ kind: 'ipv4', host: '1.2.3', port: 53 }), 'ERR_MALFORMED');
   });
