@@ -27,7 +27,7 @@ import {
   readPort,
   writeIPv4,
 } from './address.js';
-import { checkByte, checkPort } from './check.js';
+import { checkByte, checkHostname, checkPort } from './check.js';
 
 export const SOCKS4_VERSION = 0x04;
 export const SOCKS4_REPLY_VERSION = 0x00;
@@ -92,22 +92,59 @@ function findNul(buf: Uint8Array, start: number, max: number, field: string): nu
 }
 
 /**
- * Refuses (SocksError) what decodeSocks4Request would not read back as
- * `request`: a command that is not an integer 0-255 and a port that is not
- * one 0-65535 (ERR_MALFORMED).
+ * Refuses (SocksError) what decodeSocks4Request, with the default limits,
+ * would not read back as `request`: a command that is not an integer 0-255,
+ * a port that is not one 0-65535 (ERR_MALFORMED); a USERID with a NUL (it
+ * would end there) or a character past Latin-1 (ERR_MALFORMED), or over 255
+ * characters (ERR_TOO_LONG); a destination that is neither IPv4 nor a name,
+ * an IPv4 address 0.0.0.x with x ≠ 0 (it reads as SOCKS4a), and `socks4a`
+ * not saying which of the two it is (ERR_MALFORMED); a name as writeAddress
+ * refuses one (empty or over 255 characters, ERR_TOO_LONG; not printable
+ * ASCII, ERR_MALFORMED).
  */
 export function encodeSocks4Request(request: Socks4Request): Buffer {
+  const { destination, userId } = request;
   checkByte(request.command, 'the command');
-  checkPort(request.destination.port);
-  const user = Buffer.from(request.userId, 'latin1');
-  const name = request.destination.kind === 'domain' ? Buffer.from(request.destination.host + '\0', 'latin1') : null;
-  const head = Buffer.alloc(8);
-  head[0] = SOCKS4_VERSION;
-  head[1] = request.command;
-  head.writeUInt16BE(request.destination.port, 2);
-  if (name) head[7] = 1;
-  else writeIPv4(head, 4, request.destination.host);
-  return Buffer.concat(name ? [head, user, Buffer.of(0), name] : [head, user, Buffer.of(0)]);
+  checkPort(destination.port);
+  checkUserId(userId);
+  const socks4a = destination.kind === 'domain';
+  if (socks4a) checkHostname(destination.host);
+  else if (destination.kind !== 'ipv4') {
+    throw new SocksError('ERR_MALFORMED', `SOCKS4 carries an IPv4 address or a name, not ${destination.kind} ${destination.host}`);
+  }
+  if (request.socks4a !== socks4a) {
+    throw new SocksError('ERR_MALFORMED', `socks4a is ${request.socks4a} for a destination of kind ${destination.kind}`);
+  }
+  const userEnd = 8 + userId.length;
+  const buf = Buffer.alloc(userEnd + 1 + (socks4a ? destination.host.length + 1 : 0));
+  buf[0] = SOCKS4_VERSION;
+  buf[1] = request.command;
+  buf.writeUInt16BE(destination.port, 2);
+  if (socks4a) {
+    buf[7] = 1; // DSTIP 0.0.0.1: a name follows the USERID
+    buf.write(destination.host, userEnd + 1, 'latin1');
+  } else {
+    writeIPv4(buf, 4, destination.host);
+    if (buf[4] === 0 && buf[5] === 0 && buf[6] === 0 && buf[7] !== 0) {
+      throw new SocksError('ERR_MALFORMED', `${destination.host} cannot be sent: SOCKS4a reads DSTIP 0.0.0.x (x ≠ 0) as "a name follows"`);
+    }
+  }
+  buf.write(userId, 8, 'latin1');
+  return buf;
+}
+
+/** A USERID the decoder reads back as itself: Latin-1 without NUL, at most the default limit. */
+function checkUserId(userId: string): void {
+  const length = userId.length;
+  if (length > DEFAULT_SOCKS4_LIMITS.maxUserId) {
+    throw new SocksError('ERR_TOO_LONG', `SOCKS4 USERID longer than ${DEFAULT_SOCKS4_LIMITS.maxUserId} bytes`);
+  }
+  for (let i = 0; i < length; i++) {
+    const c = userId.charCodeAt(i);
+    if (c === 0 || c > 0xff) {
+      throw new SocksError('ERR_MALFORMED', `SOCKS4 USERID has a character that is not NUL-free Latin-1: U+${c.toString(16).padStart(4, '0')}`);
+    }
+  }
 }
 
 export interface Socks4Reply {

@@ -17,7 +17,7 @@ import {
   encodeSocks4Reply,
   encodeSocks4Request,
 } from '../../src/protocol/index.js';
-import { SocksError, Socks4Reply as Socks4ReplyCode } from '../../src/errors.js';
+import { SocksError, type SocksErrorCode, Socks4Reply as Socks4ReplyCode } from '../../src/errors.js';
 import {
   type BadVector,
   type Decoder,
@@ -230,6 +230,55 @@ describe('SOCKS4/4a request', () => {
       socks4a: false,
     };
     assertSocksError(() => encodeSocks4Request(request), 'ERR_MALFORMED');
+  });
+
+  describe('encodeSocks4Request refuses what the decoder would not read back as the request', () => {
+    const v4 = (host: string, userId = '', socks4a = false): Socks4Request => ({
+      command: Socks4Command.CONNECT,
+      destination: { kind: 'ipv4', host, port: 80 },
+      userId,
+      socks4a,
+    });
+    const v4a = (host: string, userId = '', socks4a = true): Socks4Request => ({
+      command: Socks4Command.CONNECT,
+      destination: { kind: 'domain', host, port: 80 },
+      userId,
+      socks4a,
+    });
+    const REFUSED: readonly [string, Socks4Request, SocksErrorCode][] = [
+      ['a USERID with a NUL (it was cut short there)', v4('1.2.3.4', 'a\0b'), 'ERR_MALFORMED'],
+      ['a USERID that is one NUL', v4('1.2.3.4', '\0'), 'ERR_MALFORMED'],
+      ['a USERID with a NUL, SOCKS4a (the rest was read as the name)', v4a('example.com', 'fred\0evil.example'), 'ERR_MALFORMED'],
+      ['a USERID past Latin-1 (it was cut to the low bytes)', v4('1.2.3.4', '日本'), 'ERR_MALFORMED'],
+      ['a USERID with U+0100 (written as NUL)', v4('1.2.3.4', 'a\u0100b'), 'ERR_MALFORMED'],
+      ['a USERID of 256 characters (the decoder refuses over 255)', v4('1.2.3.4', 'u'.repeat(256)), 'ERR_TOO_LONG'],
+      ['a SOCKS4a USERID of 256 characters', v4a('example.com', 'u'.repeat(256)), 'ERR_TOO_LONG'],
+      ['an empty SOCKS4a name', v4a(''), 'ERR_TOO_LONG'],
+      ['a SOCKS4a name of 256 characters (the decoder refuses over 255)', v4a('h'.repeat(256)), 'ERR_TOO_LONG'],
+      ['a SOCKS4a name with a space', v4a('a b'), 'ERR_MALFORMED'],
+      ['a SOCKS4a name with a NUL (it was cut short there)', v4a('a\0b'), 'ERR_MALFORMED'],
+      ['a SOCKS4a name past ASCII', v4a('café.com'), 'ERR_MALFORMED'],
+      ['IPv4 0.0.0.1 (it reads as SOCKS4a and waited for a name for good)', v4('0.0.0.1'), 'ERR_MALFORMED'],
+      ['IPv4 0.0.0.255', v4('0.0.0.255'), 'ERR_MALFORMED'],
+      ['IPv4 with socks4a: true (it decoded with socks4a: false)', v4('1.2.3.4', '', true), 'ERR_MALFORMED'],
+      ['a name with socks4a: false (it decoded with socks4a: true)', v4a('example.com', '', false), 'ERR_MALFORMED'],
+      [
+        'an ipv6 destination spelled as IPv4 (it decoded as kind ipv4)',
+        { command: 1, destination: { kind: 'ipv6', host: '1.2.3.4', port: 80 }, userId: '', socks4a: false },
+        'ERR_MALFORMED',
+      ],
+    ];
+    for (const [name, request, code] of REFUSED) {
+      it(`${name} → ${code}`, () => assertSocksError(() => encodeSocks4Request(request), code));
+    }
+
+    it('the edges are written: a USERID of 255 Latin-1 characters, IPv4 0.0.0.0 and 0.1.0.1, a name of 255', () => {
+      const userId = 'ÿ'.repeat(255);
+      assert.deepEqual(encodeSocks4Request(v4('1.2.3.4', userId)), hex(`04 01 0050 01020304 ${'ff'.repeat(255)} 00`));
+      assert.deepEqual(encodeSocks4Request(v4('0.0.0.0')), hex('04 01 0050 00000000 00'));
+      assert.deepEqual(encodeSocks4Request(v4('0.1.0.1')), hex('04 01 0050 00010001 00'));
+      assert.deepEqual(encodeSocks4Request(v4a('h'.repeat(255), '\x01')), hex(`04 01 0050 00000001 01 00 ${hostOf(255)} 00`));
+    });
   });
 
   it('encodeSocks4Request refuses a command that is not an integer 0-255 (256 was written as 0)', () => {
