@@ -13,7 +13,7 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { SocksError } from '../errors.js';
-import { checkHostname, checkPort } from './check.js';
+import { checkHostname, checkIndex, checkPort, checkRoom } from './check.js';
 
 export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
 export type AddressType = (typeof AddressType)[keyof typeof AddressType];
@@ -157,9 +157,11 @@ export function formatDestination(d: { host: string; port: number }): string {
 /**
  * Decodes ATYP, address and port starting at `at`.
  * Throws ERR_ADDRESS_TYPE for an unknown ATYP, ERR_MALFORMED for an empty or
- * non-printable domain name.
+ * non-printable domain name; a RangeError for an `at` that is not an integer
+ * >= 0 (the caller's mistake, as for every decoder here).
  */
 export function decodeAddress(buf: Uint8Array, at: number): Decoded<Destination> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 1) return NEED_MORE;
   const atyp = buf[at]!;
   switch (atyp) {
@@ -199,26 +201,33 @@ export function encodedAddressLength(d: Destination): number {
  * Refuses (SocksError) what decodeAddress would not read back: a port that is
  * not an integer 0-65535 (ERR_MALFORMED), a host that is not of its kind, a
  * domain name that is empty or over 255 characters (ERR_TOO_LONG) or has a
- * character that is not printable ASCII (ERR_MALFORMED, as decodeHostname).
+ * character that is not printable ASCII (ERR_MALFORMED, as decodeHostname),
+ * a kind that is none of the three (ERR_ADDRESS_TYPE). An `at` that is not an
+ * integer >= 0, or a buffer without encodedAddressLength(d) bytes from `at`,
+ * is the caller's mistake: a RangeError. Nothing is written when it throws.
  */
 export function writeAddress(buf: Buffer, at: number, d: Destination): number {
   checkPort(d.port);
   if (d.kind === 'ipv4') {
+    checkRoom(buf, at, 7);
+    writeIPv4(buf, at + 1, d.host); // checks the host before it writes
     buf[at] = AddressType.IPV4;
-    writeIPv4(buf, at + 1, d.host);
     buf.writeUInt16BE(d.port, at + 5);
     return at + 7;
   }
   if (d.kind === 'ipv6') {
-    buf[at] = AddressType.IPV6;
     const address = isIP(d.host) === 6 ? parseIPv6(d.host) : undefined;
     if (address === undefined) throw new SocksError('ERR_MALFORMED', `not an IPv6 address: ${d.host}`);
+    checkRoom(buf, at, 19);
+    buf[at] = AddressType.IPV6;
     buf.set(address.toByteArray(), at + 1);
     buf.writeUInt16BE(d.port, at + 17);
     return at + 19;
   }
+  if (d.kind !== 'domain') throw new SocksError('ERR_ADDRESS_TYPE', `unknown kind of host: ${String(d.kind)}`);
   checkHostname(d.host);
   const length = d.host.length;
+  checkRoom(buf, at, 4 + length);
   buf[at] = AddressType.DOMAIN;
   buf[at + 1] = length;
   buf.write(d.host, at + 2, 'latin1');
@@ -226,10 +235,15 @@ export function writeAddress(buf: Buffer, at: number, d: Destination): number {
   return at + 4 + length;
 }
 
-/** Writes a dotted IPv4 string as 4 bytes. */
+/**
+ * Writes a dotted IPv4 string as 4 bytes; refuses (ERR_MALFORMED) anything
+ * else, and (RangeError) an `at` that is not an integer >= 0 with 4 bytes
+ * after it in `buf`. Nothing is written when it throws.
+ */
 export function writeIPv4(buf: Uint8Array, at: number, host: string): void {
   const parts = host.split('.');
   if (parts.length !== 4 || isIP(host) !== 4) throw new SocksError('ERR_MALFORMED', `not an IPv4 address: ${host}`);
+  checkRoom(buf, at, 4);
   for (let i = 0; i < 4; i++) buf[at + i] = Number(parts[i]);
 }
 

@@ -42,3 +42,24 @@ export function checkHostname(host: string): void {
     }
   }
 }
+
+/**
+ * Arguments that say where to read or write, or how far, are the caller's
+ * own mistake when wrong, never the peer's: they are refused with a
+ * RangeError naming the argument, as Node refuses a bad argument, not with a
+ * SocksError (whose code stands for what a peer sent or a connection did,
+ * and is the reply the peer gets). Refuses anything but an integer >= 0
+ * (-1, 1.5 and NaN read the wrong bytes or threw a TypeError).
+ */
+export function checkIndex(value: number, argument: string): void {
+  if ((value >>> 0) !== value) {
+    throw new RangeError(`${argument} must be an integer >= 0, got ${String(value)}`);
+  }
+}
+
+/** Refuses (RangeError, as checkIndex) an `at` that is not an integer >= 0, or `length` bytes that do not fit in `buf` there. */
+export function checkRoom(buf: Uint8Array, at: number, length: number): void {
+  if ((at >>> 0) !== at || at + length > buf.length) {
+    throw new RangeError(`at must be an integer >= 0 with ${length} bytes after it in a buffer of ${buf.length}, got ${String(at)}`);
+  }
+}

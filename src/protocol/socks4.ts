@@ -27,7 +27,7 @@ import {
   readPort,
   writeIPv4,
 } from './address.js';
-import { checkByte, checkHostname, checkPort } from './check.js';
+import { checkByte, checkHostname, checkIndex, checkPort } from './check.js';
 
 export const SOCKS4_VERSION = 0x04;
 export const SOCKS4_REPLY_VERSION = 0x00;
@@ -51,11 +51,19 @@ export interface Socks4Request {
   readonly socks4a: boolean;
 }
 
+/**
+ * Throws a SocksError for what the client sent, and a RangeError (the
+ * caller's mistake) for an `at`, `limits.maxUserId` or `limits.maxHostname`
+ * that is not an integer >= 0 (a NaN limit waited for good).
+ */
 export function decodeSocks4Request(
   buf: Uint8Array,
   at = 0,
   limits: Socks4Limits = DEFAULT_SOCKS4_LIMITS,
 ): Decoded<Socks4Request> | NeedMore {
+  checkIndex(at, 'at');
+  checkIndex(limits.maxUserId, 'limits.maxUserId');
+  checkIndex(limits.maxHostname, 'limits.maxHostname');
   if (buf.length < at + 1) return NEED_MORE;
   if (buf[at] !== SOCKS4_VERSION) {
     throw new SocksError('ERR_BAD_VERSION', `SOCKS4 request has version 0x${hex(buf[at]!)}`);
@@ -168,7 +176,9 @@ export function encodeSocks4Reply(reply: number, port = 0, host = '0.0.0.0'): Bu
   return buf;
 }
 
+/** Throws a RangeError for an `at` that is not an integer >= 0 (the caller's mistake). */
 export function decodeSocks4Reply(buf: Uint8Array, at = 0): Decoded<Socks4Reply> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 8) return NEED_MORE;
   if (buf[at] !== SOCKS4_REPLY_VERSION) {
     throw new SocksError('ERR_BAD_VERSION', `SOCKS4 reply has version 0x${hex(buf[at]!)}`);

@@ -3,6 +3,8 @@
  * until the whole message is in `buf`, then the message and the number of
  * bytes it used, so bytes after it (pipelined payload) stay with the caller.
  * Both the server and client sides are here; the upstream dialer reuses them.
+ * Every decoder throws a RangeError for an `at` that is not an integer >= 0:
+ * the caller's mistake, not the peer's, so not a SocksError.
  */
 import { SocksError } from '../errors.js';
 import {
@@ -15,7 +17,7 @@ import {
   hex,
   writeAddress,
 } from './address.js';
-import { checkByte } from './check.js';
+import { checkByte, checkIndex } from './check.js';
 
 export const SOCKS5_VERSION = 0x05;
 
@@ -41,6 +43,7 @@ export interface Greeting {
 }
 
 export function decodeGreeting(buf: Uint8Array, at = 0): Decoded<Greeting> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 2) return NEED_MORE;
   checkVersion(buf[at]!, 'greeting');
   const count = buf[at + 1]!;
@@ -72,6 +75,7 @@ export function encodeMethodSelection(method: number): Buffer {
 }
 
 export function decodeMethodSelection(buf: Uint8Array, at = 0): Decoded<number> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 2) return NEED_MORE;
   checkVersion(buf[at]!, 'method selection');
   return { value: buf[at + 1]!, bytesRead: 2 };
@@ -90,6 +94,7 @@ export interface Request {
 }
 
 export function decodeRequest(buf: Uint8Array, at = 0): Decoded<Request> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 4) return NEED_MORE;
   checkVersion(buf[at]!, 'request');
   if (buf[at + 2] !== 0x00) {
@@ -141,6 +146,7 @@ export function encodeReply(reply: number, bound: Destination = UNSPECIFIED): Bu
 }
 
 export function decodeReply(buf: Uint8Array, at = 0): Decoded<Reply> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 4) return NEED_MORE;
   checkVersion(buf[at]!, 'reply');
   const address = decodeAddress(buf, at + 3);

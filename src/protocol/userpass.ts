@@ -8,11 +8,12 @@
  *
  * The one-byte lengths bound both fields at 255 bytes. Empty fields decode
  * (some clients send an empty password) and simply fail authentication.
- * Both are decoded as UTF-8.
+ * Both are decoded as UTF-8. The decoders throw a RangeError for an `at`
+ * that is not an integer >= 0 (the caller's mistake, not the peer's).
  */
 import { SocksError } from '../errors.js';
 import { type Decoded, type NeedMore, NEED_MORE, hex } from './address.js';
-import { checkByte } from './check.js';
+import { checkByte, checkIndex } from './check.js';
 
 export const USERPASS_VERSION = 0x01;
 export const MAX_CREDENTIAL_LENGTH = 255;
@@ -25,6 +26,7 @@ export interface Credentials {
 }
 
 export function decodeUserPass(buf: Uint8Array, at = 0): Decoded<Credentials> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 2) return NEED_MORE;
   if (buf[at] !== USERPASS_VERSION) {
     throw new SocksError('ERR_BAD_VERSION', `username/password version is 0x${hex(buf[at]!)}, not 0x01`);
@@ -65,6 +67,7 @@ export function encodeUserPassStatus(status: number): Buffer {
 }
 
 export function decodeUserPassStatus(buf: Uint8Array, at = 0): Decoded<number> | NeedMore {
+  checkIndex(at, 'at');
   if (buf.length < at + 2) return NEED_MORE;
   if (buf[at] !== USERPASS_VERSION) {
     throw new SocksError('ERR_BAD_VERSION', `username/password status version is 0x${hex(buf[at]!)}`);

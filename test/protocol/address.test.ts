@@ -23,7 +23,9 @@ import {
   type Vector,
   arbDestination,
   ascii,
+  NOT_INDEXES,
   assertEveryStrictPrefixNeedsMore,
+  assertRangeError,
   assertSocksError,
   badVectors,
   checkArbitraryBytes,
@@ -150,6 +152,29 @@ describe('decodeAddress / writeAddress: valid vectors', () => {
         assertEveryStrictPrefixNeedsMore(decodeAddress, shifted, 3, 3 + bytes.length);
       });
 
+      it('decodeAddress refuses an offset that is not an integer >= 0 with a RangeError naming at (-1 threw a TypeError)', () => {
+        const shifted = Buffer.concat([hex('aa bb cc'), bytes, hex('de ad')]);
+        for (const at of NOT_INDEXES) {
+          assertRangeError(() => decodeAddress(bytes, at), 'at');
+          assertRangeError(() => decodeAddress(shifted, at), 'at');
+        }
+      });
+
+      it('writeAddress refuses an offset that is not an integer >= 0, or a buffer too short from it, with a RangeError naming at; nothing written', () => {
+        const cases: [number, number][] = [
+          [bytes.length - 1, 0], // one byte short
+          [bytes.length, 1], // fits at 0, not at 1
+          [0, 0],
+          ...NOT_INDEXES.map((at): [number, number] => [bytes.length + 4, at]),
+        ];
+        for (const [size, at] of cases) {
+          const buf = Buffer.alloc(size, 0xee);
+          assertRangeError(() => writeAddress(buf, at, v.value), 'at');
+          assert.deepEqual(buf, Buffer.alloc(size, 0xee), `nothing written (${size} bytes, at ${at})`);
+          assert.equal(Object.keys(buf).length, size, 'no property set on the buffer');
+        }
+      });
+
       it('writes at an offset without touching the neighbours', () => {
         const buf = Buffer.alloc(bytes.length + 4, 0xee);
         assert.equal(writeAddress(buf, 2, v.value), 2 + bytes.length);
@@ -234,6 +259,10 @@ describe('writeAddress: refused input', () => {
     assert.deepEqual(expectDecoded(decodeAddress(bytes, 0)).value, { kind: 'domain', host: printable, port: 80 });
   });
 
+  it('a kind that is none of the three → ERR_ADDRESS_TYPE, nothing written (it was written as a domain name, read back as kind domain)', () => {
+    refuses({ kind: 'name', host: 'example.com', port: 80 } as unknown as Destination, 'ERR_ADDRESS_TYPE');
+  });
+
   it('port 65535 and 0 are written', () => {
     assert.deepEqual(encodeAddress({ kind: 'ipv4', host: '1.2.3.4', port: 65535 }), hex('01 01020304 ffff'));
     assert.deepEqual(encodeAddress({ kind: 'domain', host: 'a', port: 0 }), hex('03 01 61 0000'));
@@ -313,6 +342,12 @@ describe('small address helpers', () => {
     assert.deepEqual(Array.from(buf), [0, 192, 168, 1, 254, 0]);
     assertSocksError(() => writeIPv4(buf, 0, '::1'), 'ERR_MALFORMED');
     assertSocksError(() => writeIPv4(buf, 0, '1.2.3.4.5'), 'ERR_MALFORMED');
+
+    for (const at of [3, ...NOT_INDEXES]) {
+      const untouched = new Uint8Array(6);
+      assertRangeError(() => writeIPv4(untouched, at, '1.2.3.4'), 'at');
+      assert.deepEqual(untouched, new Uint8Array(6), `nothing written at ${at}`);
+    }
   });
 
   it('ipv6ToString gives the compressed lower-case form', () => {

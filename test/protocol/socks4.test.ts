@@ -23,6 +23,8 @@ import {
   type Decoder,
   type Vector,
   NOT_BYTES,
+  NOT_INDEXES,
+  assertRangeError,
   ascii,
   assertSocksError,
   assertThrowsOnlySocksError,
@@ -215,6 +217,16 @@ describe('SOCKS4/4a request', () => {
       assert.equal(r.value.userId, 'fred');
       assert.deepEqual(r.value.destination, { kind: 'domain', host: 'abc', port: 80 });
       assert.equal(r.bytesRead, bytes.length);
+    });
+
+    it('a limit that is not an integer >= 0 is refused with a RangeError naming it (NaN waited for good)', () => {
+      const bytes = hex(`04 01 0050 00000001 ${FRED} 00 ${EXAMPLE} 00`);
+      for (const bad of NOT_INDEXES) {
+        assertRangeError(() => decodeSocks4Request(bytes, 0, { maxUserId: bad, maxHostname: 255 }), 'limits.maxUserId');
+        assertRangeError(() => decodeSocks4Request(bytes, 0, { maxUserId: 255, maxHostname: bad }), 'limits.maxHostname');
+        // Also before a byte of the field is there.
+        assertRangeError(() => decodeSocks4Request(bytes.subarray(0, 8), 0, { maxUserId: bad, maxHostname: 255 }), 'limits.maxUserId');
+      }
     });
 
     it('the default limits are 255 bytes each', () => {

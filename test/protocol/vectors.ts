@@ -50,6 +50,19 @@ export function assertSocksError(fn: () => unknown, code: SocksErrorCode): void 
   });
 }
 
+/** `fn` throws a RangeError (a caller's mistake, not a SocksError) whose message names `argument`. */
+export function assertRangeError(fn: () => unknown, argument: string): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof RangeError, `expected a RangeError, got ${String(err)}`);
+    assert.ok(!(err instanceof SocksError));
+    assert.ok(err.message.startsWith(`${argument} `), `the message names ${argument}: ${err.message}`);
+    return true;
+  });
+}
+
+/** Offsets and limits every decoder refuses: -1 and 1.5 read the wrong bytes or threw a TypeError, NaN a TypeError or NEED_MORE. */
+export const NOT_INDEXES: readonly number[] = [-1, -0.5, 1.5, NaN, Infinity, -Infinity, 2 ** 32];
+
 /** Runs `fn`; anything it throws must be a SocksError. */
 export function assertThrowsOnlySocksError(fn: () => void): void {
   try {
@@ -144,6 +157,14 @@ export function validVectors<T>(
       it('returns NEED_MORE for every strict prefix, at 0 and at an offset', () => {
         assertEveryStrictPrefixNeedsMore(decode, bytes);
         assertEveryStrictPrefixNeedsMore(decode, Buffer.concat([junk, bytes]), junk.length);
+      });
+
+      it('refuses an offset that is not an integer >= 0 with a RangeError naming at', () => {
+        const framed = Buffer.concat([junk, bytes, trailer]);
+        for (const at of NOT_INDEXES) {
+          assertRangeError(() => decode(bytes, at), 'at');
+          assertRangeError(() => decode(framed, at), 'at');
+        }
       });
 
       it('does not consume trailing bytes, and decodes at a nonzero offset', () => {
