@@ -46,11 +46,21 @@ export function decodeUserPass(buf: Uint8Array, at = 0): Decoded<Credentials> | 
   };
 }
 
+/**
+ * Refuses (SocksError) what decodeUserPass would not read back as
+ * `credentials`: a field over 255 bytes of UTF-8 (ERR_TOO_LONG), and one
+ * that is not well-formed UTF-16, a lone surrogate (ERR_MALFORMED: UTF-8 has
+ * no bytes for it, it was written as U+FFFD).
+ */
 export function encodeUserPass(credentials: Credentials): Buffer {
   const user = Buffer.from(credentials.username, 'utf8');
   const pass = Buffer.from(credentials.password, 'utf8');
   if (user.length > MAX_CREDENTIAL_LENGTH || pass.length > MAX_CREDENTIAL_LENGTH) {
     throw new SocksError('ERR_TOO_LONG', 'username and password are at most 255 bytes each');
+  }
+  // Once per upstream connection, never per session of the proxy: the plain check is enough.
+  if (user.toString('utf8') !== credentials.username || pass.toString('utf8') !== credentials.password) {
+    throw new SocksError('ERR_MALFORMED', 'username and password must be well-formed text (a lone surrogate has no UTF-8)');
   }
   return Buffer.concat([Buffer.from([USERPASS_VERSION, user.length]), user, Buffer.from([pass.length]), pass]);
 }

@@ -102,6 +102,14 @@ describe('RFC 1929 username/password request', () => {
     assert.equal(encodeUserPass({ username: 'é'.repeat(127), password: '' }).length, 3 + 254);
   });
 
+  it('encodeUserPass refuses a lone surrogate, which UTF-8 cannot carry (it was written as U+FFFD, ef bf bd)', () => {
+    for (const bad of ['\ud800', 'a\udfffb', '\ud83d', 'x\ude00']) {
+      assertSocksError(() => encodeUserPass({ username: bad, password: 'secret' }), 'ERR_MALFORMED');
+      assertSocksError(() => encodeUserPass({ username: 'fred', password: bad }), 'ERR_MALFORMED');
+    }
+    assert.deepEqual(encodeUserPass({ username: '\u{1f511}', password: '' }), hex('01 04 f09f9491 00'), 'a pair is one character');
+  });
+
   it('constants', () => {
     assert.equal(USERPASS_VERSION, 0x01);
     assert.equal(MAX_CREDENTIAL_LENGTH, 255);
