@@ -24,6 +24,9 @@ import {
   arbDestination,
   ascii,
   NOT_INDEXES,
+  arbAnyDestination,
+  assertAcceptedValuesRoundTrip,
+  assertSameDestination,
   assertEveryStrictPrefixNeedsMore,
   assertRangeError,
   assertSocksError,
@@ -386,6 +389,14 @@ describe('address properties', () => {
         assert.equal(r.bytesRead, end - at);
       }),
     );
+  });
+
+  it('any destination writeAddress accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    assertAcceptedValuesRoundTrip(arbAnyDestination, encodeAddress, (bytes, d) => {
+      const r = expectDecoded(decodeAddress(bytes, 0));
+      assertSameDestination(r.value, d);
+      assert.equal(r.bytesRead, bytes.length);
+    });
   });
 
   it('random bytes decode, need more, or throw a SocksError; decoded bytes re-encode exactly', () => {

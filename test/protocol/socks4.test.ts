@@ -24,6 +24,12 @@ import {
   type Vector,
   NOT_BYTES,
   NOT_INDEXES,
+  arbAnyByte,
+  arbAnyDestination,
+  arbAnyIpText,
+  arbAnyPort,
+  arbAnyText,
+  assertAcceptedValuesRoundTrip,
   assertRangeError,
   ascii,
   assertSocksError,
@@ -309,41 +315,59 @@ describe('SOCKS4/4a request', () => {
     }
   });
 
+  /** Requests the encoder writes: IPv4 other than 0.0.0.x (x ≠ 0) or a printable name, a NUL-free Latin-1 USERID, each up to 255. */
+  const latin1 = fc.string({ unit: fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), maxLength: 255 });
+  const hostname = fc.string({
+    unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    minLength: 1,
+    maxLength: 255,
+  });
+  const validPort = fc.integer({ min: 0, max: 65535 });
+  const ipv4 = fc
+    .uint8Array({ minLength: 4, maxLength: 4 })
+    .filter((b) => !(b[0] === 0 && b[1] === 0 && b[2] === 0 && b[3] !== 0))
+    .map((b) => Array.from(b).join('.'));
+  const command = fc.integer({ min: 0, max: 255 });
+  const validRequest: fc.Arbitrary<Socks4Request> = fc.oneof(
+    fc.tuple(command, ipv4, validPort, latin1).map(([cmd, host, p, userId]) => ({
+      command: cmd,
+      destination: { kind: 'ipv4' as const, host, port: p },
+      userId,
+      socks4a: false,
+    })),
+    fc.tuple(command, hostname, validPort, latin1).map(([cmd, host, p, userId]) => ({
+      command: cmd,
+      destination: { kind: 'domain' as const, host, port: p },
+      userId,
+      socks4a: true,
+    })),
+  );
+
   it('property: encode → decode round trip', () => {
-    const latin1 = fc.string({ unit: fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), maxLength: 255 });
-    const hostname = fc.string({
-      unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
-      minLength: 1,
-      maxLength: 255,
-    });
-    const port = fc.integer({ min: 0, max: 65535 });
-    const ipv4 = fc
-      .uint8Array({ minLength: 4, maxLength: 4 })
-      .filter((b) => !(b[0] === 0 && b[1] === 0 && b[2] === 0 && b[3] !== 0))
-      .map((b) => Array.from(b).join('.'));
-    const command = fc.integer({ min: 0, max: 255 });
-    const request: fc.Arbitrary<Socks4Request> = fc.oneof(
-      fc.tuple(command, ipv4, port, latin1).map(([cmd, host, p, userId]) => ({
-        command: cmd,
-        destination: { kind: 'ipv4' as const, host, port: p },
-        userId,
-        socks4a: false,
-      })),
-      fc.tuple(command, hostname, port, latin1).map(([cmd, host, p, userId]) => ({
-        command: cmd,
-        destination: { kind: 'domain' as const, host, port: p },
-        userId,
-        socks4a: true,
-      })),
-    );
     fc.assert(
-      fc.property(request, (req) => {
+      fc.property(validRequest, (req) => {
         const bytes = encodeSocks4Request(req);
         const r = expectDecoded(decodeSocks4Request(bytes));
         assert.deepEqual(r.value, req);
         assert.equal(r.bytesRead, bytes.length);
       }),
     );
+  });
+
+  it('property: any request encodeSocks4Request accepts decodes back to itself (default limits); anything else is refused with a SocksError', () => {
+    const destination = fc.oneof(
+      arbAnyDestination,
+      fc.tuple(fc.nat(3), arbAnyPort).map(([x, p]) => ({ kind: 'ipv4' as const, host: `0.0.0.${x}`, port: p })),
+    );
+    const anyRequest = fc
+      .record({ command: arbAnyByte, destination, userId: arbAnyText, flag: fc.constantFrom<'kind' | boolean>('kind', 'kind', 'kind', true, false) })
+      .map(({ flag, ...r }): Socks4Request => ({ ...r, socks4a: flag === 'kind' ? r.destination.kind === 'domain' : flag }));
+    const request = fc.oneof(anyRequest, validRequest);
+    assertAcceptedValuesRoundTrip(request, encodeSocks4Request, (bytes, req) => {
+      const r = expectDecoded(decodeSocks4Request(bytes));
+      assert.deepEqual(r.value, req);
+      assert.equal(r.bytesRead, bytes.length);
+    });
   });
 
   it('property: random bytes never throw anything but SocksError', () => {
@@ -426,6 +450,14 @@ describe('SOCKS4 reply', () => {
         },
       ),
     );
+  });
+
+  it('property: any reply encodeSocks4Reply accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    const validHost = fc.uint8Array({ minLength: 4, maxLength: 4 }).map((b) => Array.from(b).join('.'));
+    const reply = fc.record({ reply: arbAnyByte, port: arbAnyPort, host: fc.oneof(validHost, arbAnyIpText, arbAnyText) }).map((r) => ({ ...r }));
+    assertAcceptedValuesRoundTrip(reply, (v) => encodeSocks4Reply(v.reply, v.port, v.host), (bytes, v) => {
+      assert.deepEqual(expectDecoded(decodeSocks4Reply(bytes)), { value: v, bytesRead: 8 });
+    });
   });
 
   it('property: random bytes never throw anything but SocksError', () => {

@@ -23,7 +23,11 @@ import {
   type Decoder,
   type Vector,
   NOT_BYTES,
+  arbAnyByte,
+  arbAnyDestination,
   arbDestination,
+  assertAcceptedValuesRoundTrip,
+  assertSameDestination,
   ascii,
   assertSocksError,
   assertThrowsOnlySocksError,
@@ -120,6 +124,15 @@ describe('SOCKS5 greeting', () => {
     );
   });
 
+  it('property: any list of methods encodeGreeting accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    const methods = fc.oneof(fc.array(arbAnyByte, { maxLength: 4 }), fc.array(byte, { minLength: 250, maxLength: 260 }));
+    assertAcceptedValuesRoundTrip(methods, encodeGreeting, (bytes, m) => {
+      const r = expectDecoded(decodeGreeting(bytes));
+      assert.deepEqual(r.value.methods, m);
+      assert.equal(r.bytesRead, bytes.length);
+    });
+  });
+
   it('property: random bytes never throw anything but SocksError', () => {
     fuzz(decodeGreeting, [SOCKS5_VERSION]);
   });
@@ -151,6 +164,12 @@ describe('SOCKS5 method selection', () => {
 
   it('Method has the IANA values', () => {
     assert.deepEqual({ ...Method }, { NONE: 0x00, GSSAPI: 0x01, USERPASS: 0x02, NO_ACCEPTABLE: 0xff });
+  });
+
+  it('property: any method encodeMethodSelection accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    assertAcceptedValuesRoundTrip(arbAnyByte, encodeMethodSelection, (bytes, method) => {
+      assert.deepEqual(expectDecoded(decodeMethodSelection(bytes)), { value: method, bytesRead: 2 });
+    });
   });
 
   it('property: random bytes never throw anything but SocksError', () => {
@@ -292,6 +311,16 @@ describe('SOCKS5 request', () => {
     );
   });
 
+  it('property: any request encodeRequest accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    const request = fc.record({ command: arbAnyByte, destination: arbAnyDestination });
+    assertAcceptedValuesRoundTrip(request, encodeRequest, (bytes, req) => {
+      const r = expectDecoded(decodeRequest(bytes));
+      assert.equal(r.value.command, req.command);
+      assertSameDestination(r.value.destination, req.destination);
+      assert.equal(r.bytesRead, bytes.length);
+    });
+  });
+
   it('property: random bytes never throw anything but SocksError', () => {
     fuzz(decodeRequest, [SOCKS5_VERSION]);
     // Mostly well-formed heads, so the address decoder gets exercised too.
@@ -402,6 +431,16 @@ describe('SOCKS5 reply', () => {
         assert.equal(r.bytesRead, bytes.length);
       }),
     );
+  });
+
+  it('property: any reply encodeReply accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    const reply = fc.record({ reply: arbAnyByte, bound: arbAnyDestination });
+    assertAcceptedValuesRoundTrip(reply, (v) => encodeReply(v.reply, v.bound), (bytes, v) => {
+      const r = expectDecoded(decodeReply(bytes));
+      assert.equal(r.value.reply, v.reply);
+      assertSameDestination(r.value.bound, v.bound);
+      assert.equal(r.bytesRead, bytes.length);
+    });
   });
 
   it('property: random bytes never throw anything but SocksError', () => {

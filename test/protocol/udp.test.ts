@@ -9,7 +9,20 @@ import {
   encodeUdpHeader,
   startsWithUdpHeader,
 } from '../../src/protocol/index.js';
-import { type BadVector, NOT_BYTES, arbDestination, ascii, assertSocksError, assertThrowsOnlySocksError, badVectors, hex } from './vectors.js';
+import {
+  type BadVector,
+  NOT_BYTES,
+  arbAnyByte,
+  arbAnyDestination,
+  arbDestination,
+  assertAcceptedValuesRoundTrip,
+  assertSameDestination,
+  ascii,
+  assertSocksError,
+  assertThrowsOnlySocksError,
+  badVectors,
+  hex,
+} from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
 
@@ -206,6 +219,17 @@ describe('SOCKS5 UDP header: properties', () => {
         assert.deepEqual(datagram.subarray(header.payloadOffset), Buffer.from(payload));
       }),
     );
+  });
+
+  it('any destination and FRAG encodeUdpDatagram accepts decode back to themselves; anything else is refused with a SocksError', () => {
+    const arb = fc.record({ destination: arbAnyDestination, frag: arbAnyByte, payload: fc.uint8Array({ maxLength: 16 }) });
+    assertAcceptedValuesRoundTrip(arb, (v) => encodeUdpDatagram(v.destination, v.payload, v.frag), (datagram, v) => {
+      const header = decodeUdpHeader(datagram);
+      assert.equal(header.frag, v.frag);
+      assertSameDestination(header.destination, v.destination);
+      assert.deepEqual(datagram.subarray(header.payloadOffset), Buffer.from(v.payload));
+      assert.deepEqual(encodeUdpHeader(v.destination, v.frag), datagram.subarray(0, header.payloadOffset));
+    });
   });
 
   it('encodeUdpHeader + payload is encodeUdpDatagram, and the header starts the datagram', () => {

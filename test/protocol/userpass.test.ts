@@ -14,6 +14,9 @@ import {
 import {
   type Vector,
   NOT_BYTES,
+  arbAnyByte,
+  arbAnyText,
+  assertAcceptedValuesRoundTrip,
   assertSocksError,
   badVectors,
   checkArbitraryBytes,
@@ -127,6 +130,17 @@ describe('RFC 1929 username/password request', () => {
     );
   });
 
+  it('property: any credentials encodeUserPass accepts decode back to themselves; anything else is refused with a SocksError', () => {
+    // Over 255 UTF-8 bytes, or with a lone surrogate, is refused.
+    const text = fc.oneof(arbAnyText, fc.string({ unit: 'binary', minLength: 60, maxLength: 130 }));
+    const credentials = fc.record({ username: text, password: text }).map((c) => ({ ...c }));
+    assertAcceptedValuesRoundTrip(credentials, encodeUserPass, (bytes, credentials) => {
+      const r = expectDecoded(decodeUserPass(bytes));
+      assert.deepEqual(r.value, credentials);
+      assert.equal(r.bytesRead, bytes.length);
+    });
+  });
+
   it('property: random bytes never throw anything but SocksError', () => {
     const arb = fc.oneof(
       fc.uint8Array({ maxLength: 40 }),
@@ -159,6 +173,12 @@ describe('RFC 1929 status', () => {
 
   it('encodeUserPassStatus refuses a status that is not an integer 0-255 (256 was written as 0x00, success)', () => {
     for (const status of NOT_BYTES) assertSocksError(() => encodeUserPassStatus(status), 'ERR_MALFORMED');
+  });
+
+  it('property: any status encodeUserPassStatus accepts decodes back to itself; anything else is refused with a SocksError', () => {
+    assertAcceptedValuesRoundTrip(arbAnyByte, encodeUserPassStatus, (bytes, status) => {
+      assert.deepEqual(expectDecoded(decodeUserPassStatus(bytes)), { value: status, bytesRead: 2 });
+    });
   });
 
   describe('malformed vectors', () => {

@@ -8,6 +8,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import ipaddr from 'ipaddr.js';
 import {
   MAX_DOMAIN_LENGTH,
   NEED_MORE,
@@ -225,3 +226,90 @@ export const arbDestination: fc.Arbitrary<Destination> = fc.oneof(
   })),
   fc.tuple(printableHost, port).map(([h, p]) => ({ kind: 'domain' as const, host: h, port: p })),
 );
+
+// ---------------------------------------------------------------- arbitraries an encoder may refuse
+
+/** -0 is left out: it is written as 0, which is -0 to === but not to deepStrictEqual. */
+const anyNumber = fc.oneof(fc.double(), fc.integer({ min: -70000, max: 140000 }), fc.constantFrom(NaN, Infinity, -Infinity, 2 ** 32, 2 ** 32 + 80)).filter((n) => !Object.is(n, -0));
+
+/** Mostly a byte, else any number: what a one-byte field is given. */
+export const arbAnyByte: fc.Arbitrary<number> = fc.oneof(
+  { arbitrary: fc.integer({ min: 0, max: 255 }), weight: 3 },
+  { arbitrary: fc.oneof(anyNumber, fc.constantFrom(-1, 256, 1.5)), weight: 1 },
+);
+
+/** Mostly a port, else any number. */
+export const arbAnyPort: fc.Arbitrary<number> = fc.oneof(
+  { arbitrary: port, weight: 3 },
+  { arbitrary: fc.oneof(anyNumber, fc.constantFrom(-1, 65536, 1.5)), weight: 1 },
+);
+
+/** Any UTF-16 code unit, lone surrogates too. */
+const anyUnit = fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c));
+const latin1Unit = fc.integer({ min: 0, max: 0xff }).map((c) => String.fromCharCode(c));
+
+/** Text of any kind: printable ASCII, Latin-1, any code unit, any code point; empty, short, and around 255. */
+export const arbAnyText: fc.Arbitrary<string> = fc.oneof(
+  printableHost,
+  fc.string({ unit: latin1Unit, maxLength: 12 }),
+  fc.string({ unit: anyUnit, maxLength: 12 }),
+  fc.string({ unit: 'binary', maxLength: 12 }),
+  fc.string({ unit: fc.oneof(printableHost.map((s) => s[0]!), latin1Unit, anyUnit), minLength: 250, maxLength: 260 }),
+  fc.constantFrom('', ' ', 'a b', 'a\0b', '\0', 'café.com', '日本.jp', 'xn--wgv71a.jp'),
+);
+
+/** Spellings an IP host may be given in, good and bad. */
+export const arbAnyIpText: fc.Arbitrary<string> = fc.oneof(
+  fc.uint8Array({ minLength: 4, maxLength: 4 }).map((b) => Array.from(b).join('.')),
+  fc.uint8Array({ minLength: 16, maxLength: 16 }).map((b) => ipv6ToString(b)),
+  // The full form, no compression, upper case: the same address in another spelling.
+  fc.uint8Array({ minLength: 16, maxLength: 16 }).map((b) => Buffer.from(b).toString('hex').toUpperCase().match(/..../g)!.join(':')),
+  fc.constantFrom('0.0.0.1', '0.0.0.255', '01.2.3.4', '1.2.3', '1.2.3.4.5', '::ffff:1.2.3.4', 'fe80::1%eth0', '::1', '1:2:3', ''),
+);
+
+/** Any Destination-shaped value: each kind with any host and port, and a kind that is none of the three. */
+export const arbAnyDestination: fc.Arbitrary<Destination> = fc.oneof(
+  { arbitrary: arbDestination, weight: 2 },
+  {
+    arbitrary: fc
+      .tuple(fc.constantFrom('ipv4', 'ipv6', 'domain', 'name'), fc.oneof(arbAnyIpText, arbAnyText), arbAnyPort)
+      .map(([kind, host, p]) => ({ kind, host, port: p }) as Destination),
+    weight: 3,
+  },
+);
+
+/** The same destination: ipv4 and domain exactly, an IPv6 address as the same 16 bytes (it is read back in one spelling). */
+export function assertSameDestination(actual: Destination, expected: Destination): void {
+  if (expected.kind === 'ipv6' && actual.kind === 'ipv6') {
+    assert.equal(actual.port, expected.port);
+    assert.equal(actual.host, ipv6ToString(Uint8Array.from(ipaddr.IPv6.parse(expected.host.replace(/%.*$/, '')).toByteArray())));
+    return;
+  }
+  assert.deepEqual(actual, expected);
+}
+
+/**
+ * For the values `arb` gives: `encode` either refuses one with a SocksError,
+ * or writes bytes that `check` (decoding them) finds to be the same value.
+ * Both must happen often enough for the property to mean something.
+ */
+export function assertAcceptedValuesRoundTrip<T>(arb: fc.Arbitrary<T>, encode: (value: T) => Buffer, check: (bytes: Buffer, value: T) => void): void {
+  let accepted = 0;
+  let refused = 0;
+  fc.assert(
+    fc.property(arb, (value) => {
+      let bytes: Buffer;
+      try {
+        bytes = encode(value);
+      } catch (err) {
+        assert.ok(err instanceof SocksError, `an encoder refuses with a SocksError, not ${String(err)}`);
+        refused++;
+        return;
+      }
+      accepted++;
+      check(bytes, value);
+    }),
+    { numRuns: 2000 },
+  );
+  assert.ok(accepted >= 200 && refused >= 200, `accepted ${accepted}, refused ${refused}`);
+}
