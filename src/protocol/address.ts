@@ -96,12 +96,7 @@ export function unmappedAddress(text: string): string {
  * that is not an IP literal.
  */
 export function canonicalAddress(text: string): string | undefined {
-  const family = isIP(text);
-  if (family === 4) return text;
-  if (family !== 6) return undefined;
-  const address = parseIPv6(text);
-  if (address === undefined) return undefined;
-  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : address.toRFC5952String();
+  return spelled(text, '');
 }
 
 /**
@@ -111,12 +106,17 @@ export function canonicalAddress(text: string): string | undefined {
  * Undefined for anything that is not an IP literal.
  */
 export function boundAddressSpelling(text: string): string | undefined {
+  return spelled(text, '::ffff:');
+}
+
+/** An IP literal in Node's spelling, an IPv4-mapped one as `mappedPrefix` + its IPv4 address. */
+function spelled(text: string, mappedPrefix: string): string | undefined {
   const family = isIP(text);
   if (family === 4) return text;
   if (family !== 6) return undefined;
   const address = parseIPv6(text);
   if (address === undefined) return undefined;
-  return address.isIPv4MappedAddress() ? `::ffff:${address.toIPv4Address().toString()}` : address.toRFC5952String();
+  return address.isIPv4MappedAddress() ? `${mappedPrefix}${address.toIPv4Address().toString()}` : address.toRFC5952String();
 }
 
 /** Only zeros, colons, dots and the `ffff` of a mapped address: what an unspecified address can be spelled with. */
