@@ -31,6 +31,13 @@ export interface Settings {
   readonly latencySize: number;
   readonly idleStages: readonly number[];
   readonly idleSettleMs: number;
+  /**
+   * Sessions opened and closed before the idle ramp's baseline is read, so
+   * what a server allocates once, on its first sessions (code compiled on
+   * first use, a log's buffers, heap the runtime grows and keeps), is not
+   * divided among the N sessions as if each held it. 0: no warm-up.
+   */
+  readonly idleWarmupSessions: number;
   readonly udpSeconds: number;
   readonly udpWarmupMs: number;
   /** Datagrams in flight per association. */
@@ -64,6 +71,7 @@ export const FULL: Settings = {
   latencySize: 64,
   idleStages: [1000, 5000, 9000],
   idleSettleMs: 1000,
+  idleWarmupSessions: 64,
   udpSeconds: 2,
   udpWarmupMs: 200,
   udpWindow: 32,
@@ -88,6 +96,7 @@ export const QUICK: Settings = {
   latencySize: 64,
   idleStages: [100, 200, 300],
   idleSettleMs: 100,
+  idleWarmupSessions: 64,
   udpSeconds: 0.2,
   udpWarmupMs: 20,
   udpWindow: 32,
@@ -228,7 +237,10 @@ export function workloads(s: Settings): Workload[] {
     title: `Memory with ${n.toLocaleString('en-US')} idle sessions`,
     what: `sessions opened 64 at a time (handshake plus one 8-byte echo each, so each relay is established end to end), then left idle; ` +
       `RSS sampled ${s.idleSettleMs} ms after the last one opened; KiB/session = (RSS at N − RSS at idle) / N, with the sessions of ` +
-      `the smaller counts still open (one ramp per server instance: ${s.idleStages.join(' → ')})`,
+      `the smaller counts still open (one ramp per server instance: ${s.idleStages.join(' → ')}); ` +
+      (s.idleWarmupSessions > 0
+        ? `"RSS at idle" is read after a first wave of ${s.idleWarmupSessions} such sessions has been opened and closed, so what a server allocates once is not counted per session`
+        : 'RSS at idle is read before any session'),
     metrics: [PER_SESSION, PSS_PER_SESSION, RSS_MB],
     proxyOnly: true,
     sessions: n,
@@ -389,40 +401,59 @@ export async function runRelay(ctx: RunContext, w: Workload): Promise<RunRecord>
   return rec;
 }
 
-/** The idle ramp on a fresh server: one record per stage. */
-export async function runIdle(ctx: RunContext, stages: readonly Workload[]): Promise<RunRecord[]> {
-  const s = ctx.settings;
-  await sleep(s.idleSettleMs);
-  const rss0 = rssKb(ctx.server.pids());
-  const pss0 = pssKb(ctx.server.pids());
-  const counts = stages.map((w) => w.sessions!);
-  const seen: Array<{ open: number; target: number; rss: number; pss: number; seconds: number; errors: number }> = [];
+/**
+ * One run of the generator's idle ramp: `onStage` measures each stage while
+ * its sessions are held open; at the end the target hangs up first, so the
+ * sessions close from the far end (bench/README.md, "Teardown").
+ */
+async function idleRamp(ctx: RunContext, counts: readonly number[], onStage: (event: Record<string, unknown>) => Promise<void>): Promise<GenResult> {
   const { result } = await runGenerator(ctx.binary, 'idle', ['--stages', counts.join(','), '--concurrency', 64, ...connectArgs(ctx, ctx.target.ports.echo)], {
     affinity: ctx.affinity,
     timeoutMs: 300_000,
     onEvent: async (event) => {
-      if (event.event === 'draining') {
-        await ctx.target.hangup();
-        return 'next\n';
-      }
-      await sleep(s.idleSettleMs);
-      const pids = ctx.server.pids();
-      seen.push({
-        open: Number(event.open),
-        target: Number(event.target),
-        rss: rssKb(pids),
-        pss: pssKb(pids),
-        seconds: Number(event.seconds),
-        errors: Number(event.errors),
-      });
+      if (event.event === 'draining') await ctx.target.hangup();
+      else await onStage(event);
       return 'next\n';
     },
+  });
+  return result;
+}
+
+/** The idle ramp on a fresh server: one record per stage. */
+export async function runIdle(ctx: RunContext, stages: readonly Workload[]): Promise<RunRecord[]> {
+  const s = ctx.settings;
+  await sleep(s.idleSettleMs);
+  const rssFresh = rssKb(ctx.server.pids());
+  const warmup = s.idleWarmupSessions > 0 ? await idleRamp(ctx, [s.idleWarmupSessions], async () => {}) : null;
+  if (warmup) await sleep(s.idleSettleMs);
+  const rss0 = rssKb(ctx.server.pids());
+  const pss0 = pssKb(ctx.server.pids());
+  const counts = stages.map((w) => w.sessions!);
+  const seen: Array<{ open: number; target: number; rss: number; pss: number; seconds: number; errors: number }> = [];
+  const result = await idleRamp(ctx, counts, async (event) => {
+    await sleep(s.idleSettleMs);
+    const pids = ctx.server.pids();
+    seen.push({
+      open: Number(event.open),
+      target: Number(event.target),
+      rss: rssKb(pids),
+      pss: pssKb(pids),
+      seconds: Number(event.seconds),
+      errors: Number(event.errors),
+    });
   });
   return stages.map((w, i) => {
     const rec = record(ctx, w);
     absorb(rec, result);
     const stage = seen[i];
     rec.extra.rssIdleKiB = rss0;
+    rec.extra.rssFreshKiB = rssFresh;
+    if (warmup) rec.extra.warmupSessions = s.idleWarmupSessions;
+    if (warmup && !warmup.ok) {
+      rec.ok = false;
+      rec.error = `the warm-up wave of ${s.idleWarmupSessions} sessions failed: ${JSON.stringify(warmup.errorKinds)}`;
+      return rec;
+    }
     if (!stage) {
       rec.ok = false;
       rec.error ??= 'the ramp stopped before this stage';

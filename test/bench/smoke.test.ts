@@ -22,7 +22,7 @@ const RUN_TIMEOUT_MS = 180_000;
 interface Results {
   servers: Array<{ id: string; proxy: boolean; udp: boolean; groups?: string[] }>;
   workloads: Array<{ id: string; group: string; proxyOnly: boolean; command?: string; metrics: Array<{ key: string }> }>;
-  runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number> }>;
+  runs: Array<{ server: string; workload: string; ok: boolean; error?: string; exact?: boolean; metrics: Record<string, number>; extra: Record<string, unknown> }>;
   failures: string[];
 }
 
@@ -76,6 +76,10 @@ describe('benchmark harness, quick mode', () => {
         }
       }
       assert.deepEqual(missing, [], 'every server produced a number for every workload');
+
+      const idle = results.runs.filter((r) => r.workload.startsWith('idle-') && r.server !== 'none');
+      assert.ok(idle.length > 0 && idle.every((r) => r.extra.warmupSessions === 64 && Number(r.extra.rssFreshKiB) > 0),
+        'every idle ramp starts after a warm-up wave, and keeps RSS from before it');
 
       const udpless = results.servers.filter((s) => !s.udp).map((s) => s.id);
       assert.deepEqual(udpless, ['microsocks', 'microsocks-auth'], 'only microsocks lacks UDP ASSOCIATE');
