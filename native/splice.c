@@ -1131,6 +1131,36 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   post(m);
 }
 
+/*
+ * Drops what the client sent and nobody read, so that closing its socket
+ * sends a FIN. Linux closes a TCP socket whose receive queue holds unread
+ * bytes with RST instead (tcp_close(), as RFC 2525 2.17 advises), and a
+ * shutdown(SHUT_WR) first does not spare the client that: the RST still
+ * follows. Only an empty queue makes the close clean, so this drains rather
+ * than shuts down. A session ending while it negotiates can hold such bytes:
+ * the relay thread reads nothing while JavaScript checks a password or a
+ * request, or while the destination is dialled, so a request pipelined
+ * behind the credentials waits there, where the node engine has read it into
+ * its buffer and closes cleanly. Called only when the session is over (the
+ * relay thread closes next, or JavaScript's session does at once, without
+ * reading), so nobody needs the bytes. Bounded, so that a client that keeps
+ * sending cannot hold the relay thread: past the bound (more than any
+ * handshake and early data a client sends before its answer), and for bytes
+ * that arrive after, the close is a reset, as it is on the node engine for
+ * bytes that arrive after its last read.
+ */
+#define DISCARD_LIMIT (64 * 1024)
+static void discard_unread(int fd) {
+  char scratch[SMALL_READ];
+  size_t dropped = 0;
+  while (dropped < DISCARD_LIMIT) {
+    ssize_t n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+    if (n > 0) dropped += (size_t)n;
+    else if (n < 0 && errno == EINTR) continue;
+    else return; /* empty (EAGAIN), the client's FIN, or a failure: nothing left to read */
+  }
+}
+
 /* Closes with RST instead of FIN: a zero linger time makes close() abort the connection. */
 static void close_with_reset(int fd) {
   struct linger now = {.l_onoff = 1, .l_linger = 0};
@@ -1549,10 +1579,20 @@ static void native_answer(pair_t *p, int kind, int remember_as) {
   advance(p);
 }
 
-/* The handshake or connect deadline passed: JavaScript's session ends it with the right record. */
+/*
+ * The handshake or connect deadline passed: JavaScript's session ends it with
+ * the right record. A connect timeout gets a reply and a linger that reads
+ * what the client sent; a handshake timeout is closed at once, with what the
+ * client sent while nobody read it still queued unless it is dropped here
+ * (see discard_unread).
+ */
 static void native_expired(pair_t *p) {
-  if (p->phase == PHASE_CONNECTING) connect_failed(p, ETIMEDOUT, 1);
-  else hand_over(p, resume_phase(p->phase), 0, 1);
+  if (p->phase == PHASE_CONNECTING) {
+    connect_failed(p, ETIMEDOUT, 1);
+    return;
+  }
+  discard_unread(p->fd[0]);
+  hand_over(p, resume_phase(p->phase), 0, 1);
 }
 
 static int client_allowed(const settings_t *s, const struct sockaddr_storage *addr) {

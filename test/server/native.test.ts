@@ -806,6 +806,37 @@ async function onBothEngines(options: ServerOptions, scenario: (proxy: EnginePro
   return runs as Record<Engine, EngineRun>;
 }
 
+/** An authenticator that never answers; `asked()` settles once it has been asked (again after each call of `asked`). */
+interface StalledAuthenticator {
+  verify(): Promise<boolean>;
+  asked(): Promise<void>;
+}
+
+function stalledAuthenticator(): StalledAuthenticator {
+  let tell = () => {};
+  return {
+    verify: () => {
+      tell();
+      return new Promise<boolean>(() => {});
+    },
+    asked: () => new Promise<void>((resolve) => (tell = resolve)),
+  };
+}
+
+/**
+ * Greets with username/password and sends the credentials; once the
+ * authenticator is asked (the relay thread waits for JavaScript and reads no
+ * more), sends a CONNECT request, and returns when the kernel has taken it.
+ */
+async function requestDuringPasswordCheck(proxy: EngineProxy, authenticator: StalledAuthenticator): Promise<RawClient> {
+  const asked = authenticator.asked();
+  const client = await RawClient.connect(proxy.port);
+  client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+  await asked;
+  await new Promise<void>((resolve, reject) => client.socket.write(connectRequest('127.0.0.1', 9), (err) => (err ? reject(err) : resolve())));
+  return client;
+}
+
 /** Greets without authentication, sends a CONNECT to `port`, and reads the success reply. */
 async function connected(proxy: EngineProxy, port: number): Promise<RawClient> {
   const client = await RawClient.connect(proxy.port);
@@ -959,6 +990,27 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     });
     assert.deepEqual(answers, ['0502', '0502'], 'native, then node: the method selection, then a close');
     assert.equal(runs.native.record.reason, 'handshake-timeout');
+    assertSameEnding(runs);
+  });
+
+  /*
+   * While JavaScript checks a password, the relay thread reads nothing from
+   * the client, so a request pipelined behind the credentials waits in the
+   * kernel's receive queue. Linux closes a socket with unread bytes with a
+   * reset instead of a FIN; the node engine has read them, and closes cleanly.
+   */
+  test('the handshake timeout passes while the password is checked and the request waits unread: a FIN on both engines, not a reset', opts, async () => {
+    const stalled = stalledAuthenticator();
+    const endings: string[] = [];
+    const runs = await onBothEngines({ auth: USERPASS_ONLY, timeouts: { handshake: 500 }, authenticator: stalled }, async (proxy) => {
+      const client = await requestDuringPasswordCheck(proxy, stalled);
+      assert.equal((await client.readToEnd()).toString('hex'), '0502');
+      endings.push(await client.ended);
+      return client.localPort;
+    });
+    assert.deepEqual(endings, ['end', 'end'], 'native, then node: a FIN, not a reset');
+    assert.equal(runs.native.record.reason, 'handshake-timeout');
+    assert.deepEqual(runs.native.counters, HANDED_OVER);
     assertSameEnding(runs);
   });
 
