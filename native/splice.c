@@ -1171,14 +1171,20 @@ static void close_with_reset(int fd) {
 /*
  * finish_locked() of a native pair: close what this module owns, report the
  * end. As the JavaScript relays do, a failure on one side reaches the other
- * as a reset, and the relay's own failure resets both.
+ * as a reset, and the relay's own failure resets both. A pair ended while
+ * still negotiating (a shutdown) may leave client bytes unread: they are
+ * dropped first, so the close is the FIN the node engine sends.
  */
 static void native_finished(pair_t *p) {
   for (int side = 0; side < 2; side++) {
     if (p->fd[side] < 0) continue;
     int reset = p->reason == END_ERROR && p->error_side != side;
-    if (reset) close_with_reset(p->fd[side]);
-    else close(p->fd[side]);
+    if (reset) {
+      close_with_reset(p->fd[side]);
+      continue;
+    }
+    if (side == 0 && p->phase != PHASE_RELAY) discard_unread(p->fd[side]);
+    close(p->fd[side]);
   }
   message_t *m = message_with_user(MSG_END, p, p->request, p->request_len);
   m->n[0] = (double)p->flow[0].bytes;

@@ -1014,6 +1014,23 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     assertSameEnding(runs);
   });
 
+  test('server close() while the password is checked and the request waits unread: a FIN on both engines, not a reset', opts, async () => {
+    const stalled = stalledAuthenticator();
+    const endings: string[] = [];
+    const runs = await onBothEngines({ auth: USERPASS_ONLY, authenticator: stalled }, async (proxy) => {
+      const client = await requestDuringPasswordCheck(proxy, stalled);
+      await proxy.server.close({ graceMs: 0 });
+      assert.equal((await client.readToEnd()).toString('hex'), '0502');
+      endings.push(await client.ended);
+      return client.localPort;
+    });
+    assert.deepEqual(endings, ['end', 'end'], 'native, then node: a FIN, not a reset');
+    assert.equal(runs.native.record.reason, 'shutdown');
+    // Closed by the relay thread itself: the session never left it.
+    assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+    assertSameEnding(runs);
+  });
+
   for (const [what, outcome] of [['undefined', undefined], ['1', 1], ['"yes"', 'yes']] as const) {
     test(`an authenticator that resolves ${what}, not true: refused (01 01) on both engines, the process unharmed`, opts, async () => {
       const careless = { verify: async () => outcome as unknown as boolean };
