@@ -27,6 +27,11 @@ export const MAX_BCRYPT_COST = 31;
  */
 export const MAX_COST = 15;
 
+/** Whether `cost` is one socksgate writes and reads: an integer MIN_BCRYPT_COST to MAX_COST. */
+export function isUsableCost(cost: number): boolean {
+  return Number.isInteger(cost) && cost >= MIN_BCRYPT_COST && cost <= MAX_COST;
+}
+
 export function isBcryptHash(value: string): boolean {
   return BCRYPT.test(value);
 }

@@ -11,7 +11,7 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { MAX_COST, MIN_BCRYPT_COST } from './hash-format.js';
+import { MAX_COST, MIN_BCRYPT_COST, isUsableCost } from './hash-format.js';
 import { hashPassword, parseUsersFile, usersFileLine } from './users.js';
 
 const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
@@ -32,7 +32,7 @@ export async function runPasswd(argv: string[]): Promise<number> {
   const problem = nameProblem(user);
   if (problem) return fail(problem);
   const cost = Number(parsed.values.cost ?? 10);
-  if (!Number.isInteger(cost) || cost < MIN_BCRYPT_COST || cost > MAX_COST) return fail(`--cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}`);
+  if (!isUsableCost(cost)) return fail(`--cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}`);
 
   try {
     return await update(file, user, cost, parsed.values.delete === true);

@@ -6,7 +6,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { bcryptCompare, bcryptHash } from './bcrypt.js';
-import { MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash } from './hash-format.js';
+import { MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash, isUsableCost } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -227,8 +227,18 @@ class SharedCheck {
   }
 }
 
-/** A bcrypt hash for a users file entry. */
-export function hashPassword(password: string, cost = 10): Promise<string> {
+/**
+ * A bcrypt hash for a users file entry. Rejects (RangeError) a cost that is
+ * not an integer from MIN_BCRYPT_COST to MAX_COST, as `socksgate passwd
+ * --cost` does, before any work: the users file and the config refuse a hash
+ * above MAX_COST (and 31 took more than a day of CPU), and bcrypt made others
+ * at a cost nobody asked for (3 and 3.5 at 4, NaN at 10) or, with the native
+ * binding and -1, never finished.
+ */
+export async function hashPassword(password: string, cost = 10): Promise<string> {
+  if (!isUsableCost(cost)) {
+    throw new RangeError(`cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}, got ${String(cost)}`);
+  }
   return bcryptHash(password, cost);
 }
 

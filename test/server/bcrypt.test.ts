@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import bcryptjs from 'bcryptjs';
 import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
-import { ConfigError, UserStore, createServer, parseUsersFile } from '../../src/index.js';
+import { ConfigError, UserStore, createServer, hashPassword, parseUsersFile } from '../../src/index.js';
 import { untilNoPasswordCheckRuns } from '../helpers/server.js';
 
 const BCRYPT_MODULE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'auth', 'bcrypt.js');
@@ -120,6 +120,29 @@ describe('bcrypt checks', () => {
       console.log(JSON.stringify([passwordChecks().engine, await bcryptCompare('pw', ${JSON.stringify(hash)}), await bcryptCompare('pW', ${JSON.stringify(hash)})]));`;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, SOCKSGATE_BCRYPT: 'bcryptjs' } });
     assert.deepEqual(JSON.parse(out.toString()), ['bcryptjs', true, false]);
+  });
+});
+
+describe('hashPassword', () => {
+  test('writes a hash the users file reads, at the cost asked for', async () => {
+    const hash = await hashPassword('pw', 4);
+    assert.match(hash, /^\$2b\$04\$/);
+    const alice = parseUsersFile(`alice:${hash}\n`).get('alice');
+    assert.ok(alice?.kind === 'bcrypt' && await bcryptCompare('pw', alice.hash));
+  });
+
+  test('rejects a cost that is not an integer from 4 to 15 with a RangeError naming the range, and starts no hash', async () => {
+    // 3 first: before, it gave a cost-04 hash at once, so the test failed
+    // there rather than start -1 (never finishes) or 31 (more than a day).
+    for (const cost of [3, 16, 3.5, NaN, 0, -1, Infinity, 31]) {
+      const before = passwordChecks().total;
+      await assert.rejects(hashPassword('pw', cost), (err: unknown) => {
+        assert.ok(err instanceof RangeError, `cost ${cost}: ${String(err)}`);
+        assert.equal(err.message, `cost must be an integer from 4 to 15, got ${cost}`);
+        return true;
+      }, `cost ${cost}`);
+      assert.equal(passwordChecks().total, before, `cost ${cost}: no bcrypt run started`);
+    }
   });
 });
 
