@@ -5,13 +5,15 @@
 
 /** $2a$, $2b$ and $2y$: what both implementations here check. */
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
-/** How every bcrypt hash begins: `$2`, the variant's letter, `$`. */
-const BCRYPT_LIKE = /^\$2[A-Za-z]\$/;
+/** How every bcrypt hash begins: `$2`, the variant's letter, `$`; the original bcrypt's `$2$` has no letter. */
+const BCRYPT_LIKE = /^\$2[A-Za-z]?\$/;
 /** The characters after the cost's `$`. */
 const ALPHABET = /[./A-Za-z0-9]/;
 
 /** Why a $2x$ hash is refused, for the users file and the config alike. */
 export const UNSUPPORTED_2X = '$2x$ hashes are not supported; hash the password again (socksgate passwd)';
+/** Why a $2$ hash (the original bcrypt's, before $2a$) is refused, for the users file and the config alike. */
+export const UNSUPPORTED_2 = '$2$ hashes (the original bcrypt, before $2a$) are not supported; hash the password again (socksgate passwd)';
 
 /** The costs bcrypt itself has: 2^4 to 2^31 rounds. */
 export const MIN_BCRYPT_COST = 4;
@@ -44,14 +46,17 @@ export function bcryptCost(hash: string): number {
 
 /**
  * What is wrong with a value that begins as a bcrypt hash does (`$2`, a
- * letter, `$`): undefined when it is a hash socksgate checks, or when it does
- * not begin so at all. Such a value is a hash or refused, never a plain
- * password: taken as plain text, a mistyped, cut or $2x$ hash would silently
- * become the password itself. The message names the problem without
- * repeating the value (it may be a secret).
+ * letter, `$`, or the original `$2$`): undefined when it is a hash socksgate
+ * checks, or when it does not begin so at all. Such a value is a hash or
+ * refused, never a plain password: taken as plain text, a mistyped, cut,
+ * $2x$ or $2$ hash would silently become the password itself. The message
+ * names the problem without repeating the value (it may be a secret).
  */
 export function bcryptHashProblem(value: string): string | undefined {
   if (!BCRYPT_LIKE.test(value)) return undefined;
+  // Refused whatever follows, without the shape checks below: neither bcrypt
+  // here reads one, so well formed or not it can only be refused.
+  if (value.startsWith('$2$')) return UNSUPPORTED_2;
   const invalid = (why: string): string => `not a valid bcrypt hash: ${why}`;
   const variant = value.slice(0, 4);
   if (!/^\$2[abxy]\$$/.test(variant)) return invalid(`${variant} is not a variant socksgate reads ($2a$, $2b$, $2y$)`);

@@ -86,7 +86,7 @@ function edited(file: string, user: string, line: string | null): Snapshot {
   const lines = splitLines(text.slice(bom.length));
   const mine = lines.map((l) => usersFileLine(l.text)?.name === user);
   // Refuse to rewrite a file we cannot read back, but for the user's own
-  // lines, which go: that is how a $2x$ hash (or a broken one) is repaired.
+  // lines, which go: that is how a $2x$ or $2$ hash (or a broken one) is repaired.
   try {
     parseUsersFile(lines.map((l, i) => (mine[i] ? '' : l.text)).join('\n'), file);
   } catch (err) {

@@ -50,7 +50,7 @@ export function parseUsersFile(text: string, path = 'users file'): Map<string, S
     const first = lineOf.get(name);
     if (first !== undefined) throw new UsersFileError(`${path}:${index + 1}: user "${name}" again (first on line ${first}): each name may appear once`);
     lineOf.set(name, index + 1);
-    // A $2x$ hash, a cut one, one with a cost bcrypt has not or one too slow to check.
+    // A $2x$ or $2$ hash, a cut one, one with a cost bcrypt has not or one too slow to check.
     const problem = name !== '' ? bcryptHashProblem(hash) : undefined;
     if (problem !== undefined) throw new UsersFileError(`${path}:${index + 1}: ${problem}`);
     if (name === '' || !isBcryptHash(hash)) {

@@ -5,7 +5,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
-import { bcryptHashProblem } from '../auth/hash-format.js';
+import { UNSUPPORTED_2, bcryptHashProblem } from '../auth/hash-format.js';
 import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
 
 /** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
@@ -85,13 +85,17 @@ const userSchema = z.strictObject({
     .string()
     .min(1)
     .max(255)
-    // Taken as plain text, a $2x$, cut or mistyped hash (a trailing space)
-    // would silently become the password itself: whatever begins like a
-    // bcrypt hash ($2, a letter, $) is one or is refused, naming the problem.
+    // Taken as plain text, a $2x$, $2$, cut or mistyped hash (a trailing
+    // space) would silently become the password itself: whatever begins like
+    // a bcrypt hash ($2, a letter, $; or $2$) is one or is refused, naming the
+    // problem. Where the value may have been meant as a password (it is no
+    // well-formed hash, or it begins $2$, whose shape is not looked at), the
+    // message says why it is not taken as one.
     .superRefine((value, ctx) => {
       const problem = bcryptHashProblem(value);
       if (problem === undefined) return;
-      const plain = problem.startsWith('not a valid') ? ' (a password beginning like a bcrypt hash is not taken as plain text)' : '';
+      const maybePlain = problem.startsWith('not a valid') || problem === UNSUPPORTED_2;
+      const plain = maybePlain ? ' (a password beginning like a bcrypt hash is not taken as plain text)' : '';
       ctx.addIssue({ code: 'custom', message: `${problem}${plain}` });
     }),
 });

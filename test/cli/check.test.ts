@@ -337,12 +337,13 @@ describe('socksgate --check', () => {
     }
   });
 
-  it('refuses a -u or config password that begins like a bcrypt hash but is not one (cut short, a trailing space), exit 2, naming the problem', async () => {
+  it('refuses a -u or config password that begins like a bcrypt hash but is not one (cut short, a trailing space, the original $2$), exit 2, naming the problem', async () => {
     const hash = '$2b$04$GJmEbw8VmuI2oxB.6M0Ruuhg/gPfOe2Nfp.0.h8.fGyvIgiK8hcyy';
     const config = write('spaced.yaml', `auth:\n  methods: [userpass]\n  users:\n    - { name: bob, password: "${hash} " }\n`);
     for (const [args, problem] of [
       [['-u', `alice:${hash.slice(0, 59)}`], /auth\.users\[0\]\.password: not a valid bcrypt hash: it has 59 characters, not 60/],
       [['-c', config], /auth\.users\[0\]\.password: not a valid bcrypt hash: character 61 \(whitespace\) is not one of/],
+      [['-u', `alice:$2$${hash.slice(4)}`], /auth\.users\[0\]\.password: \$2\$ hashes \(the original bcrypt, before \$2a\$\) are not supported; hash the password again/],
     ] as const) {
       const r = await runCli(['--check', ...args]);
       assert.equal(r.code, 2, r.stderr);

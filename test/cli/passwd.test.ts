@@ -264,6 +264,31 @@ describe('socksgate passwd', () => {
     assert.equal(readFileSync(broken, 'utf8'), `alice:${x}\ngarbage line\n`);
   });
 
+  it('repairs a user whose $2$ line (the original bcrypt) the daemon refuses, and still refuses it for another user', async () => {
+    const original = `$2$${bcrypt.hashSync('old', 4).slice(4)}`;
+    const bob = `bob:${bcrypt.hashSync('bob-pw', 4)}`;
+    const file = dir.file('2.users');
+    writeFileSync(file, `alice:${original}\n${bob}\n`);
+
+    const other = await setPassword(file, 'dave', 'pw');
+    assert.equal(other.code, 2, 'another user: the $2$ line still refuses');
+    assert.ok(other.stderr.includes(`${file}:1: $2$ hashes (the original bcrypt, before $2a$) are not supported`), other.stderr);
+    assert.equal(readFileSync(file, 'utf8'), `alice:${original}\n${bob}\n`);
+
+    const replaced = await setPassword(file, 'alice', 'alice-new');
+    assert.equal(replaced.code, 0, replaced.stderr);
+    const users = parseUsersFile(readFileSync(file, 'utf8'), file); // the daemon reads it now
+    assert.deepEqual([...users.keys()], ['alice', 'bob']);
+    const alice = users.get('alice');
+    assert.ok(alice?.kind === 'bcrypt' && bcrypt.compareSync('alice-new', alice.hash));
+
+    const gone = dir.file('2-delete.users');
+    writeFileSync(gone, `${bob}\ncarol:${original}\n`);
+    const deleted = await runCli(['passwd', gone, 'carol', '--delete']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal(readFileSync(gone, 'utf8'), `${bob}\n`);
+  });
+
   it('rejects a bad --cost and a user name with a colon', async () => {
     const file = dir.file('bad-args.users');
     const cost = await runCli(['passwd', file, 'alice', '--cost', '3'], { input: 'pw\n' });

@@ -152,6 +152,18 @@ describe('users file hash variants', () => {
     assert.throws(() => parseUsersFile(`ok:${bcryptjs.hashSync('pw', 4)}\nold:${hash}\n`, 'users.txt'), /users\.txt:2: \$2x\$ hashes are not supported; hash the password again/);
   });
 
+  test('a $2$ line (the original bcrypt, no variant letter) is refused when the file loads, naming the line and what to do', () => {
+    const ok = `ok:${bcryptjs.hashSync('pw', 4)}`;
+    const original = `$2$${bcryptjs.hashSync('pw', 4).slice(4)}`; // $2$04$ and 53 characters
+    for (const hash of [original, '$2$', '$2$whatever']) {
+      assert.throws(
+        () => parseUsersFile(`${ok}\nold:${hash}\n`, 'users.txt'),
+        /^UsersFileError: users\.txt:2: \$2\$ hashes \(the original bcrypt, before \$2a\$\) are not supported; hash the password again \(socksgate passwd\)$/,
+        hash,
+      );
+    }
+  });
+
   test('a line whose cost bcrypt has not, or one too slow to check, is refused when the file loads, naming the line and why', () => {
     const tail = bcryptjs.hashSync('pw', 4).slice(7);
     const file = (cost: string) => `ok:${bcryptjs.hashSync('pw', 4)}\nslow:$2b$${cost}$${tail}\n`;
@@ -184,6 +196,18 @@ describe('users file hash variants', () => {
     );
   });
 
+  test('a $2$ hash (the original bcrypt, no variant letter) as a config password is refused, instead of becoming the password itself', () => {
+    const original = `$2$${bcryptjs.hashSync('pw', 4).slice(4)}`;
+    for (const password of [original, '$2$10$whatever', '$2$']) {
+      assert.throws(
+        () => createServer({ auth: { methods: ['userpass'], users: [{ name: 'old', password }] } }),
+        (err: unknown) => err instanceof ConfigError && err.problems.length === 1
+          && /^auth\.users\[0\]\.password: \$2\$ hashes \(the original bcrypt, before \$2a\$\) are not supported; hash the password again \(socksgate passwd\) \(a password beginning like a bcrypt hash is not taken as plain text\)$/.test(err.problems[0]!),
+        password,
+      );
+    }
+  });
+
   test('a config password that begins like a bcrypt hash but is not a valid one is refused, naming the problem, instead of becoming the password itself', () => {
     const hash = bcryptjs.hashSync('pw', 4);
     const refused = (password: string, problem: RegExp) => assert.throws(
@@ -201,8 +225,8 @@ describe('users file hash variants', () => {
     refused(`$2b$4$${hash.slice(7)}`, invalid('the cost after the variant must be two digits'));
     refused(`$2b$99$${hash.slice(7)}`, invalid('cost 99 is not one bcrypt has'));
     refused(`$2b$16$${hash.slice(7)}`, /^auth\.users\[1\]\.password: bcrypt cost 16 is too slow to check \(at most 15\)/);
-    // What does not begin with $2, a letter and $ is a plain password, as before.
-    for (const plain of ['$2$10$whatever', 'x$2b$04$', '$2b', '$3b$04$abc']) {
+    // What does not begin with $2, a letter and $ (or $2$) is a plain password, as before.
+    for (const plain of ['x$2b$04$', 'x$2$04$', '$2b', '$2', '$22$04$abc', '$3b$04$abc']) {
       assert.doesNotThrow(() => createServer({ auth: { methods: ['userpass'], users: [{ name: 'p', password: plain }] } }), plain);
     }
   });
