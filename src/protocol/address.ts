@@ -13,7 +13,7 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { SocksError } from '../errors.js';
-import { checkHostname, checkIndex, checkPort, checkRoom } from './check.js';
+import { checkHostname, checkIndex, checkPort, checkRange, checkRoom } from './check.js';
 
 export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
 export type AddressType = (typeof AddressType)[keyof typeof AddressType];
@@ -247,7 +247,13 @@ export function writeIPv4(buf: Uint8Array, at: number, host: string): void {
   for (let i = 0; i < 4; i++) buf[at + i] = Number(parts[i]);
 }
 
+/**
+ * The big-endian port in the two bytes at `at`. Refuses (RangeError) an `at`
+ * that is not an integer >= 0 with two bytes after it: a missing byte was
+ * read as 0, so a port came back anyway (0 for NaN or 1.5, buf[0] for -1).
+ */
 export function readPort(buf: Uint8Array, at: number): number {
+  checkRoom(buf, at, 2);
   return (buf[at]! << 8) | buf[at + 1]!;
 }
 
@@ -258,8 +264,13 @@ export function ipv6ToString(bytes: Uint8Array): string {
 /**
  * Host names are printable ASCII (IDNs arrive as punycode). Anything else,
  * NUL and control bytes above all, is refused rather than passed to a resolver.
+ * A range [start, end) that is not integers 0 <= start <= end <= buf.length is
+ * the caller's mistake: a RangeError (checkRange). Past either end of a view,
+ * a byte read as undefined passed the check below, and the name was cut from
+ * the memory around the view (another message's bytes in a pooled Buffer).
  */
 export function decodeHostname(buf: Uint8Array, start: number, end: number): string {
+  checkRange(buf, start, end);
   for (let i = start; i < end; i++) {
     const c = buf[i]!;
     if (c < 0x21 || c > 0x7e) {
@@ -269,6 +280,13 @@ export function decodeHostname(buf: Uint8Array, start: number, end: number): str
   return Buffer.from(buf.buffer, buf.byteOffset + start, end - start).toString('latin1');
 }
 
+/**
+ * A byte as two hex digits, for messages. Refuses (RangeError) anything but
+ * an integer 0-255, which came out as other text ('100', '-1', '1.8') or threw
+ * a TypeError (undefined): the byte was read by the caller, so a bad one is
+ * the caller's mistake, not checkByte's ERR_MALFORMED for a value to write.
+ */
 export function hex(byte: number): string {
+  if ((byte >>> 0) !== byte || byte > 0xff) throw new RangeError(`byte must be an integer 0-255, got ${String(byte)}`);
   return byte.toString(16).padStart(2, '0');
 }

@@ -63,3 +63,11 @@ export function checkRoom(buf: Uint8Array, at: number, length: number): void {
     throw new RangeError(`at must be an integer >= 0 with ${length} bytes after it in a buffer of ${buf.length}, got ${String(at)}`);
   }
 }
+
+/** Refuses (RangeError, as checkIndex) a range [start, end) of `buf` that is not integers with 0 <= start <= end <= buf.length. */
+export function checkRange(buf: Uint8Array, start: number, end: number): void {
+  checkIndex(start, 'start');
+  if ((end >>> 0) !== end || end < start || end > buf.length) {
+    throw new RangeError(`end must be an integer from start (${start}) to the buffer's length (${buf.length}), got ${String(end)}`);
+  }
+}

@@ -339,6 +339,16 @@ describe('small address helpers', () => {
     assert.equal(readPort(hex('ff ff'), 0), 65535);
   });
 
+  it('readPort refuses (RangeError naming at) an at without two bytes after it, or one that is not an integer >= 0', () => {
+    const buf = hex('01 bb 00');
+    for (const at of [2, 3, 4, ...NOT_INDEXES]) assertRangeError(() => readPort(buf, at), 'at');
+    // A view into a larger buffer: the bytes past its end are not its own.
+    const view = hex('aa 00 50 cc dd').subarray(1, 3);
+    assert.equal(readPort(view, 0), 80);
+    assertRangeError(() => readPort(view, 1), 'at');
+    assertRangeError(() => readPort(new Uint8Array(0), 0), 'at');
+  });
+
   it('writeIPv4 writes four bytes and refuses other shapes', () => {
     const buf = new Uint8Array(6);
     writeIPv4(buf, 1, '192.168.1.254');
@@ -367,11 +377,30 @@ describe('small address helpers', () => {
     }
     // Only the [start, end) range is looked at.
     assert.equal(decodeHostname(Buffer.of(0x00, 0x61, 0x62, 0x00), 1, 3), 'ab');
+    assert.equal(decodeHostname(Buffer.of(0x61), 1, 1), '', 'an empty range at the end');
+  });
+
+  it('decodeHostname refuses (RangeError) a range that is not integers 0 <= start <= end <= the buffer\'s length', () => {
+    // Bytes around the view that decodeHostname must never read: printable,
+    // so a range past the view's ends would have decoded them as the name.
+    const view = Buffer.from('xxabcyy', 'latin1').subarray(2, 5);
+    assert.equal(decodeHostname(view, 0, 3), 'abc');
+    for (const start of NOT_INDEXES) assertRangeError(() => decodeHostname(view, start, 3), 'start');
+    for (const end of [4, 5, 2 ** 32 + 3, ...NOT_INDEXES]) assertRangeError(() => decodeHostname(view, 0, end), 'end');
+    assertRangeError(() => decodeHostname(view, 2, 1), 'end');
+    assertRangeError(() => decodeHostname(view, 4, 5), 'end');
   });
 
   it('hex pads to two digits', () => {
+    assert.equal(hexByte(0x00), '00');
     assert.equal(hexByte(0x0a), '0a');
     assert.equal(hexByte(0xff), 'ff');
+  });
+
+  it('hex refuses (RangeError) anything but an integer 0-255', () => {
+    for (const byte of [256, 0x15a, -1, 1.5, NaN, Infinity, 2 ** 32, undefined as unknown as number]) {
+      assertRangeError(() => hexByte(byte), 'byte');
+    }
   });
 });
 
@@ -397,6 +426,23 @@ describe('address properties', () => {
       assertSameDestination(r.value, d);
       assert.equal(r.bytesRead, bytes.length);
     });
+  });
+
+  it('readPort and decodeHostname read only inside the buffer, as Node\'s own readers do, and refuse any other position with a RangeError', () => {
+    // Positions around the ends of a short view into a larger buffer, and ones that are no index.
+    const position = fc.oneof(fc.integer({ min: -2, max: 10 }), fc.constantFrom(...NOT_INDEXES));
+    const printable = fc.uint8Array({ maxLength: 8 }).map((b) => b.map((c) => 0x21 + (c % 0x5e)));
+    fc.assert(
+      fc.property(printable, position, position, (bytes, start, end) => {
+        const view = Buffer.concat([Buffer.from('<<'), bytes, Buffer.from('>>')]).subarray(2, 2 + bytes.length);
+        const inside = (i: number) => Number.isInteger(i) && i >= 0 && i <= view.length;
+        if (inside(start) && start + 2 <= view.length) assert.equal(readPort(view, start), view.readUInt16BE(start));
+        else assertRangeError(() => readPort(view, start), 'at');
+        if (inside(start) && inside(end) && start <= end) assert.equal(decodeHostname(view, start, end), view.toString('latin1', start, end));
+        else assert.throws(() => decodeHostname(view, start, end), RangeError);
+      }),
+      { numRuns: 500 },
+    );
   });
 
   it('random bytes decode, need more, or throw a SocksError; decoded bytes re-encode exactly', () => {
