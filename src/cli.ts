@@ -12,7 +12,7 @@ import type { Config, ConfigInput } from './config/schema.js';
 import type { SocksServer } from './server/server.js';
 import { restartSettings } from './config/restart.js';
 import {
-  WorkerStartError, isWorker, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv,
+  WorkerStartError, isWorker, leaveSharedStdioAtExit, onStopRequests, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv,
 } from './workers.js';
 
 // SIGHUP asks a daemon to reload; its default action would kill it. Catch it
@@ -121,7 +121,7 @@ async function main(argv: string[]): Promise<number> {
         throw err;
       }
     }
-    return runPrimary({ workers, env, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
+    return runPrimary({ workers, env, reloadRequested: hupDuringStartup, say: (line) => process.stderr.write(`socksgate: ${line}\n`) });
   }
   const running = run(server, server.config, flags, setAside);
   process.off('SIGHUP', earlyHup); // run() has its own handler now
@@ -139,6 +139,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
   logCrashes(log);
+  if (isWorker()) leaveSharedStdioAtExit(); // after createLogger: its exit flush comes first
   if (setAside.length > 0) {
     log.warn({ event: 'restart-needed', needsRestart: setAside },
       `the config file changed ${setAside.join(', ')} since socksgate started: this worker keeps the running values until socksgate restarts`);
@@ -165,8 +166,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
     log.info({ event: 'stopping', signal }, `${signal}: stopping`);
     server.close().then(() => flushLog(log, STOP_FLUSH_WAIT_MS)).then(() => finish(0));
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  onStopRequests(stop);
 
   // SIGHUP: read the config file (and the users file it names) again, with
   // the same flags over it, and let new sessions use it. The `reloaded` line

@@ -19,6 +19,7 @@
  * does: a replacement started after the file changed serves like its siblings.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { closeSync } from 'node:fs';
 import { type RestartSettings, missingRestartKeys } from './config/restart.js';
 
 export interface PrimaryOptions {
@@ -27,6 +28,8 @@ export interface PrimaryOptions {
   readonly say: (line: string) => void;
   /** Environment added to each worker's (e.g. workerPortsEnv's). */
   readonly env?: Readonly<Record<string, string>>;
+  /** A SIGHUP came while this process was starting: the workers reload once they listen. */
+  readonly reloadRequested?: boolean;
 }
 
 export function runPrimary(options: PrimaryOptions): Promise<number> {
@@ -49,6 +52,20 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     const kill = (worker: Worker) => {
       killed.add(worker);
       worker.process.kill('SIGKILL');
+    };
+    /**
+     * The n-th stop request, passed to a worker. One that listens gets it as
+     * a message (see onStopRequests); one still starting gets the signal,
+     * which ends it outright before it has handlers.
+     */
+    const passStop = (worker: Worker, signal: NodeJS.Signals, count: number) => {
+      if (!ready.has(worker)) {
+        worker.process.kill(signal);
+        return;
+      }
+      const request: StopRequest = { socksgate: STOP, signal, count };
+      // A worker exiting meanwhile cannot take it; the signal then ends it as it would have.
+      worker.send(request, (err: Error | null) => { if (err) worker.process.kill(signal); });
     };
 
     const fork = () => {
@@ -106,7 +123,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
         // `forced` line (SIGKILL would lose up to a second of lines).
         forced = true;
         failed = true;
-        for (const w of live) w.process.kill(why);
+        for (const w of live) passStop(w, why, 2);
         setTimeout(() => {
           if (live.size === 0) return;
           options.say(`${why} again: ${live.size} worker${live.size === 1 ? '' : 's'} still running after ${FORCED_EXIT_MS / 1000} s; killing`);
@@ -119,7 +136,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       if (live.size === 0) return resolve(failed ? 1 : 0);
       for (const w of live) {
         if (why === 'startup failure') kill(w);
-        else w.process.kill(why);
+        else passStop(w, why, 1);
       }
     };
 
@@ -139,6 +156,90 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGHUP', reload);
     for (let i = 0; i < options.workers; i++) fork();
+    if (options.reloadRequested) {
+      options.say('SIGHUP arrived while starting: the workers reload once they listen');
+      reload();
+    }
+  });
+}
+
+/**
+ * In a worker: leaves the shared stdout and stderr as they are when this
+ * process exits. Node puts back, as it exits, the flags it found on them
+ * when it started, and a worker starts with them blocking (a forked child's
+ * stdio is made blocking before it runs). The flag lives on the file
+ * description every worker shares, so a worker exiting first would make
+ * its siblings' writes blocking: with a stalled reader, a sibling's next
+ * write then hangs in write(2) and its stop waits for that reader for good,
+ * past the 2 s its log may take. Node leaves alone a descriptor that is no
+ * longer open, so both are closed after the last line is out (the log's own
+ * exit flush runs first: its listener was added when it was made).
+ */
+export function leaveSharedStdioAtExit(): void {
+  process.on('exit', () => {
+    for (const fd of [1, 2]) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+  });
+}
+
+/** What the primary sends a listening worker in place of a stop signal. */
+const STOP = 'stop';
+
+interface StopRequest {
+  readonly socksgate: typeof STOP;
+  readonly signal: NodeJS.Signals;
+  /** 1: drain; 2: exit now. */
+  readonly count: number;
+}
+
+function isStopRequest(message: unknown): message is StopRequest {
+  const m = message as Partial<StopRequest> | null;
+  return typeof m === 'object' && m !== null && m.socksgate === STOP && typeof m.count === 'number'
+    && (m.signal === 'SIGINT' || m.signal === 'SIGTERM');
+}
+
+/** Where stop requests come from: the process, or a stand-in in tests. */
+export interface StopSource {
+  on(event: 'SIGINT' | 'SIGTERM', listener: (signal: NodeJS.Signals) => void): unknown;
+  on(event: 'message', listener: (message: unknown) => void): unknown;
+}
+
+/**
+ * Calls `stop(signal)` once per stop request: the first drains, a second
+ * exits at once. SIGINT and SIGTERM are requests, and in a worker so are the
+ * primary's messages. A signal sent to the whole process group (Ctrl-C in a
+ * terminal, coreutils `timeout`, systemd's control-group kill) reaches a
+ * worker twice, from the kernel and passed on by the primary, in either
+ * order: counted as two, it would end the worker's sessions without their
+ * grace. So the two sources are counted apart and the larger count is what
+ * was asked.
+ */
+export function onStopRequests(stop: (signal: NodeJS.Signals) => void, source: StopSource = process, worker = isWorker()): void {
+  let signals = 0;
+  let passedOn = 0;
+  let taken = 0;
+  const take = (signal: NodeJS.Signals) => {
+    while (taken < Math.max(signals, passedOn)) {
+      taken++;
+      stop(signal);
+    }
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    take(signal);
+  };
+  source.on('SIGINT', onSignal);
+  source.on('SIGTERM', onSignal);
+  if (!worker) return;
+  source.on('message', (message: unknown) => {
+    if (!isStopRequest(message)) return;
+    passedOn = Math.max(passedOn, message.count);
+    take(message.signal);
   });
 }
 

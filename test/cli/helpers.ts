@@ -72,11 +72,14 @@ export class Daemon {
   /** Resolves when the process has exited and its output is fully read. */
   readonly exited: Promise<Exit>;
   #exit: Exit | null = null;
+  readonly #detached: boolean;
   #partial = '';
   readonly #waiters = new Set<() => void>();
 
-  constructor(args: readonly string[], env: NodeJS.ProcessEnv = process.env) {
-    this.child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  /** `detached`: the daemon leads a process group of its own (its workers join it), as under a shell's job control. */
+  constructor(args: readonly string[], env: NodeJS.ProcessEnv = process.env, options: { readonly detached?: boolean } = {}) {
+    this.#detached = options.detached === true;
+    this.child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: this.#detached });
     this.child.stdout!.setEncoding('utf8');
     this.child.stderr!.setEncoding('utf8');
     this.child.stdout!.on('data', (chunk: string) => this.#onStdout(chunk));
@@ -144,10 +147,16 @@ export class Daemon {
     if (!this.#exit) this.child.kill(signal);
   }
 
+  /** Signals the daemon's whole process group, as Ctrl-C or systemd's control-group kill do (a detached daemon only). */
+  signalGroup(signal: NodeJS.Signals): void {
+    if (!this.#exit && this.child.pid !== undefined) process.kill(-this.child.pid, signal);
+  }
+
   /** Kills the child if it is still running (for finally/after), and waits for it briefly. */
   async kill(): Promise<void> {
     if (this.#exit || this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGKILL');
+    if (this.#detached) this.signalGroup('SIGKILL'); // its workers too
+    else this.child.kill('SIGKILL');
     await withTimeout(this.exited, 5000, 'the killed daemon to exit').catch(() => {});
   }
 

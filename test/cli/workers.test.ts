@@ -105,6 +105,31 @@ async function childrenOf(pid: number, count: number, timeoutMs = DEFAULT_TIMEOU
   throw new Error(`process ${pid} had fewer than ${count} children after ${timeoutMs} ms`);
 }
 
+/**
+ * Sends SIGHUP as soon as the process catches it (SigCgt in /proc), that is
+ * while socksgate still loads and reads its configuration: the window where
+ * a reload must be deferred, not lost.
+ */
+async function hupOnceCaught(daemon: Daemon): Promise<void> {
+  const pid = daemon.child.pid!;
+  const SIGHUP_BIT = 1n; // bit 0: signal 1
+  const deadline = Date.now() + DEFAULT_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    let caught = 0n;
+    try {
+      caught = BigInt(`0x${/SigCgt:\s*([0-9a-f]+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
+    } catch {
+      // not started yet
+    }
+    if (caught & SIGHUP_BIT) {
+      process.kill(pid, 'SIGHUP');
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  throw new Error(`socksgate never caught SIGHUP\n${daemon.describe()}`);
+}
+
 describe('socksgate --workers 2', () => {
   // Native handshakes (the default with the addon): each worker's addon accepts
   // on a SO_REUSEPORT socket of its own. Node handshakes: the cluster primary
@@ -261,6 +286,71 @@ describe('socksgate --workers 2', () => {
       assert.doesNotMatch(daemon.stderr, /SIGKILL|killing/);
       for (const socket of sessions) socket.destroy();
     } finally {
+      await daemon.kill();
+      await target.close();
+    }
+  });
+
+  it('one SIGTERM to the whole process group (Ctrl-C, systemd) is one stop: the workers drain for the grace and exit 0', async () => {
+    const target = await startEchoServer();
+    const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '1s'], undefined, { detached: true });
+    try {
+      const port = await daemon.port();
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+      // Open sessions on both workers: each must drain, not be cut off.
+      const sessions = await Promise.all(Array.from({ length: 8 }, () => socksConnect(port, target.port)));
+      for (const [i, socket] of sessions.entries()) assert.equal(await echo(socket, `s${i}`), `s${i}`);
+      const clientPorts = sessions.map((socket) => socket.localPort);
+      daemon.signalGroup('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      assert.equal(daemon.logs.filter((l) => l.event === 'forced').length, 0, `no worker took it for a second signal\n${daemon.describe()}`);
+      const ended = daemon.sessions().filter((l) => clientPorts.includes(l.clientPort as number));
+      assert.equal(ended.length, sessions.length, `every open session has its access line\n${daemon.describe()}`);
+      assert.ok(ended.every((l) => l.reason === 'shutdown'), `each was ended by the stop after its grace: ${ended.map((l) => l.reason).join(', ')}`);
+      for (const socket of sessions) socket.destroy();
+    } finally {
+      await daemon.kill();
+      await target.close();
+    }
+  });
+
+  it('a SIGHUP while the supervisor starts: the workers reload once they listen', async () => {
+    const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    try {
+      await hupOnceCaught(daemon);
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'reloaded').length >= 2, 'both workers reloaded');
+      assert.match(daemon.stderr, /SIGHUP arrived while starting/);
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+    } finally {
+      await daemon.kill();
+    }
+  });
+
+  it('stdout\'s reader stalls: a stop still ends within the grace and the 2 s the log may take, after one worker exited first', async () => {
+    const target = await startEchoServer();
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '1s']);
+    try {
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+      daemon.child.stdout!.pause(); // the reader stalls from here on
+      // Enough access lines to fill the pipe (64 KiB) many times over.
+      for (let round = 0; round < 40; round++) {
+        await Promise.all(Array.from({ length: 25 }, async () => {
+          const socket = await socksConnect(port, target.port);
+          socket.end();
+          await closedSocket(socket);
+        }));
+      }
+      // One session stays open, on one worker: the other, idle, exits first when asked to stop.
+      const held = await socksConnect(port, target.port);
+      assert.equal(await echo(held, 'held'), 'held');
+      daemon.signal('SIGTERM');
+      // Without a bound the worker left behind blocks in write(2) for good: the stop must not wait for the reader.
+      const exit = await daemon.waitExit(20_000);
+      assert.deepEqual(exit, { code: 0, signal: null });
+      held.destroy();
+    } finally {
+      daemon.child.stdout!.resume();
       await daemon.kill();
       await target.close();
     }
