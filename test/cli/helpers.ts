@@ -4,7 +4,7 @@
  * events, and every wait is bounded so a hang fails instead of blocking.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type Socket, connect, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -314,4 +314,29 @@ export function envWithoutProxies(): NodeJS.ProcessEnv {
     if (!/^(https?|all|no|ftp)_proxy$/i.test(key)) env[key] = value;
   }
   return env;
+}
+
+/**
+ * Sends SIGHUP as soon as the process catches it (SigCgt in /proc), that is
+ * while socksgate still loads and reads its configuration: the window where
+ * a reload must be deferred, not lost.
+ */
+export async function hupOnceCaught(daemon: Daemon): Promise<void> {
+  const pid = daemon.child.pid!;
+  const SIGHUP_BIT = 1n; // bit 0: signal 1
+  const deadline = Date.now() + DEFAULT_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    let caught = 0n;
+    try {
+      caught = BigInt(`0x${/SigCgt:\s*([0-9a-f]+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
+    } catch {
+      // not started yet
+    }
+    if (caught & SIGHUP_BIT) {
+      process.kill(pid, 'SIGHUP');
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  throw new Error(`socksgate never caught SIGHUP\n${daemon.describe()}`);
 }

@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { hashPassword } from '../../src/auth/users.js';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
-import { type Daemon, type LogLine, closed, echo, socksConnect, startDaemon, tempDir } from './helpers.js';
+import { Daemon, type LogLine, closed, echo, hupOnceCaught, socksConnect, startDaemon, tempDir } from './helpers.js';
 
 /** A config file: loopback port 0, and optionally rules. */
 function config(rules = ''): string {
@@ -134,6 +134,20 @@ describe('socksgate reload on SIGHUP', () => {
     } finally {
       await daemon.kill();
       dir.remove();
+    }
+  });
+
+  it('a SIGHUP while the daemon starts is deferred: reload-deferred once it listens, then the outcome', async () => {
+    const daemon = new Daemon(['--listen', '127.0.0.1:0', '--log-format', 'json']);
+    try {
+      await hupOnceCaught(daemon);
+      await daemon.waitFor((l) => l.event === 'reloaded', 'the deferred reload');
+      const events = daemon.logs.map((l) => l.event);
+      assert.ok(events.indexOf('reload-deferred') > events.indexOf('started'), `deferred until it listened: ${events.join(', ')}`);
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
+    } finally {
+      await daemon.kill();
     }
   });
 

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
 import { closedPort, startEchoServer } from '../helpers/server.js';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
+import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, hupOnceCaught, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
 /** Resolves once the daemon's stderr matches (bounded). */
 function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
@@ -103,31 +103,6 @@ async function childrenOf(pid: number, count: number, timeoutMs = DEFAULT_TIMEOU
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
   throw new Error(`process ${pid} had fewer than ${count} children after ${timeoutMs} ms`);
-}
-
-/**
- * Sends SIGHUP as soon as the process catches it (SigCgt in /proc), that is
- * while socksgate still loads and reads its configuration: the window where
- * a reload must be deferred, not lost.
- */
-async function hupOnceCaught(daemon: Daemon): Promise<void> {
-  const pid = daemon.child.pid!;
-  const SIGHUP_BIT = 1n; // bit 0: signal 1
-  const deadline = Date.now() + DEFAULT_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    let caught = 0n;
-    try {
-      caught = BigInt(`0x${/SigCgt:\s*([0-9a-f]+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
-    } catch {
-      // not started yet
-    }
-    if (caught & SIGHUP_BIT) {
-      process.kill(pid, 'SIGHUP');
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-  throw new Error(`socksgate never caught SIGHUP\n${daemon.describe()}`);
 }
 
 describe('socksgate --workers 2', () => {
