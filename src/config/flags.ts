@@ -43,19 +43,14 @@ function numberOrText(text: string): string | number {
 /** Lays the flags over the file's object (flags win). */
 export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown> {
   const config: Record<string, any> = structuredClone(isObject(file) ? file : {});
-  const section = (key: string): Record<string, unknown> => {
-    if (!isObject(config[key])) config[key] = {};
-    return config[key] as Record<string, unknown>;
-  };
+  const section = (key: string): Record<string, unknown> => sectionForFlags(config, key);
   if (flags.listen) config.listen = flags.listen.map(parseListen);
-  if (flags.socks4) {
-    const listeners = Array.isArray(config.listen) ? config.listen : [{}];
-    config.listen = listeners.map((l: unknown) => ({ ...(isObject(l) ? l : {}), socks4: true }));
-  }
+  if (flags.socks4) config.listen = withSocks4(config.listen);
   const auth = section('auth');
   if (flags.user) {
-    const users = Array.isArray(auth.users) ? auth.users : [];
-    auth.users = [...users, ...flags.user.map(parseUser)];
+    // A users list that is not a list stays for the schema to refuse.
+    if (auth.users === undefined) auth.users = [];
+    if (Array.isArray(auth.users)) auth.users = [...auth.users, ...flags.user.map(parseUser)];
   }
   if (flags['users-file'] !== undefined) auth.usersFile = flags['users-file'];
   if (flags.auth !== undefined) auth.methods = flags.auth.split(',').map((m) => m.trim());
@@ -73,6 +68,31 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags['log-level'] !== undefined) section('log').level = flags['log-level'];
   if (flags['log-format'] !== undefined) section('log').format = flags['log-format'];
   return config;
+}
+
+/**
+ * The section `key` of the file's object, for flags to set keys in; created
+ * when the file has none. One the file gives as something other than a
+ * mapping (`auth: userpass`, `timeouts: 5s`) stays as written, for the schema
+ * to refuse with its key path: put in its place, an empty mapping would
+ * silently drop what the file meant (a proxy without authentication). The
+ * flags then go into a mapping nobody reads; the configuration is refused anyway.
+ */
+function sectionForFlags(config: Record<string, unknown>, key: string): Record<string, unknown> {
+  if (config[key] === undefined) config[key] = {};
+  const section = config[key];
+  return isObject(section) ? section : {};
+}
+
+/**
+ * `--socks4` on every listener: the file's, or the default one. A `listen`
+ * that is not a list, or an entry that is not a mapping, stays as written,
+ * for the schema to refuse.
+ */
+function withSocks4(listen: unknown): unknown {
+  if (listen === undefined) return [{ socks4: true }];
+  if (!Array.isArray(listen)) return listen;
+  return listen.map((listener: unknown) => (isObject(listener) ? { ...listener, socks4: true } : listener));
 }
 
 /**

@@ -109,6 +109,33 @@ describe('socksgate --check', () => {
     assert.equal(longest.code, 0, longest.stderr);
   });
 
+  it('refuses a section that is not a mapping (auth: userpass, timeouts: 5s) as the schema does, with or without a flag for that section: it was replaced by {}, and the proxy ran without authentication', async () => {
+    const notMapping = (path: string, found: string) => `socksgate: config: ${path}: Invalid input: expected ${found}`;
+    const cases: Array<[string, string[], string[]]> = [
+      ['auth: userpass\n', [], [notMapping('auth', 'object, received string')]],
+      ['auth: userpass\n', ['-u', 'alice:wonderland'], [notMapping('auth', 'object, received string')]],
+      ['auth: userpass\n', ['--auth', 'userpass', '--users-file', '/nonexistent'], [notMapping('auth', 'object, received string')]],
+      ['auth:\n', ['-u', 'alice:wonderland'], [notMapping('auth', 'object, received null')]],
+      ['timeouts: 5s\n', [], [notMapping('timeouts', 'object, received string')]],
+      ['timeouts: 5s\n', ['--idle-timeout', '1s'], [notMapping('timeouts', 'object, received string')]],
+      ['log: verbose\n', ['--log-level', 'warn'], [notMapping('log', 'object, received string')]],
+      ['relay: splice\n', ['--busy-poll', '10'], [notMapping('relay', 'object, received string')]],
+      ['listen: 1080\n', ['--socks4'], [notMapping('listen', 'array, received number')]],
+      ['listen: [1080]\n', ['--socks4'], [notMapping('listen[0]', 'object, received number')]],
+    ];
+    for (const [i, [text, flags, problems]] of cases.entries()) {
+      const file = write(`not-mapping${i}.yaml`, text);
+      const checked = await runCli(['--check', '-c', file, ...flags]);
+      assert.equal(checked.code, 2, `${text} ${flags.join(' ')}: ${checked.stdout}`);
+      assert.deepEqual(lines(checked.stderr), problems, `${text} ${flags.join(' ')}`);
+    }
+    const file = write('auth-userpass.yaml', 'auth: userpass\n');
+    const started = await runCli(['-c', file, '--listen', '127.0.0.1:0', '--log-format', 'json'], { timeoutMs: 10_000 }); // a daemon that started is killed then
+    assert.equal(started.code, 2, started.stdout.toString());
+    assert.deepEqual(lines(started.stderr), [notMapping('auth', 'object, received string')]);
+    assert.doesNotMatch(started.stdout.toString(), /listening/);
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);
