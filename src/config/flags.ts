@@ -50,7 +50,7 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags.user) {
     // A users list that is not a list stays for the schema to refuse.
     if (auth.users === undefined) auth.users = [];
-    if (Array.isArray(auth.users)) auth.users = [...auth.users, ...flags.user.map(parseUser)];
+    if (Array.isArray(auth.users)) auth.users = withFlagUsers(auth.users, flags.user.map(parseUser));
   }
   if (flags['users-file'] !== undefined) auth.usersFile = flags['users-file'];
   if (flags.auth !== undefined) auth.methods = flags.auth.split(',').map((m) => m.trim());
@@ -113,7 +113,28 @@ function parseListen(text: string): { address: string; port: number } {
   return { address: text.slice(0, colon), port: Number(text.slice(colon + 1)) };
 }
 
-function parseUser(text: string): { name: string; password: string } {
+/**
+ * The file's users with the flags' over them: a flag's user replaces the
+ * file's of the same name (flags override the file), the others stay. Two
+ * flags naming one user are refused, as a name twice in the file is: which
+ * password counts would be a guess.
+ */
+function withFlagUsers(fileUsers: readonly unknown[], flagUsers: readonly FlagUser[]): unknown[] {
+  const names = new Set<string>();
+  for (const { name } of flagUsers) {
+    if (names.has(name)) throw new ConfigError([`two --user flags name ${JSON.stringify(name)}: each name may appear once`]);
+    names.add(name);
+  }
+  const kept = fileUsers.filter((user) => !(isObject(user) && typeof user.name === 'string' && names.has(user.name)));
+  return [...kept, ...flagUsers];
+}
+
+interface FlagUser {
+  readonly name: string;
+  readonly password: string;
+}
+
+function parseUser(text: string): FlagUser {
   const colon = text.indexOf(':');
   return colon < 0 ? { name: text, password: '' } : { name: text.slice(0, colon), password: text.slice(colon + 1) };
 }

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer } from 'node:net';
-import { Daemon, lines, runCli, tempDir } from './helpers.js';
+import { startEchoServer } from '../helpers/server.js';
+import { Daemon, echo, lines, runCli, socksConnect, startDaemon, tempDir } from './helpers.js';
 
 const CONFIG_PROBLEM = /^socksgate: config: /;
 
@@ -424,9 +425,38 @@ describe('socksgate --check', () => {
     const inFile = await runCli(['--check', '--users-file', file]);
     assert.equal(inFile.code, 2);
     assert.deepEqual(lines(inFile.stderr), [`socksgate: ${file}:4: user "alice" again (first on line 1): each name may appear once`]);
-    const inConfig = await runCli(['--check', '-u', 'alice:one', '-u', 'bob:two', '-u', 'alice:three']);
+    const inConfig = await runCli(['--check', '-c', write('alice-twice.yaml', 'auth:\n  users:\n    - { name: alice, password: one }\n    - { name: alice, password: two }\n')]);
     assert.equal(inConfig.code, 2);
-    assert.deepEqual(lines(inConfig.stderr), ['socksgate: config: auth.users[2].name: "alice" again (first at auth.users[0]): each name may appear once']);
+    assert.deepEqual(lines(inConfig.stderr), ['socksgate: config: auth.users[1].name: "alice" again (first at auth.users[0]): each name may appear once']);
+  });
+
+  it('two --user flags naming one user are refused naming the flags (not an auth.users path the file does not have)', async () => {
+    const file = write('users-for-flags.yaml', 'auth:\n  methods: [userpass]\n  users:\n    - { name: carol, password: sea }\n');
+    for (const config of [[], ['-c', file]]) {
+      const r = await runCli(['--check', ...config, '-u', 'alice:one', '-u', 'bob:two', '-u', 'alice:three']);
+      assert.equal(r.code, 2, config.join(' '));
+      assert.deepEqual(lines(r.stderr), ['socksgate: config: two --user flags name "alice": each name may appear once']);
+    }
+  });
+
+  it('a --user replaces the config file\'s user of the same name (flags override the file); the file\'s other users stay', async () => {
+    const file = write('users-overridden.yaml', 'auth:\n  methods: [userpass]\n  users:\n    - { name: alice, password: from-file }\n    - { name: bob, password: builder }\n');
+    const checked = await runCli(['--check', '-c', file, '-u', 'alice:from-flag']);
+    assert.equal(checked.stderr, '');
+    assert.equal(checked.code, 0);
+    const echoServer = await startEchoServer();
+    const { daemon, port } = await startDaemon(['-c', file, '-u', 'alice:from-flag', '--listen', '127.0.0.1:0', '--log-format', 'json']);
+    try {
+      for (const [user, password] of [['alice', 'from-flag'], ['bob', 'builder']] as const) {
+        const socket = await socksConnect(port, echoServer.port, { user, password });
+        assert.equal(await echo(socket, 'hi'), 'hi', user);
+        socket.destroy();
+      }
+      await assert.rejects(socksConnect(port, echoServer.port, { user: 'alice', password: 'from-file' }));
+    } finally {
+      await daemon.kill();
+      await echoServer.close();
+    }
   });
 
   it('rejects an unknown flag with usage and exit 2', async () => {
