@@ -3,6 +3,7 @@
  * stay raw (strings for durations and ports) so the schema reports flag
  * errors exactly as it reports file errors.
  */
+import { isIP } from 'node:net';
 import type { parseArgs } from 'node:util';
 import { ConfigError } from './config-error.js';
 
@@ -101,16 +102,43 @@ function withSocks4(listen: unknown): unknown {
  * message can say how to write it.
  */
 function parseListen(text: string): { address: string; port: number } {
-  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
-  if (bracketed) return { address: bracketed[1]!, port: Number(bracketed[2]) };
   if (/^\d+$/.test(text)) return { address: '127.0.0.1', port: Number(text) };
+  const bracketed = /^\[([^\]]*)\](?::(.*))?$/.exec(text);
+  if (bracketed) return listenerAt(text, bracketed[1]!, bracketed[2] ?? '', `[${bracketed[1]}]`);
   const colon = text.lastIndexOf(':');
-  const problem = colon < 0 ? 'no port: write address:port, [IPv6]:port, or a port alone (loopback)'
-    : text.indexOf(':') !== colon ? `an IPv6 address goes in brackets: [${text.slice(0, colon)}]:${text.slice(colon + 1)}`
-    : /^\d+$/.test(text.slice(colon + 1)) ? null
-    : 'the port must be a number from 0 to 65535';
-  if (problem !== null) throw new ConfigError([`--listen ${text}: ${problem}`]);
-  return { address: text.slice(0, colon), port: Number(text.slice(colon + 1)) };
+  if (text.startsWith('[') || text.indexOf(':') !== colon) throw listenError(text, unbracketedIPv6Problem(text));
+  if (colon < 0) throw listenError(text, 'no port: write address:port, [IPv6]:port, or a port alone (loopback)');
+  const address = text.slice(0, colon);
+  return listenerAt(text, address, text.slice(colon + 1), address);
+}
+
+/** The port a --listen example shows: the default one. */
+const EXAMPLE_PORT = 1080;
+
+/** `address` on `port` as written; `spelled` is the address as an example writes it (IPv6 in brackets). */
+function listenerAt(text: string, address: string, port: string, spelled: string): { address: string; port: number } {
+  if (port === '') throw listenError(text, `no port: write it after the address, e.g. ${spelled}:${EXAMPLE_PORT}`);
+  if (!/^\d+$/.test(port)) throw listenError(text, 'the port must be a number from 0 to 65535');
+  return { address, port: Number(port) };
+}
+
+/**
+ * What to write instead of an IPv6 address without brackets (`::1:80`,
+ * `::1`) or with brackets left open. The last group is taken for a port only
+ * when digits follow an address; an address that is whole without it (`::1`
+ * would be `:` and port 1) lacks the port.
+ */
+function unbracketedIPv6Problem(text: string): string {
+  const colon = text.lastIndexOf(':');
+  const [address, port] = [text.slice(0, colon), text.slice(colon + 1)];
+  if (isIP(address) === 6 && /^\d+$/.test(port)) return `an IPv6 address goes in brackets: [${address}]:${port}`;
+  const whole = isIP(text) === 6 ? text : isIP(address) === 6 && port === '' ? address : undefined;
+  if (whole !== undefined) return `no port, and an IPv6 address goes in brackets: write e.g. [${whole}]:${EXAMPLE_PORT}`;
+  return `an IPv6 address goes in brackets, the port after it: e.g. [::1]:${EXAMPLE_PORT}`;
+}
+
+function listenError(text: string, problem: string): ConfigError {
+  return new ConfigError([`--listen ${text}: ${problem}`]);
 }
 
 /**

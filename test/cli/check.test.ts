@@ -404,11 +404,17 @@ describe('socksgate --check', () => {
     assert.equal(flagHere.code, 0, flagHere.stderr);
   });
 
-  it('--listen in a shape it cannot read says how to write it; an empty flag value is refused, not ignored', async () => {
+  it('--listen in a shape it cannot read says how to write it (an IPv6 address without its port: that the port is missing, and [::1]:1080); an empty flag value is refused, not ignored', async () => {
     const cases: Array<[string[], string]> = [
       [['--listen', '::1:80'], 'socksgate: config: --listen ::1:80: an IPv6 address goes in brackets: [::1]:80'],
       [['--listen', '127.0.0.1:-1'], 'socksgate: config: --listen 127.0.0.1:-1: the port must be a number from 0 to 65535'],
       [['--listen', 'localhost'], 'socksgate: config: --listen localhost: no port: write address:port, [IPv6]:port, or a port alone (loopback)'],
+      [['--listen=[::1]'], 'socksgate: config: --listen [::1]: no port: write it after the address, e.g. [::1]:1080'],
+      [['--listen', '[::1]:'], 'socksgate: config: --listen [::1]:: no port: write it after the address, e.g. [::1]:1080'],
+      [['--listen', '::1'], 'socksgate: config: --listen ::1: no port, and an IPv6 address goes in brackets: write e.g. [::1]:1080'],
+      [['--listen', '2001:db8::1'], 'socksgate: config: --listen 2001:db8::1: no port, and an IPv6 address goes in brackets: write e.g. [2001:db8::1]:1080'],
+      [['--listen', '127.0.0.1:'], 'socksgate: config: --listen 127.0.0.1:: no port: write it after the address, e.g. 127.0.0.1:1080'],
+      [['--listen', '[::1'], 'socksgate: config: --listen [::1: an IPv6 address goes in brackets, the port after it: e.g. [::1]:1080'],
       [['--handshake-timeout='], 'socksgate: config: timeouts.handshake: "" is not a duration (e.g. 500ms, 10s, 5m, 1h)'],
       [['--log-level='], 'socksgate: config: log.level: Invalid option: expected one of "fatal"|"error"|"warn"|"info"|"debug"|"trace"|"silent"'],
     ];
