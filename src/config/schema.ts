@@ -70,6 +70,20 @@ export function parseNetwork(text: string): { address: string; prefix: number; f
 
 const port = z.number().int().min(0).max(65535);
 
+/**
+ * A whole number from `low` to `high`, each refusal saying `message`, which
+ * names what is accepted: zod's own says "expected number, received string"
+ * to `--busy-poll 50us`, and only "Invalid input" to a union's mismatch.
+ */
+const wholeNumberFrom = (low: number, high: number, message: string) => z
+  .number({ error: message })
+  .int({ error: message })
+  .min(low, { error: message })
+  .max(high, { error: message });
+
+const BUSY_POLL_RANGE = 'must be a whole number of microseconds from 0 to 1000 (0: off)';
+const WORKERS_RANGE = 'must be auto or a whole number from 1 to 256';
+
 export const listenerSchema = z.strictObject({
   address: ipAddress.default('127.0.0.1'),
   port: port.default(1080),
@@ -175,7 +189,7 @@ const relaySchema = z.strictObject({
    * HAProxy's `busy-polling`, for latency-sensitive deployments. No effect
    * with the stream relay.
    */
-  busyPollMicroseconds: z.number().int().min(0).max(1000).default(0),
+  busyPollMicroseconds: wholeNumberFrom(0, 1000, BUSY_POLL_RANGE).default(0),
 });
 
 const handshakeSchema = z.strictObject({
@@ -262,7 +276,7 @@ const configObject = z
      * Event loops (processes) sharing the listeners. `auto`: one per core when
      * any listener is beyond loopback (a proxy for a network), else one.
      */
-    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default('auto'),
+    workers: z.union([z.literal('auto'), wholeNumberFrom(1, 256, WORKERS_RANGE)], { error: WORKERS_RANGE }).default('auto'),
   });
 
 // Cross-field rules run even when a field is invalid, so one --check lists

@@ -137,6 +137,28 @@ describe('socksgate --check', () => {
     assert.doesNotMatch(started.stdout.toString(), /listening/);
   });
 
+  it('a --workers or --busy-poll value it cannot take, from a flag or the file, says what it accepts (it said "Invalid input", or "expected number, received string")', async () => {
+    const workers = 'socksgate: config: workers: must be auto or a whole number from 1 to 256';
+    const busyPoll = 'socksgate: config: relay.busyPollMicroseconds: must be a whole number of microseconds from 0 to 1000 (0: off)';
+    const cases: Array<[string[], string]> = [
+      [['--workers', 'two'], workers],
+      [['--workers', '1.5'], workers],
+      [['--workers', '0'], workers],
+      [['--workers', '257'], workers],
+      [['-c', write('workers-two.yaml', 'workers: two\n')], workers],
+      [['--busy-poll', '1.5'], busyPoll],
+      [['--busy-poll', '50us'], busyPoll],
+      [['--busy-poll', '1001'], busyPoll],
+      [['--busy-poll=-1'], busyPoll],
+      [['-c', write('busy-poll.yaml', 'relay:\n  busyPollMicroseconds: 2.5\n')], busyPoll],
+    ];
+    for (const [args, problem] of cases) {
+      const r = await runCli(['--check', ...args]);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.deepEqual(lines(r.stderr), [problem], args.join(' '));
+    }
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);
