@@ -7,7 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { availableParallelism } from 'node:os';
-import { CLI_OPTIONS, type Flags, mergeFlags } from './config/flags.js';
+import { HELP_HINT, argsProblem } from './cli-args.js';
+import { CLI_OPTIONS, CLI_OPTION_VALUES, type Flags, mergeFlags } from './config/flags.js';
 import type { Config, ConfigInput } from './config/schema.js';
 import type { SocksServer } from './server/server.js';
 import { restartSettings } from './config/restart.js';
@@ -76,6 +77,7 @@ const STOP_FLUSH_WAIT_MS = 2000;
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'passwd') return runPasswd(argv.slice(1));
   if (argv[0] === 'schema') {
+    if (argv.length > 1) return fail(`schema takes no arguments: ${argv[1]} ${HELP_HINT}`, 2);
     process.stdout.write(JSON.stringify(configJsonSchema(), null, 2) + '\n');
     return 0;
   }
@@ -83,7 +85,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     flags = parseArgs({ args: argv, options: CLI_OPTIONS, allowPositionals: false, strict: true }).values;
   } catch (err) {
-    return fail(`${(err as Error).message}\n${USAGE}`, 2);
+    return fail(`${argsProblem(err, argv, CLI_OPTIONS, CLI_OPTION_VALUES)} ${HELP_HINT}`, 2);
   }
   if (flags.help) return write(USAGE, 0);
   if (flags.version) return write(`${version()}\n`, 0);

@@ -11,10 +11,14 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
+import { HELP_HINT, type OptionValues, argsProblem } from '../cli-args.js';
 import { MAX_COST, MIN_BCRYPT_COST, isUsableCost } from './hash-format.js';
 import { hashPassword, parseUsersFile, usersFileLine } from './users.js';
 
 const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
+
+const PASSWD_OPTIONS = { delete: { type: 'boolean' }, cost: { type: 'string' } } as const;
+const PASSWD_OPTION_VALUES: OptionValues = { numeric: new Set(['cost']), secret: new Set() };
 
 export async function runPasswd(argv: string[]): Promise<number> {
   let parsed;
@@ -22,10 +26,10 @@ export async function runPasswd(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { delete: { type: 'boolean' }, cost: { type: 'string' } },
+      options: PASSWD_OPTIONS,
     });
   } catch (err) {
-    return fail(`${(err as Error).message}\n${USAGE}`);
+    return fail(`${argsProblem(err, argv, PASSWD_OPTIONS, PASSWD_OPTION_VALUES)} ${HELP_HINT}`);
   }
   const [file, user, ...extra] = parsed.positionals;
   if (!file || !user || extra.length > 0) return fail(USAGE);

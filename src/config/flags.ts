@@ -5,6 +5,7 @@
  */
 import { isIP } from 'node:net';
 import type { parseArgs } from 'node:util';
+import type { OptionValues } from '../cli-args.js';
 import { ConfigError } from './config-error.js';
 
 export const CLI_OPTIONS = {
@@ -29,6 +30,12 @@ export const CLI_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'V' },
 } as const;
+
+/** For parseArgs' error about a value beginning with '-' (cli-args.ts). */
+export const CLI_OPTION_VALUES: OptionValues = {
+  numeric: new Set(['handshake-timeout', 'connect-timeout', 'idle-timeout', 'shutdown-grace', 'workers', 'busy-poll']),
+  secret: new Set(['user']),
+};
 
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof CLI_OPTIONS }>>['values'];
 

@@ -487,15 +487,39 @@ describe('socksgate --check', () => {
     }
   });
 
-  it('rejects an unknown flag with usage and exit 2', async () => {
+  it('rejects an unknown flag in one line with a hint, not the whole usage, exit 2', async () => {
     const r = await runCli(['--check', '--no-such-flag']);
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /no-such-flag/);
-    assert.match(r.stderr, /Usage: socksgate/);
+    assert.deepEqual(lines(r.stderr), ["socksgate: Unknown option '--no-such-flag' (see socksgate --help)"]);
+  });
+
+  it('a flag value beginning with \'-\' is refused in one line: negative numbers are not accepted, a flag\'s value missing, other values written --flag=-value (a password not written back)', async () => {
+    const cases: Array<[string[], string]> = [
+      [['--busy-poll', '-1'], '--busy-poll -1: negative values are not accepted'],
+      [['--shutdown-grace', '-5'], '--shutdown-grace -5: negative values are not accepted'],
+      [['--workers', '-2'], '--workers -2: negative values are not accepted'],
+      [['--idle-timeout', '-1s'], '--idle-timeout -1s: negative values are not accepted'],
+      [['--config', '--log-level', 'debug'], '--config needs a value: --log-level is an option'],
+      [['-c', '-V'], '--config needs a value: -V is an option'],
+      [['-c', '-odd.yaml'], "--config -odd.yaml: a value beginning with '-' is written --config=-odd.yaml"],
+      [['-u', '-bob:secret'], "--user -…: a value beginning with '-' is written --user=-…"],
+    ];
+    for (const [args, problem] of cases) {
+      const r = await runCli(['--check', ...args]);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.deepEqual(lines(r.stderr), [`socksgate: ${problem} (see socksgate --help)`], args.join(' '));
+    }
   });
 });
 
 describe('socksgate schema', () => {
+  it('refuses an argument (it takes none) in one line, exit 2, printing no schema', async () => {
+    const r = await runCli(['schema', '--foo']);
+    assert.equal(r.code, 2);
+    assert.equal(r.stdout.toString(), '');
+    assert.deepEqual(lines(r.stderr), ['socksgate: schema takes no arguments: --foo (see socksgate --help)']);
+  });
+
   it('prints a JSON Schema that parses and describes "listen"', async () => {
     const r = await runCli(['schema']);
     assert.equal(r.code, 0);

@@ -299,6 +299,19 @@ describe('socksgate passwd', () => {
     assert.match(colon.stderr, /":"/);
     assert.equal(existsSync(file), false);
   });
+
+  it('refuses an unknown option or a negative --cost in one line with a hint, not the usage after it', async () => {
+    const file = dir.file('option-args.users');
+    for (const [args, problem] of [
+      [['--foo'], /^socksgate passwd: Unknown option '--foo'.* \(see socksgate --help\)\n$/],
+      [['--cost', '-1'], /^socksgate passwd: --cost -1: negative values are not accepted \(see socksgate --help\)\n$/],
+    ] as const) {
+      const r = await runCli(['passwd', file, 'alice', ...args], { input: 'pw\n' });
+      assert.equal(r.code, 2, args.join(' '));
+      assertOneLine(r.stderr, problem);
+    }
+    assert.equal(existsSync(file), false);
+  });
 });
 
 describe('socksgate passwd: user names', () => {
