@@ -40,7 +40,7 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 const USAGE = `Usage: node dist/bench/run.js [options]
 
-  --quick            a few seconds in all: tiny sizes, 1 repetition (a smoke test, not a measurement)
+  --quick            about half a minute: tiny sizes, 1 repetition (a smoke test, not a measurement)
   --reps N           repetitions of every workload (default 5, and 9 for handshake and latency;
                      quick 1); medians are over these
   --only LIST        workloads, comma-separated: ids (upload-1, handshake-32, udp-8, idle-1000, backpressure…)
