@@ -55,7 +55,17 @@ export function readConfigFile(path: string): unknown {
     const found = Array.isArray(parsed) ? 'a list' : `a ${typeof parsed} (${JSON.stringify(parsed).slice(0, 40)})`;
     throw new ConfigError([`${path}: the top level must be a mapping of settings (key: value), not ${found}`]);
   }
-  return withUsersFileFrom(parsed as Record<string, unknown>, dirname(path));
+  return withUsersFileFrom(withoutEmptySections(parsed as Record<string, unknown>), dirname(path));
+}
+
+/**
+ * A section left empty (`auth:` with every line under it commented out)
+ * reads as null: it means the section's defaults, as if the key were not
+ * there, not a mistake to refuse. Anything else that is not a mapping is
+ * still the schema's to refuse.
+ */
+function withoutEmptySections(settings: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== null));
 }
 
 /**

@@ -116,7 +116,6 @@ describe('socksgate --check', () => {
       ['auth: userpass\n', [], [notMapping('auth', 'object, received string')]],
       ['auth: userpass\n', ['-u', 'alice:wonderland'], [notMapping('auth', 'object, received string')]],
       ['auth: userpass\n', ['--auth', 'userpass', '--users-file', '/nonexistent'], [notMapping('auth', 'object, received string')]],
-      ['auth:\n', ['-u', 'alice:wonderland'], [notMapping('auth', 'object, received null')]],
       ['timeouts: 5s\n', [], [notMapping('timeouts', 'object, received string')]],
       ['timeouts: 5s\n', ['--idle-timeout', '1s'], [notMapping('timeouts', 'object, received string')]],
       ['log: verbose\n', ['--log-level', 'warn'], [notMapping('log', 'object, received string')]],
@@ -130,6 +129,9 @@ describe('socksgate --check', () => {
       assert.equal(checked.code, 2, `${text} ${flags.join(' ')}: ${checked.stdout}`);
       assert.deepEqual(lines(checked.stderr), problems, `${text} ${flags.join(' ')}`);
     }
+    // A section left empty (every line under it commented out) means its defaults.
+    const empty = await runCli(['--check', '-c', write('empty-sections.yaml', 'auth:\n#  methods: [userpass]\ntimeouts:\n'), '-u', 'alice:wonderland']);
+    assert.equal(empty.code, 0, empty.stderr);
     const file = write('auth-userpass.yaml', 'auth: userpass\n');
     const started = await runCli(['-c', file, '--listen', '127.0.0.1:0', '--log-format', 'json'], { timeoutMs: 10_000 }); // a daemon that started is killed then
     assert.equal(started.code, 2, started.stdout.toString());
