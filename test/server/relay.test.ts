@@ -63,6 +63,44 @@ function receiveAll(socket: Socket): Promise<{ bytes: number; sha256: string }> 
   });
 }
 
+/** Writes until the reader's side is full: a write not drained for 500 ms. Resolves then; writes nothing more. */
+function offerUntilHeldBack(socket: Socket): Promise<void> {
+  const chunk = Buffer.alloc(256 * 1024, 0x61);
+  return new Promise((resolve) => {
+    const pump = () => {
+      while (!socket.destroyed) {
+        if (!socket.write(chunk)) {
+          const timer = setTimeout(resolve, 500);
+          socket.once('drain', () => {
+            clearTimeout(timer);
+            pump();
+          });
+          return;
+        }
+      }
+    };
+    pump();
+  });
+}
+
+/** Resumes a paused socket and counts what it reads until it closes; says whether it ended with a FIN or a reset. */
+function readUntilClosed(socket: Socket): Promise<{ bytes: number; end: 'end' | 'reset' }> {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    let end: 'end' | 'reset' = 'reset';
+    socket.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    socket.once('end', () => {
+      end = 'end';
+      socket.end();
+    });
+    socket.on('error', () => {});
+    socket.once('close', () => resolve({ bytes, end }));
+    socket.resume();
+  });
+}
+
 for (const engine of ENGINES) {
 describe(`relay (${engine} engine)`, () => {
   let proxy: RunningProxy;
@@ -245,5 +283,69 @@ describe(`idle timeout (${engine} engine)`, () => {
   test('a half-closed session that goes quiet is closed after timeouts.idle, and the record says so (not client-closed)', async () => {
     assert.equal((await idleRecord(true)).reason, 'idle-timeout');
   });
+});
+
+describe(`a reader that stalls until the proxy ends the session (${engine} engine)`, () => {
+  /**
+   * One side offers bytes until the relay holds it back, the other reads
+   * nothing; the proxy ends the session (idle timeout or close()); then the
+   * reader reads everything it got until the proxy's FIN. The record counts
+   * exactly that: bytes the proxy still held when it ended the session were
+   * never sent, so they are not counted.
+   */
+  async function stalledSession(stalled: 'client' | 'destination', ending: 'idle-timeout' | 'shutdown') {
+    let sender: Socket | null = null;
+    let reader: Socket | null = null;
+    let targetReady = () => {};
+    const accepted = new Promise<void>((resolve) => {
+      targetReady = resolve;
+    });
+    const target = await startTcpServer((socket) => {
+      if (stalled === 'client') sender = socket;
+      else {
+        reader = socket;
+        socket.pause();
+      }
+      targetReady();
+    });
+    const proxy = await startProxy({ timeouts: { idle: ending === 'idle-timeout' ? 300 : 0 }, relay: { engine } });
+    try {
+      const client = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+      client.on('error', () => {}); // a stalled sender may be reset when the proxy ends
+      await once(client, 'connect');
+      const clientPort = client.localPort; // a reset socket forgets it
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
+      client.pause();
+      await accepted;
+      if (stalled === 'client') reader = client;
+      else sender = client;
+      const heldBack = offerUntilHeldBack(sender!);
+      if (ending === 'shutdown') {
+        await heldBack;
+        void proxy.close();
+      }
+      const record = await proxy.record((r) => r.clientPort === clientPort);
+      const { bytes, end } = await readUntilClosed(reader!);
+      // The client's first 12 bytes are the method selection and the reply.
+      const relayed = stalled === 'client' ? bytes - 12 : bytes;
+      return { record, relayed, end };
+    } finally {
+      await proxy.close();
+      await target.close();
+    }
+  }
+
+  for (const stalled of ['client', 'destination'] as const) {
+    for (const ending of ['idle-timeout', 'shutdown'] as const) {
+      const counted = stalled === 'client' ? 'bytesDown' : 'bytesUp';
+      test(`${ending}: the ${stalled} reads what is left, and ${counted} is exactly what it read`, async () => {
+        const { record, relayed, end } = await stalledSession(stalled, ending);
+        assert.equal(record.reason, ending);
+        assert.equal(end, 'end', `the ${stalled} gets a FIN, not a reset`);
+        assert.ok(relayed > 0, 'some bytes were relayed before the stall');
+        assert.equal(record[counted], relayed, `${counted} against the bytes the ${stalled} read`);
+      });
+    }
+  }
 });
 }
