@@ -1631,6 +1631,18 @@ static int client_allowed(const settings_t *s, const struct sockaddr_storage *ad
   return 0;
 }
 
+/* Writes an IPv4 or IPv6 address as Node spells it into `text` (INET6_ADDRSTRLEN bytes); returns the port. */
+static int address_text(const struct sockaddr_storage *addr, char *text, socklen_t size) {
+  if (addr->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+    inet_ntop(AF_INET6, &a->sin6_addr, text, size);
+    return ntohs(a->sin6_port);
+  }
+  const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+  inet_ntop(AF_INET, &a->sin_addr, text, size);
+  return ntohs(a->sin_port);
+}
+
 /* A connection accepted; `s` is a reference to the listener's settings, now the session's. */
 static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int allowed) {
   pair_t *p = calloc(1, sizeof *p);
@@ -1664,15 +1676,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   m->n[3] = !allowed; /* refused by clients.allow: no session-open, as for Node's listeners */
   m->listener = l;
   __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
-  if (addr->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-    inet_ntop(AF_INET6, &a->sin6_addr, m->text, sizeof m->text);
-    m->n[1] = ntohs(a->sin6_port);
-  } else {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-    inet_ntop(AF_INET, &a->sin_addr, m->text, sizeof m->text);
-    m->n[1] = ntohs(a->sin_port);
-  }
+  m->n[1] = address_text(addr, m->text, sizeof m->text);
   post(m);
 
   pthread_mutex_lock(&pairs_lock);
@@ -2170,12 +2174,48 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * peerName(fd) -> [address, port], or null: the peer of a TCP socket, also
+ * after a reset closed it. Then getpeername(2), and so Node's remoteAddress,
+ * says ENOTCONN, though the kernel keeps the address and SO_PEERNAME still
+ * gives it: a connection reset before Node's listener accepted it is
+ * recorded with its client's address, as the native handshake (which has it
+ * from accept4) records it.
+ */
+static napi_value js_peer_name(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result, item;
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  struct sockaddr_storage addr;
+  socklen_t len = sizeof addr;
+  int known = getsockname(fd, (struct sockaddr *)&addr, &len) == 0 && (addr.ss_family == AF_INET || addr.ss_family == AF_INET6);
+  if (known) {
+    /* SO_PEERNAME refuses (EINVAL) a buffer longer than the address: size it by the socket's own family. */
+    len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    known = getsockopt(fd, SOL_SOCKET, SO_PEERNAME, &addr, &len) == 0;
+  }
+  if (!known) {
+    CHECK(napi_get_null(env, &result));
+    return result;
+  }
+  char text[INET6_ADDRSTRLEN];
+  int port = address_text(&addr, text, sizeof text);
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &item));
+  CHECK(napi_set_element(env, result, 0, item));
+  CHECK(napi_create_int32(env, port, &item));
+  CHECK(napi_set_element(env, result, 1, item));
+  return result;
+}
+
 /* What the JavaScript side checks before it uses the addon (ADDON_INTERFACE in
  * src/relay/splice.ts): raise both together whenever an export, an argument
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 7
+#define ADDON_INTERFACE 8
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;
@@ -2195,6 +2235,7 @@ NAPI_MODULE_INIT() {
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
       {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"bindReusePort", NULL, js_bind_reuse_port, NULL, NULL, NULL, napi_default, NULL},
+      {"peerName", NULL, js_peer_name, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   if (udp_define(env, exports) != napi_ok) return NULL;

@@ -39,6 +39,8 @@ export interface Addon {
   bindReusePort(address: string, port: number, backlog: number): [number, number];
   /** How long the relay thread polls for events before it sleeps, in microseconds; 0: off. */
   busyPoll(microseconds: number): void;
+  /** A TCP socket's peer, also after a reset closed it (SO_PEERNAME): [address, port], or null. */
+  peerName(fd: number): [string, number] | null;
 }
 
 /** type, id, handle (open only), ten numbers, and the client's address (open) or the bytes concerned. */
@@ -108,7 +110,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 7;
+const ADDON_INTERFACE = 8;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 
@@ -197,6 +199,20 @@ export function requestBusyPoll(owner: object, microseconds: number): void {
 export function spliceStats(): SpliceStats | null {
   const state = load();
   return 'addon' in state ? state.addon.stats() : null;
+}
+
+/**
+ * The client of a connection reset before Node's listener accepted it: Node
+ * asks getpeername(2), which fails once a reset closed the socket, so its
+ * remoteAddress is undefined; the kernel still has the address, and the
+ * addon reads it. Null without the addon, or when the kernel has none.
+ */
+export function peerAfterReset(socket: Socket): { readonly address: string; readonly port: number } | null {
+  const addon = spliceAddon();
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  if (!addon || typeof fd !== 'number' || fd < 0) return null;
+  const peer = addon.peerName(fd);
+  return peer && { address: peer[0], port: peer[1] };
 }
 
 function streamHandle(socket: Socket): StreamHandle | null {

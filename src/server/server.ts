@@ -10,10 +10,10 @@ import { type Authenticator, UserStore, readUsersFile, storedSecret, type Stored
 import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
-import type { ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
+import type { CloseReason, ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
 import { boundAddressSpelling, formatDestination } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
-import { requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
+import { peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
@@ -480,24 +480,52 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   #accept(socket: Socket, ctx: SessionContext): void {
-    const id = this.#nextId++;
-    const address = socket.remoteAddress;
-    if (this.#state !== 'listening' || address === undefined) {
-      socket.destroy(); // shutting down, or the client is already gone
+    if (this.#state !== 'listening') {
+      socket.destroy(); // shutting down: not a session, so no id and no record
       return;
     }
+    const id = this.#nextId++;
+    const client = this.#clientOf(socket);
+    if (client === null) return this.#recordUnknownClient(id, socket, ctx);
+    const { address, port } = client;
     if (this.#allow && !this.#allow.has(address)) {
       socket.on('error', () => {});
       socket.destroy();
-      this.#tell('session-close', deniedRecord(id, ctx, address, socket.remotePort ?? 0, this.#now()));
+      this.#tell('session-close', deniedRecord(id, ctx, address, port, this.#now()));
       return;
     }
-    const session = new Session(id, socket, ctx);
+    const session = new Session(id, socket, ctx, null, client);
     this.#sessions.set(id, session);
     if (this.listenerCount('session-open') > 0) {
-      this.#tell('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: socket.remotePort ?? 0 });
+      this.#tell('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: port });
     }
     session.start();
+  }
+
+  /**
+   * Who connected. A client that reset before Node accepted has no
+   * remoteAddress any more (getpeername fails); with the splice relay the
+   * addon, loaded already, still reads it from the kernel. The stream relay
+   * leaves the addon alone (`relay.engine: stream` runs without it): null.
+   */
+  #clientOf(socket: Socket): { readonly address: string; readonly port: number } | null {
+    const address = socket.remoteAddress;
+    if (address !== undefined) return { address, port: socket.remotePort ?? 0 };
+    return this.relayEngine === 'splice' ? peerAfterReset(socket) : null;
+  }
+
+  /**
+   * A client that reset before Node accepted, whose address cannot be known:
+   * it is counted and recorded as gone, as the native handshake records it,
+   * but never served (clients.allow and the rules could not judge it).
+   */
+  #recordUnknownClient(id: number, socket: Socket, ctx: SessionContext): void {
+    socket.on('error', () => {});
+    socket.destroy();
+    if (this.listenerCount('session-open') > 0) {
+      this.#tell('session-open', { id, listener: ctx.listener, clientAddress: '', clientPort: 0 });
+    }
+    this.#tell('session-close', unknownClientRecord(id, ctx, this.#now()));
   }
 
   /**
@@ -663,6 +691,24 @@ function allowedNetworks(networks: readonly string[] | undefined): AllowedNetwor
 }
 
 function deniedRecord(id: number, ctx: SessionContext, clientAddress: string, clientPort: number, now: number): SessionRecord {
+  return unservedRecord(id, ctx, clientAddress, clientPort, now, 'not-allowed', `client ${clientAddress} is not in clients.allow`);
+}
+
+/** An empty clientAddress and port 0: the address was lost with the reset. */
+function unknownClientRecord(id: number, ctx: SessionContext, now: number): SessionRecord {
+  return unservedRecord(id, ctx, '', 0, now, 'client-gone', 'client reset the connection before it was accepted; its address is unknown');
+}
+
+/** The record of a connection closed as soon as it was accepted, before a byte was read. */
+function unservedRecord(
+  id: number,
+  ctx: SessionContext,
+  clientAddress: string,
+  clientPort: number,
+  now: number,
+  reason: CloseReason,
+  error: string,
+): SessionRecord {
   return {
     id,
     listener: ctx.listener,
@@ -684,8 +730,8 @@ function deniedRecord(id: number, ctx: SessionContext, clientAddress: string, cl
     datagramsDenied: 0,
     startedAt: now,
     durationMs: 0,
-    reason: 'not-allowed',
-    error: `client ${clientAddress} is not in clients.allow`,
+    reason,
+    error,
     rule: null,
   };
 }

@@ -178,14 +178,15 @@ export class Session {
   #rule: string | null = null;
   #resume: SessionResume | null;
 
-  constructor(id: number, socket: Socket, ctx: SessionContext, resume: SessionResume | null = null) {
+  /** `client`: who connected, when the socket can no longer say (a reset before Node accepted it). */
+  constructor(id: number, socket: Socket, ctx: SessionContext, resume: SessionResume | null = null, client?: { readonly address: string; readonly port: number }) {
     this.id = id;
     this.#socket = socket;
     this.#ctx = ctx;
     this.#resume = resume;
     this.#startedAt = resume?.startedAt ?? ctx.now();
-    this.#clientAddress = resume?.clientAddress ?? socket.remoteAddress ?? '';
-    this.#clientPort = resume?.clientPort ?? socket.remotePort ?? 0;
+    this.#clientAddress = resume?.clientAddress ?? client?.address ?? socket.remoteAddress ?? '';
+    this.#clientPort = resume?.clientPort ?? client?.port ?? socket.remotePort ?? 0;
   }
 
   /** Starts reading the handshake (or goes on from where it was handed over). */

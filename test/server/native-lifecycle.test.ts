@@ -7,11 +7,12 @@
  * them before and after to prove which path a session took.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { after, before, describe, test } from 'node:test';
 import { RelayEngineError, createServer, createDirectDialer } from '../../src/index.js';
-import type { ServerOptions } from '../../src/index.js';
+import type { ServerOptions, SessionRecord } from '../../src/index.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, type RunningProxy, startEchoServer, startProxy } from '../helpers/server.js';
 import { tryConnect, withTimeout } from '../cli/helpers.js';
@@ -204,6 +205,82 @@ describe('a client that resets mid-handshake: the native record says what the no
           { clientAddress: '127.0.0.1', clientPort: client.localPort, reason: 'client-gone' },
         );
         assert.match(record.error ?? '', /ECONNRESET/);
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+});
+
+describe("clients that reset before Node's listener accepts them: every engine records them, and session ids run on without a gap", () => {
+  const RESETS = 3;
+  /**
+   * Connects from another process while this one's event loop is blocked,
+   * sends a SOCKS5 greeting and resets, RESETS times: Node's listener accepts
+   * these connections only after the reset, when getpeername no longer works.
+   * The relay thread (native) is not blocked. Returns the clients' ports.
+   */
+  function resetBeforeAccept(port: number): number[] {
+    const client = `
+      const net = require('node:net');
+      (async () => {
+        const ports = [];
+        for (let i = 0; i < ${RESETS}; i++) {
+          const socket = net.connect(${port}, '127.0.0.1');
+          await new Promise((resolve) => socket.once('connect', resolve));
+          ports.push(socket.localPort);
+          await new Promise((resolve) => socket.write(Buffer.from([5, 1, 0]), resolve));
+          socket.resetAndDestroy();
+          await new Promise((resolve) => socket.once('close', resolve));
+        }
+        console.log(JSON.stringify(ports));
+      })();`;
+    const run = spawnSync(process.execPath, ['-e', client], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(run.status, 0, run.stderr);
+    return JSON.parse(run.stdout) as number[];
+  }
+
+  type Seen = Pick<SessionRecord, 'clientAddress' | 'clientPort' | 'reason' | 'version' | 'authMethod' | 'error'>;
+  const gone = (clientAddress: string, clientPort: number): Seen => ({
+    clientAddress, clientPort, reason: 'client-gone', version: 5, authMethod: 'none', error: 'client connection failed during handshake: ECONNRESET',
+  });
+  const cases: ReadonlyArray<{ name: string; engine: 'native' | 'node'; options: ServerOptions; expected: (port: number) => Seen }> = [
+    { name: 'native', engine: 'native', options: {}, expected: (port) => gone('127.0.0.1', port) },
+    // The addon, loaded for the splice relay, still reads the address of a reset socket.
+    { name: 'node, splice relay', engine: 'node', options: {}, expected: (port) => gone('127.0.0.1', port) },
+    // relay.engine stream runs without the addon: the address is lost with the reset, and the record says so.
+    {
+      name: 'node, stream relay',
+      engine: 'node',
+      options: { relay: { engine: 'stream' } },
+      expected: () => ({
+        clientAddress: '', clientPort: 0, reason: 'client-gone', version: null, authMethod: null,
+        error: 'client reset the connection before it was accepted; its address is unknown',
+      }),
+    },
+  ];
+
+  for (const { name, engine, options, expected } of cases) {
+    test(`${name}: a session-open and a client-gone record each, ids 1 to ${RESETS}; the next session is ${RESETS + 1}`, async () => {
+      const proxy = await proxyWith(engine, options);
+      let opened = 0;
+      proxy.server.on('session-open', () => opened++);
+      try {
+        const ports = resetBeforeAccept(proxy.port).sort((a, b) => a - b);
+        const next = await RawClient.connect(proxy.port);
+        next.write('05 01 00');
+        assert.deepEqual(await next.read(2), hex('05 00'));
+        next.destroy();
+        await recordOf(proxy, next);
+        // Bounded: without records for the resets, the assertions below say what is missing.
+        await withTimeout(proxy.record(() => proxy.records.length > RESETS), 5000, 'every record').catch(() => {});
+        const resets = proxy.records.filter((r) => r.clientPort !== next.localPort);
+        const seen = resets
+          .map(({ clientAddress, clientPort, reason, version, authMethod, error }): Seen => ({ clientAddress, clientPort, reason, version, authMethod, error }))
+          .sort((a, b) => a.clientPort - b.clientPort);
+        assert.deepEqual(seen, ports.map(expected));
+        assert.deepEqual(proxy.records.map((r) => r.id).sort((a, b) => a - b), Array.from({ length: RESETS + 1 }, (_, i) => i + 1), 'ids without a gap');
+        assert.equal(opened, RESETS + 1, 'session-open for each');
       } finally {
         await proxy.close();
       }
