@@ -12,7 +12,9 @@
  * Per pair and direction: bytes moved, FIN passed on (shutdown(SHUT_WR)) once
  * the pipe is drained, the first error with the side it came from, and an idle
  * deadline. Pipes are taken from a small pool only while a direction has bytes
- * in flight, so an idle session holds no pipe (each pipe costs two fds).
+ * in flight, so an idle session holds no pipe (each pipe costs two fds). When
+ * no pipe can be had (the process or the system is out of descriptors), a
+ * direction goes on without one (copy_without_pipe) until one can.
  *
  * Native handshakes (the second half of this file): the relay thread can also
  * own a listening socket, accept, and run the common SOCKS5 exchange itself
@@ -72,6 +74,7 @@ typedef struct {
   int eof;  /* the source sent FIN */
   int shut; /* the FIN was passed on */
   int bulk; /* the last read filled SMALL_READ: splice, don't copy */
+  int held_in_source; /* no pipe, and the destination was full: the bytes wait in the source's receive queue */
 } flow_t;
 
 struct pair {
@@ -205,6 +208,25 @@ static int acquire_pipe(flow_t *f) {
   return 0;
 }
 
+/*
+ * Before a small read: a pipe in the pool for what the destination may not
+ * take (see copy_small). Made before the read, not after: a pipe that could
+ * not be made once the bytes were read would leave them nowhere but in user
+ * space. The pool is empty only until the next pipe comes back to it, and the
+ * pipe made here is the one the next flow to need a pipe would have made, so
+ * this costs no system call a relay with descriptors to spare would not make.
+ */
+static int spare_pipe_ready(void) {
+  if (pool_size > 0) return 1;
+  int fds[2];
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return 0;
+  pipes_created++;
+  pool[0][0] = fds[0];
+  pool[0][1] = fds[1];
+  pool_size = 1;
+  return 1;
+}
+
 /* An empty pipe goes back to the pool; one still holding bytes is closed. */
 static void release_pipe(flow_t *f) {
   if (f->pipe_r < 0) return;
@@ -315,7 +337,8 @@ static int copy_small(pair_t *p, int side, int short_read_ends) {
   if (sent < 0) sent = 0;
   f->bytes += (uint64_t)sent;
   if (sent < n) {
-    /* An empty pipe holds at least a page, even at the per-user pipe limit. */
+    /* An empty pipe holds at least a page, even at the per-user pipe limit.
+     * pump() made sure of one in the pool (spare_pipe_ready): this cannot fail. */
     if (f->pipe_r < 0 && acquire_pipe(f) < 0) {
       finish(p, END_ERROR, -1, errno);
       return -1;
@@ -332,6 +355,103 @@ static int copy_small(pair_t *p, int side, int short_read_ends) {
 }
 
 /*
+ * Moves bytes from fd[side] to the other socket without a pipe, for a flow
+ * that cannot get one (the process or the system is out of descriptors):
+ * peeks into a stack buffer, sends what the destination takes, and only then
+ * consumes exactly that much from the source. Bytes the destination cannot
+ * take stay in the source's receive queue, not in the proxy, so nothing
+ * accepted is lost and TCP holds the sender back as a full pipe would; the
+ * flow then waits for the destination to become writable (held_in_source).
+ * A read costs one system call more than copy_small's, only while pipes
+ * cannot be had. Returns -1 when the pair ended, else whether anything moved
+ * (bytes or the source's FIN).
+ */
+static int copy_without_pipe(pair_t *p, int side, int short_read_ends) {
+  flow_t *f = &p->flow[side];
+  int from = p->fd[side], to = p->fd[1 - side];
+  char buf[SMALL_READ];
+  int moved = 0;
+  for (;;) {
+    ssize_t n;
+    do n = recv(from, buf, sizeof buf, MSG_PEEK); while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN) return moved;
+      finish(p, END_ERROR, side, errno);
+      return -1;
+    }
+    if (n == 0) {
+      f->eof = 1;
+      if (p->first_eof < 0) p->first_eof = side;
+      return 1;
+    }
+    ssize_t sent;
+    do sent = send(to, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL); while (sent < 0 && errno == EINTR);
+    if (sent < 0 && errno != EAGAIN) {
+      finish(p, END_ERROR, 1 - side, errno);
+      return -1;
+    }
+    if (sent > 0) {
+      ssize_t taken;
+      do taken = recv(from, buf, (size_t)sent, 0); while (taken < 0 && errno == EINTR);
+      if (taken != sent) { /* only this thread reads the socket: the peeked bytes are there */
+        finish(p, END_ERROR, taken < 0 ? side : -1, taken < 0 ? errno : EIO);
+        return -1;
+      }
+      f->bytes += (uint64_t)sent;
+      moved = 1;
+    }
+    if (sent < n) {
+      /* The destination is full: its EPOLLOUT brings the flow back (on_socket_event). */
+      if (watch_writable(p, 1 - side) < 0) {
+        finish(p, END_ERROR, 1 - side, errno);
+        return -1;
+      }
+      f->held_in_source = 1;
+      return moved;
+    }
+    if (n < (ssize_t)sizeof buf && short_read_ends) return moved; /* a short read proves the socket empty */
+  }
+}
+
+/*
+ * The end of a turn: once nothing of the flow waits in a pipe, the pipe goes
+ * back to the pool and the source's FIN is passed on, which ends the pair when
+ * the other way is shut too; returns -1 when the pair ended.
+ */
+static int end_of_turn(pair_t *p, int side) {
+  flow_t *f = &p->flow[side];
+  if (f->in_pipe > 0) return 0;
+  release_pipe(f);
+  if (f->eof && !f->shut) {
+    shutdown(p->fd[1 - side], SHUT_WR);
+    f->shut = 1;
+    if (p->flow[1 - side].shut) {
+      finish(p, END_CLOSED, -1, 0);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/*
+ * Whether a turn of this flow, holding no bytes in a pipe, can have the pipe
+ * it may need: its own for splicing, or one in the pool for what a small
+ * read's destination cannot take. Asked again at every turn, so a flow goes
+ * back to pipes as soon as descriptors are free again.
+ */
+static int pipe_available(flow_t *f) {
+  return f->bulk ? f->pipe_r >= 0 || acquire_pipe(f) == 0 : spare_pipe_ready();
+}
+
+/* A turn without a pipe (see copy_without_pipe); returns 0, or -1 when the pair ended. */
+static int pump_without_pipe(pair_t *p, int side, int short_read_ends) {
+  int moved = copy_without_pipe(p, side, short_read_ends);
+  if (moved < 0) return -1;
+  if (moved) p->last_active = now_ms();
+  return end_of_turn(p, side);
+}
+
+/*
  * Moves what can move now in one direction; returns 0, or -1 when the pair
  * ended. `short_read_ends`: the event carried no FIN, so a short read proves
  * the socket empty (see read_client).
@@ -342,6 +462,10 @@ static int pump(pair_t *p, int side, int short_read_ends) {
   int moved = 0;
   int drained = 0; /* the source socket had nothing more: don't ask again until its next event */
   size_t spliced_in = 0;
+  f->held_in_source = 0; /* set again if the destination is still full */
+  /* Out of descriptors, a session goes on, only slower: trouble elsewhere
+   * (other sessions holding every descriptor) must not end it. */
+  if (f->in_pipe == 0 && !f->eof && !pipe_available(f)) return pump_without_pipe(p, side, short_read_ends);
   if (f->in_pipe == 0 && !f->eof && !f->bulk) {
     int more = copy_small(p, side, short_read_ends);
     if (more < 0) return -1;
@@ -367,6 +491,7 @@ static int pump(pair_t *p, int side, int short_read_ends) {
       }
     }
     if (!f->eof && !drained) {
+      /* Cannot fail: pipe_available() left the flow a pipe or the pool one. */
       if (f->pipe_r < 0 && acquire_pipe(f) < 0) {
         finish(p, END_ERROR, -1, errno);
         return -1;
@@ -397,18 +522,7 @@ static int pump(pair_t *p, int side, int short_read_ends) {
   /* The socket ran dry after less than SMALL_READ: back to copying. A turn cut
    * short by a full pipe (the destination is slow) says nothing of the sender. */
   if (f->bulk && drained && spliced_in < SMALL_READ) f->bulk = 0;
-  if (f->in_pipe == 0) {
-    release_pipe(f);
-    if (f->eof && !f->shut) {
-      shutdown(to, SHUT_WR);
-      f->shut = 1;
-      if (p->flow[1 - side].shut) {
-        finish(p, END_CLOSED, -1, 0);
-        return -1;
-      }
-    }
-  }
-  return 0;
+  return end_of_turn(p, side);
 }
 
 static void on_socket_event(pair_t *p, int side, uint32_t events) {
@@ -430,7 +544,8 @@ static void on_socket_event(pair_t *p, int side, uint32_t events) {
   }
   /* Writable: only the direction into this socket cares, and only when it is blocked. */
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
-    if (p->flow[1 - side].in_pipe > 0) pump(p, 1 - side, 0);
+    flow_t *into = &p->flow[1 - side];
+    if (into->in_pipe > 0 || into->held_in_source) pump(p, 1 - side, 0);
   }
 }
 

@@ -18,7 +18,7 @@ export type CloseReason =
   | 'client-error'
   /** The destination's connection failed (reset, or a write after it closed) while relaying, a half-close before it or not. */
   | 'destination-error'
-  /** The proxy itself could not go on relaying (e.g. out of file descriptors for a splice pipe); both sides are reset. */
+  /** The proxy itself could not go on relaying (e.g. the kernel would not let the splice relay watch the sockets); both sides are reset. */
   | 'relay-error'
   | 'idle-timeout'
   | 'handshake-timeout'

@@ -72,7 +72,7 @@ export function spliceEnd(end: number, firstEof: number, errorSide: number, errn
     case End.CLOSED:
       return { reason: firstEof === 1 ? 'destination-closed' : 'client-closed', error: null };
     case End.ERROR:
-      // errorSide < 0: the relay's own failure (no pipe, no epoll slot).
+      // errorSide < 0: the relay's own failure (no epoll slot; without a pipe it goes on, see native/splice.c).
       return { reason: errorSide < 0 ? 'relay-error' : errorSide === 1 ? 'destination-error' : 'client-error', error: errnoError('splice', errno) };
     case End.IDLE:
       return { reason: 'idle-timeout', error: null };

@@ -58,27 +58,46 @@ describe('relay engine', () => {
     }
   });
 
-  it('out of file descriptors for a splice pipe: both sides are reset, and the access line says relay-error at error level', async () => {
-    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json'], envWithoutProxies());
-    try {
-      // Leave room for exactly the session's two sockets: its pipe cannot be made.
-      const pid = daemon.child.pid!;
-      const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
-      const free: number[] = [];
-      for (let fd = 0; free.length < 2; fd++) if (!open.has(fd)) free.push(fd);
-      const limit = free[1]! + 1;
-      const prlimit = await run('prlimit', ['--pid', String(pid), `--nofile=${limit}:${limit}`]);
-      assert.equal(prlimit.code, 0, prlimit.stderr);
+  it('out of file descriptors for a splice pipe: sessions carry on without one, every byte arrives each way, and the access lines count them', async () => {
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json', '--relay-engine', 'splice'], envWithoutProxies());
+    const open = async () => {
       const client = await RawClient.connect(port);
       client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', target.port)]));
       assert.equal((await client.read(12))[3], 0x00, 'CONNECT succeeded');
-      // Bulk bytes need a pipe (a read under 4 KiB would be copied without one).
-      client.write(Buffer.alloc(256 * 1024, 7));
-      assert.equal(await client.ended, 'reset');
-      const session = await daemon.waitFor((l) => l.event === 'session', 'the access line');
-      assert.equal(session.reason, 'relay-error');
-      assert.equal(session.level, 50);
-      assert.match(String(session.error), /EMFILE/);
+      return client;
+    };
+    try {
+      // One session relays before descriptors run out, another opens after:
+      // the limit leaves room for exactly its two sockets, so from then on no
+      // pipe can be made, neither for splicing nor for a small read's remainder.
+      const before = await open();
+      before.write(Buffer.from('a small message first'));
+      assert.equal((await before.read(21)).toString(), 'a small message first');
+      const pid = daemon.child.pid!;
+      const fds = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+      const free: number[] = [];
+      for (let fd = 0; free.length < 2; fd++) if (!fds.has(fd)) free.push(fd);
+      const limit = free[1]! + 1;
+      const prlimit = await run('prlimit', ['--pid', String(pid), `--nofile=${limit}:${limit}`]);
+      assert.equal(prlimit.code, 0, prlimit.stderr);
+      const after = await open();
+      // Bulk both ways (reads that fill the relay's 4 KiB buffer would be
+      // spliced), enough that a destination's buffers fill now and then and
+      // the relay waits for them to drain; then a FIN each way.
+      const payload = Buffer.alloc(16 * 1024 * 1024);
+      for (let i = 0; i < payload.length; i++) payload[i] = (i * 7 + 3) % 251;
+      for (const client of [before, after]) client.socket.end(payload);
+      for (const client of [before, after]) {
+        const echoed = await client.readToEnd();
+        assert.equal(await client.ended, 'end', 'the relay ended the session with a FIN, not a reset');
+        assert.equal(echoed.length, payload.length, 'every byte came back');
+        assert.ok(echoed.equals(payload), 'bytes identical and in order');
+        const session = await daemon.waitFor((l) => l.event === 'session' && l.clientPort === client.localPort, 'the access line');
+        assert.deepEqual(
+          { reason: session.reason, error: session.error, bytesUp: session.bytesUp, bytesDown: session.bytesDown, relay: session.relay },
+          { reason: 'client-closed', error: null, bytesUp: payload.length + (client === before ? 21 : 0), bytesDown: payload.length + (client === before ? 21 : 0), relay: 'splice' },
+        );
+      }
     } finally {
       daemon.signal('SIGTERM');
       await daemon.waitExit();
