@@ -93,6 +93,7 @@ struct udp {
   verdict_t *verdicts; /* NULL: not checked, every datagram is relayed */
   uint32_t tick;
   uint64_t count[COUNTERS];
+  int outbound_errno; /* why an outbound socket first could not be opened, for the access line; 0: never */
   int64_t last_active;
   udp_t *next_closed;
 };
@@ -281,15 +282,23 @@ static int watch_socket(udp_t *u, int which, int fd) {
   return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-/* The outbound socket of a family, opened and watched on first use (lock held); -1 if it cannot be. */
+/* No outbound socket (lock held): the first cause is kept for the access line, once, not per datagram. */
+static int outbound_failed(udp_t *u, int err) {
+  if (u->outbound_errno == 0) u->outbound_errno = err;
+  return -1;
+}
+
+/* The outbound socket of a family, opened and watched on first use (lock held); -1 if it cannot be
+ * (out of descriptors, say): the datagram is dropped, and the next one tries again. */
 static int outbound(udp_t *u, int which) {
   if (u->fd[which] >= 0) return u->fd[which];
   int family = which == OUT4 ? AF_INET : AF_INET6, one = 1;
   int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
+  if (fd < 0) return outbound_failed(u, errno);
   if ((family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) || watch_socket(u, which, fd) < 0) {
+    int err = errno;
     close(fd);
-    return -1;
+    return outbound_failed(u, err);
   }
   u->fd[which] = fd;
   return fd;
@@ -791,15 +800,17 @@ static napi_value js_udp_to_client(napi_env env, napi_callback_info info) {
 }
 
 /* [datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign, droppedInvalid, droppedDenied, idleMs,
- *  toJs] (lock held). toJs: datagrams handed to JavaScript that it has not yet taken; after udpClose
- * it never will, so they are lost, and JavaScript counts them as dropped. */
+ *  toJs, outboundErrno] (lock held). toJs: datagrams handed to JavaScript that it has not yet taken; after
+ * udpClose it never will, so they are lost, and JavaScript counts them as dropped. outboundErrno: why an
+ * outbound socket first could not be opened (its datagrams were dropped), 0: never. */
 static napi_value status_of(napi_env env, udp_t *u) {
   napi_value result, item;
-  CHECK(napi_create_array_with_length(env, COUNTERS + 2, &result));
-  for (int i = 0; i <= COUNTERS + 1; i++) {
+  CHECK(napi_create_array_with_length(env, COUNTERS + 3, &result));
+  for (int i = 0; i <= COUNTERS + 2; i++) {
     double value = i < COUNTERS ? (double)u->count[i]
                    : i == COUNTERS ? (double)(clock_ms() - u->last_active)
-                                   : (double)(u->to_js[0] + u->to_js[1]);
+                   : i == COUNTERS + 1 ? (double)(u->to_js[0] + u->to_js[1])
+                                       : (double)u->outbound_errno;
     CHECK(napi_create_double(env, value, &item));
     CHECK(napi_set_element(env, result, (uint32_t)i, item));
   }

@@ -76,7 +76,12 @@ export interface SessionRecord {
   readonly startedAt: number;
   readonly durationMs: number;
   readonly reason: CloseReason;
-  /** The cause, for every reason but the normal ones. Never contains a password. */
+  /**
+   * The cause, for every reason but the normal ones; for UDP also after a
+   * normal end when datagrams were dropped for want of an outbound socket
+   * (`datagrams dropped: could not open an outbound socket (EMFILE)`).
+   * Never contains a password.
+   */
   readonly error: string | null;
   /**
    * The request rule that decided the request, allowed or denied

@@ -12,12 +12,13 @@
  * no verdict for, a reply too (udpToClient sends one this side allowed).
  */
 import { isIP } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { type Destination, destination, isUnspecifiedAddress, unmappedAddress } from '../protocol/address.js';
 import { decodeUdpHeader } from '../protocol/udp.js';
 import { errnoError, fromAddon, spliceAddon } from './splice.js';
 import {
   DatagramPolicy, DestinationNames, type UdpAssociationOptions, type UdpCounters, type UdpRelay, decodeClientDatagram,
-  udpCounters,
+  outboundSocketFailure, udpCounters,
 } from './udp.js';
 
 /** What the relay thread hands over (native/udp.c TO_JS_*). */
@@ -40,11 +41,13 @@ export interface UdpAddon {
 /**
  * datagramsUp, datagramsDown, bytesUp, bytesDown, droppedForeign,
  * droppedInvalid, droppedDenied, milliseconds since the last datagram
- * relayed, and datagrams handed to JavaScript that it has not taken yet.
+ * relayed, datagrams handed to JavaScript that it has not taken yet, and the
+ * errno for which an outbound socket first could not be opened (0: never).
  */
-type NativeStatus = [number, number, number, number, number, number, number, number, number];
+type NativeStatus = [number, number, number, number, number, number, number, number, number, number];
 const IDLE_MS = 7;
 const TO_JS = 8;
+const OUTBOUND_ERRNO = 9;
 
 /** Live native associations by id, for the datagrams the relay thread hands over. */
 const live = new Map<number, NativeUdpAssociation>();
@@ -126,6 +129,11 @@ export class NativeUdpAssociation implements UdpRelay {
       droppedDenied: denied + own.droppedDenied,
       droppedAtClose: own.droppedAtClose,
     };
+  }
+
+  get failure(): string | null {
+    const errno = (this.#final ?? this.#addon.udpStatus(this.#handle))[OUTBOUND_ERRNO];
+    return errno > 0 ? outboundSocketFailure(getSystemErrorName(-errno)) : null;
   }
 
   close(): void {

@@ -16,7 +16,8 @@
  *
  * Everything is bounded: datagram size, datagrams waiting on a name lookup,
  * names cached, reply headers cached; drops are counted, never queued without
- * limit.
+ * limit. An outbound socket that cannot be opened (out of file descriptors)
+ * drops the datagrams that needed it, counted, and the next one tries again.
  *
  * Per datagram, in the steady state, the relay itself allocates only the
  * payload view it hands to dgram: a datagram to the same destination as the
@@ -95,8 +96,23 @@ export interface UdpRelay {
   readonly counters: UdpCounters;
   /** The client-facing address and port, for the reply. */
   readonly address: Destination;
+  /**
+   * Why datagrams were dropped that the proxy itself could not send (see
+   * outboundSocketFailure), the first such cause, for the access line's
+   * `error`; null while there was none.
+   */
+  readonly failure: string | null;
   /** Closes every socket of the association. Idempotent. */
   close(): void;
+}
+
+/**
+ * What the access line says of an association that could not open an
+ * outbound socket (`code`: EMFILE when out of file descriptors), the same
+ * from either relay: the datagrams that needed it were dropped and counted.
+ */
+export function outboundSocketFailure(code: string): string {
+  return `datagrams dropped: could not open an outbound socket (${code})`;
 }
 
 /** Senders whose reply header is kept per association; past this the cache starts over. */
@@ -140,6 +156,13 @@ export class DatagramPolicy {
     this.#reached.add(key);
     return true;
   }
+}
+
+/** An outbound socket, and the payload lengths of the datagrams dgram holds for it until its bind completes. */
+interface Outbound {
+  readonly socket: UdpSocket;
+  bound: boolean;
+  readonly waiting: number[];
 }
 
 /** Where the client's last datagram went, keyed by its exact header bytes. */
@@ -303,7 +326,8 @@ export class UdpAssociation implements UdpRelay {
   readonly #options: UdpAssociationOptions;
   readonly #policy: DatagramPolicy | null;
   readonly #clientSide: UdpSocket;
-  readonly #outbound: { 4?: UdpSocket; 6?: UdpSocket } = {};
+  readonly #outbound: { 4?: Outbound; 6?: Outbound } = {};
+  #failure: string | null = null;
   readonly #names: DestinationNames;
   #lastTarget: Target | null = null;
   readonly #replyHeaders: ReplyHeaders;
@@ -355,14 +379,18 @@ export class UdpAssociation implements UdpRelay {
     return destination(address, port);
   }
 
+  get failure(): string | null {
+    return this.#failure;
+  }
+
   /** Closes every socket of the association. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#idleTimer);
     this.#clientSide.close();
-    this.#outbound[4]?.close();
-    this.#outbound[6]?.close();
+    this.#outbound[4]?.socket.close();
+    this.#outbound[6]?.socket.close();
     this.#names.clear();
   }
 
@@ -423,13 +451,19 @@ export class UdpAssociation implements UdpRelay {
       this.counters.droppedInvalid++;
       return;
     }
+    const outbound = this.#outboundSocket(family);
+    if (outbound === null) {
+      this.counters.droppedInvalid++; // no socket to send it from (see #bindFailed), as the native relay counts it
+      return;
+    }
     // Counted when handed over, so that a record read at close includes the
     // datagrams still on their way; one the kernel refuses (too large for
     // IPv4, a broadcast address, a firewall) is taken back as dropped, as the
     // native relay counts it. dgram tells of that only to this callback.
     this.counters.datagramsUp++;
     this.counters.bytesUp += payload.length;
-    this.#outboundSocket(family).send(payload, port, address, (error) => {
+    if (!outbound.bound) outbound.waiting.push(payload.length);
+    outbound.socket.send(payload, port, address, (error) => {
       if (error) this.#refused('up', payload.length);
     });
   }
@@ -446,15 +480,46 @@ export class UdpAssociation implements UdpRelay {
     counters.droppedInvalid++;
   }
 
-  #outboundSocket(family: 4 | 6): UdpSocket {
+  /**
+   * The family's outbound socket, opened on first use; null when it cannot
+   * be bound (out of file descriptors, say), and the next datagram tries
+   * again, so the association recovers once descriptors are free.
+   */
+  #outboundSocket(family: 4 | 6): Outbound | null {
     const existing = this.#outbound[family];
     if (existing) return existing;
     const socket = createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6, lookup: passLiteral });
+    const outbound: Outbound = { socket, bound: false, waiting: [] };
+    this.#outbound[family] = outbound;
     socket.on('message', (msg: Buffer, from: RemoteInfo) => this.#fromDestination(msg, from.address, from.port));
-    socket.on('error', () => {});
+    socket.once('listening', () => {
+      outbound.bound = true;
+      outbound.waiting.length = 0; // dgram sends them now, and their callbacks tell of any failure
+    });
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      // Once bound: ICMP errors and the like, a datagram is lost and the association lives on.
+      if (!outbound.bound) this.#bindFailed(family, outbound, error);
+    });
     socket.bind({ port: 0, exclusive: true }); // exclusive: see open()
-    this.#outbound[family] = socket;
-    return socket;
+    // With passLiteral the bind is over already, done or failed; if it were
+    // not, sends would wait in dgram's queue, counted in `waiting`.
+    return this.#outbound[family] ?? null;
+  }
+
+  /**
+   * An outbound socket's bind failed. dgram then drops the sends queued
+   * behind it without calling their callbacks, and the same socket would bind
+   * again at its next send and send what waited then, late. So it is closed
+   * and forgotten, what waited is counted as dropped, not relayed, and the
+   * cause is kept for the access line (the first one: one line, not one per
+   * datagram).
+   */
+  #bindFailed(family: 4 | 6, outbound: Outbound, error: NodeJS.ErrnoException): void {
+    if (this.#outbound[family] === outbound) delete this.#outbound[family];
+    outbound.socket.close();
+    for (const length of outbound.waiting) this.#refused('up', length);
+    outbound.waiting.length = 0;
+    this.#failure ??= outboundSocketFailure(error.code ?? error.message);
   }
 
   #fromDestination(msg: Buffer, address: string, port: number): void {

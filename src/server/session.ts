@@ -769,7 +769,8 @@ export class Session {
       startedAt: this.#startedAt,
       durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
       reason: this.#reason ?? 'client-gone',
-      error: this.#error,
+      // A UDP association that ended normally still names why it dropped datagrams it could not send.
+      error: this.#error ?? this.#udp?.failure ?? null,
       rule: this.#rule,
     });
   }
