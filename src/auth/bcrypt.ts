@@ -11,7 +11,7 @@
  */
 import { createRequire } from 'node:module';
 import bcryptjs from 'bcryptjs';
-import { clientBlock } from '../protocol/address.js';
+import { FairGate } from '../fair-gate.js';
 
 /** What this module needs of the native binding (its own types are not a dependency). */
 interface NativeBcrypt {
@@ -74,87 +74,25 @@ function loadNative(): NativeBcrypt | null {
 
 const native = loadNative();
 
-/** Starts a waiting check. */
-type Waiter = () => void;
-
-let running = 0;
 let total = 0;
-let cancelled = 0;
-let waitingCount = 0;
-/** One line of waiting checks per client; a Map keeps the lines in turn order. */
-const lines = new Map<string, Waiter[]>();
+const checks = new FairGate({ what: 'password checks', running: PARALLEL_CHECKS, waiting: WAITING_LIMIT, waitingPerClient: WAITING_PER_CLIENT });
 
 /** Which implementation checks passwords, and how many checks are under way. */
 export function passwordChecks(): PasswordCheckStats {
-  return { engine: native ? 'native' : 'bcryptjs', running, waiting: waitingCount, total, cancelled };
+  return { engine: native ? 'native' : 'bcryptjs', ...checks.stats(), total };
 }
 
 /** Whether `password` matches a bcrypt `hash` ($2a$, $2b$ or $2y$). */
 export async function bcryptCompare(password: string, hash: string, options: CheckOptions = {}): Promise<boolean> {
   total++;
-  if (!native) return inTurn(options, () => bcryptjs.compare(password, hash));
+  if (!native) return checks.run(() => bcryptjs.compare(password, hash), options);
   // $2y$ (PHP, htpasswd -B) is the same algorithm as $2b$; the binding knows only $2a$ and $2b$.
   const spelled = hash.startsWith('$2y$') ? `$2b$${hash.slice(4)}` : hash;
-  return inTurn(options, () => native.compare(password, spelled));
+  return checks.run(() => native.compare(password, spelled), options);
 }
 
 /** A new bcrypt hash of `password` at `cost` (work factor, 4–31). */
 export function bcryptHash(password: string, cost: number): Promise<string> {
   total++;
-  return inTurn({}, () => (native ? native.hash(password, cost) : bcryptjs.hash(password, cost)));
+  return checks.run(() => (native ? native.hash(password, cost) : bcryptjs.hash(password, cost)));
 }
-
-async function inTurn<T>(options: CheckOptions, work: () => Promise<T>): Promise<T> {
-  options.signal?.throwIfAborted();
-  // A waiting check is handed its slot by the one finishing (startNext), so
-  // no newcomer can take it in between.
-  if (running < PARALLEL_CHECKS) running++;
-  else await waitInLine(options.client ? clientBlock(options.client) : '', options.signal);
-  try {
-    return await work();
-  } finally {
-    running--;
-    startNext();
-  }
-}
-
-function waitInLine(line: string, signal: AbortSignal | undefined): Promise<void> {
-  if (waitingCount >= WAITING_LIMIT) throw new Error(`too many password checks waiting (${WAITING_LIMIT})`);
-  const queue = lines.get(line) ?? [];
-  if (line !== '' && queue.length >= WAITING_PER_CLIENT) {
-    throw new Error(`too many password checks waiting from ${line} (${WAITING_PER_CLIENT})`);
-  }
-  return new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => {
-      const index = queue.indexOf(waiter);
-      if (index < 0) return; // already started
-      queue.splice(index, 1);
-      if (queue.length === 0 && lines.get(line) === queue) lines.delete(line);
-      waitingCount--;
-      cancelled++;
-      reject(signal?.reason);
-    };
-    const waiter: Waiter = () => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    };
-    queue.push(waiter);
-    if (queue.length === 1) lines.set(line, queue);
-    waitingCount++;
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Gives a freed slot to the first check of the line whose turn it is, and sends that line to the back. */
-function startNext(): void {
-  const turn = lines.entries().next();
-  if (turn.done) return;
-  const [line, queue] = turn.value; // never empty: an emptied line is deleted
-  const waiter = queue.shift()!;
-  lines.delete(line);
-  if (queue.length > 0) lines.set(line, queue);
-  waitingCount--;
-  running++;
-  waiter();
-}
-
