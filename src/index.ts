@@ -25,4 +25,4 @@ export type { Authenticator, VerifyContext } from './auth/users.js';
 export { createDirectDialer } from './upstream/dialer.js';
 export type { Dialer, DialOptions } from './upstream/dialer.js';
 export { systemResolver } from './upstream/resolver.js';
-export type { Resolver, ResolvedAddress } from './upstream/resolver.js';
+export type { Resolver, ResolveOptions, ResolvedAddress } from './upstream/resolver.js';

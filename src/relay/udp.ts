@@ -220,19 +220,24 @@ interface KnownName {
   readonly until: number;
 }
 
+/** What DestinationNames needs of the association's options; the client's address takes the lookups' turns. */
+type NameOptions = Pick<UdpAssociationOptions, 'resolver' | 'limits' | 'lookupMs' | 'clientAddress'>;
+
 export class DestinationNames {
   /** Answers and failures, at most `limits.cachedNames`, each for a while (NAME_TTL_MS, FAILED_NAME_TTL_MS). */
   readonly #names = new Map<string, KnownName>();
   /** By name: the datagrams waiting for its one lookup, each with its port. */
   readonly #pending = new Map<string, Array<{ readonly port: number; readonly payload: Buffer }>>();
   #pendingCount = 0;
-  readonly #options: Pick<UdpAssociationOptions, 'resolver' | 'limits' | 'lookupMs'>;
+  /** Aborted when the association closes: its lookups still waiting for a turn never run. */
+  readonly #closing = new AbortController();
+  readonly #options: NameOptions;
   readonly #counters: UdpCounters;
   readonly #send: Send;
   /** Milliseconds on a monotonic clock (tests pass their own). */
   readonly #now: () => number;
 
-  constructor(options: Pick<UdpAssociationOptions, 'resolver' | 'limits' | 'lookupMs'>, counters: UdpCounters, send: Send, now: () => number = () => performance.now()) {
+  constructor(options: NameOptions, counters: UdpCounters, send: Send, now: () => number = () => performance.now()) {
     this.#options = options;
     this.#counters = counters;
     this.#send = send;
@@ -247,11 +252,12 @@ export class DestinationNames {
     else this.#send(known.address, port, known.family, payload);
   }
 
-  /** Drops the datagrams waiting for a lookup, counted (the association closed). */
+  /** Drops the datagrams waiting for a lookup, counted, and the lookups waiting for a turn (the association closed). */
   clear(): void {
     this.#counters.droppedAtClose += this.#pendingCount;
     this.#pendingCount = 0;
     this.#pending.clear();
+    this.#closing.abort(new Error('the UDP association closed'));
   }
 
   #resolveThenSend(name: string, port: number, payload: Buffer): void {
@@ -267,7 +273,8 @@ export class DestinationNames {
     }
     this.#pending.set(name, [{ port, payload }]);
     // With a deadline: a lookup that never answers would hold its datagrams, and its slots, for good.
-    resolveWithin(this.#options.resolver, name, this.#options.lookupMs).then(
+    const lookup = { client: this.#options.clientAddress, signal: this.#closing.signal };
+    resolveWithin(this.#options.resolver, name, this.#options.lookupMs, lookup).then(
       (addresses) => this.#learned(name, firstAddress(addresses)),
       () => this.#learned(name, undefined),
     );

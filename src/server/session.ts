@@ -463,7 +463,8 @@ export class Session {
     // The session's own deadline too: a dialer of the library's may ignore
     // timeoutMs and the signal, and must not hold the session for good.
     this.#timer = setTimeout(() => this.#commandFailed(connectTimeoutError(target, connectMs)), connectMs);
-    promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: connectMs, signal })).then(
+    const client = this.#plainClientAddress();
+    promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: connectMs, signal, client })).then(
       (outbound) => this.#afterConnect(outbound),
       (err: unknown) => this.#commandFailed(toSocksError(err)),
     );
@@ -556,7 +557,8 @@ export class Session {
    */
   async #bindPeers(target: Destination): Promise<string[]> {
     if (target.kind !== 'domain') return [canonicalAddress(target.host) ?? target.host];
-    const found = await resolveWithin(this.#ctx.resolver, target.host, this.#ctx.connectMs);
+    const lookup = { client: this.#plainClientAddress(), signal: this.#signal() };
+    const found = await resolveWithin(this.#ctx.resolver, target.host, this.#ctx.connectMs, lookup);
     const peers = found.map((a) => canonicalAddress(a.address)).filter((a) => a !== undefined);
     const usable = this.#version === 4 ? peers.filter((a) => isIP(a) === 4) : peers;
     if (usable.length === 0) {
@@ -571,7 +573,7 @@ export class Session {
     this.#wait();
     clearTimeout(this.#timer);
     const ctx = this.#ctx;
-    const client = unmapIPv4(this.#clientAddress) ?? this.#clientAddress;
+    const client = this.#plainClientAddress();
     // Counted per address, or per /64 for IPv6: a host given a /64 has addresses to spare.
     const slot = clientBlock(client);
     if (!ctx.udpSlots.acquire(slot)) {
@@ -605,6 +607,11 @@ export class Session {
       },
       (err: unknown) => this.#commandFailed(toSocksError(err), 'udp-failed'),
     );
+  }
+
+  /** The client's address, an IPv4-mapped one as IPv4: for UDP, whose datagrams come so, and for the turns of lookups. */
+  #plainClientAddress(): string {
+    return unmapIPv4(this.#clientAddress) ?? this.#clientAddress;
   }
 
   /** The address the client reached the proxy on. */

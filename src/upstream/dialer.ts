@@ -5,15 +5,18 @@
  * first success wins, the losers are destroyed.
  */
 import { Socket, connect, isIP } from 'node:net';
+import { promiseFrom } from '../callbacks.js';
 import { SocksError, toSocksError } from '../errors.js';
 import { type Destination, isUnspecifiedAddress } from '../protocol/address.js';
-import { type ResolvedAddress, type Resolver, systemResolver } from './resolver.js';
+import { type ResolveOptions, type ResolvedAddress, type Resolver, systemResolver } from './resolver.js';
 
 export interface DialOptions {
   /** Whole budget for resolving and connecting, in milliseconds. */
   readonly timeoutMs: number;
   /** Aborted when the client goes away or the server shuts down. */
   readonly signal?: AbortSignal;
+  /** The client's address, passed to the resolver: the system resolver takes lookups in turn per client. */
+  readonly client?: string;
 }
 
 /** Opens the outbound connection for a CONNECT. Rejects with a SocksError. */
@@ -31,26 +34,20 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
   const resolver = options.resolver ?? systemResolver;
   const attemptDelayMs = options.attemptDelayMs ?? 250;
   return {
-    async dial(target, { timeoutMs, signal }) {
+    async dial(target, { timeoutMs, signal, client }) {
       if (target.kind !== 'domain') {
         if (isUnspecifiedAddress(target.host)) return Promise.reject(reachesThisHost(target.host));
         return connectOne(target.host, target.port, timeoutMs, signal);
       }
-      // One controller carries both the deadline and the caller's abort; no
-      // AbortSignal.any (slow, and it retains its sources on Node 20).
-      const abort = new AbortController();
-      const timer = setTimeout(() => abort.abort(connectTimeoutError(target, timeoutMs)), timeoutMs);
-      const forward = () => abort.abort(signal?.reason);
-      signal?.addEventListener('abort', forward, { once: true });
+      const deadline = withDeadline(timeoutMs, () => connectTimeoutError(target, timeoutMs), signal);
       try {
         if (signal?.aborted) throw signal.reason;
-        const found = await raceAbort(resolveAll(resolver, target.host), abort.signal);
-        return await connectFirst(interleave(dialable(found, target.host)), target.port, attemptDelayMs, abort.signal);
+        const found = await resolveAll(resolver, target.host, { client, signal: deadline.signal });
+        return await connectFirst(interleave(dialable(found, target.host)), target.port, attemptDelayMs, deadline.signal);
       } catch (err) {
         throw toSocksError(err);
       } finally {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', forward);
+        deadline.done();
       }
     },
   };
@@ -109,8 +106,13 @@ function connectOne(host: string, port: number, timeoutMs: number, signal: Abort
   });
 }
 
-async function resolveAll(resolver: Resolver, host: string): Promise<readonly ResolvedAddress[]> {
-  const found = await resolver.resolve(host);
+/**
+ * The resolver's answer, or the signal's reason as soon as it aborts: a
+ * resolver need not heed it. The system resolver does: a lookup still
+ * waiting for its turn when the deadline passes, or the session ends, never runs.
+ */
+async function resolveAll(resolver: Resolver, host: string, options: ResolveOptions & { readonly signal: AbortSignal }): Promise<readonly ResolvedAddress[]> {
+  const found = await raceAbort(promiseFrom(() => resolver.resolve(host, options)), options.signal);
   if (found.length === 0) throw new SocksError('ERR_HOST_NOT_FOUND', `${host} has no addresses`);
   return found;
 }
@@ -118,18 +120,40 @@ async function resolveAll(resolver: Resolver, host: string): Promise<readonly Re
 /**
  * A name's addresses within `timeoutMs`, as a dial resolves them: a
  * SocksError when there are none (ERR_HOST_NOT_FOUND), or none in time
- * (ERR_CONNECT_TIMEOUT). For BIND, whose peer is named but not dialed.
+ * (ERR_CONNECT_TIMEOUT). For BIND, whose peer is named but not dialed, and
+ * UDP destinations. `options.signal` ends the wait early, as the deadline does.
  */
-export async function resolveWithin(resolver: Resolver, host: string, timeoutMs: number): Promise<readonly ResolvedAddress[]> {
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(new SocksError('ERR_CONNECT_TIMEOUT', `resolving ${host} timed out after ${timeoutMs} ms`)), timeoutMs);
+export async function resolveWithin(resolver: Resolver, host: string, timeoutMs: number, options: ResolveOptions = {}): Promise<readonly ResolvedAddress[]> {
+  const { client, signal } = options;
+  const timedOut = () => new SocksError('ERR_CONNECT_TIMEOUT', `resolving ${host} timed out after ${timeoutMs} ms`);
+  const deadline = withDeadline(timeoutMs, timedOut, signal);
   try {
-    return await raceAbort(resolveAll(resolver, host), abort.signal);
+    if (signal?.aborted) throw signal.reason;
+    return await resolveAll(resolver, host, { client, signal: deadline.signal });
   } catch (err) {
     throw toSocksError(err);
   } finally {
-    clearTimeout(timer);
+    deadline.done();
   }
+}
+
+/**
+ * One signal for a deadline and the caller's abort, whichever comes first
+ * (no AbortSignal.any: slow, and it retains its sources on Node 20). `done`
+ * stops the timer and lets go of the caller's signal.
+ */
+function withDeadline(ms: number, timedOut: () => SocksError, caller: AbortSignal | undefined): { signal: AbortSignal; done(): void } {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(timedOut()), ms);
+  const forward = () => abort.abort(caller?.reason);
+  caller?.addEventListener('abort', forward, { once: true });
+  return {
+    signal: abort.signal,
+    done() {
+      clearTimeout(timer);
+      caller?.removeEventListener('abort', forward);
+    },
+  };
 }
 
 /** The error of a connect that did not finish in time (the native handshake uses it too). */

@@ -138,3 +138,8 @@ export function receiveAll(socket: Socket): Promise<Buffer> {
 export async function untilNoPasswordCheckRuns(): Promise<void> {
   for (let i = 0; i < 10_000 && passwordChecks().running > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
 }
+
+/** Waits, a bounded while (5 s), for the server to catch up; the caller's checks say what was missing. */
+export async function until(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+}

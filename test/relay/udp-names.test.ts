@@ -34,7 +34,7 @@ function harness(limits: { pendingDatagrams?: number; cachedNames?: number } = {
   const sent: string[] = [];
   let clock = 1_000;
   const names = new DestinationNames(
-    { resolver, lookupMs, limits: { maxDatagram: 65_535, pendingDatagrams: limits.pendingDatagrams ?? 64, cachedNames: limits.cachedNames ?? 256 } },
+    { resolver, lookupMs, clientAddress: '192.0.2.1', limits: { maxDatagram: 65_535, pendingDatagrams: limits.pendingDatagrams ?? 64, cachedNames: limits.cachedNames ?? 256 } },
     counters,
     (address, port, family, payload) => sent.push(`${address}:${port}/${family} ${payload.toString()}`),
     () => clock,

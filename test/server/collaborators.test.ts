@@ -8,10 +8,10 @@
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { test } from 'node:test';
-import { type Authenticator, type Dialer, type Resolver, createServer } from '../../src/index.js';
+import { type Authenticator, type Dialer, type ResolveOptions, type Resolver, createServer } from '../../src/index.js';
 import { withTimeout } from '../cli/helpers.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
-import { startProxy, startTcpServer } from '../helpers/server.js';
+import { startProxy, startTcpServer, until } from '../helpers/server.js';
 
 const REFUSED_GENERAL = '05 00 05 01 00 01 00000000 0000';
 
@@ -106,4 +106,32 @@ test('an authenticator may read the context the server always passes (the type s
   assert.equal(server.addresses().length, 1);
   await server.close({ graceMs: 0 });
   assert.deepEqual(server.addresses(), [], 'nothing is bound any more');
+});
+
+test('a resolver of the library\'s own is asked with the client\'s address and a signal that aborts when the session is gone, and is not queued: one client\'s eight lookups are all asked at once', async () => {
+  const asked: Array<{ host: string; options: ResolveOptions | undefined }> = [];
+  const resolver: Resolver = {
+    resolve: (host, options) => {
+      asked.push({ host, options });
+      return new Promise(() => {}); // answers nothing
+    },
+  };
+  const proxy = await startProxy({ resolver, handshake: { engine: 'node' } });
+  const clients: RawClient[] = [];
+  try {
+    for (let i = 0; i < 8; i++) {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequestByName(`n${i}.example`, 80)]));
+      clients.push(client);
+    }
+    await until(() => asked.length === 8);
+    assert.deepEqual(asked.map((a) => a.options?.client), Array(8).fill('127.0.0.1'), 'each lookup names its client');
+    assert.ok(asked.every((a) => a.options?.signal instanceof AbortSignal && !a.options.signal.aborted), 'each with a signal, not aborted while its session waits');
+    clients[0]!.socket.resetAndDestroy();
+    await withTimeout(proxy.record((r) => r.clientPort === clients[0]!.localPort), 5000, 'the record of the client that reset');
+    assert.equal(asked.find((a) => a.host === 'n0.example')?.options?.signal?.aborted, true, 'its session gone, its signal aborted');
+  } finally {
+    for (const client of clients) client.destroy();
+    await proxy.close();
+  }
 });
