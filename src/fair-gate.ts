@@ -14,6 +14,12 @@ export interface FairGateLimits {
   readonly what: string;
   /** Work running at once. */
   readonly running: number;
+  /**
+   * Work one client may have running at once; by default all of `running`.
+   * Below it, one client's slow work (a lookup of a name whose DNS does not
+   * answer) never holds every slot, so another client's starts at once.
+   */
+  readonly runningPerClient?: number;
   /** Work waiting, all clients together; past this it is refused at once. */
   readonly waiting: number;
   /** Work one client may have waiting; past this that client's is refused at once. */
@@ -46,14 +52,18 @@ const ANYONE = '';
 
 export class FairGate {
   readonly #limits: FairGateLimits;
+  readonly #runningPerClient: number;
   #running = 0;
   #waiting = 0;
   #cancelled = 0;
+  /** Work running per client block (not for ANYONE, which has no limit of its own). */
+  readonly #runningBy = new Map<string, number>();
   /** One line of waiting work per client block, each a list of starters; a Map keeps the lines in turn order. */
   readonly #lines = new Map<string, Array<() => void>>();
 
   constructor(limits: FairGateLimits) {
     this.#limits = limits;
+    this.#runningPerClient = limits.runningPerClient ?? limits.running;
   }
 
   stats(): FairGateStats {
@@ -65,15 +75,36 @@ export class FairGate {
     options.signal?.throwIfAborted();
     const line = options.client ? clientBlock(options.client) : ANYONE;
     // A waiter is handed its slot by the work finishing (#startNext), so no
-    // newcomer can take it in between.
-    if (this.#running < this.#limits.running) this.#running++;
+    // newcomer can take it in between; a free slot with waiters is one none of them may use.
+    if (this.#hasRoom(line)) this.#begin(line);
     else await this.#waitInLine(line, options.signal);
     try {
       return await work();
     } finally {
-      this.#running--;
+      this.#end(line);
       this.#startNext();
     }
+  }
+
+  #hasRoom(line: string): boolean {
+    return this.#running < this.#limits.running && this.#clientHasRoom(line);
+  }
+
+  #clientHasRoom(line: string): boolean {
+    return line === ANYONE || (this.#runningBy.get(line) ?? 0) < this.#runningPerClient;
+  }
+
+  #begin(line: string): void {
+    this.#running++;
+    if (line !== ANYONE) this.#runningBy.set(line, (this.#runningBy.get(line) ?? 0) + 1);
+  }
+
+  #end(line: string): void {
+    this.#running--;
+    if (line === ANYONE) return;
+    const left = this.#runningBy.get(line)! - 1;
+    if (left === 0) this.#runningBy.delete(line);
+    else this.#runningBy.set(line, left);
   }
 
   #waitInLine(line: string, signal: AbortSignal | undefined): Promise<void> {
@@ -104,16 +135,23 @@ export class FairGate {
     });
   }
 
-  /** Gives a freed slot to the first waiter of the line whose turn it is, and sends that line to the back. */
+  /**
+   * Gives a freed slot to the first waiter of the first line whose turn it
+   * is and whose client may run one more, and sends that line to the back.
+   * Lines passed over keep their place: few can be (each holds
+   * runningPerClient of the slots).
+   */
   #startNext(): void {
-    const turn = this.#lines.entries().next();
-    if (turn.done) return;
-    const [line, queue] = turn.value; // never empty: an emptied line is deleted
-    const start = queue.shift()!;
-    this.#lines.delete(line);
-    if (queue.length > 0) this.#lines.set(line, queue);
-    this.#waiting--;
-    this.#running++;
-    start();
+    if (this.#running >= this.#limits.running) return;
+    for (const [line, queue] of this.#lines) {
+      if (!this.#clientHasRoom(line)) continue;
+      const start = queue.shift()!; // never empty: an emptied line is deleted
+      this.#lines.delete(line);
+      if (queue.length > 0) this.#lines.set(line, queue);
+      this.#waiting--;
+      this.#begin(line);
+      start();
+      return;
+    }
   }
 }

@@ -21,9 +21,10 @@ interface NativeBcrypt {
 
 /**
  * Checks running at once. On the thread pool (4 threads unless
- * UV_THREADPOOL_SIZE says otherwise) they share it with dns.lookup for
- * CONNECT by name and with file I/O: a flood of guesses must leave it threads.
- * With bcryptjs they share the main thread, so the gate bounds that too.
+ * UV_THREADPOOL_SIZE says otherwise) they share it with the system
+ * resolver's lookups (half the pool at most, upstream/resolver.ts) and with
+ * file I/O: a flood of guesses must leave it threads. With bcryptjs they
+ * share the main thread, so the gate bounds that too.
  */
 const PARALLEL_CHECKS = 2;
 /** Checks waiting for a turn; past this a check fails at once (the session logs why). */

@@ -33,9 +33,13 @@ export class RawClient {
     });
   }
 
-  /** `localPort`: connect from this port (rules on the client's port); by default the kernel picks one. */
-  static async connect(port: number, host = '127.0.0.1', localPort?: number): Promise<RawClient> {
-    const socket = connect({ port, host, ...(localPort === undefined ? {} : { localPort }) });
+  /**
+   * `localPort`: connect from this port (rules on the client's port); by
+   * default the kernel picks one. `localAddress`: from this address (another
+   * client, as 127.0.0.2 is to a proxy on 127.0.0.1).
+   */
+  static async connect(port: number, host = '127.0.0.1', localPort?: number, localAddress?: string): Promise<RawClient> {
+    const socket = connect({ port, host, ...(localPort === undefined ? {} : { localPort }), ...(localAddress === undefined ? {} : { localAddress }) });
     await once(socket, 'connect');
     return new RawClient(socket);
   }
