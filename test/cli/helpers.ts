@@ -77,9 +77,10 @@ export class Daemon {
   readonly #waiters = new Set<() => void>();
 
   /** `detached`: the daemon leads a process group of its own (its workers join it), as under a shell's job control. */
-  constructor(args: readonly string[], env: NodeJS.ProcessEnv = process.env, options: { readonly detached?: boolean } = {}) {
+  /** `script`: what node runs (default dist/src/cli.js). */
+  constructor(args: readonly string[], env: NodeJS.ProcessEnv = process.env, options: { readonly detached?: boolean; readonly script?: string } = {}) {
     this.#detached = options.detached === true;
-    this.child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: this.#detached });
+    this.child = spawn(process.execPath, [options.script ?? CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: this.#detached });
     this.child.stdout!.setEncoding('utf8');
     this.child.stderr!.setEncoding('utf8');
     this.child.stdout!.on('data', (chunk: string) => this.#onStdout(chunk));
