@@ -294,7 +294,9 @@ describe('socksgate --workers 2', () => {
     try {
       await hupOnceCaught(daemon);
       await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'reloaded').length >= 2, 'both workers reloaded');
-      assert.match(daemon.stderr, /SIGHUP arrived while starting/);
+      // Nearly always it lands while the supervisor loads; on a machine slow enough to
+      // deliver it after the supervisor took over, the supervisor passes it on itself.
+      assert.match(daemon.stderr, /SIGHUP arrived while starting|SIGHUP: asking 2 workers to reload/);
       daemon.signal('SIGTERM');
       assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null });
     } finally {
