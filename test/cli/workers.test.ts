@@ -105,6 +105,18 @@ async function childrenOf(pid: number, count: number, timeoutMs = DEFAULT_TIMEOU
   throw new Error(`process ${pid} had fewer than ${count} children after ${timeoutMs} ms`);
 }
 
+/** Resolves once both workers logged `started` (bounded). */
+async function bothWorkersStarted(daemon: Daemon): Promise<void> {
+  await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+}
+
+/** `count` sessions through the proxy, open at once, each shown relaying by an echo. */
+async function echoingSessions(port: number, targetPort: number, count: number): Promise<Socket[]> {
+  const sessions = await Promise.all(Array.from({ length: count }, () => socksConnect(port, targetPort)));
+  for (const [i, socket] of sessions.entries()) assert.equal(await echo(socket, `s${i}`), `s${i}`);
+  return sessions;
+}
+
 describe('socksgate --workers 2', () => {
   // Native handshakes (the default with the addon): each worker's addon accepts
   // on a SO_REUSEPORT socket of its own. Node handshakes: the cluster primary
@@ -151,7 +163,7 @@ describe('socksgate --workers 2', () => {
     writeFileSync(config, good);
     const { daemon, port } = await startDaemon(['--config', config, '--workers', '2']);
     try {
-      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      await bothWorkersStarted(daemon);
       const pids = daemon.logs.filter((l) => l.event === 'started').map((l) => Number(l.pid));
       writeFileSync(config, 'listen: [\n'); // broken from now on
       process.kill(pids[0]!, 'SIGKILL');
@@ -175,7 +187,7 @@ describe('socksgate --workers 2', () => {
   it('BIND: sessions in different workers get ports of their own, and each inbound connection reaches its own session', async () => {
     const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
     try {
-      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      await bothWorkersStarted(daemon);
       // Which worker takes a connection is the kernel's choice: rounds of
       // concurrent BINDs until one round had both (bounded).
       let workersInARound = 0;
@@ -198,7 +210,7 @@ describe('socksgate --workers 2', () => {
     writeFileSync(config, 'listen:\n  - { address: 127.0.0.1, port: 0 }\nlog: { format: json }\n');
     const { daemon, port } = await startDaemon(['--config', config, '--workers', '2']);
     try {
-      await daemon.waitFor((l) => l.event === 'started' && daemon.logs.filter((x) => x.event === 'started').length >= 2, 'both workers started');
+      await bothWorkersStarted(daemon);
       const pids = daemon.logs.filter((l) => l.event === 'started').map((l) => Number(l.pid));
       const elsewhere = await closedPort();
       // Each would need a restart: another port, Node handshakes (which could
@@ -241,9 +253,8 @@ describe('socksgate --workers 2', () => {
     const target = await startEchoServer();
     const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '60s']);
     try {
-      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
-      const sessions = await Promise.all(Array.from({ length: 8 }, () => socksConnect(port, target.port)));
-      for (const [i, socket] of sessions.entries()) assert.equal(await echo(socket, `s${i}`), `s${i}`);
+      await bothWorkersStarted(daemon);
+      const sessions = await echoingSessions(port, target.port, 8);
       daemon.signal('SIGTERM');
       await daemon.waitFor((l) => l.event === 'draining' && daemon.logs.filter((x) => x.event === 'draining').length >= 2, 'both workers draining');
       // Half of them end now, during the drain: a worker holds their lines in its batch for up to a second.
@@ -271,10 +282,9 @@ describe('socksgate --workers 2', () => {
     const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '1s'], undefined, { detached: true });
     try {
       const port = await daemon.port();
-      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+      await bothWorkersStarted(daemon);
       // Open sessions on both workers: each must drain, not be cut off.
-      const sessions = await Promise.all(Array.from({ length: 8 }, () => socksConnect(port, target.port)));
-      for (const [i, socket] of sessions.entries()) assert.equal(await echo(socket, `s${i}`), `s${i}`);
+      const sessions = await echoingSessions(port, target.port, 8);
       const clientPorts = sessions.map((socket) => socket.localPort);
       daemon.signalGroup('SIGTERM');
       assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
@@ -308,7 +318,7 @@ describe('socksgate --workers 2', () => {
     const target = await startEchoServer();
     const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '1s']);
     try {
-      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'started').length >= 2, 'both workers started');
+      await bothWorkersStarted(daemon);
       daemon.child.stdout!.pause(); // the reader stalls from here on
       // Enough access lines to fill the pipe (64 KiB) many times over.
       for (let round = 0; round < 40; round++) {
