@@ -11,6 +11,7 @@ import { fstatSync } from 'node:fs';
 import type { Logger } from 'pino';
 // A CommonJS module: its class is a property of the default export at run time.
 import sonicBoom, { type SonicBoom, type SonicBoomOpts } from 'sonic-boom';
+import { FileLines } from './file-lines.js';
 
 /** The most log bytes held while stdout cannot take them (about 35,000 access lines). */
 export const LOG_BACKLOG_BYTES = 16 * 1024 * 1024;
@@ -25,38 +26,29 @@ const WRITE_RETRIES = 20;
 const PIPE_BUF = 4096;
 
 /**
- * How stdout lines are batched into writes, by what stdout is.
- *
+ * Whether stdout is a regular file: its lines then go through FileLines
+ * (file-lines.ts: encoded into one batch, written synchronously when it is
+ * full). Anything else (a pipe, a terminal, a socket, /dev/full) gets
+ * sonic-boom with STDOUT_BATCHING.
+ */
+export function isRegularFile(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile();
+  } catch {
+    return false; // not open, or not ours to inspect: treat it as a pipe
+  }
+}
+
+/**
  * A pipe (or a terminal): lines are gathered into asynchronous writes of
  * 2–4 KiB (one syscall per line was ~8% of a handshake-heavy profile). Each
  * write holds whole lines and at most PIPE_BUF bytes: workers share one
  * stdout, and a larger write to a pipe could be interleaved with another
  * worker's, splitting lines. Asynchronous, because a slow reader must not
- * stall the event loop.
- *
- * A regular file: synchronous writes of 4–8 KiB. A write to the page cache
- * does not block for long, while each asynchronous write costs a thread-pool
- * round trip: together ~10 µs per access line in the production benchmark's
- * handshakes. Not larger: sonic-boom measures the pending batch's UTF-8
- * length on every line it adds, which copies the batch (a 16 KiB batch cost
- * ~1 µs more per line, in time and garbage). Linux keeps each write() to a
- * regular file whole even when workers share the file.
- *
- * Either way lines are flushed at least once a second, so a quiet proxy's last
- * lines never wait long.
+ * stall the event loop. Lines are flushed at least once a second either way,
+ * so a quiet proxy's last lines never wait long.
  */
-export function stdoutBatching(fd: number): { readonly sync: boolean; readonly minLength: number; readonly maxWrite: number } {
-  let regularFile = false;
-  try {
-    regularFile = fstatSync(fd).isFile();
-  } catch {
-    // not open, or not ours to inspect: treat it as a pipe
-  }
-  return regularFile ? FILE_BATCHING : STDOUT_BATCHING;
-}
-
 export const STDOUT_BATCHING = { sync: false, minLength: PIPE_BUF / 2, maxWrite: PIPE_BUF } as const;
-export const FILE_BATCHING = { sync: true, minLength: 4 * 1024, maxWrite: 8 * 1024 } as const;
 
 /** sonic-boom 5 takes maxWriteRetries; its bundled types predate it. */
 type SinkOptions = SonicBoomOpts & { readonly maxWriteRetries: number };
@@ -71,7 +63,7 @@ export interface StdoutSinkOptions {
 }
 
 export class StdoutSink {
-  readonly stream: SonicBoom;
+  readonly stream: SonicBoom | FileLines;
   readonly #say: (line: string) => void;
   readonly #backlogBytes: number;
   #log: Logger | null = null;
@@ -91,20 +83,24 @@ export class StdoutSink {
     // blocking one would hold a thread-pool thread in write(2) while the
     // reader stalls, and the process could not exit: Node joins those threads.
     if (fd === 1) void process.stdout;
-    const boomOptions: SinkOptions = {
-      fd,
-      ...stdoutBatching(fd),
-      maxLength: backlogBytes,
-      maxWriteRetries: WRITE_RETRIES,
-      retryEAGAIN: () => !this.#givenUp,
-    };
-    this.stream = new sonicBoom.SonicBoom(boomOptions);
+    this.stream = isRegularFile(fd) ? new FileLines({ fd, backlogBytes }) : this.#pipeStream(fd, backlogBytes);
     this.stream.on('drop', () => { this.#dropped++; });
     this.stream.on('error', (err: NodeJS.ErrnoException) => this.#failed(err));
     this.stream.on('drain', () => this.#caughtUp());
     setInterval(() => this.stream.flush(), 1000).unref();
     // A crash or a process.exit() would otherwise lose the lines still batched.
     process.once('exit', () => this.flushNow());
+  }
+
+  #pipeStream(fd: number, backlogBytes: number): SonicBoom {
+    const boomOptions: SinkOptions = {
+      fd,
+      ...STDOUT_BATCHING,
+      maxLength: backlogBytes,
+      maxWriteRetries: WRITE_RETRIES,
+      retryEAGAIN: () => !this.#givenUp,
+    };
+    return new sonicBoom.SonicBoom(boomOptions);
   }
 
   /** Where the `log-resumed` line goes (the logger writing to this sink). */

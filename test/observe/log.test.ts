@@ -12,7 +12,8 @@ import { attachLogger, createLogger } from '../../src/index.js';
 import fc from 'fast-check';
 import type { SessionRecord } from '../../src/observe/events.js';
 import { isoTime, sessionLine } from '../../src/observe/log.js';
-import { FILE_BATCHING, STDOUT_BATCHING, stdoutBatching } from '../../src/observe/stdout.js';
+import { STDOUT_BATCHING, StdoutSink, isRegularFile } from '../../src/observe/stdout.js';
+import { FileLines } from '../../src/observe/file-lines.js';
 import { RawClient, hex } from '../helpers/raw.js';
 import { CRASH_SESSIONS } from './crash-fixture.js';
 import { startProxy } from '../helpers/server.js';
@@ -140,19 +141,18 @@ test('a child of createLogger\'s logger that redacts, serializes or prefixes its
   }
 });
 
-test('stdout batching: synchronous 4–8 KiB writes to a regular file, asynchronous PIPE_BUF writes to a pipe or anything unknown', () => {
+test('stdout to a regular file goes through FileLines; a pipe, or anything unknown, through sonic-boom', () => {
   const dir = mkdtempSync(join(tmpdir(), 'socksgate-log-'));
   const fd = openSync(join(dir, 'out.log'), 'w');
   try {
-    assert.deepEqual(stdoutBatching(fd), FILE_BATCHING);
-    assert.equal(FILE_BATCHING.sync, true);
-    assert.ok(FILE_BATCHING.minLength >= 4 * 1024 && FILE_BATCHING.maxWrite <= 8 * 1024, 'whole pages, and batches small enough that measuring one on every line stays cheap');
+    assert.equal(isRegularFile(fd), true);
+    assert.ok(new StdoutSink({ fd }).stream instanceof FileLines);
     // A child whose stdout is a pipe reports what it would use.
-    const script = `import('${new URL('../../src/observe/stdout.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.stdoutBatching(1))))`;
+    const script = `import('${new URL('../../src/observe/stdout.js', import.meta.url).href}').then((m) => process.stdout.write(JSON.stringify(m.isRegularFile(1))))`;
     const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
-    assert.deepEqual(JSON.parse(child.stdout), STDOUT_BATCHING);
+    assert.equal(JSON.parse(child.stdout), false);
     closeSync(fd);
-    assert.deepEqual(stdoutBatching(fd), STDOUT_BATCHING, 'a closed descriptor');
+    assert.equal(isRegularFile(fd), false, 'a closed descriptor');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
