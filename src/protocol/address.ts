@@ -13,7 +13,7 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { SocksError } from '../errors.js';
-import { checkHostname, checkIndex, checkPort, checkRange, checkRoom } from './check.js';
+import { BACKSLASH, BACKSLASH_REFUSED, checkHostname, checkIndex, checkPort, checkRange, checkRoom } from './check.js';
 
 export const AddressType = { IPV4: 0x01, DOMAIN: 0x03, IPV6: 0x04 } as const;
 export type AddressType = (typeof AddressType)[keyof typeof AddressType];
@@ -276,6 +276,7 @@ export function decodeHostname(buf: Uint8Array, start: number, end: number): str
     if (c < 0x21 || c > 0x7e) {
       throw new SocksError('ERR_MALFORMED', `host name has a non-printable byte 0x${hex(c)}`);
     }
+    if (c === BACKSLASH) throw new SocksError('ERR_MALFORMED', BACKSLASH_REFUSED);
   }
   return Buffer.from(buf.buffer, buf.byteOffset + start, end - start).toString('latin1');
 }

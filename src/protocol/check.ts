@@ -26,9 +26,10 @@ export function checkByte(value: number, field: string): void {
  * Refuses what decodeHostname refuses, so that a name that is written reads
  * back as itself: 0 or over 255 characters (ERR_TOO_LONG: the one-byte
  * length of SOCKS5, the default limit of SOCKS4a), and any character but
- * printable ASCII, 0x21-0x7e (ERR_MALFORMED: NUL, space, controls, and
- * anything past ASCII, which was written as Latin-1 or cut to its low byte;
- * IDNs go as punycode). Once it passes, characters and bytes are one to one.
+ * printable ASCII, 0x21-0x7e, and the backslash (ERR_MALFORMED: NUL, space,
+ * controls, and anything past ASCII, which was written as Latin-1 or cut to
+ * its low byte; IDNs go as punycode; see BACKSLASH_REFUSED). Once it
+ * passes, characters and bytes are one to one.
  */
 export function checkHostname(host: string): void {
   const length = host.length;
@@ -40,8 +41,20 @@ export function checkHostname(host: string): void {
     if (c < 0x21 || c > 0x7e) {
       throw new SocksError('ERR_MALFORMED', `domain name has a character that is not printable ASCII: U+${c.toString(16).padStart(4, '0')}`);
     }
+    if (c === BACKSLASH) throw new SocksError('ERR_MALFORMED', BACKSLASH_REFUSED);
   }
 }
+
+/** `\` in a host name. */
+export const BACKSLASH = 0x5c;
+
+/**
+ * Why a host name with a backslash is refused: the system resolver reads
+ * `\DDD` and `\X` as escapes (`blocked.t\101st` asks DNS for
+ * `blocked.test`), so the name the rules judged would not be the name looked
+ * up. No host name has one.
+ */
+export const BACKSLASH_REFUSED = 'host name has a backslash, which the resolver would read as an escape';
 
 /**
  * Arguments that say where to read or write, or how far, are the caller's

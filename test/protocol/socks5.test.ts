@@ -263,6 +263,8 @@ describe('SOCKS5 request', () => {
       { name: 'zero-length domain', bytes: '05 01 00 03 00 0050', code: 'ERR_MALFORMED' },
       { name: 'zero-length domain, port not sent yet', bytes: '05 01 00 03 00', code: 'ERR_MALFORMED' },
       { name: 'NUL in domain', bytes: `05 01 00 03 05 ${ascii('ab')}00${ascii('cd')} 0050`, code: 'ERR_MALFORMED' },
+      // The resolver would ask DNS for blocked.test: the rules must never judge another name than the one looked up.
+      { name: 'backslash escape in domain', bytes: `05 01 00 03 0f ${ascii('blocked.t\\101st')} 0050`, code: 'ERR_MALFORMED' },
       { name: 'space in domain', bytes: `05 01 00 03 03 ${ascii('a b')} 0050`, code: 'ERR_MALFORMED' },
       { name: 'CR LF in domain', bytes: `05 01 00 03 04 ${ascii('a')}0d0a${ascii('b')} 0050`, code: 'ERR_MALFORMED' },
       { name: 'DEL in domain', bytes: `05 01 00 03 01 7f 0050`, code: 'ERR_MALFORMED' },

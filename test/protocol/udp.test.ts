@@ -93,6 +93,7 @@ const MALFORMED: readonly BadVector[] = [
   { name: 'zero-length domain', bytes: '0000 00 03 00 0035', code: 'ERR_MALFORMED' },
   { name: 'non-printable byte in domain', bytes: `0000 00 03 03 ${ascii('a')}00${ascii('b')} 0035`, code: 'ERR_MALFORMED' },
   { name: 'space in domain', bytes: `0000 00 03 03 ${ascii('a b')} 0035`, code: 'ERR_MALFORMED' },
+  { name: 'backslash in domain', bytes: `0000 00 03 0d ${ascii('\\blocked.test')} 0035`, code: 'ERR_MALFORMED' },
 ];
 
 // ---------------------------------------------------------------- tests

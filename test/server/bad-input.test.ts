@@ -168,6 +168,14 @@ describe('bad input', () => {
     assert.match(record.error ?? '', /non-printable byte 0x00/);
   });
 
+  test('a host name with a backslash is refused before any rule or lookup (the resolver would read blocked.t\\101st as blocked.test)', async () => {
+    const name = Buffer.from('blocked.t\\101st', 'latin1');
+    const request = Buffer.concat([hex('05 01 00  05 01 00 03'), Buffer.of(name.length), name, hex('0050')]);
+    const record = await expectRefusal(request, hex('05 00 05 01 00 01 00000000 0000'));
+    assert.equal(record.reason, 'protocol-error');
+    assert.match(record.error ?? '', /backslash, which the resolver would read as an escape/);
+  });
+
   test('an oversized SOCKS4 USERID gets 0x5B as soon as the limit is passed', async () => {
     const client = await RawClient.connect(proxy.port);
     client.write(Buffer.concat([hex('04 01 0050 7f000001'), Buffer.alloc(300, 0x61)])); // no NUL, and the client does not close
