@@ -16,6 +16,13 @@ export const UNSUPPORTED_2X = '$2x$ hashes are not supported; hash the password 
 export const UNSUPPORTED_2 = '$2$ hashes (the original bcrypt, before $2a$) are not supported; hash the password again (socksgate passwd)';
 
 /** The costs bcrypt itself has: 2^4 to 2^31 rounds. */
+/**
+ * bcrypt reads only this many bytes of a password and ignores the rest: a
+ * longer password is refused when hashed, and never accepted against a hash
+ * (with 80 bytes, its first 72 and any tail would pass).
+ */
+export const BCRYPT_MAX_PASSWORD_BYTES = 72;
+
 export const MIN_BCRYPT_COST = 4;
 export const MAX_BCRYPT_COST = 31;
 /**

@@ -6,7 +6,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { bcryptCompare, bcryptHash } from './bcrypt.js';
-import { MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash, isUsableCost } from './hash-format.js';
+import { BCRYPT_MAX_PASSWORD_BYTES, MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash, isUsableCost } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -154,7 +154,9 @@ export class UserStore implements Authenticator {
   async verify(username: string, password: string, context?: VerifyContext): Promise<boolean> {
     const secret = this.#users.get(username);
     const client = context?.clientAddress;
-    if (!secret) {
+    // Past bcrypt's 72 bytes only a prefix would be checked: refused, in the
+    // unknown user's time, so the refusal does not say the user exists.
+    if (!secret || (secret.kind === 'bcrypt' && Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES)) {
       await bcryptCompare(password, await dummy(this.#dummyCost), { client, signal: context?.signal });
       return false;
     }
@@ -178,8 +180,12 @@ export class UserStore implements Authenticator {
     return ok;
   }
 
+  /**
+   * The name's length goes first: with a separator alone, "bob" with
+   * password "p\0q" and "bob\0p" with "q" would share an entry.
+   */
   #cacheEntry(username: string, password: string): string {
-    return createHmac('sha256', this.#cacheKey).update(username).update('\0').update(password).digest('base64');
+    return createHmac('sha256', this.#cacheKey).update(`${Buffer.byteLength(username)}:`).update(username).update(password).digest('base64');
   }
 
   #remember(key: string): void {
@@ -233,14 +239,19 @@ class SharedCheck {
  * --cost` does, before any work: the users file and the config refuse a hash
  * above MAX_COST (and 31 took more than a day of CPU), and bcrypt made others
  * at a cost nobody asked for (3 and 3.5 at 4, NaN at 10) or, with the native
- * binding and -1, never finished.
+ * binding and -1, never finished. Rejects (RangeError) a password over 72
+ * bytes of UTF-8 (BCRYPT_MAX_PASSWORD_BYTES): bcrypt would ignore the rest.
  */
 export async function hashPassword(password: string, cost = 10): Promise<string> {
   if (!isUsableCost(cost)) {
     throw new RangeError(`cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}, got ${String(cost)}`);
   }
+  if (Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES) throw new RangeError(TOO_LONG_FOR_BCRYPT);
   return bcryptHash(password, cost);
 }
+
+/** Why a password is not hashed (hashPassword, `socksgate passwd`). */
+export const TOO_LONG_FOR_BCRYPT = `password longer than ${BCRYPT_MAX_PASSWORD_BYTES} bytes: bcrypt would check only the first ${BCRYPT_MAX_PASSWORD_BYTES}`;
 
 function sha256(text: string): Buffer {
   return createHash('sha256').update(text, 'utf8').digest();

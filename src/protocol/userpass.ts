@@ -8,9 +8,12 @@
  *
  * The one-byte lengths bound both fields at 255 bytes. Empty fields decode
  * (some clients send an empty password) and simply fail authentication.
- * Both are decoded as UTF-8. The decoders throw a RangeError for an `at`
+ * Both are decoded as UTF-8; bytes that are not UTF-8 decode (as U+FFFD) but
+ * are marked, for the server to refuse: "a\xffb" and "a\xfeb" would
+ * otherwise read as the same password. The decoders throw a RangeError for an `at`
  * that is not an integer >= 0 (the caller's mistake, not the peer's).
  */
+import { isUtf8 } from 'node:buffer';
 import { SocksError } from '../errors.js';
 import { type Decoded, type NeedMore, NEED_MORE, hex } from './address.js';
 import { checkByte, checkIndex } from './check.js';
@@ -25,7 +28,12 @@ export interface Credentials {
   readonly password: string;
 }
 
-export function decodeUserPass(buf: Uint8Array, at = 0): Decoded<Credentials> | NeedMore {
+/** Credentials as read: `wellFormed` is false when either field is not UTF-8. */
+export interface ReceivedCredentials extends Credentials {
+  readonly wellFormed: boolean;
+}
+
+export function decodeUserPass(buf: Uint8Array, at = 0): Decoded<ReceivedCredentials> | NeedMore {
   checkIndex(at, 'at');
   if (buf.length < at + 2) return NEED_MORE;
   if (buf[at] !== USERPASS_VERSION) {
@@ -41,6 +49,7 @@ export function decodeUserPass(buf: Uint8Array, at = 0): Decoded<Credentials> | 
     value: {
       username: bytes.toString('utf8', at + 2, at + 2 + ulen),
       password: bytes.toString('utf8', at + 3 + ulen, end),
+      wellFormed: isUtf8(bytes.subarray(at + 2, at + 2 + ulen)) && isUtf8(bytes.subarray(at + 3 + ulen, end)),
     },
     bytesRead: end - at,
   };

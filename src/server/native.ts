@@ -381,7 +381,7 @@ export class NativeSession {
     let password: string;
     try {
       const decoded = decodeUserPass(message);
-      if (decoded === NEED_MORE) throw new Error('incomplete');
+      if (decoded === NEED_MORE || !decoded.value.wellFormed) throw new Error('incomplete, or not UTF-8');
       ({ username, password } = decoded.value);
     } catch {
       return this.#answer(false); // the session decodes it again and says why

@@ -333,9 +333,13 @@ export class Session {
     const message = decodeUserPass(this.#buffer);
     if (message === NEED_MORE) return false;
     this.#consume(message.bytesRead);
-    const { username, password } = message.value;
+    const { username, password, wellFormed } = message.value;
     this.#user = username;
     this.#wait();
+    if (!wellFormed) {
+      this.#afterVerify(false, null, 'username or password is not UTF-8'); // no configured name or password can match it
+      return false;
+    }
     const refused = this.#resume?.authRefused;
     if (refused) {
       this.#afterVerify(false, refused.error);
@@ -351,10 +355,10 @@ export class Session {
     return false;
   }
 
-  #afterVerify(ok: boolean, err: unknown): void {
+  #afterVerify(ok: boolean, err: unknown, refusal?: string): void {
     if (this.#phase !== 'waiting') return; // timed out or closed meanwhile
     if (!ok) {
-      const cause = err ? `authenticator failed: ${toSocksError(err).message}` : `wrong credentials for user "${this.#user}"`;
+      const cause = refusal ?? (err ? `authenticator failed: ${toSocksError(err).message}` : `wrong credentials for user "${this.#user}"`);
       this.#refuse(encodeUserPassStatus(UserPassStatus.FAILURE), 'auth-failed', cause);
       return;
     }

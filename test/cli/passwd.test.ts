@@ -213,6 +213,16 @@ describe('socksgate passwd', () => {
     assert.match(readFileSync(bare, 'utf8'), new RegExp(`^alice:${a.replace(/[$.]/g, '\\$&')}\nbob:\\S+\n$`));
   });
 
+  it('refuses a password over 72 bytes (bcrypt would check only its first 72) and writes nothing', async () => {
+    const file = dir.file('long.users');
+    for (const password of ['a'.repeat(73), 'é'.repeat(37)]) { // 73 and 74 bytes
+      const r = await setPassword(file, 'alice', password);
+      assert.equal(r.code, 2, r.stderr);
+      assertOneLine(r.stderr, /password longer than 72 bytes: bcrypt would check only the first 72/);
+      assert.equal(existsSync(file), false);
+    }
+  });
+
   it('refuses an empty password and writes nothing', async () => {
     const file = dir.file('empty.users');
     const r = await runCli(['passwd', file, 'alice', '--cost', '4'], { input: '' });

@@ -5,7 +5,7 @@ import {
   MAX_CREDENTIAL_LENGTH,
   USERPASS_VERSION,
   UserPassStatus,
-  type Credentials,
+  type ReceivedCredentials,
   decodeUserPass,
   decodeUserPassStatus,
   encodeUserPass,
@@ -50,28 +50,28 @@ const JUNK_ONLY = { junk: FRAMING.junk };
 const U255 = 'u'.repeat(255);
 const P255 = 'p'.repeat(255);
 
-const CREDENTIALS: readonly Vector<Credentials>[] = [
-  { name: 'fred / secret', bytes: `01 04 ${utf8('fred')} 06 ${utf8('secret')}`, value: { username: 'fred', password: 'secret' } },
-  { name: 'one byte each', bytes: `01 01 ${utf8('a')} 01 ${utf8('b')}`, value: { username: 'a', password: 'b' } },
-  { name: 'empty username and password', bytes: '01 00 00', value: { username: '', password: '' } },
-  { name: 'empty password', bytes: `01 04 ${utf8('fred')} 00`, value: { username: 'fred', password: '' } },
-  { name: 'empty username', bytes: `01 00 06 ${utf8('secret')}`, value: { username: '', password: 'secret' } },
+const CREDENTIALS: readonly Vector<ReceivedCredentials>[] = [
+  { name: 'fred / secret', bytes: `01 04 ${utf8('fred')} 06 ${utf8('secret')}`, value: { username: 'fred', password: 'secret', wellFormed: true } },
+  { name: 'one byte each', bytes: `01 01 ${utf8('a')} 01 ${utf8('b')}`, value: { username: 'a', password: 'b', wellFormed: true } },
+  { name: 'empty username and password', bytes: '01 00 00', value: { username: '', password: '', wellFormed: true } },
+  { name: 'empty password', bytes: `01 04 ${utf8('fred')} 00`, value: { username: 'fred', password: '', wellFormed: true } },
+  { name: 'empty username', bytes: `01 00 06 ${utf8('secret')}`, value: { username: '', password: 'secret', wellFormed: true } },
   {
     name: 'UTF-8 username and password',
     bytes: `01 ${field('jürgen')} ${field('пароль🔑')}`,
-    value: { username: 'jürgen', password: 'пароль🔑' },
+    value: { username: 'jürgen', password: 'пароль🔑', wellFormed: true },
   },
   {
     name: 'password with NUL and spaces is kept as is',
     bytes: `01 01 ${utf8('u')} 05 ${utf8('a b')}00${utf8('c')}`,
-    value: { username: 'u', password: 'a b\0c' },
+    value: { username: 'u', password: 'a b\0c', wellFormed: true },
   },
-  { name: '255-byte username and password', bytes: `01 ff ${utf8(U255)} ff ${utf8(P255)}`, value: { username: U255, password: P255 } },
+  { name: '255-byte username and password', bytes: `01 ff ${utf8(U255)} ff ${utf8(P255)}`, value: { username: U255, password: P255, wellFormed: true } },
 ];
 
 describe('RFC 1929 username/password request', () => {
   describe('valid vectors', () => {
-    validVectors<Credentials>(decodeUserPass, encodeUserPass, CREDENTIALS, FRAMING);
+    validVectors<ReceivedCredentials>(decodeUserPass, encodeUserPass, CREDENTIALS, FRAMING);
   });
 
   describe('malformed vectors', () => {
@@ -93,8 +93,21 @@ describe('RFC 1929 username/password request', () => {
     const view = new Uint8Array(backing, 5, bytes.length + 3);
     view.set(bytes, 3);
     const r = expectDecoded(decodeUserPass(view, 3));
-    assert.deepEqual(r.value, { username: 'fred', password: 'secret' });
+    assert.deepEqual(r.value, { username: 'fred', password: 'secret', wellFormed: true });
     assert.equal(r.bytesRead, bytes.length);
+  });
+
+  it('bytes that are not UTF-8 decode (as U+FFFD) but are marked: "a\\xffb" and "a\\xfeb" must not pass for the same password', () => {
+    for (const [bytes, value] of [
+      ['01 01 ff 01 62', { username: '\uFFFD', password: 'b', wellFormed: false }],
+      [`01 04 ${utf8('rose')} 03 61ff62`, { username: 'rose', password: 'a\uFFFDb', wellFormed: false }],
+      [`01 04 ${utf8('rose')} 03 61fe62`, { username: 'rose', password: 'a\uFFFDb', wellFormed: false }],
+      [`01 04 ${utf8('rose')} 02 c3a9`, { username: 'rose', password: 'é', wellFormed: true }],
+      [`01 04 ${utf8('rose')} 01 c3`, { username: 'rose', password: '\uFFFD', wellFormed: false }], // cut in a character
+      [`01 04 ${utf8('rose')} 05 61efbfbd62`, { username: 'rose', password: 'a\uFFFDb', wellFormed: true }], // U+FFFD itself, in UTF-8
+    ] as const) {
+      assert.deepEqual(expectDecoded(decodeUserPass(hex(bytes))).value, value, bytes);
+    }
   });
 
   it('encodeUserPass refuses a field over 255 bytes (counted in UTF-8 bytes)', () => {
@@ -124,7 +137,7 @@ describe('RFC 1929 username/password request', () => {
       fc.property(text, text, (username, password) => {
         const bytes = encodeUserPass({ username, password });
         const r = expectDecoded(decodeUserPass(bytes));
-        assert.deepEqual(r.value, { username, password });
+        assert.deepEqual(r.value, { username, password, wellFormed: true });
         assert.equal(r.bytesRead, bytes.length);
       }),
     );
@@ -136,7 +149,7 @@ describe('RFC 1929 username/password request', () => {
     const credentials = fc.record({ username: text, password: text }).map((c) => ({ ...c }));
     assertAcceptedValuesRoundTrip(credentials, encodeUserPass, (bytes, credentials) => {
       const r = expectDecoded(decodeUserPass(bytes));
-      assert.deepEqual(r.value, credentials);
+      assert.deepEqual(r.value, { ...credentials, wellFormed: true });
       assert.equal(r.bytesRead, bytes.length);
     });
   });

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import bcryptjs from 'bcryptjs';
 import { bcryptCompare, bcryptHash, passwordChecks } from '../../src/auth/bcrypt.js';
 import { ConfigError, UserStore, createServer, hashPassword, parseUsersFile } from '../../src/index.js';
+import { storedSecret } from '../../src/auth/users.js';
 import { untilNoPasswordCheckRuns } from '../helpers/server.js';
 
 const BCRYPT_MODULE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'auth', 'bcrypt.js');
@@ -143,6 +144,41 @@ describe('hashPassword', () => {
       }, `cost ${cost}`);
       assert.equal(passwordChecks().total, before, `cost ${cost}: no bcrypt run started`);
     }
+  });
+});
+
+describe('bcrypt\'s 72 bytes', () => {
+  const long = `${'A'.repeat(72)}-tail`;
+
+  test('hashPassword refuses a password over 72 bytes of UTF-8 (bcrypt would check only its first 72), and takes 72', async () => {
+    for (const password of [long, 'é'.repeat(37)]) { // 77 and 74 bytes
+      await assert.rejects(hashPassword(password, 4), (err: unknown) => err instanceof RangeError && /longer than 72 bytes: bcrypt would check only the first 72/.test(err.message));
+    }
+    assert.match(await hashPassword('A'.repeat(72), 4), /^\$2b\$04\$/);
+  });
+
+  test('a password over 72 bytes is never accepted against a hash, whatever its first 72 are', async () => {
+    // A hash made elsewhere from the long password: bcrypt itself keeps only the first 72 bytes.
+    // Cost 7 here and below: other tests count the hashes stores make for unknown names at 4 and 5.
+    const store = new UserStore(parseUsersFile(`alice:${bcryptjs.hashSync(long, 7)}\nbob:${bcryptjs.hashSync('A'.repeat(72), 7)}\n`));
+    assert.equal(await bcryptCompare(`${'A'.repeat(72)}-other`, bcryptjs.hashSync(long, 4)), true, 'bcrypt alone: any tail passes');
+    const context = { clientAddress: '127.0.0.1', signal: new AbortController().signal };
+    assert.equal(await store.verify('alice', long, context), false, 'the long password itself');
+    assert.equal(await store.verify('alice', `${'A'.repeat(72)}-other`, context), false, 'another tail');
+    assert.equal(await store.verify('bob', `${'A'.repeat(72)}x`, context), false, 'the 72-byte password and one more byte');
+    assert.equal(await store.verify('bob', 'A'.repeat(72), context), true, 'exactly 72 bytes');
+  });
+});
+
+describe('remembered passwords', () => {
+  test('a NUL in a name or password does not let one user\'s remembered password pass for another ("bob"/"p\\0q" against "bob\\0p"/"q")', async () => {
+    const store = new UserStore(new Map([
+      ['bob', storedSecret(await hashPassword('p\0q', 7))],
+      ['bob\0p', storedSecret(await hashPassword('other', 7))],
+    ]));
+    const context = { clientAddress: '127.0.0.1', signal: new AbortController().signal };
+    assert.equal(await store.verify('bob', 'p\0q', context), true);
+    assert.equal(await store.verify('bob\0p', 'q', context), false);
   });
 });
 

@@ -252,6 +252,8 @@ const PROXY_KINDS = {
   plain: (): ServerOptions => ({ listen: [{ address: '127.0.0.1', port: 0, socks4: true }] }),
   socks4Off: (): ServerOptions => ({ listen: [{ address: '127.0.0.1', port: 0, socks4: false }] }),
   userpass: (): ServerOptions => ({ auth: USERPASS_ONLY }),
+  /** A password with U+FFFD, which any byte that is not UTF-8 decodes to. */
+  replacement: (): ServerOptions => ({ auth: { methods: ['userpass'], users: [{ name: 'rose', password: 'a\uFFFDb' }] } }),
   rules: (ports: Ports): ServerOptions => ({
     rules: [
       { name: 'no-denied-port', deny: { to: { ports: [ports.denied] } } },
@@ -466,6 +468,15 @@ const CASES: readonly HandOverCase[] = [
     then: 'close',
     answer: '05 02 01 01',
     reason: 'auth-failed',
+  },
+  {
+    name: 'a password that is not UTF-8: status 01 01, even where it decodes to the configured password (U+FFFD)',
+    proxy: 'replacement',
+    bytes: () => Buffer.concat([hex(USERPASS), hex(`01 04 ${Buffer.from('rose').toString('hex')} 03 61ff62`)]),
+    then: 'close',
+    answer: '05 02 01 01',
+    reason: 'auth-failed',
+    error: /username or password is not UTF-8/,
   },
   {
     name: 'an auth message with version byte 0x02: closed without a status',
