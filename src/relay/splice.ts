@@ -6,10 +6,15 @@
  *
  * The handover keeps the stream relay's promises: bytes already read by Node
  * (early client data, a destination that spoke first) are written out first,
- * and the descriptors change hands only once Node has nothing queued on them.
- * JavaScript keeps owning the descriptors and closes them only after the
- * addon reported the pair's end, so a descriptor number is never reused under
- * the relay thread.
+ * and the descriptors change hands only once every one of Node's writes on
+ * them has completed, and succeeded: a write that failed (a destination that
+ * reset as it accepted) ends the session here, as the stream relay ends it,
+ * and the addon never sees the pair. Node destroys a socket whose write
+ * failed, closing its descriptor, so a pair handed over before that would
+ * hold a descriptor the kernel can give to the next connection. JavaScript
+ * keeps owning the descriptors and closes them only after the addon reported
+ * the pair's end, so a descriptor number is never reused under the relay
+ * thread.
  */
 import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
@@ -233,10 +238,16 @@ function takeOver(socket: Socket, handle: StreamHandle): Buffer[] {
   return unread;
 }
 
-/** Calls back once everything written so far has reached the kernel. */
-function whenFlushed(socket: Socket, done: () => void): void {
-  if (socket.writableLength === 0) done();
-  else socket.write(Buffer.alloc(0), () => done());
+/**
+ * Calls back once every write so far has completed: with null when the kernel
+ * has all of it, or with the write's failure. A write that fails at once
+ * (ECONNRESET from a socket the peer already reset) leaves nothing queued,
+ * so `writableLength` is 0 then too; only `errored` tells, because Node
+ * emits the error and destroys the socket on the next tick.
+ */
+function whenFlushed(socket: Socket, done: (error: Error | null) => void): void {
+  if (socket.writableLength === 0) done(socket.errored);
+  else socket.write(Buffer.alloc(0), (err) => done(socket.errored ?? err ?? null));
 }
 
 /**
@@ -274,16 +285,28 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
     });
   };
 
-  // Node is not reading or writing these sockets while the addon has them, so
-  // errors are not expected here; one during the handover ends the session.
-  const onError = (side: 'client' | 'destination') => (err: Error) => {
+  const failed = (side: 'client' | 'destination', err: Error) => {
     failure ??= { reason: side === 'client' ? 'client-error' : 'destination-error', error: err };
+  };
+  // Node is not reading or writing these sockets while the addon has them
+  // (the pair is handed over only after all of Node's writes succeeded), so
+  // errors are not expected then; one during the handover ends the session.
+  // Should one come all the same, Node has closed that descriptor: the pair
+  // is cancelled at once, so that the session ends with the failure instead
+  // of waiting for the idle timeout, and the relay thread lets go of it.
+  const onError = (side: 'client' | 'destination') => (err: Error) => {
+    failed(side, err);
     if (handle === null) abandon();
+    else if (!cancelled) {
+      cancelled = true;
+      addon.cancel(handle);
+    }
   };
   client.on('error', onError('client'));
   destination.on('error', onError('destination'));
 
   const abandon = () => {
+    if (ended) return;
     if (failure?.reason === 'relay-error') {
       client.resetAndDestroy();
       destination.resetAndDestroy();
@@ -296,7 +319,8 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
   };
 
   const onReport = ([, up, down, end, firstEof, errorSide, errno]: Report) => {
-    const { reason, error } = spliceEnd(end, firstEof, errorSide, errno);
+    // A failure Node saw (see onError) is what ended the pair, not the cancel.
+    const { reason, error } = failure ?? spliceEnd(end, firstEof, errorSide, errno);
     if (reason === 'relay-error') {
       // The relay's own failure: neither side may think all went well.
       client.resetAndDestroy();
@@ -313,6 +337,7 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
   const handOver = () => {
     if (ended) return;
     if (cancelled || failure || client.destroyed || destination.destroyed) return abandon();
+    // Only once Node has nothing queued and nothing failed: from here the descriptors are the relay thread's to use.
     pending.set(id, onReport);
     try {
       handle = addon.start(id, clientHandle.fd, destinationHandle.fd, options.idleMs);
@@ -326,12 +351,17 @@ export function spliceRelay(client: Socket, destination: Socket, options: RelayO
   // What Node read before the handover goes out first, in order.
   for (const chunk of toDestination) destination.write(chunk);
   for (const chunk of toClient) client.write(chunk);
+  // A write that failed ends the session here, with the error the stream
+  // relay records for it (`write ECONNRESET`, destination-error), and the
+  // other side is reset: the bytes did not all arrive, and nobody may think
+  // they did.
   let waiting = 2;
-  const flushed = () => {
+  const flushed = (side: 'client' | 'destination') => (err: Error | null) => {
+    if (err) failed(side, err);
     if (--waiting === 0) handOver();
   };
-  whenFlushed(client, flushed);
-  whenFlushed(destination, flushed);
+  whenFlushed(client, flushed('client'));
+  whenFlushed(destination, flushed('destination'));
 
   return {
     close() {
