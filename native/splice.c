@@ -1359,6 +1359,19 @@ static void read_client(pair_t *p, int whole) {
   if (h->full) h->unread = 1;
 }
 
+/*
+ * A handshake message could not be sent to the client: its connection failed
+ * (a reset). JavaScript's session is told of it as of a failed read, so it
+ * records what the node engine does (client-gone, the error) rather than a
+ * plain close. EAGAIN (a full send buffer, which a fresh socket never has) is
+ * not the client's failure.
+ */
+static void client_failed(handshake_t *h, int err) {
+  if (err == EAGAIN || h->err != 0) return;
+  h->err = err;
+  h->eof = 1;
+}
+
 /* Step results. */
 enum { STEP_MORE = 0, STEP_NEXT = 1, STEP_STOP = 2 };
 
@@ -1385,7 +1398,9 @@ static int step_greeting(pair_t *p) {
   p->method = chosen;
   p->phase = chosen == METHOD_USERPASS ? PHASE_AUTH : PHASE_REQUEST;
   unsigned char reply[2] = {5, (unsigned char)chosen};
-  if (send_all(p->fd[0], reply, 2) != 0) {
+  int err = send_all(p->fd[0], reply, 2);
+  if (err != 0) {
+    client_failed(h, err);
     hand_over(p, resume_phase(p->phase), 0, 0);
     return STEP_STOP;
   }
@@ -1397,7 +1412,9 @@ static int credentials_accepted(pair_t *p) {
   consume(p->hs, p->hs->msg_len);
   p->phase = PHASE_REQUEST;
   unsigned char status[2] = {1, 0};
-  if (send_all(p->fd[0], status, 2) != 0) {
+  int err = send_all(p->fd[0], status, 2);
+  if (err != 0) {
+    client_failed(p->hs, err);
     hand_over(p, RESUME_REQUEST, 0, 0);
     return STEP_STOP;
   }
@@ -1651,17 +1668,22 @@ static void native_event(pair_t *p, int side, uint32_t events) {
   /* While JavaScript decides or the destination is dialled, the client waits unread. */
   if (p->phase == PHASE_AUTH_WAIT || p->phase == PHASE_DECIDE_WAIT || p->phase == PHASE_CONNECTING) {
     p->hs->unread = 1;
-    /* A reset while the destination is dialled: the client is gone, and the
-     * dial could last the whole connect timeout. JavaScript's session ends it
-     * with the record the node engine writes. (A FIN alone is a half-close:
-     * EPOLLRDHUP, not EPOLLHUP, and the session goes on.) */
-    if (p->phase == PHASE_CONNECTING && (events & (EPOLLERR | EPOLLHUP))) {
+    /* A reset while JavaScript checks the password or decides the request,
+     * or while the destination is dialled: the client is gone, and a bcrypt
+     * check or a dial could go on for nothing (and a refused password be
+     * recorded as a login failure). It is handed over with the client's
+     * error: the hand-over drops a check still waiting (#letGo in
+     * server/native.ts), a verdict that comes after it is ignored (the pair
+     * is done), and JavaScript's session writes the record the node engine
+     * writes, which reads the reset as it comes. (A FIN alone is a
+     * half-close: EPOLLRDHUP, not EPOLLHUP, and the session goes on.) */
+    if (events & (EPOLLERR | EPOLLHUP)) {
       int err = 0;
       socklen_t len = sizeof err;
       if (getsockopt(p->fd[0], SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err == 0) err = ECONNRESET;
       p->hs->err = err;
       p->hs->eof = 1;
-      hand_over(p, RESUME_REQUEST, 0, 0);
+      hand_over(p, resume_phase(p->phase), 0, 0);
     }
     return;
   }

@@ -986,6 +986,63 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     assertSameEnding(runs);
   });
 
+  /*
+   * The relay thread reads nothing from the client while JavaScript checks
+   * the password, but a reset must still end the session at once: the check
+   * is dropped (its signal aborted), and the record is the node engine's
+   * (client-gone with the reset), never auth-failed, a login failure the
+   * client did not make. A verdict that comes after (an authenticator that
+   * ignores the signal) goes nowhere: nothing is sent, recorded or dialled.
+   */
+  for (const late of [null, false, true] as const) {
+    const what = late === null ? 'the check is dropped' : `an authenticator that ignores the signal and answers ${late} afterwards changes nothing`;
+    test(`a client reset while its password is checked: ${what}; record client-gone with the reset on both engines`, opts, async () => {
+      const aborted: Engine[] = [];
+      const endings: string[] = [];
+      const verdicts: Array<(ok: boolean) => void> = [];
+      let engine: Engine = ENGINES[0];
+      let asked = () => {};
+      const authenticator = {
+        verify: (_user: string, _password: string, { signal }: { signal: AbortSignal }) => new Promise<boolean>((resolve, reject) => {
+          const of = engine;
+          verdicts.push(resolve);
+          signal.addEventListener('abort', () => {
+            aborted.push(of);
+            if (late === null) reject(signal.reason);
+          });
+          asked();
+        }),
+      };
+      const runs = await onBothEngines({ auth: USERPASS_ONLY, timeouts: { handshake: 3000 }, authenticator }, async (proxy) => {
+        engine = proxy.server.handshakeEngine as Engine;
+        const checking = new Promise<void>((resolve) => (asked = resolve));
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+        assert.deepEqual(await client.read(2), hex('05 02'));
+        await checking;
+        const record = proxy.record((r) => r.clientPort === client.localPort);
+        client.socket.resetAndDestroy();
+        endings.push(await client.ended);
+        if (late !== null) {
+          await record;
+          for (const verdict of verdicts.splice(0)) verdict(late);
+          await delay(100);
+        }
+        return client.localPort;
+      });
+      assert.deepEqual(aborted, ['native', 'node'], 'the check\'s signal was aborted on both engines');
+      for (const e of ENGINES) {
+        assert.deepEqual(
+          [runs[e].record.reason, runs[e].record.error, runs[e].record.user],
+          ['client-gone', 'client connection failed during handshake: ECONNRESET', ALICE.name],
+          e,
+        );
+      }
+      assert.deepEqual(runs.native.counters, HANDED_OVER);
+      assertSameEnding(runs);
+    });
+  }
+
   test('the handshake timeout passes while JavaScript is still checking the password: the same answer and record', {
     ...opts,
     // Here the node engine is the odd one: PHASE_NAMES in session.ts has no entry for 'waiting'.
