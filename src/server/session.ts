@@ -177,6 +177,15 @@ export class Session {
   #error: string | null = null;
   #rule: string | null = null;
   #resume: SessionResume | null;
+  /**
+   * Handed over with the client's connection already failed (a reset read
+   * by the relay thread): the bytes read before it are stepped through for
+   * the record and for any refusal they earn, but nothing they ask for is
+   * started: no password check (the relay thread's was dropped, or its
+   * verdict came too late to count), no dial, BIND or association. On the
+   * node engine the reset cuts those short as soon as they start.
+   */
+  #clientFailed = false;
 
   /** `client`: who connected, when the socket can no longer say (a reset before Node accepted it). */
   constructor(id: number, socket: Socket, ctx: SessionContext, resume: SessionResume | null = null, client?: { readonly address: string; readonly port: number }) {
@@ -207,8 +216,12 @@ export class Session {
     this.#user = resume.user;
     this.#buffer = resume.buffer;
     if (resume.clientError) {
-      // Reset while the relay thread dialled: the record names the request, as the node engine's does.
-      if (resume.phase === 'request') this.#noteRequestIn(resume.buffer);
+      // As the node engine, which reads the bytes that came before a reset
+      // first: they are stepped through (the version, a refusal they earn,
+      // the request for the record), then the reset ends the session. What
+      // they ask for is not started (see #clientFailed).
+      this.#clientFailed = true;
+      if (this.#buffer.length > 0) this.#advance();
       this.#onHandshakeError(resume.clientError);
       this.#socket.destroy();
       return;
@@ -221,16 +234,6 @@ export class Session {
     const left = this.#ctx.handshakeMs - (this.#ctx.now() - this.#startedAt);
     this.#timer = setTimeout(this.#onHandshakeTimeout, Math.max(0, left));
     if (this.#buffer.length > 0) this.#advance();
-  }
-
-  /** The command and destination of a whole SOCKS5 request in `buffer`, for the record; nothing if there is none. */
-  #noteRequestIn(buffer: Buffer): void {
-    try {
-      const decoded = decodeRequest(buffer);
-      if (decoded !== NEED_MORE) this.#noteRequest(decoded.value.command, decoded.value.destination);
-    } catch {
-      // not a whole request: the record names none
-    }
   }
 
   #noteRequest(command: number, target: Destination): void {
@@ -340,6 +343,7 @@ export class Session {
       this.#afterVerify(false, null, 'username or password is not UTF-8'); // no configured name or password can match it
       return false;
     }
+    if (this.#clientFailed) return false;
     const refused = this.#resume?.authRefused;
     if (refused) {
       this.#afterVerify(false, refused.error);
@@ -375,6 +379,10 @@ export class Session {
     const { command, destination: target } = request.value;
     this.#noteRequest(command, target);
     if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
+    if (this.#clientFailed && this.#command !== null) {
+      this.#wait();
+      return false;
+    }
     if (command === Command.CONNECT) this.#connect(target);
     else if (command === Command.BIND) this.#bind(target);
     else if (command === Command.UDP_ASSOCIATE) this.#associate(target);
@@ -394,6 +402,10 @@ export class Session {
     this.#command = command === Socks4Command.CONNECT ? 'connect' : command === Socks4Command.BIND ? 'bind' : null;
     this.#requested = formatDestination(target);
     if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
+    if (this.#clientFailed && this.#command !== null) {
+      this.#wait();
+      return false;
+    }
     if (command === Socks4Command.CONNECT) this.#connect(target);
     else if (command === Socks4Command.BIND) this.#bind(target);
     else {

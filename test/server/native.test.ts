@@ -987,6 +987,27 @@ describe('native handshakes: how sessions end, compared with the node engine', (
   });
 
   /*
+   * The relay thread read part of a greeting, then the reset: the hand-over
+   * carries both, and the session steps through the bytes before it records
+   * the reset, as the node engine read them as they came (version 5).
+   */
+  test('a client reset after part of its greeting was read: the same record (version 5, the reset)', opts, async () => {
+    const runs = await onBothEngines({}, async (proxy) => {
+      const client = await RawClient.connect(proxy.port);
+      client.write(hex('05 09 00 02'));
+      await delay(200); // read by the proxy: the reset comes in a read of its own
+      client.socket.resetAndDestroy();
+      return client.localPort;
+    });
+    for (const e of ENGINES) {
+      const { version, reason, error } = runs[e].record;
+      assert.deepEqual({ version, reason, error }, { version: 5, reason: 'client-gone', error: 'client connection failed during handshake: ECONNRESET' }, e);
+    }
+    assert.deepEqual(runs.native.counters, HANDED_OVER);
+    assertSameEnding(runs);
+  });
+
+  /*
    * The relay thread reads nothing from the client while JavaScript checks
    * the password, but a reset must still end the session at once: the check
    * is dropped (its signal aborted), and the record is the node engine's
