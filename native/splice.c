@@ -1108,6 +1108,8 @@ struct handshake {
   int full;    /* the last read stopped at a full buffer: the socket may hold more */
   int unread;  /* the client may hold bytes no event will announce: an event came while it was
                   not being read, or a read stopped at a full buffer */
+  int dial_local;      /* connect() failed at once on a socket whose address is the wildcard: 4 or 6, else 0 */
+  int dial_local_port; /* and its port (0: the kernel released it) */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
 };
@@ -1242,6 +1244,8 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   m->n[3] = err;
   m->n[4] = timed_out;
   m->n[5] = h ? h->err : 0;
+  m->n[6] = h ? h->dial_local : 0;
+  m->n[7] = h ? h->dial_local_port : 0;
   free_handshake(p);
   post(m);
 }
@@ -1550,6 +1554,29 @@ static void advance(pair_t *p) {
   }
 }
 
+/*
+ * connect() failed at once: Node words such a failure with the failed
+ * socket's own address (internalConnect in lib/net.js: "connect ENETUNREACH
+ * 127.255.255.255:80 - Local (0.0.0.0:0)"), which JavaScript can only learn
+ * from here. The relay thread never binds its outbound sockets, so the kernel
+ * leaves the wildcard address (and port 0, a port it had taken released):
+ * only that is passed on (family and port); any other address is not, and
+ * JavaScript words the failure without it.
+ */
+static void failed_at_once(handshake_t *h, int fd) {
+  struct sockaddr_storage local;
+  socklen_t len = sizeof local;
+  if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return;
+  static const unsigned char any6[16] = {0};
+  if (local.ss_family == AF_INET && ((struct sockaddr_in *)&local)->sin_addr.s_addr == htonl(INADDR_ANY)) {
+    h->dial_local = 4;
+    h->dial_local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
+  } else if (local.ss_family == AF_INET6 && memcmp(&((struct sockaddr_in6 *)&local)->sin6_addr, any6, 16) == 0) {
+    h->dial_local = 6;
+    h->dial_local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+  }
+}
+
 static void connect_failed(pair_t *p, int err, int timed_out) {
   hand_over(p, RESUME_REQUEST, err, timed_out);
 }
@@ -1588,7 +1615,9 @@ static void start_connect(pair_t *p) {
     return;
   }
   if (errno != EINPROGRESS) {
-    connect_failed(p, errno, 0);
+    int err = errno;
+    failed_at_once(h, fd);
+    connect_failed(p, err, 0);
     return;
   }
   /* Over loopback the handshake has usually completed inside connect(): a
@@ -1794,6 +1823,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
   h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
+  h->dial_local = h->dial_local_port = 0;
   h->settings = s;
   h->client = *addr;
   p->rule = -1;
@@ -2360,7 +2390,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 8
+#define ADDON_INTERFACE 9
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

@@ -271,7 +271,8 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     case Message.HAND_OVER: {
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
-      return session.handOver({ fd: n0, resume: n1, method: n2, connectErrno: n3, timedOut: n4 === 1, clientErrno: n5 }, user, rest);
+      const dialLocal = n6 === 4 || n6 === 6 ? { family: n6, port: n7 } as const : null;
+      return session.handOver({ fd: n0, resume: n1, method: n2, connectErrno: n3, timedOut: n4 === 1, clientErrno: n5, dialLocal }, user, rest);
     }
     case Message.END: {
       state.sessions.delete(id);
@@ -319,6 +320,8 @@ interface NativeHandOver {
   readonly timedOut: boolean;
   /** Reading from the client failed so (a reset), 0 if not. */
   readonly clientErrno: number;
+  /** connect() failed at once on a socket left at the wildcard address of this family, on this port. */
+  readonly dialLocal: { readonly family: 4 | 6; readonly port: number } | null;
 }
 
 function methodName(method: number): 'none' | 'userpass' | null {
@@ -440,7 +443,7 @@ export class NativeSession {
     if (!this.#gone) this.#addon.answer(this.#handle, goOn, rememberAs);
   }
 
-  handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno }: NativeHandOver, user: string | null, buffer: Buffer): void {
+  handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno, dialLocal }: NativeHandOver, user: string | null, buffer: Buffer): void {
     this.#letGo();
     this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
@@ -456,17 +459,19 @@ export class NativeSession {
       user: this.#user,
       timedOut: timedOut && connectErrno === 0,
       authRefused: this.#authRefused,
-      dialFailure: phase === 'request' && connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut) : null,
+      dialFailure: phase === 'request' && connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut, dialLocal) : null,
       clientError: clientErrno !== 0 ? errnoError('read', clientErrno) : null,
     });
   }
 
-  #dialFailure(request: Buffer, errno: number, timedOut: boolean): SocksError {
+  #dialFailure(request: Buffer, errno: number, timedOut: boolean, local: NativeHandOver['dialLocal']): SocksError {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
-    // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it.
-    return toSocksError(errnoError('connect', errno, `${target.host}:${target.port}`));
+    // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it;
+    // a connect() that failed at once names the socket's own address too, as Node's internalConnect does.
+    const own = local ? ` - Local (${local.family === 6 ? '::' : '0.0.0.0'}:${local.port})` : '';
+    return toSocksError(errnoError('connect', errno, `${target.host}:${target.port}${own}`));
   }
 
   end({ up, down, reason, firstEof, errorSide, errno, rule, method, version, replied }: NativeEnd, user: string | null, request: Buffer): void {

@@ -445,6 +445,17 @@ const CASES: readonly HandOverCase[] = [
     error: /ECONNREFUSED/,
   },
   {
+    // connect() fails at once (loopback's broadcast address: no packet leaves),
+    // so Node's wording names the failed socket's own address too.
+    name: 'a CONNECT to 127.255.255.255 (connect() fails at once): 05 03, Node\'s wording with " - Local (…)"',
+    proxy: 'plain',
+    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.255.255.255', 8080)]),
+    then: 'close',
+    answer: `05 00 05 03 ${ZERO_V4}`,
+    reason: 'connect-failed',
+    error: /^connect ENETUNREACH 127\.255\.255\.255:8080 - Local \(0\.0\.0\.0:0\)$/,
+  },
+  {
     name: 'a wrong password: status 01 01',
     proxy: 'userpass',
     bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, 'wrong')]),
