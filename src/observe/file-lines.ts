@@ -107,30 +107,17 @@ export class FileLines extends EventEmitter {
   #batchFull(): void {
     const full = this.#batch.subarray(0, this.#used);
     this.#used = 0;
-    if (this.#failing) {
-      this.#batch = Buffer.allocUnsafeSlow(this.#batchBytes);
-      this.#wait(full);
-    } else {
-      this.#writeOrWait(full);
-    }
+    this.#queue(full);
   }
 
+  /** Writes `bytes` unless writes are failing; what is not written waits. */
   #queue(bytes: Buffer): void {
-    if (this.#failing) this.#wait(bytes);
-    else this.#writeOrWait(bytes);
-  }
-
-  #wait(bytes: Buffer): void {
-    this.#waiting.push(bytes);
-    this.#waitingBytes += bytes.length;
-  }
-
-  #writeOrWait(bytes: Buffer): void {
-    const written = this.#writeAll(bytes);
-    if (written === bytes.length) return;
-    // The rest may lie in the batch buffer: new lines take a fresh one.
-    if (bytes.buffer === this.#batch.buffer) this.#batch = Buffer.allocUnsafeSlow(this.#batchBytes);
-    this.#wait(bytes.subarray(written));
+    const rest = this.#failing ? bytes : bytes.subarray(this.#writeAll(bytes));
+    if (rest.length === 0) return;
+    // What waits may lie in the batch buffer: new lines take a fresh one.
+    if (rest.buffer === this.#batch.buffer) this.#batch = Buffer.allocUnsafeSlow(this.#batchBytes);
+    this.#waiting.push(rest);
+    this.#waitingBytes += rest.length;
   }
 
   /** How much of `bytes` the file took: all of it, or what it took before a write failed (then failing). */
