@@ -35,6 +35,20 @@ function flakyWrite(failing: () => boolean): { write: NonNullable<FileLinesOptio
   };
 }
 
+/** A FileLines whose writes fail (ENOSPC) until `recover()`, on a clock the test moves with `advance(ms)`. */
+function onFailingFile(options: Partial<FileLinesOptions> = {}) {
+  let failing = true;
+  let now = 0;
+  const flaky = flakyWrite(() => failing);
+  const file = onTempFile({ ...options, writeSync: flaky.write, now: () => now });
+  return {
+    ...file,
+    writes: flaky.calls,
+    recover: () => { failing = false; },
+    advance: (ms: number) => { now += ms; },
+  };
+}
+
 test('lines reach the file whole and in order: multi-byte text, lines across batch ends, a line longer than a batch', () => {
   const file = onTempFile({ batchBytes: 64 });
   try {
@@ -83,10 +97,7 @@ test('a partial write is continued, not lost', () => {
 });
 
 test('while writes fail, lines wait (error said once); once a write goes through, all of them follow in order and drain is said', () => {
-  let failing = true;
-  const flaky = flakyWrite(() => failing);
-  let now = 0;
-  const file = onTempFile({ batchBytes: 64, writeSync: flaky.write, now: () => now });
+  const file = onFailingFile({ batchBytes: 64 });
   const errors: Error[] = [];
   let drains = 0;
   let drops = 0;
@@ -98,13 +109,13 @@ test('while writes fail, lines wait (error said once); once a write goes through
     for (let i = 0; i < 40; i++) {
       written.push(`{"n":${i},"pad":"${'p'.repeat(i % 7)}"}\n`);
       file.lines.write(written[i]!);
-      now += 10;
+      file.advance(10);
     }
     assert.equal(errors.length, 1, 'said once');
     assert.match(errors[0]!.message, /ENOSPC/);
     assert.equal(file.read(), '');
     assert.equal(drains, 0);
-    failing = false;
+    file.recover();
     file.lines.flush();
     assert.equal(file.read(), written.join(''));
     assert.equal(drains, 1);
@@ -115,19 +126,16 @@ test('while writes fail, lines wait (error said once); once a write goes through
 });
 
 test('while writes fail, a new line tries again at most every 100 ms', () => {
-  let failing = true;
-  const flaky = flakyWrite(() => failing);
-  let now = 0;
-  const file = onTempFile({ batchBytes: 32, writeSync: flaky.write, now: () => now });
+  const file = onFailingFile({ batchBytes: 32 });
   file.lines.on('error', () => {});
   try {
     for (let i = 0; i < 100; i++) file.lines.write(`line ${i} of the failing log\n`);
-    assert.equal(flaky.calls(), 1, 'the write that failed, and no retry within the same millisecond');
-    now += 100;
+    assert.equal(file.writes(), 1, 'the write that failed, and no retry within the same millisecond');
+    file.advance(100);
     file.lines.write('after 100 ms\n');
-    assert.equal(flaky.calls(), 2, 'one retry');
-    failing = false;
-    now += 100;
+    assert.equal(file.writes(), 2, 'one retry');
+    file.recover();
+    file.advance(100);
     file.lines.write('recovered\n');
     assert.match(file.read(), /line 0 of the failing log\n[^]*line 99 of the failing log\nafter 100 ms\nrecovered\n$/);
   } finally {
@@ -136,9 +144,7 @@ test('while writes fail, a new line tries again at most every 100 ms', () => {
 });
 
 test('while writes fail, lines beyond the backlog bound are dropped and counted; those held are written later', () => {
-  let failing = true;
-  const flaky = flakyWrite(() => failing);
-  const file = onTempFile({ batchBytes: 64, backlogBytes: 256, writeSync: flaky.write, now: () => 0 });
+  const file = onFailingFile({ batchBytes: 64, backlogBytes: 256 });
   let drops = 0;
   file.lines.on('error', () => {});
   file.lines.on('drop', () => { drops++; });
@@ -146,7 +152,7 @@ test('while writes fail, lines beyond the backlog bound are dropped and counted;
     const line = (i: number) => `{"line":${String(i).padStart(4, '0')}}\n`; // 15 bytes
     for (let i = 0; i < 100; i++) file.lines.write(line(i));
     assert.ok(drops > 0 && drops < 100, `some dropped (${drops})`);
-    failing = false;
+    file.recover();
     file.lines.flush();
     const kept = file.read().split('\n').filter(Boolean);
     assert.equal(kept.length + drops, 100, 'every line either written or counted');
@@ -158,14 +164,12 @@ test('while writes fail, lines beyond the backlog bound are dropped and counted;
 });
 
 test('flushSync throws while writes fail (the exit flush says it could not), and writes everything once they go through', () => {
-  let failing = true;
-  const flaky = flakyWrite(() => failing);
-  const file = onTempFile({ writeSync: flaky.write });
+  const file = onFailingFile();
   file.lines.on('error', () => {});
   try {
     file.lines.write('kept\n');
     assert.throws(() => file.lines.flushSync(), /cannot be written/);
-    failing = false;
+    file.recover();
     file.lines.flushSync();
     assert.equal(file.read(), 'kept\n');
   } finally {
