@@ -15,7 +15,6 @@ export const UNSUPPORTED_2X = '$2x$ hashes are not supported; hash the password 
 /** Why a $2$ hash (the original bcrypt's, before $2a$) is refused, for the users file and the config alike. */
 export const UNSUPPORTED_2 = '$2$ hashes (the original bcrypt, before $2a$) are not supported; hash the password again (socksgate passwd)';
 
-/** The costs bcrypt itself has: 2^4 to 2^31 rounds. */
 /**
  * bcrypt reads only this many bytes of a password and ignores the rest: a
  * longer password is refused when hashed, and never accepted against a hash
@@ -23,6 +22,12 @@ export const UNSUPPORTED_2 = '$2$ hashes (the original bcrypt, before $2a$) are 
  */
 export const BCRYPT_MAX_PASSWORD_BYTES = 72;
 
+/** Whether bcrypt would check only a prefix of `password` (see BCRYPT_MAX_PASSWORD_BYTES). */
+export function tooLongForBcrypt(password: string): boolean {
+  return Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES;
+}
+
+/** The costs bcrypt itself has: 2^4 to 2^31 rounds. */
 export const MIN_BCRYPT_COST = 4;
 export const MAX_BCRYPT_COST = 31;
 /**

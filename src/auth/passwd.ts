@@ -12,7 +12,7 @@ import {
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { HELP_HINT, type OptionValues, argsProblem } from '../cli-args.js';
-import { BCRYPT_MAX_PASSWORD_BYTES, MAX_COST, MIN_BCRYPT_COST, isUsableCost } from './hash-format.js';
+import { MAX_COST, MIN_BCRYPT_COST, isUsableCost, tooLongForBcrypt } from './hash-format.js';
 import { TOO_LONG_FOR_BCRYPT, hashPassword, parseUsersFile, usersFileLine } from './users.js';
 
 const USAGE = 'usage: socksgate passwd FILE USER [--delete] [--cost N]  (password from a prompt or stdin)';
@@ -60,7 +60,7 @@ async function update(file: string, user: string, cost: number, remove: boolean)
     return fail((err as Error).message);
   }
   if (password === '') return fail('empty password refused');
-  if (Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES) return fail(TOO_LONG_FOR_BCRYPT);
+  if (tooLongForBcrypt(password)) return fail(TOO_LONG_FOR_BCRYPT);
   const line = `${user}:${await hashPassword(password, cost)}`;
   // ...and read it again now: the prompt may have waited while someone else changed it.
   write(file, edited(file, user, line));

@@ -6,7 +6,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { bcryptCompare, bcryptHash } from './bcrypt.js';
-import { BCRYPT_MAX_PASSWORD_BYTES, MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash, isUsableCost } from './hash-format.js';
+import { BCRYPT_MAX_PASSWORD_BYTES, MAX_COST, MIN_BCRYPT_COST, bcryptCost, bcryptHashProblem, isBcryptHash, isUsableCost, tooLongForBcrypt } from './hash-format.js';
 
 /** Decides whether a username/password pair may use the proxy. Library users may supply their own. */
 export interface Authenticator {
@@ -156,7 +156,7 @@ export class UserStore implements Authenticator {
     const client = context?.clientAddress;
     // Past bcrypt's 72 bytes only a prefix would be checked: refused, in the
     // unknown user's time, so the refusal does not say the user exists.
-    if (!secret || (secret.kind === 'bcrypt' && Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES)) {
+    if (!secret || (secret.kind === 'bcrypt' && tooLongForBcrypt(password))) {
       await bcryptCompare(password, await dummy(this.#dummyCost), { client, signal: context?.signal });
       return false;
     }
@@ -246,7 +246,7 @@ export async function hashPassword(password: string, cost = 10): Promise<string>
   if (!isUsableCost(cost)) {
     throw new RangeError(`cost must be an integer from ${MIN_BCRYPT_COST} to ${MAX_COST}, got ${String(cost)}`);
   }
-  if (Buffer.byteLength(password) > BCRYPT_MAX_PASSWORD_BYTES) throw new RangeError(TOO_LONG_FOR_BCRYPT);
+  if (tooLongForBcrypt(password)) throw new RangeError(TOO_LONG_FOR_BCRYPT);
   return bcryptHash(password, cost);
 }
 

@@ -10,8 +10,8 @@
  * (some clients send an empty password) and simply fail authentication.
  * Both are decoded as UTF-8; bytes that are not UTF-8 decode (as U+FFFD) but
  * are marked, for the server to refuse: "a\xffb" and "a\xfeb" would
- * otherwise read as the same password. The decoders throw a RangeError for an `at`
- * that is not an integer >= 0 (the caller's mistake, not the peer's).
+ * otherwise read as the same password. The decoders throw a RangeError for
+ * an `at` that is not an integer >= 0 (the caller's mistake, not the peer's).
  */
 import { isUtf8 } from 'node:buffer';
 import { SocksError } from '../errors.js';
