@@ -1372,8 +1372,9 @@ static void read_client(pair_t *p, int whole) {
 }
 
 /*
- * A handshake message could not be sent to the client: its connection failed
- * (a reset). JavaScript's session is told of it as of a failed read, so it
+ * The client's connection failed (a reset, seen as an event while the
+ * client waits, or as a handshake message that could not be sent).
+ * JavaScript's session is told of it as of a failed read, so it
  * records what the node engine does (client-gone, the error) rather than a
  * plain close. EAGAIN (a full send buffer, which a fresh socket never has) is
  * not the client's failure.
@@ -1718,8 +1719,7 @@ static void native_event(pair_t *p, int side, uint32_t events) {
       int err = 0;
       socklen_t len = sizeof err;
       if (getsockopt(p->fd[0], SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err == 0) err = ECONNRESET;
-      p->hs->err = err;
-      p->hs->eof = 1;
+      client_failed(p->hs, err);
       hand_over(p, resume_phase(p->phase), 0, 0);
     }
     return;
