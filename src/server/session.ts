@@ -378,11 +378,7 @@ export class Session {
     this.#consume(request.bytesRead);
     const { command, destination: target } = request.value;
     this.#noteRequest(command, target);
-    if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
-    if (this.#clientFailed && this.#command !== null) {
-      this.#wait();
-      return false;
-    }
+    if (this.#command !== null && !this.#mayStart(this.#command, target)) return false;
     if (command === Command.CONNECT) this.#connect(target);
     else if (command === Command.BIND) this.#bind(target);
     else if (command === Command.UDP_ASSOCIATE) this.#associate(target);
@@ -401,17 +397,25 @@ export class Session {
     this.#user = userId === '' ? null : userId;
     this.#command = command === Socks4Command.CONNECT ? 'connect' : command === Socks4Command.BIND ? 'bind' : null;
     this.#requested = formatDestination(target);
-    if (this.#command !== null && !this.#allowedByRules(this.#command, target)) return false;
-    if (this.#clientFailed && this.#command !== null) {
-      this.#wait();
-      return false;
-    }
+    if (this.#command !== null && !this.#mayStart(this.#command, target)) return false;
     if (command === Socks4Command.CONNECT) this.#connect(target);
     else if (command === Socks4Command.BIND) this.#bind(target);
     else {
       const what = `unknown SOCKS4 command 0x${hex(command)}`;
       this.#refuse(encodeSocks4Reply(Socks4Reply.REJECTED), 'command-not-supported', what, Socks4Reply.REJECTED);
     }
+    return false;
+  }
+
+  /**
+   * Whether a known command may start: the rules allow it (else refused, see
+   * #allowedByRules) and the client is still there (else the session waits
+   * for the reset to be recorded, see #clientFailed).
+   */
+  #mayStart(command: RuleCommand, target: Destination): boolean {
+    if (!this.#allowedByRules(command, target)) return false;
+    if (!this.#clientFailed) return true;
+    this.#wait();
     return false;
   }
 
