@@ -1345,25 +1345,17 @@ static void connected(pair_t *p, int watched);
  */
 static void read_client(pair_t *p, int whole) {
   handshake_t *h = p->hs;
-  int got = 0; /* bytes came in this read */
   while (h->len < HANDSHAKE_BUFFER && !h->eof) {
     size_t room = HANDSHAKE_BUFFER - (size_t)h->len;
     ssize_t n = recv(p->fd[0], h->buf + h->len, room, 0);
     if (n > 0) {
       h->len += (int)n;
-      got = 1;
       if ((size_t)n < room && !whole) break;
     } else if (n == 0) h->eof = 1;
     else if (errno == EAGAIN) break;
     else if (errno != EINTR) {
       h->eof = 1;
-      /* A reset is read once: JavaScript's session is told of it. Bytes and
-       * a reset read together are bytes and an end, as the node engine
-       * sees them: libuv reads the bytes, and on the same hang-up reports
-       * an EOF without reading the error (uv__stream_io, after a partial
-       * read), so its session acts on the bytes and then says the client
-       * closed mid-handshake, or refuses what the bytes earned. */
-      if (!got) h->err = errno;
+      h->err = errno; /* a reset is read once: JavaScript's session is told of it */
     }
   }
   /* Stopped by a full buffer, not an empty socket: the rest raises no new edge. */
