@@ -16,6 +16,7 @@
  *   | VN | CD | DSTPORT |      DSTIP        |    VN = 0
  *   +----+----+----+----+----+----+----+----+
  */
+import { isUtf8 } from 'node:buffer';
 import { SocksError } from '../errors.js';
 import {
   type Decoded,
@@ -75,7 +76,7 @@ export function decodeSocks4Request(
 
   const userEnd = findNul(buf, at + 8, limits.maxUserId, 'USERID');
   if (userEnd === NEED_MORE) return NEED_MORE;
-  const userId = Buffer.from(buf.buffer, buf.byteOffset + at + 8, userEnd - at - 8).toString('latin1');
+  const userId = decodeUserId(Buffer.from(buf.buffer, buf.byteOffset + at + 8, userEnd - at - 8));
   let end = userEnd + 1;
   let destination: Destination = { kind: 'ipv4', host: ip, port };
 
@@ -87,6 +88,16 @@ export function decodeSocks4Request(
     end = hostEnd + 1;
   }
   return { value: { command: buf[at + 1]!, destination, userId, socks4a }, bytesRead: end - at };
+}
+
+/**
+ * The USERID as text: UTF-8, as RFC 1929 names are (so a `users` rule names
+ * one user whichever way it arrives), or Latin-1 when the bytes are not
+ * UTF-8 (an old client's local name); every byte string reads as something,
+ * since no client proves its USERID anyway.
+ */
+function decodeUserId(field: Buffer): string {
+  return field.toString(isUtf8(field) ? 'utf8' : 'latin1');
 }
 
 /** Index of the NUL ending a field that starts at `start`, within `max` bytes. */
@@ -103,8 +114,8 @@ function findNul(buf: Uint8Array, start: number, max: number, field: string): nu
  * Refuses (SocksError) what decodeSocks4Request, with the default limits,
  * would not read back as `request`: a command that is not an integer 0-255,
  * a port that is not one 0-65535 (ERR_MALFORMED); a USERID with a NUL (it
- * would end there) or a character past Latin-1 (ERR_MALFORMED), or over 255
- * characters (ERR_TOO_LONG); a destination that is neither IPv4 nor a name,
+ * would end there) or a lone surrogate (UTF-8 cannot carry it; ERR_MALFORMED),
+ * or over 255 bytes of UTF-8 (ERR_TOO_LONG); a destination that is neither IPv4 nor a name,
  * an IPv4 address 0.0.0.x with x ≠ 0 (it reads as SOCKS4a), and `socks4a`
  * not saying which of the two it is (ERR_MALFORMED); a name as writeAddress
  * refuses one (empty or over 255 characters, ERR_TOO_LONG; not printable
@@ -123,7 +134,7 @@ export function encodeSocks4Request(request: Socks4Request): Buffer {
   if (request.socks4a !== socks4a) {
     throw new SocksError('ERR_MALFORMED', `socks4a is ${request.socks4a} for a destination of kind ${destination.kind}`);
   }
-  const userEnd = 8 + userId.length;
+  const userEnd = 8 + Buffer.byteLength(userId);
   const buf = Buffer.alloc(userEnd + 1 + (socks4a ? destination.host.length + 1 : 0));
   buf[0] = SOCKS4_VERSION;
   buf[1] = request.command;
@@ -137,21 +148,19 @@ export function encodeSocks4Request(request: Socks4Request): Buffer {
       throw new SocksError('ERR_MALFORMED', `${destination.host} cannot be sent: SOCKS4a reads DSTIP 0.0.0.x (x ≠ 0) as "a name follows"`);
     }
   }
-  buf.write(userId, 8, 'latin1');
+  buf.write(userId, 8, 'utf8');
   return buf;
 }
 
-/** A USERID the decoder reads back as itself: Latin-1 without NUL, at most the default limit. */
+/** In a `u` pattern a pair is one code point, so only a lone half matches. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** A USERID the decoder reads back as itself: NUL-free UTF-8 of at most the default limit. */
 function checkUserId(userId: string): void {
-  const length = userId.length;
-  if (length > DEFAULT_SOCKS4_LIMITS.maxUserId) {
+  if (userId.includes('\0')) throw new SocksError('ERR_MALFORMED', 'SOCKS4 USERID has a NUL, which would end it');
+  if (LONE_SURROGATE.test(userId)) throw new SocksError('ERR_MALFORMED', 'SOCKS4 USERID has a lone surrogate, which UTF-8 cannot carry');
+  if (Buffer.byteLength(userId) > DEFAULT_SOCKS4_LIMITS.maxUserId) {
     throw new SocksError('ERR_TOO_LONG', `SOCKS4 USERID longer than ${DEFAULT_SOCKS4_LIMITS.maxUserId} bytes`);
-  }
-  for (let i = 0; i < length; i++) {
-    const c = userId.charCodeAt(i);
-    if (c === 0 || c > 0xff) {
-      throw new SocksError('ERR_MALFORMED', `SOCKS4 USERID has a character that is not NUL-free Latin-1: U+${c.toString(16).padStart(4, '0')}`);
-    }
   }
 }
 

@@ -39,6 +39,7 @@ import {
   checkArbitraryBytes,
   expectDecoded,
   hex,
+  utf8,
   validVectors,
 } from './vectors.js';
 
@@ -86,9 +87,15 @@ const REQUESTS: readonly Vector<Socks4Request>[] = [
     value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '0.1.0.1', port: 80 }, userId: '', socks4a: false },
   },
   {
-    name: 'USERID in Latin-1',
+    name: 'USERID in UTF-8 (as RFC 1929 names are)',
+    bytes: `04 01 0050 7f000001 ${utf8('jürgen 日本')} 00`,
+    value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '127.0.0.1', port: 80 }, userId: 'jürgen 日本', socks4a: false },
+  },
+  {
+    name: 'USERID that is not UTF-8 reads as Latin-1 (it was U+FFFD for each stray byte if read as UTF-8)',
     bytes: `04 01 0050 7f000001 ${ascii('jürgen')} 00`,
     value: { command: Socks4Command.CONNECT, destination: { kind: 'ipv4', host: '127.0.0.1', port: 80 }, userId: 'jürgen', socks4a: false },
+    decodeOnly: true, // the encoder writes UTF-8
   },
   {
     name: 'USERID of exactly 255 bytes (the default limit)',
@@ -269,9 +276,9 @@ describe('SOCKS4/4a request', () => {
       ['a USERID with a NUL (it was cut short there)', v4('1.2.3.4', 'a\0b'), 'ERR_MALFORMED'],
       ['a USERID that is one NUL', v4('1.2.3.4', '\0'), 'ERR_MALFORMED'],
       ['a USERID with a NUL, SOCKS4a (the rest was read as the name)', v4a('example.com', 'fred\0evil.example'), 'ERR_MALFORMED'],
-      ['a USERID past Latin-1 (it was cut to the low bytes)', v4('1.2.3.4', '日本'), 'ERR_MALFORMED'],
-      ['a USERID with U+0100 (written as NUL)', v4('1.2.3.4', 'a\u0100b'), 'ERR_MALFORMED'],
+      ['a USERID with a lone surrogate (UTF-8 has no bytes for it)', v4('1.2.3.4', 'a\ud800b'), 'ERR_MALFORMED'],
       ['a USERID of 256 characters (the decoder refuses over 255)', v4('1.2.3.4', 'u'.repeat(256)), 'ERR_TOO_LONG'],
+      ['a USERID of 128 characters that are 256 bytes of UTF-8', v4('1.2.3.4', 'ü'.repeat(128)), 'ERR_TOO_LONG'],
       ['a SOCKS4a USERID of 256 characters', v4a('example.com', 'u'.repeat(256)), 'ERR_TOO_LONG'],
       ['an empty SOCKS4a name', v4a(''), 'ERR_TOO_LONG'],
       ['a SOCKS4a name of 256 characters (the decoder refuses over 255)', v4a('h'.repeat(256)), 'ERR_TOO_LONG'],
@@ -292,9 +299,10 @@ describe('SOCKS4/4a request', () => {
       it(`${name} → ${code}`, () => assertSocksError(() => encodeSocks4Request(request), code));
     }
 
-    it('the edges are written: a USERID of 255 Latin-1 characters, IPv4 0.0.0.0 and 0.1.0.1, a name of 255', () => {
-      const userId = 'ÿ'.repeat(255);
-      assert.deepEqual(encodeSocks4Request(v4('1.2.3.4', userId)), hex(`04 01 0050 01020304 ${'ff'.repeat(255)} 00`));
+    it('the edges are written: a USERID of 255 bytes of UTF-8, IPv4 0.0.0.0 and 0.1.0.1, a name of 255', () => {
+      const userId = `u${'ÿ'.repeat(127)}`;
+      assert.deepEqual(encodeSocks4Request(v4('1.2.3.4', userId)), hex(`04 01 0050 01020304 75 ${'c3bf'.repeat(127)} 00`));
+      assert.deepEqual(encodeSocks4Request(v4('1.2.3.4', '日本')), hex(`04 01 0050 01020304 ${utf8('日本')} 00`));
       assert.deepEqual(encodeSocks4Request(v4('0.0.0.0')), hex('04 01 0050 00000000 00'));
       assert.deepEqual(encodeSocks4Request(v4('0.1.0.1')), hex('04 01 0050 00010001 00'));
       assert.deepEqual(encodeSocks4Request(v4a('h'.repeat(255), '\x01')), hex(`04 01 0050 00000001 01 00 ${hostOf(255)} 00`));
@@ -317,8 +325,10 @@ describe('SOCKS4/4a request', () => {
     }
   });
 
-  /** Requests the encoder writes: IPv4 other than 0.0.0.x (x ≠ 0) or a printable name, a NUL-free Latin-1 USERID, each up to 255. */
-  const latin1 = fc.string({ unit: fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), maxLength: 255 });
+  /** Requests the encoder writes: IPv4 other than 0.0.0.x (x ≠ 0) or a printable name, a NUL-free USERID, each up to 255 bytes. */
+  const userIdText = fc
+    .string({ unit: fc.oneof(fc.integer({ min: 1, max: 255 }).map((c) => String.fromCharCode(c)), fc.constantFrom('日', '😀')), maxLength: 255 })
+    .filter((t) => Buffer.byteLength(t) <= 255);
   const hostname = fc.string({
     unit: arbHostCharacter,
     minLength: 1,
@@ -331,13 +341,13 @@ describe('SOCKS4/4a request', () => {
     .map((b) => Array.from(b).join('.'));
   const command = fc.integer({ min: 0, max: 255 });
   const validRequest: fc.Arbitrary<Socks4Request> = fc.oneof(
-    fc.tuple(command, ipv4, validPort, latin1).map(([cmd, host, p, userId]) => ({
+    fc.tuple(command, ipv4, validPort, userIdText).map(([cmd, host, p, userId]) => ({
       command: cmd,
       destination: { kind: 'ipv4' as const, host, port: p },
       userId,
       socks4a: false,
     })),
-    fc.tuple(command, hostname, validPort, latin1).map(([cmd, host, p, userId]) => ({
+    fc.tuple(command, hostname, validPort, userIdText).map(([cmd, host, p, userId]) => ({
       command: cmd,
       destination: { kind: 'domain' as const, host, port: p },
       userId,

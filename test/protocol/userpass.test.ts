@@ -22,15 +22,11 @@ import {
   checkArbitraryBytes,
   expectDecoded,
   hex,
+  utf8,
   validVectors,
 } from './vectors.js';
 
 // ---------------------------------------------------------------- helpers
-
-/** UTF-8 text as hex. */
-function utf8(s: string): string {
-  return Buffer.from(s, 'utf8').toString('hex');
-}
 
 /** One-byte length prefix and the UTF-8 bytes of `s`. */
 function field(s: string): string {

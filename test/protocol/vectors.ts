@@ -28,6 +28,11 @@ export function hex(s: string): Buffer {
   return Buffer.from(clean, 'hex');
 }
 
+/** UTF-8 text as hex, for credential and USERID vectors. */
+export function utf8(s: string): string {
+  return Buffer.from(s, 'utf8').toString('hex');
+}
+
 /** Latin-1 (so also ASCII) text as hex, to keep domain, USERID and host name vectors readable. */
 export function ascii(s: string): string {
   return Buffer.from(s, 'latin1').toString('hex');

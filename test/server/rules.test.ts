@@ -43,7 +43,7 @@ function credentials(user: string, pass: string): Buffer {
 function socks4Request(command: 1 | 2, ip: string, port: number, userId = '', name?: string): Buffer {
   const head = Buffer.from([4, command, port >> 8, port & 0xff, ...ip.split('.').map(Number)]);
   const tail = name === undefined ? [] : [Buffer.from(name, 'latin1'), Buffer.from([0])];
-  return Buffer.concat([head, Buffer.from(userId, 'latin1'), Buffer.from([0]), ...tail]);
+  return Buffer.concat([head, Buffer.from(userId, 'utf8'), Buffer.from([0]), ...tail]);
 }
 
 /** Greets without authentication, sends `request`, and returns the client. */
@@ -89,7 +89,7 @@ describe('request rules on a SOCKS5 and SOCKS4 listener', () => {
         { name: 'no-smtp', deny: { to: { ports: [25, 465, '587'] } } },
         { name: 'no-blocked-names', deny: { to: { hosts: ['*.blocked.test'] } } },
         { name: 'no-bind-or-udp', deny: { commands: ['bind', 'udp'] } },
-        { name: 'socks4-only-alice', allow: { users: ['alice'], to: { nets: ['127.0.0.0/8'], hosts: ['*.test', 'localhost'] } } },
+        { name: 'socks4-only-alice', allow: { users: ['alice', 'jörg'], to: { nets: ['127.0.0.0/8'], hosts: ['*.test', 'localhost'] } } },
         { name: 'loopback', allow: { from: { nets: ['127.0.0.0/8', '::1/128'] }, to: { nets: ['127.0.0.0/8'], hosts: ['*.test'] }, commands: ['connect'] } },
       ],
     });
@@ -154,8 +154,8 @@ describe('request rules on a SOCKS5 and SOCKS4 listener', () => {
     assert.equal(record.reason, 'not-allowed');
   });
 
-  test('SOCKS4 and SOCKS4a match `users` on the USERID field', async () => {
-    for (const [userId, name] of [['alice', undefined], ['alice', 'echo.test']] as const) {
+  test('SOCKS4 and SOCKS4a match `users` on the USERID field, read as UTF-8 as RFC 1929 names are', async () => {
+    for (const [userId, name] of [['alice', undefined], ['alice', 'echo.test'], ['jörg', undefined], ['jörg', 'echo.test']] as const) {
       const client = await RawClient.connect(proxy.port);
       client.write(socks4Request(2, name ? '0.0.0.1' : '127.0.0.1', echo.port, userId, name));
       // BIND is denied by no-bind-or-udp before alice's rule is reached: order matters.
@@ -168,7 +168,7 @@ describe('request rules on a SOCKS5 and SOCKS4 listener', () => {
       connect.socket.end();
       await connect.ended;
       const record = await proxy.record((r) => r.clientPort === connect.localPort);
-      assert.equal(record.user, 'alice');
+      assert.equal(record.user, userId);
       assert.equal(record.rule, 'socks4-only-alice');
     }
   });
