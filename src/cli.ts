@@ -13,14 +13,16 @@ import type { Config, ConfigInput } from './config/schema.js';
 import type { SocksServer } from './server/server.js';
 import { restartSettings } from './config/restart.js';
 import {
-  WorkerStartError, isWorker, leaveSharedStdioAtExit, onStopRequests, reservedPorts, runPrimary, startSettings, tellPrimaryListening, workerPortsEnv, workerStartEnv,
+  WorkerStartError, isWorker, leaveSharedStdioAtExit, onReloadRequests, onStopRequests, reservedPorts, runPrimary, startSettings, tellPrimaryListening,
+  workerPortsEnv, workerStartEnv,
 } from './workers.js';
 
 // SIGHUP asks a daemon to reload; its default action would kill it. Catch it
 // before the heavy modules load (a fifth of a second): one that arrives
-// while starting is honoured once the listeners are up (see run()).
+// while starting is honoured once the listeners are up (see run()). A worker
+// takes reloads from the primary only (onReloadRequests), so it drops its own.
 let hupDuringStartup = false;
-const earlyHup = () => { hupDuringStartup = true; };
+const earlyHup = () => { if (!isWorker()) hupDuringStartup = true; };
 if (process.argv[2] !== 'passwd' && process.argv[2] !== 'schema') process.on('SIGHUP', earlyHup);
 
 const [
@@ -195,7 +197,9 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
       log.flush();
     }
   };
-  process.on('SIGHUP', reload);
+  onReloadRequests(reload, () => {
+    log.debug({ event: 'reload-ignored', signal: 'SIGHUP' }, 'SIGHUP to a worker: not reloading; the supervisor passes its SIGHUP to every worker');
+  });
 
   try {
     const ports = reservedPorts();

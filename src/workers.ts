@@ -13,7 +13,8 @@
  * before it listens (say the config file broke since the start) is retried
  * after 2, 4, 8… seconds, up to a minute, while the other workers keep serving.
  * SIGHUP to the primary is passed to every worker, each reloads its own
- * configuration (and logs the outcome); the primary itself reads nothing.
+ * configuration (and logs the outcome); the primary itself reads nothing. A
+ * worker takes reloads from the primary only (onReloadRequests).
  * Every worker reads the config file when it starts, but keeps the values of
  * the restart keys the primary started with (workerStartEnv), as a reload
  * does: a replacement started after the file changed serves like its siblings.
@@ -43,7 +44,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     /** Replacements in a row that exited before listening: the backoff's exponent. */
     let failedStarts = 0;
     const live = new Set<Worker>();
-    /** Workers that are listening: their SIGHUP handler is installed (the default action would kill them). */
+    /** Workers that are listening: they take stop and reload requests as messages. */
     const ready = new Set<Worker>();
     /** Workers still starting when a SIGHUP came: they get it once listening. */
     const reloadWhenReady = new Set<Worker>();
@@ -68,6 +69,12 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       worker.send(request, (err: Error | null) => { if (err) worker.process.kill(signal); });
     };
 
+    /** A worker exiting meanwhile cannot take it, and needs no reload. */
+    const passReload = (worker: Worker) => {
+      const request: ReloadRequest = { socksgate: RELOAD };
+      worker.send(request, () => {});
+    };
+
     const fork = () => {
       const worker = cluster.fork(options.env);
       live.add(worker);
@@ -78,7 +85,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
         failedStarts = 0;
         listening++;
         ready.add(worker);
-        if (reloadWhenReady.delete(worker)) worker.process.kill('SIGHUP');
+        if (reloadWhenReady.delete(worker)) passReload(worker);
       });
       worker.once('exit', (code, signal) => {
         live.delete(worker);
@@ -147,7 +154,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       }
       options.say(`SIGHUP: asking ${live.size} worker${live.size === 1 ? '' : 's'} to reload`);
       for (const w of live) {
-        if (ready.has(w)) w.process.kill('SIGHUP');
+        if (ready.has(w)) passReload(w);
         else reloadWhenReady.add(w);
       }
     };
@@ -240,6 +247,42 @@ export function onStopRequests(stop: (signal: NodeJS.Signals) => void, source: S
     if (!isStopRequest(message)) return;
     passedOn = Math.max(passedOn, message.count);
     take(message.signal);
+  });
+}
+
+/** What the primary sends a listening worker in place of SIGHUP. */
+const RELOAD = 'reload';
+
+interface ReloadRequest {
+  readonly socksgate: typeof RELOAD;
+}
+
+function isReloadRequest(message: unknown): message is ReloadRequest {
+  return (message as Partial<ReloadRequest> | null)?.socksgate === RELOAD;
+}
+
+/** Where reload requests come from: the process, or a stand-in in tests. */
+export interface ReloadSource {
+  on(event: 'SIGHUP', listener: () => void): unknown;
+  on(event: 'message', listener: (message: unknown) => void): unknown;
+}
+
+/**
+ * Calls `reload()` once per reload request: a SIGHUP in a single process,
+ * the primary's message in a worker. A SIGHUP sent to the whole process
+ * group (`kill -HUP -- -PGID`) reaches a worker from the kernel as well as
+ * through the primary, and two reloads cannot be told from one as two stops
+ * can (a second may follow an edit), so a worker leaves its own SIGHUPs to
+ * `ignored` (caught all the same: the default action would kill it).
+ */
+export function onReloadRequests(reload: () => void, ignored: () => void, source: ReloadSource = process, worker = isWorker()): void {
+  if (!worker) {
+    source.on('SIGHUP', reload);
+    return;
+  }
+  source.on('SIGHUP', ignored);
+  source.on('message', (message: unknown) => {
+    if (isReloadRequest(message)) reload();
   });
 }
 

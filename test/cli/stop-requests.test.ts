@@ -2,11 +2,12 @@
  * onStopRequests (src/workers.ts): a worker is asked to stop by its own
  * signal and by the primary's message; a signal sent to the whole process
  * group brings both, in either order, and must count as one request.
+ * onReloadRequests: a worker reloads when the primary asks, never on its own SIGHUP.
  */
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { describe, it } from 'node:test';
-import { onStopRequests } from '../../src/workers.js';
+import { onReloadRequests, onStopRequests } from '../../src/workers.js';
 
 /** A stand-in for the process: signals and messages emitted by hand. */
 function worker(isWorker = true): { source: EventEmitter; stops: NodeJS.Signals[] } {
@@ -61,5 +62,32 @@ describe('stop requests', () => {
     assert.deepEqual(single.stops, []);
     single.source.emit('SIGTERM', 'SIGTERM');
     assert.deepEqual(single.stops, ['SIGTERM']);
+  });
+});
+
+describe('reload requests', () => {
+  /** The reloads and ignored SIGHUPs of a stand-in process. */
+  function reloads(isWorker: boolean): { source: EventEmitter; seen: string[] } {
+    const source = new EventEmitter();
+    const seen: string[] = [];
+    onReloadRequests(() => seen.push('reload'), () => seen.push('ignored'), source, isWorker);
+    return { source, seen };
+  }
+
+  it('a single process reloads on each SIGHUP', () => {
+    const { source, seen } = reloads(false);
+    source.emit('SIGHUP');
+    source.emit('SIGHUP');
+    source.emit('message', { socksgate: 'reload' });
+    assert.deepEqual(seen, ['reload', 'reload']);
+  });
+
+  it('a worker reloads on each of the primary\'s messages, and ignores its own SIGHUPs (a group signal brings both)', () => {
+    const { source, seen } = reloads(true);
+    source.emit('SIGHUP');
+    source.emit('message', { socksgate: 'reload' });
+    source.emit('message', passedOn(1));
+    source.emit('message', { socksgate: 'reload' });
+    assert.deepEqual(seen, ['ignored', 'reload', 'reload']);
   });
 });

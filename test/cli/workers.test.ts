@@ -299,6 +299,26 @@ describe('socksgate --workers 2', () => {
     }
   });
 
+  it('one SIGHUP to the whole process group is one reload per worker (each also gets it from the kernel, and ignores that one)', async () => {
+    const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--log-level', 'debug'], undefined, { detached: true });
+    try {
+      await daemon.port();
+      await bothWorkersStarted(daemon);
+      daemon.signalGroup('SIGHUP');
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'reloaded').length >= 2, 'both workers reloaded');
+      await daemon.waitFor(() => daemon.logs.filter((l) => l.event === 'reload-ignored').length >= 2, 'both workers ignored the kernel\'s SIGHUP');
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      // A second reload from the kernel's copy would have come before the stop, or been a reload-ignored at warn while stopping.
+      const reloaded = daemon.logs.filter((l) => l.event === 'reloaded');
+      assert.equal(reloaded.length, 2, `one reload per worker\n${daemon.describe()}`);
+      assert.equal(new Set(reloaded.map((l) => l.pid)).size, 2);
+      assert.equal(daemon.logs.filter((l) => l.event === 'reload-ignored').length, 2, daemon.describe());
+    } finally {
+      await daemon.kill();
+    }
+  });
+
   it('a SIGHUP while the supervisor starts: the workers reload once they listen', async () => {
     const daemon = new Daemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
     try {
