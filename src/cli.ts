@@ -25,6 +25,14 @@ let hupDuringStartup = false;
 const earlyHup = () => { if (!isWorker()) hupDuringStartup = true; };
 if (process.argv[2] !== 'passwd' && process.argv[2] !== 'schema') process.on('SIGHUP', earlyHup);
 
+// SIGUSR1 would open Node's inspector on 127.0.0.1:9229, where any local
+// user could run code as the daemon, and SIGUSR2 would end it without
+// draining; operators send both (3proxy reloads on SIGUSR1, logrotate
+// scripts often send one). A listener of our own takes them from Node.
+for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+  process.on(signal, () => process.stderr.write(`socksgate: ${signal} ignored (SIGHUP reloads, SIGTERM stops)\n`));
+}
+
 const [
   { ConfigError, readConfigFile },
   { configJsonSchema, workerCount },

@@ -341,3 +341,16 @@ export async function hupOnceCaught(daemon: Daemon): Promise<void> {
   }
   throw new Error(`socksgate never caught SIGHUP\n${daemon.describe()}`);
 }
+
+/** Resolves once the daemon's stderr matches (bounded). */
+export function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
+  return withTimeout(new Promise<void>((resolve) => {
+    const check = () => {
+      if (!pattern.test(daemon.stderr)) return;
+      daemon.child.stderr!.off('data', check);
+      resolve();
+    };
+    daemon.child.stderr!.on('data', check);
+    check();
+  }), DEFAULT_TIMEOUT_MS, `${what}\n${daemon.describe()}`);
+}

@@ -20,6 +20,7 @@ import {
   readBytes,
   socksConnect,
   startDaemon,
+  stderrMatches,
   tryConnect,
   withTimeout,
 } from './helpers.js';
@@ -152,6 +153,25 @@ describe('socksgate daemon lifecycle', () => {
       socket?.destroy();
       await daemon.kill();
       await silent.close();
+    }
+  });
+
+  it('SIGUSR1 opens no inspector and SIGUSR2 does not end the daemon: each is ignored, said on stderr', async () => {
+    const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--log-format', 'json']);
+    try {
+      for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+        daemon.signal(signal);
+        await stderrMatches(daemon, new RegExp(`${signal} ignored`), `stderr says ${signal} was ignored`);
+      }
+      // Node's inspector says this on stderr when SIGUSR1 starts it.
+      assert.doesNotMatch(daemon.stderr, /Debugger listening/);
+      const socket = await socksConnect(port, echoServer.port);
+      assert.equal(await echo(socket, 'still serving'), 'still serving');
+      socket.destroy();
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+    } finally {
+      await daemon.kill();
     }
   });
 

@@ -6,20 +6,7 @@ import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
 import { closedPort, startEchoServer } from '../helpers/server.js';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, hupOnceCaught, readBytes, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
-
-/** Resolves once the daemon's stderr matches (bounded). */
-function stderrMatches(daemon: Daemon, pattern: RegExp, what: string): Promise<void> {
-  return withTimeout(new Promise<void>((resolve) => {
-    const check = () => {
-      if (!pattern.test(daemon.stderr)) return;
-      daemon.child.stderr!.off('data', check);
-      resolve();
-    };
-    daemon.child.stderr!.on('data', check);
-    check();
-  }), DEFAULT_TIMEOUT_MS, `${what}\n${daemon.describe()}`);
-}
+import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, hupOnceCaught, readBytes, socksConnect, startDaemon, stderrMatches, tempDir } from './helpers.js';
 
 /** Opens sessions one after another until both `pids` served one (bounded); the pids that served. */
 async function serveUntilBoth(daemon: Daemon, port: number, targetPort: number, pids: ReadonlySet<unknown>): Promise<Set<unknown>> {
