@@ -225,9 +225,15 @@ async function assertSocketsGone(baseline: number, host: string, relayPort: numb
   assert.ok(await canBindUdp(host, relayPort), 'the relay address is free again');
 }
 
-/** The record of the association, once it is closed (waited for at most 5 s). */
-function recordOf(proxy: RunningProxy, assoc: Association): Promise<SessionRecord> {
-  return within(proxy.record((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+/** Where a datagram goes, or whom its reply names. */
+interface Target {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** A server's port at `host` (an address it is bound on, or a name that leads there). */
+function dest(host: string, server: { readonly port: number }): Target {
+  return { host, port: server.port };
 }
 
 /** What the tests of one describe block run against: a proxy, and UDP echo servers on 127.0.0.1 and ::1. */
@@ -235,6 +241,9 @@ interface UdpSuite {
   readonly proxy: RunningProxy;
   readonly echo4: UdpEcho;
   readonly echo6: UdpEcho;
+  /** The echo servers by address: 127.0.0.1 and ::1 at their ports. */
+  readonly to4: Target;
+  readonly to6: Target;
 }
 
 /**
@@ -243,7 +252,14 @@ interface UdpSuite {
  * the `before` hook has run, so read them inside tests.
  */
 function udpSuite(engine: 'splice' | 'stream', options: ServerOptions = {}): UdpSuite {
-  const suite = {} as { proxy: RunningProxy; echo4: UdpEcho; echo6: UdpEcho };
+  const suite = {
+    get to4() {
+      return dest('127.0.0.1', this.echo4);
+    },
+    get to6() {
+      return dest('::1', this.echo6);
+    },
+  } as { proxy: RunningProxy; echo4: UdpEcho; echo6: UdpEcho; readonly to4: Target; readonly to6: Target };
   before(async () => {
     suite.proxy = await startProxy({ ...options, relay: { engine } });
     suite.echo4 = await UdpEcho.start('127.0.0.1');
@@ -257,10 +273,142 @@ function udpSuite(engine: 'splice' | 'stream', options: ServerOptions = {}): Udp
   return suite;
 }
 
-/** Records closed from now on only (recordsFrom), each awaited for at most 5 s. */
-function laterRecords(proxy: RunningProxy): (match: (r: SessionRecord) => boolean) => Promise<SessionRecord> {
+/**
+ * The records of associations requested from now on (recordsFrom): a
+ * control port the kernel hands out again, or a record an earlier test left,
+ * cannot be mistaken for one of them. Each is awaited for at most 5 s.
+ */
+function associationRecords(proxy: RunningProxy): (assoc: Association) => Promise<SessionRecord> {
   const next = recordsFrom(proxy);
-  return (match) => within(next(match), 5000, 'the session record');
+  return (assoc) => within(next((r) => r.clientPort === assoc.controlPort), 5000, 'the session record');
+}
+
+/** Asserts the fields of `record` that `expected` names, in one comparison: a failure shows every one that differs. */
+function assertRecord(record: SessionRecord, expected: Partial<SessionRecord>): void {
+  const actual = Object.fromEntries(Object.keys(expected).map((key) => [key, record[key as keyof SessionRecord]]));
+  assert.deepEqual(actual, expected);
+}
+
+/** What `echo` receives from now on: call the result for the payloads that arrived since. */
+function arrivals(echo: UdpEcho): () => string[] {
+  const seen = echo.received.length;
+  return () => echo.payloads().slice(seen);
+}
+
+/** The port `echo`'s last datagram came from: the association's outbound socket. */
+function outboundPort(echo: UdpEcho): number {
+  return echo.received.at(-1)!.from.port;
+}
+
+/** A port as the two bytes of a SOCKS5 header. */
+function portBytes(port: number): Buffer {
+  const bytes = Buffer.alloc(2);
+  bytes.writeUInt16BE(port);
+  return bytes;
+}
+
+/** One association and its client's UDP socket, as withAssociation hands them to a test. */
+interface Associated {
+  /** The client's UDP socket (the request names its address and port unless told otherwise). */
+  readonly peer: UdpPeer;
+  readonly assoc: Association;
+  readonly relay: Association['relay'];
+  /** How many UDP sockets this process held just before the request (the peer's among them). */
+  readonly socketsBefore: number;
+  /** Sends `payload` for `to` through the relay, from the peer or from `from`. */
+  send(to: Target, payload: Buffer | string, from?: UdpPeer): Promise<void>;
+  /** Sends `datagram` (its header included, as is) to the relay from the peer. */
+  sendRaw(datagram: Buffer): Promise<void>;
+  /** roundTrip from the peer: sends `payload` for `to` and returns the datagram that comes back. */
+  roundTrip(to: Target, payload: string): Promise<Datagram>;
+  /** assertEchoed from the peer: the echo of `payload` from `to` comes back exact, and names `sender` (by default `to`). */
+  echoed(to: Target, payload: string, sender?: Target): Promise<void>;
+  /** The association's record, once it is closed. */
+  record(): Promise<SessionRecord>;
+  /** Ends the control connection and returns the association's record. */
+  end(): Promise<SessionRecord>;
+  /** Another UDP socket, on address:port (0: any free port); closed after the test with the rest. */
+  openPeer(address: string, port?: number): Promise<UdpPeer>;
+  /** Another echo server (UdpEcho.start); closed after the test with the rest. */
+  startEcho(...addresses: string[]): Promise<UdpEcho>;
+}
+
+interface AssociationOptions {
+  /** The loopback address the peer binds, and the proxy is reached at (127.0.0.1 unless told). */
+  readonly at?: '127.0.0.1' | '::1';
+  /** The client address and port the request names; the peer's own unless told. */
+  readonly request?: Target;
+}
+
+/** A request naming 0.0.0.0:0: the relay learns the client from its first datagram. */
+const UNNAMED_CLIENT: AssociationOptions = { request: { host: '0.0.0.0', port: 0 } };
+
+/**
+ * Opens a client UDP socket, requests an association for it from `proxy`,
+ * and runs `body` with both. Afterwards, pass or fail, it closes everything it
+ * opened: the control connection if the test did not end it (and waits for
+ * the association's record), the peer, and whatever the test opened through
+ * it (openPeer, startEcho).
+ */
+async function withAssociation<T>(proxy: RunningProxy, body: (a: Associated) => Promise<T>): Promise<T>;
+async function withAssociation<T>(proxy: RunningProxy, options: AssociationOptions, body: (a: Associated) => Promise<T>): Promise<T>;
+async function withAssociation<T>(
+  proxy: RunningProxy,
+  ...args: [(a: Associated) => Promise<T>] | [AssociationOptions, (a: Associated) => Promise<T>]
+): Promise<T> {
+  const [options, body] = args.length === 1 ? [{} as AssociationOptions, args[0]] : args;
+  const at = options.at ?? '127.0.0.1';
+  const closers: Array<() => Promise<void>> = [];
+  const closeLater = <R extends { close(): Promise<void> }>(resource: R): R => {
+    closers.push(() => resource.close());
+    return resource;
+  };
+  try {
+    const peer = closeLater(await UdpPeer.open(at));
+    const socketsBefore = udpPortsOfThisProcess().length;
+    const recordOf = associationRecords(proxy);
+    const assoc = await associate(proxy, options.request ?? { host: at, port: peer.port }, at);
+    // The association is gone (its sockets closed) once its record is out:
+    // wait for that, so that a failed test's association cannot linger into the next.
+    closers.push(async () => {
+      if (!assoc.control.writableEnded) assoc.control.destroy();
+      await recordOf(assoc).catch(() => {});
+    });
+    const { relay } = assoc;
+    const roundTripOf = (to: Target, payload: string) => roundTrip(peer, relay, to.host, to.port, payload);
+    return await body({
+      peer,
+      assoc,
+      relay,
+      socketsBefore,
+      send: (to, payload, from = peer) => from.send(frame(to.host, to.port, payload), relay.port, relay.host),
+      sendRaw: (datagram) => peer.send(datagram, relay.port, relay.host),
+      roundTrip: roundTripOf,
+      echoed: async (to, payload, sender = to) => assertReply(await roundTripOf(to, payload), relay, sender, payload),
+      record: () => recordOf(assoc),
+      end: () => {
+        assoc.control.end();
+        return recordOf(assoc);
+      },
+      openPeer: async (address, port = 0) => closeLater(await UdpPeer.open(address, port)),
+      startEcho: async (...addresses) => closeLater(await UdpEcho.start(...addresses)),
+    });
+  } finally {
+    for (const close of closers.reverse()) await close();
+  }
+}
+
+/**
+ * Sends `payloads` to `echo` on 127.0.0.1 back to back, then takes their
+ * echoes one by one and asserts each (assertReply, in the order sent), and
+ * that the echo server got them all once, in order.
+ */
+async function assertBurstEchoed({ peer, relay, send }: Associated, echo: UdpEcho, payloads: string[]): Promise<void> {
+  const arrived = arrivals(echo);
+  const to = dest('127.0.0.1', echo);
+  for (const payload of payloads) await send(to, payload);
+  for (const payload of payloads) assertReply(await peer.next(`the echo of "${payload}"`), relay, to, payload);
+  assert.deepEqual(arrived(), payloads);
 }
 
 /**
@@ -272,310 +420,212 @@ for (const engine of ['splice', 'stream'] as const) {
     const suite = udpSuite(engine);
 
     test('IPv4 destination by address: exact echo, sender in the header, record counts, sockets gone after the control connection closes', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const baseline = udpPortsOfThisProcess().length;
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        assert.equal(assoc.relay.host, '127.0.0.1', 'the relay is announced on the address the client reached, not 0.0.0.0');
-        assert.ok(assoc.relay.port > 0);
-        assert.ok(udpPortsOfThisProcess().includes(assoc.relay.port), 'the relay socket is open');
+      await withAssociation(suite.proxy, async ({ peer, assoc, relay, socketsBefore, echoed, record }) => {
+        assert.equal(relay.host, '127.0.0.1', 'the relay is announced on the address the client reached, not 0.0.0.0');
+        assert.ok(relay.port > 0);
+        assert.ok(udpPortsOfThisProcess().includes(relay.port), 'the relay socket is open');
 
-        const seen = suite.echo4.received.length;
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'ping over udp \u0000\u00ff');
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'second');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['ping over udp \u0000\u00ff', 'second']);
-        const outboundPort = suite.echo4.received.at(-1)!.from.port;
-        assert.equal(udpPortsOfThisProcess().length, baseline + 2, 'the relay and one outbound socket');
+        const arrived = arrivals(suite.echo4);
+        await echoed(suite.to4, 'ping over udp \u0000\u00ff');
+        await echoed(suite.to4, 'second');
+        assert.deepEqual(arrived(), ['ping over udp \u0000\u00ff', 'second']);
+        const outbound = outboundPort(suite.echo4);
+        assert.equal(udpPortsOfThisProcess().length, socketsBefore + 2, 'the relay and one outbound socket');
 
         assoc.control.end();
         await within(assoc.closed, 5000, 'the control connection to close');
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.version, 5);
-        assert.equal(record.command, 'udp');
-        assert.equal(record.requested, `127.0.0.1:${peer.port}`);
-        assert.equal(record.connected, `127.0.0.1:${assoc.relay.port}`);
-        assert.equal(record.reply, 0);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.equal(record.datagramsDropped, 0);
-        assert.equal(record.bytesUp, 'ping over udp \u0000\u00ff'.length + 'second'.length);
-        assert.equal(record.bytesDown, record.bytesUp);
-        assert.equal(record.reason, 'client-closed');
-        assert.equal(record.error, null);
-        assert.equal(record.relay, engine, 'the record names what carried the datagrams');
+        const bytes = 'ping over udp \u0000\u00ff'.length + 'second'.length;
+        assertRecord(await record(), {
+          version: 5,
+          command: 'udp',
+          requested: `127.0.0.1:${peer.port}`,
+          connected: `127.0.0.1:${relay.port}`,
+          reply: 0,
+          datagramsUp: 2,
+          datagramsDown: 2,
+          datagramsDropped: 0,
+          bytesUp: bytes,
+          bytesDown: bytes,
+          reason: 'client-closed',
+          error: null,
+          relay: engine, // the record names what carried the datagrams
+        });
 
-        await assertSocketsGone(baseline, '127.0.0.1', assoc.relay.port, outboundPort);
-      } finally {
-        await peer.close();
-      }
+        await assertSocketsGone(socketsBefore, '127.0.0.1', relay.port, outbound);
+      });
     });
 
     test('after the association is gone, a datagram to the old relay address gets no echo', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'alive');
+      await withAssociation(suite.proxy, async ({ peer, assoc, relay, send, echoed, record, openPeer }) => {
+        await echoed(suite.to4, 'alive');
         assoc.control.destroy();
-        await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
+        await record();
         // Hold the old relay address ourselves: whatever is sent there lands here, not at a relay.
-        const squatter = await UdpPeer.open('127.0.0.1', assoc.relay.port);
-        try {
-          const seen = suite.echo4.received.length;
-          await peer.send(frame('127.0.0.1', suite.echo4.port, 'after close'), assoc.relay.port, assoc.relay.host);
-          const landed = await squatter.next('the datagram at the old relay address');
-          assert.deepEqual(landed.msg, frame('127.0.0.1', suite.echo4.port, 'after close'));
-          assert.equal(suite.echo4.received.length, seen, 'nothing reached the echo server');
-          assert.equal(peer.queued, 0);
-        } finally {
-          await squatter.close();
-        }
-      } finally {
-        await peer.close();
-      }
+        const squatter = await openPeer('127.0.0.1', relay.port);
+        const arrived = arrivals(suite.echo4);
+        await send(suite.to4, 'after close');
+        const landed = await squatter.next('the datagram at the old relay address');
+        assert.deepEqual(landed.msg, frame('127.0.0.1', suite.echo4.port, 'after close'));
+        assert.deepEqual(arrived(), [], 'nothing reached the echo server');
+        assert.equal(peer.queued, 0);
+      });
     });
 
     test('IPv6 destination (::1) through the IPv4 relay: the header carries ::1 and the echo port', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo6.received.length;
-        const reply = await roundTrip(peer, assoc.relay, '::1', suite.echo6.port, 'hello v6');
-        assertReply(reply, assoc.relay, { host: '::1', port: suite.echo6.port }, 'hello v6');
+      await withAssociation(suite.proxy, async ({ relay, roundTrip, echoed, end }) => {
+        const arrived = arrivals(suite.echo6);
+        const reply = await roundTrip(suite.to6, 'hello v6');
+        assertReply(reply, relay, suite.to6, 'hello v6');
         assert.equal(reply.msg[3], 4, 'ATYP IPv6');
-        assert.deepEqual(suite.echo6.payloads().slice(seen), ['hello v6']);
+        assert.deepEqual(arrived(), ['hello v6']);
         // And IPv4 in the same association.
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'and v4');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.equal(record.bytesUp, 'hello v6'.length + 'and v4'.length);
-      } finally {
-        await peer.close();
-      }
+        await echoed(suite.to4, 'and v4');
+        assertRecord(await end(), { datagramsUp: 2, datagramsDown: 2, bytesUp: 'hello v6'.length + 'and v4'.length });
+      });
     });
 
     test('an IPv4-mapped IPv6 destination (::ffff:127.0.0.1, ATYP 4) reaches the IPv4 echo; the reply names 127.0.0.1', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo4.received.length;
-        const reply = await roundTrip(peer, assoc.relay, '::ffff:127.0.0.1', suite.echo4.port, 'mapped');
-        assertReply(reply, assoc.relay, { host: '127.0.0.1', port: suite.echo4.port }, 'mapped');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['mapped']);
+      await withAssociation(suite.proxy, async ({ assoc, relay, roundTrip }) => {
+        const arrived = arrivals(suite.echo4);
+        const reply = await roundTrip(dest('::ffff:127.0.0.1', suite.echo4), 'mapped');
+        assertReply(reply, relay, suite.to4, 'mapped');
+        assert.deepEqual(arrived(), ['mapped']);
         assoc.control.end();
-      } finally {
-        await peer.close();
-      }
+      });
     });
 
     test('by name: "localhost" reaches an echo bound on 127.0.0.1 and ::1 at one port; the header names the address that answered', opts, async () => {
-      const both = await UdpEcho.start('127.0.0.1', '::1');
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async ({ relay, roundTrip, startEcho, end }) => {
+        const both = await startEcho('127.0.0.1', '::1');
         for (const payload of ['by name 1', 'by name 2']) {
-          const reply = await roundTrip(peer, assoc.relay, 'localhost', both.port, payload);
+          const reply = await roundTrip(dest('localhost', both), payload);
           const got = both.received.at(-1)!;
           assert.equal(got.data.toString(), payload);
           const sender = got.at === '::1' ? '::1' : '127.0.0.1';
-          assertReply(reply, assoc.relay, { host: sender, port: both.port }, payload);
+          assertReply(reply, relay, dest(sender, both), payload);
           assert.notEqual(reply.msg[3], 3, 'the reply names an address, not the name');
         }
         assert.equal(both.received.length, 2);
         assert.equal(both.received[0]!.at, both.received[1]!.at, 'the name resolves once per association');
-        assoc.control.end();
-        const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-      } finally {
-        await peer.close();
-        await both.close();
-      }
+        assertRecord(await end(), { datagramsUp: 2, datagramsDown: 2 });
+      });
     });
 
     test('request naming port 0: the client port is learned from the first datagram', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'learned');
-        assoc.control.end();
-        const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.requested, '0.0.0.0:0');
-        assert.equal(record.datagramsUp, 1);
-      } finally {
-        await peer.close();
-      }
+      await withAssociation(suite.proxy, UNNAMED_CLIENT, async ({ echoed, end }) => {
+        await echoed(suite.to4, 'learned');
+        assertRecord(await end(), { requested: '0.0.0.0:0', datagramsUp: 1 });
+      });
     });
 
     test('a datagram from a foreign address (127.0.0.2) is dropped and counted', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const foreign = await UdpPeer.open('127.0.0.2');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
-        const seen = suite.echo4.received.length;
+      await withAssociation(suite.proxy, UNNAMED_CLIENT, async ({ send, echoed, end, openPeer }) => {
+        const foreign = await openPeer('127.0.0.2');
+        const arrived = arrivals(suite.echo4);
         // First, before the client's port is known: only the address can tell.
-        await foreign.send(frame('127.0.0.1', suite.echo4.port, 'foreign before'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine 1');
-        await foreign.send(frame('127.0.0.1', suite.echo4.port, 'foreign after'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine 2');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['mine 1', 'mine 2'], 'nothing from the foreign source reached the echo');
+        await send(suite.to4, 'foreign before', foreign);
+        await echoed(suite.to4, 'mine 1');
+        await send(suite.to4, 'foreign after', foreign);
+        await echoed(suite.to4, 'mine 2');
+        assert.deepEqual(arrived(), ['mine 1', 'mine 2'], 'nothing from the foreign source reached the echo');
         assert.equal(foreign.queued, 0);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 2);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-      } finally {
-        await peer.close();
-        await foreign.close();
-      }
+        assertRecord(await end(), { datagramsDropped: 2, datagramsUp: 2, datagramsDown: 2 });
+      });
     });
 
     test('when the request named a port, a datagram from another port of the same address is dropped and counted', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const otherPort = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo4.received.length;
-        await otherPort.send(frame('127.0.0.1', suite.echo4.port, 'wrong port'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'right port');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['right port']);
+      await withAssociation(suite.proxy, async ({ send, echoed, end, openPeer }) => {
+        const otherPort = await openPeer('127.0.0.1');
+        const arrived = arrivals(suite.echo4);
+        await send(suite.to4, 'wrong port', otherPort);
+        await echoed(suite.to4, 'right port');
+        assert.deepEqual(arrived(), ['right port']);
         assert.equal(otherPort.queued, 0);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 1);
-        assert.equal(record.datagramsUp, 1);
-      } finally {
-        await peer.close();
-        await otherPort.close();
-      }
+        assertRecord(await end(), { datagramsDropped: 1, datagramsUp: 1 });
+      });
     });
 
     test('a fragment (FRAG = 1) is dropped and counted, and the association keeps relaying', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo4.received.length;
-        const port = Buffer.alloc(2);
-        port.writeUInt16BE(suite.echo4.port);
+      await withAssociation(suite.proxy, async ({ peer, sendRaw, echoed, end }) => {
+        const arrived = arrivals(suite.echo4);
+        const port = portBytes(suite.echo4.port);
         const fragment = Buffer.concat([hex('00 00 01 01 7f 00 00 01'), port, Buffer.from('fragment 1')]);
-        await peer.send(fragment, assoc.relay.port, assoc.relay.host);
+        await sendRaw(fragment);
         const endOfFragments = Buffer.concat([hex('00 00 81 01 7f 00 00 01'), port, Buffer.from('fragment 2, last')]);
-        await peer.send(endOfFragments, assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'whole');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['whole']);
+        await sendRaw(endOfFragments);
+        await echoed(suite.to4, 'whole');
+        assert.deepEqual(arrived(), ['whole']);
         assert.equal(peer.queued, 0);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 2);
-        assert.equal(record.datagramsUp, 1);
-        assert.equal(record.datagramsDown, 1);
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await end(), { datagramsDropped: 2, datagramsUp: 1, datagramsDown: 1 });
+      });
     });
 
     // The relay remembers the last header it decoded and compares the next
     // datagram's bytes against it; these datagrams share most of those bytes.
     test('after a datagram to the echo, a fragment and a datagram cut short to the same place are still dropped; a header alone is relayed empty', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo4.received.length;
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'first');
+      await withAssociation(suite.proxy, async ({ peer, sendRaw, echoed, end }) => {
+        const arrived = arrivals(suite.echo4);
+        await echoed(suite.to4, 'first');
         const fragment = frame('127.0.0.1', suite.echo4.port, 'fragment');
         fragment[2] = 1;
-        await peer.send(fragment, assoc.relay.port, assoc.relay.host);
+        await sendRaw(fragment);
         const header = frame('127.0.0.1', suite.echo4.port, '');
-        await peer.send(header.subarray(0, header.length - 1), assoc.relay.port, assoc.relay.host); // the port cut short
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, ''); // the header and nothing else
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'last');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['first', '', 'last']);
+        await sendRaw(header.subarray(0, header.length - 1)); // the port cut short
+        await echoed(suite.to4, ''); // the header and nothing else
+        await echoed(suite.to4, 'last');
+        assert.deepEqual(arrived(), ['first', '', 'last']);
         assert.equal(peer.queued, 0);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 2);
-        assert.equal(record.datagramsUp, 3);
-        assert.equal(record.datagramsDown, 3);
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await end(), { datagramsDropped: 2, datagramsUp: 3, datagramsDown: 3 });
+      });
     });
 
     test('three destinations interleaved in one association: each datagram reaches its own, each reply names its sender', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const other = await UdpEcho.start('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async ({ echoed, end, startEcho }) => {
+        const other = await startEcho('127.0.0.1');
+        const arrived4 = arrivals(suite.echo4);
+        const arrived6 = arrivals(suite.echo6);
         const seen4 = suite.echo4.received.length;
-        const seen6 = suite.echo6.received.length;
         for (const round of [1, 2, 3]) {
-          await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, `four ${round}`);
-          await assertEchoed(peer, assoc.relay, '127.0.0.1', other.port, `other ${round}`);
-          await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, `six ${round}`);
+          await echoed(suite.to4, `four ${round}`);
+          await echoed(dest('127.0.0.1', other), `other ${round}`);
+          await echoed(suite.to6, `six ${round}`);
         }
-        assert.deepEqual(suite.echo4.payloads().slice(seen4), ['four 1', 'four 2', 'four 3']);
+        assert.deepEqual(arrived4(), ['four 1', 'four 2', 'four 3']);
         assert.deepEqual(other.payloads(), ['other 1', 'other 2', 'other 3']);
-        assert.deepEqual(suite.echo6.payloads().slice(seen6), ['six 1', 'six 2', 'six 3']);
+        assert.deepEqual(arrived6(), ['six 1', 'six 2', 'six 3']);
         const fromPorts = new Set([...suite.echo4.received.slice(seen4), ...other.received].map((r) => r.from.port));
         assert.equal(fromPorts.size, 1, 'one outbound IPv4 socket for both IPv4 destinations');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 9);
-        assert.equal(record.datagramsDown, 9);
-        assert.equal(record.datagramsDropped, 0);
-      } finally {
-        await peer.close();
-        await other.close();
-      }
+        assertRecord(await end(), { datagramsUp: 9, datagramsDown: 9, datagramsDropped: 0 });
+      });
     });
 
     test('a reply too large to wrap in a header (65507 bytes + 10) cannot reach the client and is not counted as relayed', opts, async () => {
-      // Answers every datagram with a maximum-size IPv4 UDP payload, then a small one.
-      const big = await UdpPeer.open('127.0.0.1');
-      big.socket.on('message', (_msg, from) => {
-        big.socket.send(Buffer.alloc(65507, 0x42), from.port, from.address);
-        big.socket.send(Buffer.from('small'), from.port, from.address);
-      });
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await peer.send(frame('127.0.0.1', big.port, 'x'), assoc.relay.port, assoc.relay.host);
+      await withAssociation(suite.proxy, async ({ peer, relay, send, end, openPeer }) => {
+        // Answers every datagram with a maximum-size IPv4 UDP payload, then a small one.
+        const big = await openPeer('127.0.0.1');
+        big.socket.on('message', (_msg, from) => {
+          big.socket.send(Buffer.alloc(65507, 0x42), from.port, from.address);
+          big.socket.send(Buffer.from('small'), from.port, from.address);
+        });
+        await send(dest('127.0.0.1', big), 'x');
         // Same socket, same order: once "small" is here, the big one was handled first.
         const first = await peer.next('the small reply');
-        assertReply(first, assoc.relay, { host: '127.0.0.1', port: big.port }, 'small');
+        assertReply(first, relay, dest('127.0.0.1', big), 'small');
         assert.equal(peer.queued, 0);
-        assoc.control.end();
-        const record = await recordOf(suite.proxy, assoc);
-        assert.equal(record.datagramsDown, 1, 'only the small reply was relayed');
-        assert.equal(record.bytesDown, 5);
-        assert.equal(record.datagramsDropped, 1, 'the big one was dropped');
-      } finally {
-        await peer.close();
-        await big.close();
-      }
+        assertRecord(await end(), {
+          datagramsDown: 1, // only the small reply was relayed
+          bytesDown: 5,
+          datagramsDropped: 1, // the big one was dropped
+        });
+      });
     });
 
     test('bytes on the control connection are ignored and do not end the association', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async ({ assoc, echoed, end }) => {
         assoc.control.write('noise on the control connection');
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'still here');
-        assoc.control.end();
-        const record = await suite.proxy.record((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.reason, 'client-closed');
-      } finally {
-        await peer.close();
-      }
+        await echoed(suite.to4, 'still here');
+        assertRecord(await end(), { reason: 'client-closed' });
+      });
     });
   });
 
@@ -583,42 +633,30 @@ for (const engine of ['splice', 'stream'] as const) {
     const suite = udpSuite(engine, { listen: [{ address: '::1', port: 0 }] });
 
     test('an IPv6 client gets a relay on ::1 and reaches IPv6 and IPv4 destinations', opts, async () => {
-      const peer = await UdpPeer.open('::1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '::1', port: peer.port }, '::1');
-        assert.equal(assoc.relay.host, '::1', 'the relay is on the address the client reached');
-        await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, 'six to six');
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'six to four');
+      await withAssociation(suite.proxy, { at: '::1' }, async ({ assoc, relay, echoed, record }) => {
+        assert.equal(relay.host, '::1', 'the relay is on the address the client reached');
+        await echoed(suite.to6, 'six to six');
+        await echoed(suite.to4, 'six to four');
         assoc.control.end();
         await within(assoc.closed, 5000, 'the control connection to close');
-        const record = await recordOf(suite.proxy, assoc);
-        assert.equal(record.clientAddress, '::1');
-        assert.equal(record.connected, `[::1]:${assoc.relay.port}`);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.ok(!udpPortsOfThisProcess().includes(assoc.relay.port), 'the relay socket is closed');
-        assert.ok(await canBindUdp('::1', assoc.relay.port));
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await record(), { clientAddress: '::1', connected: `[::1]:${relay.port}`, datagramsUp: 2, datagramsDown: 2 });
+        assert.ok(!udpPortsOfThisProcess().includes(relay.port), 'the relay socket is closed');
+        assert.ok(await canBindUdp('::1', relay.port));
+      });
     });
 
     test('a datagram the kernel refuses to send (too large for IPv4) is counted as dropped, not relayed', opts, async () => {
       // IPv6 carries 65527 bytes of UDP payload, IPv4 65507: with a 10-byte
       // header, 65517 bytes for an IPv4 destination arrive whole and cannot go on.
-      const peer = await UdpPeer.open('::1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '::1', port: peer.port }, '::1');
-        await peer.send(frame('127.0.0.1', suite.echo4.port, Buffer.alloc(65517, 0x61)), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'after it'); // same socket, same order
-        assoc.control.end();
-        const record = await recordOf(suite.proxy, assoc);
-        assert.equal(record.datagramsUp, 1, 'only the small one went on');
-        assert.equal(record.bytesUp, 'after it'.length);
-        assert.equal(record.datagramsDropped, 1, 'the refused one is counted as dropped');
-      } finally {
-        await peer.close();
-      }
+      await withAssociation(suite.proxy, { at: '::1' }, async ({ send, echoed, end }) => {
+        await send(suite.to4, Buffer.alloc(65517, 0x61));
+        await echoed(suite.to4, 'after it'); // same socket, same order
+        assertRecord(await end(), {
+          datagramsUp: 1, // only the small one went on
+          bytesUp: 'after it'.length,
+          datagramsDropped: 1, // the refused one is counted as dropped
+        });
+      });
     });
   });
 
@@ -640,108 +678,80 @@ for (const engine of ['splice', 'stream'] as const) {
     const suite = udpSuite(engine, { resolver });
 
     test('a name goes to its first address; an unknown name, or one the resolver throws on, is dropped and counted; the association lives on', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, 'echo.test', suite.echo6.port, 'to the first address', { host: '::1', port: suite.echo6.port });
+      await withAssociation(suite.proxy, async ({ send, echoed, end }) => {
+        await echoed(dest('echo.test', suite.echo6), 'to the first address', suite.to6);
         assert.deepEqual(suite.echo6.payloads(), ['to the first address']);
-        await peer.send(frame('nowhere.test', suite.echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
-        await peer.send(frame('broken.test', suite.echo4.port, 'lost too'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'by name v4', { host: '127.0.0.1', port: suite.echo4.port });
+        await send(dest('nowhere.test', suite.echo4), 'lost');
+        await send(dest('broken.test', suite.echo4), 'lost too');
+        await echoed(dest('four.test', suite.echo4), 'by name v4', suite.to4);
         assert.deepEqual(suite.echo4.payloads(), ['by name v4']);
         assert.deepEqual(asked, ['echo.test', 'nowhere.test', 'broken.test', 'four.test']);
-        assoc.control.end();
-        const record = await recordOf(suite.proxy, assoc);
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.equal(record.datagramsDropped, 2);
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await end(), { datagramsUp: 2, datagramsDown: 2, datagramsDropped: 2 });
+      });
     });
     test('datagrams to a known name and to an address, interleaved, reach the destination in the order sent', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'the name is known now', { host: '127.0.0.1', port: suite.echo4.port });
-        const seen = suite.echo4.received.length;
+      await withAssociation(suite.proxy, async ({ peer, assoc, send, echoed }) => {
+        await echoed(dest('four.test', suite.echo4), 'the name is known now', suite.to4);
+        const arrived = arrivals(suite.echo4);
         const sent: string[] = [];
         // Sent back to back: on the relay thread, the one to a name goes through JavaScript.
         await Promise.all(Array.from({ length: 5 }, (_, i) => [
-          peer.send(frame('four.test', suite.echo4.port, `name ${i}`), assoc.relay.port, assoc.relay.host),
-          peer.send(frame('127.0.0.1', suite.echo4.port, `address ${i}`), assoc.relay.port, assoc.relay.host),
+          send(dest('four.test', suite.echo4), `name ${i}`),
+          send(suite.to4, `address ${i}`),
         ]).flat());
         for (let i = 0; i < 5; i++) sent.push(`name ${i}`, `address ${i}`);
         for (const payload of sent) await peer.next(`the echo of "${payload}"`);
-        assert.deepEqual(suite.echo4.payloads().slice(seen), sent);
+        assert.deepEqual(arrived(), sent);
         assoc.control.end();
-      } finally {
-        await peer.close();
-      }
+      });
     });
 
     test('an answer that is not a list of addresses (null): the datagram is dropped and counted, and the proxy relays on', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
       // In the daemon an unhandled rejection ends the process.
       const unhandled: unknown[] = [];
       const onUnhandled = (reason: unknown) => unhandled.push(reason);
       process.on('unhandledRejection', onUnhandled);
       try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await peer.send(frame('null.test', suite.echo4.port, 'lost'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'after the broken answer', { host: '127.0.0.1', port: suite.echo4.port });
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 1);
-        assert.equal(record.datagramsUp, 1);
-        assert.deepEqual(unhandled, []);
+        await withAssociation(suite.proxy, async ({ send, echoed, end }) => {
+          await send(dest('null.test', suite.echo4), 'lost');
+          await echoed(dest('four.test', suite.echo4), 'after the broken answer', suite.to4);
+          assertRecord(await end(), { datagramsDropped: 1, datagramsUp: 1 });
+          assert.deepEqual(unhandled, []);
+        });
       } finally {
         process.off('unhandledRejection', onUnhandled);
-        await peer.close();
       }
     });
 
     test('datagrams to one name at two ports while it resolves: one lookup, each delivered to its port', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const other = await UdpEcho.start('127.0.0.1');
-      try {
+      await withAssociation(suite.proxy, async ({ peer, assoc, send, startEcho }) => {
+        const other = await startEcho('127.0.0.1');
         const before = asked.filter((name) => name === 'slow.test').length;
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await peer.send(frame('slow.test', suite.echo4.port, 'to the first port'), assoc.relay.port, assoc.relay.host);
-        await peer.send(frame('slow.test', other.port, 'to the second port'), assoc.relay.port, assoc.relay.host);
+        await send(dest('slow.test', suite.echo4), 'to the first port');
+        await send(dest('slow.test', other), 'to the second port');
         const replies = [await peer.next('the first echo'), await peer.next('the second echo')];
         assert.deepEqual(replies.map(({ msg }) => msg.subarray(10).toString()).sort(), ['to the first port', 'to the second port']);
         assert.deepEqual(other.payloads(), ['to the second port']);
         assert.equal(asked.filter((name) => name === 'slow.test').length - before, 1, 'one lookup');
         assoc.control.end();
-      } finally {
-        await peer.close();
-        await other.close();
-      }
+      });
     });
 
     test('request naming port 0, first datagram to a name that does not resolve: it names the client port all the same, and another port of the address is foreign', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const otherPort = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '0.0.0.0', port: 0 });
-        const seen = suite.echo4.received.length;
+      await withAssociation(suite.proxy, UNNAMED_CLIENT, async ({ send, echoed, end, openPeer }) => {
+        const otherPort = await openPeer('127.0.0.1');
+        const arrived = arrivals(suite.echo4);
         // On the splice relay the name goes to JavaScript, which must teach the port to the relay thread.
-        await peer.send(frame('nowhere.test', suite.echo4.port, 'first, to no one'), assoc.relay.port, assoc.relay.host);
-        await otherPort.send(frame('127.0.0.1', suite.echo4.port, 'from another port'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'mine');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['mine'], 'nothing from the other port reached the echo');
+        await send(dest('nowhere.test', suite.echo4), 'first, to no one');
+        await send(suite.to4, 'from another port', otherPort);
+        await echoed(suite.to4, 'mine');
+        assert.deepEqual(arrived(), ['mine'], 'nothing from the other port reached the echo');
         assert.equal(otherPort.queued, 0);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 1);
-        assert.equal(record.datagramsDropped, 2, 'the unresolved name and the foreign port');
-      } finally {
-        await peer.close();
-        await otherPort.close();
-      }
+        assertRecord(await end(), {
+          datagramsUp: 1,
+          datagramsDropped: 2, // the unresolved name and the foreign port
+        });
+      });
     });
   });
 
@@ -757,32 +767,20 @@ for (const engine of ['splice', 'stream'] as const) {
     });
 
     test('no datagram for timeouts.udpIdle: the control connection is closed, reason idle-timeout, sockets gone', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const baseline = udpPortsOfThisProcess().length;
-        const assoc = await associate(roomier, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'once');
-        const outboundPort = suite.echo4.received.at(-1)!.from.port;
+      await withAssociation(roomier, async ({ assoc, relay, socketsBefore, echoed, record }) => {
+        await echoed(suite.to4, 'once');
+        const outbound = outboundPort(suite.echo4);
         await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
-        const record = await recordOf(roomier, assoc);
-        assert.equal(record.command, 'udp');
-        assert.equal(record.reason, 'idle-timeout');
-        assert.equal(record.datagramsUp, 1);
-        assert.equal(record.datagramsDown, 1);
-        assert.equal(record.bytesUp, 4);
-        assert.equal(record.bytesDown, 4);
-        await assertSocketsGone(baseline, '127.0.0.1', assoc.relay.port, outboundPort);
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await record(), { command: 'udp', reason: 'idle-timeout', datagramsUp: 1, datagramsDown: 1, bytesUp: 4, bytesDown: 4 });
+        await assertSocketsGone(socketsBefore, '127.0.0.1', relay.port, outbound);
+      });
     });
 
     test('an association that never carried a datagram also times out', opts, async () => {
+      const recordOf = associationRecords(suite.proxy);
       const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: 0 });
       await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
-      const record = await recordOf(suite.proxy, assoc);
-      assert.equal(record.reason, 'idle-timeout');
-      assert.equal(record.datagramsUp, 0);
+      assertRecord(await recordOf(assoc), { reason: 'idle-timeout', datagramsUp: 0 });
       assert.ok(await canBindUdp('127.0.0.1', assoc.relay.port));
     });
   });
@@ -791,11 +789,8 @@ for (const engine of ['splice', 'stream'] as const) {
     const suite = udpSuite(engine, { udp: { maxDatagram: 512 } });
 
     test('malformed headers and an oversized datagram are dropped and counted; a valid datagram then still goes through', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const port = Buffer.alloc(2);
-        port.writeUInt16BE(suite.echo4.port);
+      await withAssociation(suite.proxy, async ({ peer, sendRaw, echoed, end }) => {
+        const port = portBytes(suite.echo4.port);
         const bad: Record<string, Buffer> = {
           'RSV = 01 00': Buffer.concat([hex('01 00 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
           'RSV = 00 01': Buffer.concat([hex('00 01 00 01 7f 00 00 01'), port, Buffer.from('rsv')]),
@@ -813,24 +808,22 @@ for (const engine of ['splice', 'stream'] as const) {
           '1000 bytes (over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(990, 0x61)]),
           '513 bytes (one over maxDatagram)': Buffer.concat([hex('00 00 00 01 7f 00 00 01'), port, Buffer.alloc(503, 0x62)]),
         };
-        for (const datagram of Object.values(bad)) await peer.send(datagram, assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'valid');
+        for (const datagram of Object.values(bad)) await sendRaw(datagram);
+        await echoed(suite.to4, 'valid');
         assert.deepEqual(suite.echo4.payloads(), ['valid'], 'none of the bad datagrams reached the echo server');
         // Exactly maxDatagram is still taken.
         const largest = 'c'.repeat(512 - 10);
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, largest);
+        await echoed(suite.to4, largest);
         assert.equal(peer.queued, 0);
-        assoc.control.end();
-        const record = await recordOf(suite.proxy, assoc);
-        assert.equal(record.datagramsDropped, Object.keys(bad).length);
-        assert.equal(record.datagramsDenied, 0, "malformed datagrams are dropped, not denied");
-        assert.equal(record.datagramsUp, 2);
-        assert.equal(record.datagramsDown, 2);
-        assert.equal(record.bytesUp, 'valid'.length + largest.length);
-        assert.equal(record.reason, 'client-closed');
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await end(), {
+          datagramsDropped: Object.keys(bad).length,
+          datagramsDenied: 0, // malformed datagrams are dropped, not denied
+          datagramsUp: 2,
+          datagramsDown: 2,
+          bytesUp: 'valid'.length + largest.length,
+          reason: 'client-closed',
+        });
+      });
     });
   });
 
@@ -856,10 +849,7 @@ for (const engine of ['splice', 'stream'] as const) {
           assert.equal(reply[1], 0x01, `REP 0x${reply[1]!.toString(16)}`);
           await within(third.readToEnd(), 5000, 'the proxy to close the refused association');
           const record = await within(suite.proxy.record((r) => r.clientPort === third.localPort), 5000, 'the refused session record');
-          assert.equal(record.command, 'udp');
-          assert.equal(record.reply, 0x01);
-          assert.equal(record.reason, 'limit-reached');
-          assert.equal(record.connected, null);
+          assertRecord(record, { command: 'udp', reply: 0x01, reason: 'limit-reached', connected: null });
         } finally {
           third.destroy();
         }
@@ -874,8 +864,7 @@ for (const engine of ['splice', 'stream'] as const) {
         await assertEchoed(p3, a3.relay, '127.0.0.1', suite.echo4.port, 'a3');
         a3.control.end();
         const record = await within(suite.proxy.record((r) => r.clientPort === a3.controlPort), 5000, 'the new association\'s record');
-        assert.equal(record.reply, 0);
-        assert.equal(record.datagramsUp, 1);
+        assertRecord(record, { reply: 0, datagramsUp: 1 });
       } finally {
         for (const a of open) a.control.destroy();
         for (const p of peers) await p.close();
@@ -892,8 +881,7 @@ for (const engine of ['splice', 'stream'] as const) {
       assert.deepEqual((await second.read(6)).subarray(0, 4), hex('05 00 05 01'));
       await within(second.readToEnd(), 5000, 'the proxy to close the refused association');
       const record = await within(proxy.record((r) => r.clientPort === second.localPort), 5000, 'the refused session record');
-      assert.equal(record.reason, 'limit-reached');
-      assert.equal(record.error, 'too many UDP associations from ::/64 (limit 1)');
+      assertRecord(record, { reason: 'limit-reached', error: 'too many UDP associations from ::/64 (limit 1)' });
     } finally {
       first.control.destroy();
       await proxy.close();
@@ -904,31 +892,18 @@ for (const engine of ['splice', 'stream'] as const) {
     const suite = udpSuite(engine);
 
     test('a burst of 100 datagrams (over three of the relay thread\'s batches): each relayed once, in order, and counted', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async (a) => {
         const payloads = Array.from({ length: 100 }, (_, i) => `burst ${i}`);
-        const seen = suite.echo4.received.length;
-        for (const payload of payloads) await peer.send(frame('127.0.0.1', suite.echo4.port, payload), assoc.relay.port, assoc.relay.host);
-        for (const payload of payloads) assertReply(await peer.next(`the echo of "${payload}"`), assoc.relay, { host: '127.0.0.1', port: suite.echo4.port }, payload);
-        assert.deepEqual(suite.echo4.payloads().slice(seen), payloads);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 100);
-        assert.equal(record.datagramsDown, 100);
-        assert.equal(record.datagramsDropped, 0);
-        assert.equal(record.bytesUp, payloads.join('').length);
-      } finally {
-        await peer.close();
-      }
+        await assertBurstEchoed(a, suite.echo4, payloads);
+        assertRecord(await a.end(), { datagramsUp: 100, datagramsDown: 100, datagramsDropped: 0, bytesUp: payloads.join('').length });
+      });
     });
 
     test('associations closed while their datagrams are on the way: every socket closed, the proxy relays on', opts, async () => {
       const peer = await UdpPeer.open('127.0.0.1');
       try {
         const baseline = udpPortsOfThisProcess().length;
-        const next = laterRecords(suite.proxy);
+        const recordOf = associationRecords(suite.proxy);
         for (let round = 0; round < 20; round++) {
           const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
           const sent: Array<Promise<void>> = [];
@@ -938,7 +913,7 @@ for (const engine of ['splice', 'stream'] as const) {
           }
           assoc.control.destroy();
           await Promise.all(sent);
-          await next((r) => r.clientPort === assoc.controlPort);
+          await recordOf(assoc);
         }
         assert.equal(udpPortsOfThisProcess().length, baseline, 'no association left a socket open');
         const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
@@ -965,96 +940,78 @@ for (const engine of ['splice', 'stream'] as const) {
     after(() => denied.close());
 
     test('a datagram to a denied destination is dropped and counted, again and again; the association relays on', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async ({ send, sendRaw, echoed, end }) => {
         for (const payload of ['first', 'second']) {
-          await peer.send(frame('127.0.0.2', denied.port, `denied ${payload}`), assoc.relay.port, assoc.relay.host);
-          await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, `allowed ${payload}`); // the barrier
+          await send(dest('127.0.0.2', denied), `denied ${payload}`);
+          await echoed(suite.to4, `allowed ${payload}`); // the barrier
         }
         // The same address written as IPv4-mapped IPv6 (ATYP 4) is the same destination.
         const mapped = frame('::ffff:127.0.0.2', denied.port, 'denied, mapped');
         assert.equal(mapped[3], 4, 'sent as ATYP IPv6');
-        await peer.send(mapped, assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, '::1', suite.echo6.port, 'allowed over IPv6');
+        await sendRaw(mapped);
+        await echoed(suite.to6, 'allowed over IPv6');
         assert.deepEqual(denied.payloads(), [], 'nothing reached the denied destination');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.rule, 'the-rest', 'the association itself was allowed');
-        assert.equal(record.datagramsUp, 3);
-        assert.equal(record.datagramsDown, 3);
-        assert.equal(record.datagramsDropped, 3);
-        assert.equal(record.datagramsDenied, 3, 'every drop here is a denial');
-      } finally {
-        await peer.close();
-      }
+        assertRecord(await end(), {
+          rule: 'the-rest', // the association itself was allowed
+          datagramsUp: 3,
+          datagramsDown: 3,
+          datagramsDropped: 3,
+          datagramsDenied: 3, // every drop here is a denial
+        });
+      });
     });
 
+    /**
+     * Runs `body` with an association whose outbound socket is open (one round
+     * trip to the echo server) and two senders that write to that socket from
+     * outside: the intruder on 127.0.0.2, whom the rules deny, and the stranger
+     * on 127.0.0.3, whom they allow.
+     */
+    async function withOutsideSenders(
+      body: (a: Associated, outside: { toOutbound(from: UdpPeer, bytes: Buffer): Promise<void>; intruder: UdpPeer; stranger: UdpPeer }) => Promise<void>,
+    ): Promise<void> {
+      await withAssociation(suite.proxy, async (a) => {
+        const intruder = await a.openPeer('127.0.0.2');
+        const stranger = await a.openPeer('127.0.0.3');
+        await a.echoed(suite.to4, 'opens the outbound socket');
+        const outbound = outboundPort(suite.echo4);
+        await body(a, { intruder, stranger, toOutbound: (from, bytes) => from.send(bytes, outbound, '127.0.0.1') });
+      });
+    }
+
     test('a reply from a sender the rules deny is dropped; one from an allowed sender is relayed', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const intruder = await UdpPeer.open('127.0.0.2');
-      const stranger = await UdpPeer.open('127.0.0.3');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'opens the outbound socket');
-        const outbound = suite.echo4.received.at(-1)!.from.port;
+      await withOutsideSenders(async ({ peer, relay, end }, { intruder, stranger, toOutbound }) => {
         for (const round of [1, 2]) {
-          await intruder.send(Buffer.from(`intruder ${round}`), outbound, '127.0.0.1');
-          await stranger.send(Buffer.from(`stranger ${round}`), outbound, '127.0.0.1');
-          assertReply(await peer.next(`the stranger's datagram ${round}`), assoc.relay, { host: '127.0.0.3', port: stranger.port }, `stranger ${round}`);
+          await toOutbound(intruder, Buffer.from(`intruder ${round}`));
+          await toOutbound(stranger, Buffer.from(`stranger ${round}`));
+          assertReply(await peer.next(`the stranger's datagram ${round}`), relay, dest('127.0.0.3', stranger), `stranger ${round}`);
         }
         assert.equal(peer.queued, 0, "the intruder's datagrams were not relayed");
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDown, 3);
-        assert.equal(record.datagramsDropped, 2);
-        assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
-      } finally {
-        await Promise.all([peer.close(), intruder.close(), stranger.close()]);
-      }
+        assertRecord(await end(), {
+          datagramsDown: 3,
+          datagramsDropped: 2,
+          datagramsDenied: 2, // every drop here is a denial
+        });
+      });
     });
 
     test('a reply too large to wrap in a header, from a sender the rules deny: counted as too large, not as denied', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const intruder = await UdpPeer.open('127.0.0.2');
-      const stranger = await UdpPeer.open('127.0.0.3');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'opens the outbound socket');
-        const outbound = suite.echo4.received.at(-1)!.from.port;
-        await intruder.send(Buffer.alloc(65507, 0x42), outbound, '127.0.0.1');
-        await stranger.send(Buffer.from('the barrier'), outbound, '127.0.0.1');
-        assertReply(await peer.next('the barrier'), assoc.relay, { host: '127.0.0.3', port: stranger.port }, 'the barrier');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDropped, 1);
-        assert.equal(record.datagramsDenied, 0, 'the relays agree: too large comes first');
-      } finally {
-        await Promise.all([peer.close(), intruder.close(), stranger.close()]);
-      }
+      await withOutsideSenders(async ({ peer, relay, end }, { intruder, stranger, toOutbound }) => {
+        await toOutbound(intruder, Buffer.alloc(65507, 0x42));
+        await toOutbound(stranger, Buffer.from('the barrier'));
+        assertReply(await peer.next('the barrier'), relay, dest('127.0.0.3', stranger), 'the barrier');
+        assertRecord(await end(), {
+          datagramsDropped: 1,
+          datagramsDenied: 0, // the relays agree: too large comes first
+        });
+      });
     });
 
     test('a burst of 100 datagrams to a destination not decided yet: each relayed once, in order', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const payloads = Array.from({ length: 100 }, (_, i) => `checked burst ${i}`);
-        const seen = suite.echo4.received.length;
-        for (const payload of payloads) await peer.send(frame('127.0.0.1', suite.echo4.port, payload), assoc.relay.port, assoc.relay.host);
-        for (const payload of payloads) assertReply(await peer.next(`the echo of "${payload}"`), assoc.relay, { host: '127.0.0.1', port: suite.echo4.port }, payload);
-        assert.deepEqual(suite.echo4.payloads().slice(seen), payloads);
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsUp, 100);
-        assert.equal(record.datagramsDropped, 0);
-        assert.equal(record.datagramsDenied, 0, 'every drop here is a denial');
-      } finally {
-        await peer.close();
-      }
+      await withAssociation(suite.proxy, async (a) => {
+        await assertBurstEchoed(a, suite.echo4, Array.from({ length: 100 }, (_, i) => `checked burst ${i}`));
+        assertRecord(await a.end(), { datagramsUp: 100, datagramsDropped: 0, datagramsDenied: 0 });
+      });
     });
   });
 
@@ -1067,24 +1024,19 @@ for (const engine of ['splice', 'stream'] as const) {
     });
 
     test('datagrams to a denied destination and to a name that does not resolve keep the association alive past timeouts.udpIdle', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
+      await withAssociation(suite.proxy, async ({ send, echoed, end }) => {
         // 2.5 s of datagrams none of which is relayed, one every 100 ms: well past the 1 s idle timeout.
         for (let i = 0; i < 25; i++) {
-          const target = i % 2 === 0 ? frame('127.0.0.2', suite.echo4.port, `denied ${i}`) : frame('nowhere.test', suite.echo4.port, `unresolved ${i}`);
-          await peer.send(target, assoc.relay.port, assoc.relay.host);
+          if (i % 2 === 0) await send(dest('127.0.0.2', suite.echo4), `denied ${i}`);
+          else await send(dest('nowhere.test', suite.echo4), `unresolved ${i}`);
           await new Promise((resolve) => setTimeout(resolve, 100));
         }
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'still associated');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.reason, 'client-closed', 'not idle-timeout');
-        assert.equal(record.datagramsDropped, 25);
-      } finally {
-        await peer.close();
-      }
+        await echoed(suite.to4, 'still associated');
+        assertRecord(await end(), {
+          reason: 'client-closed', // not idle-timeout
+          datagramsDropped: 25,
+        });
+      });
     });
   });
 
@@ -1105,45 +1057,32 @@ for (const engine of ['splice', 'stream'] as const) {
     });
 
     test('a name the resolver spells in full (0:0:0:0:0:0:0:1): its replies come back from ::1', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        await assertEchoed(peer, assoc.relay, 'six.test', suite.echo6.port, 'spelled in full', { host: '::1', port: suite.echo6.port });
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.datagramsDown, 1);
-        assert.equal(record.datagramsDenied, 0);
-      } finally {
-        await peer.close();
-      }
+      await withAssociation(suite.proxy, async ({ echoed, end }) => {
+        await echoed(dest('six.test', suite.echo6), 'spelled in full', suite.to6);
+        assertRecord(await end(), { datagramsDown: 1, datagramsDenied: 0 });
+      });
     });
 
     test('decided before DNS: the address is denied until the name led there; then both ways are open, and only there', opts, async () => {
-      const peer = await UdpPeer.open('127.0.0.1');
-      const sameHost = await UdpPeer.open('127.0.0.1');
-      try {
-        const next = laterRecords(suite.proxy);
-        const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: peer.port });
-        const seen = suite.echo4.received.length;
-        await peer.send(frame('127.0.0.1', suite.echo4.port, 'by address first'), assoc.relay.port, assoc.relay.host);
-        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'by name', { host: '127.0.0.1', port: suite.echo4.port });
-        await assertEchoed(peer, assoc.relay, '127.0.0.1', suite.echo4.port, 'by address, where the name led');
-        assert.deepEqual(suite.echo4.payloads().slice(seen), ['by name', 'by address, where the name led']);
-        const outbound = suite.echo4.received.at(-1)!.from.port;
+      await withAssociation(suite.proxy, async ({ peer, send, echoed, end, openPeer }) => {
+        const sameHost = await openPeer('127.0.0.1');
+        const arrived = arrivals(suite.echo4);
+        await send(suite.to4, 'by address first');
+        await echoed(dest('four.test', suite.echo4), 'by name', suite.to4);
+        await echoed(suite.to4, 'by address, where the name led');
+        assert.deepEqual(arrived(), ['by name', 'by address, where the name led']);
+        const outbound = outboundPort(suite.echo4);
         await sameHost.send(Buffer.from('another port of that host'), outbound, '127.0.0.1');
-        await assertEchoed(peer, assoc.relay, 'four.test', suite.echo4.port, 'the barrier', { host: '127.0.0.1', port: suite.echo4.port });
+        await echoed(dest('four.test', suite.echo4), 'the barrier', suite.to4);
         assert.equal(peer.queued, 0, 'the datagram from a port the name did not lead to was dropped');
-        assoc.control.end();
-        const record = await next((r) => r.clientPort === assoc.controlPort);
-        assert.equal(record.rule, 'four-test');
-        assert.equal(record.datagramsUp, 3);
-        assert.equal(record.datagramsDown, 3);
-        assert.equal(record.datagramsDropped, 2);
-        assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
-      } finally {
-        await Promise.all([peer.close(), sameHost.close()]);
-      }
+        assertRecord(await end(), {
+          rule: 'four-test',
+          datagramsUp: 3,
+          datagramsDown: 3,
+          datagramsDropped: 2,
+          datagramsDenied: 2, // every drop here is a denial
+        });
+      });
     });
   });
 }
@@ -1174,59 +1113,51 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
   });
 
   test('datagrams to addresses and their replies never enter JavaScript; a name is handed to it, resolved and sent', opts, async () => {
-    const peer = await UdpPeer.open('127.0.0.1');
-    try {
-      const assoc = await associate(splice.proxy, { host: '127.0.0.1', port: peer.port });
+    await withAssociation(splice.proxy, async ({ assoc, echoed }) => {
       const before = spliceStats()!;
-      for (const payload of ['one', 'two', 'three']) await assertEchoed(peer, assoc.relay, '127.0.0.1', splice.echo4.port, payload);
+      for (const payload of ['one', 'two', 'three']) await echoed(splice.to4, payload);
       const literal = await nativeDatagramsMoved(before, 6);
       assert.equal(literal.udpNativeDatagrams - before.udpNativeDatagrams, 6, 'three datagrams each way on the relay thread');
       assert.equal(literal.udpHandedOver - before.udpHandedOver, 0);
-      await assertEchoed(peer, assoc.relay, 'localhost', splice.echo4.port, 'by name', { host: '127.0.0.1', port: splice.echo4.port });
+      await echoed(dest('localhost', splice.echo4), 'by name', splice.to4);
       const named = await nativeDatagramsMoved(literal, 1);
       assert.equal(named.udpHandedOver - literal.udpHandedOver, 1, 'the datagram to a name went through JavaScript');
       assert.equal(named.udpNativeDatagrams - literal.udpNativeDatagrams, 1, 'its reply did not');
       assoc.control.end();
-    } finally {
-      await peer.close();
-    }
+    });
   });
 
   test('with rules on destinations: JavaScript decides an address once, the relay thread keeps its verdict, denials too', opts, async () => {
-    const peer = await UdpPeer.open('127.0.0.1');
-    try {
-      const assoc = await associate(checked.proxy, { host: '127.0.0.1', port: peer.port });
+    await withAssociation(checked.proxy, async ({ send, echoed, end }) => {
       const before = spliceStats()!;
-      for (const payload of ['one', 'two', 'three']) await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, payload);
+      for (const payload of ['one', 'two', 'three']) await echoed(checked.to4, payload);
       const allowed = await nativeDatagramsMoved(before, 5);
       assert.equal(allowed.udpHandedOver - before.udpHandedOver, 1, 'the first datagram went to JavaScript for its verdict');
       assert.equal(allowed.udpNativeDatagrams - before.udpNativeDatagrams, 5, 'the rest, and every reply, did not');
       // The first denial is JavaScript's; once the barrier after it is back, the
       // verdict is the relay thread's (a datagram that comes while one is on its
       // way to JavaScript follows it there, so the barrier may or may not).
-      await peer.send(frame('127.0.0.2', checked.echo4.port, 'denied 1'), assoc.relay.port, assoc.relay.host);
-      await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, 'barrier 1');
+      await send(dest('127.0.0.2', checked.echo4), 'denied 1');
+      await echoed(checked.to4, 'barrier 1');
       assert.ok(spliceStats()!.udpHandedOver - allowed.udpHandedOver >= 1);
       const decided = await nativeDatagramsMoved(allowed, 1); // barrier 1's reply at least (the barrier may have gone through JavaScript)
-      await peer.send(frame('127.0.0.2', checked.echo4.port, 'denied 2'), assoc.relay.port, assoc.relay.host);
-      await assertEchoed(peer, assoc.relay, '127.0.0.1', checked.echo4.port, 'barrier 2');
+      await send(dest('127.0.0.2', checked.echo4), 'denied 2');
+      await echoed(checked.to4, 'barrier 2');
       const denied = await nativeDatagramsMoved(decided, 2);
       assert.equal(denied.udpHandedOver - decided.udpHandedOver, 0, 'the second denial was the relay thread\'s own');
       assert.equal(denied.udpNativeDatagrams - decided.udpNativeDatagrams, 2, 'the barrier, each way');
-      assoc.control.end();
-      const record = await recordOf(checked.proxy, assoc);
-      assert.equal(record.datagramsDropped, 2);
-      assert.equal(record.datagramsDenied, 2, 'every drop here is a denial');
-    } finally {
-      await peer.close();
-    }
+      assertRecord(await end(), {
+        datagramsDropped: 2,
+        datagramsDenied: 2, // every drop here is a denial
+      });
+    });
   });
 
   test('while JavaScript is busy, a burst it must decide waits in the socket buffer: none lost, in order', opts, async () => {
     const count = 240; // more than the 128 that may be on their way to JavaScript
-    const next = laterRecords(checked.proxy);
+    const recordOf = associationRecords(checked.proxy);
     const assoc = await associate(checked.proxy, { host: '127.0.0.1', port: 0 });
-    const seen = checked.echo4.received.length;
+    const arrived = arrivals(checked.echo4);
     // A checked association's first datagram to an address goes to JavaScript and
     // the rest follow it. This thread is blocked while Python sends them all.
     const blast = [
@@ -1238,29 +1169,23 @@ describe('UDP ASSOCIATE on the relay thread (splice relay)', opts, () => {
     try {
       execFileSync('python3', ['-c', blast, String(assoc.relay.port), String(checked.echo4.port), String(count)]);
       let waited = 0;
-      while (checked.echo4.received.length - seen < count && waited++ < 250) await new Promise((resolve) => setTimeout(resolve, 20));
-      assert.deepEqual(checked.echo4.payloads().slice(seen), Array.from({ length: count }, (_, i) => `held ${i}`));
+      while (arrived().length < count && waited++ < 250) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.deepEqual(arrived(), Array.from({ length: count }, (_, i) => `held ${i}`));
     } finally {
       assoc.control.end();
     }
-    const record = await next((r) => r.clientPort === assoc.controlPort);
-    assert.equal(record.datagramsUp, count);
-    assert.equal(record.datagramsDropped, 0);
+    assertRecord(await recordOf(assoc), { datagramsUp: count, datagramsDropped: 0 });
   });
 
   test('with the stream relay, the relay thread carries no datagram', opts, async () => {
-    const peer = await UdpPeer.open('127.0.0.1');
-    try {
-      const assoc = await associate(stream.proxy, { host: '127.0.0.1', port: peer.port });
+    await withAssociation(stream.proxy, async ({ assoc, echoed }) => {
       const before = spliceStats()!;
-      await assertEchoed(peer, assoc.relay, '127.0.0.1', stream.echo4.port, 'through dgram');
+      await echoed(stream.to4, 'through dgram');
       const after = spliceStats()!;
       assert.equal(after.udpNativeDatagrams, before.udpNativeDatagrams);
       assert.equal(after.udpHandedOver, before.udpHandedOver);
       assoc.control.end();
-    } finally {
-      await peer.close();
-    }
+    });
   });
 });
 
