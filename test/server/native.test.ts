@@ -109,6 +109,35 @@ async function digestSession(proxy: EngineProxy, targetPort: number, size: numbe
   }
 }
 
+/** Runs `body` with a fresh proxy whose handshakes run on `engine`, and closes the proxy after, pass or fail. */
+async function withProxy<T>(engine: Engine, options: ServerOptions, body: (proxy: EngineProxy) => Promise<T>): Promise<T> {
+  const proxy = await startEngineProxy(engine, options);
+  try {
+    return await body(proxy);
+  } finally {
+    await proxy.close();
+  }
+}
+
+/**
+ * One raw client of `proxy`: `exchange` talks to the proxy, then the client
+ * ends its side and reads to the end. Returns the session's record and how
+ * far the addon's counters moved from before the connect.
+ */
+async function clientSession(proxy: EngineProxy, exchange: (client: RawClient) => Promise<void>): Promise<{ record: SessionRecord; counters: NativeCounters }> {
+  const before = nativeCounters();
+  const client = await RawClient.connect(proxy.port);
+  try {
+    await exchange(client);
+    client.socket.end();
+    await client.readToEnd();
+    const record = await recordOf(proxy, client.localPort);
+    return { record, counters: countersSince(before) };
+  } finally {
+    client.destroy();
+  }
+}
+
 describe('native handshakes: the common path stays native', () => {
   let digest: Fixture;
   before(async () => {
@@ -181,59 +210,43 @@ describe('native handshakes: the common path stays native', () => {
       peer(`${socket.remoteAddress}:${socket.remotePort}`);
       socket.pipe(socket);
     });
-    const proxy = await startEngineProxy('native');
-    try {
-      const before = nativeCounters();
-      const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', target.port)]));
-      assert.deepEqual(await client.read(2), hex('05 00'));
-      const reply = await readSocks5Reply(client);
-      assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 01'));
-      const bound = `${[...reply.subarray(4, 8)].join('.')}:${reply.readUInt16BE(8)}`;
-      assert.equal(bound, await seen, 'BND.ADDR:BND.PORT is where the destination sees the proxy connect from');
-      client.socket.end();
-      await client.readToEnd();
-      await recordOf(proxy, client.localPort);
-      assert.deepEqual(countersSince(before), STAYED_NATIVE);
-    } finally {
-      await proxy.close();
-      await target.close();
-    }
+    await withFixture(target, async () => {
+      await withProxy('native', {}, async (proxy) => {
+        const { counters } = await clientSession(proxy, async (client) => {
+          client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', target.port)]));
+          assert.deepEqual(await client.read(2), hex('05 00'));
+          const reply = await readSocks5Reply(client);
+          assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 01'));
+          const bound = `${[...reply.subarray(4, 8)].join('.')}:${reply.readUInt16BE(8)}`;
+          assert.equal(bound, await seen, 'BND.ADDR:BND.PORT is where the destination sees the proxy connect from');
+        });
+        assert.deepEqual(counters, STAYED_NATIVE);
+      });
+    });
   });
 
   test('an IPv6 literal destination ([::1]) is served natively, with the same reply and record as the node engine', opts, async (t) => {
     if (!(await ipv6Loopback())) return t.skip('::1 cannot be bound here');
-    const echo = await startEchoServer('::1');
-    try {
-      const results = [];
-      for (const engine of ENGINES) {
-        const proxy = await startEngineProxy(engine);
-        try {
-          const before = nativeCounters();
-          const client = await RawClient.connect(proxy.port);
-          client.write(Buffer.concat([hex(NO_AUTH), connectRequest6('::1', echo.port)]));
-          assert.deepEqual(await client.read(2), hex('05 00'));
-          const reply = await readSocks5Reply(client);
-          assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 04'), `${engine}: an IPv6 bound address`);
-          assert.deepEqual(reply.subarray(4, 20), hex('0000 0000 0000 0000 0000 0000 0000 0001'), `${engine}: BND.ADDR is ::1`);
-          client.write(hex('cafe'));
-          assert.deepEqual(await client.read(2), hex('cafe'));
-          client.socket.end();
-          await client.readToEnd();
-          const record = await recordOf(proxy, client.localPort);
-          results.push({ engine, counters: countersSince(before), record });
-        } finally {
-          await proxy.close();
-        }
-      }
-      const [native, node] = results;
-      assert.deepEqual(native!.counters, STAYED_NATIVE);
-      assert.deepEqual(node!.counters, UNTOUCHED);
-      assert.equal(native!.record.requested, `[::1]:${echo.port}`);
-      assert.deepEqual(comparable(native!.record), comparable(node!.record));
-    } finally {
-      await echo.close();
-    }
+    await withFixture(await startEchoServer('::1'), async (echo) => {
+      const runs = await onBothEngines({}, async (proxy) => {
+        const engine = proxy.server.handshakeEngine;
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex(NO_AUTH), connectRequest6('::1', echo.port)]));
+        assert.deepEqual(await client.read(2), hex('05 00'));
+        const reply = await readSocks5Reply(client);
+        assert.deepEqual(reply.subarray(0, 4), hex('05 00 00 04'), `${engine}: an IPv6 bound address`);
+        assert.deepEqual(reply.subarray(4, 20), hex('0000 0000 0000 0000 0000 0000 0000 0001'), `${engine}: BND.ADDR is ::1`);
+        client.write(hex('cafe'));
+        assert.deepEqual(await client.read(2), hex('cafe'));
+        client.socket.end();
+        await client.readToEnd();
+        return client.localPort;
+      });
+      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
+      assert.deepEqual(runs.node.counters, UNTOUCHED);
+      assert.equal(runs.native.record.requested, `[::1]:${echo.port}`);
+      assertSameEnding(runs);
+    });
   });
 });
 
@@ -290,287 +303,171 @@ interface HandOverCase {
   readonly todo?: string;
 }
 
+/** The proxy and the ending most cases share: the plain proxy, and a client that waits for the server to close. */
+function closed(c: Omit<HandOverCase, 'proxy' | 'then'> & Partial<Pick<HandOverCase, 'proxy' | 'then'>>): HandOverCase {
+  return { proxy: 'plain', then: 'close', ...c };
+}
+
+/** Relayed: the client reads the answer, echoes "ping" through the destination and ends first (client-closed). */
+function relayed(c: Omit<HandOverCase, 'then' | 'reason'>): HandOverCase {
+  return { ...c, then: 'relay', reason: 'client-closed' };
+}
+
+/** The client ends its side once its bytes are sent, before the handshake is through: client-gone. */
+function goneEarly(c: Omit<HandOverCase, 'then' | 'reason'>): HandOverCase {
+  return { ...c, then: 'end-close', reason: 'client-gone' };
+}
+
+/** A no-auth greeting and a request the proxy refuses: the method selection, then REP `rep` (hex) with a zero address. */
+function refusedRequest(c: Omit<HandOverCase, 'proxy' | 'then' | 'bytes' | 'answer'> & { proxy?: ProxyKind; request: (ports: Ports) => Buffer; rep: string }): HandOverCase {
+  const { request, rep, ...rest } = c;
+  return closed({ ...rest, bytes: (p) => Buffer.concat([hex(NO_AUTH), request(p)]), answer: `05 00 05 ${rep} ${ZERO_V4}` });
+}
+
+/** A username/password greeting and credentials the proxy refuses: status 01 01, auth-failed. */
+function refusedLogin(c: { name: string; proxy?: ProxyKind; credentials: Buffer; error?: RegExp }): HandOverCase {
+  const { credentials: sent, ...rest } = c;
+  return { proxy: 'userpass', ...rest, then: 'close', bytes: () => Buffer.concat([hex(USERPASS), sent]), answer: '05 02 01 01', reason: 'auth-failed' };
+}
+
+/** A client that sends `sent` (hex) and then nothing, to the impatient proxy: the handshake timeout names what the proxy waited for. */
+function stalled(c: { name: string; sent: string; answer: string; waitingFor: string }): HandOverCase {
+  return {
+    name: c.name,
+    proxy: 'impatient',
+    bytes: () => hex(c.sent),
+    then: 'close',
+    answer: c.answer,
+    reason: 'handshake-timeout',
+    error: new RegExp(`handshake timeout after 300 ms waiting for ${c.waitingFor}`),
+  };
+}
+
 const CASES: readonly HandOverCase[] = [
-  {
+  relayed({
     name: 'SOCKS4 CONNECT on a listener with socks4 on: granted and relayed',
     proxy: 'plain',
     bytes: (p) => socks4Connect('127.0.0.1', p.echo, 'bob'),
-    then: 'relay',
     answer: '00 5a 0000 00000000',
-    reason: 'client-closed',
-  },
-  {
+  }),
+  closed({
     name: 'SOCKS4 with socks4 off: 0x5B',
     proxy: 'socks4Off',
     bytes: (p) => socks4Connect('127.0.0.1', p.echo),
-    then: 'close',
     answer: '00 5b 0000 00000000',
     reason: 'not-allowed',
     error: /SOCKS4 is disabled/,
-  },
-  {
-    name: 'greeting offering only 0x02 when only none is accepted: 05 FF',
-    proxy: 'plain',
-    bytes: () => hex('05 01 02'),
-    then: 'close',
-    answer: '05 ff',
-    reason: 'no-acceptable-method',
-    error: /offered methods \[0x02\]/,
-  },
-  {
-    name: 'greeting offering only none on a userpass-only listener: 05 FF',
-    proxy: 'userpass',
-    bytes: () => hex('05 01 00'),
-    then: 'close',
-    answer: '05 ff',
-    reason: 'no-acceptable-method',
-  },
-  {
-    name: 'greeting with NMETHODS 0: closed without a reply',
-    proxy: 'plain',
-    bytes: () => hex('05 00'),
-    then: 'close',
-    answer: '',
-    reason: 'protocol-error',
-    error: /zero methods/,
-  },
-  {
+  }),
+  closed({ name: 'greeting offering only 0x02 when only none is accepted: 05 FF', bytes: () => hex('05 01 02'), answer: '05 ff', reason: 'no-acceptable-method', error: /offered methods \[0x02\]/ }),
+  closed({ name: 'greeting offering only none on a userpass-only listener: 05 FF', proxy: 'userpass', bytes: () => hex('05 01 00'), answer: '05 ff', reason: 'no-acceptable-method' }),
+  closed({ name: 'greeting with NMETHODS 0: closed without a reply', bytes: () => hex('05 00'), answer: '', reason: 'protocol-error', error: /zero methods/ }),
+  closed({
     name: 'not SOCKS at all (an HTTP request): closed without a reply',
-    proxy: 'plain',
     bytes: () => Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'),
-    then: 'close',
     answer: '',
     reason: 'protocol-error',
     error: /first byte 0x47/,
-  },
-  {
-    name: 'a truncated greeting, then the client closes',
-    proxy: 'plain',
-    bytes: () => hex('05 03 00'),
-    then: 'end-close',
-    answer: '',
-    reason: 'client-gone',
-    error: /truncated SOCKS5 greeting \(3 bytes\)/,
-  },
-  {
-    name: 'a greeting, then the client closes before its request',
-    proxy: 'plain',
-    bytes: () => hex(NO_AUTH),
-    then: 'end-close',
-    answer: '05 00',
-    reason: 'client-gone',
-    error: /before the SOCKS5 request/,
-  },
-  {
+  }),
+  goneEarly({ name: 'a truncated greeting, then the client closes', proxy: 'plain', bytes: () => hex('05 03 00'), answer: '', error: /truncated SOCKS5 greeting \(3 bytes\)/ }),
+  goneEarly({ name: 'a greeting, then the client closes before its request', proxy: 'plain', bytes: () => hex(NO_AUTH), answer: '05 00', error: /before the SOCKS5 request/ }),
+  goneEarly({
     name: 'a greeting and good credentials, then the client closes before its request',
     proxy: 'userpass',
     bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]),
-    then: 'end-close',
     answer: '05 02 01 00',
-    reason: 'client-gone',
     error: /before the SOCKS5 request/,
-  },
-  {
+  }),
+  relayed({
     name: 'domain-name CONNECT to localhost: resolved and relayed',
     proxy: 'plain',
     bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', p.echo)]),
-    then: 'relay',
     answer: `05 00 05 00 00 01 00000000 0000`,
-    reason: 'client-closed',
-  },
-  {
+  }),
+  relayed({
     name: 'username/password, then a domain-name CONNECT: relayed, the record names the user',
     proxy: 'userpass',
     bytes: (p) => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequestByName('localhost', p.echo)]),
-    then: 'relay',
     answer: `05 02 01 00 05 00 00 01 00000000 0000`,
-    reason: 'client-closed',
-  },
-  {
+  }),
+  closed({
     name: 'BIND: the first reply, then the client resets while waiting for the peer',
-    proxy: 'plain',
     bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', 0, 2)]),
     then: 'reset',
     answer: `05 00 05 00 ${ZERO_V4}`,
     reason: 'client-gone',
-  },
-  {
+  }),
+  closed({
     name: 'UDP ASSOCIATE: the reply names the relay, the association ends with the control connection',
-    proxy: 'plain',
     bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('0.0.0.0', 0, 3)]),
     then: 'hold',
     answer: `05 00 05 00 ${ZERO_V4}`,
     reason: 'client-closed',
-  },
-  {
-    name: 'an unknown command (0x04): 05 07',
-    proxy: 'plain',
-    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.echo, 4)]),
-    then: 'close',
-    answer: `05 00 05 07 ${ZERO_V4}`,
-    reason: 'command-not-supported',
-  },
-  {
-    name: 'an unknown address type (0x02): 05 08',
-    proxy: 'plain',
-    bytes: () => Buffer.concat([hex(NO_AUTH), hex('05 01 00 02 7f000001 0050')]),
-    then: 'close',
-    answer: `05 00 05 08 ${ZERO_V4}`,
-    reason: 'protocol-error',
-  },
-  {
+  }),
+  refusedRequest({ name: 'an unknown command (0x04): 05 07', request: (p) => connectRequest('127.0.0.1', p.echo, 4), rep: '07', reason: 'command-not-supported' }),
+  refusedRequest({ name: 'an unknown address type (0x02): 05 08', request: () => hex('05 01 00 02 7f000001 0050'), rep: '08', reason: 'protocol-error' }),
+  refusedRequest({
     name: 'a request with RSV 0x01: 05 01',
-    proxy: 'plain',
-    bytes: (p) => Buffer.concat([hex(NO_AUTH), hex(`05 01 01 01 7f000001 ${p.echo.toString(16).padStart(4, '0')}`)]),
-    then: 'close',
-    answer: `05 00 05 01 ${ZERO_V4}`,
+    request: (p) => hex(`05 01 01 01 7f000001 ${p.echo.toString(16).padStart(4, '0')}`),
+    rep: '01',
     reason: 'protocol-error',
     error: /reserved byte is 0x01/,
-  },
-  {
-    name: 'a CONNECT to port 0: refused as the node engine refuses it',
-    proxy: 'plain',
-    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', 0)]),
-    then: 'close',
-    answer: `05 00 05 05 ${ZERO_V4}`,
-    reason: 'connect-failed',
-  },
-  {
-    name: 'a CONNECT to a closed loopback port: 05 05',
-    proxy: 'plain',
-    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.closed)]),
-    then: 'close',
-    answer: `05 00 05 05 ${ZERO_V4}`,
-    reason: 'connect-failed',
-    error: /ECONNREFUSED/,
-  },
-  {
-    // connect() fails at once (loopback's broadcast address: no packet leaves),
-    // so Node's wording names the failed socket's own address too.
+  }),
+  refusedRequest({ name: 'a CONNECT to port 0: refused as the node engine refuses it', request: () => connectRequest('127.0.0.1', 0), rep: '05', reason: 'connect-failed' }),
+  refusedRequest({ name: 'a CONNECT to a closed loopback port: 05 05', request: (p) => connectRequest('127.0.0.1', p.closed), rep: '05', reason: 'connect-failed', error: /ECONNREFUSED/ }),
+  // connect() fails at once (loopback's broadcast address: no packet leaves),
+  // so Node's wording names the failed socket's own address too.
+  refusedRequest({
     name: 'a CONNECT to 127.255.255.255 (connect() fails at once): 05 03, Node\'s wording with " - Local (…)"',
-    proxy: 'plain',
-    bytes: () => Buffer.concat([hex(NO_AUTH), connectRequest('127.255.255.255', 8080)]),
-    then: 'close',
-    answer: `05 00 05 03 ${ZERO_V4}`,
+    request: () => connectRequest('127.255.255.255', 8080),
+    rep: '03',
     reason: 'connect-failed',
     error: /^connect ENETUNREACH 127\.255\.255\.255:8080 - Local \(0\.0\.0\.0:0\)$/,
-  },
-  {
-    name: 'a wrong password: status 01 01',
-    proxy: 'userpass',
-    bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, 'wrong')]),
-    then: 'close',
-    answer: '05 02 01 01',
-    reason: 'auth-failed',
-    error: /wrong credentials for user "alice"/,
-  },
-  {
-    name: 'an unknown user: status 01 01',
-    proxy: 'userpass',
-    bytes: () => Buffer.concat([hex(USERPASS), credentials('mallory', ALICE.password)]),
-    then: 'close',
-    answer: '05 02 01 01',
-    reason: 'auth-failed',
-  },
-  {
-    name: 'an empty username and password: status 01 01',
-    proxy: 'userpass',
-    bytes: () => Buffer.concat([hex(USERPASS), hex('01 00 00')]),
-    then: 'close',
-    answer: '05 02 01 01',
-    reason: 'auth-failed',
-  },
-  {
+  }),
+  refusedLogin({ name: 'a wrong password: status 01 01', credentials: credentials(ALICE.name, 'wrong'), error: /wrong credentials for user "alice"/ }),
+  refusedLogin({ name: 'an unknown user: status 01 01', credentials: credentials('mallory', ALICE.password) }),
+  refusedLogin({ name: 'an empty username and password: status 01 01', credentials: hex('01 00 00') }),
+  refusedLogin({
     name: 'a password that is not UTF-8: status 01 01, even where it decodes to the configured password (U+FFFD)',
     proxy: 'replacement',
-    bytes: () => Buffer.concat([hex(USERPASS), hex(`01 04 ${Buffer.from('rose').toString('hex')} 03 61ff62`)]),
-    then: 'close',
-    answer: '05 02 01 01',
-    reason: 'auth-failed',
+    credentials: hex(`01 04 ${Buffer.from('rose').toString('hex')} 03 61ff62`),
     error: /username or password is not UTF-8/,
-  },
-  {
+  }),
+  closed({
     name: 'an auth message with version byte 0x02: closed without a status',
     proxy: 'userpass',
     bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password, 2)]),
-    then: 'close',
     answer: '05 02',
     reason: 'protocol-error',
-  },
-  {
+  }),
+  relayed({
     name: 'a CONNECT to an IPv4-mapped IPv6 address (::ffff:127.0.0.1): relayed natively, the same reply and record',
     proxy: 'plain',
     bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest6('::ffff:7f00:1', p.echo)]),
-    then: 'relay',
     answer: `05 00 05 00 ${ZERO_V4}`,
-    reason: 'client-closed',
     stays: true,
-  },
-  {
+  }),
+  refusedRequest({
     name: 'a deny rule matching the target: 05 02, the record names the rule',
     proxy: 'rules',
-    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.denied)]),
-    then: 'close',
-    answer: `05 00 05 02 ${ZERO_V4}`,
+    request: (p) => connectRequest('127.0.0.1', p.denied),
+    rep: '02',
     reason: 'not-allowed',
     rule: 'no-denied-port',
     error: /denied by rule "no-denied-port"/,
-  },
-  {
-    name: 'no rule matching the target: 05 02, default-deny',
-    proxy: 'rules',
-    bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest6('::1', p.echo)]),
-    then: 'close',
-    answer: `05 00 05 02 ${ZERO_V4}`,
-    reason: 'not-allowed',
-    rule: 'default-deny',
-  },
-  {
+  }),
+  refusedRequest({ name: 'no rule matching the target: 05 02, default-deny', proxy: 'rules', request: (p) => connectRequest6('::1', p.echo), rep: '02', reason: 'not-allowed', rule: 'default-deny' }),
+  relayed({
     name: 'an allow rule matching the target: relayed and stays native, the record names the rule',
     proxy: 'rules',
     bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', p.echo)]),
-    then: 'relay',
     answer: `05 00 05 00 ${ZERO_V4}`,
-    reason: 'client-closed',
     rule: 'loopback-v4',
     stays: true,
-  },
-  {
-    name: 'handshake timeout: a client that sends nothing',
-    proxy: 'impatient',
-    bytes: () => Buffer.alloc(0),
-    then: 'close',
-    answer: '',
-    reason: 'handshake-timeout',
-    error: /handshake timeout after 300 ms waiting for first byte/,
-  },
-  {
-    name: 'handshake timeout: a client that stalls mid-greeting',
-    proxy: 'impatient',
-    bytes: () => hex('05 02 00'),
-    then: 'close',
-    answer: '',
-    reason: 'handshake-timeout',
-    error: /handshake timeout after 300 ms waiting for SOCKS5 greeting/,
-  },
-  {
-    name: 'handshake timeout: a client that stalls after the first byte of a SOCKS4 request',
-    proxy: 'impatient',
-    bytes: () => hex('04'),
-    then: 'close',
-    answer: '',
-    reason: 'handshake-timeout',
-    error: /handshake timeout after 300 ms waiting for SOCKS4 request/,
-  },
-  {
-    name: 'handshake timeout: a client that stalls mid-request',
-    proxy: 'impatient',
-    bytes: () => hex('05 01 00  05 01 00'),
-    then: 'close',
-    answer: '05 00',
-    reason: 'handshake-timeout',
-    error: /handshake timeout after 300 ms waiting for SOCKS5 request/,
-  },
+  }),
+  stalled({ name: 'handshake timeout: a client that sends nothing', sent: '', answer: '', waitingFor: 'first byte' }),
+  stalled({ name: 'handshake timeout: a client that stalls mid-greeting', sent: '05 02 00', answer: '', waitingFor: 'SOCKS5 greeting' }),
+  stalled({ name: 'handshake timeout: a client that stalls after the first byte of a SOCKS4 request', sent: '04', answer: '', waitingFor: 'SOCKS4 request' }),
+  stalled({ name: 'handshake timeout: a client that stalls mid-request', sent: '05 01 00  05 01 00', answer: '05 00', waitingFor: 'SOCKS5 request' }),
 ];
 
 interface Outcome {
@@ -729,35 +626,25 @@ describe('native handshakes: every hand-over gives the node engine\'s answer', (
 
 describe('native handshakes: connect timeout', () => {
   test('a destination that never completes the TCP handshake: REP 0x06 and "timed out after 300 ms", as with the node engine', opts, async () => {
-    const hole = await startBlackHole();
-    try {
-      const outcomes = [];
+    await withFixture(await startBlackHole(), async (hole) => {
+      const answers: Partial<Record<Engine, Buffer>> = {};
+      const runs = await onBothEngines({ timeouts: { connect: 300 } }, async (proxy) => {
+        const client = await RawClient.connect(proxy.port);
+        client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
+        answers[proxy.server.handshakeEngine as Engine] = await client.readToEnd();
+        return client.localPort;
+      });
       for (const engine of ENGINES) {
-        const proxy = await startEngineProxy(engine, { timeouts: { connect: 300 } });
-        try {
-          const before = nativeCounters();
-          const client = await RawClient.connect(proxy.port);
-          client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
-          const answer = await client.readToEnd();
-          const record = await recordOf(proxy, client.localPort);
-          outcomes.push({ engine, answer, record, counters: countersSince(before) });
-        } finally {
-          await proxy.close();
-        }
-      }
-      for (const { engine, answer, record } of outcomes) {
-        assert.equal(answer.toString('hex'), hex(`05 00 05 06 ${ZERO_V4}`).toString('hex'), `${engine}: REP 0x06`);
+        const { record } = runs[engine];
+        assert.equal(answers[engine]?.toString('hex'), hex(`05 00 05 06 ${ZERO_V4}`).toString('hex'), `${engine}: REP 0x06`);
         assert.equal(record.reason, 'connect-failed', engine);
         assert.equal(record.reply, 0x06, engine);
         assert.equal(record.error, `connect to 127.0.0.1:${hole.port} timed out after 300 ms`, engine);
       }
-      const [native, node] = outcomes;
-      assert.deepEqual(native!.counters, HANDED_OVER, 'the native engine dialled, then handed the failure over');
-      assert.deepEqual(node!.counters, UNTOUCHED);
-      assert.deepEqual(comparable(native!.record), comparable(node!.record));
-    } finally {
-      await hole.close();
-    }
+      assert.deepEqual(runs.native.counters, HANDED_OVER, 'the native engine dialled, then handed the failure over');
+      assert.deepEqual(runs.node.counters, UNTOUCHED);
+      assertSameEnding(runs);
+    });
   });
 });
 
@@ -765,29 +652,23 @@ describe('native handshakes: a connect that completes later', () => {
   test('the destination answers only after a SYN retransmission: CONNECT succeeds and bytes flow', opts, async () => {
     // The relay thread's connect does not complete inside connect() here, so
     // the destination's socket is watched for EPOLLOUT, then re-armed for input.
-    const hole = await startBlackHole();
-    const proxy = await startEngineProxy('native', { timeouts: { connect: 10_000 } });
-    try {
-      const before = nativeCounters();
-      const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
-      assert.equal((await client.read(2)).toString('hex'), '0500');
-      await delay(100); // the SYN is dropped by the full accept queue
-      hole.open();
-      const reply = await client.read(10);
-      assert.equal(reply[1], 0x00, 'succeeded');
-      client.write(Buffer.from('ping after a late connect'));
-      assert.equal((await client.read(25)).toString(), 'ping after a late connect');
-      client.socket.end();
-      await client.readToEnd();
-      const record = await recordOf(proxy, client.localPort);
-      assert.equal(record.reason, 'client-closed');
-      assert.equal(record.bytesUp, 25);
-      assert.deepEqual(countersSince(before), STAYED_NATIVE);
-    } finally {
-      await proxy.close();
-      await hole.close();
-    }
+    await withFixture(await startBlackHole(), async (hole) => {
+      await withProxy('native', { timeouts: { connect: 10_000 } }, async (proxy) => {
+        const { record, counters } = await clientSession(proxy, async (client) => {
+          client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', hole.port)]));
+          assert.equal((await client.read(2)).toString('hex'), '0500');
+          await delay(100); // the SYN is dropped by the full accept queue
+          hole.open();
+          const reply = await client.read(10);
+          assert.equal(reply[1], 0x00, 'succeeded');
+          client.write(Buffer.from('ping after a late connect'));
+          assert.equal((await client.read(25)).toString(), 'ping after a late connect');
+        });
+        assert.equal(record.reason, 'client-closed');
+        assert.equal(record.bytesUp, 25);
+        assert.deepEqual(counters, STAYED_NATIVE);
+      });
+    });
   });
 });
 
@@ -808,6 +689,22 @@ function assertSameEnding(runs: Record<Engine, EngineRun>): void {
   assert.deepEqual(comparable(runs.native.record), comparable(runs.node.record));
 }
 
+/** The native run's record names `reason`, its counters moved by `counters` (when given), and both runs agree (assertSameEnding). */
+function assertEndedAs(runs: Record<Engine, EngineRun>, reason: CloseReason, counters?: NativeCounters): void {
+  assert.equal(runs.native.record.reason, reason);
+  if (counters) assert.deepEqual(runs.native.counters, counters);
+  assertSameEnding(runs);
+}
+
+/** Runs `body` with `fixture` (a destination server), and closes the fixture after, pass or fail. */
+async function withFixture<F extends { close(): Promise<void> }, T>(fixture: F, body: (fixture: F) => Promise<T>): Promise<T> {
+  try {
+    return await body(fixture);
+  } finally {
+    await fixture.close();
+  }
+}
+
 /**
  * Runs `scenario` against a fresh proxy per engine (native first); the
  * scenario returns its client's port, whose record is then awaited.
@@ -815,15 +712,12 @@ function assertSameEnding(runs: Record<Engine, EngineRun>): void {
 async function onBothEngines(options: ServerOptions, scenario: (proxy: EngineProxy) => Promise<number>): Promise<Record<Engine, EngineRun>> {
   const runs: Partial<Record<Engine, EngineRun>> = {};
   for (const engine of ENGINES) {
-    const proxy = await startEngineProxy(engine, options);
-    try {
+    runs[engine] = await withProxy(engine, options, async (proxy) => {
       const before = nativeCounters();
       const clientPort = await scenario(proxy);
       const record = await recordOf(proxy, clientPort);
-      runs[engine] = { clientPort, record, counters: countersSince(before) };
-    } finally {
-      await proxy.close();
-    }
+      return { clientPort, record, counters: countersSince(before) };
+    });
   }
   return runs as Record<Engine, EngineRun>;
 }
@@ -845,6 +739,28 @@ function stalledAuthenticator(): StalledAuthenticator {
   };
 }
 
+/** Connects to `proxy` and sends a username/password greeting with alice's credentials, in one write. */
+async function loginAsAlice(proxy: EngineProxy): Promise<RawClient> {
+  const client = await RawClient.connect(proxy.port);
+  client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+  return client;
+}
+
+/**
+ * On both engines (onBothEngines, username/password only and `options`):
+ * alice logs in and reads until the proxy closes. Returns the runs, and what
+ * each client read, in hex (native, then node).
+ */
+async function answersToLogin(options: ServerOptions): Promise<{ runs: Record<Engine, EngineRun>; answers: string[] }> {
+  const answers: string[] = [];
+  const runs = await onBothEngines({ auth: USERPASS_ONLY, ...options }, async (proxy) => {
+    const client = await loginAsAlice(proxy);
+    answers.push((await client.readToEnd()).toString('hex'));
+    return client.localPort;
+  });
+  return { runs, answers };
+}
+
 /**
  * Greets with username/password and sends the credentials; once the
  * authenticator is asked (the relay thread waits for JavaScript and reads no
@@ -852,10 +768,23 @@ function stalledAuthenticator(): StalledAuthenticator {
  */
 async function requestDuringPasswordCheck(proxy: EngineProxy, authenticator: StalledAuthenticator): Promise<RawClient> {
   const asked = authenticator.asked();
-  const client = await RawClient.connect(proxy.port);
-  client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+  const client = await loginAsAlice(proxy);
   await asked;
   await new Promise<void>((resolve, reject) => client.socket.write(connectRequest('127.0.0.1', 9), (err) => (err ? reject(err) : resolve())));
+  return client;
+}
+
+/** Sends "ping" through a relayed session to an echo server and asserts it comes back. */
+async function assertPing(client: RawClient): Promise<void> {
+  client.write(Buffer.from('ping'));
+  assert.equal((await client.read(4)).toString(), 'ping');
+}
+
+/** Connects and greets without authentication; returns once the method selection (05 00) is read. */
+async function greeted(proxy: EngineProxy): Promise<RawClient> {
+  const client = await RawClient.connect(proxy.port);
+  client.write(NO_AUTH);
+  assert.deepEqual(await client.read(2), hex('05 00'));
   return client;
 }
 
@@ -877,7 +806,7 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     });
     const late = pattern(64 * 1024, 21);
     const uploads: Buffer[] = [];
-    try {
+    await withFixture(target, async () => {
       const runs = await onBothEngines({}, async (proxy) => {
         // allowHalfOpen: this client keeps its write side open after the destination's FIN.
         const client = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
@@ -893,14 +822,10 @@ describe('native handshakes: how sessions end, compared with the node engine', (
         return clientPort;
       });
       assert.ok(uploads.length === 2 && uploads.every((u) => u.equals(late)), 'both engines: the destination read everything sent after its FIN');
-      assert.equal(runs.native.record.reason, 'destination-closed');
       assert.equal(runs.native.record.bytesDown, 3);
       assert.equal(runs.native.record.bytesUp, late.length);
-      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
-      assertSameEnding(runs);
-    } finally {
-      await target.close();
-    }
+      assertEndedAs(runs, 'destination-closed', STAYED_NATIVE);
+    });
   });
 
   test('a client reset mid-relay reaches the destination as a reset; record client-error', opts, async () => {
@@ -914,7 +839,7 @@ describe('native handshakes: how sessions end, compared with the node engine', (
       outcome = () => seen;
       socket.write('hello');
     });
-    try {
+    await withFixture(target, async () => {
       const runs = await onBothEngines({}, async (proxy) => {
         const client = await connected(proxy, target.port);
         assert.equal((await client.read(5)).toString(), 'hello');
@@ -923,78 +848,56 @@ describe('native handshakes: how sessions end, compared with the node engine', (
         return client.localPort;
       });
       assert.deepEqual(outcomes, ['ECONNRESET', 'ECONNRESET'], 'native, then node: the destination saw a reset');
-      assert.equal(runs.native.record.reason, 'client-error');
-      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
-      assertSameEnding(runs);
-    } finally {
-      await target.close();
-    }
+      assertEndedAs(runs, 'client-error', STAYED_NATIVE);
+    });
   });
 
   test('a relayed session with no traffic is closed after timeouts.idle', opts, async () => {
-    const target = await startTcpServer(() => {});
-    try {
+    await withFixture(await startTcpServer(() => {}), async (target) => {
       const runs = await onBothEngines({ timeouts: { idle: 200 } }, async (proxy) => {
         const client = await connected(proxy, target.port);
         await client.readToEnd();
         return client.localPort;
       });
-      assert.equal(runs.native.record.reason, 'idle-timeout');
-      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
-      assertSameEnding(runs);
-    } finally {
-      await target.close();
-    }
+      assertEndedAs(runs, 'idle-timeout', STAYED_NATIVE);
+    });
   });
 
   test('server close() ends a relayed session on both sides; record shutdown', opts, async () => {
-    const target = await startEchoServer();
-    try {
+    await withFixture(await startEchoServer(), async (target) => {
       const runs = await onBothEngines({}, async (proxy) => {
         const client = await connected(proxy, target.port);
-        client.write(Buffer.from('ping'));
-        assert.equal((await client.read(4)).toString(), 'ping');
+        await assertPing(client);
         await proxy.server.close({ graceMs: 0 });
         await client.readToEnd();
         return client.localPort;
       });
-      assert.equal(runs.native.record.reason, 'shutdown');
-      assert.deepEqual(runs.native.counters, STAYED_NATIVE);
-      assertSameEnding(runs);
-    } finally {
-      await target.close();
-    }
+      assertEndedAs(runs, 'shutdown', STAYED_NATIVE);
+    });
   });
 
   test('server close() during the handshake (greeting answered, no request yet): the same record', {
     ...opts,
   }, async () => {
     const runs = await onBothEngines({}, async (proxy) => {
-      const client = await RawClient.connect(proxy.port);
-      client.write(NO_AUTH);
-      assert.deepEqual(await client.read(2), hex('05 00'));
+      const client = await greeted(proxy);
       await proxy.server.close({ graceMs: 0 });
       assert.equal((await client.readToEnd()).length, 0);
       return client.localPort;
     });
-    assert.equal(runs.native.record.reason, 'shutdown');
     assert.equal(runs.native.counters.accepted, 1);
-    assertSameEnding(runs);
+    assertEndedAs(runs, 'shutdown');
   });
 
   test('a client reset while the proxy waits for its request: the same record', {
     ...opts,
   }, async () => {
     const runs = await onBothEngines({}, async (proxy) => {
-      const client = await RawClient.connect(proxy.port);
-      client.write(NO_AUTH);
-      assert.deepEqual(await client.read(2), hex('05 00'));
+      const client = await greeted(proxy);
       client.socket.resetAndDestroy();
       return client.localPort;
     });
-    assert.equal(runs.native.record.reason, 'client-gone');
-    assert.deepEqual(runs.native.counters, HANDED_OVER);
-    assertSameEnding(runs);
+    assertEndedAs(runs, 'client-gone', HANDED_OVER);
   });
 
   /*
@@ -1048,8 +951,7 @@ describe('native handshakes: how sessions end, compared with the node engine', (
       const runs = await onBothEngines({ auth: USERPASS_ONLY, timeouts: { handshake: 3000 }, authenticator }, async (proxy) => {
         engine = proxy.server.handshakeEngine as Engine;
         const checking = new Promise<void>((resolve) => (asked = resolve));
-        const client = await RawClient.connect(proxy.port);
-        client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+        const client = await loginAsAlice(proxy);
         assert.deepEqual(await client.read(2), hex('05 02'));
         await checking;
         const record = proxy.record((r) => r.clientPort === client.localPort);
@@ -1081,16 +983,9 @@ describe('native handshakes: how sessions end, compared with the node engine', (
   }, async () => {
     // An authenticator slower than the handshake timeout.
     const slow = { verify: () => new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 1000)) };
-    const answers: string[] = [];
-    const runs = await onBothEngines({ auth: USERPASS_ONLY, timeouts: { handshake: 300 }, authenticator: slow }, async (proxy) => {
-      const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
-      answers.push((await client.readToEnd()).toString('hex'));
-      return client.localPort;
-    });
+    const { runs, answers } = await answersToLogin({ timeouts: { handshake: 300 }, authenticator: slow });
     assert.deepEqual(answers, ['0502', '0502'], 'native, then node: the method selection, then a close');
-    assert.equal(runs.native.record.reason, 'handshake-timeout');
-    assertSameEnding(runs);
+    assertEndedAs(runs, 'handshake-timeout');
   });
 
   /*
@@ -1109,9 +1004,7 @@ describe('native handshakes: how sessions end, compared with the node engine', (
       return client.localPort;
     });
     assert.deepEqual(endings, ['end', 'end'], 'native, then node: a FIN, not a reset');
-    assert.equal(runs.native.record.reason, 'handshake-timeout');
-    assert.deepEqual(runs.native.counters, HANDED_OVER);
-    assertSameEnding(runs);
+    assertEndedAs(runs, 'handshake-timeout', HANDED_OVER);
   });
 
   test('server close() while the password is checked and the request waits unread: a FIN on both engines, not a reset', opts, async () => {
@@ -1125,25 +1018,16 @@ describe('native handshakes: how sessions end, compared with the node engine', (
       return client.localPort;
     });
     assert.deepEqual(endings, ['end', 'end'], 'native, then node: a FIN, not a reset');
-    assert.equal(runs.native.record.reason, 'shutdown');
     // Closed by the relay thread itself: the session never left it.
-    assert.deepEqual(runs.native.counters, STAYED_NATIVE);
-    assertSameEnding(runs);
+    assertEndedAs(runs, 'shutdown', STAYED_NATIVE);
   });
 
   for (const [what, outcome] of [['undefined', undefined], ['1', 1], ['"yes"', 'yes']] as const) {
     test(`an authenticator that resolves ${what}, not true: refused (01 01) on both engines, the process unharmed`, opts, async () => {
       const careless = { verify: async () => outcome as unknown as boolean };
-      const answers: string[] = [];
-      const runs = await onBothEngines({ auth: USERPASS_ONLY, authenticator: careless }, async (proxy) => {
-        const client = await RawClient.connect(proxy.port);
-        client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
-        answers.push((await client.readToEnd()).toString('hex'));
-        return client.localPort;
-      });
+      const { runs, answers } = await answersToLogin({ authenticator: careless });
       assert.deepEqual(answers, ['05020101', '05020101'], 'native, then node');
-      assert.equal(runs.native.record.reason, 'auth-failed');
-      assertSameEnding(runs);
+      assertEndedAs(runs, 'auth-failed');
     });
   }
 
@@ -1153,8 +1037,7 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     const callsPerEngine: number[] = [];
     const runs = await onBothEngines({ auth: USERPASS_ONLY, authenticator: failing }, async (proxy) => {
       calls = 0;
-      const client = await RawClient.connect(proxy.port);
-      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]));
+      const client = await loginAsAlice(proxy);
       assert.equal((await client.readToEnd()).toString('hex'), '05020101');
       callsPerEngine.push(calls);
       return client.localPort;
@@ -1204,88 +1087,73 @@ describe('native handshakes: pipelining', () => {
 
   // 100 bytes fit in the addon's handshake buffer with the request; 200 KiB
   // are partly read with it and partly spliced after: both must arrive in order.
-  for (const size of [100, 200 * 1024]) {
-    test(`greeting + request + ${size} bytes of payload in one write arrive intact and in order`, opts, async () => {
-      const before = nativeCounters();
-      const client = await RawClient.connect(plain.port);
-      const payload = pattern(size, 11);
-      client.write(Buffer.concat([hex(NO_AUTH), connectRequest('127.0.0.1', collector.port), payload]));
-      assert.deepEqual(maskBound(await client.read(12), 5), hex(`05 00 05 00 ${ZERO_V4}`));
-      client.socket.end();
-      const got = await collector.next();
-      assert.equal(got.length, payload.length);
-      assert.ok(got.equals(payload), 'payload identical and in order');
-      await client.readToEnd();
-      const record = await recordOf(plain, client.localPort);
-      assert.equal(record.bytesUp, size);
-      assert.equal(record.relay, 'splice');
-      assert.deepEqual(countersSince(before), STAYED_NATIVE);
-    });
+  /** The two handshakes that stay native: what precedes the request, the answer to it all, and the record's login. */
+  const handshakes = [
+    { what: 'greeting', proxy: () => plain, bytes: () => hex(NO_AUTH), answer: `05 00 05 00 ${ZERO_V4}`, seed: 11, login: { authMethod: 'none', user: null } },
+    {
+      what: 'greeting + username/password',
+      proxy: () => userpass,
+      bytes: () => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password)]),
+      answer: `05 02 01 00 05 00 ${ZERO_V4}`,
+      seed: 13,
+      login: { authMethod: 'userpass', user: ALICE.name },
+    },
+  ] as const;
 
-    test(`greeting + username/password + request + ${size} bytes of payload in one write arrive intact and in order`, opts, async () => {
-      const before = nativeCounters();
-      const client = await RawClient.connect(userpass.port);
-      const payload = pattern(size, 13);
-      client.write(Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequest('127.0.0.1', collector.port), payload]));
-      assert.deepEqual(maskBound(await client.read(14), 5), hex(`05 02 01 00 05 00 ${ZERO_V4}`));
-      client.socket.end();
-      const got = await collector.next();
-      assert.ok(got.equals(payload), 'payload identical and in order');
-      await client.readToEnd();
-      const record = await recordOf(userpass, client.localPort);
-      assert.equal(record.user, ALICE.name);
-      assert.equal(record.authMethod, 'userpass');
-      assert.equal(record.bytesUp, size);
-      assert.deepEqual(countersSince(before), STAYED_NATIVE);
-    });
+  for (const size of [100, 200 * 1024]) {
+    for (const handshake of handshakes) {
+      test(`${handshake.what} + request + ${size} bytes of payload in one write arrive intact and in order`, opts, async () => {
+        const payload = pattern(size, handshake.seed);
+        const answer = hex(handshake.answer);
+        const { record, counters } = await clientSession(handshake.proxy(), async (client) => {
+          client.write(Buffer.concat([handshake.bytes(), connectRequest('127.0.0.1', collector.port), payload]));
+          assert.deepEqual(maskBound(await client.read(answer.length), 5), answer);
+        });
+        const got = await collector.next();
+        assert.equal(got.length, payload.length);
+        assert.ok(got.equals(payload), 'payload identical and in order');
+        const { bytesUp, relay, authMethod, user } = record;
+        assert.deepEqual({ bytesUp, relay, authMethod, user }, { bytesUp: size, relay: 'splice', ...handshake.login });
+        assert.deepEqual(counters, STAYED_NATIVE);
+      });
+    }
   }
 
   test('a domain-name request + 200 KiB of payload in one write: handed over with the bytes read, all of it arrives in order', opts, async () => {
-    const before = nativeCounters();
-    const client = await RawClient.connect(plain.port);
     const payload = pattern(200 * 1024, 17);
-    client.write(Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', collector.port), payload]));
-    assert.deepEqual(await client.read(2), hex('05 00'));
-    assert.equal((await readSocks5Reply(client))[1], 0x00, 'CONNECT succeeded');
-    client.socket.end();
+    const { record, counters } = await clientSession(plain, async (client) => {
+      client.write(Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', collector.port), payload]));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      assert.equal((await readSocks5Reply(client))[1], 0x00, 'CONNECT succeeded');
+    });
     const got = await collector.next();
     assert.equal(got.length, payload.length);
     assert.ok(got.equals(payload), 'the bytes the addon had read, then the rest, in order');
-    await client.readToEnd();
-    const record = await recordOf(plain, client.localPort);
     assert.equal(record.bytesUp, payload.length);
     assert.equal(record.requested, `localhost:${collector.port}`);
-    assert.deepEqual(countersSince(before), HANDED_OVER);
+    assert.deepEqual(counters, HANDED_OVER);
   });
 
   test('a handshake sent one byte per write (no auth) still runs natively', opts, async () => {
-    const before = nativeCounters();
-    const client = await RawClient.connect(plain.port);
-    await writeByteByByte(client, hex(NO_AUTH));
-    assert.deepEqual(await client.read(2), hex('05 00'));
-    await writeByteByByte(client, connectRequest('127.0.0.1', echo.port));
-    assert.deepEqual(maskBound(await readSocks5Reply(client), 5), hex(`05 00 ${ZERO_V4}`));
-    client.write(Buffer.from('ping'));
-    assert.equal((await client.read(4)).toString(), 'ping');
-    client.socket.end();
-    await client.readToEnd();
-    const record = await recordOf(plain, client.localPort);
+    const { record, counters } = await clientSession(plain, async (client) => {
+      await writeByteByByte(client, hex(NO_AUTH));
+      assert.deepEqual(await client.read(2), hex('05 00'));
+      await writeByteByByte(client, connectRequest('127.0.0.1', echo.port));
+      assert.deepEqual(maskBound(await readSocks5Reply(client), 5), hex(`05 00 ${ZERO_V4}`));
+      await assertPing(client);
+    });
     assert.equal(record.reason, 'client-closed');
-    assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    assert.deepEqual(counters, STAYED_NATIVE);
   });
 
   test('a handshake with username/password sent one byte per write, all of it before any answer, still runs natively', opts, async () => {
-    const before = nativeCounters();
-    const client = await RawClient.connect(userpass.port);
-    await writeByteByByte(client, Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequest('127.0.0.1', echo.port)]));
-    assert.deepEqual(maskBound(await client.read(14), 5), hex(`05 02 01 00 05 00 ${ZERO_V4}`));
-    client.write(Buffer.from('ping'));
-    assert.equal((await client.read(4)).toString(), 'ping');
-    client.socket.end();
-    await client.readToEnd();
-    const record = await recordOf(userpass, client.localPort);
+    const { record, counters } = await clientSession(userpass, async (client) => {
+      await writeByteByByte(client, Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequest('127.0.0.1', echo.port)]));
+      assert.deepEqual(maskBound(await client.read(14), 5), hex(`05 02 01 00 05 00 ${ZERO_V4}`));
+      await assertPing(client);
+    });
     assert.equal(record.user, ALICE.name);
-    assert.deepEqual(countersSince(before), STAYED_NATIVE);
+    assert.deepEqual(counters, STAYED_NATIVE);
   });
 });
 
@@ -1362,14 +1230,7 @@ describe('native handshakes: clients.allow', () => {
 
   test('a loopback client outside clients.allow is closed without a reply, as with the node engine; record not-allowed', opts, async () => {
     const results = [];
-    for (const engine of ENGINES) {
-      const proxy = await startEngineProxy(engine, { clients: { allow: ['10.0.0.0/8'] } });
-      try {
-        results.push(await attempt(proxy, '127.0.0.1'));
-      } finally {
-        await proxy.close();
-      }
-    }
+    for (const engine of ENGINES) results.push(await withProxy(engine, { clients: { allow: ['10.0.0.0/8'] } }, (proxy) => attempt(proxy, '127.0.0.1')));
     const [native, node] = results;
     assert.equal(native!.answer.length, 0, 'no reply at all');
     assert.equal(native!.record.reason, 'not-allowed');
@@ -1387,17 +1248,12 @@ describe('native handshakes: clients.allow', () => {
   }
 
   test('a loopback client inside clients.allow (127.0.0.0/8) is served natively', opts, async () => {
-    const proxy = await startEngineProxy('native', { clients: { allow: ['127.0.0.0/8'] } });
-    try {
-      const { answer, record, counters } = await attempt(proxy, '127.0.0.1');
-      assertRelayed(answer);
-      assert.equal(record.reason, 'client-closed');
-      assert.equal(record.relay, 'splice');
-      assert.equal(record.bytesUp, 4);
-      assert.deepEqual(counters, STAYED_NATIVE);
-    } finally {
-      await proxy.close();
-    }
+    const { answer, record, counters } = await withProxy('native', { clients: { allow: ['127.0.0.0/8'] } }, (proxy) => attempt(proxy, '127.0.0.1'));
+    assertRelayed(answer);
+    assert.equal(record.reason, 'client-closed');
+    assert.equal(record.relay, 'splice');
+    assert.equal(record.bytesUp, 4);
+    assert.deepEqual(counters, STAYED_NATIVE);
   });
 
   for (const [allow, admitted] of [
@@ -1406,15 +1262,10 @@ describe('native handshakes: clients.allow', () => {
   ] as const) {
     test(`clients.allow ${JSON.stringify(allow)} ${admitted ? 'admits' : 'refuses'} an IPv4 loopback client, on both engines`, opts, async () => {
       for (const engine of ENGINES) {
-        const proxy = await startEngineProxy(engine, { clients: { allow: [...allow] } });
-        try {
-          const { answer, record } = await attempt(proxy, '127.0.0.1');
-          assert.equal(record.reason, admitted ? 'client-closed' : 'not-allowed', `${engine} engine`);
-          if (admitted) assertRelayed(answer);
-          else assert.equal(answer.length, 0, `${engine} engine: no reply`);
-        } finally {
-          await proxy.close();
-        }
+        const { answer, record } = await withProxy(engine, { clients: { allow: [...allow] } }, (proxy) => attempt(proxy, '127.0.0.1'));
+        assert.equal(record.reason, admitted ? 'client-closed' : 'not-allowed', `${engine} engine`);
+        if (admitted) assertRelayed(answer);
+        else assert.equal(answer.length, 0, `${engine} engine: no reply`);
       }
     });
   }
@@ -1425,14 +1276,11 @@ describe('native handshakes: clients.allow', () => {
       v6 = await ipv6Loopback();
     });
 
-    async function onV6(allow: string[]) {
-      const proxy = await startEngineProxy('native', { listen: [{ address: '::1', port: 0 }], clients: { allow } });
-      try {
+    function onV6(allow: string[]) {
+      return withProxy('native', { listen: [{ address: '::1', port: 0 }], clients: { allow } }, async (proxy) => {
         assert.equal(proxy.host, '::1');
-        return await attempt(proxy, '::1');
-      } finally {
-        await proxy.close();
-      }
+        return attempt(proxy, '::1');
+      });
     }
 
     test('::1/128 lets a ::1 client in, natively', opts, async (t) => {
@@ -1501,16 +1349,13 @@ describe('native handshakes: session-open', () => {
     try {
       const counted: Partial<Record<Engine, number>> = {};
       for (const engine of ENGINES) {
-        const proxy = await startEngineProxy(engine);
-        try {
+        await withProxy(engine, {}, async (proxy) => {
           const client = await connected(proxy, echo.port);
           counted[engine] = proxy.server.sessionCount;
           client.socket.end();
           await client.readToEnd();
           await recordOf(proxy, client.localPort);
-        } finally {
-          await proxy.close();
-        }
+        });
       }
       assert.deepEqual(counted, { native: 1, node: 1 });
     } finally {
@@ -1521,16 +1366,13 @@ describe('native handshakes: session-open', () => {
   test('a client refused by clients.allow gets the same session-open events as with the node engine (none)', opts, async () => {
     const opened: Record<Engine, number> = { native: 0, node: 0 };
     for (const engine of ENGINES) {
-      const proxy = await startEngineProxy(engine, { clients: { allow: ['10.0.0.0/8'] } });
-      try {
+      opened[engine] = await withProxy(engine, { clients: { allow: ['10.0.0.0/8'] } }, async (proxy) => {
         const client = await RawClient.connect(proxy.port);
         await client.readToEnd();
         const record = await recordOf(proxy, client.localPort);
         assert.equal(record.reason, 'not-allowed');
-        opened[engine] = proxy.opens.filter((o) => o.id === record.id).length;
-      } finally {
-        await proxy.close();
-      }
+        return proxy.opens.filter((o) => o.id === record.id).length;
+      });
     }
     assert.deepEqual(opened, { native: 0, node: 0 }, 'session-open events for a refused client');
   });
