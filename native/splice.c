@@ -2281,6 +2281,23 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * EADDRINUSE when a socket holds address:port: one listening, or one bound
+ * for SO_REUSEPORT (another instance's reservation); else 0. The probe sets
+ * SO_REUSEADDR, so connections a stopped instance left in TIME_WAIT do not
+ * count, and binds without listening, so no client is taken in and dropped.
+ */
+static int port_taken(const struct sockaddr_storage *addr, socklen_t addr_len) {
+  int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, zero = 0, err = 0;
+  if (fd < 0) return errno;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0
+      || (addr->ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
+      || bind(fd, (const struct sockaddr *)addr, addr_len) < 0)
+    err = errno;
+  close(fd);
+  return err;
+}
+
+/*
  * bindReusePort(address, port, backlog) -> [fd, port], or [-errno, 0]: a TCP
  * socket of this process's own on address:port with SO_REUSEPORT, so that
  * several processes (the CLI's workers) each accept on one port and the
@@ -2292,7 +2309,10 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
  * process setting it could bind the port too while nothing listens on it
  * (Linux lets two SO_REUSEADDR sockets share a port until one listens). An
  * IPv6 wildcard takes IPv4 too, as Node's listeners do.
- * Only a process of the same user may join a SO_REUSEPORT port.
+ * Only a process of the same user may join a SO_REUSEPORT port, so a
+ * reservation first makes sure that no socket holds the port (port_taken):
+ * another socksgate's workers, of the same user, would otherwise share it
+ * and take part of its connections, under its own settings.
  */
 static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
   size_t argc = 3, len;
@@ -2322,14 +2342,15 @@ static napi_value js_bind_reuse_port(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "not an IP address");
     return NULL;
   }
-  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1, zero = 0, err = 0;
-  if (fd < 0) err = errno;
-  else if ((backlog >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+  int fd = -1, one = 1, zero = 0;
+  int err = backlog < 0 && port != 0 ? port_taken(&addr, addr_len) : 0;
+  if (err == 0 && (fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) err = errno;
+  else if (err == 0 && ((backlog >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
            || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0
            || (addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
            || bind(fd, (struct sockaddr *)&addr, addr_len) < 0
            || (backlog >= 0 && listen(fd, backlog) < 0)
-           || getsockname(fd, (struct sockaddr *)&addr, &addr_len) < 0)
+           || getsockname(fd, (struct sockaddr *)&addr, &addr_len) < 0))
     err = errno;
   if (err != 0 && fd >= 0) close(fd);
   int bound = addr.ss_family == AF_INET ? ntohs(v4->sin_port) : ntohs(v6->sin6_port);
@@ -2382,7 +2403,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 9
+#define ADDON_INTERFACE 10
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

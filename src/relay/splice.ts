@@ -115,7 +115,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 9;
+const ADDON_INTERFACE = 10;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 

@@ -350,6 +350,21 @@ describe('socksgate --workers 2', () => {
     }
   });
 
+  it('a second socksgate with workers on the same port refuses to start (SO_REUSEPORT would have let it take part of the connections)', async () => {
+    const { daemon: first, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    const second = new Daemon(['--listen', `127.0.0.1:${port}`, '--workers', '2', '--log-format', 'json']);
+    try {
+      await bothWorkersStarted(first);
+      const exit = await second.waitExit();
+      assert.equal(exit.code, 1, second.describe());
+      assert.match(second.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`));
+      assert.equal(second.logs.some((l) => l.event === 'started'), false, 'no worker of the second started');
+    } finally {
+      await second.kill();
+      await first.kill();
+    }
+  });
+
   it('exits non-zero when the workers cannot listen', async () => {
     const holder = createServer();
     holder.listen(0, '127.0.0.1');
