@@ -159,8 +159,9 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
       }
     };
 
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGTERM', () => stop('SIGTERM'));
+    const isRepeat = repeatedSignals();
+    process.on('SIGINT', () => { if (!isRepeat()) stop('SIGINT'); });
+    process.on('SIGTERM', () => { if (!isRepeat()) stop('SIGTERM'); });
     process.on('SIGHUP', reload);
     for (let i = 0; i < options.workers; i++) fork();
     if (options.reloadRequested) {
@@ -224,9 +225,13 @@ export interface StopSource {
  * worker twice, from the kernel and passed on by the primary, in either
  * order: counted as two, it would end the worker's sessions without their
  * grace. So the two sources are counted apart and the larger count is what
- * was asked.
+ * was asked. And a signal that comes within REPEAT_MS of the one before is
+ * that one again (see repeatedSignals).
  */
-export function onStopRequests(stop: (signal: NodeJS.Signals) => void, source: StopSource = process, worker = isWorker()): void {
+export function onStopRequests(
+  stop: (signal: NodeJS.Signals) => void, source: StopSource = process, worker = isWorker(), now: () => number = () => performance.now(),
+): void {
+  const isRepeat = repeatedSignals(now);
   let signals = 0;
   let passedOn = 0;
   let taken = 0;
@@ -237,6 +242,7 @@ export function onStopRequests(stop: (signal: NodeJS.Signals) => void, source: S
     }
   };
   const onSignal = (signal: NodeJS.Signals) => {
+    if (isRepeat()) return;
     signals++;
     take(signal);
   };
@@ -284,6 +290,25 @@ export function onReloadRequests(reload: () => void, ignored: () => void, source
   source.on('message', (message: unknown) => {
     if (isReloadRequest(message)) reload();
   });
+}
+
+/**
+ * A stop signal this soon after the last one counted repeats it: coreutils
+ * `timeout` signals its child and then the child's whole process group, so
+ * the child gets one request twice, microseconds apart; a person asking
+ * again (a second Ctrl-C) takes longer.
+ */
+const REPEAT_MS = 100;
+
+/** A function telling, at each stop signal, whether it repeats the last one counted (within REPEAT_MS). */
+export function repeatedSignals(now: () => number = () => performance.now()): () => boolean {
+  let last = -Infinity;
+  return () => {
+    const at = now();
+    if (at - last < REPEAT_MS) return true;
+    last = at;
+    return false;
+  };
 }
 
 /** After a second stop signal, how long a worker may take to exit before it is killed. */

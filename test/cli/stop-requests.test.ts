@@ -1,7 +1,8 @@
 /**
  * onStopRequests (src/workers.ts): a worker is asked to stop by its own
  * signal and by the primary's message; a signal sent to the whole process
- * group brings both, in either order, and must count as one request.
+ * group brings both, in either order, and must count as one request, as
+ * must one signal sent twice at once (coreutils timeout).
  * onReloadRequests: a worker reloads when the primary asks, never on its own SIGHUP.
  */
 import assert from 'node:assert/strict';
@@ -9,12 +10,13 @@ import { EventEmitter } from 'node:events';
 import { describe, it } from 'node:test';
 import { onReloadRequests, onStopRequests } from '../../src/workers.js';
 
-/** A stand-in for the process: signals and messages emitted by hand. */
-function worker(isWorker = true): { source: EventEmitter; stops: NodeJS.Signals[] } {
+/** A stand-in for the process: signals and messages emitted by hand, a second apart unless a test sets `clock.ms`. */
+function worker(isWorker = true): { source: EventEmitter; stops: NodeJS.Signals[]; clock: { ms: number } } {
   const source = new EventEmitter();
   const stops: NodeJS.Signals[] = [];
-  onStopRequests((signal) => stops.push(signal), source, isWorker);
-  return { source, stops };
+  const clock = { ms: 0 };
+  onStopRequests((signal) => stops.push(signal), source, isWorker, () => (clock.ms += 1000));
+  return { source, stops, clock };
 }
 
 const passedOn = (count: number, signal: NodeJS.Signals = 'SIGTERM') => ({ socksgate: 'stop', signal, count });
@@ -49,6 +51,21 @@ describe('stop requests', () => {
     source.emit('SIGTERM', 'SIGTERM');
     source.emit('SIGINT', 'SIGINT');
     assert.deepEqual(stops, ['SIGTERM', 'SIGINT']);
+  });
+
+  it('a signal twice within 100 ms (coreutils timeout: to its child, then to the group) is one request; later, a second', () => {
+    for (const isWorker of [true, false]) {
+      const source = new EventEmitter();
+      const stops: NodeJS.Signals[] = [];
+      const times = [0, 0.05, 99, 150];
+      onStopRequests((signal) => stops.push(signal), source, isWorker, () => times.shift()!);
+      source.emit('SIGTERM', 'SIGTERM');
+      source.emit('SIGTERM', 'SIGTERM');
+      source.emit('SIGINT', 'SIGINT');
+      assert.deepEqual(stops, ['SIGTERM'], 'one request, draining');
+      source.emit('SIGTERM', 'SIGTERM');
+      assert.deepEqual(stops, ['SIGTERM', 'SIGTERM'], '150 ms after the first: a second request');
+    }
   });
 
   it('ignores other messages, and messages outside a worker', () => {
