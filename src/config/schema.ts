@@ -4,6 +4,7 @@
  * Schema for editors (`socksgate schema`).
  */
 import { BlockList, isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { UNSUPPORTED_2, bcryptHashProblem } from '../auth/hash-format.js';
 import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
@@ -301,6 +302,7 @@ function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx, usersFr
   }
   const open = methods.includes('none') && !config.clients?.allow;
   const listeners = Array.isArray(config.listen) ? config.listen : [];
+  listenerClashes(listeners, ctx);
   listeners.forEach((listener, i) => {
     const address = (listener as { address?: unknown } | undefined)?.address;
     if (open && typeof address === 'string' && isIP(address) !== 0 && !isLoopback(address)) {
@@ -311,6 +313,42 @@ function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx, usersFr
       });
     }
   });
+}
+
+/**
+ * Two listeners on one port that the kernel would not both bind: the same
+ * address twice, or an address and a wildcard that takes it (0.0.0.0 takes
+ * every IPv4 address; :: every address, IPv4 too, as socksgate binds it
+ * dual-stack). Start-up would fail with "address already in use", blaming
+ * no other program, or, with workers (SO_REUSEPORT), bind both.
+ */
+function listenerClashes(listeners: readonly unknown[], ctx: z.RefinementCtx): void {
+  const bound: Array<{ label: string; index: number; address: ipaddr.IPv4 | ipaddr.IPv6; port: number }> = [];
+  listeners.forEach((listener, i) => {
+    const { address: text, port } = (listener ?? {}) as { address?: unknown; port?: unknown };
+    if (typeof text !== 'string' || typeof port !== 'number' || port === 0 || !ipaddr.isValid(text)) return;
+    const address = ipaddr.process(text); // an IPv4-mapped address is the IPv4 one
+    const label = address.kind() === 'ipv6' ? `[${address.toString()}]:${port}` : `${address.toString()}:${port}`;
+    for (const other of bound) {
+      if (other.port !== port) continue;
+      const why = other.address.toString() === address.toString() ? 'is listed twice'
+        : takes(other.address, address) ? `is within ${other.label}, which takes ${everyAddress(other.address)}`
+        : takes(address, other.address) ? `takes ${everyAddress(address)}, ${other.label} too`
+        : null;
+      if (why) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `${label} ${why} (listen[${other.index}]): the two cannot both be bound; list one` });
+    }
+    bound.push({ label, index: i, address, port });
+  });
+}
+
+function everyAddress(wildcard: ipaddr.IPv4 | ipaddr.IPv6): string {
+  return wildcard.kind() === 'ipv4' ? 'every IPv4 address' : 'every address, IPv4 too (dual-stack)';
+}
+
+/** Whether a listener on `wildcard` also takes `address`'s connections (dual-stack for ::). */
+function takes(wildcard: ipaddr.IPv4 | ipaddr.IPv6, address: ipaddr.IPv4 | ipaddr.IPv6): boolean {
+  if (wildcard.range() !== 'unspecified') return false;
+  return wildcard.kind() === 'ipv6' || address.kind() === 'ipv4';
 }
 
 /** Each rule has exactly one of allow/deny, and a name no other rule has. */

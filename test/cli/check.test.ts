@@ -161,6 +161,28 @@ describe('socksgate --check', () => {
     }
   });
 
+  it('refuses two listeners the kernel would not both bind (it said valid; start-up then failed with "address already in use", or with workers bound both)', async () => {
+    const clash = (flags: string[]) => runCli(['--check', ...flags.flatMap((f) => ['--listen', f]), '--allow', '10.0.0.0/8']);
+    const cases: Array<[string[], string]> = [
+      [['127.0.0.1:1080', '127.0.0.1:1080'], 'listen[1]: 127.0.0.1:1080 is listed twice (listen[0])'],
+      [['127.0.0.1:1080', '[::ffff:127.0.0.1]:1080'], 'listen[1]: 127.0.0.1:1080 is listed twice (listen[0])'],
+      [['0.0.0.0:1080', '[::]:1080'], 'listen[1]: [::]:1080 takes every address, IPv4 too (dual-stack), 0.0.0.0:1080 too (listen[0])'],
+      [['[::]:1080', '10.0.0.1:1080'], 'listen[1]: 10.0.0.1:1080 is within [::]:1080, which takes every address, IPv4 too (dual-stack) (listen[0])'],
+      [['0.0.0.0:1080', '127.0.0.1:1080'], 'listen[1]: 127.0.0.1:1080 is within 0.0.0.0:1080, which takes every IPv4 address (listen[0])'],
+      [['[::1]:1080', '[::]:1080'], 'listen[1]: [::]:1080 takes every address, IPv4 too (dual-stack), [::1]:1080 too (listen[0])'],
+    ];
+    for (const [listeners, problem] of cases) {
+      const r = await clash(listeners);
+      assert.equal(r.code, 2, listeners.join(' '));
+      assert.deepEqual(lines(r.stderr), [`socksgate: config: ${problem}: the two cannot both be bound; list one`], listeners.join(' '));
+    }
+    // Different families, ports or addresses, and port 0 (each its own port), are fine.
+    for (const listeners of [['0.0.0.0:1080', '[::1]:1080'], ['0.0.0.0:1080', '[::]:1081'], ['127.0.0.1:1080', '127.0.0.2:1080'], ['127.0.0.1:0', '127.0.0.1:0']]) {
+      const r = await clash(listeners);
+      assert.equal(r.code, 0, `${listeners.join(' ')}: ${r.stderr}`);
+    }
+  });
+
   it('reports a malformed duration with its key path', async () => {
     const file = write('duration.yaml', 'timeouts:\n  handshake: ten\n');
     const r = await runCli(['--check', '-c', file]);
