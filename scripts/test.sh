@@ -17,6 +17,7 @@ declare -A PACKAGES=(
   [taskset]=util-linux
   [unshare]=util-linux
   [ip]=iproute2
+  [pidof]=sysvinit-utils
 )
 
 has() {

@@ -120,6 +120,10 @@ async function main(argv: string[]): Promise<number> {
     throw err;
   }
   if (flags.check) return write(`socksgate: configuration is valid\n`, 0);
+  // Named so that `pidof socksgate` finds the daemon (the process is node's):
+  // the supervisor or single process only, so a signal sent by that name is
+  // sent once, as the supervisor passes it on.
+  process.title = isWorker() ? 'socksgate worker' : 'socksgate';
   const workers = workerCount(server.config, availableParallelism());
   if (workers > 1 && !isWorker()) {
     process.off('SIGHUP', earlyHup); // the primary forwards SIGHUP to its workers

@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { type Socket, connect, createServer } from 'node:net';
 import { describe, it } from 'node:test';
 import { RawClient } from '../helpers/raw.js';
+import { run } from '../helpers/run.js';
 import { closedPort, startEchoServer } from '../helpers/server.js';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { DEFAULT_TIMEOUT_MS, Daemon, closed as closedSocket, echo, hupOnceCaught, readBytes, socksConnect, startDaemon, stderrMatches, tempDir } from './helpers.js';
@@ -301,6 +302,22 @@ describe('socksgate --workers 2', () => {
       assert.equal(reloaded.length, 2, `one reload per worker\n${daemon.describe()}`);
       assert.equal(new Set(reloaded.map((l) => l.pid)).size, 2);
       assert.equal(daemon.logs.filter((l) => l.event === 'reload-ignored').length, 2, daemon.describe());
+    } finally {
+      await daemon.kill();
+    }
+  });
+
+  it('the supervisor is named socksgate and its workers socksgate worker, so the README\'s kill -HUP "$(pidof socksgate)" signals the supervisor alone', async () => {
+    const { daemon } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json']);
+    try {
+      await bothWorkersStarted(daemon);
+      const comm = (pid: unknown) => readFileSync(`/proc/${String(pid)}/comm`, 'utf8').trim();
+      assert.equal(comm(daemon.child.pid), 'socksgate');
+      const workers = daemon.logs.filter((l) => l.event === 'started').map((l) => l.pid);
+      for (const pid of workers) assert.equal(comm(pid), 'socksgate worke', 'the kernel keeps 15 characters of "socksgate worker"');
+      const named = (await run('pidof', ['socksgate'])).stdout.toString().trim().split(/\s+/).map(Number);
+      assert.ok(named.includes(daemon.child.pid!), `pidof socksgate: ${named.join(' ')}`);
+      for (const pid of workers) assert.ok(!named.includes(pid as number), `worker ${String(pid)} is not named socksgate`);
     } finally {
       await daemon.kill();
     }
