@@ -134,7 +134,9 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
   const onReload = ({ changed, needsRestart }: ReloadResult) => {
     const what = changed.length > 0 ? `new sessions use ${changed.join(', ')}` : 'nothing changed';
     const restart = needsRestart.length > 0 ? `; not applied until a restart: ${needsRestart.join(', ')}` : '';
-    log.info({ event: 'reloaded', changed, needsRestart }, `reloaded: ${what}${restart}`);
+    // A change left waiting for a restart is a warning: at log.level warn it would otherwise go unsaid.
+    const level = needsRestart.length > 0 ? 'warn' : 'info';
+    log[level]({ event: 'reloaded', changed, needsRestart }, `reloaded: ${what}${restart}`);
     log.flush();
     // The one logging setting a reload applies (the format needs a restart);
     // after the line above, which the old level lets through.

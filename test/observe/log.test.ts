@@ -236,6 +236,25 @@ test('reload({ log: { level } }) applies the level to the logger attachLogger wa
   }
 });
 
+test('a reload that leaves a change waiting for a restart says so at warn (at log.level warn it was unsaid); one without, at info', async () => {
+  const { out, lines } = capture();
+  const log = createLogger({ level: 'warn', format: 'json', destination: out });
+  const proxy = await startProxy();
+  attachLogger(proxy.server, log);
+  try {
+    const listen = proxy.server.config.listen.map((l) => ({ address: l.address, port: l.port }));
+    assert.deepEqual(proxy.server.reload({ listen, log: { level: 'warn' }, timeouts: { connect: 1234 } }).needsRestart, []);
+    assert.deepEqual(proxy.server.reload({ listen: [...listen, { address: '127.0.0.1', port: 0 }], log: { level: 'warn' } }).needsRestart, ['listen']);
+    await new Promise((resolve) => setImmediate(resolve));
+    const reloaded = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.event === 'reloaded');
+    assert.equal(reloaded.length, 1, lines.join('\n'));
+    assert.equal(reloaded[0]!.level, 40);
+    assert.deepEqual(reloaded[0]!.needsRestart, ['listen']);
+  } finally {
+    await proxy.close();
+  }
+});
+
 test('pretty format: lines go to the destination given, and a worker\'s pid is shown (README: every log line of a worker carries its pid)', async () => {
   const out = new PassThrough();
   let text = '';
