@@ -551,16 +551,17 @@ export class UdpAssociation implements UdpRelay {
     });
   }
 
+  // The monotonic clock: a step of the wall clock must not keep a quiet association alive, or end a busy one.
   #touch(): void {
-    this.#lastActivity = Date.now();
+    this.#lastActivity = performance.now();
   }
 
   /** One timer per association, re-armed lazily: no timer work per datagram. */
   #armIdle(): void {
-    const remaining = this.#lastActivity + this.#options.idleMs - Date.now();
+    const remaining = this.#lastActivity + this.#options.idleMs - performance.now();
     this.#idleTimer = setTimeout(() => {
       if (this.#closed) return;
-      if (Date.now() - this.#lastActivity >= this.#options.idleMs) this.#options.onIdle();
+      if (performance.now() - this.#lastActivity >= this.#options.idleMs) this.#options.onIdle();
       else this.#armIdle();
     }, Math.max(remaining, 1));
   }

@@ -22,7 +22,7 @@ import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
 import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
 import { connectTimeoutError } from '../upstream/dialer.js';
-import type { SessionContext, SessionResume } from './session.js';
+import { type SessionContext, type SessionResume, elapsedMs } from './session.js';
 
 const enum Message {
   OPEN = 0,
@@ -342,6 +342,7 @@ export class NativeSession {
   /** The context this session started with. */
   readonly ctx: SessionContext;
   readonly #startedAt: number;
+  readonly #startedMono = performance.now();
   #user: string | null = null;
   /** The credentials were refused: by the authenticator (error null), or because it failed (its error). */
   #authRefused: { readonly error: unknown } | null = null;
@@ -453,6 +454,7 @@ export class NativeSession {
       phase,
       buffer,
       startedAt: this.#startedAt,
+      startedMono: this.#startedMono,
       clientAddress: this.clientAddress,
       clientPort: this.clientPort,
       authMethod: phase === 'version' ? null : methodName(method),
@@ -505,7 +507,7 @@ export class NativeSession {
       datagramsDropped: 0,
       datagramsDenied: 0,
       startedAt: this.#startedAt,
-      durationMs: Math.max(0, ctx.now() - this.#startedAt),
+      durationMs: elapsedMs(this.#startedMono),
       reason: end.reason,
       error,
       rule: ruleName,

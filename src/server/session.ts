@@ -61,6 +61,16 @@ export interface SessionContext {
 }
 
 /**
+ * Whole milliseconds since `startedMono` (a performance.now() reading). A
+ * session's duration and deadline are measured on the monotonic clock, so a
+ * step of the wall clock (NTP at boot, an operator's `date -s`) neither
+ * stretches nor shortens them; `startedAt` stays a wall-clock timestamp.
+ */
+export function elapsedMs(startedMono: number): number {
+  return Math.max(0, Math.round(performance.now() - startedMono));
+}
+
+/**
  * Where a session picks up a connection whose handshake began elsewhere (the
  * native handshake in server/native.ts hands over whatever leaves its common
  * path): the phase, the bytes read but not yet consumed, and what is known.
@@ -70,6 +80,8 @@ export interface SessionResume {
   readonly phase: 'version' | 'auth' | 'request';
   readonly buffer: Buffer;
   readonly startedAt: number;
+  /** performance.now() at the start (see elapsedMs). */
+  readonly startedMono: number;
   /** As accepted (after a reset the socket can no longer say). */
   readonly clientAddress: string;
   readonly clientPort: number;
@@ -144,6 +156,7 @@ export class Session {
   /** Cancels a dial or BIND wait; made when one starts, dropped once relaying (memory per idle session). */
   #abort: AbortController | null = null;
   readonly #startedAt: number;
+  readonly #startedMono: number;
   readonly #clientAddress: string;
   readonly #clientPort: number;
 
@@ -194,6 +207,7 @@ export class Session {
     this.#ctx = ctx;
     this.#resume = resume;
     this.#startedAt = resume?.startedAt ?? ctx.now();
+    this.#startedMono = resume?.startedMono ?? performance.now();
     this.#clientAddress = resume?.clientAddress ?? client?.address ?? socket.remoteAddress ?? '';
     this.#clientPort = resume?.clientPort ?? client?.port ?? socket.remotePort ?? 0;
   }
@@ -231,7 +245,7 @@ export class Session {
       if (this.#phase === 'greeting') this.#version = 5;
       return this.#onHandshakeTimeout();
     }
-    const left = this.#ctx.handshakeMs - (this.#ctx.now() - this.#startedAt);
+    const left = this.#ctx.handshakeMs - elapsedMs(this.#startedMono);
     this.#timer = setTimeout(this.#onHandshakeTimeout, Math.max(0, left));
     if (this.#buffer.length > 0) this.#advance();
   }
@@ -794,7 +808,7 @@ export class Session {
       datagramsDropped: udp ? udp.droppedFragments + udp.droppedForeign + udp.droppedInvalid + udp.droppedDenied + udp.droppedAtClose : 0,
       datagramsDenied: udp?.droppedDenied ?? 0,
       startedAt: this.#startedAt,
-      durationMs: Math.max(0, this.#ctx.now() - this.#startedAt),
+      durationMs: elapsedMs(this.#startedMono),
       reason: this.#reason ?? 'client-gone',
       // A UDP association that ended normally still names why it dropped datagrams it could not send.
       error: this.#error ?? this.#udp?.failure ?? null,

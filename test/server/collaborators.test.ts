@@ -135,3 +135,28 @@ test('a resolver of the library\'s own is asked with the client\'s address and a
     await proxy.close();
   }
 });
+
+for (const engine of ['native', 'node'] as const) {
+  test(`a now() that steps an hour mid-session (the wall clock set): startedAt is now()'s, durationMs the monotonic clock's (${engine} handshakes)`, async () => {
+    let step = 0;
+    const start = Date.now();
+    const echo = await startTcpServer((socket) => socket.pipe(socket));
+    const proxy = await startProxy({ now: () => Date.now() + step, handshake: { engine } });
+    try {
+      const client = await RawClient.connect(proxy.port);
+      client.write(Buffer.concat([hex('05 01 00'), connectRequest('127.0.0.1', echo.port)]));
+      assert.deepEqual((await client.read(12)).subarray(0, 2), hex('05 00'));
+      step = 3_600_000;
+      client.write(Buffer.from('x'));
+      assert.equal((await client.read(1)).toString(), 'x');
+      client.socket.end();
+      await client.readToEnd();
+      const record = await withTimeout(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the record');
+      assert.ok(record.startedAt >= start && record.startedAt < start + 60_000, `startedAt ${record.startedAt}: before the step`);
+      assert.ok(record.durationMs < 60_000, `durationMs ${record.durationMs}: the step is not part of it`);
+    } finally {
+      await proxy.close();
+      await echo.close();
+    }
+  });
+}

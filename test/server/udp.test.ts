@@ -776,6 +776,20 @@ for (const engine of ['splice', 'stream'] as const) {
       });
     });
 
+    test('the wall clock stepped back an hour (NTP, date -s) does not keep a quiet association past timeouts.udpIdle', opts, async () => {
+      const realNow = Date.now;
+      await withAssociation(roomier, async ({ assoc, echoed, record }) => {
+        await echoed(suite.to4, 'once');
+        Date.now = () => realNow() - 3_600_000;
+        try {
+          await within(assoc.closed, 10_000, 'the proxy to close the idle control connection');
+        } finally {
+          Date.now = realNow;
+        }
+        assertRecord(await record(), { reason: 'idle-timeout', datagramsUp: 1, datagramsDown: 1 });
+      });
+    });
+
     test('an association that never carried a datagram also times out', opts, async () => {
       const recordOf = associationRecords(suite.proxy);
       const assoc = await associate(suite.proxy, { host: '127.0.0.1', port: 0 });
