@@ -174,7 +174,9 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
       return;
     }
     if (stopping) {
-      log.warn({ event: 'forced', signal }, `${signal} again: exiting now`);
+      // Their access lines are lost with them: say at least how many.
+      const sessions = server.sessionCount;
+      log.warn({ event: 'forced', signal, sessions }, `${signal} again: exiting now, cutting ${sessions} session${sessions === 1 ? '' : 's'} without access lines`);
       finish(1); // the exit flush writes out what stdout will take
       return;
     }
