@@ -40,6 +40,7 @@ const [
   { attachLogger, createLogger, flushLog, logCrashes },
   { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts },
   { runPasswd },
+  { readableSecrets },
 ] = await Promise.all([
   import('./config/load.js'),
   import('./config/schema.js'),
@@ -47,6 +48,7 @@ const [
   import('./observe/log.js'),
   import('./server/server.js'),
   import('./auth/passwd.js'),
+  import('./config/secrets.js'),
 ]);
 
 const USAGE = `Usage: socksgate [options]
@@ -156,6 +158,10 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   attachLogger(server, log);
   logCrashes(log);
   if (isWorker()) leaveSharedStdioAtExit(); // after createLogger: its exit flush comes first
+  const warnReadableSecrets = () => {
+    for (const problem of readableSecrets(server.config, flags.config)) log.warn({ event: 'secrets-readable' }, problem);
+  };
+  warnReadableSecrets();
   if (setAside.length > 0) {
     log.warn({ event: 'restart-needed', needsRestart: setAside },
       `the config file changed ${setAside.join(', ')} since socksgate started: this worker keeps the running values until socksgate restarts`);
@@ -202,6 +208,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
     }
     try {
       server.reload(readInput(flags));
+      warnReadableSecrets();
       base.level = server.config.log.level; // attachLogger sets its own logger's (a worker's child)
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems

@@ -3,6 +3,7 @@
  * SIGTERM/SIGINT, a port in use, log levels, and the README's default.
  */
 import { after, before, describe, it } from 'node:test';
+import { chmodSync, writeFileSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { type AddressInfo, type Socket, connect, createServer as createNetServer } from 'node:net';
@@ -21,6 +22,7 @@ import {
   socksConnect,
   startDaemon,
   stderrMatches,
+  tempDir,
   tryConnect,
   withTimeout,
 } from './helpers.js';
@@ -172,6 +174,37 @@ describe('socksgate daemon lifecycle', () => {
       assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
     } finally {
       await daemon.kill();
+    }
+  });
+
+  it('a users file or a config file with plain passwords that others can read is said at warn, naming it and its mode; 0600 and 0640 are not', async () => {
+    const dir = tempDir();
+    try {
+      const users = dir.file('users');
+      writeFileSync(users, 'bob:$2b$04$abcdefghijklmnopqrstuuW7W1K7Oq5fRbTEUIf7IXOYdPSkqO2jK\n');
+      const config = dir.file('socksgate.yaml');
+      writeFileSync(config, `auth:\n  methods: [userpass]\n  usersFile: ${users}\n  users:\n    - { name: alice, password: s3cret }\n`);
+      const warnings = async (usersMode: number, configMode: number) => {
+        chmodSync(users, usersMode);
+        chmodSync(config, configMode);
+        const { daemon } = await startDaemon(['--config', config, '--listen', '127.0.0.1:0', '--log-format', 'json']);
+        try {
+          await daemon.waitFor((l) => l.event === 'started', 'started');
+          return daemon.logs.filter((l) => l.event === 'secrets-readable').map((l) => ({ level: l.level, msg: l.msg }));
+        } finally {
+          await daemon.kill();
+        }
+      };
+      assert.deepEqual(await warnings(0o644, 0o604), [
+        { level: 40, msg: `users file ${users} is open to others (mode 0644): chmod 600 (or 640, for its group to read)` },
+        { level: 40, msg: `config file with plain passwords ${config} is open to others (mode 0604): chmod 600 (or 640, for its group to read)` },
+      ]);
+      assert.deepEqual(await warnings(0o600, 0o640), []);
+      assert.deepEqual(await warnings(0o620, 0o600), [
+        { level: 40, msg: `users file ${users} is open to others (mode 0620): chmod 600 (or 640, for its group to read)` },
+      ]);
+    } finally {
+      dir.remove();
     }
   });
 

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 
 const SRC = fileURLToPath(new URL('../../src/', import.meta.url));
 /** What cli.ts imports dynamically, after installing its SIGHUP handler. */
-const LAZY = ['server/server.js', 'config/load.js', 'config/schema.js', 'auth/users.js', 'observe/log.js', 'auth/passwd.js'];
+const LAZY = ['server/server.js', 'config/load.js', 'config/schema.js', 'auth/users.js', 'observe/log.js', 'auth/passwd.js', 'config/secrets.js'];
 
 /** The project files `file` reaches through static `import … from './…'` statements (not `import()`). */
 function staticGraph(file: string, seen = new Set<string>()): Set<string> {
