@@ -226,8 +226,11 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
     const ports = reservedPorts();
     await server.listen(ports ? { reusePort: { ports } } : {});
   } catch (err) {
-    if (err instanceof ListenError) return fail(err.message, 1);
-    throw err;
+    if (!(err instanceof ListenError)) throw err;
+    // The log (a file, often) would otherwise show only the draining and stopped lines of the cleanup.
+    log.error({ event: 'start-failed', problem: err.message }, `not started: ${err.message}`);
+    await flushLog(log, STOP_FLUSH_WAIT_MS);
+    return fail(err.message, 1);
   }
   if (isWorker()) tellPrimaryListening();
   const relay = server.relayEngine;

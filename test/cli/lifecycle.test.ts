@@ -208,7 +208,7 @@ describe('socksgate daemon lifecycle', () => {
     }
   });
 
-  it('a port already in use gives one clear line on stderr and a non-zero exit', async () => {
+  it('a port already in use gives one clear line on stderr, a start-failed line in the log, and a non-zero exit', async () => {
     const blocker = createNetServer();
     blocker.listen(0, '127.0.0.1');
     await once(blocker, 'listening');
@@ -223,6 +223,11 @@ describe('socksgate daemon lifecycle', () => {
       assert.match(problems[0]!, /address already in use/);
       assert.ok(problems[0]!.includes(`127.0.0.1:${port}`), problems[0]);
       assert.equal(daemon.logs.some((l) => l.event === 'listening' || l.event === 'started'), false);
+      // The log says it too: read alone (a file), it showed a clean stop.
+      const failed = daemon.logs.filter((l) => l.event === 'start-failed');
+      assert.equal(failed.length, 1, daemon.describe());
+      assert.equal(failed[0]!.level, 50);
+      assert.equal(failed[0]!.problem, problems[0]!.replace(/^socksgate: /, ''));
     } finally {
       await daemon.kill();
       await new Promise<void>((resolve) => blocker.close(() => resolve()));
