@@ -22,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { getSystemErrorName } from 'node:util';
 import { throwLater } from '../callbacks.js';
 import type { CloseReason } from '../observe/events.js';
+import { peerAddress } from '../protocol/address.js';
 import type { Relay, RelayOptions } from './tcp.js';
 
 export interface Addon {
@@ -217,7 +218,7 @@ export function peerAfterReset(socket: Socket): { readonly address: string; read
   const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
   if (!addon || typeof fd !== 'number' || fd < 0) return null;
   const peer = addon.peerName(fd);
-  return peer && { address: peer[0], port: peer[1] };
+  return peer && { address: peerAddress(peer[0]), port: peer[1] };
 }
 
 function streamHandle(socket: Socket): StreamHandle | null {

@@ -16,7 +16,7 @@ import ipaddr from 'ipaddr.js';
 import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
-import { NEED_MORE, formatDestination } from '../protocol/address.js';
+import { NEED_MORE, formatDestination, peerAddress } from '../protocol/address.js';
 import { promiseFrom } from '../callbacks.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
@@ -357,7 +357,7 @@ export class NativeSession {
     this.#handle = handle;
     this.#addon = addon;
     this.id = id;
-    this.clientAddress = address;
+    this.clientAddress = peerAddress(address);
     this.clientPort = port;
     this.ctx = ctx;
     this.#startedAt = ctx.now();

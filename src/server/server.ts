@@ -11,7 +11,7 @@ import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { CloseReason, ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
-import { boundAddressSpelling, formatDestination } from '../protocol/address.js';
+import { boundAddressSpelling, formatDestination, peerAddress } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
 import { peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
@@ -510,7 +510,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    */
   #clientOf(socket: Socket): { readonly address: string; readonly port: number } | null {
     const address = socket.remoteAddress;
-    if (address !== undefined) return { address, port: socket.remotePort ?? 0 };
+    if (address !== undefined) return { address: peerAddress(address), port: socket.remotePort ?? 0 };
     return this.relayEngine === 'splice' ? peerAfterReset(socket) : null;
   }
 

@@ -12,7 +12,7 @@ import type { Authenticator } from '../auth/users.js';
 import type { AuthMethodName } from '../config/schema.js';
 import type { CloseReason, SessionRecord } from '../observe/events.js';
 import { promiseFrom } from '../callbacks.js';
-import { type Destination, NEED_MORE, canonicalAddress, clientBlock, destination, formatDestination, hex, unmapIPv4 } from '../protocol/address.js';
+import { type Destination, NEED_MORE, canonicalAddress, clientBlock, destination, formatDestination, hex, peerAddress } from '../protocol/address.js';
 import { type Socks4Limits, Socks4Command, decodeSocks4Request, encodeSocks4Reply } from '../protocol/socks4.js';
 import {
   Command,
@@ -208,7 +208,7 @@ export class Session {
     this.#resume = resume;
     this.#startedAt = resume?.startedAt ?? ctx.now();
     this.#startedMono = resume?.startedMono ?? performance.now();
-    this.#clientAddress = resume?.clientAddress ?? client?.address ?? socket.remoteAddress ?? '';
+    this.#clientAddress = resume?.clientAddress ?? client?.address ?? peerAddress(socket.remoteAddress ?? '');
     this.#clientPort = resume?.clientPort ?? client?.port ?? socket.remotePort ?? 0;
   }
 
@@ -497,7 +497,7 @@ export class Session {
     // The session's own deadline too: a dialer of the library's may ignore
     // timeoutMs and the signal, and must not hold the session for good.
     this.#timer = setTimeout(() => this.#commandFailed(connectTimeoutError(target, connectMs)), connectMs);
-    const client = this.#plainClientAddress();
+    const client = this.#clientAddress;
     promiseFrom(() => this.#ctx.dialer.dial(target, { timeoutMs: connectMs, signal, client })).then(
       (outbound) => this.#afterConnect(outbound),
       (err: unknown) => this.#commandFailed(toSocksError(err)),
@@ -577,7 +577,7 @@ export class Session {
     });
     this.#bindWaiting = false;
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return void inbound.destroy();
-    const peer = destination(unmapIPv4(inbound.remoteAddress ?? '') ?? inbound.remoteAddress ?? '', inbound.remotePort ?? 0);
+    const peer = destination(peerAddress(inbound.remoteAddress ?? ''), inbound.remotePort ?? 0);
     this.#connected = formatDestination(peer);
     this.#replySuccess(peer);
     this.#startRelay(inbound);
@@ -591,7 +591,7 @@ export class Session {
    */
   async #bindPeers(target: Destination): Promise<string[]> {
     if (target.kind !== 'domain') return [canonicalAddress(target.host) ?? target.host];
-    const lookup = { client: this.#plainClientAddress(), signal: this.#signal() };
+    const lookup = { client: this.#clientAddress, signal: this.#signal() };
     const found = await resolveWithin(this.#ctx.resolver, target.host, this.#ctx.connectMs, lookup);
     const peers = found.map((a) => canonicalAddress(a.address)).filter((a) => a !== undefined);
     const usable = this.#version === 4 ? peers.filter((a) => isIP(a) === 4) : peers;
@@ -607,7 +607,7 @@ export class Session {
     this.#wait();
     clearTimeout(this.#timer);
     const ctx = this.#ctx;
-    const client = this.#plainClientAddress();
+    const client = this.#clientAddress;
     // Counted per address, or per /64 for IPv6: a host given a /64 has addresses to spare.
     const slot = clientBlock(client);
     if (!ctx.udpSlots.acquire(slot)) {
@@ -643,15 +643,10 @@ export class Session {
     );
   }
 
-  /** The client's address, an IPv4-mapped one as IPv4: for UDP, whose datagrams come so, and for the turns of lookups. */
-  #plainClientAddress(): string {
-    return unmapIPv4(this.#clientAddress) ?? this.#clientAddress;
-  }
-
-  /** The address the client reached the proxy on. */
+  /** The address the client reached the proxy on (an IPv4-mapped one as IPv4). */
   #localAddress(): string {
     const local = this.#socket.localAddress ?? '127.0.0.1';
-    return unmapIPv4(local) ?? local;
+    return peerAddress(local);
   }
 
   #startRelay(outbound: Socket): void {

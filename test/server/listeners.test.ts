@@ -253,3 +253,33 @@ test('reservePorts(): all or none, and malformed listeners are refused as Listen
     await holder.close({ graceMs: 0 });
   }
 });
+
+for (const engine of ENGINES) {
+  test(`an IPv4 client of a dual-stack listener (::) is named by its IPv4 address, as on an IPv4 listener: in its record, to the authenticator and to the rules (${engine} handshakes)`, async () => {
+    const echo = await startEchoServer();
+    const seen: string[] = [];
+    const server = createServer({
+      listen: [{ address: '::', port: 0 }],
+      clients: { allow: ['127.0.0.0/8', '::1'] },
+      handshake: { engine },
+      auth: { methods: ['userpass'] },
+      authenticator: { verify: async (_user, _password, context) => { seen.push(context.clientAddress); return true; } },
+      rules: [{ name: 'loopback-v4', allow: { from: { nets: ['127.0.0.0/8'] } } }],
+    });
+    const [bound] = await server.listen();
+    try {
+      const closed = once(server, 'session-close');
+      const { socket } = await SocksClient.createConnection({
+        proxy: { host: '127.0.0.1', port: bound!.port, type: 5, userId: 'u', password: 'p' }, command: 'connect', destination: { host: '127.0.0.1', port: echo.port },
+      });
+      socket.destroy();
+      const [record] = await withTimeout(closed, 5000, 'the session record') as [{ clientAddress: string; rule: string | null }];
+      assert.equal(record.clientAddress, '127.0.0.1', 'not ::ffff:127.0.0.1');
+      assert.equal(record.rule, 'loopback-v4');
+      assert.deepEqual(seen, ['127.0.0.1']);
+    } finally {
+      await server.close({ graceMs: 0 });
+      await echo.close();
+    }
+  });
+}
