@@ -26,11 +26,25 @@ export function createLogger(options: LoggerOptions): Logger {
     return pino(base, pretty({ colorize: !options.destination && process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', destination }));
   }
   if (options.destination) return plainJson(pino(base, options.destination));
-  const sink = new StdoutSink();
+  const sink = stdoutSink();
   const log = plainJson(pino(base, sink.stream));
   sink.reportTo(log);
-  sinks.set(sink.stream, sink);
   return log;
+}
+
+let sharedSink: StdoutSink | null = null;
+
+/**
+ * The one sink for stdout, shared by every logger made here that writes
+ * there: one batch, so lines keep their order; one flush timer and one exit
+ * flush, however many loggers a program makes (each used to keep its own
+ * for good).
+ */
+function stdoutSink(): StdoutSink {
+  if (sharedSink) return sharedSink;
+  sharedSink = new StdoutSink();
+  sinks.set(sharedSink.stream, sharedSink);
+  return sharedSink;
 }
 
 /** The stdout sinks of loggers made here, by stream (child loggers share it). */

@@ -103,7 +103,7 @@ export class StdoutSink {
     return new sonicBoom.SonicBoom(boomOptions);
   }
 
-  /** Where the `log-resumed` line goes (the logger writing to this sink). */
+  /** Where the `log-resumed` line goes (the latest logger writing to this sink). */
   reportTo(log: Logger): void {
     this.#log = log;
   }

@@ -236,6 +236,14 @@ test('reload({ log: { level } }) applies the level to the logger attachLogger wa
   }
 });
 
+test('loggers made for stdout share one sink: a program making many keeps one flush timer and one exit flush (each kept its own for good)', () => {
+  createLogger({ level: 'info', format: 'json' });
+  const exitListeners = process.listenerCount('exit');
+  const loggers = Array.from({ length: 20 }, () => createLogger({ level: 'info', format: 'json' }));
+  assert.equal(process.listenerCount('exit'), exitListeners);
+  assert.equal(new Set(loggers.map((log) => (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym])).size, 1, 'one stream');
+});
+
 test('a reload that leaves a change waiting for a restart says so at warn (at log.level warn it was unsaid); one without, at info', async () => {
   const { out, lines } = capture();
   const log = createLogger({ level: 'warn', format: 'json', destination: out });
