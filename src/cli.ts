@@ -49,7 +49,15 @@ const [
   import('./server/server.js'),
   import('./auth/passwd.js'),
   import('./config/secrets.js'),
-]);
+]).catch(cannotLoad);
+
+/** Loading the modules opens hundreds of files: with a very low descriptor limit it fails, which deserves a line, not a stack. */
+function cannotLoad(err: NodeJS.ErrnoException): never {
+  const tooFew = err?.code === 'EMFILE' || err?.code === 'ENFILE';
+  const hint = tooFew ? ' (too few file descriptors: raise `ulimit -n`, or LimitNOFILE= in a systemd unit)' : '';
+  process.stderr.write(`socksgate: cannot load its modules: ${err?.message ?? err}${hint}\n`);
+  process.exit(1);
+}
 
 const USAGE = `Usage: socksgate [options]
        socksgate passwd FILE USER [--delete] [--cost N]

@@ -10,6 +10,7 @@ import { type AddressInfo, type Socket, connect, createServer as createNetServer
 import { run } from '../helpers/run.js';
 import { type Fixture, closedPort, startEchoServer, startHttpServer, startTcpServer } from '../helpers/server.js';
 import {
+  CLI,
   DEFAULT_TIMEOUT_MS,
   Daemon,
   type LogLine,
@@ -206,6 +207,14 @@ describe('socksgate daemon lifecycle', () => {
     } finally {
       dir.remove();
     }
+  });
+
+  it('too few file descriptors to load its modules (ulimit -n 40): one line naming the cause and the limit, exit 1 (it was a stack)', async () => {
+    const r = await run('bash', ['-c', `ulimit -n 40 && exec "${process.execPath}" "${CLI}" --check`]);
+    assert.equal(r.code, 1, r.stderr.toString());
+    assert.deepEqual(lines(r.stderr.toString()).map((l) => l.replace(/'[^']*'/, 'FILE')), [
+      'socksgate: cannot load its modules: EMFILE: too many open files, open FILE (too few file descriptors: raise `ulimit -n`, or LimitNOFILE= in a systemd unit)',
+    ]);
   });
 
   it('a port already in use gives one clear line on stderr, a start-failed line in the log, and a non-zero exit', async () => {
