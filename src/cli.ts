@@ -37,7 +37,7 @@ const [
   { ConfigError, readConfigFile },
   { configJsonSchema, workerCount },
   { UsersFileError },
-  { attachLogger, createLogger, flushLog, logCrashes },
+  { attachLogger, createLogger, flushLog, logCrashes, reopenLog },
   { ListenError, RelayEngineError, createServer, keepRestartSettings, reservePorts },
   { runPasswd },
   { readableSecrets },
@@ -77,6 +77,7 @@ Options:
       --idle-timeout D       e.g. 1h    --shutdown-grace D   e.g. 10s   (bare digits: ms)
       --log-level LEVEL      fatal, error, warn, info, debug, trace, silent
       --log-format FORMAT    auto (readable on a terminal), json, pretty
+      --log-file PATH        the log to PATH (appended to, reopened on SIGHUP), not stdout
       --workers N|auto       event loops sharing the port (auto: one per core when
                              listening beyond loopback, else 1)
       --relay-engine E       auto, splice (in the kernel; needs the addon built
@@ -160,7 +161,12 @@ function readInput(flags: Flags): ConfigInput {
 }
 
 async function run(server: SocksServer, config: Config, flags: Flags, setAside: readonly string[]): Promise<number> {
-  const base = createLogger(config.log);
+  let base: ReturnType<typeof createLogger>;
+  try {
+    base = createLogger(config.log);
+  } catch (err) {
+    return fail(`cannot open the log file: ${(err as Error).message}`, 2);
+  }
   // Workers share stdout: each line says which process wrote it.
   const log = isWorker() ? base.child({ pid: process.pid }) : base;
   attachLogger(server, log);
@@ -213,6 +219,11 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
       log.warn({ event: 'reload-ignored', signal: 'SIGHUP' }, 'SIGHUP while stopping: not reloading');
       log.flush();
       return;
+    }
+    // First, and whatever the config file says now: a rotation renamed the log.
+    const reopenFailure = reopenLog(log);
+    if (reopenFailure) {
+      log.error({ event: 'log-reopen-failed', problem: reopenFailure.message }, `cannot open the log file again, writing on to the one open: ${reopenFailure.message}`);
     }
     try {
       server.reload(readInput(flags));

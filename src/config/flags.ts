@@ -22,6 +22,7 @@ export const CLI_OPTIONS = {
   'shutdown-grace': { type: 'string' },
   'log-level': { type: 'string' },
   'log-format': { type: 'string' },
+  'log-file': { type: 'string' },
   workers: { type: 'string' },
   'relay-engine': { type: 'string' },
   'busy-poll': { type: 'string' },
@@ -75,6 +76,7 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags['handshake-engine'] !== undefined) section('handshake').engine = flags['handshake-engine'];
   if (flags['log-level'] !== undefined) section('log').level = flags['log-level'];
   if (flags['log-format'] !== undefined) section('log').format = flags['log-format'];
+  if (flags['log-file'] !== undefined) section('log').file = flags['log-file'];
   return config;
 }
 

@@ -55,7 +55,8 @@ export function readConfigFile(path: string): unknown {
     const found = Array.isArray(parsed) ? 'a list' : `a ${typeof parsed} (${JSON.stringify(parsed).slice(0, 40)})`;
     throw new ConfigError([`${path}: the top level must be a mapping of settings (key: value), not ${found}`]);
   }
-  return withUsersFileFrom(withoutEmptySections(parsed as Record<string, unknown>), dirname(path));
+  const directory = dirname(path);
+  return withLogFileFrom(withUsersFileFrom(withoutEmptySections(parsed as Record<string, unknown>), directory), directory);
 }
 
 /**
@@ -79,6 +80,15 @@ function withUsersFileFrom(settings: Record<string, unknown>, directory: string)
   const file: unknown = (auth as Record<string, unknown>)['usersFile'];
   if (typeof file !== 'string' || file === '' || isAbsolute(file)) return settings;
   return { ...settings, auth: { ...auth, usersFile: resolve(directory, file) } };
+}
+
+/** The same for a relative `log.file`. */
+function withLogFileFrom(settings: Record<string, unknown>, directory: string): Record<string, unknown> {
+  const log = settings['log'];
+  if (typeof log !== 'object' || log === null) return settings;
+  const file: unknown = (log as Record<string, unknown>)['file'];
+  if (typeof file !== 'string' || file === '' || isAbsolute(file)) return settings;
+  return { ...settings, log: { ...log, file: resolve(directory, file) } };
 }
 
 function deepFreeze<T>(value: T): T {

@@ -6,7 +6,7 @@
  */
 import type { Config } from './schema.js';
 
-export const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format'] as const;
+export const RESTART_KEYS = ['listen', 'workers', 'relay.engine', 'handshake.engine', 'log.format', 'log.file'] as const;
 
 /** The restart keys' values, as a running process keeps them (only those: the rest of each section may change). */
 export interface RestartSettings {
@@ -14,7 +14,7 @@ export interface RestartSettings {
   readonly workers: Config['workers'];
   readonly relay: Pick<Config['relay'], 'engine'>;
   readonly handshake: Pick<Config['handshake'], 'engine'>;
-  readonly log: Pick<Config['log'], 'format'>;
+  readonly log: Pick<Config['log'], 'format' | 'file'>;
 }
 
 /** What `config` holds at the restart keys (plain data: it travels to workers as JSON). */
@@ -24,7 +24,7 @@ export function restartSettings(config: Config): RestartSettings {
     workers: config.workers,
     relay: { engine: config.relay.engine },
     handshake: { engine: config.handshake.engine },
-    log: { format: config.log.format },
+    log: { format: config.log.format, file: config.log.file },
   };
 }
 

@@ -209,6 +209,11 @@ const logSchema = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** `auto`: readable when stdout is a terminal, JSON otherwise. */
   format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+  /**
+   * A file for the log instead of stdout, opened for appending and opened
+   * again at each SIGHUP, so a rotation may rename it (null: stdout).
+   */
+  file: z.string().min(1).nullable().default(null),
 });
 
 // Request rules (policy/rules.ts compiles them): first match wins.
@@ -299,6 +304,9 @@ function crossFieldChecks(config: Partial<Config>, ctx: z.RefinementCtx, usersFr
   const users = Array.isArray(config.auth?.users) ? config.auth.users : [];
   if (usersFromConfig && methods.includes('userpass') && users.length === 0 && !config.auth?.usersFile) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'methods'], message: 'userpass needs auth.users or auth.usersFile' });
+  }
+  if (config.log?.format === 'pretty' && typeof config.log.file === 'string') {
+    ctx.addIssue({ code: 'custom', path: ['log', 'format'], message: 'pretty is for a terminal: log.file takes JSON lines (format json or auto)' });
   }
   const open = methods.includes('none') && !config.clients?.allow;
   const listeners = Array.isArray(config.listen) ? config.listen : [];

@@ -21,7 +21,7 @@
  * line dropped, `drain` once everything that waited is written.
  */
 import { EventEmitter } from 'node:events';
-import { writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 
 /** A batch is written when the next line may not fit. */
 export const FILE_BATCH_BYTES = 16 * 1024;
@@ -43,7 +43,7 @@ export interface FileLinesOptions {
 }
 
 export class FileLines extends EventEmitter {
-  readonly #fd: number;
+  #fd: number;
   readonly #backlogBytes: number;
   readonly #batchBytes: number;
   readonly #now: () => number;
@@ -95,6 +95,18 @@ export class FileLines extends EventEmitter {
     this.#retry();
     if (this.#used > 0 && !this.#failing) this.#batchFull();
     if (callback) process.nextTick(callback);
+  }
+
+  /**
+   * Goes on in `fd` (the file opened again under its name, after a rotation
+   * renamed it): what is batched is written to the old file first, which is
+   * then closed. Lines waiting behind a failure go to the new one.
+   */
+  reopen(fd: number): void {
+    this.flush();
+    const old = this.#fd;
+    this.#fd = fd;
+    closeSync(old);
   }
 
   /** Writes everything now, or throws while writes fail (the exit flush). */

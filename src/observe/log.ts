@@ -8,17 +8,19 @@ import pretty from 'pino-pretty';
 import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
 import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
-import { StdoutSink, doneWithin } from './stdout.js';
+import { StdoutSink, doneWithin, openLogFile } from './stdout.js';
 
 export interface LoggerOptions {
   readonly level: string;
   readonly format: 'auto' | 'json' | 'pretty';
+  /** A file for JSON lines instead of stdout (log.file): appended to, reopened by reopenLog. Opening it may throw. */
+  readonly file?: string | null;
   /** Where lines go; default stdout. */
   readonly destination?: NodeJS.WritableStream;
 }
 
 export function createLogger(options: LoggerOptions): Logger {
-  const usePretty = options.format === 'pretty' || (options.format === 'auto' && !options.destination && process.stdout.isTTY === true);
+  const usePretty = options.format === 'pretty' || (options.format === 'auto' && !options.destination && !options.file && process.stdout.isTTY === true);
   const base = { level: options.level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime };
   if (usePretty) {
     // `pid` stays: a worker's lines carry it (the base has none, so a single process shows it on `started` only).
@@ -26,7 +28,7 @@ export function createLogger(options: LoggerOptions): Logger {
     return pino(base, pretty({ colorize: !options.destination && process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', destination }));
   }
   if (options.destination) return plainJson(pino(base, options.destination));
-  const sink = stdoutSink();
+  const sink = options.file ? fileSink(options.file) : stdoutSink();
   const log = plainJson(pino(base, sink.stream));
   sink.reportTo(log);
   return log;
@@ -47,7 +49,27 @@ function stdoutSink(): StdoutSink {
   return sharedSink;
 }
 
-/** The stdout sinks of loggers made here, by stream (child loggers share it). */
+function fileSink(path: string): StdoutSink {
+  const sink = new StdoutSink({ fd: openLogFile(path), path });
+  sinks.set(sink.stream, sink);
+  return sink;
+}
+
+/**
+ * Opens log.file again, for a rotation that renamed it (SIGHUP). Returns the
+ * error when it cannot be opened (the old file is kept), else null; nothing
+ * to do for a logger on stdout.
+ */
+export function reopenLog(log: Logger): Error | null {
+  try {
+    sinks.get(streamOf(log))?.reopen();
+    return null;
+  } catch (err) {
+    return err as Error;
+  }
+}
+
+/** The sinks of loggers made here, by stream (child loggers share it). */
 const sinks = new WeakMap<object, StdoutSink>();
 
 /**

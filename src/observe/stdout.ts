@@ -7,7 +7,7 @@
  * taken everything that waited, a `log-resumed` line at warn says how many
  * lines were dropped.
  */
-import { fstatSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import type { Logger } from 'pino';
 // A CommonJS module: its class is a property of the default export at run time.
 import sonicBoom, { type SonicBoom, type SonicBoomOpts } from 'sonic-boom';
@@ -56,6 +56,8 @@ type SinkOptions = SonicBoomOpts & { readonly maxWriteRetries: number };
 export interface StdoutSinkOptions {
   /** Default 1. */
   readonly fd?: number;
+  /** The path `fd` was opened at (log.file), named in messages and opened again by reopen(). */
+  readonly path?: string;
   /** Default LOG_BACKLOG_BYTES. */
   readonly backlogBytes?: number;
   /** Reports a failure, once (default: a line on stderr): the log itself cannot. */
@@ -74,8 +76,14 @@ export class StdoutSink {
   /** Set at exit, and when a stop gave up waiting: EAGAIN then fails at once instead of waiting. */
   #givenUp = false;
 
+  /** What the log is written to, for messages: `stdout`, or log.file's path. */
+  readonly #name: string;
+  readonly #path: string | undefined;
+
   constructor(options: StdoutSinkOptions = {}) {
     const { fd = 1, backlogBytes = LOG_BACKLOG_BYTES } = options;
+    this.#path = options.path;
+    this.#name = options.path ?? 'stdout';
     this.#say = options.say ?? ((line) => process.stderr.write(`${line}\n`));
     this.#backlogBytes = backlogBytes;
     // Node opens a pipe or socket stdout non-blocking (the flag lives on the
@@ -132,11 +140,21 @@ export class StdoutSink {
     }
   }
 
+  /**
+   * For log.file: opens the path again and writes there from now on (a
+   * rotation renamed the file, or removed it). Throws what opening throws;
+   * the old file is then kept.
+   */
+  reopen(): void {
+    if (this.#path === undefined || !(this.stream instanceof FileLines)) return;
+    this.stream.reopen(openLogFile(this.#path));
+  }
+
   #failed(err: NodeJS.ErrnoException): void {
     if (this.#failure !== null) return;
     this.#failure = err.code ?? err.message;
     const kib = Math.round(this.#backlogBytes / 1024);
-    this.#say(`socksgate: the log cannot be written to stdout (${err.message}); up to ${kib} KiB of lines wait, newer ones are dropped and counted`);
+    this.#say(`socksgate: the log cannot be written to ${this.#name} (${err.message}); up to ${kib} KiB of lines wait, newer ones are dropped and counted`);
   }
 
   #caughtUp(): void {
@@ -147,6 +165,21 @@ export class StdoutSink {
     this.#failure = null;
     this.#log?.warn({ event: 'log-resumed', dropped }, `the log is written again${after}: ${dropped} lines were dropped meanwhile`);
   }
+}
+
+/**
+ * log.file, opened for appending (so another writer's truncation, as
+ * logrotate's copytruncate does, leaves no hole), created 0640. Throws
+ * when it cannot be opened, or is not a regular file (only those are
+ * written as FileLines writes, and reopened).
+ */
+export function openLogFile(path: string): number {
+  const fd = openSync(path, 'a', 0o640);
+  if (!isRegularFile(fd)) {
+    closeSync(fd);
+    throw new Error(`${path} is not a regular file`);
+  }
+  return fd;
 }
 
 /** Resolves once `begin` calls `done`, or after `timeoutMs`, whichever comes first (`onTimeout` runs then). */

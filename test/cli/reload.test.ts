@@ -4,12 +4,12 @@
  * broken file changes nothing; with workers, every worker reloads.
  */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { hashPassword } from '../../src/auth/users.js';
-import { type Fixture, startEchoServer } from '../helpers/server.js';
-import { Daemon, type LogLine, closed, echo, hupOnceCaught, socksConnect, startDaemon, tempDir } from './helpers.js';
+import { type Fixture, closedPort, startEchoServer, until } from '../helpers/server.js';
+import { DEFAULT_TIMEOUT_MS, Daemon, type LogLine, closed, echo, hupOnceCaught, socksConnect, startDaemon, tempDir, withTimeout } from './helpers.js';
 
 /** A config file: loopback port 0, and optionally rules. */
 function config(rules = ''): string {
@@ -201,6 +201,76 @@ describe('socksgate reload on SIGHUP', () => {
     } finally {
       open?.destroy();
       await daemon.kill();
+      dir.remove();
+    }
+  });
+});
+
+describe('--log-file', () => {
+  /** The JSON lines of `path` (none while it does not exist). */
+  function linesOf(path: string): LogLine[] {
+    if (!existsSync(path)) return [];
+    return readFileSync(path, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as LogLine);
+  }
+
+  /** Polls until `path` has a line matching `match` (bounded). */
+  async function untilLine(path: string, match: (l: LogLine) => boolean, what: string): Promise<void> {
+    await withTimeout(until(() => linesOf(path).some(match)), DEFAULT_TIMEOUT_MS, `${what} in ${path}`);
+  }
+
+  it('writes the log to the file; after a rotation by rename, SIGHUP opens a new one under the name; a truncation (copytruncate) leaves no hole', async () => {
+    const dir = tempDir();
+    const target = await startEchoServer();
+    const port = await closedPort();
+    const file = dir.file('access.log');
+    const daemon = new Daemon(['--listen', `127.0.0.1:${port}`, '--log-file', file, '--log-format', 'json']);
+    const session = async (text: string) => {
+      const socket = await socksConnect(port, target.port);
+      const clientPort = socket.localPort;
+      assert.equal(await echo(socket, text), text);
+      socket.end();
+      await closed(socket);
+      return clientPort;
+    };
+    try {
+      await untilLine(file, (l) => l.event === 'started', 'the started line');
+      assert.deepEqual(daemon.stdoutLines, [], 'nothing on stdout');
+      assert.equal(statSync(file).mode & 0o777, 0o640);
+      const first = await session('before');
+      await untilLine(file, (l) => l.clientPort === first, 'the first access line');
+      renameSync(file, `${file}.1`);
+      daemon.signal('SIGHUP');
+      await untilLine(file, (l) => l.event === 'reloaded', 'the reloaded line, in a new file');
+      const second = await session('after the rename');
+      await untilLine(file, (l) => l.clientPort === second, 'the second access line');
+      truncateSync(file, 0);
+      const third = await session('after the truncation');
+      await untilLine(file, (l) => l.clientPort === third, 'the third access line');
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      const rotated = linesOf(`${file}.1`);
+      assert.deepEqual(rotated.filter((l) => l.event === 'session').map((l) => l.clientPort), [first], 'the rotated file has the first session only');
+      assert.equal(readFileSync(file)[0], '{'.charCodeAt(0), 'no NUL bytes where the truncated lines were');
+      assert.deepEqual(linesOf(file).filter((l) => l.event === 'session').map((l) => l.clientPort), [third]);
+      assert.ok(linesOf(file).some((l) => l.event === 'stopped'));
+    } finally {
+      await daemon.kill();
+      await target.close();
+      dir.remove();
+    }
+  });
+
+  it('a log file that cannot be opened: exit 2 naming it; format pretty with a file is refused', async () => {
+    const dir = tempDir();
+    try {
+      const missing = dir.file('no/such/dir/access.log');
+      const daemon = new Daemon(['--listen', '127.0.0.1:0', '--log-file', missing]);
+      assert.deepEqual(await daemon.waitExit(), { code: 2, signal: null });
+      assert.match(daemon.stderr, new RegExp(`socksgate: cannot open the log file: ENOENT: no such file or directory, open '${missing}'`));
+      const pretty = new Daemon(['--check', '--log-file', dir.file('a.log'), '--log-format', 'pretty']);
+      assert.equal((await pretty.waitExit()).code, 2);
+      assert.match(pretty.stderr, /log\.format: pretty is for a terminal: log\.file takes JSON lines/);
+    } finally {
       dir.remove();
     }
   });

@@ -27,7 +27,7 @@ describe('worker start settings', () => {
     }
     assert.throws(
       () => parseStartSettings('{"listen":[],"workers":2,"relay":{},"handshake":{"engine":"node"}}'),
-      (err: Error) => err instanceof WorkerStartError && /has no relay\.engine, log\.format;/.test(err.message),
+      (err: Error) => err instanceof WorkerStartError && /has no relay\.engine, log\.format, log\.file;/.test(err.message),
     );
   });
 
