@@ -34,7 +34,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
   }, '');
 }
 
-/** Reads a YAML (or JSON) config file into a plain object, not yet validated; a relative `auth.usersFile` becomes a path beside the file. */
+/** Reads a YAML (or JSON) config file into a plain object, not yet validated; a relative `auth.usersFile` or `log.file` becomes a path beside the file. */
 export function readConfigFile(path: string): unknown {
   let text: string;
   try {
@@ -56,7 +56,8 @@ export function readConfigFile(path: string): unknown {
     throw new ConfigError([`${path}: the top level must be a mapping of settings (key: value), not ${found}`]);
   }
   const directory = dirname(path);
-  return withLogFileFrom(withUsersFileFrom(withoutEmptySections(parsed as Record<string, unknown>), directory), directory);
+  const settings = withoutEmptySections(parsed as Record<string, unknown>);
+  return withPathFrom(withPathFrom(settings, 'auth', 'usersFile', directory), 'log', 'file', directory);
 }
 
 /**
@@ -70,25 +71,17 @@ function withoutEmptySections(settings: Record<string, unknown>): Record<string,
 }
 
 /**
- * A relative `auth.usersFile` names a file beside the config file (the way
- * `/etc/socksgate/socksgate.yaml` says `./users`), not one in whatever
- * directory the daemon was started from (`/` under systemd).
+ * A relative path at `section.key` (`auth.usersFile`, `log.file`) names a
+ * file beside the config file (the way `/etc/socksgate/socksgate.yaml` says
+ * `./users`), not one in whatever directory the daemon was started from (`/`
+ * under systemd).
  */
-function withUsersFileFrom(settings: Record<string, unknown>, directory: string): Record<string, unknown> {
-  const auth = settings['auth'];
-  if (typeof auth !== 'object' || auth === null) return settings;
-  const file: unknown = (auth as Record<string, unknown>)['usersFile'];
+function withPathFrom(settings: Record<string, unknown>, section: string, key: string, directory: string): Record<string, unknown> {
+  const values = settings[section];
+  if (typeof values !== 'object' || values === null) return settings;
+  const file: unknown = (values as Record<string, unknown>)[key];
   if (typeof file !== 'string' || file === '' || isAbsolute(file)) return settings;
-  return { ...settings, auth: { ...auth, usersFile: resolve(directory, file) } };
-}
-
-/** The same for a relative `log.file`. */
-function withLogFileFrom(settings: Record<string, unknown>, directory: string): Record<string, unknown> {
-  const log = settings['log'];
-  if (typeof log !== 'object' || log === null) return settings;
-  const file: unknown = (log as Record<string, unknown>)['file'];
-  if (typeof file !== 'string' || file === '' || isAbsolute(file)) return settings;
-  return { ...settings, log: { ...log, file: resolve(directory, file) } };
+  return { ...settings, [section]: { ...values, [key]: resolve(directory, file) } };
 }
 
 function deepFreeze<T>(value: T): T {

@@ -260,6 +260,22 @@ describe('--log-file', () => {
     }
   });
 
+  it('a relative log.file in the config file names a file beside it, not in the daemon\'s working directory', async () => {
+    const dir = tempDir();
+    const port = await closedPort();
+    const file = dir.file('socksgate.yaml');
+    writeFileSync(file, `listen:\n  - { address: 127.0.0.1, port: ${port} }\nlog: { file: ./access.log }\n`);
+    const daemon = new Daemon(['--config', file]);
+    try {
+      await untilLine(dir.file('access.log'), (l) => l.event === 'started', 'the started line');
+      daemon.signal('SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+    } finally {
+      await daemon.kill();
+      dir.remove();
+    }
+  });
+
   it('a log file that cannot be opened: exit 2 naming it; format pretty with a file is refused', async () => {
     const dir = tempDir();
     try {
