@@ -14,7 +14,7 @@ export type { RelayEngine } from './relay/tcp.js';
 export { compileRules, DEFAULT_DENY, RuleSet } from './policy/rules.js';
 export type { RuleRequest, RuleDecision, RuleCommand } from './policy/rules.js';
 export type { CloseReason, SessionRecord, SessionOpen, ListenerInfo, ServerEvents } from './observe/events.js';
-export { createLogger, attachLogger } from './observe/log.js';
+export { createLogger, attachLogger, reopenLog } from './observe/log.js';
 export { SocksError, Socks5Reply, Socks4Reply, toSocksError, socks5ReplyFor } from './errors.js';
 export type { SocksErrorCode } from './errors.js';
 export { ConfigError, validateConfig, readConfigFile } from './config/load.js';
