@@ -18,6 +18,9 @@ declare -A PACKAGES=(
   [unshare]=util-linux
   [ip]=iproute2
   [pidof]=sysvinit-utils
+  [socat]=socat
+  [nc.openbsd]=netcat-openbsd
+  [connect-proxy]=connect-proxy
 )
 
 has() {
