@@ -49,7 +49,7 @@ export async function runPasswd(argv: string[]): Promise<number> {
 async function update(file: string, user: string, cost: number, remove: boolean): Promise<number> {
   if (remove) {
     write(file, edited(file, user, null));
-    return 0;
+    return done(`${user} is removed from ${file}`);
   }
   // Refuse a file we could not rewrite before asking for the password...
   edited(file, user, `${user}:`);
@@ -64,7 +64,7 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   const line = `${user}:${await hashPassword(password, cost)}`;
   // ...and read it again now: the prompt may have waited while someone else changed it.
   write(file, edited(file, user, line));
-  return 0;
+  return done(`${user}'s password is set in ${file}`);
 }
 
 /** The users file as read: where it really is, its owner and mode (null when there is no file yet), its text. */
@@ -311,6 +311,12 @@ class PasswdError extends Error {}
 function fsError(action: 'read' | 'write', file: string, err: unknown): Error {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === 'string' ? new PasswdError(`cannot ${action} ${file}: ${code}`) : (err as Error);
+}
+
+/** Says what changed, on stderr as htpasswd does, and that the daemon does not know yet: exit 0. */
+function done(change: string): number {
+  process.stderr.write(`socksgate passwd: ${change}; a running socksgate reads the file on SIGHUP\n`);
+  return 0;
 }
 
 function fail(message: string): number {

@@ -87,7 +87,7 @@ describe('socksgate passwd', () => {
     assert.equal(statSync(file).mode & 0o077, 0, `mode ${(statSync(file).mode & 0o777).toString(8)}`);
   });
 
-  it('replaces the line of an existing user, adds a second user, and --delete removes one', async () => {
+  it('replaces the line of an existing user, adds a second user, and --delete removes one, saying each change on stderr', async () => {
     const file = dir.file('edit.users');
     assert.equal((await setPassword(file, 'alice', 'first-secret')).code, 0);
     const firstHash = readUsers(file).get('alice')!;
@@ -102,6 +102,7 @@ describe('socksgate passwd', () => {
 
     const bob = await setPassword(file, 'bob', 'bobs-secret');
     assert.equal(bob.code, 0, bob.stderr);
+    assert.equal(bob.stderr, `socksgate passwd: bob's password is set in ${file}; a running socksgate reads the file on SIGHUP\n`);
     users = readUsers(file);
     assert.deepEqual([...users.keys()].sort(), ['alice', 'bob']);
     assert.ok(bcrypt.compareSync('second-secret', users.get('alice')!), 'alice untouched by adding bob');
@@ -109,6 +110,7 @@ describe('socksgate passwd', () => {
 
     const del = await runCli(['passwd', file, 'alice', '--delete']);
     assert.equal(del.code, 0, del.stderr);
+    assert.equal(del.stderr, `socksgate passwd: alice is removed from ${file}; a running socksgate reads the file on SIGHUP\n`);
     users = readUsers(file);
     assert.deepEqual([...users.keys()], ['bob']);
     assert.ok(bcrypt.compareSync('bobs-secret', users.get('bob')!));
