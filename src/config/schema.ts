@@ -7,6 +7,7 @@ import { BlockList, isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { UNSUPPORTED_2, bcryptHashProblem } from '../auth/hash-format.js';
+import { formatDestination } from '../protocol/address.js';
 import { parseHostPattern, parseListenerLabel, portRangeProblem } from '../policy/patterns.js';
 
 /** `500ms`, `10s`, `5m`, `1h`, or a number of milliseconds. */
@@ -336,7 +337,7 @@ function listenerClashes(listeners: readonly unknown[], ctx: z.RefinementCtx): v
     const { address: text, port } = (listener ?? {}) as { address?: unknown; port?: unknown };
     if (typeof text !== 'string' || typeof port !== 'number' || port === 0 || !ipaddr.isValid(text)) return;
     const address = ipaddr.process(text); // an IPv4-mapped address is the IPv4 one
-    const label = address.kind() === 'ipv6' ? `[${address.toString()}]:${port}` : `${address.toString()}:${port}`;
+    const label = formatDestination({ host: address.toString(), port });
     for (const other of bound) {
       if (other.port !== port) continue;
       const why = other.address.toString() === address.toString() ? 'is listed twice'

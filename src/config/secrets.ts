@@ -10,23 +10,22 @@ import type { Config } from './schema.js';
 
 /** One line per such file, naming it, its mode and the fix; none when the files are private (or unreadable here). */
 export function readableSecrets(config: Pick<Config, 'auth'>, configFile: string | undefined): string[] {
-  const found: string[] = [];
   const usersFile = config.auth.usersFile;
-  if (usersFile) found.push(...problem(usersFile, 'users file'));
   const plain = config.auth.users.some((user) => !isBcryptHash(user.password));
-  if (configFile && plain) found.push(...problem(configFile, 'config file with plain passwords'));
-  return found;
+  return [
+    usersFile ? problem(usersFile, 'users file') : null,
+    configFile && plain ? problem(configFile, 'config file with plain passwords') : null,
+  ].filter((line) => line !== null);
 }
 
-function problem(file: string, what: string): string[] {
+function problem(file: string, what: string): string | null {
   let mode: number;
   try {
     mode = statSync(file).mode & 0o777;
   } catch {
-    return []; // reading it will say what is wrong
+    return null; // reading it will say what is wrong
   }
   // Its group may read it (root:socksgate 0640 is how a daemon user often gets it), not write it.
-  if ((mode & 0o027) === 0) return [];
-  const octal = mode.toString(8).padStart(4, '0');
-  return [`${what} ${file} is open to others (mode ${octal}): chmod 600 (or 640, for its group to read)`];
+  if ((mode & 0o027) === 0) return null;
+  return `${what} ${file} is open to others (mode ${mode.toString(8).padStart(4, '0')}): chmod 600 (or 640, for its group to read)`;
 }

@@ -76,14 +76,12 @@ export class StdoutSink {
   /** Set at exit, and when a stop gave up waiting: EAGAIN then fails at once instead of waiting. */
   #givenUp = false;
 
-  /** What the log is written to, for messages: `stdout`, or log.file's path. */
-  readonly #name: string;
+  /** log.file's path; undefined for stdout. */
   readonly #path: string | undefined;
 
   constructor(options: StdoutSinkOptions = {}) {
     const { fd = 1, backlogBytes = LOG_BACKLOG_BYTES } = options;
     this.#path = options.path;
-    this.#name = options.path ?? 'stdout';
     this.#say = options.say ?? ((line) => process.stderr.write(`${line}\n`));
     this.#backlogBytes = backlogBytes;
     // Node opens a pipe or socket stdout non-blocking (the flag lives on the
@@ -154,7 +152,7 @@ export class StdoutSink {
     if (this.#failure !== null) return;
     this.#failure = err.code ?? err.message;
     const kib = Math.round(this.#backlogBytes / 1024);
-    this.#say(`socksgate: the log cannot be written to ${this.#name} (${err.message}); up to ${kib} KiB of lines wait, newer ones are dropped and counted`);
+    this.#say(`socksgate: the log cannot be written to ${this.#path ?? 'stdout'} (${err.message}); up to ${kib} KiB of lines wait, newer ones are dropped and counted`);
   }
 
   #caughtUp(): void {

@@ -52,19 +52,19 @@ export function destination(host: string, port: number): Destination {
 }
 
 /** `::ffff:1.2.3.4` → `1.2.3.4`; anything else → undefined. Node's spelling only: see unmappedAddress. */
-/**
- * A peer's address as socksgate names it everywhere (records, rules, the
- * authenticator's and dialer's context): an IPv4 client reaching a
- * dual-stack listener is its IPv4 address, as on an IPv4 listener.
- */
-export function peerAddress(host: string): string {
-  return unmapIPv4(host) ?? host;
-}
-
 export function unmapIPv4(host: string): string | undefined {
   if (!host.includes('.') || !host.toLowerCase().startsWith('::ffff:')) return undefined;
   const tail = host.slice(7);
   return isIP(tail) === 4 ? tail : undefined;
+}
+
+/**
+ * A peer's address as socksgate names it everywhere (records, rules, the
+ * authenticator's and dialer's context, a UDP reply's sender): an IPv4
+ * peer reaching a dual-stack socket is its IPv4 address, as on an IPv4 one.
+ */
+export function peerAddress(host: string): string {
+  return unmapIPv4(host) ?? host;
 }
 
 /**

@@ -28,7 +28,7 @@
  */
 import { type RemoteInfo, type Socket as UdpSocket, createSocket } from 'node:dgram';
 import { isIP } from 'node:net';
-import { type Destination, canonicalAddress, destination, isUnspecifiedAddress, unmapIPv4, unmappedAddress } from '../protocol/address.js';
+import { type Destination, canonicalAddress, destination, isUnspecifiedAddress, peerAddress, unmapIPv4, unmappedAddress } from '../protocol/address.js';
 import { type UdpHeader, decodeUdpHeader, encodeUdpHeader, startsWithUdpHeader } from '../protocol/udp.js';
 import type { Resolver } from '../upstream/resolver.js';
 import { resolveWithin } from '../upstream/dialer.js';
@@ -607,7 +607,7 @@ export class ReplyHeaders {
 
   #add(address: string, port: number): Buffer | null {
     const admitted = this.#admit === null || this.#admit(address, port);
-    const header = admitted ? encodeUdpHeader(destination(unmapIPv4(address) ?? address, port)) : null;
+    const header = admitted ? encodeUdpHeader(destination(peerAddress(address), port)) : null;
     let ports = this.#byAddress.get(address);
     if (this.#size >= this.#limit) {
       this.#byAddress.clear();
