@@ -49,8 +49,14 @@ function stdoutSink(): StdoutSink {
   return sharedSink;
 }
 
+/** The file sinks by path: as for stdout, loggers writing to one file share one sink (and one descriptor). */
+const fileSinks = new Map<string, StdoutSink>();
+
 function fileSink(path: string): StdoutSink {
-  const sink = new StdoutSink({ fd: openLogFile(path), path });
+  let sink = fileSinks.get(path);
+  if (sink) return sink;
+  sink = new StdoutSink({ fd: openLogFile(path), path });
+  fileSinks.set(path, sink);
   sinks.set(sink.stream, sink);
   return sink;
 }

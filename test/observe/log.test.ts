@@ -236,12 +236,22 @@ test('reload({ log: { level } }) applies the level to the logger attachLogger wa
   }
 });
 
-test('loggers made for stdout share one sink: a program making many keeps one flush timer and one exit flush (each kept its own for good)', () => {
+test('loggers made for stdout, or for one file, share one sink: a program making many keeps one flush timer and one exit flush (each kept its own for good)', () => {
   createLogger({ level: 'info', format: 'json' });
   const exitListeners = process.listenerCount('exit');
   const loggers = Array.from({ length: 20 }, () => createLogger({ level: 'info', format: 'json' }));
   assert.equal(process.listenerCount('exit'), exitListeners);
   assert.equal(new Set(loggers.map((log) => (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym])).size, 1, 'one stream');
+  // So do loggers for one file.
+  const dir = mkdtempSync(join(tmpdir(), 'socksgate-log-'));
+  try {
+    const file = join(dir, 'access.log');
+    const toFile = Array.from({ length: 5 }, () => createLogger({ level: 'info', format: 'json', file }));
+    assert.equal(process.listenerCount('exit'), exitListeners + 1);
+    assert.equal(new Set(toFile.map((log) => (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym])).size, 1, 'one stream for the file');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a reload that leaves a change waiting for a restart says so at warn (at log.level warn it was unsaid); one without, at info', async () => {
