@@ -17,7 +17,8 @@ const servers = ['first', 'second'].map((name) => {
   server.on('session-close', (record) => console.log(`${name} served ${record.requested}`));
   return server;
 });
-for (const server of servers) await server.listen({ reusePort: { ports } });
+// sharedBy: each server applies its share of a numeric limits.sessions.
+for (const server of servers) await server.listen({ reusePort: { ports }, sharedBy: servers.length });
 
 // The kernel hands each connection to one of the two, by a hash of its addresses.
 const curl = promisify(execFile);

@@ -893,7 +893,9 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
 /* Negotiation phases of a native session; 0 (relaying) is the pair's own. */
 enum { PHASE_RELAY = 0, PHASE_GREETING, PHASE_AUTH, PHASE_AUTH_WAIT, PHASE_REQUEST, PHASE_DECIDE_WAIT, PHASE_CONNECTING };
 /* Where JavaScript's session picks a handed-over connection up. */
-enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3 };
+enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3, RESUME_LIMIT = 4 };
+/* Why a connection is refused as soon as it is accepted (MSG_OPEN's n[3]). */
+enum { ADMIT = 0, REFUSE_NOT_ALLOWED = 1, REFUSE_LIMIT = 2 };
 /* Messages to JavaScript. */
 enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6 };
 /* Messages nobody waits for (a session opened or ended) are posted together
@@ -1074,6 +1076,32 @@ static void remember(verdict_t *cache, int slots, const uint64_t tag[2], int rul
   v->rule = rule;
 }
 
+/*
+ * A server's session count, shared with JavaScript as an Int32Array over its
+ * first three fields (sessionGate()): the sessions JavaScript holds (written
+ * by JavaScript only), the limit (likewise; INT32_MAX: none), and those
+ * accepted here whose MSG_OPEN JavaScript has not yet had (written here
+ * only, atomically). Every listener of the server points at it, so the relay
+ * thread refuses a connection past the limit without asking JavaScript.
+ */
+typedef struct {
+  int32_t js_sessions;
+  int32_t limit;
+  int32_t unreported;
+  int32_t refs; /* JavaScript's ArrayBuffer, and each listener */
+} session_gate_t;
+
+static void gate_unref(session_gate_t *g) {
+  if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0) free(g);
+}
+
+/* Whether the server holds as many sessions as it may (the unreported ones included). */
+static int gate_full(session_gate_t *g) {
+  if (!g) return 0;
+  int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE);
+  return held >= __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
+}
+
 struct listener {
   watch_t watch; /* pair NULL: a listener */
   int fd;        /* a dup of Node's listening socket, owned here */
@@ -1083,6 +1111,7 @@ struct listener {
   settings_t *settings; /* pairs_lock */
   struct listener *next_dead;
   int unreported; /* accepted, MSG_OPEN not yet delivered: counted by pending() */
+  session_gate_t *gate; /* the server's, or NULL: no limit */
   int refs;       /* the relay thread until it buries it, JavaScript until MSG_LISTENER_CLOSED */
   int64_t paused_until; /* out of descriptors and nothing to shed with: not watched until then */
   struct listener *next_paused;
@@ -1096,6 +1125,7 @@ struct listener {
 static void listener_unref(listener_t *l) {
   if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   settings_unref(l->settings);
+  gate_unref(l->gate);
   free(l);
 }
 
@@ -1809,8 +1839,10 @@ static int address_text(const struct sockaddr_storage *addr, char *text, socklen
   return ntohs(a->sin_port);
 }
 
-/* A connection accepted; `s` is a reference to the listener's settings, now the session's. */
-static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int allowed) {
+/* A connection accepted; `s` is a reference to the listener's settings, now
+ * the session's. `refusal` (REFUSE_*): JavaScript closes it at once and
+ * records why, as for its own listeners; ADMIT: the handshake begins. */
+static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int refusal) {
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
@@ -1840,9 +1872,10 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   message_t *m = message(MSG_OPEN, p, NULL, 0);
   m->n[0] = l->tag;
   m->n[2] = s->generation;
-  m->n[3] = !allowed; /* refused by clients.allow: no session-open, as for Node's listeners */
+  m->n[3] = refusal; /* refused: no session-open, as for Node's listeners */
   m->listener = l;
   __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
+  if (l->gate && refusal == ADMIT) __atomic_add_fetch(&l->gate->unreported, 1, __ATOMIC_ACQ_REL); /* a refusal is no session */
   m->n[1] = address_text(addr, m->text, sizeof m->text);
   post(m);
 
@@ -1851,8 +1884,8 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   if (pairs) pairs->prev = p;
   pairs = p;
   pthread_mutex_unlock(&pairs_lock);
-  if (!allowed) { /* JavaScript closes it and records the refusal, as for its own listeners */
-    hand_over(p, RESUME_DENIED, 0, 0);
+  if (refusal != ADMIT) {
+    hand_over(p, refusal == REFUSE_LIMIT ? RESUME_LIMIT : RESUME_DENIED, 0, 0);
     return;
   }
   p->deadline = deadline_after(p, s->handshake_ms);
@@ -1986,14 +2019,14 @@ static void native_accept(watch_t *w) {
     int err = errno;
     if (fd < 0 && (err == EMFILE || err == ENFILE)) out_of_descriptors(l, err);
     settings_t *settings = l->settings; /* configure() swaps it under the lock */
-    int allowed = fd >= 0 && client_allowed(settings, &addr);
+    int refusal = fd < 0 ? ADMIT : !client_allowed(settings, &addr) ? REFUSE_NOT_ALLOWED : gate_full(l->gate) ? REFUSE_LIMIT : ADMIT;
     if (fd >= 0) __atomic_add_fetch(&settings->refs, 1, __ATOMIC_ACQ_REL);
     pthread_mutex_unlock(&pairs_lock);
     if (fd < 0) {
       if (err == EINTR || err == ECONNABORTED) continue;
       return;
     }
-    open_native(l, fd, &addr, settings, allowed);
+    open_native(l, fd, &addr, settings, refusal);
     return;
   }
 }
@@ -2045,6 +2078,15 @@ static void deliver(napi_env env, napi_value dispatch, message_t *m) {
     napi_create_external(env, p, NULL, NULL, &argv[2]);
     if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
     __atomic_sub_fetch(&m->listener->unreported, 1, __ATOMIC_ACQ_REL); /* JavaScript counts it from here */
+    session_gate_t *g = m->listener->gate;
+    if (g && m->n[3] == ADMIT) {
+      /* Moved from one count to the other here, on JavaScript's thread (the
+       * session's own tracking sets the same count again), so the relay
+       * thread never sees it in neither (one too many admitted) nor, but
+       * for these two instructions, in both (one refused below the limit). */
+      __atomic_add_fetch(&g->js_sessions, 1, __ATOMIC_RELEASE);
+      __atomic_sub_fetch(&g->unreported, 1, __ATOMIC_ACQ_REL);
+    }
   }
   for (int i = 0; i < 10; i++) napi_create_double(env, m->n[i], &argv[3 + i]);
   if (m->type == MSG_OPEN) {
@@ -2125,10 +2167,12 @@ static napi_value js_native_init(napi_env env, napi_callback_info info) {
   return init_dispatcher(env, info, "socksgate-native", call_native, &on_native);
 }
 
-/* listen(fd, tag, settings) -> handle: accepts on a dup of Node's listening socket from now on. */
+/* listen(fd, tag, settings, gate) -> handle: accepts on a dup of Node's
+ * listening socket from now on. `gate`: sessionGate()'s handle, or null for
+ * no session limit. */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], handle;
+  size_t argc = 4;
+  napi_value argv[4], handle;
   int32_t fd;
   double tag;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -2138,6 +2182,10 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   }
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_value_double(env, argv[1], &tag));
+  session_gate_t *gate = NULL;
+  napi_valuetype gate_type = napi_undefined;
+  if (argc >= 4) CHECK(napi_typeof(env, argv[3], &gate_type));
+  if (gate_type == napi_external) CHECK(napi_get_value_external(env, argv[3], (void **)&gate));
   settings_t *s = parse_settings(env, argv[2]);
   listener_t *l = calloc(1, sizeof *l);
   if (!s || !l) {
@@ -2154,6 +2202,10 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   l->tag = tag;
   l->settings = s;
   l->refs = 2;
+  if (gate) {
+    __atomic_add_fetch(&gate->refs, 1, __ATOMIC_ACQ_REL);
+    l->gate = gate;
+  }
   struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &l->watch};
   int err = 0;
   if (l->fd < 0 || fcntl(l->fd, F_SETFL, O_NONBLOCK) < 0) err = errno;
@@ -2164,6 +2216,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
     if (l->fd >= 0) close(l->fd);
     if (l->spare_fd >= 0) close(l->spare_fd);
     settings_unref(s);
+    gate_unref(l->gate);
     free(l);
     napi_throw_error(env, NULL, strerror(err));
     return NULL;
@@ -2171,6 +2224,40 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   CHECK(napi_create_external(env, l, NULL, NULL, &handle));
   if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
   return handle;
+}
+
+static void gate_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  gate_unref(data);
+}
+
+/*
+ * sessionGate() -> [handle, ArrayBuffer]: a server's session_gate_t (see
+ * there), no limit yet: the handle for listen(), the buffer for JavaScript
+ * to count in. Each holds a reference.
+ */
+static napi_value js_session_gate(napi_env env, napi_callback_info info) {
+  (void)info;
+  session_gate_t *g = calloc(1, sizeof *g);
+  if (!g) abort();
+  g->limit = INT32_MAX;
+  g->refs = 2;
+  napi_value result, handle, buffer;
+  if (napi_create_external(env, g, gate_finalize, NULL, &handle) != napi_ok) {
+    free(g);
+    napi_throw_error(env, NULL, "cannot share the session count");
+    return NULL;
+  }
+  if (napi_create_external_arraybuffer(env, g, sizeof *g, gate_finalize, NULL, &buffer) != napi_ok) {
+    napi_throw_error(env, NULL, "cannot share the session count"); /* the handle's finalizer frees it */
+    gate_unref(g);
+    return NULL;
+  }
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_set_element(env, result, 0, handle));
+  CHECK(napi_set_element(env, result, 1, buffer));
+  return result;
 }
 
 /* configure(handle, settings): what new sessions on this listener get (reload). */
@@ -2403,7 +2490,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 10
+#define ADDON_INTERFACE 11
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;
@@ -2416,6 +2503,7 @@ NAPI_MODULE_INIT() {
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
       {"nativeInit", NULL, js_native_init, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"sessionGate", NULL, js_session_gate, NULL, NULL, NULL, napi_default, NULL},
       {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},

@@ -80,6 +80,8 @@ Options:
       --log-file PATH        the log to PATH (appended to, reopened on SIGHUP), not stdout
       --workers N|auto       event loops sharing the port (auto: one per core when
                              listening beyond loopback, else 1)
+      --max-sessions N|auto  sessions at once, workers' together (auto: from the
+                             open-files limit); past it, connections are closed
       --relay-engine E       auto, splice (in the kernel; needs the addon built
                              at install) or stream (Node streams)
       --busy-poll US         microseconds the splice relay polls before it sleeps
@@ -243,7 +245,9 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
 
   try {
     const ports = reservedPorts();
-    await server.listen(ports ? { reusePort: { ports } } : {});
+    // Workers share a numeric limits.sessions (workers is a restart key: the primary's count).
+    const sharedBy = isWorker() ? workerCount(server.config, availableParallelism()) : 1;
+    await server.listen(ports ? { reusePort: { ports }, sharedBy } : { sharedBy });
   } catch (err) {
     if (!(err instanceof ListenError)) throw err;
     // The log (a file, often) would otherwise show only the draining and stopped lines of the cleanup.
@@ -258,7 +262,11 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   const pid = isWorker() ? {} : { pid: process.pid };
   const busyPoll = server.busyPollMicroseconds;
   const polling = busyPoll > 0 ? `, busy polling ${busyPoll} µs` : '';
-  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay, handshakes, busyPoll }, `socksgate ${version()} started (${relay} relay, ${handshakes} handshakes${polling})`);
+  // JSON has no Infinity: null is "no limit" (the open-files limit unknown).
+  const sessionLimit = Number.isFinite(server.sessionLimit) ? server.sessionLimit : null;
+  const limited = sessionLimit === null ? '' : `, at most ${sessionLimit} sessions`;
+  log.info({ event: 'started', version: version(), ...pid, worker: isWorker(), relay, handshakes, busyPoll, sessionLimit },
+    `socksgate ${version()} started (${relay} relay, ${handshakes} handshakes${polling}${limited})`);
   if (relay !== 'splice' && server.config.relay.busyPollMicroseconds > 0) {
     log.warn({ event: 'busy-poll-unused' }, 'relay.busyPollMicroseconds has no effect: the stream relay has no thread of its own to poll');
   }

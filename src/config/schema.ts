@@ -151,7 +151,15 @@ const clientsSchema = z.strictObject({
   allow: z.array(network).min(1).optional(),
 });
 
+const SESSIONS_RANGE = 'must be auto or a whole number from 1 to 10000000';
 const limitsSchema = z.strictObject({
+  /**
+   * Sessions held at once, in any phase: past it a new connection is closed
+   * as soon as it is accepted (recorded as limit-reached). A number is the
+   * whole server's (workers share it); `auto`: from each process's open-files
+   * limit (server/session-limit.ts).
+   */
+  sessions: z.union([z.literal('auto'), wholeNumberFrom(1, 10_000_000, SESSIONS_RANGE)], { error: SESSIONS_RANGE }).default('auto'),
   socks4UserId: z.number().int().min(0).max(4096).default(255),
   socks4Hostname: z.number().int().min(1).max(255).default(255),
 });

@@ -110,6 +110,13 @@ export interface ServerEvents {
   listening: [ListenerInfo];
   'session-open': [SessionOpen];
   'session-close': [SessionRecord];
+  /**
+   * Connections are being refused at `limits.sessions` (each has its
+   * `limit-reached` record too): told at the first refusal, then at most
+   * once a minute while refusals go on. `limit` is this process's; `refused`
+   * counts the refusals since the last time, this one included.
+   */
+  'session-limit': [{ readonly limit: number; readonly sessions: number; readonly refused: number }];
   /** A listener failed after it was bound (accept errors and the like). */
   'listener-error': [{ readonly listener: string; readonly error: Error }];
   /** Shutdown began: listeners are closed, sessions drain. */

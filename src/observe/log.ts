@@ -168,6 +168,11 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     log.error({ event: 'listener-error', listener, err: error.message }, `listener ${listener}: ${error.message}`);
     log.flush(); // rare, and an operator wants it now (at most one a second from the native listeners)
   };
+  const onSessionLimit = ({ limit, sessions, refused }: { limit: number; sessions: number; refused: number }) => {
+    const since = refused === 1 ? 'refusing new connections' : `${refused} connections refused since the last report`;
+    log.warn({ event: 'session-limit', limit, sessions, refused }, `${sessions} sessions open, the limit (limits.sessions: ${limit} here): ${since}`);
+    log.flush();
+  };
   const onDraining = ({ sessions, graceMs }: { sessions: number; graceMs: number }) => {
     log.info({ event: 'draining', sessions, graceMs }, `stopping: ${sessions} sessions may drain for ${graceMs} ms`);
     log.flush();
@@ -188,6 +193,7 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
   server.on('listening', onListening);
   server.on('session-close', onSession);
   server.on('listener-error', onListenerError);
+  server.on('session-limit', onSessionLimit);
   server.on('draining', onDraining);
   server.on('close', onClose);
   server.on('reload', onReload);
@@ -195,6 +201,7 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
     server.off('listening', onListening);
     server.off('session-close', onSession);
     server.off('listener-error', onListenerError);
+    server.off('session-limit', onSessionLimit);
     server.off('draining', onDraining);
     server.off('close', onClose);
     server.off('reload', onReload);

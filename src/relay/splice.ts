@@ -34,7 +34,14 @@ export interface Addon {
   stats(): SpliceStats;
   // Native handshakes (server/native.ts).
   nativeInit(dispatch: (...message: NativeMessage) => void): void;
-  listen(fd: number, tag: number, settings: Buffer): object;
+  listen(fd: number, tag: number, settings: Buffer, gate: object | null): object;
+  /**
+   * A server's session count, shared with the relay thread: the handle for
+   * listen(), and an ArrayBuffer whose Int32 [0] JavaScript keeps at its
+   * sessions, [1] at their limit (INT32_MAX: none), and [2] the relay thread
+   * at those accepted and not yet told (read only here).
+   */
+  sessionGate(): [object, ArrayBuffer];
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;
@@ -116,7 +123,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 10;
+const ADDON_INTERFACE = 11;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 

@@ -35,8 +35,9 @@ const enum Message {
 }
 
 const RESUME_PHASES = ['version', 'auth', 'request'] as const;
-/** The addon's resume code for a client that clients.allow refuses. */
+/** The addon's resume codes for a client refused as soon as it was accepted: by clients.allow, or at the session limit. */
 const RESUME_DENIED = 3;
+const RESUME_LIMIT = 4;
 const METHOD_BYTES = { none: Method.NONE, userpass: Method.USERPASS } as const;
 const SETTINGS_HEADER = 48;
 /**
@@ -59,10 +60,51 @@ export interface NativeOwner {
   nextId(): number;
   /** A session began (it is not yet known whether it stays native). */
   opened(session: NativeSession): void;
-  /** The session left the native path: go on with `socket` from `resume`; null: clients.allow refused it. */
-  handedOver(session: NativeSession, socket: Socket, resume: SessionResume | null): void;
+  /** The session left the native path: go on with `socket` from `resume`, or close it, refused as `resume` says. */
+  handedOver(session: NativeSession, socket: Socket, resume: SessionResume | Refusal): void;
   /** The relay thread could not accept for want of descriptors (told at most once a second). */
   acceptFailed(error: Error): void;
+}
+
+/** Why a connection was closed as soon as it was accepted: clients.allow, or the session limit. */
+export type Refusal = 'not-allowed' | 'limit-reached';
+
+/**
+ * A server's count of its sessions, which the relay thread reads to refuse
+ * connections past `limit` as it accepts them (the server keeps `sessions`
+ * at its own count; `unreported` is what the relay thread accepted and has
+ * not yet told).
+ */
+export class SessionGate {
+  /** For listenNatively. */
+  readonly handle: object;
+  readonly #counts: Int32Array;
+
+  constructor(handle: object, buffer: ArrayBuffer) {
+    this.handle = handle;
+    this.#counts = new Int32Array(buffer, 0, 3);
+  }
+
+  set sessions(count: number) {
+    this.#counts[0] = count;
+  }
+
+  /** Infinity (or anything past an Int32): no limit. */
+  set limit(limit: number) {
+    this.#counts[1] = Math.min(limit, 0x7fffffff);
+  }
+
+  get unreported(): number {
+    return this.#counts[2]!;
+  }
+}
+
+/** A new gate, or null when the addon is not loaded. */
+export function sessionGate(): SessionGate | null {
+  const addon = frontendOrNull()?.addon;
+  if (!addon) return null;
+  const [handle, buffer] = addon.sessionGate();
+  return new SessionGate(handle, buffer);
 }
 
 /** A listener whose connections the relay thread accepts. */
@@ -160,12 +202,12 @@ export function bindReusePort(address: string, port: number, backlog: number | n
  * then closes Node's handle, the socket stays open in the addon). Returns null
  * when the addon is not loaded.
  */
-export function listenNatively(fd: number, owner: NativeOwner, allow: readonly AllowedNetwork[] | null): NativeListener | null {
+export function listenNatively(fd: number, owner: NativeOwner, allow: readonly AllowedNetwork[] | null, gate: SessionGate | null): NativeListener | null {
   const state = frontendOrNull();
   if (!state) return null;
   const tag = state.nextTag++;
   const generations = new Generations(owner.context());
-  const handle = state.addon.listen(fd, tag, encodeSettings(owner, owner.context(), allow, 0));
+  const handle = state.addon.listen(fd, tag, encodeSettings(owner, owner.context(), allow, 0), gate?.handle ?? null);
   state.owners.set(tag, { owner, generations });
   let closed: Promise<void> | null = null;
   let confirmed = false; // the addon let go of the listener: its handle is no longer valid
@@ -253,7 +295,7 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     const ctx = generations.told(n2);
     const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest);
     state.sessions.set(id, session);
-    if (n3 !== 1) owner.opened(session); // 1: clients.allow refused it; its hand-over follows
+    if (n3 === 0) owner.opened(session); // else refused (1: clients.allow, 2: the session limit); its hand-over follows
     // Its context is gone: deciding with another one could mix two configurations. Refuse it.
     if (!ctx) session.shutdown();
     return;
@@ -310,7 +352,7 @@ interface NativeEnd {
 /** How a connection left the native path, as the addon reports it. */
 interface NativeHandOver {
   readonly fd: number;
-  /** Where the session goes on: RESUME_PHASES, or RESUME_DENIED. */
+  /** Where the session goes on: RESUME_PHASES, or RESUME_DENIED or RESUME_LIMIT. */
   readonly resume: number;
   /** The SOCKS5 method chosen; -1: none yet. */
   readonly method: number;
@@ -448,7 +490,8 @@ export class NativeSession {
     this.#letGo();
     this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
-    if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, null);
+    if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, 'not-allowed');
+    if (resumeCode === RESUME_LIMIT) return this.#owner.handedOver(this, socket, 'limit-reached');
     const phase = RESUME_PHASES[resumeCode] ?? 'version';
     this.#owner.handedOver(this, socket, {
       phase,

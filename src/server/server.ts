@@ -18,7 +18,11 @@ import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
-import { type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, bindReusePort, listenNatively } from './native.js';
+import {
+  type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, type Refusal, type SessionGate,
+  bindReusePort, listenNatively, sessionGate,
+} from './native.js';
+import { LIMIT_REPORT_EVERY_MS, openFilesLimit, sessionLimit } from './session-limit.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
 import { NetworkSet, canonicalNetwork } from '../policy/networks.js';
 
@@ -48,6 +52,12 @@ export interface ListenOptions {
    * ignored, and Node binds as usual (in a cluster worker: through the primary).
    */
   readonly reusePort?: { readonly ports: readonly number[] };
+  /**
+   * How many processes serve these listeners together, this one included
+   * (the CLI's workers): each applies its share of a numeric
+   * `limits.sessions`. Default 1.
+   */
+  readonly sharedBy?: number;
 }
 
 /** A listener that could not be bound; the message is one line for operators. */
@@ -163,6 +173,15 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   readonly #servers: NetServer[] = [];
   readonly #bound: ListenerInfo[] = [];
   readonly #sessions = new Map<number, Session | NativeSession>();
+  /** `limits.sessions` as this process applies it (Infinity: none). */
+  #sessionLimit: number;
+  /** Processes sharing the listeners (ListenOptions.sharedBy). */
+  #sharedBy = 1;
+  /** The count the relay thread reads to refuse past the limit; made with the first native listener. */
+  #gate: SessionGate | null = null;
+  /** Connections refused at the limit since `session-limit` was last told, and when (performance.now()). */
+  #refusedAtLimit = 0;
+  #limitToldAt = -Infinity;
   /** The TCP relay engine sessions use, `relay.engine` resolved against what this machine has. */
   readonly relayEngine: RelayEngine;
   #handshakeEngine: HandshakeEngine;
@@ -186,6 +205,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#udpSlots = new ClientSlots(config.udp.maxAssociationsPerClient);
     this.relayEngine = resolveRelayEngine(config.relay.engine);
     this.#handshakeEngine = resolveHandshakeEngine(config.handshake.engine, this.relayEngine, deps.dialer !== undefined);
+    this.#sessionLimit = this.#limitFor(config);
   }
 
   /**
@@ -256,6 +276,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#rules = rules;
     this.#allow = allow;
     this.#udpSlots.limit = next.udp.maxAssociationsPerClient;
+    this.#applySessionLimit(this.#limitFor(next));
     for (const slot of this.#listeners) {
       slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
       slot.native?.configure(slot.ctx, allowedNetworks(next.clients.allow));
@@ -284,7 +305,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** Binds every listener; rejects with ListenError (and binds none) if one fails. */
   async listen(options: ListenOptions = {}): Promise<ListenerInfo[]> {
     if (this.#state !== 'new') throw new Error(`server is ${this.#state}`);
+    const { sharedBy = 1 } = options;
+    if (!Number.isInteger(sharedBy) || sharedBy < 1) throw new RangeError(`listen: sharedBy must be a whole number of processes, at least 1, not ${String(sharedBy)}`);
     this.#state = 'listening';
+    this.#sharedBy = sharedBy;
+    this.#applySessionLimit(this.#limitFor(this.#config));
     const reusePorts = this.#handshakeEngine === 'native' ? options.reusePort?.ports : undefined;
     try {
       for (const [i, listener] of this.config.listen.entries()) {
@@ -313,6 +338,34 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     let count = this.#sessions.size;
     for (const slot of this.#listeners) count += slot.native?.pending() ?? 0;
     return count;
+  }
+
+  /**
+   * How many sessions this process holds at most: `limits.sessions` as it
+   * applies here (this process's share of a number; `auto` from the
+   * open-files limit); Infinity for none.
+   */
+  get sessionLimit(): number {
+    return this.#sessionLimit;
+  }
+
+  #limitFor(config: Config): number {
+    return sessionLimit(config.limits.sessions, this.#sharedBy, config.limits.sessions === 'auto' ? openFilesLimit() : null);
+  }
+
+  #applySessionLimit(limit: number): void {
+    this.#sessionLimit = limit;
+    if (this.#gate) this.#gate.limit = limit;
+  }
+
+  #track(id: number, session: Session | NativeSession): void {
+    this.#sessions.set(id, session);
+    if (this.#gate) this.#gate.sessions = this.#sessions.size;
+  }
+
+  #untrack(id: number): void {
+    this.#sessions.delete(id);
+    if (this.#gate) this.#gate.sessions = this.#sessions.size;
   }
 
   /**
@@ -427,7 +480,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       context: () => slot.ctx,
       nextId: () => this.#nextId++,
       opened: (session) => {
-        this.#sessions.set(session.id, session);
+        this.#track(session.id, session);
         if (this.listenerCount('session-open') > 0) {
           const { id, clientAddress, clientPort } = session;
           this.#tell('session-open', { id, listener: slot.ctx.listener, clientAddress, clientPort });
@@ -436,20 +489,25 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
       acceptFailed: (error) => this.#tell('listener-error', { listener: slot.ctx.listener, error }),
     };
-    slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow));
+    slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow), this.#sharedGate());
+  }
+
+  #sharedGate(): SessionGate | null {
+    if (this.#gate) return this.#gate;
+    this.#gate = sessionGate();
+    if (this.#gate) {
+      this.#gate.limit = this.#sessionLimit;
+      this.#gate.sessions = this.#sessions.size;
+    }
+    return this.#gate;
   }
 
   /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
-  #adopt(native: NativeSession, socket: Socket, resume: SessionResume | null): void {
+  #adopt(native: NativeSession, socket: Socket, resume: SessionResume | Refusal): void {
     const ctx = native.ctx!;
-    if (resume === null) {
-      socket.on('error', () => {});
-      socket.destroy();
-      this.#onSessionClose(deniedRecord(native.id, ctx, native.clientAddress, native.clientPort, this.#now()));
-      return;
-    }
+    if (typeof resume === 'string') return this.#refuse(native.id, socket, ctx, native.clientAddress, native.clientPort, resume);
     const session = new Session(native.id, socket, ctx, resume);
-    this.#sessions.set(native.id, session);
+    this.#track(native.id, session);
     session.start();
     if (native.shutDown) session.shutdown(); // the shutdown crossed the hand-over
   }
@@ -488,18 +546,39 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const client = this.#clientOf(socket);
     if (client === null) return this.#recordUnknownClient(id, socket, ctx);
     const { address, port } = client;
-    if (this.#allow && !this.#allow.has(address)) {
-      socket.on('error', () => {});
-      socket.destroy();
-      this.#tell('session-close', deniedRecord(id, ctx, address, port, this.#now()));
-      return;
-    }
+    if (this.#allow && !this.#allow.has(address)) return this.#refuse(id, socket, ctx, address, port, 'not-allowed');
+    if (this.sessionCount >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached');
     const session = new Session(id, socket, ctx, null, client);
-    this.#sessions.set(id, session);
+    this.#track(id, session);
     if (this.listenerCount('session-open') > 0) {
       this.#tell('session-open', { id, listener: ctx.listener, clientAddress: address, clientPort: port });
     }
     session.start();
+  }
+
+  /** Closes a connection as soon as it was accepted, before a byte is read, and records why. */
+  #refuse(id: number, socket: Socket, ctx: SessionContext, address: string, port: number, why: Refusal): void {
+    socket.on('error', () => {});
+    socket.destroy();
+    const now = this.#now();
+    if (why === 'not-allowed') return this.#onSessionClose(deniedRecord(id, ctx, address, port, now));
+    const limit = this.#limitWording();
+    this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', `session limit reached: ${limit.held} sessions open (${limit.setting})`));
+    this.#refusedAtLimit++;
+    const mono = performance.now();
+    if (mono - this.#limitToldAt < LIMIT_REPORT_EVERY_MS) return;
+    this.#limitToldAt = mono;
+    this.#tell('session-limit', { limit: this.#sessionLimit, sessions: limit.held, refused: this.#refusedAtLimit });
+    this.#refusedAtLimit = 0;
+  }
+
+  /** The limit's wording for a record: what is held, and which setting made the limit. */
+  #limitWording(): { held: number; setting: string } {
+    const setting = this.#config.limits.sessions === 'auto' ? `limits.sessions auto: ${this.#sessionLimit} from the open-files limit`
+      : this.#sharedBy > 1 ? `limits.sessions ${this.#config.limits.sessions} shared by ${this.#sharedBy} processes: ${this.#sessionLimit} here`
+      : `limits.sessions ${this.#sessionLimit}`;
+    // Connections the relay thread refused and has not yet told are no sessions.
+    return { held: this.#gate ? this.#sessions.size + this.#gate.unreported : this.sessionCount, setting };
   }
 
   /**
@@ -545,7 +624,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   readonly #onSessionClose = (record: SessionRecord): void => {
-    this.#sessions.delete(record.id);
+    this.#untrack(record.id);
     this.#tell('session-close', record);
     if (this.#sessions.size === 0 && this.#drained) this.#drained();
   };

@@ -78,9 +78,15 @@ export class Daemon {
 
   /** `detached`: the daemon leads a process group of its own (its workers join it), as under a shell's job control. */
   /** `script`: what node runs (default dist/src/cli.js). */
-  constructor(args: readonly string[], env: NodeJS.ProcessEnv = process.env, options: { readonly detached?: boolean; readonly script?: string } = {}) {
+  /** `launcher`: a command that runs node (e.g. `['prlimit', '--nofile=512:512', '--']`). */
+  constructor(
+    args: readonly string[],
+    env: NodeJS.ProcessEnv = process.env,
+    options: { readonly detached?: boolean; readonly script?: string; readonly launcher?: readonly string[] } = {},
+  ) {
     this.#detached = options.detached === true;
-    this.child = spawn(process.execPath, [options.script ?? CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: this.#detached });
+    const [command, ...prefix] = [...(options.launcher ?? []), process.execPath];
+    this.child = spawn(command!, [...prefix, options.script ?? CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: this.#detached });
     this.child.stdout!.setEncoding('utf8');
     this.child.stderr!.setEncoding('utf8');
     this.child.stdout!.on('data', (chunk: string) => this.#onStdout(chunk));

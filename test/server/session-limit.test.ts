@@ -1,0 +1,183 @@
+/**
+ * `limits.sessions`: how many sessions a server holds at once. Past it a
+ * connection is closed as soon as it is accepted (a FIN, before a byte is
+ * read) and recorded as `limit-reached`; sessions already held are not
+ * disturbed, and a slot freed is taken by the next client. Both handshake
+ * engines: the relay thread refuses natively accepted connections itself.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it, test } from 'node:test';
+import { SocksClient } from 'socks';
+import { type SessionRecord, createServer } from '../../src/index.js';
+import { openFilesLimit, sessionLimit } from '../../src/server/session-limit.js';
+import { RawClient, connectRequest } from '../helpers/raw.js';
+import { type Fixture, recordsFrom, startEchoServer, until } from '../helpers/server.js';
+import { ENGINES, type EngineProxy, readSocks5Reply, startEngineProxy } from './native-helpers.js';
+
+test('sessionLimit: a number is the whole server\'s, each process sharing the listeners takes its share, rounded up', () => {
+  assert.equal(sessionLimit(100, 1, null), 100);
+  assert.equal(sessionLimit(100, 2, 20_000), 50);
+  assert.equal(sessionLimit(101, 2, null), 51);
+  assert.equal(sessionLimit(1, 8, null), 1);
+});
+
+test('sessionLimit auto: half of what the open-files limit leaves after a reserve of 256 (a quarter of a small limit); none when unknown', () => {
+  assert.equal(sessionLimit('auto', 1, 20_000), 9_872); // (20,000 - 256) / 2: two descriptors a session
+  assert.equal(sessionLimit('auto', 4, 20_000), 9_872, 'each process has its own descriptors: not shared');
+  assert.equal(sessionLimit('auto', 1, 1_048_576), 524_160);
+  assert.equal(sessionLimit('auto', 1, 256), 96); // (256 - 64) / 2
+  assert.equal(sessionLimit('auto', 1, 1), 1);
+  assert.equal(sessionLimit('auto', 1, null), Infinity);
+});
+
+test('openFilesLimit reads the soft limit from /proc/self/limits; null when it cannot', () => {
+  const limits = (soft: string) => () => [
+    'Limit                     Soft Limit           Hard Limit           Units     ',
+    'Max processes             95226                95226                processes ',
+    `Max open files            ${soft.padEnd(21)}1048576              files     `,
+    'Max locked memory         8388608              8388608              bytes     ',
+  ].join('\n');
+  assert.equal(openFilesLimit(limits('20000')), 20_000);
+  assert.equal(openFilesLimit(limits('unlimited')), null);
+  assert.equal(openFilesLimit(() => 'Max processes 10 10 processes\n'), null);
+  assert.equal(openFilesLimit(() => { throw new Error('ENOENT'); }), null);
+  const here = openFilesLimit();
+  assert.ok(here !== null && here > 0, 'this machine has /proc/self/limits');
+});
+
+/** A session relayed to the echo server through the npm socks client: an independent client, held open. */
+async function relayed(proxy: EngineProxy, echo: Fixture) {
+  const { socket } = await SocksClient.createConnection({
+    proxy: { host: '127.0.0.1', port: proxy.port, type: 5 },
+    command: 'connect',
+    destination: { host: '127.0.0.1', port: echo.port },
+    timeout: 10_000,
+  });
+  socket.write('ping');
+  await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+  return socket;
+}
+
+/** A connection the proxy must refuse at the limit: its end, and its record. */
+async function refused(proxy: EngineProxy): Promise<{ end: 'end' | 'reset'; record: SessionRecord }> {
+  const next = recordsFrom(proxy);
+  const client = await RawClient.connect(proxy.port);
+  const end = await client.ended;
+  const record = await next((r) => r.clientPort === client.localPort);
+  return { end, record };
+}
+
+for (const engine of ENGINES) {
+  describe(`limits.sessions (${engine} handshakes)`, () => {
+    let echo: Fixture;
+    before(async () => { echo = await startEchoServer(); });
+    after(() => echo.close());
+
+    it('past the limit a connection is closed at once with a FIN, recorded as limit-reached, with no session-open; a freed slot is taken again', async () => {
+      const proxy = await startEngineProxy(engine, { limits: { sessions: 2 } });
+      try {
+        assert.equal(proxy.server.sessionLimit, 2);
+        const first = await relayed(proxy, echo);
+        const second = await relayed(proxy, echo);
+        const { end, record } = await refused(proxy);
+        assert.equal(end, 'end');
+        assert.equal(record.reason, 'limit-reached');
+        assert.equal(record.error, 'session limit reached: 2 sessions open (limits.sessions 2)');
+        assert.deepEqual([record.version, record.command, record.relay, record.bytesUp, record.bytesDown], [null, null, null, 0, 0]);
+        assert.ok(!proxy.opens.some((o) => o.id === record.id), 'a refused connection is no session: no session-open');
+
+        // The held sessions go on relaying, untouched.
+        second.write('still here');
+        await new Promise<void>((resolve) => second.once('data', () => resolve()));
+        const ended = recordsFrom(proxy);
+        first.end();
+        await ended((r) => r.reason === 'client-closed');
+        const third = await relayed(proxy, echo);
+        third.destroy();
+        second.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('a connection still in its handshake holds its slot, as a relayed one does', async () => {
+      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
+      try {
+        const silent = await RawClient.connect(proxy.port); // sends nothing: its handshake waits
+        await until(() => proxy.server.sessionCount === 1);
+        const { record } = await refused(proxy);
+        assert.equal(record.reason, 'limit-reached');
+        silent.write('0501 00');
+        assert.deepEqual(await silent.read(2), Buffer.from([5, 0]), 'the held handshake goes on');
+        silent.write(connectRequest('127.0.0.1', echo.port));
+        assert.equal((await readSocks5Reply(silent))[1], 0);
+        silent.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('session-limit is told at the first refusal, then not again within a minute; the refusals in between are counted for the next', async () => {
+      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
+      const told: Array<{ limit: number; sessions: number; refused: number }> = [];
+      proxy.server.on('session-limit', (event) => told.push(event));
+      try {
+        const held = await relayed(proxy, echo);
+        await refused(proxy);
+        await refused(proxy);
+        assert.deepEqual(told, [{ limit: 1, sessions: 1, refused: 1 }]);
+        held.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('a reload changes the limit for new connections; sessions held past a lowered limit go on', async () => {
+      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
+      try {
+        const first = await relayed(proxy, echo);
+        assert.equal((await refused(proxy)).record.reason, 'limit-reached');
+        proxy.server.reload({ listen: [{ address: '127.0.0.1', port: 0 }], limits: { sessions: 2 }, handshake: { engine } });
+        assert.equal(proxy.server.sessionLimit, 2);
+        const second = await relayed(proxy, echo);
+        proxy.server.reload({ listen: [{ address: '127.0.0.1', port: 0 }], limits: { sessions: 1 }, handshake: { engine } });
+        assert.match((await refused(proxy)).record.error ?? '', /^session limit reached: 2 sessions open \(limits\.sessions 1\)$/);
+        for (const socket of [first, second]) {
+          socket.write('past the limit');
+          await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+          socket.destroy();
+        }
+      } finally {
+        await proxy.close();
+      }
+    });
+  });
+}
+
+describe('limits.sessions shared by processes (listen({ sharedBy }))', () => {
+  it('each process applies its share of a number, rounded up, and its records say so', async () => {
+    const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], limits: { sessions: 3 } });
+    const records: SessionRecord[] = [];
+    server.on('session-close', (r) => records.push(r));
+    const [bound] = await server.listen({ sharedBy: 2 });
+    try {
+      assert.equal(server.sessionLimit, 2);
+      const held = [await RawClient.connect(bound!.port), await RawClient.connect(bound!.port)];
+      await until(() => server.sessionCount === 2);
+      const third = await RawClient.connect(bound!.port);
+      await third.ended;
+      await until(() => records.length === 1);
+      assert.equal(records[0]!.error, 'session limit reached: 2 sessions open (limits.sessions 3 shared by 2 processes: 2 here)');
+      for (const client of held) client.destroy();
+    } finally {
+      await server.close({ graceMs: 0 });
+    }
+  });
+
+  it('sharedBy must be a whole number of processes', async () => {
+    for (const sharedBy of [0, 1.5, NaN]) {
+      const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }] });
+      await assert.rejects(server.listen({ sharedBy }), /sharedBy must be a whole number of processes/);
+    }
+  });
+});
