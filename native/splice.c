@@ -893,9 +893,9 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
 /* Negotiation phases of a native session; 0 (relaying) is the pair's own. */
 enum { PHASE_RELAY = 0, PHASE_GREETING, PHASE_AUTH, PHASE_AUTH_WAIT, PHASE_REQUEST, PHASE_DECIDE_WAIT, PHASE_CONNECTING };
 /* Where JavaScript's session picks a handed-over connection up. */
-enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3, RESUME_LIMIT = 4 };
+enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 3, RESUME_LIMIT = 4, RESUME_CLIENT_LIMIT = 5 };
 /* Why a connection is refused as soon as it is accepted (MSG_OPEN's n[3]). */
-enum { ADMIT = 0, REFUSE_NOT_ALLOWED = 1, REFUSE_LIMIT = 2 };
+enum { ADMIT = 0, REFUSE_NOT_ALLOWED = 1, REFUSE_LIMIT = 2, REFUSE_CLIENT_LIMIT = 3 };
 /* Messages to JavaScript. */
 enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6 };
 /* Messages nobody waits for (a session opened or ended) are posted together
@@ -1076,23 +1076,105 @@ static void remember(verdict_t *cache, int slots, const uint64_t tag[2], int rul
   v->rule = rule;
 }
 
+/* Sessions of one client (an IPv4 address, or an IPv6 /64) that hold a slot. */
+typedef struct client_slots {
+  struct client_slots *next;
+  unsigned char key[16];
+  int32_t count;
+} client_slots_t;
+
+#define CLIENT_BUCKETS 4096
+
 /*
  * A server's session count, shared with JavaScript as an Int32Array over its
- * first three fields (sessionGate()): the sessions JavaScript holds (written
- * by JavaScript only), the limit (likewise; INT32_MAX: none), and those
+ * first four fields (sessionGate()): the sessions JavaScript holds (written
+ * by JavaScript only), the limit (likewise; INT32_MAX: none), those
  * accepted here whose MSG_OPEN JavaScript has not yet had (written here
- * only, atomically). Every listener of the server points at it, so the relay
- * thread refuses a connection past the limit without asking JavaScript.
+ * only, atomically), and the limit per client (JavaScript's; INT32_MAX:
+ * none). Every listener of the server points at it, so the relay thread
+ * refuses a connection past a limit without asking JavaScript. The slots
+ * per client are counted here alone: taken as a connection is accepted,
+ * given back by JavaScript when its session's record is written (releaseClient()).
  */
 typedef struct {
   int32_t js_sessions;
   int32_t limit;
   int32_t unreported;
-  int32_t refs; /* JavaScript's ArrayBuffer, and each listener */
+  int32_t per_client;
+  int32_t refs; /* JavaScript's handle and ArrayBuffer, and each listener */
+  pthread_mutex_t clients_lock;
+  uint64_t clients_key[2]; /* SipHash key: a client cannot choose addresses that share a bucket */
+  client_slots_t *clients[CLIENT_BUCKETS];
 } session_gate_t;
 
+#define GATE_SHARED_BYTES (4 * sizeof(int32_t))
+
 static void gate_unref(session_gate_t *g) {
-  if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0) free(g);
+  if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  for (int i = 0; i < CLIENT_BUCKETS; i++) {
+    for (client_slots_t *c = g->clients[i], *next; c; c = next) {
+      next = c->next;
+      free(c);
+    }
+  }
+  pthread_mutex_destroy(&g->clients_lock);
+  free(g);
+}
+
+/* What a client is counted as: its IPv4 address (mapped or not), or its IPv6 /64, as 16 bytes. */
+static void client_key(const struct sockaddr_storage *addr, unsigned char key[16]) {
+  memset(key, 0, 16);
+  if (addr->ss_family == AF_INET) {
+    key[10] = key[11] = 0xff;
+    memcpy(key + 12, &((const struct sockaddr_in *)addr)->sin_addr, 4);
+    return;
+  }
+  const unsigned char *a = (const unsigned char *)&((const struct sockaddr_in6 *)addr)->sin6_addr;
+  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (memcmp(a, mapped, 12) == 0) memcpy(key, a, 16);
+  else memcpy(key, a, 8);
+}
+
+/* The slot count of `key`, and where it is linked; NULL if it holds none (clients_lock held). */
+static client_slots_t **client_find(session_gate_t *g, const unsigned char key[16]) {
+  client_slots_t **at = &g->clients[siphash(g->clients_key[0], g->clients_key[1], key, 16) % CLIENT_BUCKETS];
+  while (*at && memcmp((*at)->key, key, 16) != 0) at = &(*at)->next;
+  return at;
+}
+
+/* Takes a slot for the client; 0 if it holds as many as it may. -1: no limit per client, nothing taken. */
+static int client_take(session_gate_t *g, const struct sockaddr_storage *addr) {
+  int32_t limit = g ? __atomic_load_n(&g->per_client, __ATOMIC_RELAXED) : INT32_MAX;
+  if (limit == INT32_MAX) return -1;
+  unsigned char key[16];
+  client_key(addr, key);
+  pthread_mutex_lock(&g->clients_lock);
+  client_slots_t **at = client_find(g, key);
+  int taken = 1;
+  if (*at == NULL) {
+    client_slots_t *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    memcpy(c->key, key, 16);
+    *at = c;
+  }
+  if ((*at)->count >= limit) taken = 0;
+  else (*at)->count++;
+  pthread_mutex_unlock(&g->clients_lock);
+  return taken;
+}
+
+/* Gives a slot back; the client's entry goes with its last one. */
+static void client_release(session_gate_t *g, const struct sockaddr_storage *addr) {
+  unsigned char key[16];
+  client_key(addr, key);
+  pthread_mutex_lock(&g->clients_lock);
+  client_slots_t **at = client_find(g, key);
+  client_slots_t *c = *at;
+  if (c && --c->count <= 0) {
+    *at = c->next;
+    free(c);
+  }
+  pthread_mutex_unlock(&g->clients_lock);
 }
 
 /* Whether the server holds as many sessions as it may (the unreported ones included). */
@@ -1841,8 +1923,9 @@ static int address_text(const struct sockaddr_storage *addr, char *text, socklen
 
 /* A connection accepted; `s` is a reference to the listener's settings, now
  * the session's. `refusal` (REFUSE_*): JavaScript closes it at once and
- * records why, as for its own listeners; ADMIT: the handshake begins. */
-static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int refusal) {
+ * records why, as for its own listeners; ADMIT: the handshake begins.
+ * `holds_slot`: it took a slot of its client's, which JavaScript gives back. */
+static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int refusal, int holds_slot) {
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
   if (!p || !h) abort();
@@ -1873,6 +1956,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   m->n[0] = l->tag;
   m->n[2] = s->generation;
   m->n[3] = refusal; /* refused: no session-open, as for Node's listeners */
+  m->n[4] = holds_slot;
   m->listener = l;
   __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
   if (l->gate && refusal == ADMIT) __atomic_add_fetch(&l->gate->unreported, 1, __ATOMIC_ACQ_REL); /* a refusal is no session */
@@ -1885,7 +1969,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pairs = p;
   pthread_mutex_unlock(&pairs_lock);
   if (refusal != ADMIT) {
-    hand_over(p, refusal == REFUSE_LIMIT ? RESUME_LIMIT : RESUME_DENIED, 0, 0);
+    hand_over(p, refusal == REFUSE_LIMIT ? RESUME_LIMIT : refusal == REFUSE_CLIENT_LIMIT ? RESUME_CLIENT_LIMIT : RESUME_DENIED, 0, 0);
     return;
   }
   p->deadline = deadline_after(p, s->handshake_ms);
@@ -2020,13 +2104,15 @@ static void native_accept(watch_t *w) {
     if (fd < 0 && (err == EMFILE || err == ENFILE)) out_of_descriptors(l, err);
     settings_t *settings = l->settings; /* configure() swaps it under the lock */
     int refusal = fd < 0 ? ADMIT : !client_allowed(settings, &addr) ? REFUSE_NOT_ALLOWED : gate_full(l->gate) ? REFUSE_LIMIT : ADMIT;
+    int slot = refusal == ADMIT && fd >= 0 ? client_take(l->gate, &addr) : -1;
+    if (slot == 0) refusal = REFUSE_CLIENT_LIMIT;
     if (fd >= 0) __atomic_add_fetch(&settings->refs, 1, __ATOMIC_ACQ_REL);
     pthread_mutex_unlock(&pairs_lock);
     if (fd < 0) {
       if (err == EINTR || err == ECONNABORTED) continue;
       return;
     }
-    open_native(l, fd, &addr, settings, refusal);
+    open_native(l, fd, &addr, settings, refusal, slot == 1);
     return;
   }
 }
@@ -2232,6 +2318,29 @@ static void gate_finalize(napi_env env, void *data, void *hint) {
   gate_unref(data);
 }
 
+/* releaseClient(gate, address): a session that took a slot of its client's (MSG_OPEN's n[4]) is over. */
+static napi_value js_release_client(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *g;
+  char text[INET6_ADDRSTRLEN];
+  size_t len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &g));
+  CHECK(napi_get_value_string_latin1(env, argv[1], text, sizeof text, &len));
+  struct sockaddr_storage addr = {0};
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
+  if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) addr.ss_family = AF_INET;
+  else if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) addr.ss_family = AF_INET6;
+  else {
+    napi_throw_error(env, NULL, "not an IP address");
+    return NULL;
+  }
+  client_release(g, &addr);
+  return NULL;
+}
+
 /*
  * sessionGate() -> [handle, ArrayBuffer]: a server's session_gate_t (see
  * there), no limit yet: the handle for listen(), the buffer for JavaScript
@@ -2242,14 +2351,23 @@ static napi_value js_session_gate(napi_env env, napi_callback_info info) {
   session_gate_t *g = calloc(1, sizeof *g);
   if (!g) abort();
   g->limit = INT32_MAX;
-  g->refs = 2;
+  g->per_client = INT32_MAX;
+  g->refs = 1;
+  pthread_mutex_init(&g->clients_lock, NULL);
+  if (getrandom(g->clients_key, sizeof g->clients_key, 0) != (ssize_t)sizeof g->clients_key) {
+    gate_unref(g);
+    napi_throw_error(env, NULL, "cannot share the session count: no random key");
+    return NULL;
+  }
+  g->refs = 2; /* the handle's and the buffer's */
   napi_value result, handle, buffer;
   if (napi_create_external(env, g, gate_finalize, NULL, &handle) != napi_ok) {
-    free(g);
+    g->refs = 1;
+    gate_unref(g);
     napi_throw_error(env, NULL, "cannot share the session count");
     return NULL;
   }
-  if (napi_create_external_arraybuffer(env, g, sizeof *g, gate_finalize, NULL, &buffer) != napi_ok) {
+  if (napi_create_external_arraybuffer(env, g, GATE_SHARED_BYTES, gate_finalize, NULL, &buffer) != napi_ok) {
     napi_throw_error(env, NULL, "cannot share the session count"); /* the handle's finalizer frees it */
     gate_unref(g);
     return NULL;
@@ -2504,6 +2622,7 @@ NAPI_MODULE_INIT() {
       {"nativeInit", NULL, js_native_init, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
       {"sessionGate", NULL, js_session_gate, NULL, NULL, NULL, napi_default, NULL},
+      {"releaseClient", NULL, js_release_client, NULL, NULL, NULL, napi_default, NULL},
       {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},

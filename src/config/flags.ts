@@ -25,6 +25,7 @@ export const CLI_OPTIONS = {
   'log-file': { type: 'string' },
   workers: { type: 'string' },
   'max-sessions': { type: 'string' },
+  'max-client-sessions': { type: 'string' },
   'relay-engine': { type: 'string' },
   'busy-poll': { type: 'string' },
   'handshake-engine': { type: 'string' },
@@ -35,7 +36,7 @@ export const CLI_OPTIONS = {
 
 /** For parseArgs' error about a value beginning with '-' (cli-args.ts). */
 export const CLI_OPTION_VALUES: OptionValues = {
-  numeric: new Set(['handshake-timeout', 'connect-timeout', 'idle-timeout', 'shutdown-grace', 'workers', 'max-sessions', 'busy-poll']),
+  numeric: new Set(['handshake-timeout', 'connect-timeout', 'idle-timeout', 'shutdown-grace', 'workers', 'max-sessions', 'max-client-sessions', 'busy-poll']),
   secret: new Set(['user']),
 };
 
@@ -73,6 +74,7 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags['shutdown-grace'] !== undefined) timeouts.shutdownGrace = numberOrText(flags['shutdown-grace']);
   if (flags.workers !== undefined) config.workers = numberOrText(flags.workers);
   if (flags['max-sessions'] !== undefined) section('limits').sessions = numberOrText(flags['max-sessions']);
+  if (flags['max-client-sessions'] !== undefined) section('limits').sessionsPerClient = numberOrText(flags['max-client-sessions']);
   if (flags['relay-engine'] !== undefined) section('relay').engine = flags['relay-engine'];
   if (flags['busy-poll'] !== undefined) section('relay').busyPollMicroseconds = numberOrText(flags['busy-poll']);
   if (flags['handshake-engine'] !== undefined) section('handshake').engine = flags['handshake-engine'];

@@ -152,6 +152,7 @@ const clientsSchema = z.strictObject({
 });
 
 const SESSIONS_RANGE = 'must be auto or a whole number from 1 to 10000000';
+const PER_CLIENT_RANGE = 'must be null (no limit per client) or a whole number from 1 to 10000000';
 const limitsSchema = z.strictObject({
   /**
    * Sessions held at once, in any phase: past it a new connection is closed
@@ -160,6 +161,12 @@ const limitsSchema = z.strictObject({
    * limit (server/session-limit.ts).
    */
   sessions: z.union([z.literal('auto'), wholeNumberFrom(1, 10_000_000, SESSIONS_RANGE)], { error: SESSIONS_RANGE }).default('auto'),
+  /**
+   * Sessions one client (an address; an IPv6 client per /64) holds at once,
+   * in each process; null: no limit but `sessions`. Past it the client's new
+   * connection is closed as soon as it is accepted (limit-reached).
+   */
+  sessionsPerClient: z.union([z.null(), wholeNumberFrom(1, 10_000_000, PER_CLIENT_RANGE)], { error: PER_CLIENT_RANGE }).default(null),
   socks4UserId: z.number().int().min(0).max(4096).default(255),
   socks4Hostname: z.number().int().min(1).max(255).default(255),
 });

@@ -38,10 +38,13 @@ export interface Addon {
   /**
    * A server's session count, shared with the relay thread: the handle for
    * listen(), and an ArrayBuffer whose Int32 [0] JavaScript keeps at its
-   * sessions, [1] at their limit (INT32_MAX: none), and [2] the relay thread
-   * at those accepted and not yet told (read only here).
+   * sessions, [1] at their limit (INT32_MAX: none), [2] the relay thread at
+   * those accepted and not yet told (read only here), and [3] JavaScript at
+   * the limit per client (INT32_MAX: none).
    */
   sessionGate(): [object, ArrayBuffer];
+  /** A session that took a slot of its client's (MSG_OPEN's n4) is over. */
+  releaseClient(gate: object, address: string): void;
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;

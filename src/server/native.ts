@@ -38,6 +38,7 @@ const RESUME_PHASES = ['version', 'auth', 'request'] as const;
 /** The addon's resume codes for a client refused as soon as it was accepted: by clients.allow, or at the session limit. */
 const RESUME_DENIED = 3;
 const RESUME_LIMIT = 4;
+const RESUME_CLIENT_LIMIT = 5;
 const METHOD_BYTES = { none: Method.NONE, userpass: Method.USERPASS } as const;
 const SETTINGS_HEADER = 48;
 /**
@@ -66,23 +67,37 @@ export interface NativeOwner {
   acceptFailed(error: Error): void;
 }
 
-/** Why a connection was closed as soon as it was accepted: clients.allow, or the session limit. */
-export type Refusal = 'not-allowed' | 'limit-reached';
+/** Why a connection was closed as soon as it was accepted: clients.allow, the session limit, or its client's. */
+export type Refusal = 'not-allowed' | 'limit-reached' | 'client-limit';
 
 /**
  * A server's count of its sessions, which the relay thread reads to refuse
  * connections past `limit` as it accepts them (the server keeps `sessions`
  * at its own count; `unreported` is what the relay thread accepted and has
- * not yet told).
+ * not yet told). The relay thread also counts each client's sessions
+ * against `perClient`; a session that took a slot so gives it back with
+ * `release`.
  */
 export class SessionGate {
   /** For listenNatively. */
   readonly handle: object;
+  readonly #addon: Addon;
   readonly #counts: Int32Array;
 
-  constructor(handle: object, buffer: ArrayBuffer) {
+  constructor(addon: Addon, handle: object, buffer: ArrayBuffer) {
+    this.#addon = addon;
     this.handle = handle;
-    this.#counts = new Int32Array(buffer, 0, 3);
+    this.#counts = new Int32Array(buffer, 0, 4);
+  }
+
+  /** Infinity: no limit per client. */
+  set perClient(limit: number) {
+    this.#counts[3] = Math.min(limit, 0x7fffffff);
+  }
+
+  /** The session from `clientAddress` that took a slot (NativeSession.holdsClientSlot) is over. */
+  release(clientAddress: string): void {
+    this.#addon.releaseClient(this.handle, clientAddress);
   }
 
   set sessions(count: number) {
@@ -104,7 +119,7 @@ export function sessionGate(): SessionGate | null {
   const addon = frontendOrNull()?.addon;
   if (!addon) return null;
   const [handle, buffer] = addon.sessionGate();
-  return new SessionGate(handle, buffer);
+  return new SessionGate(addon, handle, buffer);
 }
 
 /** A listener whose connections the relay thread accepts. */
@@ -293,9 +308,9 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     if (!listener || !handle) return; // not ours (cannot happen: a listener's sessions come before its close)
     const { owner, generations } = listener;
     const ctx = generations.told(n2);
-    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest);
+    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest, n4 === 1);
     state.sessions.set(id, session);
-    if (n3 === 0) owner.opened(session); // else refused (1: clients.allow, 2: the session limit); its hand-over follows
+    if (n3 === 0) owner.opened(session); // else refused (1: clients.allow, 2: the session limit, 3: its client's); its hand-over follows
     // Its context is gone: deciding with another one could mix two configurations. Refuse it.
     if (!ctx) session.shutdown();
     return;
@@ -352,7 +367,7 @@ interface NativeEnd {
 /** How a connection left the native path, as the addon reports it. */
 interface NativeHandOver {
   readonly fd: number;
-  /** Where the session goes on: RESUME_PHASES, or RESUME_DENIED or RESUME_LIMIT. */
+  /** Where the session goes on: RESUME_PHASES, or a refusal (RESUME_DENIED, RESUME_LIMIT, RESUME_CLIENT_LIMIT). */
   readonly resume: number;
   /** The SOCKS5 method chosen; -1: none yet. */
   readonly method: number;
@@ -378,6 +393,8 @@ export class NativeSession {
   readonly id: number;
   readonly clientAddress: string;
   readonly clientPort: number;
+  /** It took a slot of its client's at the relay thread (limits.sessionsPerClient): the server gives it back. */
+  readonly holdsClientSlot: boolean;
   readonly #owner: NativeOwner;
   readonly #handle: object;
   readonly #addon: Addon;
@@ -394,7 +411,8 @@ export class NativeSession {
   #gone = false;
   #shutdown = false;
 
-  constructor(owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext) {
+  constructor(owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext, holdsClientSlot: boolean) {
+    this.holdsClientSlot = holdsClientSlot;
     this.#owner = owner;
     this.#handle = handle;
     this.#addon = addon;
@@ -492,6 +510,7 @@ export class NativeSession {
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
     if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, 'not-allowed');
     if (resumeCode === RESUME_LIMIT) return this.#owner.handedOver(this, socket, 'limit-reached');
+    if (resumeCode === RESUME_CLIENT_LIMIT) return this.#owner.handedOver(this, socket, 'client-limit');
     const phase = RESUME_PHASES[resumeCode] ?? 'version';
     this.#owner.handedOver(this, socket, {
       phase,

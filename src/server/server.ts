@@ -11,7 +11,7 @@ import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
 import type { CloseReason, ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
-import { boundAddressSpelling, formatDestination, peerAddress } from '../protocol/address.js';
+import { boundAddressSpelling, clientBlock, formatDestination, peerAddress } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
 import { peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
@@ -179,6 +179,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #sharedBy = 1;
   /** The count the relay thread reads to refuse past the limit; made with the first native listener. */
   #gate: SessionGate | null = null;
+  /** Sessions per client (`limits.sessionsPerClient`) of the connections Node accepts; the relay thread counts its own. */
+  readonly #clientSessions: ClientSlots;
+  /** The client slot each session holds, by session id: what to give back when it ends. */
+  readonly #slotsHeld = new Map<number, { readonly native: boolean; readonly client: string }>();
   /** Connections refused at the limit since `session-limit` was last told, and when (performance.now()). */
   #refusedAtLimit = 0;
   #limitToldAt = -Infinity;
@@ -206,6 +210,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.relayEngine = resolveRelayEngine(config.relay.engine);
     this.#handshakeEngine = resolveHandshakeEngine(config.handshake.engine, this.relayEngine, deps.dialer !== undefined);
     this.#sessionLimit = this.#limitFor(config);
+    this.#clientSessions = new ClientSlots(config.limits.sessionsPerClient ?? Infinity);
   }
 
   /**
@@ -277,6 +282,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#allow = allow;
     this.#udpSlots.limit = next.udp.maxAssociationsPerClient;
     this.#applySessionLimit(this.#limitFor(next));
+    this.#clientSessions.limit = next.limits.sessionsPerClient ?? Infinity;
+    if (this.#gate) this.#gate.perClient = this.#clientSessions.limit;
     for (const slot of this.#listeners) {
       slot.ctx = this.#sessionContext(slot.ctx.listener, slot.config);
       slot.native?.configure(slot.ctx, allowedNetworks(next.clients.allow));
@@ -366,6 +373,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #untrack(id: number): void {
     this.#sessions.delete(id);
     if (this.#gate) this.#gate.sessions = this.#sessions.size;
+    const slot = this.#slotsHeld.get(id);
+    if (slot === undefined) return;
+    this.#slotsHeld.delete(id);
+    if (slot.native) this.#gate?.release(slot.client);
+    else this.#clientSessions.release(slot.client);
   }
 
   /**
@@ -481,6 +493,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       nextId: () => this.#nextId++,
       opened: (session) => {
         this.#track(session.id, session);
+        if (session.holdsClientSlot) this.#slotsHeld.set(session.id, { native: true, client: session.clientAddress });
         if (this.listenerCount('session-open') > 0) {
           const { id, clientAddress, clientPort } = session;
           this.#tell('session-open', { id, listener: slot.ctx.listener, clientAddress, clientPort });
@@ -497,6 +510,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#gate = sessionGate();
     if (this.#gate) {
       this.#gate.limit = this.#sessionLimit;
+      this.#gate.perClient = this.#clientSessions.limit;
       this.#gate.sessions = this.#sessions.size;
     }
     return this.#gate;
@@ -548,6 +562,11 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const { address, port } = client;
     if (this.#allow && !this.#allow.has(address)) return this.#refuse(id, socket, ctx, address, port, 'not-allowed');
     if (this.sessionCount >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached');
+    if (this.#clientSessions.limit !== Infinity) {
+      const block = clientBlock(address);
+      if (!this.#clientSessions.acquire(block)) return this.#refuse(id, socket, ctx, address, port, 'client-limit');
+      this.#slotsHeld.set(id, { native: false, client: block });
+    }
     const session = new Session(id, socket, ctx, null, client);
     this.#track(id, session);
     if (this.listenerCount('session-open') > 0) {
@@ -562,6 +581,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     socket.destroy();
     const now = this.#now();
     if (why === 'not-allowed') return this.#onSessionClose(deniedRecord(id, ctx, address, port, now));
+    if (why === 'client-limit') {
+      const error = `too many sessions from ${clientBlock(address)} (limits.sessionsPerClient ${this.#clientSessions.limit})`;
+      return this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', error));
+    }
     const limit = this.#limitWording();
     this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', `session limit reached: ${limit.held} sessions open (${limit.setting})`));
     this.#refusedAtLimit++;

@@ -139,10 +139,11 @@ describe('socksgate --check', () => {
     assert.doesNotMatch(started.stdout.toString(), /listening/);
   });
 
-  it('a --workers, --busy-poll or --max-sessions value it cannot take, from a flag or the file, says what it accepts (it said "Invalid input", or "expected number, received string")', async () => {
+  it('a --workers, --busy-poll, --max-sessions or --max-client-sessions value it cannot take, from a flag or the file, says what it accepts (it said "Invalid input", or "expected number, received string")', async () => {
     const workers = 'socksgate: config: workers: must be auto or a whole number from 1 to 256';
     const busyPoll = 'socksgate: config: relay.busyPollMicroseconds: must be a whole number of microseconds from 0 to 1000 (0: off)';
     const sessions = 'socksgate: config: limits.sessions: must be auto or a whole number from 1 to 10000000';
+    const perClient = 'socksgate: config: limits.sessionsPerClient: must be null (no limit per client) or a whole number from 1 to 10000000';
     const cases: Array<[string[], string]> = [
       [['--workers', 'two'], workers],
       [['--workers', '1.5'], workers],
@@ -159,6 +160,9 @@ describe('socksgate --check', () => {
       [['--max-sessions', '2.5'], sessions],
       [['--max-sessions', '10000001'], sessions],
       [['-c', write('sessions.yaml', 'limits:\n  sessions: null\n')], sessions],
+      [['--max-client-sessions', '0'], perClient],
+      [['--max-client-sessions', 'auto'], perClient],
+      [['-c', write('per-client.yaml', 'limits:\n  sessionsPerClient: 1.5\n')], perClient],
     ];
     for (const [args, problem] of cases) {
       const r = await runCli(['--check', ...args]);

@@ -181,3 +181,98 @@ describe('limits.sessions shared by processes (listen({ sharedBy }))', () => {
     }
   });
 });
+
+/** The proxy's loopback address in the family of `localAddress` (a dual-stack listener takes both). */
+function loopbackFor(localAddress: string): string {
+  return localAddress.includes(':') ? '::1' : '127.0.0.1';
+}
+
+/** A SOCKS5 session relayed to `echo` from `localAddress`, held open (RawClient: it can pick its address). */
+async function relayedFrom(proxy: EngineProxy, echo: Fixture, localAddress: string): Promise<RawClient> {
+  const client = await RawClient.connect(proxy.port, loopbackFor(localAddress), undefined, localAddress);
+  client.write('0501 00');
+  assert.deepEqual(await client.read(2), Buffer.from([5, 0]));
+  client.write(connectRequest('127.0.0.1', echo.port));
+  assert.equal((await readSocks5Reply(client))[1], 0, 'CONNECT succeeded');
+  return client;
+}
+
+/** A connection from `localAddress` that the proxy must refuse as soon as it accepts it. */
+async function refusedFrom(proxy: EngineProxy, localAddress: string): Promise<SessionRecord> {
+  const next = recordsFrom(proxy);
+  const client = await RawClient.connect(proxy.port, loopbackFor(localAddress), undefined, localAddress);
+  await client.ended;
+  return next((r) => r.clientPort === client.localPort);
+}
+
+for (const engine of ENGINES) {
+  describe(`limits.sessionsPerClient (${engine} handshakes)`, () => {
+    let echo: Fixture;
+    before(async () => { echo = await startEchoServer(); });
+    after(() => echo.close());
+
+    it('a client past its limit is refused as it connects, recorded as limit-reached naming it; other clients are not; a freed slot is its own again', async () => {
+      const proxy = await startEngineProxy(engine, { limits: { sessionsPerClient: 2 } });
+      try {
+        const first = await relayedFrom(proxy, echo, '127.0.0.1');
+        const second = await relayedFrom(proxy, echo, '127.0.0.1');
+        const record = await refusedFrom(proxy, '127.0.0.1');
+        assert.equal(record.reason, 'limit-reached');
+        assert.equal(record.error, 'too many sessions from 127.0.0.1 (limits.sessionsPerClient 2)');
+        assert.ok(!proxy.opens.some((o) => o.id === record.id), 'no session-open');
+
+        const other = await relayedFrom(proxy, echo, '127.0.0.2'); // another client has slots of its own
+        const ended = recordsFrom(proxy);
+        first.destroy();
+        await ended((r) => r.clientPort === first.localPort);
+        const again = await relayedFrom(proxy, echo, '127.0.0.1');
+        for (const client of [second, other, again]) client.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('a session refused after it was admitted (here by a rule) gives its slot back, as one that relayed does', async () => {
+      const proxy = await startEngineProxy(engine, {
+        limits: { sessionsPerClient: 1 },
+        rules: [{ name: 'no-closed-port', deny: { to: { ports: [9] } } }, { name: 'rest', allow: {} }],
+      });
+      try {
+        for (let i = 0; i < 3; i++) {
+          const client = await RawClient.connect(proxy.port);
+          client.write('0501 00');
+          await client.read(2);
+          client.write(connectRequest('127.0.0.1', 9));
+          assert.equal((await readSocks5Reply(client))[1], 2, 'REP 0x02: not allowed by the rules');
+          await client.ended;
+          await until(() => proxy.server.sessionCount === 0);
+        }
+        const held = await relayedFrom(proxy, echo, '127.0.0.1');
+        held.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('a dual-stack listener counts an IPv4 client as its IPv4 address, apart from ::1; a reload lifts the limit', async () => {
+      const proxy = await startEngineProxy(engine, {
+        listen: [{ address: '::', port: 0 }],
+        clients: { allow: ['127.0.0.0/8', '::1'] },
+        limits: { sessionsPerClient: 1 },
+      });
+      try {
+        const v4 = await relayedFrom(proxy, echo, '127.0.0.1');
+        const v6 = await relayedFrom(proxy, echo, '::1');
+        const record = await refusedFrom(proxy, '127.0.0.1');
+        assert.equal(record.error, 'too many sessions from 127.0.0.1 (limits.sessionsPerClient 1)');
+        assert.equal(record.clientAddress, '127.0.0.1');
+        assert.equal((await refusedFrom(proxy, '::1')).error, 'too many sessions from ::/64 (limits.sessionsPerClient 1)');
+        proxy.server.reload({ listen: [{ address: '::', port: 0 }], clients: { allow: ['127.0.0.0/8', '::1'] }, handshake: { engine } });
+        const more = await relayedFrom(proxy, echo, '127.0.0.1');
+        for (const client of [v4, v6, more]) client.destroy();
+      } finally {
+        await proxy.close();
+      }
+    });
+  });
+}
