@@ -8,11 +8,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 import { SocksClient } from 'socks';
-import { type SessionRecord, createServer } from '../../src/index.js';
+import { type ServerOptions, type SessionRecord, createServer } from '../../src/index.js';
 import { openFilesLimit, sessionLimit } from '../../src/server/session-limit.js';
 import { RawClient, connectRequest } from '../helpers/raw.js';
 import { type Fixture, recordsFrom, startEchoServer, until } from '../helpers/server.js';
-import { ENGINES, type EngineProxy, readSocks5Reply, startEngineProxy } from './native-helpers.js';
+import { ENGINES, type Engine, type EngineProxy, readSocks5Reply, startEngineProxy } from './native-helpers.js';
 
 test('sessionLimit: a number is the whole server\'s, each process sharing the listeners takes its share, rounded up', () => {
   assert.equal(sessionLimit(100, 1, null), 100);
@@ -45,6 +45,16 @@ test('openFilesLimit reads the soft limit from /proc/self/limits; null when it c
   assert.ok(here !== null && here > 0, 'this machine has /proc/self/limits');
 });
 
+/** Runs `body` with a proxy whose handshakes run on `engine`, closed after it. */
+async function withEngineProxy(engine: Engine, options: ServerOptions, body: (proxy: EngineProxy) => Promise<void>): Promise<void> {
+  const proxy = await startEngineProxy(engine, options);
+  try {
+    await body(proxy);
+  } finally {
+    await proxy.close();
+  }
+}
+
 /** A session relayed to the echo server through the npm socks client: an independent client, held open. */
 async function relayed(proxy: EngineProxy, echo: Fixture) {
   const { socket } = await SocksClient.createConnection({
@@ -74,8 +84,7 @@ for (const engine of ENGINES) {
     after(() => echo.close());
 
     it('past the limit a connection is closed at once with a FIN, recorded as limit-reached, with no session-open; a freed slot is taken again', async () => {
-      const proxy = await startEngineProxy(engine, { limits: { sessions: 2 } });
-      try {
+      await withEngineProxy(engine, { limits: { sessions: 2 } }, async (proxy) => {
         assert.equal(proxy.server.sessionLimit, 2);
         const first = await relayed(proxy, echo);
         const second = await relayed(proxy, echo);
@@ -95,14 +104,11 @@ for (const engine of ENGINES) {
         const third = await relayed(proxy, echo);
         third.destroy();
         second.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
 
     it('a connection still in its handshake holds its slot, as a relayed one does', async () => {
-      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
-      try {
+      await withEngineProxy(engine, { limits: { sessions: 1 } }, async (proxy) => {
         const silent = await RawClient.connect(proxy.port); // sends nothing: its handshake waits
         await until(() => proxy.server.sessionCount === 1);
         const { record } = await refused(proxy);
@@ -112,29 +118,23 @@ for (const engine of ENGINES) {
         silent.write(connectRequest('127.0.0.1', echo.port));
         assert.equal((await readSocks5Reply(silent))[1], 0);
         silent.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
 
     it('session-limit is told at the first refusal, then not again within a minute; the refusals in between are counted for the next', async () => {
-      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
-      const told: Array<{ limit: number; sessions: number; refused: number }> = [];
-      proxy.server.on('session-limit', (event) => told.push(event));
-      try {
+      await withEngineProxy(engine, { limits: { sessions: 1 } }, async (proxy) => {
+        const told: Array<{ limit: number; sessions: number; refused: number }> = [];
+        proxy.server.on('session-limit', (event) => told.push(event));
         const held = await relayed(proxy, echo);
         await refused(proxy);
         await refused(proxy);
         assert.deepEqual(told, [{ limit: 1, sessions: 1, refused: 1 }]);
         held.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
 
     it('a reload changes the limit for new connections; sessions held past a lowered limit go on', async () => {
-      const proxy = await startEngineProxy(engine, { limits: { sessions: 1 } });
-      try {
+      await withEngineProxy(engine, { limits: { sessions: 1 } }, async (proxy) => {
         const first = await relayed(proxy, echo);
         assert.equal((await refused(proxy)).record.reason, 'limit-reached');
         proxy.server.reload({ listen: [{ address: '127.0.0.1', port: 0 }], limits: { sessions: 2 }, handshake: { engine } });
@@ -147,9 +147,7 @@ for (const engine of ENGINES) {
           await new Promise<void>((resolve) => socket.once('data', () => resolve()));
           socket.destroy();
         }
-      } finally {
-        await proxy.close();
-      }
+      });
     });
   });
 }
@@ -212,8 +210,7 @@ for (const engine of ENGINES) {
     after(() => echo.close());
 
     it('a client past its limit is refused as it connects, recorded as limit-reached naming it; other clients are not; a freed slot is its own again', async () => {
-      const proxy = await startEngineProxy(engine, { limits: { sessionsPerClient: 2 } });
-      try {
+      await withEngineProxy(engine, { limits: { sessionsPerClient: 2 } }, async (proxy) => {
         const first = await relayedFrom(proxy, echo, '127.0.0.1');
         const second = await relayedFrom(proxy, echo, '127.0.0.1');
         const record = await refusedFrom(proxy, '127.0.0.1');
@@ -227,17 +224,14 @@ for (const engine of ENGINES) {
         await ended((r) => r.clientPort === first.localPort);
         const again = await relayedFrom(proxy, echo, '127.0.0.1');
         for (const client of [second, other, again]) client.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
 
     it('a session refused after it was admitted (here by a rule) gives its slot back, as one that relayed does', async () => {
-      const proxy = await startEngineProxy(engine, {
+      await withEngineProxy(engine, {
         limits: { sessionsPerClient: 1 },
         rules: [{ name: 'no-closed-port', deny: { to: { ports: [9] } } }, { name: 'rest', allow: {} }],
-      });
-      try {
+      }, async (proxy) => {
         for (let i = 0; i < 3; i++) {
           const client = await RawClient.connect(proxy.port);
           client.write('0501 00');
@@ -249,18 +243,15 @@ for (const engine of ENGINES) {
         }
         const held = await relayedFrom(proxy, echo, '127.0.0.1');
         held.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
 
     it('a dual-stack listener counts an IPv4 client as its IPv4 address, apart from ::1; a reload lifts the limit', async () => {
-      const proxy = await startEngineProxy(engine, {
+      await withEngineProxy(engine, {
         listen: [{ address: '::', port: 0 }],
         clients: { allow: ['127.0.0.0/8', '::1'] },
         limits: { sessionsPerClient: 1 },
-      });
-      try {
+      }, async (proxy) => {
         const v4 = await relayedFrom(proxy, echo, '127.0.0.1');
         const v6 = await relayedFrom(proxy, echo, '::1');
         const record = await refusedFrom(proxy, '127.0.0.1');
@@ -270,9 +261,7 @@ for (const engine of ENGINES) {
         proxy.server.reload({ listen: [{ address: '::', port: 0 }], clients: { allow: ['127.0.0.0/8', '::1'] }, handshake: { engine } });
         const more = await relayedFrom(proxy, echo, '127.0.0.1');
         for (const client of [v4, v6, more]) client.destroy();
-      } finally {
-        await proxy.close();
-      }
+      });
     });
   });
 }
