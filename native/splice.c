@@ -1969,6 +1969,11 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pairs = p;
   pthread_mutex_unlock(&pairs_lock);
   if (refusal != ADMIT) {
+    /* The FIN now: JavaScript closes it only once the batch reaches it, when
+     * the client's first bytes have usually arrived, and a close with unread
+     * bytes is a reset; this way the client reads an end first, as it does
+     * from Node's listeners, which close before those bytes come. */
+    shutdown(fd, SHUT_WR);
     hand_over(p, refusal == REFUSE_LIMIT ? RESUME_LIMIT : refusal == REFUSE_CLIENT_LIMIT ? RESUME_CLIENT_LIMIT : RESUME_DENIED, 0, 0);
     return;
   }

@@ -7,7 +7,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { SessionRecord } from '../../src/index.js';
-import { type Fixture, type RunningProxy, startHttpServer, startProxy } from '../helpers/server.js';
+import { RawClient } from '../helpers/raw.js';
+import { type Fixture, type RunningProxy, startHttpServer, startProxy, until } from '../helpers/server.js';
 import {
   ALICE,
   SOCKS4_REJECTED,
@@ -261,6 +262,39 @@ describe('curl through socksgate with username/password', opts, () => {
     assert.deepStrictEqual(rest, SOCKS4_NOT_ALLOWED);
     assert.match(error ?? '', /auth/i);
   });
+});
+
+describe('curl through socksgate at its session limit (limits.sessions: 1)', opts, () => {
+  let http: Fixture;
+  before(async () => { http = await startHttpServer(BODY4); });
+  after(() => http.close());
+
+  for (const engine of ['native', 'node'] as const) {
+    it(`${engine} handshakes: curl fails at once with CURLE_PROXY, recorded as limit-reached; the freed slot serves it`, async () => {
+      const proxy = await startProxy({ limits: { sessions: 1 }, handshake: { engine } });
+      try {
+        const held = await RawClient.connect(proxy.port); // a handshake in progress holds the one slot
+        await until(() => proxy.server.sessionCount === 1);
+        const url = `http://127.0.0.1:${http.port}/`;
+        const rec = await refusedThrough(proxy, ['--socks5-hostname', `127.0.0.1:${proxy.port}`], url);
+        assert.equal(rec.reason, 'limit-reached');
+        if (engine === 'native') {
+          // The relay thread shuts its side as it refuses: curl reads an end,
+          // not the reset of a close after its greeting had arrived (Node's
+          // listener closes before the greeting comes, mostly: not asserted).
+          const result = await curl(['--socks5-hostname', `127.0.0.1:${proxy.port}`, url]);
+          assert.match(result.stderr.toString(), /connection to proxy closed/);
+        }
+        assert.equal(rec.error, 'session limit reached: 1 sessions open (limits.sessions 1)');
+        const ended = recordsFrom(proxy);
+        held.destroy();
+        await ended();
+        await fetchThrough(proxy, ['--socks5-hostname', `127.0.0.1:${proxy.port}`], url, http, BODY4);
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
 });
 
 describe('curl --socks4 against a listener with SOCKS4 off', opts, () => {
