@@ -2336,12 +2336,11 @@ static napi_value js_release_client(napi_env env, napi_callback_info info) {
   struct sockaddr_storage addr = {0};
   struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
   struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
+  char *scope = strchr(text, '%'); /* a link-local address's zone: not part of the client */
+  if (scope) *scope = '\0';
   if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) addr.ss_family = AF_INET;
   else if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) addr.ss_family = AF_INET6;
-  else {
-    napi_throw_error(env, NULL, "not an IP address");
-    return NULL;
-  }
+  else return NULL; /* never a session's address: it holds no slot (and a session's end must not throw) */
   client_release(g, &addr);
   return NULL;
 }
