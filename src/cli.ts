@@ -97,6 +97,8 @@ Options:
 
 /** How long a stop waits for stdout to take the last log lines (a stalled reader must not hold the exit). */
 const STOP_FLUSH_WAIT_MS = 2000;
+/** A second stop signal cuts the sessions: how long their access lines may take before the exit. */
+const FORCED_CUT_WAIT_MS = 1000;
 
 /** Exit codes: 0 fine, 1 could not run (port in use…), 2 bad usage or configuration. */
 async function main(argv: string[]): Promise<number> {
@@ -190,6 +192,7 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
   let started = false;
   let requested: NodeJS.Signals | null = null;
   let stopping = false;
+  let forced = false;
   let finish: (code: number) => void = () => {};
   const finished = new Promise<number>((resolve) => { finish = resolve; });
   const stop = (signal: NodeJS.Signals) => {
@@ -197,16 +200,23 @@ async function run(server: SocksServer, config: Config, flags: Flags, setAside: 
       requested ??= signal;
       return;
     }
+    if (forced) {
+      finish(1); // a third signal: no more waiting (the exit flush writes what stdout will take)
+      return;
+    }
     if (stopping) {
-      // Their access lines are lost with them: say at least how many.
+      // The grace ends now: the sessions are cut, and their access lines
+      // written, unless that takes longer than the operator should wait.
+      forced = true;
       const sessions = server.sessionCount;
-      log.warn({ event: 'forced', signal, sessions }, `${signal} again: exiting now, cutting ${sessions} session${sessions === 1 ? '' : 's'} without access lines`);
-      finish(1); // the exit flush writes out what stdout will take
+      log.warn({ event: 'forced', signal, sessions }, `${signal} again: cutting ${sessions} session${sessions === 1 ? '' : 's'} now and exiting`);
+      void server.close({ graceMs: 0 });
+      setTimeout(() => finish(1), FORCED_CUT_WAIT_MS);
       return;
     }
     stopping = true;
     log.info({ event: 'stopping', signal }, `${signal}: stopping`);
-    server.close().then(() => flushLog(log, STOP_FLUSH_WAIT_MS)).then(() => finish(0));
+    server.close().then(() => flushLog(log, STOP_FLUSH_WAIT_MS)).then(() => finish(forced ? 1 : 0));
   };
   onStopRequests(stop);
 

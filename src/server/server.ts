@@ -194,6 +194,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #drained: (() => void) | null = null;
   /** close()'s promise, from its first call. */
   #closing: Promise<void> | null = null;
+  /** When close() cuts the sessions still open (Date.now(); Infinity: never), and its timer once draining. */
+  #cutAt = Infinity;
+  #cutTimer: NodeJS.Timeout | undefined;
 
   constructor(config: Config, deps: ServerDependencies = {}) {
     super();
@@ -384,7 +387,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
    * Stops accepting, lets sessions finish for `graceMs` (default
    * `timeouts.shutdownGrace`), then closes the rest. Resolves when all are
    * gone. A later call returns the first one's promise: it too resolves only
-   * once every session is gone.
+   * once every session is gone. Its `graceMs`, when that ends sooner than the
+   * grace under way, brings the cut forward (a second signal to the daemon);
+   * a longer one changes nothing.
    */
   close(options: { graceMs?: number } = {}): Promise<void> {
     const { graceMs } = options;
@@ -392,12 +397,31 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (graceMs !== undefined && !(typeof graceMs === 'number' && graceMs >= 0)) {
       return Promise.reject(new RangeError(`close: graceMs must be a number of milliseconds >= 0 or Infinity, not ${String(graceMs)}`));
     }
-    this.#closing ??= this.#close(graceMs ?? this.config.timeouts.shutdownGrace);
+    if (this.#closing === null) this.#closing = this.#close(graceMs ?? this.config.timeouts.shutdownGrace);
+    else if (graceMs !== undefined) this.#cutWithin(graceMs);
     return this.#closing;
+  }
+
+  /** Sessions still open in `graceMs` are cut then, unless an earlier cut is planned. */
+  #cutWithin(graceMs: number): void {
+    const at = Date.now() + graceMs; // Infinity stays Infinity: no cut
+    if (at >= this.#cutAt) return;
+    this.#cutAt = at;
+    // Before draining starts, #close arms the timer with the new time itself.
+    if (this.#drained) this.#armCut();
+  }
+
+  #armCut(): void {
+    clearTimeout(this.#cutTimer);
+    const wait = Math.max(0, this.#cutAt - Date.now());
+    // Longer than a timer holds (Infinity too): wait for the sessions themselves.
+    if (wait > LONGEST_TIMER_MS) return;
+    this.#cutTimer = setTimeout(() => { for (const s of this.#sessions.values()) s.shutdown(); }, wait);
   }
 
   async #close(graceMs: number): Promise<void> {
     this.#state = 'closing';
+    this.#cutWithin(graceMs);
     requestBusyPoll(this, 0);
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
@@ -407,10 +431,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#tell('draining', { sessions: this.#sessions.size, graceMs });
     if (this.#sessions.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve; });
-      // Longer than a timer holds (Infinity too): wait for the sessions themselves.
-      const timer = graceMs <= LONGEST_TIMER_MS ? setTimeout(() => { for (const s of this.#sessions.values()) s.shutdown(); }, graceMs) : undefined;
+      this.#armCut();
       await drained;
-      clearTimeout(timer);
+      this.#drained = null; // a close() from now on has nothing to cut
+      clearTimeout(this.#cutTimer);
     }
     this.#state = 'closed';
     this.#tell('close');

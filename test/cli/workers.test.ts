@@ -237,7 +237,7 @@ describe('socksgate --workers 2', () => {
     });
   }
 
-  it('a second SIGTERM while draining: every worker exits at once, writing the access lines it held and a forced line; exit 1', async () => {
+  it('a second SIGTERM while draining: every worker cuts its sessions, writes a forced line and every access line, and exits 1', async () => {
     const target = await startEchoServer();
     const { daemon, port } = await startDaemon(['--listen', '127.0.0.1:0', '--workers', '2', '--log-format', 'json', '--shutdown-grace', '60s']);
     try {
@@ -248,6 +248,7 @@ describe('socksgate --workers 2', () => {
       // Half of them end now, during the drain: a worker holds their lines in its batch for up to a second.
       const ended = sessions.slice(0, 4);
       const endedPorts = ended.map((socket) => socket.localPort);
+      const cutPorts = sessions.slice(4).map((socket) => socket.localPort);
       for (const socket of ended) socket.end();
       await Promise.all(ended.map((socket) => closedSocket(socket)));
       await new Promise((resolve) => setTimeout(resolve, 100)); // the proxy records a session as it closes it
@@ -260,6 +261,9 @@ describe('socksgate --workers 2', () => {
       assert.ok(forced.length > 0, 'a worker said it was forced');
       // Each worker that had some of the four still open says how many it cut.
       assert.equal(forced.reduce((sum, l) => sum + (l.sessions as number), 0), 4, daemon.describe());
+      // And writes their access lines: cut by the stop, as at the end of a grace.
+      const cut = daemon.sessions().filter((l) => cutPorts.includes(l.clientPort as number));
+      assert.deepEqual(cut.map((l) => l.reason), ['shutdown', 'shutdown', 'shutdown', 'shutdown'], daemon.describe());
       assert.doesNotMatch(daemon.stderr, /SIGKILL|killing/);
       for (const socket of sessions) socket.destroy();
     } finally {

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { SocksClient } from 'socks';
-import { type ServerOptions, type SocksServer, createServer, ListenError, reservePorts } from '../../src/index.js';
+import { type ServerOptions, type SessionRecord, type SocksServer, createServer, ListenError, reservePorts } from '../../src/index.js';
 import { canBind, withTimeout } from '../cli/helpers.js';
 import { startEchoServer } from '../helpers/server.js';
 import { RawClient } from '../helpers/raw.js';
@@ -85,11 +85,11 @@ for (const engine of ENGINES) {
     assert.equal(listeningSockets(), before);
   });
 
-  test(`a second close() resolves only when the first does: once the open session is gone (${engine} handshakes)`, () =>
+  test(`a second close() without a grace resolves only when the first does: once the open session is gone (${engine} handshakes)`, () =>
     withOneSession({ handshake: { engine } }, async (server, socket) => {
       const order: string[] = [];
       const first = server.close({ graceMs: 60_000 }).then(() => order.push('first'));
-      const second = server.close({ graceMs: 0 }).then(() => order.push('second'));
+      const second = server.close().then(() => order.push('second'));
       await once(server, 'draining');
       await new Promise((resolve) => setTimeout(resolve, 50));
       assert.deepEqual(order, [], 'neither resolved while the session was open');
@@ -97,6 +97,22 @@ for (const engine of ENGINES) {
       socket.destroy();
       await withTimeout(Promise.all([first, second]), 5000, 'both close() calls');
       assert.deepEqual(order, ['first', 'second']);
+    }));
+
+  test(`a second close() with a shorter grace cuts the open session now, with its record; a longer one changes nothing (${engine} handshakes)`, () =>
+    withOneSession({ handshake: { engine } }, async (server, socket) => {
+      const records: SessionRecord[] = [];
+      server.on('session-close', (record) => records.push(record));
+      const first = server.close({ graceMs: 60_000 });
+      await once(server, 'draining');
+      assert.equal(server.close({ graceMs: 120_000 }), first, 'the first close() promise');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(server.sessionCount, 1, 'a longer grace cut nothing');
+      const hurried = server.close({ graceMs: 0 });
+      await withTimeout(hurried, 5000, 'close() to resolve once the session is cut');
+      assert.equal(hurried, first);
+      assert.deepEqual(records.map((r) => r.reason), ['shutdown']);
+      if (!socket.closed) await withTimeout(once(socket, 'close'), 5000, 'the client to see its session cut');
     }));
 }
 
