@@ -144,6 +144,9 @@ static int64_t scan_every_told = 0; /* the relay thread's idea of it, to know wh
 static int pool[POOL_MAX][2];
 static int pool_size;
 static uint64_t pipes_created; /* read by stats(); a torn read only blurs a counter */
+static int pipes_open; /* pipes in flows and in the pool: changed by the relay thread, read by borrowedPipes() */
+static int pipe_allowance = -1; /* set by JavaScript (pipeAllowance()), read by the relay thread */
+static int may_borrow_pipe(void);
 static uint64_t native_accepted, native_handed_over; /* the same */
 static uint64_t bytes_copied; /* read by stats(): bytes relayed through copy_small's buffer */
 /* Busy polling (relay.busyPollMicroseconds): after a wait that brought events,
@@ -193,6 +196,33 @@ static void unref_pair(pair_t *p) {
 
 /* ---- pipes ---- */
 
+/*
+ * A new pipe. The session limits count two descriptors a session; the pipes
+ * open (in flows and in the pool) have the descriptors those leave over, the
+ * allowance (pipeAllowance(); -1: no account kept). Past it a pipe takes the
+ * place of a session, while every server has one free; otherwise the flow
+ * goes on without a pipe (copy_without_pipe). So relays backed up in many
+ * sessions make the server refuse new clients at its limit, rather than
+ * leave it without descriptors for them.
+ */
+static int new_pipe(int fds[2]) {
+  int allowance = __atomic_load_n(&pipe_allowance, __ATOMIC_RELAXED);
+  if (allowance >= 0 && pipes_open >= allowance && !may_borrow_pipe()) {
+    errno = EMFILE;
+    return -1;
+  }
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
+  pipes_created++;
+  __atomic_add_fetch(&pipes_open, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
+static void close_pipe(int r, int w) {
+  close(r);
+  close(w);
+  __atomic_sub_fetch(&pipes_open, 1, __ATOMIC_RELAXED);
+}
+
 static int acquire_pipe(flow_t *f) {
   if (pool_size > 0) {
     pool_size--;
@@ -201,8 +231,7 @@ static int acquire_pipe(flow_t *f) {
     return 0;
   }
   int fds[2];
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
-  pipes_created++;
+  if (new_pipe(fds) < 0) return -1;
   f->pipe_r = fds[0];
   f->pipe_w = fds[1];
   return 0;
@@ -219,24 +248,24 @@ static int acquire_pipe(flow_t *f) {
 static int spare_pipe_ready(void) {
   if (pool_size > 0) return 1;
   int fds[2];
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return 0;
-  pipes_created++;
+  if (new_pipe(fds) < 0) return 0;
   pool[0][0] = fds[0];
   pool[0][1] = fds[1];
   pool_size = 1;
   return 1;
 }
 
-/* An empty pipe goes back to the pool; one still holding bytes is closed. */
+/* An empty pipe goes back to the pool; one still holding bytes, or past a budget lowered since, is closed. */
 static void release_pipe(flow_t *f) {
   if (f->pipe_r < 0) return;
-  if (f->in_pipe == 0 && pool_size < POOL_MAX) {
+  /* The pool keeps no borrowed pipe: it would hold a session's place while idle. */
+  int allowance = __atomic_load_n(&pipe_allowance, __ATOMIC_RELAXED);
+  if (f->in_pipe == 0 && pool_size < POOL_MAX && (allowance < 0 || pipes_open <= allowance)) {
     pool[pool_size][0] = f->pipe_r;
     pool[pool_size][1] = f->pipe_w;
     pool_size++;
   } else {
-    close(f->pipe_r);
-    close(f->pipe_w);
+    close_pipe(f->pipe_r, f->pipe_w);
   }
   f->pipe_r = f->pipe_w = -1;
   f->in_pipe = 0;
@@ -870,14 +899,14 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
 
 static int usernames_live; /* read by stats(): a torn read only blurs a counter */
 
-/* stats() -> { pipesCreated, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver, usernames,
+/* stats() -> { pipesCreated, pipesOpen, activePairs, nativeAccepted, nativeHandedOver, bytesCopied, busyPollHits, udpNativeDatagrams, udpHandedOver, usernames,
  * scanIntervalMs }. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, value;
-  const char *names[] = {"pipesCreated", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits",
+  const char *names[] = {"pipesCreated", "pipesOpen", "activePairs", "nativeAccepted", "nativeHandedOver", "bytesCopied", "busyPollHits",
                          "udpNativeDatagrams", "udpHandedOver", "usernames", "scanIntervalMs"};
-  double values[] = {(double)pipes_created, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
+  double values[] = {(double)pipes_created, (double)pipes_open, (double)active_pairs, (double)native_accepted, (double)native_handed_over, (double)bytes_copied,
                      (double)busy_poll_hits, (double)udp_native_datagrams, (double)udp_handed_to_js, (double)usernames_live,
                      (double)__atomic_load_n(&idle_scan_every, __ATOMIC_RELAXED)};
   CHECK(napi_create_object(env, &result));
@@ -1096,12 +1125,13 @@ typedef struct client_slots {
  * per client are counted here alone: taken as a connection is accepted,
  * given back by JavaScript when its session's record is written (releaseClient()).
  */
-typedef struct {
+typedef struct session_gate {
   int32_t js_sessions;
   int32_t limit;
   int32_t unreported;
   int32_t per_client;
   int32_t refs; /* JavaScript's handle and ArrayBuffer, and each listener */
+  struct session_gate *prev_gate, *next_gate; /* every live gate (gates_lock), for free_slots() */
   pthread_mutex_t clients_lock;
   uint64_t clients_key[2]; /* SipHash key: a client cannot choose addresses that share a bucket */
   client_slots_t *clients[CLIENT_BUCKETS];
@@ -1109,8 +1139,16 @@ typedef struct {
 
 #define GATE_SHARED_BYTES (4 * sizeof(int32_t))
 
+static pthread_mutex_t gates_lock = PTHREAD_MUTEX_INITIALIZER;
+static session_gate_t *gates;
+
 static void gate_unref(session_gate_t *g) {
   if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  pthread_mutex_lock(&gates_lock);
+  if (g->prev_gate) g->prev_gate->next_gate = g->next_gate;
+  else if (gates == g) gates = g->next_gate;
+  if (g->next_gate) g->next_gate->prev_gate = g->prev_gate;
+  pthread_mutex_unlock(&gates_lock);
   for (int i = 0; i < CLIENT_BUCKETS; i++) {
     for (client_slots_t *c = g->clients[i], *next; c; c = next) {
       next = c->next;
@@ -1177,11 +1215,43 @@ static void client_release(session_gate_t *g, const struct sockaddr_storage *add
   pthread_mutex_unlock(&g->clients_lock);
 }
 
-/* Whether the server holds as many sessions as it may (the unreported ones included). */
+/*
+ * Pipes open past the allowance (pipeAllowance()): each holds the two
+ * descriptors a session is counted on for, so it takes a session's place
+ * until it closes (gate_full, and JavaScript's own count through
+ * borrowedPipes()).
+ */
+static int borrowed_pipes(void) {
+  int allowance = __atomic_load_n(&pipe_allowance, __ATOMIC_RELAXED);
+  int open = __atomic_load_n(&pipes_open, __ATOMIC_RELAXED);
+  return allowance >= 0 && open > allowance ? open - allowance : 0;
+}
+
+/* Whether the server holds as many sessions as it may (the unreported ones, and borrowed pipes, included). */
 static int gate_full(session_gate_t *g) {
   if (!g) return 0;
-  int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE);
+  int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE) + borrowed_pipes();
   return held >= __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
+}
+
+/*
+ * Whether a pipe past the allowance may take a session's place: only while
+ * every live gate keeps an eighth of its places (at least one) free besides,
+ * so that new clients come before the pipes of sessions already served,
+ * which can go on without one.
+ */
+static int may_borrow_pipe(void) {
+  int may = 1;
+  pthread_mutex_lock(&gates_lock);
+  for (session_gate_t *g = gates; g && may; g = g->next_gate) {
+    int32_t limit = __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
+    if (limit == INT32_MAX) continue;
+    int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE) + borrowed_pipes();
+    int64_t kept = limit / 8 > 1 ? limit / 8 : 1;
+    may = held + 1 + kept <= limit;
+  }
+  pthread_mutex_unlock(&gates_lock);
+  return may;
 }
 
 struct listener {
@@ -2364,6 +2434,11 @@ static napi_value js_session_gate(napi_env env, napi_callback_info info) {
     return NULL;
   }
   g->refs = 2; /* the handle's and the buffer's */
+  pthread_mutex_lock(&gates_lock);
+  g->next_gate = gates;
+  if (gates) gates->prev_gate = g;
+  gates = g;
+  pthread_mutex_unlock(&gates_lock);
   napi_value result, handle, buffer;
   if (napi_create_external(env, g, gate_finalize, NULL, &handle) != napi_ok) {
     g->refs = 1;
@@ -2437,6 +2512,29 @@ static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
   }
   __atomic_store_n(&busy_poll_us, us, __ATOMIC_RELAXED);
   return NULL;
+}
+
+/* pipeAllowance(pipes): how many pipes the relay thread may hold open besides the sessions' descriptors (-1: no account kept). */
+static napi_value js_pipe_allowance(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t pipes;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &pipes));
+  if (pipes < -1) {
+    napi_throw_range_error(env, NULL, "pipeAllowance takes -1 (none) or a number of pipes");
+    return NULL;
+  }
+  __atomic_store_n(&pipe_allowance, pipes, __ATOMIC_RELAXED);
+  return NULL;
+}
+
+/* borrowedPipes() -> pipes open past the allowance, each in a session's place (see borrowed_pipes). */
+static napi_value js_borrowed_pipes(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  CHECK(napi_create_int32(env, borrowed_pipes(), &result));
+  return result;
 }
 
 /* siphash(key16, data) -> the 8-byte SipHash-2-4 tag, little-endian: for the reference vectors in the tests. */
@@ -2612,7 +2710,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 11
+#define ADDON_INTERFACE 12
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;
@@ -2633,6 +2731,8 @@ NAPI_MODULE_INIT() {
       {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
       {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
+      {"pipeAllowance", NULL, js_pipe_allowance, NULL, NULL, NULL, napi_default, NULL},
+      {"borrowedPipes", NULL, js_borrowed_pipes, NULL, NULL, NULL, napi_default, NULL},
       {"bindReusePort", NULL, js_bind_reuse_port, NULL, NULL, NULL, napi_default, NULL},
       {"peerName", NULL, js_peer_name, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -123,3 +123,8 @@ export interface ServerEvents {
   draining: [{ readonly sessions: number; readonly graceMs: number }];
   close: [];
 }
+
+/** "1 session open", "2 sessions open": the session limit's wording, in records and in the log. */
+export function sessionsOpen(count: number): string {
+  return `${count} session${count === 1 ? '' : 's'} open`;
+}

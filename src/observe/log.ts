@@ -7,7 +7,7 @@ import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
-import type { CloseReason, ListenerInfo, SessionRecord } from './events.js';
+import { type CloseReason, type ListenerInfo, type SessionRecord, sessionsOpen } from './events.js';
 import { StdoutSink, doneWithin, openLogFile } from './stdout.js';
 
 export interface LoggerOptions {
@@ -170,7 +170,7 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
   };
   const onSessionLimit = ({ limit, sessions, refused }: { limit: number; sessions: number; refused: number }) => {
     const since = refused === 1 ? 'refusing new connections' : `${refused} connections refused since the last report`;
-    log.warn({ event: 'session-limit', limit, sessions, refused }, `${sessions} sessions open, the limit (limits.sessions: ${limit} here): ${since}`);
+    log.warn({ event: 'session-limit', limit, sessions, refused }, `${sessionsOpen(sessions)}, the limit (limits.sessions: ${limit} here): ${since}`);
     log.flush();
   };
   const onDraining = ({ sessions, graceMs }: { sessions: number; graceMs: number }) => {

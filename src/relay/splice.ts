@@ -55,6 +55,10 @@ export interface Addon {
   bindReusePort(address: string, port: number, backlog: number): [number, number];
   /** How long the relay thread polls for events before it sleeps, in microseconds; 0: off. */
   busyPoll(microseconds: number): void;
+  /** How many pipes the relay thread may hold open besides the sessions' two descriptors each (-1: no account kept). */
+  pipeAllowance(pipes: number): void;
+  /** Pipes open past that allowance: each holds a session's place. */
+  borrowedPipes(): number;
   /** A TCP socket's peer, also after a reset closed it (SO_PEERNAME): [address, port], or null. */
   peerName(fd: number): [string, number] | null;
 }
@@ -126,7 +130,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 11;
+const ADDON_INTERFACE = 12;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 
@@ -171,6 +175,8 @@ export function spliceUnavailable(): string | null {
 /** The addon's counters since the process started. */
 export interface SpliceStats {
   readonly pipesCreated: number;
+  /** Pipes open now, in flows and in the pool. */
+  readonly pipesOpen: number;
   /** Pairs started from JavaScript (Node sessions) and not yet reported ended. */
   readonly activePairs: number;
   /** Connections the relay thread accepted (native handshakes). */
@@ -209,6 +215,11 @@ export function requestBusyPoll(owner: object, microseconds: number): void {
   if (microseconds > 0) busyPollWanted.set(owner, microseconds);
   else busyPollWanted.delete(owner);
   spliceAddon()?.busyPoll(Math.max(0, ...busyPollWanted.values()));
+}
+
+/** Pipes the relay thread holds past its allowance, each in a session's place (0 without the addon). */
+export function borrowedPipes(): number {
+  return spliceAddon()?.borrowedPipes() ?? 0;
 }
 
 /** Counters from the addon, for tests and diagnostics; null when it is not loaded. */

@@ -10,10 +10,10 @@ import { type Authenticator, UserStore, readUsersFile, storedSecret, type Stored
 import { validateConfig } from '../config/load.js';
 import { RESTART_KEYS, type RestartSettings, valueAt } from '../config/restart.js';
 import { type Config, type ConfigInput, LONGEST_TIMER_MS, type ListenerConfig, parseNetwork } from '../config/schema.js';
-import type { CloseReason, ListenerInfo, ServerEvents, SessionRecord } from '../observe/events.js';
+import { type CloseReason, type ListenerInfo, type ServerEvents, type SessionRecord, sessionsOpen } from '../observe/events.js';
 import { boundAddressSpelling, clientBlock, formatDestination, peerAddress } from '../protocol/address.js';
 import { throwLater } from '../callbacks.js';
-import { peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
+import { borrowedPipes, peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
@@ -22,7 +22,7 @@ import {
   type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, type Refusal, type SessionGate,
   bindReusePort, listenNatively, sessionGate,
 } from './native.js';
-import { LIMIT_REPORT_EVERY_MS, openFilesLimit, sessionLimit } from './session-limit.js';
+import { LIMIT_REPORT_EVERY_MS, openFilesLimit, reserveSessionDescriptors, sessionLimit } from './session-limit.js';
 import { type RuleSet, compileRules } from '../policy/rules.js';
 import { NetworkSet, canonicalNetwork } from '../policy/networks.js';
 
@@ -319,6 +319,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (!Number.isInteger(sharedBy) || sharedBy < 1) throw new RangeError(`listen: sharedBy must be a whole number of processes, at least 1, not ${String(sharedBy)}`);
     this.#state = 'listening';
     this.#sharedBy = sharedBy;
+    // Under Node handshakes too: the relay thread reads the session count
+    // there before it lets a pipe take a session's place.
+    if (this.relayEngine === 'splice') this.#sharedGate();
     this.#applySessionLimit(this.#limitFor(this.#config));
     const reusePorts = this.#handshakeEngine === 'native' ? options.reusePort?.ports : undefined;
     try {
@@ -345,6 +348,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   /** Sessions alive now, in any phase. */
   get sessionCount(): number {
+    // The gate counts the connections the relay thread accepted and has not
+    // yet told, refusals apart; a listener's pending() counts those too.
+    if (this.#gate) return this.#sessions.size + this.#gate.unreported;
     let count = this.#sessions.size;
     for (const slot of this.#listeners) count += slot.native?.pending() ?? 0;
     return count;
@@ -366,6 +372,13 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #applySessionLimit(limit: number): void {
     this.#sessionLimit = limit;
     if (this.#gate) this.#gate.limit = limit;
+    // The splice relay's pipes may use what the sessions leave of the descriptors.
+    if (this.relayEngine === 'splice') reserveSessionDescriptors(this, limit, openFilesLimit());
+  }
+
+  /** Sessions held, and the relay's pipes that hold a session's place (see reserveSessionDescriptors). */
+  #placesTaken(): number {
+    return this.sessionCount + (this.relayEngine === 'splice' ? borrowedPipes() : 0);
   }
 
   #track(id: number, session: Session | NativeSession): void {
@@ -422,6 +435,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   async #close(graceMs: number): Promise<void> {
     this.#state = 'closing';
     this.#cutWithin(graceMs);
+    if (this.relayEngine === 'splice') reserveSessionDescriptors(this, null, openFilesLimit());
     requestBusyPoll(this, 0);
     // Stop accepting now; net.Server's own close callback would wait for every session.
     for (const server of this.#servers) server.close();
@@ -585,7 +599,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (client === null) return this.#recordUnknownClient(id, socket, ctx);
     const { address, port } = client;
     if (this.#allow && !this.#allow.has(address)) return this.#refuse(id, socket, ctx, address, port, 'not-allowed');
-    if (this.sessionCount >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached');
+    if (this.#placesTaken() >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached');
     if (this.#clientSessions.limit !== Infinity) {
       const block = clientBlock(address);
       if (!this.#clientSessions.acquire(block)) return this.#refuse(id, socket, ctx, address, port, 'client-limit');
@@ -610,7 +624,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       return this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', error));
     }
     const limit = this.#limitWording();
-    this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', `session limit reached: ${limit.held} sessions open (${limit.setting})`));
+    this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', `session limit reached: ${sessionsOpen(limit.held)} (${limit.setting})`));
     this.#refusedAtLimit++;
     const mono = performance.now();
     if (mono - this.#limitToldAt < LIMIT_REPORT_EVERY_MS) return;
@@ -624,8 +638,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const setting = this.#config.limits.sessions === 'auto' ? `limits.sessions auto: ${this.#sessionLimit} from the open-files limit`
       : this.#sharedBy > 1 ? `limits.sessions ${this.#config.limits.sessions} shared by ${this.#sharedBy} processes: ${this.#sessionLimit} here`
       : `limits.sessions ${this.#sessionLimit}`;
-    // Connections the relay thread refused and has not yet told are no sessions.
-    return { held: this.#gate ? this.#sessions.size + this.#gate.unreported : this.sessionCount, setting };
+    return { held: this.sessionCount, setting };
   }
 
   /**

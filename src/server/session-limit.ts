@@ -6,6 +6,7 @@
  * process keeps descriptors and memory for the sessions it has.
  */
 import { readFileSync } from 'node:fs';
+import { spliceAddon } from '../relay/splice.js';
 
 /**
  * Descriptors `auto` keeps for what is not a session's own two sockets:
@@ -14,6 +15,41 @@ import { readFileSync } from 'node:fs';
  * fewer (a small `ulimit -n`).
  */
 const RESERVED_FILES = 256;
+
+/**
+ * Descriptors kept for what is neither a session's two sockets nor a relay
+ * pipe: the process's own (about 25), listeners, the log, name lookups, UDP
+ * and BIND sockets.
+ */
+const KEPT_FILES = 64;
+
+/**
+ * How many pipes (two descriptors each) the splice relay may hold open
+ * besides the sessions of every server at its limit; past that a pipe takes
+ * a session's place (native/splice.c, new_pipe). -1 when nothing can be
+ * counted: the open-files limit unknown, or a server without a limit.
+ */
+export function pipeAllowance(openFiles: number | null, sessionLimits: Iterable<number>): number {
+  if (openFiles === null) return -1;
+  let sessionFiles = 0;
+  for (const limit of sessionLimits) sessionFiles += 2 * limit;
+  if (!Number.isFinite(sessionFiles)) return -1;
+  return Math.min(2 ** 31 - 1, Math.max(0, Math.floor((openFiles - KEPT_FILES - sessionFiles) / 2)));
+}
+
+/** Each server's session limit in this process, by server: the descriptors its sessions are counted on for. */
+const sessionLimits = new Map<object, number>();
+
+/**
+ * Tells the relay thread what the servers' session limits leave of the
+ * open-files limit for its pipes (null withdraws a server's): several
+ * servers in one process share the thread and the descriptors.
+ */
+export function reserveSessionDescriptors(owner: object, limit: number | null, openFiles: number | null): void {
+  if (limit === null) sessionLimits.delete(owner);
+  else sessionLimits.set(owner, limit);
+  spliceAddon()?.pipeAllowance(sessionLimits.size === 0 ? -1 : pipeAllowance(openFiles, sessionLimits.values()));
+}
 
 /** How often at most `session-limit` is told while connections are refused. */
 export const LIMIT_REPORT_EVERY_MS = 60_000;

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Socket } from 'node:net';
+import { type AddressInfo, type Socket, connect, createServer as createNetServer } from 'node:net';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
 import { Daemon, socksConnect, startDaemon } from './helpers.js';
 
@@ -53,6 +53,97 @@ for (const engine of ['native', 'node'] as const) {
         await daemon.kill();
       }
     });
+  });
+}
+
+/** A destination that sends `bytes` to each connection as soon as it connects, then waits. */
+async function startPusher(bytes: number): Promise<{ port: number; close(): Promise<void> }> {
+  const chunk = Buffer.alloc(64 * 1024, 0x78);
+  const connections = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    connections.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => connections.delete(socket));
+    let left = bytes;
+    const push = () => {
+      while (left > 0) {
+        left -= chunk.length;
+        if (!socket.write(chunk)) return;
+      }
+    };
+    socket.on('drain', push);
+    push();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => {
+      for (const socket of connections) socket.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/**
+ * A SOCKS5 CONNECT (greeting and request in one write) whose client then
+ * reads nothing more: the socket is paused with no 'data' listener, so the
+ * bytes wait in the kernel. Rejects when the proxy closes first.
+ */
+function connectAndStopReading(proxyPort: number, port: number): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const socket = connect(proxyPort, '127.0.0.1');
+    const request = Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 0xff]);
+    let answer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      answer = Buffer.concat([answer, chunk]);
+      if (answer.length < 12) return;
+      socket.off('data', onData);
+      socket.pause();
+      if (answer[1] === 0 && answer[3] === 0) resolve(socket);
+      else reject(new Error(`refused: ${answer.subarray(0, 12).toString('hex')}`));
+    };
+    socket.on('data', onData);
+    socket.on('error', () => {});
+    socket.once('close', () => reject(new Error('closed by the proxy')));
+    socket.write(request);
+  });
+}
+
+for (const engine of ['native', 'node'] as const) {
+  it(`clients that stop reading (${engine} handshakes, ulimit -n ${OPEN_FILES}): the relay's pipes take sessions' places, not the descriptors of clients to come`, async () => {
+    // Each session's download backs up into a pipe of the splice relay (two
+    // descriptors more), which `auto`'s two descriptors a session leave no
+    // room for: accepts failed with EMFILE and freed places stayed taken.
+    const pusher = await startPusher(64 * 1024 * 1024); // more than the buffers on the way hold
+    const daemon = new Daemon(['--listen', '127.0.0.1:0', '--log-format', 'json', '--handshake-engine', engine],
+      process.env, { launcher: ['prlimit', `--nofile=${OPEN_FILES}:${OPEN_FILES}`, '--'] });
+    const held: Socket[] = [];
+    try {
+      const port = await daemon.port();
+      let refused = 0;
+      for (let i = 0; i < CLIENTS; i++) {
+        try {
+          held.push(await connectAndStopReading(port, pusher.port));
+        } catch {
+          refused++;
+        }
+      }
+      await daemon.waitFor(() => daemon.sessions().length === refused, `a record for each of the ${refused} refused`);
+      assert.ok(held.length > 0 && refused > 0, `${held.length} relayed, ${refused} refused`);
+      assert.deepEqual(daemon.sessions().map((l) => l.reason).filter((r) => r !== 'limit-reached'), [], 'refused at the limit only');
+      assert.deepEqual(daemon.logs.filter((l) => l.event === 'listener-error'), [], 'no accept failed');
+      // Places given back go to new clients first.
+      for (const socket of held.splice(0, 10)) socket.destroy();
+      await daemon.waitFor(() => daemon.sessions().length === refused + 10, 'the records of the 10 that left');
+      held.push(await connectAndStopReading(port, pusher.port));
+      for (const socket of held) socket.destroy();
+      await daemon.waitFor(() => daemon.sessions().length === CLIENTS + 1, 'a record for every client');
+      assert.deepEqual(daemon.sessions().filter((l) => /EMFILE/.test(String(l.error))), [], 'no session failed for want of a descriptor');
+    } finally {
+      for (const socket of held) socket.destroy();
+      await daemon.kill();
+      await pusher.close();
+    }
   });
 }
 

@@ -285,7 +285,7 @@ describe('curl through socksgate at its session limit (limits.sessions: 1)', opt
           const result = await curl(['--socks5-hostname', `127.0.0.1:${proxy.port}`, url]);
           assert.match(result.stderr.toString(), /connection to proxy closed/);
         }
-        assert.equal(rec.error, 'session limit reached: 1 sessions open (limits.sessions 1)');
+        assert.equal(rec.error, 'session limit reached: 1 session open (limits.sessions 1)');
         const ended = recordsFrom(proxy);
         held.destroy();
         await ended();
