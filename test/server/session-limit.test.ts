@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
+import { type Socket, connect } from 'node:net';
 import { SocksClient } from 'socks';
 import { type ServerOptions, type SessionRecord, createServer } from '../../src/index.js';
 import { openFilesLimit, sessionLimit } from '../../src/server/session-limit.js';
@@ -82,6 +83,30 @@ for (const engine of ENGINES) {
     let echo: Fixture;
     before(async () => { echo = await startEchoServer(); });
     after(() => echo.close());
+
+    it('sessionCount never counts the connections refused at the limit, even before they are recorded', async () => {
+      await withEngineProxy(engine, { limits: { sessions: 2 } }, async (proxy) => {
+        const held = [await relayed(proxy, echo), await relayed(proxy, echo)];
+        let peak = 0;
+        const sample = setInterval(() => { peak = Math.max(peak, proxy.server.sessionCount); }, 0);
+        const start = proxy.records.length;
+        const flood: Socket[] = [];
+        try {
+          // Bursts: the relay thread refuses a burst before JavaScript hears of it.
+          for (let i = 0; i < 200; i++) {
+            const socket = connect(proxy.port, '127.0.0.1');
+            socket.on('error', () => {});
+            flood.push(socket);
+            if (i % 20 === 19) await new Promise((resolve) => setTimeout(resolve, 1));
+          }
+          await until(() => proxy.records.length - start === 200); // a record for each refused connection
+        } finally {
+          clearInterval(sample);
+          for (const socket of [...flood, ...held]) socket.destroy();
+        }
+        assert.ok(peak <= 2, `sessionCount reached ${peak} at a limit of 2`);
+      });
+    });
 
     it('past the limit a connection is closed at once with a FIN, recorded as limit-reached, with no session-open; a freed slot is taken again', async () => {
       await withEngineProxy(engine, { limits: { sessions: 2 } }, async (proxy) => {
