@@ -103,6 +103,8 @@ struct pair {
   username_t *user;  /* the RFC 1929 username, for the record and rules; NULL: none */
   int rule;            /* the index of the rule that allowed the request, -1: none decided */
   pair_t *expired;   /* scan_idle's list of pairs past their deadline */
+  struct session_gate *gate; /* an admitted native session's server count (a reference), or NULL */
+  int ended_untold;  /* counted in gate->ended: ended here, MSG_END not yet delivered */
 };
 
 typedef struct command {
@@ -187,9 +189,13 @@ static void tell_due_failures(int64_t now, listener_t *closing);
 
 static void username_release(username_t *u);
 
+static void gate_unref(struct session_gate *g);
+static void gate_count_ended(struct session_gate *g, int change);
+
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
     username_release(p->user);
+    gate_unref(p->gate);
     free(p);
   }
 }
@@ -301,6 +307,10 @@ static void finish_locked(pair_t *p, int reason, int side, int err) {
   p->next = ended;
   ended = p;
   if (p->native) {
+    if (p->gate) {
+      gate_count_ended(p->gate, 1);
+      p->ended_untold = 1;
+    }
     native_finished(p);
     return;
   }
@@ -1130,7 +1140,10 @@ typedef struct session_gate {
   int32_t limit;
   int32_t unreported;
   int32_t per_client;
-  int32_t refs; /* JavaScript's handle and ArrayBuffer, and each listener */
+  /* Sessions ended here whose MSG_END JavaScript has not yet had (not shared):
+   * their place is free at once, not only once JavaScript untracks them. */
+  int32_t ended;
+  int32_t refs; /* JavaScript's handle and ArrayBuffer, each listener, and each admitted native session */
   struct session_gate *prev_gate, *next_gate; /* every live gate (gates_lock), for free_slots() */
   pthread_mutex_t clients_lock;
   uint64_t clients_key[2]; /* SipHash key: a client cannot choose addresses that share a bucket */
@@ -1142,7 +1155,7 @@ typedef struct session_gate {
 static pthread_mutex_t gates_lock = PTHREAD_MUTEX_INITIALIZER;
 static session_gate_t *gates;
 
-static void gate_unref(session_gate_t *g) {
+static void gate_unref(struct session_gate *g) {
   if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   pthread_mutex_lock(&gates_lock);
   if (g->prev_gate) g->prev_gate->next_gate = g->next_gate;
@@ -1227,11 +1240,20 @@ static int borrowed_pipes(void) {
   return allowance >= 0 && open > allowance ? open - allowance : 0;
 }
 
-/* Whether the server holds as many sessions as it may (the unreported ones, and borrowed pipes, included). */
+/* The sessions a server holds: JavaScript's, those it has not yet heard of, less those ended here it has not yet heard of. */
+static int64_t gate_held(session_gate_t *g) {
+  return (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE)
+         - __atomic_load_n(&g->ended, __ATOMIC_ACQUIRE);
+}
+
+static void gate_count_ended(struct session_gate *g, int change) {
+  __atomic_add_fetch(&g->ended, change, __ATOMIC_ACQ_REL);
+}
+
+/* Whether the server holds as many sessions as it may (borrowed pipes included). */
 static int gate_full(session_gate_t *g) {
   if (!g) return 0;
-  int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE) + borrowed_pipes();
-  return held >= __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
+  return gate_held(g) + borrowed_pipes() >= __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
 }
 
 /*
@@ -1246,7 +1268,7 @@ static int may_borrow_pipe(void) {
   for (session_gate_t *g = gates; g && may; g = g->next_gate) {
     int32_t limit = __atomic_load_n(&g->limit, __ATOMIC_RELAXED);
     if (limit == INT32_MAX) continue;
-    int64_t held = (int64_t)__atomic_load_n(&g->js_sessions, __ATOMIC_RELAXED) + __atomic_load_n(&g->unreported, __ATOMIC_ACQUIRE) + borrowed_pipes();
+    int64_t held = gate_held(g) + borrowed_pipes();
     int64_t kept = limit / 8 > 1 ? limit / 8 : 1;
     may = held + 1 + kept <= limit;
   }
@@ -2027,6 +2049,13 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   m->n[2] = s->generation;
   m->n[3] = refusal; /* refused: no session-open, as for Node's listeners */
   m->n[4] = holds_slot;
+  /* What the relay thread saw when it refused at the limit, for the record. */
+  m->n[5] = refusal == REFUSE_LIMIT && l->gate ? (double)gate_held(l->gate) : -1;
+  m->n[6] = refusal == REFUSE_LIMIT ? borrowed_pipes() : 0;
+  if (l->gate && refusal == ADMIT) {
+    __atomic_add_fetch(&l->gate->refs, 1, __ATOMIC_ACQ_REL);
+    p->gate = l->gate;
+  }
   m->listener = l;
   __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
   if (l->gate && refusal == ADMIT) __atomic_add_fetch(&l->gate->unreported, 1, __ATOMIC_ACQ_REL); /* a refusal is no session */
@@ -2255,6 +2284,12 @@ static void deliver(napi_env env, napi_value dispatch, message_t *m) {
   } else {
     void *copy;
     napi_create_buffer_copy(env, (size_t)m->len, m->data, &copy, &argv[13]);
+  }
+  if (m->type == MSG_END && p && p->ended_untold) {
+    /* JavaScript untracks the session in this call: from here its own count
+     * says so (one too many for a moment, never one too few). */
+    gate_count_ended(p->gate, -1);
+    p->ended_untold = 0;
   }
   napi_call_function(env, undefined, dispatch, 14, argv, NULL);
   if (m->type == MSG_HAND_OVER || m->type == MSG_END || m->type == MSG_LISTENER_CLOSED) {

@@ -70,6 +70,12 @@ export interface NativeOwner {
 /** Why a connection was closed as soon as it was accepted: clients.allow, the session limit, or its client's. */
 export type Refusal = 'not-allowed' | 'limit-reached' | 'client-limit';
 
+/** The places of limits.sessions taken: sessions held, and relay pipes in sessions' places. */
+export interface PlacesTaken {
+  readonly sessions: number;
+  readonly pipes: number;
+}
+
 /**
  * A server's count of its sessions, which the relay thread reads to refuse
  * connections past `limit` as it accepts them (the server keeps `sessions`
@@ -308,7 +314,8 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
     if (!listener || !handle) return; // not ours (cannot happen: a listener's sessions come before its close)
     const { owner, generations } = listener;
     const ctx = generations.told(n2);
-    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest, n4 === 1);
+    const session = new NativeSession(owner, handle, state.addon, owner.nextId(), payload as string, n1, ctx ?? generations.latest, n4 === 1,
+      n5 >= 0 ? { sessions: n5, pipes: n6 } : null);
     state.sessions.set(id, session);
     if (n3 === 0) owner.opened(session); // else refused (1: clients.allow, 2: the session limit, 3: its client's); its hand-over follows
     // Its context is gone: deciding with another one could mix two configurations. Refuse it.
@@ -395,6 +402,8 @@ export class NativeSession {
   readonly clientPort: number;
   /** It took a slot of its client's at the relay thread (limits.sessionsPerClient): the server gives it back. */
   readonly holdsClientSlot: boolean;
+  /** Refused at limits.sessions: what the relay thread counted then (sessions held, pipes in sessions' places). */
+  readonly limitSeen: PlacesTaken | null;
   readonly #owner: NativeOwner;
   readonly #handle: object;
   readonly #addon: Addon;
@@ -411,8 +420,12 @@ export class NativeSession {
   #gone = false;
   #shutdown = false;
 
-  constructor(owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext, holdsClientSlot: boolean) {
+  constructor(
+    owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext,
+    holdsClientSlot: boolean, limitSeen: PlacesTaken | null = null,
+  ) {
     this.holdsClientSlot = holdsClientSlot;
+    this.limitSeen = limitSeen;
     this.#owner = owner;
     this.#handle = handle;
     this.#addon = addon;

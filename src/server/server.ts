@@ -19,7 +19,7 @@ import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
 import {
-  type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, type Refusal, type SessionGate,
+  type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, type PlacesTaken, type Refusal, type SessionGate,
   bindReusePort, listenNatively, sessionGate,
 } from './native.js';
 import { LIMIT_REPORT_EVERY_MS, openFilesLimit, reserveSessionDescriptors, sessionLimit } from './session-limit.js';
@@ -377,8 +377,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   /** Sessions held, and the relay's pipes that hold a session's place (see reserveSessionDescriptors). */
-  #placesTaken(): number {
-    return this.sessionCount + (this.relayEngine === 'splice' ? borrowedPipes() : 0);
+  #placesTakenNow(): PlacesTaken {
+    return { sessions: this.sessionCount, pipes: this.relayEngine === 'splice' ? borrowedPipes() : 0 };
   }
 
   #track(id: number, session: Session | NativeSession): void {
@@ -557,7 +557,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
   #adopt(native: NativeSession, socket: Socket, resume: SessionResume | Refusal): void {
     const ctx = native.ctx!;
-    if (typeof resume === 'string') return this.#refuse(native.id, socket, ctx, native.clientAddress, native.clientPort, resume);
+    if (typeof resume === 'string') return this.#refuse(native.id, socket, ctx, native.clientAddress, native.clientPort, resume, native.limitSeen);
     const session = new Session(native.id, socket, ctx, resume);
     this.#track(native.id, session);
     session.start();
@@ -599,7 +599,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     if (client === null) return this.#recordUnknownClient(id, socket, ctx);
     const { address, port } = client;
     if (this.#allow && !this.#allow.has(address)) return this.#refuse(id, socket, ctx, address, port, 'not-allowed');
-    if (this.#placesTaken() >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached');
+    const taken = this.#placesTakenNow();
+    if (taken.sessions + taken.pipes >= this.#sessionLimit) return this.#refuse(id, socket, ctx, address, port, 'limit-reached', taken);
     if (this.#clientSessions.limit !== Infinity) {
       const block = clientBlock(address);
       if (!this.#clientSessions.acquire(block)) return this.#refuse(id, socket, ctx, address, port, 'client-limit');
@@ -614,7 +615,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   /** Closes a connection as soon as it was accepted, before a byte is read, and records why. */
-  #refuse(id: number, socket: Socket, ctx: SessionContext, address: string, port: number, why: Refusal): void {
+  #refuse(id: number, socket: Socket, ctx: SessionContext, address: string, port: number, why: Refusal, seen: PlacesTaken | null = null): void {
     socket.on('error', () => {});
     socket.destroy();
     const now = this.#now();
@@ -623,22 +624,24 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
       const error = `too many sessions from ${clientBlock(address)} (limits.sessionsPerClient ${this.#clientSessions.limit})`;
       return this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', error));
     }
-    const limit = this.#limitWording();
-    this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', `session limit reached: ${sessionsOpen(limit.held)} (${limit.setting})`));
+    // The relay thread's count when it refused; Node's listeners refuse with this count.
+    const taken = seen ?? this.#placesTakenNow();
+    const pipes = taken.pipes > 0 ? `, ${taken.pipes} more places taken by relay pipes` : '';
+    const error = `session limit reached: ${sessionsOpen(taken.sessions)}${pipes} (${this.#limitSetting()})`;
+    this.#onSessionClose(unservedRecord(id, ctx, address, port, now, 'limit-reached', error));
     this.#refusedAtLimit++;
     const mono = performance.now();
     if (mono - this.#limitToldAt < LIMIT_REPORT_EVERY_MS) return;
     this.#limitToldAt = mono;
-    this.#tell('session-limit', { limit: this.#sessionLimit, sessions: limit.held, refused: this.#refusedAtLimit });
+    this.#tell('session-limit', { limit: this.#sessionLimit, sessions: taken.sessions, refused: this.#refusedAtLimit });
     this.#refusedAtLimit = 0;
   }
 
-  /** The limit's wording for a record: what is held, and which setting made the limit. */
-  #limitWording(): { held: number; setting: string } {
-    const setting = this.#config.limits.sessions === 'auto' ? `limits.sessions auto: ${this.#sessionLimit} from the open-files limit`
+  /** Which setting made the limit, for a record. */
+  #limitSetting(): string {
+    return this.#config.limits.sessions === 'auto' ? `limits.sessions auto: ${this.#sessionLimit} from the open-files limit`
       : this.#sharedBy > 1 ? `limits.sessions ${this.#config.limits.sessions} shared by ${this.#sharedBy} processes: ${this.#sessionLimit} here`
       : `limits.sessions ${this.#sessionLimit}`;
-    return { held: this.sessionCount, setting };
   }
 
   /**

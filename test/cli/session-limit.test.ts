@@ -131,6 +131,10 @@ for (const engine of ['native', 'node'] as const) {
       await daemon.waitFor(() => daemon.sessions().length === refused, `a record for each of the ${refused} refused`);
       assert.ok(held.length > 0 && refused > 0, `${held.length} relayed, ${refused} refused`);
       assert.deepEqual(daemon.sessions().map((l) => l.reason).filter((r) => r !== 'limit-reached'), [], 'refused at the limit only');
+      // Each record says what took the places: sessions, and pipes in sessions' places.
+      const taken = daemon.sessions().map((l) => /^session limit reached: (\d+) sessions? open(?:, (\d+) more places taken by relay pipes)? \(limits\.sessions auto: /.exec(String(l.error)));
+      assert.ok(taken.every((m) => m !== null && Number(m[1]) + Number(m[2] ?? 0) >= AUTO_LIMIT), daemon.sessions().map((l) => l.error).join('\n'));
+      assert.ok(taken.some((m) => m![2] !== undefined), 'pipes took places');
       assert.deepEqual(daemon.logs.filter((l) => l.event === 'listener-error'), [], 'no accept failed');
       // Places given back go to new clients first.
       for (const socket of held.splice(0, 10)) socket.destroy();

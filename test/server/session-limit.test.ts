@@ -177,6 +177,33 @@ for (const engine of ENGINES) {
   });
 }
 
+test('native handshakes: the place of a session the relay thread ended is free at once, before JavaScript hears of the end', async () => {
+  // The relay thread tells JavaScript of ended sessions in batches (up to
+  // 2 ms): a client that resets and reconnects at once was refused every
+  // time at a limit of 1.
+  const echo = await startEchoServer();
+  try {
+    await withEngineProxy('native', { limits: { sessions: 1 } }, async (proxy) => {
+      const start = proxy.records.length;
+      const rounds = 40;
+      for (let i = 0; i < rounds; i++) {
+        const held = await relayed(proxy, echo);
+        held.resetAndDestroy();
+        const next = await RawClient.connect(proxy.port);
+        next.write('050100'); // a greeting: a served client reads the method, a refused one the end
+        await next.read(2).catch(() => {});
+        next.destroy();
+        await until(() => proxy.server.sessionCount === 0);
+      }
+      await until(() => proxy.records.length - start === 2 * rounds);
+      const refused = proxy.records.slice(start).filter((r) => r.reason === 'limit-reached');
+      assert.ok(refused.length < rounds / 2, `${refused.length} of ${rounds} reconnects refused`);
+    });
+  } finally {
+    await echo.close();
+  }
+});
+
 describe('limits.sessions shared by processes (listen({ sharedBy }))', () => {
   it('each process applies its share of a number, rounded up, and its records say so', async () => {
     const server = createServer({ listen: [{ address: '127.0.0.1', port: 0 }], limits: { sessions: 3 } });
