@@ -105,6 +105,8 @@ struct pair {
   pair_t *expired;   /* scan_idle's list of pairs past their deadline */
   struct session_gate *gate; /* an admitted native session's server count (a reference), or NULL */
   int ended_untold;  /* counted in gate->ended: ended here, MSG_END not yet delivered */
+  int slot_held;     /* it holds a slot of its client's (limits.sessionsPerClient): given back here if it ends here */
+  unsigned char slot_key[16]; /* whose (client_key) */
 };
 
 typedef struct command {
@@ -191,6 +193,7 @@ static void username_release(username_t *u);
 
 static void gate_unref(struct session_gate *g);
 static void gate_count_ended(struct session_gate *g, int change);
+static void client_release_key(struct session_gate *g, const unsigned char key[16]);
 
 static void unref_pair(pair_t *p) {
   if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -310,6 +313,10 @@ static void finish_locked(pair_t *p, int reason, int side, int err) {
     if (p->gate) {
       gate_count_ended(p->gate, 1);
       p->ended_untold = 1;
+      /* Its client's slot is free at once too; JavaScript gives back only
+       * the slots of sessions handed over to it. */
+      if (p->slot_held) client_release_key(p->gate, p->slot_key);
+      p->slot_held = 0;
     }
     native_finished(p);
     return;
@@ -1218,6 +1225,10 @@ static int client_take(session_gate_t *g, const struct sockaddr_storage *addr) {
 static void client_release(session_gate_t *g, const struct sockaddr_storage *addr) {
   unsigned char key[16];
   client_key(addr, key);
+  client_release_key(g, key);
+}
+
+static void client_release_key(struct session_gate *g, const unsigned char key[16]) {
   pthread_mutex_lock(&g->clients_lock);
   client_slots_t **at = client_find(g, key);
   client_slots_t *c = *at;
@@ -1428,6 +1439,7 @@ static int resume_phase(int phase) {
  */
 static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   handshake_t *h = p->hs;
+  p->slot_held = 0; /* the session's now, which gives it back (releaseClient()) */
   pthread_mutex_lock(&pairs_lock);
   epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[0], NULL);
   if (p->fd[1] >= 0) {
@@ -2016,7 +2028,8 @@ static int address_text(const struct sockaddr_storage *addr, char *text, socklen
 /* A connection accepted; `s` is a reference to the listener's settings, now
  * the session's. `refusal` (REFUSE_*): JavaScript closes it at once and
  * records why, as for its own listeners; ADMIT: the handshake begins.
- * `holds_slot`: it took a slot of its client's, which JavaScript gives back. */
+ * `holds_slot`: it took a slot of its client's, given back here when the
+ * session ends here, by JavaScript when it was handed over. */
 static void open_native(listener_t *l, int fd, const struct sockaddr_storage *addr, settings_t *s, int refusal, int holds_slot) {
   pair_t *p = calloc(1, sizeof *p);
   handshake_t *h = malloc(sizeof *h);
@@ -2055,6 +2068,8 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   if (l->gate && refusal == ADMIT) {
     __atomic_add_fetch(&l->gate->refs, 1, __ATOMIC_ACQ_REL);
     p->gate = l->gate;
+    p->slot_held = holds_slot;
+    if (holds_slot) client_key(addr, p->slot_key);
   }
   m->listener = l;
   __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);

@@ -81,8 +81,9 @@ export interface PlacesTaken {
  * connections past `limit` as it accepts them (the server keeps `sessions`
  * at its own count; `unreported` is what the relay thread accepted and has
  * not yet told). The relay thread also counts each client's sessions
- * against `perClient`; a session that took a slot so gives it back with
- * `release`.
+ * against `perClient`, and gives back the slot of a session it ended
+ * itself; the server gives back, with `release`, that of a session handed
+ * over to it.
  */
 export class SessionGate {
   /** For listenNatively. */
@@ -400,7 +401,7 @@ export class NativeSession {
   readonly id: number;
   readonly clientAddress: string;
   readonly clientPort: number;
-  /** It took a slot of its client's at the relay thread (limits.sessionsPerClient): the server gives it back. */
+  /** It took a slot of its client's at the relay thread (limits.sessionsPerClient): the relay thread gives it back if the session ends there, the server if it was handed over. */
   readonly holdsClientSlot: boolean;
   /** Refused at limits.sessions: what the relay thread counted then (sessions held, pipes in sessions' places). */
   readonly limitSeen: PlacesTaken | null;

@@ -182,7 +182,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** Sessions per client (`limits.sessionsPerClient`) of the connections Node accepts; the relay thread counts its own. */
   readonly #clientSessions: ClientSlots;
   /** The client slot each session holds, by session id: what to give back when it ends. */
-  readonly #slotsHeld = new Map<number, { readonly native: boolean; readonly client: string }>();
+  readonly #slotsHeld = new Map<number, { readonly native: boolean; readonly client: string; handedOver?: boolean }>();
   /** Connections refused at the limit since `session-limit` was last told, and when (performance.now()). */
   #refusedAtLimit = 0;
   #limitToldAt = -Infinity;
@@ -392,8 +392,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     const slot = this.#slotsHeld.get(id);
     if (slot === undefined) return;
     this.#slotsHeld.delete(id);
-    if (slot.native) this.#gate?.release(slot.client);
-    else this.#clientSessions.release(slot.client);
+    // The relay thread gives back the slots of the sessions it ended itself.
+    if (!slot.native) this.#clientSessions.release(slot.client);
+    else if (slot.handedOver) this.#gate?.release(slot.client);
   }
 
   /**
@@ -557,6 +558,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
   #adopt(native: NativeSession, socket: Socket, resume: SessionResume | Refusal): void {
     const ctx = native.ctx!;
+    const slot = this.#slotsHeld.get(native.id);
+    if (slot) slot.handedOver = true; // its slot is now JavaScript's to give back
     if (typeof resume === 'string') return this.#refuse(native.id, socket, ctx, native.clientAddress, native.clientPort, resume, native.limitSeen);
     const session = new Session(native.id, socket, ctx, resume);
     this.#track(native.id, session);
