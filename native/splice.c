@@ -2549,33 +2549,33 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* busyPoll(microseconds): how long the relay thread polls before it sleeps; 0 turns it off. */
-static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
+/* The one whole-number argument of a setter, within [min, max]; -1 with a RangeError thrown (`what`) otherwise. */
+static int int32_argument(napi_env env, napi_callback_info info, int32_t min, int32_t max, const char *what, int32_t *out) {
   size_t argc = 1;
   napi_value argv[1];
-  int32_t us;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &us));
-  if (us < 0 || us > 1000000) {
-    napi_throw_range_error(env, NULL, "busyPoll takes 0 to 1000000 microseconds");
-    return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || napi_get_value_int32(env, argv[0], out) != napi_ok
+      || *out < min || *out > max) {
+    napi_throw_range_error(env, NULL, what);
+    return -1;
   }
-  __atomic_store_n(&busy_poll_us, us, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* busyPoll(microseconds): how long the relay thread polls before it sleeps; 0 turns it off. */
+static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
+  int32_t us;
+  if (int32_argument(env, info, 0, 1000000, "busyPoll takes 0 to 1000000 microseconds", &us) == 0) {
+    __atomic_store_n(&busy_poll_us, us, __ATOMIC_RELAXED);
+  }
   return NULL;
 }
 
 /* pipeAllowance(pipes): how many pipes the relay thread may hold open besides the sessions' descriptors (-1: no account kept). */
 static napi_value js_pipe_allowance(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
   int32_t pipes;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &pipes));
-  if (pipes < -1) {
-    napi_throw_range_error(env, NULL, "pipeAllowance takes -1 (none) or a number of pipes");
-    return NULL;
+  if (int32_argument(env, info, -1, INT32_MAX, "pipeAllowance takes -1 (none) or a number of pipes", &pipes) == 0) {
+    __atomic_store_n(&pipe_allowance, pipes, __ATOMIC_RELAXED);
   }
-  __atomic_store_n(&pipe_allowance, pipes, __ATOMIC_RELAXED);
   return NULL;
 }
 
