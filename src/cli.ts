@@ -82,8 +82,8 @@ Options:
                              listening beyond loopback, else 1)
       --max-sessions N|auto  sessions at once, workers' together (auto: from the
                              open-files limit); past it, connections are closed
-      --max-client-sessions N  sessions one client (address, IPv6 /64) holds at
-                             once, in each worker (default: no limit)
+      --max-client-sessions N|none  sessions one client (address, IPv6 /64)
+                             holds at once, in each worker (default: none)
       --relay-engine E       auto, splice (in the kernel; needs the addon built
                              at install) or stream (Node streams)
       --busy-poll US         microseconds the splice relay polls before it sleeps

@@ -74,7 +74,9 @@ export function mergeFlags(file: unknown, flags: Flags): Record<string, unknown>
   if (flags['shutdown-grace'] !== undefined) timeouts.shutdownGrace = numberOrText(flags['shutdown-grace']);
   if (flags.workers !== undefined) config.workers = numberOrText(flags.workers);
   if (flags['max-sessions'] !== undefined) section('limits').sessions = numberOrText(flags['max-sessions']);
-  if (flags['max-client-sessions'] !== undefined) section('limits').sessionsPerClient = numberOrText(flags['max-client-sessions']);
+  // `none` lifts a limit the config file sets (YAML's null has no flag spelling).
+  const perClient = flags['max-client-sessions'];
+  if (perClient !== undefined) section('limits').sessionsPerClient = perClient === 'none' ? null : numberOrText(perClient);
   if (flags['relay-engine'] !== undefined) section('relay').engine = flags['relay-engine'];
   if (flags['busy-poll'] !== undefined) section('relay').busyPollMicroseconds = numberOrText(flags['busy-poll']);
   if (flags['handshake-engine'] !== undefined) section('handshake').engine = flags['handshake-engine'];

@@ -171,6 +171,13 @@ describe('socksgate --check', () => {
     }
   });
 
+  it('--max-client-sessions none lifts the limit per client the config file sets (null has no other flag spelling)', async () => {
+    const file = write('per-client-none.yaml', 'limits:\n  sessionsPerClient: 1.5\n');
+    const r = await runCli(['--check', '-c', file, '--max-client-sessions', 'none']);
+    assert.equal(r.code, 0, r.stderr); // the file's invalid 1.5 is replaced by null
+    assert.equal((await runCli(['--check', '--max-client-sessions', 'none'])).code, 0);
+  });
+
   it('refuses two listeners the kernel would not both bind (it said valid; start-up then failed with "address already in use", or with workers bound both)', async () => {
     const clash = (flags: string[]) => runCli(['--check', ...flags.flatMap((f) => ['--listen', f]), '--allow', '10.0.0.0/8']);
     const cases: Array<[string[], string]> = [
