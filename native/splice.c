@@ -264,7 +264,7 @@ static int spare_pipe_ready(void) {
   return 1;
 }
 
-/* An empty pipe goes back to the pool; one still holding bytes, or past a budget lowered since, is closed. */
+/* An empty pipe goes back to the pool; one still holding bytes, or borrowed (past the allowance), is closed. */
 static void release_pipe(flow_t *f) {
   if (f->pipe_r < 0) return;
   /* The pool keeps no borrowed pipe: it would hold a session's place while idle. */
@@ -1140,7 +1140,8 @@ typedef struct client_slots {
  * none). Every listener of the server points at it, so the relay thread
  * refuses a connection past a limit without asking JavaScript. The slots
  * per client are counted here alone: taken as a connection is accepted,
- * given back by JavaScript when its session's record is written (releaseClient()).
+ * given back here when the session ends here, and by JavaScript
+ * (releaseClient()) when it ends a session handed over to it.
  */
 typedef struct session_gate {
   int32_t js_sessions;
@@ -1151,7 +1152,7 @@ typedef struct session_gate {
    * their place is free at once, not only once JavaScript untracks them. */
   int32_t ended;
   int32_t refs; /* JavaScript's handle and ArrayBuffer, each listener, and each admitted native session */
-  struct session_gate *prev_gate, *next_gate; /* every live gate (gates_lock), for free_slots() */
+  struct session_gate *prev_gate, *next_gate; /* every live gate (gates_lock), for may_borrow_pipe() */
   pthread_mutex_t clients_lock;
   uint64_t clients_key[2]; /* SipHash key: a client cannot choose addresses that share a bucket */
   client_slots_t *clients[CLIENT_BUCKETS];
@@ -1295,7 +1296,6 @@ struct listener {
   int closed;
   settings_t *settings; /* pairs_lock */
   struct listener *next_dead;
-  int unreported; /* accepted, MSG_OPEN not yet delivered: counted by pending() */
   session_gate_t *gate; /* the server's, or NULL: no limit */
   int refs;       /* the relay thread until it buries it, JavaScript until MSG_LISTENER_CLOSED */
   int64_t paused_until; /* out of descriptors and nothing to shed with: not watched until then */
@@ -2072,7 +2072,6 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
     if (holds_slot) client_key(addr, p->slot_key);
   }
   m->listener = l;
-  __atomic_add_fetch(&l->unreported, 1, __ATOMIC_ACQ_REL);
   if (l->gate && refusal == ADMIT) __atomic_add_fetch(&l->gate->unreported, 1, __ATOMIC_ACQ_REL); /* a refusal is no session */
   m->n[1] = address_text(addr, m->text, sizeof m->text);
   post(m);
@@ -2282,7 +2281,6 @@ static void deliver(napi_env env, napi_value dispatch, message_t *m) {
   if (m->type == MSG_OPEN) {
     napi_create_external(env, p, NULL, NULL, &argv[2]);
     if (native_refs++ == 0) napi_ref_threadsafe_function(env, on_native);
-    __atomic_sub_fetch(&m->listener->unreported, 1, __ATOMIC_ACQ_REL); /* JavaScript counts it from here */
     session_gate_t *g = m->listener->gate;
     if (g && m->n[3] == ADMIT) {
       /* Moved from one count to the other here, on JavaScript's thread (the
@@ -2611,17 +2609,6 @@ static napi_value js_siphash(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* pending(handle) -> sessions accepted whose MSG_OPEN JavaScript has not yet had. Until MSG_LISTENER_CLOSED. */
-static napi_value js_pending(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], result;
-  void *l;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], &l));
-  CHECK(napi_create_int32(env, __atomic_load_n(&((listener_t *)l)->unreported, __ATOMIC_ACQUIRE), &result));
-  return result;
-}
-
 /* answer(handle, goOn, rememberAs): JavaScript's verdict after MSG_AUTH or MSG_DECIDE (see native_answer). */
 static napi_value js_answer(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -2778,7 +2765,6 @@ NAPI_MODULE_INIT() {
       {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
-      {"pending", NULL, js_pending, NULL, NULL, NULL, napi_default, NULL},
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
       {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"pipeAllowance", NULL, js_pipe_allowance, NULL, NULL, NULL, napi_default, NULL},

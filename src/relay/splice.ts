@@ -48,7 +48,6 @@ export interface Addon {
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;
-  pending(listener: object): number;
   /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
   siphash(key: Buffer, data: Buffer): Buffer;
   /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */

@@ -138,8 +138,6 @@ export interface NativeListener {
    * owner has been told of every session the listener accepted.
    */
   close(): Promise<void>;
-  /** Sessions accepted that the owner has not been told of yet (they are told in batches). */
-  pending(): number;
 }
 
 /** A network of `clients.allow`, as the schema parses it. */
@@ -232,24 +230,16 @@ export function listenNatively(fd: number, owner: NativeOwner, allow: readonly A
   const handle = state.addon.listen(fd, tag, encodeSettings(owner, owner.context(), allow, 0), gate?.handle ?? null);
   state.owners.set(tag, { owner, generations });
   let closed: Promise<void> | null = null;
-  let confirmed = false; // the addon let go of the listener: its handle is no longer valid
-  state.closing.set(tag, () => { confirmed = true; });
   return {
     configure(ctx, networks) {
       if (!closed) state.addon.configure(handle, encodeSettings(owner, ctx, networks, generations.add(ctx)));
     },
     close() {
       closed ??= new Promise<void>((resolve) => {
-        state.closing.set(tag, () => {
-          confirmed = true;
-          resolve();
-        });
+        state.closing.set(tag, resolve);
         state.addon.unlisten(handle);
       });
       return closed;
-    },
-    pending() {
-      return confirmed ? 0 : state.addon.pending(handle);
     },
   };
 }

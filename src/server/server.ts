@@ -348,12 +348,9 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
 
   /** Sessions alive now, in any phase. */
   get sessionCount(): number {
-    // The gate counts the connections the relay thread accepted and has not
-    // yet told, refusals apart; a listener's pending() counts those too.
-    if (this.#gate) return this.#sessions.size + this.#gate.unreported;
-    let count = this.#sessions.size;
-    for (const slot of this.#listeners) count += slot.native?.pending() ?? 0;
-    return count;
+    // And those the relay thread accepted (refusals apart) and has not yet
+    // told: every native listener shares the gate.
+    return this.#sessions.size + (this.#gate?.unreported ?? 0);
   }
 
   /**
