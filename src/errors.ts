@@ -102,9 +102,17 @@ export function toSocksError(err: unknown): SocksError {
   const errno = errnoOf(err);
   // Own keys only: 'constructor', 'toString', '__proto__' are not errnos.
   const code = (errno !== undefined && Object.hasOwn(ERRNO, errno) && ERRNO[errno]) || 'ERR_GENERAL';
-  const message = err instanceof Error ? err.message : describe(err);
+  const message = err instanceof Error ? err.message.replace(NO_LOCAL_ADDRESS, '') : describe(err);
   return new SocksError(code, message, { cause: err });
 }
+
+/*
+ * Node names a failed connect's own address (internalConnect in lib/net.js)
+ * even when the socket never got one: out of descriptors (EMFILE), it reads
+ * "connect EMFILE 127.0.0.1:80 - Local (undefined:undefined)". That part
+ * says nothing, so the record leaves it out.
+ */
+const NO_LOCAL_ADDRESS = / - Local \(undefined:undefined\)$/;
 
 /** A message for a thrown non-Error, which may not even stringify. */
 function describe(value: unknown): string {

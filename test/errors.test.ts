@@ -144,6 +144,13 @@ describe('toSocksError', () => {
     }
   });
 
+  it("leaves out the local address Node names for a socket that never had one", () => {
+    const original = errnoError('EMFILE', 'connect EMFILE 127.0.0.1:80 - Local (undefined:undefined)');
+    assert.equal(toSocksError(original).message, 'connect EMFILE 127.0.0.1:80');
+    const bound = 'connect ENETUNREACH 127.255.255.255:80 - Local (0.0.0.0:0)';
+    assert.equal(toSocksError(errnoError('ENETUNREACH', bound)).message, bound);
+  });
+
   describe('unknown errno codes → ERR_GENERAL (0x01)', () => {
     for (const errno of UNKNOWN_ERRNOS) {
       it(JSON.stringify(errno), () => {
