@@ -32,7 +32,7 @@ import {
   productionConfig, startServer,
 } from './lib/servers.js';
 import {
-  FULL, QUICK, type RunContext, type RunRecord, type Settings, type Workload, applies, describeReps, runIdle, runRelay, runStall, schedule, workloads,
+  FULL, HANDSHAKE_NAME, QUICK, type RunContext, type RunRecord, type Settings, type Workload, applies, describeReps, runIdle, runRelay, runStall, schedule, workloads,
 } from './lib/workloads.js';
 
 /** dist/bench/run.js → the project root. */
@@ -196,7 +196,14 @@ function machineInfo(bin: Binaries, pinning: string, buildHash: string, addon: s
     rules: `${PRODUCTION_RULE_COUNT} rules in socksgate (production)'s configuration`,
     pinning,
     openFiles: limits,
+    localhost: resolvesTo(HANDSHAKE_NAME),
   };
+}
+
+/** The addresses getaddrinfo gives for `name`, in its order (`getent ahosts` lists each once per socket type). */
+function resolvesTo(name: string): string {
+  const addresses = output('getent', ['ahosts', name]).split('\n').map((line) => line.split(/\s+/)[0]).filter((a): a is string => !!a);
+  return addresses.length > 0 ? [...new Set(addresses)].join(', ') + ' (getent ahosts)' : 'nothing (getent ahosts)';
 }
 
 async function main(): Promise<number> {

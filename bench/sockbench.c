@@ -25,6 +25,7 @@
  *       --connect PORT   where to connect (the proxy, or the target directly)
  *       --socks 0|1      do the SOCKS5 exchange first (default 1)
  *       --dest PORT      destination port asked for in the SOCKS5 request
+ *       --dest-name NAME ask for NAME (ATYP 3, resolved by the proxy) instead of 127.0.0.1
  *       --user U --pass P  offer only username/password (RFC 1929)
  *     and per command: --streams --seconds --batch (upload/download),
  *     --concurrency --seconds --warmup-ms (handshake), --conns --seconds --size --warmup-ms
@@ -492,7 +493,19 @@ static size_t auth_message(unsigned char *out) {
   return 3 + ul + pl;
 }
 
+/* --dest-name: CONNECT to this name (ATYP 3), which the proxy resolves, instead of 127.0.0.1. */
+static const char *g_dest_name;
+
 static size_t request(unsigned char *out) {
+  if (g_dest_name) {
+    size_t n = strlen(g_dest_name);
+    unsigned char head[5] = {5, 1, 0, 3, (unsigned char)n};
+    memcpy(out, head, 5);
+    memcpy(out + 5, g_dest_name, n);
+    out[5 + n] = (unsigned char)(g_dest_port >> 8);
+    out[6 + n] = (unsigned char)g_dest_port;
+    return 7 + n;
+  }
   unsigned char r[10] = {5, 1, 0, 1, 127, 0, 0, 1, (unsigned char)(g_dest_port >> 8), (unsigned char)g_dest_port};
   memcpy(out, r, 10);
   return 10;
@@ -1364,6 +1377,8 @@ int main(int argc, char **argv) {
   g_socks = (int)opt_num("socks", 1);
   g_user = opt_str("user", NULL);
   g_pass = opt_str("pass", "");
+  g_dest_name = opt_str("dest-name", NULL);
+  if (g_dest_name && (strlen(g_dest_name) == 0 || strlen(g_dest_name) > 255)) die("--dest-name must be 1-255 bytes");
   if (g_connect_port <= 0) die("--connect PORT is required");
   if (g_socks && g_dest_port <= 0) die("--dest PORT is required with --socks 1");
   if (g_user && (strlen(g_user) > 255 || strlen(g_pass) > 255)) die("user/pass too long");

@@ -3,7 +3,7 @@
  * the load generator's headroom, and the machine.
  */
 import { PRODUCTION_RULE_COUNT, type LogSummary, type ServerId, type ServerInfo } from './servers.js';
-import { type MetricDef, type RunRecord, type Settings, type Workload, applies, describeReps, runsIn } from './workloads.js';
+import { type MetricDef, type RunRecord, type Settings, type Workload, HANDSHAKE_NAME, applies, describeReps, runsIn } from './workloads.js';
 
 export interface InstanceRecord {
   readonly rep: number;
@@ -33,6 +33,8 @@ export interface Machine {
   readonly rules: string;
   readonly pinning: string;
   readonly openFiles: string;
+  /** What getaddrinfo gave for the by-name handshakes' name, in its order (runs before 2026-11-24's twentieth session have none). */
+  readonly localhost?: string;
 }
 
 export interface Results {
@@ -174,6 +176,7 @@ export function renderMarkdown(results: Results): string {
     'production rules': machine.rules,
     'load generator': `bench/sockbench.c, ${machine.gcc} -O2`,
     'CPU placement': machine.pinning,
+    ...(machine.localhost === undefined ? {} : { [`${HANDSHAKE_NAME} resolves to`]: machine.localhost }),
   })) out.push(`| ${k} | ${v} |`);
   out.push('');
 

@@ -169,7 +169,12 @@ export interface Workload {
   readonly parallel?: number;
   /** idle: the session count. */
   readonly sessions?: number;
+  /** handshake: the name asked for (ATYP 3, resolved by the proxy) instead of 127.0.0.1. */
+  readonly destName?: string;
 }
+
+/** The name the by-name handshakes ask for: every machine's hosts file has it, so no DNS server is asked. */
+export const HANDSHAKE_NAME = 'localhost';
 
 const MBPS: MetricDef = { key: 'mbps', label: 'MB/s', better: 'higher', digits: 0 };
 const RATE: MetricDef = { key: 'rate', label: 'handshakes/s', better: 'higher', digits: 0 };
@@ -195,17 +200,19 @@ export function workloads(s: Settings): Workload[] {
     command,
     parallel,
   });
-  const handshake = (parallel: number): Workload => ({
-    id: `handshake-${parallel}`,
+  const handshake = (parallel: number, destName?: string): Workload => ({
+    id: destName ? `handshake-name-${parallel}` : `handshake-${parallel}`,
     group: 'handshake',
-    title: `CONNECT handshakes, ${parallel} concurrent client${parallel > 1 ? 's' : ''}`,
+    title: `CONNECT handshakes${destName ? ' by name' : ''}, ${parallel} concurrent client${parallel > 1 ? 's' : ''}`,
     what: `${parallel} client${parallel > 1 ? 's' : ''} in a closed loop for ${s.handshakeSeconds} s (after ${s.handshakeWarmupMs} ms of uncounted handshakes one at a time, the first of which pays a password check once), each handshake a fresh TCP connection: ` +
       'greeting, method, request, reply, then close; the destination (the target\'s "hangup" port) closes as soon as the proxy connects ' +
-      '(so TIME_WAIT stays off ephemeral ports, see bench/README.md); handshake time = from connect() to the whole reply',
+      '(so TIME_WAIT stays off ephemeral ports, see bench/README.md); handshake time = from connect() to the whole reply' +
+      (destName ? `; the request names "${destName}" (ATYP 3), which the proxy resolves (the hosts file; see "localhost resolves to" above) for every request` : ''),
     metrics: [RATE],
     proxyOnly: false,
     command: 'handshake',
     parallel,
+    ...(destName ? { destName } : {}),
   });
   const latency = (parallel: number): Workload => ({
     id: `latency-${parallel}`,
@@ -252,6 +259,8 @@ export function workloads(s: Settings): Workload[] {
     bulk('download', 8),
     handshake(1),
     handshake(32),
+    handshake(1, HANDSHAKE_NAME),
+    handshake(32, HANDSHAKE_NAME),
     latency(1),
     latency(16),
     udp(1),
@@ -345,7 +354,8 @@ export async function runRelay(ctx: RunContext, w: Workload): Promise<RunRecord>
     case 'handshake':
       seconds = s.handshakeSeconds;
       args = ['--concurrency', w.parallel!, '--seconds', seconds, '--warmup-ms', s.handshakeWarmupMs,
-        ...(ctx.server.info.proxy ? connectArgs(ctx, ports.hangup) : ['--connect', ports.socks, '--dest', 1])];
+        ...(ctx.server.info.proxy ? connectArgs(ctx, ports.hangup) : ['--connect', ports.socks, '--dest', 1]),
+        ...(w.destName ? ['--dest-name', w.destName] : [])];
       break;
     case 'latency':
       seconds = s.latencySeconds;

@@ -56,7 +56,7 @@ describe('benchmark harness, quick mode', () => {
 
       const ids = results.servers.map((s) => s.id);
       for (const id of ['socksgate', 'socksgate-stream', 'socksgate-poll', 'socksgate-auth', 'socksgate-prod', 'dante', 'microsocks', 'microsocks-auth', 'none']) assert.ok(ids.includes(id), `server ${id} was run`);
-      for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
+      for (const kind of ['upload-1', 'upload-8', 'download-1', 'download-8', 'handshake-1', 'handshake-32', 'handshake-name-1', 'handshake-name-32', 'latency-1', 'latency-16', 'udp-1', 'udp-8', 'backpressure']) {
         assert.ok(results.workloads.some((w) => w.id === kind), `workload ${kind} was run`);
       }
       assert.equal(results.workloads.filter((w) => w.id.startsWith('idle-')).length, 3, 'three idle-session counts');
@@ -85,9 +85,9 @@ describe('benchmark harness, quick mode', () => {
       assert.deepEqual(udpless, ['microsocks', 'microsocks-auth'], 'only microsocks lacks UDP ASSOCIATE');
       assert.deepEqual(results.runs.filter((r) => r.server.startsWith('microsocks') && r.workload.startsWith('udp-')), [], 'UDP is not run against microsocks');
       const referenceRuns = results.runs.filter((r) => r.server === 'microsocks-auth').map((r) => r.workload).sort();
-      assert.deepEqual(referenceRuns, ['handshake-1', 'handshake-32'], 'microsocks (userpass) runs the handshakes only');
+      assert.deepEqual(referenceRuns, ['handshake-1', 'handshake-32', 'handshake-name-1', 'handshake-name-32'], 'microsocks (userpass) runs the handshakes only');
       const pollRuns = [...new Set(results.runs.filter((r) => r.server === 'socksgate-poll').map((r) => r.workload))].sort();
-      assert.deepEqual(pollRuns, ['handshake-1', 'handshake-32', 'latency-1', 'latency-16'], 'socksgate (busy poll) runs handshakes and latency only');
+      assert.deepEqual(pollRuns, ['handshake-1', 'handshake-32', 'handshake-name-1', 'handshake-name-32', 'latency-1', 'latency-16'], 'socksgate (busy poll) runs handshakes and latency only');
 
       const bulk = results.runs.filter((r) => /^(upload|download)-/.test(r.workload) || r.workload === 'backpressure');
       const full = results.servers.filter((s) => !s.groups);
@@ -98,6 +98,7 @@ describe('benchmark harness, quick mode', () => {
 
       const report = readFileSync(md, 'utf8');
       assert.match(report, /## Summary/);
+      assert.match(report, /\| localhost resolves to \| \S/, 'the report says what the by-name handshakes\' name resolved to');
       assert.match(report, /Quick mode/);
       assert.doesNotMatch(report, /\*\*missing\*\*/);
       assert.match(report, /n\/a \(no UDP ASSOCIATE\)/, 'microsocks is n/a for UDP');
