@@ -101,7 +101,8 @@ export class BindListener {
           done(new SocksError('ERR_NOT_ALLOWED', `BIND: connection from ${peer}, ${why}`));
         }
       };
-      const onAbort = () => done(new SocksError('ERR_GENERAL', 'BIND wait aborted'));
+      // The session's own reason when it gives one (a bound on the wait); otherwise a plain abort.
+      const onAbort = () => done(options.signal.reason instanceof SocksError ? options.signal.reason : new SocksError('ERR_GENERAL', 'BIND wait aborted'));
       const timer = setTimeout(
         () => done(new SocksError('ERR_CONNECT_TIMEOUT', `BIND: no connection within ${options.timeoutMs} ms${this.#strayNote()}`)),
         options.timeoutMs,

@@ -566,6 +566,7 @@ export class Session {
     // The wait may be long: read the control connection meanwhile so a client
     // that leaves is noticed; early bytes are kept (bounded) for the relay.
     this.#bindWaiting = true;
+    this.#boundWaitOfEndedClient();
     this.#socket.resume();
     const inbound = await listener.accept({
       expectedPeers,
@@ -576,11 +577,30 @@ export class Session {
       refusal: this.#bindPeerRefusal(target.port),
     });
     this.#bindWaiting = false;
+    clearTimeout(this.#timer);
     if (this.#phase !== 'waiting' || this.#socket.destroyed) return void inbound.destroy();
     const peer = destination(peerAddress(inbound.remoteAddress ?? ''), inbound.remotePort ?? 0);
     this.#connected = formatDestination(peer);
     this.#replySuccess(peer);
     this.#startRelay(inbound);
+  }
+
+  /**
+   * A client that has shut its side while waiting for its BIND peer has
+   * nothing more to send, and is most likely gone: a close and a half-close
+   * look the same. The wait goes on (a peer that comes gets the FIN passed
+   * on, as a CONNECT's destination does), but no longer than
+   * timeouts.handshake from then, so abandoned BINDs do not hold their
+   * listeners and their clients' places (limits.sessionsPerClient) for the
+   * whole of timeouts.bind.
+   */
+  #boundWaitOfEndedClient(): void {
+    if (!this.#bindWaiting || !this.#clientEnded) return;
+    const ms = Math.min(this.#ctx.handshakeMs, this.#ctx.bindMs);
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#cancel(new SocksError('ERR_CONNECT_TIMEOUT', `BIND: no connection within ${ms} ms of the client shutting its side (timeouts.handshake)`));
+    }, ms);
   }
 
   /**
@@ -737,9 +757,11 @@ export class Session {
   readonly #onHandshakeEnd = (): void => {
     if (this.#bindWaiting) {
       // A half-close: as with CONNECT, the client may send its request and
-      // data and shut its side. The wait goes on (bounded by timeouts.bind,
-      // a reset ends it at once), and the relay passes the FIN on.
+      // data and shut its side. The wait goes on, bounded by
+      // timeouts.handshake from now (a reset ends it at once), and the relay
+      // passes the FIN on.
       this.#clientEnded = true;
+      this.#boundWaitOfEndedClient();
       return;
     }
     if (this.#phase === 'associated') {

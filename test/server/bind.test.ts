@@ -467,6 +467,54 @@ describe('BIND', opts, () => {
   });
 });
 
+describe('BIND abandoned by its client (a FIN before the peer came)', opts, () => {
+  let proxy: RunningProxy;
+  before(async () => {
+    // A BIND wait far longer than the test: only the bound after the FIN can end these sessions in time.
+    proxy = await startProxy({ timeouts: { handshake: 300, bind: 120_000 }, limits: { sessionsPerClient: 2 } });
+  });
+  after(() => proxy.close());
+
+  for (const when of ['with the request', 'after the first reply'] as const) {
+    test(`a FIN ${when}: the wait ends after timeouts.handshake (REP 0x06, bind-failed), the listener closes and the client's place is free`, opts, async () => {
+      const client = await RawClient.connect(proxy.port);
+      try {
+        if (when === 'with the request') client.socket.end(socks5Bind('127.0.0.1'));
+        else client.write(socks5Bind('127.0.0.1'));
+        assert.deepEqual(await client.read(2), hex('05 00'));
+        const announced = socks5ReplyAddress(await client.read(10));
+        if (when === 'after the first reply') client.socket.end();
+        const second = await within(client.read(10), 5000, 'the failure reply');
+        assert.equal(second[1], 0x06, `REP 0x${second[1]!.toString(16)}`);
+        const record = await within(proxy.record((r) => r.clientPort === client.localPort), 5000, 'the session record');
+        assert.equal(record.reason, 'bind-failed');
+        assert.match(record.error ?? '', /^BIND: no connection within 300 ms of the client shutting its side/);
+        assert.ok(await refusesConnections(announced.host, announced.port), 'the BIND listener is closed');
+      } finally {
+        client.destroy();
+      }
+    });
+  }
+
+  test('the places of abandoned BINDs are free again: a client at limits.sessionsPerClient can connect', opts, async () => {
+    const abandoned = await Promise.all([0, 1].map(async () => {
+      const client = await RawClient.connect(proxy.port);
+      client.socket.end(socks5Bind('127.0.0.1'));
+      await client.read(12);
+      return client;
+    }));
+    await within(Promise.all(abandoned.map((c) => proxy.record((r) => r.clientPort === c.localPort))), 5000, 'both records');
+    const next = await RawClient.connect(proxy.port);
+    try {
+      next.write(hex('05 01 00'));
+      assert.deepEqual(await within(next.read(2), 5000, 'the method reply'), hex('05 00'), 'a place was free: the greeting was answered');
+    } finally {
+      next.destroy();
+      for (const c of abandoned) c.destroy();
+    }
+  });
+});
+
 describe('BIND and request rules denying a network: the peer that connects is decided too', opts, () => {
   let proxy: RunningProxy;
   before(async () => {
