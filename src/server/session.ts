@@ -784,8 +784,10 @@ export class Session {
   }
 
   readonly #onHandshakeError = (err: Error): void => {
-    this.#reason ??= this.#phase === 'associated' ? 'client-error' : 'client-gone';
-    this.#error ??= `client connection failed during handshake: ${(err as NodeJS.ErrnoException).code ?? err.message}`;
+    // A UDP association's control connection is past its handshake: its failure is the relay's kind.
+    const associated = this.#phase === 'associated';
+    this.#reason ??= associated ? 'client-error' : 'client-gone';
+    this.#error ??= `client connection failed${associated ? '' : ' during handshake'}: ${(err as NodeJS.ErrnoException).code ?? err.message}`;
     this.#cancel(err);
   };
 

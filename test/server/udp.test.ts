@@ -627,6 +627,16 @@ for (const engine of ['splice', 'stream'] as const) {
         assertRecord(await end(), { reason: 'client-closed' });
       });
     });
+
+    test('a reset of the control connection ends the association: client-error, worded as a failure after the handshake', opts, async () => {
+      await withAssociation(suite.proxy, async ({ assoc, echoed, record }) => {
+        await echoed(suite.to4, 'before the reset');
+        assoc.control.resetAndDestroy();
+        const ended = await record();
+        assert.equal(ended.reason, 'client-error');
+        assert.equal(ended.error, 'client connection failed: ECONNRESET');
+      });
+    });
   });
 
   describe(`UDP ASSOCIATE through an IPv6 listener (${engine} relay)`, opts, () => {
