@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 enum { END_CLOSED = 0, END_ERROR = 1, END_IDLE = 2, END_CANCELLED = 3 };
-enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_LISTENER = 5 };
+enum { CMD_CANCEL = 1, CMD_FAIL = 2, CMD_GO = 3, CMD_HAND_OVER = 4, CMD_FORGET_LISTENER = 5, CMD_DIAL = 6 };
 
 /* Ask for more than a pipe holds: the kernel moves what fits. */
 #define SPLICE_REQUEST (1 << 20)
@@ -111,7 +111,9 @@ struct pair {
 
 typedef struct command {
   int kind;
-  int arg; /* CMD_GO: the verdict to remember (see native_answer), -1: none */
+  int arg; /* CMD_GO: the verdict to remember (see native_answer), -1: none; CMD_DIAL: the rule that allowed it, -1: none */
+  int family; /* CMD_DIAL: 4 or 6 */
+  unsigned char addr[16]; /* CMD_DIAL: the address JavaScript resolved the name to */
   pair_t *pair;
   void *listener; /* CMD_FORGET_LISTENER */
   struct command *next;
@@ -172,6 +174,7 @@ static void native_event(pair_t *p, int side, uint32_t events);
 static void native_finished(pair_t *p);
 static void native_expired(pair_t *p);
 static void native_answer(pair_t *p, int kind, int remember);
+static void native_dial(pair_t *p, int family, const unsigned char addr[16], int rule);
 static void native_accept(watch_t *listener_watch);
 static void forget_listener(void *listener);
 static void bury_listeners(void);
@@ -640,6 +643,8 @@ static void run_commands(void) {
       forget_listener(c->listener);
     } else if (c->kind == CMD_GO || c->kind == CMD_HAND_OVER) {
       if (!p->done) native_answer(p, c->kind, c->arg);
+    } else if (c->kind == CMD_DIAL) {
+      if (!p->done) native_dial(p, c->family, c->addr, c->arg);
     } else if (!p->done) {
       finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
     }
@@ -794,21 +799,36 @@ static void register_pair(pair_t *p) {
   if (p->add_errno != 0) send_command(CMD_FAIL, p);
 }
 
-static void send_command_to(int kind, pair_t *p, void *listener, int arg) {
+static command_t *new_command(int kind, pair_t *p, void *listener, int arg) {
   command_t *c = calloc(1, sizeof *c);
-  if (!c) abort(); /* a failed malloc of 40 bytes leaves nothing sane to do */
+  if (!c) abort(); /* a failed malloc of a few dozen bytes leaves nothing sane to do */
   if (p) __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
   c->kind = kind;
   c->arg = arg;
   c->pair = p;
   c->listener = listener;
   c->next = NULL;
+  return c;
+}
+
+static void queue_command(command_t *c) {
   pthread_mutex_lock(&queue_lock);
   if (queue_tail) queue_tail->next = c;
   else queue_head = c;
   queue_tail = c;
   pthread_mutex_unlock(&queue_lock);
   wake_relay_thread();
+}
+
+static void send_command_to(int kind, pair_t *p, void *listener, int arg) {
+  queue_command(new_command(kind, p, listener, arg));
+}
+
+static void send_dial_command(pair_t *p, int family, const void *addr, int len, int rule) {
+  command_t *c = new_command(CMD_DIAL, p, NULL, rule);
+  c->family = family;
+  memcpy(c->addr, addr, (size_t)len);
+  queue_command(c);
 }
 
 /* ---- JavaScript side (main thread) ---- */
@@ -987,6 +1007,7 @@ typedef struct {
   int ask_decide; /* JavaScript decides each request (request rules) */
   int remember_credentials; /* the built-in users: a password's verdict does not change until a reload */
   int key_client_port; /* some rule looks at the client's port: it is part of a decision's key */
+  int native_names; /* a CONNECT to a name stays here: JavaScript resolves it and names the address to dial */
   int64_t handshake_ms, connect_ms, idle_ms;
   uint64_t key[4]; /* two SipHash keys: 128-bit tags */
   verdict_t *credentials; /* CREDENTIALS_CACHED slots */
@@ -1323,6 +1344,8 @@ struct handshake {
   int full;    /* the last read stopped at a full buffer: the socket may hold more */
   int unread;  /* the client may hold bytes no event will announce: an event came while it was
                   not being read, or a read stopped at a full buffer */
+  int request_bytes;   /* the request's length in buf (a name's is longer than p->request): early bytes follow it */
+  int naming;          /* a CONNECT to a name: JavaScript resolves it (and decides), then names the address to dial */
   int dial_local;      /* connect() failed at once on a socket whose address is the wildcard: 4 or 6, else 0 */
   int dial_local_port; /* and its port (0: the kernel released it) */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
@@ -1708,11 +1731,40 @@ static int unspecified_address(int atyp, const unsigned char *addr) {
   return (addr[10] == 0 && addr[11] == 0) || (addr[10] == 0xff && addr[11] == 0xff);
 }
 
+/*
+ * A CONNECT to a name (ATYP 3): JavaScript decides it and resolves the name,
+ * then names one address to dial (CMD_DIAL), or takes the connection (several
+ * addresses to race, none, a refusal). The connect deadline runs from now, as
+ * the node engine's dial budget covers the lookup too. The request stays in
+ * the buffer: p->request gets the address form once JavaScript names one.
+ */
+static int step_named_request(pair_t *p) {
+  handshake_t *h = p->hs;
+  if (h->len < 5) return STEP_MORE;
+  int size = 7 + h->buf[4];
+  if (h->buf[4] == 0) { /* a zero-length name: JavaScript refuses it */
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return STEP_STOP;
+  }
+  if (h->len < size) return STEP_MORE;
+  if (h->buf[size - 2] == 0 && h->buf[size - 1] == 0) {
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return STEP_STOP;
+  }
+  h->request_bytes = size;
+  h->naming = 1;
+  p->phase = PHASE_DECIDE_WAIT;
+  p->deadline = deadline_after(p, h->settings->connect_ms);
+  post(message_with_user(MSG_DECIDE, p, h->buf, size));
+  return STEP_STOP;
+}
+
 static int step_request(pair_t *p) {
   handshake_t *h = p->hs;
   if (h->len < 4) return STEP_MORE;
-  /* CONNECT to an address literal; anything else is JavaScript's. */
+  /* CONNECT to an address literal, or to a name when JavaScript resolves them for us; anything else is JavaScript's. */
   int atyp = h->buf[3];
+  if (h->buf[0] == 5 && h->buf[1] == 1 && h->buf[2] == 0 && atyp == 3 && h->settings->native_names) return step_named_request(p);
   if (h->buf[0] != 5 || h->buf[1] != 1 || h->buf[2] != 0 || (atyp != 1 && atyp != 4)) {
     hand_over(p, RESUME_REQUEST, 0, 0);
     return STEP_STOP;
@@ -1726,6 +1778,7 @@ static int step_request(pair_t *p) {
   }
   memcpy(p->request, h->buf, (size_t)size);
   p->request_len = size;
+  h->request_bytes = size;
   if (h->settings->ask_decide) {
     uint64_t tag[2];
     decision_key(p, tag);
@@ -1810,7 +1863,7 @@ static void start_connect(pair_t *p) {
     to_len = sizeof *a;
   }
   p->phase = PHASE_CONNECTING;
-  p->deadline = deadline_after(p, h->settings->connect_ms);
+  if (!h->naming) p->deadline = deadline_after(p, h->settings->connect_ms); /* a name's runs from its lookup */
   int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     connect_failed(p, errno, 0);
@@ -1882,13 +1935,13 @@ static void connected(pair_t *p, int watched) {
   struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
   int rc = epoll_ctl(epoll_fd, watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, p->fd[1], &ev);
   pthread_mutex_unlock(&pairs_lock);
-  int early = h->len - p->request_len;
+  int early = h->len - h->request_bytes;
   int err = rc < 0 ? errno : send_all(p->fd[0], reply, reply_len);
   if (err != 0) {
     finish(p, END_ERROR, rc < 0 ? -1 : 0, err);
     return;
   }
-  if (early > 0 && (err = send_all(p->fd[1], h->buf + p->request_len, (size_t)early)) != 0) {
+  if (early > 0 && (err = send_all(p->fd[1], h->buf + h->request_bytes, (size_t)early)) != 0) {
     finish(p, END_ERROR, 1, err);
     return;
   }
@@ -1944,7 +1997,7 @@ static void native_event(pair_t *p, int side, uint32_t events) {
 static void native_answer(pair_t *p, int kind, int remember_as) {
   handshake_t *h = p->hs;
   if (p->phase != PHASE_AUTH_WAIT && p->phase != PHASE_DECIDE_WAIT) return;
-  if (kind == CMD_HAND_OVER) {
+  if (kind == CMD_HAND_OVER || (p->phase == PHASE_DECIDE_WAIT && h->naming)) { /* a name needs an address: CMD_DIAL */
     hand_over(p, resume_phase(p->phase), 0, 0);
     return;
   }
@@ -1968,6 +2021,27 @@ static void native_answer(pair_t *p, int kind, int remember_as) {
 }
 
 /*
+ * JavaScript resolved a name and its rules allowed the request (`rule`, -1:
+ * no rules): dial `addr`. p->request takes the address form, the port the
+ * request's own, for the dial and the record of what was connected.
+ */
+static void native_dial(pair_t *p, int family, const unsigned char addr[16], int rule) {
+  handshake_t *h = p->hs;
+  if (p->phase != PHASE_DECIDE_WAIT || !h->naming || (family != 4 && family != 6)) return;
+  int len = family == 4 ? 4 : 16;
+  p->request[0] = 5;
+  p->request[1] = 1;
+  p->request[2] = 0;
+  p->request[3] = family == 4 ? 1 : 4;
+  memcpy(p->request + 4, addr, (size_t)len);
+  p->request[4 + len] = h->buf[h->request_bytes - 2];
+  p->request[5 + len] = h->buf[h->request_bytes - 1];
+  p->request_len = 6 + len;
+  p->rule = rule;
+  start_connect(p);
+}
+
+/*
  * The handshake or connect deadline passed: JavaScript's session ends it with
  * the right record. A connect timeout gets a reply and a linger that reads
  * what the client sent; a handshake timeout is closed at once, with what the
@@ -1975,7 +2049,7 @@ static void native_answer(pair_t *p, int kind, int remember_as) {
  * (see discard_unread).
  */
 static void native_expired(pair_t *p) {
-  if (p->phase == PHASE_CONNECTING) {
+  if (p->phase == PHASE_CONNECTING || (p->phase == PHASE_DECIDE_WAIT && p->hs->naming)) {
     connect_failed(p, ETIMEDOUT, 1);
     return;
   }
@@ -2036,6 +2110,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   if (!p || !h) abort();
   h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
   h->dial_local = h->dial_local_port = 0;
+  h->request_bytes = h->naming = 0;
   h->settings = s;
   h->client = *addr;
   p->rule = -1;
@@ -2355,6 +2430,7 @@ static settings_t *parse_settings(napi_env env, napi_value value) {
   s->generation = ms[3];
   s->remember_credentials = b[40];
   s->key_client_port = b[41];
+  s->native_names = b[42];
   s->credentials = calloc(CREDENTIALS_CACHED, sizeof(verdict_t));
   s->decisions = calloc(DECISIONS_CACHED, sizeof(verdict_t));
   if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key || !username_key_ready()) {
@@ -2624,6 +2700,27 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dial(handle, family, address, rule): after MSG_DECIDE for a name, the address to connect to (see native_dial). */
+static napi_value js_dial(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  void *p;
+  int32_t family, rule;
+  void *data;
+  size_t len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], &p));
+  CHECK(napi_get_value_int32(env, argv[1], &family));
+  CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
+  CHECK(napi_get_value_int32(env, argv[3], &rule));
+  if ((family != 4 || len != 4) && (family != 6 || len != 16)) {
+    napi_throw_range_error(env, NULL, "dial: an IPv4 address is 4 bytes, an IPv6 address 16");
+    return NULL;
+  }
+  send_dial_command(p, family, data, (int)len, rule);
+  return NULL;
+}
+
 /*
  * EADDRINUSE when a socket holds address:port: one listening, or one bound
  * for SO_REUSEPORT (another instance's reservation); else 0. The probe sets
@@ -2747,7 +2844,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 12
+#define ADDON_INTERFACE 13
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;
@@ -2765,6 +2862,7 @@ NAPI_MODULE_INIT() {
       {"configure", NULL, js_configure, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"answer", NULL, js_answer, NULL, NULL, NULL, napi_default, NULL},
+      {"dial", NULL, js_dial, NULL, NULL, NULL, napi_default, NULL},
       {"siphash", NULL, js_siphash, NULL, NULL, NULL, napi_default, NULL},
       {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"pipeAllowance", NULL, js_pipe_allowance, NULL, NULL, NULL, napi_default, NULL},

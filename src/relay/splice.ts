@@ -48,6 +48,8 @@ export interface Addon {
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;
+  /** After a decide for a name: the one address to connect to (4 or 16 bytes), and the rule that allowed it (-1: no rules). */
+  dial(session: object, family: 4 | 6, address: Buffer, rule: number): void;
   /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
   siphash(key: Buffer, data: Buffer): Buffer;
   /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */
@@ -129,7 +131,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 12;
+const ADDON_INTERFACE = 13;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 

@@ -16,12 +16,13 @@ import ipaddr from 'ipaddr.js';
 import type { parseNetwork } from '../config/schema.js';
 import { SocksError, toSocksError } from '../errors.js';
 import type { SessionRecord } from '../observe/events.js';
-import { NEED_MORE, formatDestination, peerAddress } from '../protocol/address.js';
+import { type Destination, NEED_MORE, formatDestination, peerAddress } from '../protocol/address.js';
 import { promiseFrom } from '../callbacks.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
 import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
-import { connectTimeoutError } from '../upstream/dialer.js';
+import { connectTimeoutError, resolveDialable } from '../upstream/dialer.js';
+import type { ResolvedAddress } from '../upstream/resolver.js';
 import { type SessionContext, type SessionResume, elapsedMs } from './session.js';
 
 const enum Message {
@@ -63,6 +64,8 @@ export interface NativeOwner {
   opened(session: NativeSession): void;
   /** The session left the native path: go on with `socket` from `resume`, or close it, refused as `resume` says. */
   handedOver(session: NativeSession, socket: Socket, resume: SessionResume | Refusal): void;
+  /** A name's addresses, looked up before the session is handed over, for the dialer that takes it (see LookupHandOff). */
+  keepLookup(client: string, host: string, addresses: readonly ResolvedAddress[]): void;
   /** The relay thread could not accept for want of descriptors (told at most once a second). */
   acceptFailed(error: Error): void;
 }
@@ -267,6 +270,7 @@ function encodeSettings(owner: NativeOwner, ctx: SessionContext, allow: readonly
   buf.writeDoubleLE(generation, 32);
   buf[40] = owner.rememberCredentials ? 1 : 0;
   buf[41] = ctx.rules?.usesClientPort ? 1 : 0;
+  buf[42] = 1; // a CONNECT to a name stays native: decide() resolves it and names the address
   allow?.forEach((net, i) => {
     const at = SETTINGS_HEADER + i * NETWORK_BYTES;
     buf[at] = net.family;
@@ -410,6 +414,10 @@ export class NativeSession {
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
+  /** A CONNECT to a name: the request's destination, and the address the relay thread was told to dial. */
+  #named: { readonly destination: Destination; dialed: string | null } | null = null;
+  /** The lookup of a name failed: the session it is handed to refuses with this, without looking it up again. */
+  #lookupFailure: SocksError | null = null;
 
   constructor(
     owner: NativeOwner, handle: object, addon: Addon, id: number, address: string, port: number, ctx: SessionContext,
@@ -475,23 +483,61 @@ export class NativeSession {
     );
   }
 
-  /** A CONNECT request arrived and request rules exist: decide it. */
+  /** A CONNECT request arrived, to an address while request rules exist, or to a name: decide it. */
   decide(user: string | null, request: Buffer): void {
     const ctx = this.ctx;
     this.#user = user;
-    const decoded = decodeRequest(request);
-    if (decoded === NEED_MORE || ctx.rules === null) return this.#answer(true);
-    const decision = ctx.rules.decide({
+    let decoded;
+    try {
+      decoded = decodeRequest(request);
+    } catch {
+      return this.#answer(false); // the session decodes it again and says why
+    }
+    if (decoded === NEED_MORE) return this.#answer(false);
+    const destination = decoded.value.destination;
+    const decision = ctx.rules?.decide({
       clientAddress: this.clientAddress,
       clientPort: this.clientPort,
       command: 'connect',
-      destination: decoded.value.destination,
+      destination,
       user: this.#user,
       listener: ctx.listener,
     });
-    // An allow is remembered for the same client, request and user until a
-    // reload; a refusal is the session's to send and record: hand it over.
-    this.#answer(decision.allowed, decision.allowed ? decision.index : -1);
+    // A refusal is the session's to send and record: hand it over.
+    if (decision && !decision.allowed) return this.#answer(false);
+    const rule = decision ? decision.index : -1;
+    if (destination.kind === 'domain') return this.#resolve(destination, rule);
+    // An allow is remembered for the same client, request and user until a reload.
+    this.#answer(true, rule);
+  }
+
+  /**
+   * A name the rules allowed: look it up as the node engine's dialer would,
+   * and have the relay thread dial its one address. Several addresses are
+   * raced by that dialer (Happy Eyeballs), so such a name is handed over
+   * with the answer kept for it, and a failed lookup too: the session taking
+   * over refuses it without looking again.
+   */
+  #resolve(destination: Destination, rule: number): void {
+    this.#named = { destination, dialed: null };
+    this.#abort ??= new AbortController();
+    const lookup = { client: this.clientAddress, signal: this.#abort.signal };
+    resolveDialable(this.ctx.resolver, destination.host, lookup).then(
+      (addresses) => {
+        if (this.#gone) return;
+        const only = addresses.length === 1 ? addresses[0]! : null;
+        if (only === null) {
+          this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
+          return this.#answer(false);
+        }
+        this.#named!.dialed = only.address;
+        this.#addon.dial(this.#handle, only.family, addressBytes(only.address, only.family), rule);
+      },
+      (err: unknown) => {
+        this.#lookupFailure = toSocksError(err);
+        this.#answer(false);
+      },
+    );
   }
 
   /**
@@ -527,7 +573,7 @@ export class NativeSession {
       user: this.#user,
       timedOut: timedOut && connectErrno === 0,
       authRefused: this.#authRefused,
-      dialFailure: phase === 'request' && connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut, dialLocal) : null,
+      dialFailure: phase !== 'request' ? null : connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut, dialLocal) : this.#lookupFailure,
       clientError: clientErrno !== 0 ? errnoError('read', clientErrno) : null,
     });
   }
@@ -536,10 +582,12 @@ export class NativeSession {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
+    // A name: Node words the failure with the address it dialled.
+    const host = this.#named?.dialed ?? target.host;
     // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it;
     // a connect() that failed at once names the socket's own address too, as Node's internalConnect does.
     const own = local ? ` - Local (${local.family === 6 ? '::' : '0.0.0.0'}:${local.port})` : '';
-    return toSocksError(errnoError('connect', errno, `${target.host}:${target.port}${own}`));
+    return toSocksError(errnoError('connect', errno, `${host}:${target.port}${own}`));
   }
 
   end({ up, down, reason, firstEof, errorSide, errno, rule, method, version, replied }: NativeEnd, user: string | null, request: Buffer): void {
@@ -547,8 +595,10 @@ export class NativeSession {
     this.#user = user;
     const ctx = this.ctx;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
-    const destination = decoded !== NEED_MORE ? decoded.value.destination : null;
-    const relayed = destination !== null && replied === 1;
+    // What was dialled (for a name, the address the relay thread was given), and what was asked for.
+    const dialled = decoded !== NEED_MORE ? decoded.value.destination : null;
+    const destination = this.#named?.destination ?? dialled;
+    const relayed = dialled !== null && destination !== null && replied === 1;
     const end = spliceEnd(reason, firstEof, errorSide, errno);
     // Ended before relaying: only a shutdown does that (anything else is handed over).
     const error = end.error?.message ?? (relayed ? null : 'server shutting down');
@@ -563,7 +613,7 @@ export class NativeSession {
       user: this.#user,
       command: destination ? 'connect' : null,
       requested: destination && formatDestination(destination),
-      connected: relayed ? formatDestination({ host: unmappedText(destination.host), port: destination.port }) : null,
+      connected: relayed ? formatDestination({ host: unmappedText(dialled.host), port: dialled.port }) : null,
       reply: relayed ? 0 : null,
       bytesUp: up,
       bytesDown: down,

@@ -16,6 +16,7 @@ import { throwLater } from '../callbacks.js';
 import { borrowedPipes, peerAfterReset, requestBusyPoll, spliceUnavailable } from '../relay/splice.js';
 import type { RelayEngine } from '../relay/tcp.js';
 import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
+import { LookupHandOff } from '../upstream/lookup-hand-off.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
 import {
@@ -157,6 +158,8 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #config: Config;
   readonly #dialer: Dialer;
   readonly #resolver: Resolver;
+  /** Native sessions' lookups of names with several addresses, for the node engine's dialer that takes them over. */
+  readonly #lookupHandOff = new LookupHandOff();
   /** UDP associations per client address, against udp.maxAssociationsPerClient (updated by reload). */
   readonly #udpSlots: ClientSlots;
   /** The library's own authenticator, when it gave one: a reload keeps it. */
@@ -203,7 +206,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     this.#config = config;
     this.#now = deps.now ?? Date.now;
     this.#resolver = deps.resolver ?? systemResolver;
-    this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#resolver });
+    this.#dialer = deps.dialer ?? createDirectDialer({ resolver: this.#lookupHandOff.resolver(this.#resolver) });
     this.#customAuthenticator = deps.authenticator !== undefined;
     this.#users = this.#customAuthenticator ? null : loadUsers(config);
     this.#authenticator = deps.authenticator ?? (this.#users ? new UserStore(this.#users.all) : null);
@@ -536,6 +539,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
         }
       },
       handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
+      keepLookup: (client, host, addresses) => this.#lookupHandOff.keep(client, host, addresses),
       acceptFailed: (error) => this.#tell('listener-error', { listener: slot.ctx.listener, error }),
     };
     slot.native = listenNatively(fd, owner, allowedNetworks(this.config.clients.allow), this.#sharedGate());

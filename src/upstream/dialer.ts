@@ -42,8 +42,8 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       const deadline = withDeadline(timeoutMs, () => connectTimeoutError(target, timeoutMs), signal);
       try {
         if (signal?.aborted) throw signal.reason;
-        const found = await resolveAll(resolver, target.host, { client, signal: deadline.signal });
-        return await connectFirst(interleave(dialable(found, target.host)), target.port, attemptDelayMs, deadline.signal);
+        const addresses = await resolveDialable(resolver, target.host, { client, signal: deadline.signal });
+        return await connectFirst(addresses, target.port, attemptDelayMs, deadline.signal);
       } catch (err) {
         throw toSocksError(err);
       } finally {
@@ -51,6 +51,15 @@ export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
       }
     },
   };
+}
+
+/**
+ * A name's addresses in the order a dial tries them (families interleaved),
+ * as the direct dialer resolves a CONNECT's destination: rejects as it does
+ * when there are none worth a connect. For the relay thread's dials too.
+ */
+export async function resolveDialable(resolver: Resolver, name: string, options: ResolveOptions & { readonly signal: AbortSignal }): Promise<readonly ResolvedAddress[]> {
+  return interleave(dialable(await resolveAll(resolver, name, options), name));
 }
 
 /**

@@ -378,16 +378,18 @@ const CASES: readonly HandOverCase[] = [
     error: /before the SOCKS5 request/,
   }),
   relayed({
-    name: 'domain-name CONNECT to localhost: resolved and relayed',
+    name: 'domain-name CONNECT to localhost: JavaScript resolves it, the relay thread dials and relays',
     proxy: 'plain',
     bytes: (p) => Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', p.echo)]),
     answer: `05 00 05 00 00 01 00000000 0000`,
+    stays: true,
   }),
   relayed({
-    name: 'username/password, then a domain-name CONNECT: relayed, the record names the user',
+    name: 'username/password, then a domain-name CONNECT: relayed natively, the record names the user',
     proxy: 'userpass',
     bytes: (p) => Buffer.concat([hex(USERPASS), credentials(ALICE.name, ALICE.password), connectRequestByName('localhost', p.echo)]),
     answer: `05 02 01 00 05 00 00 01 00000000 0000`,
+    stays: true,
   }),
   closed({
     name: 'BIND: the first reply, then the client resets while waiting for the peer',
@@ -1116,7 +1118,7 @@ describe('native handshakes: pipelining', () => {
     }
   }
 
-  test('a domain-name request + 200 KiB of payload in one write: handed over with the bytes read, all of it arrives in order', opts, async () => {
+  test('a domain-name request + 200 KiB of payload in one write: resolved, dialled natively, all of it arrives in order', opts, async () => {
     const payload = pattern(200 * 1024, 17);
     const { record, counters } = await clientSession(plain, async (client) => {
       client.write(Buffer.concat([hex(NO_AUTH), connectRequestByName('localhost', collector.port), payload]));
@@ -1128,7 +1130,8 @@ describe('native handshakes: pipelining', () => {
     assert.ok(got.equals(payload), 'the bytes the addon had read, then the rest, in order');
     assert.equal(record.bytesUp, payload.length);
     assert.equal(record.requested, `localhost:${collector.port}`);
-    assert.deepEqual(counters, HANDED_OVER);
+    assert.equal(record.connected, `127.0.0.1:${collector.port}`);
+    assert.deepEqual(counters, STAYED_NATIVE);
   });
 
   test('a handshake sent one byte per write (no auth) still runs natively', opts, async () => {
@@ -1307,7 +1310,7 @@ describe('native handshakes: session-open', () => {
     try {
       const before = nativeCounters();
       const ports: number[] = [];
-      // Three that stay native, three handed over (SOCKS4, a domain name, a bad greeting).
+      // Three that stay native, three more sessions (SOCKS4 and a bad greeting handed over, a domain name native).
       for (let i = 0; i < 3; i++) {
         const socket = await socksConnect(proxy, echo.port);
         ports.push(socket.localPort!);
@@ -1325,7 +1328,7 @@ describe('native handshakes: session-open', () => {
         await client.readToEnd();
       }
       const records = await Promise.all(ports.map((port) => recordOf(proxy, port)));
-      assert.deepEqual(countersSince(before), { accepted: 6, handedOver: 3 });
+      assert.deepEqual(countersSince(before), { accepted: 6, handedOver: 2 });
       const ids = records.map((r) => r.id);
       assert.equal(new Set(ids).size, ids.length, `record ids unique: ${ids.join(',')}`);
       for (const record of records) {
