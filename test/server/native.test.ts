@@ -470,6 +470,16 @@ const CASES: readonly HandOverCase[] = [
   stalled({ name: 'handshake timeout: a client that stalls mid-greeting', sent: '05 02 00', answer: '', waitingFor: 'SOCKS5 greeting' }),
   stalled({ name: 'handshake timeout: a client that stalls after the first byte of a SOCKS4 request', sent: '04', answer: '', waitingFor: 'SOCKS4 request' }),
   stalled({ name: 'handshake timeout: a client that stalls mid-request', sent: '05 01 00  05 01 00', answer: '05 00', waitingFor: 'SOCKS5 request' }),
+  stalled({ name: 'handshake timeout: a client that stalls mid-name', sent: '05 01 00  05 01 00 03 09 6c6f63', answer: '05 00', waitingFor: 'SOCKS5 request' }),
+  refusedRequest({ name: 'a CONNECT to a zero-length name: 05 01', request: () => hex('05 01 00 03 00 0050'), rep: '01', reason: 'protocol-error', error: /zero-length domain name/ }),
+  refusedRequest({ name: 'a CONNECT to a name at port 0: refused as the node engine refuses it', request: () => connectRequestByName('localhost', 0), rep: '05', reason: 'connect-failed' }),
+  goneEarly({
+    name: 'a name cut short, then the client closes',
+    proxy: 'plain',
+    bytes: () => hex('05 01 00  05 01 00 03 09 6c6f63'),
+    answer: '05 00',
+    error: /truncated SOCKS5 request/,
+  }),
 ];
 
 interface Outcome {
