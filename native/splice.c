@@ -1007,7 +1007,6 @@ typedef struct {
   int ask_decide; /* JavaScript decides each request (request rules) */
   int remember_credentials; /* the built-in users: a password's verdict does not change until a reload */
   int key_client_port; /* some rule looks at the client's port: it is part of a decision's key */
-  int native_names; /* a CONNECT to a name stays here: JavaScript resolves it and names the address to dial */
   int64_t handshake_ms, connect_ms, idle_ms;
   uint64_t key[4]; /* two SipHash keys: 128-bit tags */
   verdict_t *credentials; /* CREDENTIALS_CACHED slots */
@@ -1762,9 +1761,9 @@ static int step_named_request(pair_t *p) {
 static int step_request(pair_t *p) {
   handshake_t *h = p->hs;
   if (h->len < 4) return STEP_MORE;
-  /* CONNECT to an address literal, or to a name when JavaScript resolves them for us; anything else is JavaScript's. */
+  /* CONNECT to an address literal, or to a name (which JavaScript looks up); anything else is JavaScript's. */
   int atyp = h->buf[3];
-  if (h->buf[0] == 5 && h->buf[1] == 1 && h->buf[2] == 0 && atyp == 3 && h->settings->native_names) return step_named_request(p);
+  if (h->buf[0] == 5 && h->buf[1] == 1 && h->buf[2] == 0 && atyp == 3) return step_named_request(p);
   if (h->buf[0] != 5 || h->buf[1] != 1 || h->buf[2] != 0 || (atyp != 1 && atyp != 4)) {
     hand_over(p, RESUME_REQUEST, 0, 0);
     return STEP_STOP;
@@ -2430,7 +2429,6 @@ static settings_t *parse_settings(napi_env env, napi_value value) {
   s->generation = ms[3];
   s->remember_credentials = b[40];
   s->key_client_port = b[41];
-  s->native_names = b[42];
   s->credentials = calloc(CREDENTIALS_CACHED, sizeof(verdict_t));
   s->decisions = calloc(DECISIONS_CACHED, sizeof(verdict_t));
   if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key || !username_key_ready()) {

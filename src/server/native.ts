@@ -270,7 +270,6 @@ function encodeSettings(owner: NativeOwner, ctx: SessionContext, allow: readonly
   buf.writeDoubleLE(generation, 32);
   buf[40] = owner.rememberCredentials ? 1 : 0;
   buf[41] = ctx.rules?.usesClientPort ? 1 : 0;
-  buf[42] = 1; // a CONNECT to a name stays native: decide() resolves it and names the address
   allow?.forEach((net, i) => {
     const at = SETTINGS_HEADER + i * NETWORK_BYTES;
     buf[at] = net.family;
