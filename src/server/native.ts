@@ -414,7 +414,7 @@ export class NativeSession {
   #gone = false;
   #shutdown = false;
   /** A CONNECT to a name: the request's destination, and the address the relay thread was told to dial. */
-  #named: { readonly destination: Destination; dialed: string | null } | null = null;
+  #named: { readonly destination: Destination; dialled: string | null } | null = null;
   /** The lookup of a name failed: the session it is handed to refuses with this, without looking it up again. */
   #lookupFailure: SocksError | null = null;
 
@@ -518,7 +518,7 @@ export class NativeSession {
    * over refuses it without looking again.
    */
   #resolve(destination: Destination, rule: number): void {
-    this.#named = { destination, dialed: null };
+    this.#named = { destination, dialled: null };
     this.#abort ??= new AbortController();
     const lookup = { client: this.clientAddress, signal: this.#abort.signal };
     resolveDialable(this.ctx.resolver, destination.host, lookup).then(
@@ -529,7 +529,7 @@ export class NativeSession {
           this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
           return this.#answer(false);
         }
-        this.#named!.dialed = only.address;
+        this.#named!.dialled = only.address;
         this.#addon.dial(this.#handle, only.family, addressBytes(only.address, only.family), rule);
       },
       (err: unknown) => {
@@ -582,7 +582,7 @@ export class NativeSession {
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
     // A name: Node words the failure with the address it dialled.
-    const host = this.#named?.dialed ?? target.host;
+    const host = this.#named?.dialled ?? target.host;
     // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it;
     // a connect() that failed at once names the socket's own address too, as Node's internalConnect does.
     const own = local ? ` - Local (${local.family === 6 ? '::' : '0.0.0.0'}:${local.port})` : '';
