@@ -13,9 +13,10 @@
 typedef struct pair pair_t;
 
 /*
- * What an epoll event points at. `pair` set: one side of a spliced pair.
- * `pair` NULL: a listener (native handshakes), or, with side WATCH_UDP, a
- * socket of a UDP association (udp.c).
+ * What an epoll event points at. `pair` set: one side of a spliced pair, or,
+ * with side WATCH_ATTEMPT, one of the connects racing for a name's
+ * destination (splice.c). `pair` NULL: a listener (native handshakes), or,
+ * with side WATCH_UDP, a socket of a UDP association (udp.c).
  */
 typedef struct {
   pair_t *pair;
@@ -24,6 +25,7 @@ typedef struct {
 } watch_t;
 
 #define WATCH_UDP 2
+#define WATCH_ATTEMPT 3
 
 /* For functions called from JavaScript: a failed N-API call throws and returns. */
 #define CHECK(call)                                \

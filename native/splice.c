@@ -18,11 +18,12 @@
  *
  * Native handshakes (the second half of this file): the relay thread can also
  * own a listening socket, accept, and run the common SOCKS5 exchange itself
- * (greeting, username/password, CONNECT to an address literal, reply), then
+ * (greeting, username/password, CONNECT to an address or a name, reply), then
  * splice the pair without JavaScript ever holding a socket. JavaScript is
  * asked only what it alone knows (is this password right, does a rule allow
- * this request) and gets every connection that leaves the common path (SOCKS4,
- * a domain name, BIND, UDP, anything malformed, a failed connect, a timeout)
+ * this request, what does this name resolve to) and gets every connection
+ * that leaves the common path (SOCKS4, BIND, UDP, anything malformed, a
+ * failed connect, a timeout)
  * handed over with the bytes read so far, so refusals and their records are
  * made in one place, the JavaScript session.
  */
@@ -112,8 +113,7 @@ struct pair {
 typedef struct command {
   int kind;
   int arg; /* CMD_GO: the verdict to remember (see native_answer), -1: none; CMD_DIAL: the rule that allowed it, -1: none */
-  int family; /* CMD_DIAL: 4 or 6 */
-  unsigned char addr[16]; /* CMD_DIAL: the address JavaScript resolved the name to */
+  struct race *race; /* CMD_DIAL: the addresses JavaScript resolved the name to, to race (the relay thread's from then on) */
   pair_t *pair;
   void *listener; /* CMD_FORGET_LISTENER */
   struct command *next;
@@ -174,7 +174,11 @@ static void native_event(pair_t *p, int side, uint32_t events);
 static void native_finished(pair_t *p);
 static void native_expired(pair_t *p);
 static void native_answer(pair_t *p, int kind, int remember);
-static void native_dial(pair_t *p, int family, const unsigned char addr[16], int rule);
+static void native_dial(pair_t *p, struct race *r, int rule);
+static void attempt_event(watch_t *w, uint32_t events);
+static int race_timeout(void);
+static void run_due_races(int64_t now);
+static void bury_races(void);
 static void native_accept(watch_t *listener_watch);
 static void forget_listener(void *listener);
 static void bury_listeners(void);
@@ -644,7 +648,8 @@ static void run_commands(void) {
     } else if (c->kind == CMD_GO || c->kind == CMD_HAND_OVER) {
       if (!p->done) native_answer(p, c->kind, c->arg);
     } else if (c->kind == CMD_DIAL) {
-      if (!p->done) native_dial(p, c->family, c->addr, c->arg);
+      if (!p->done) native_dial(p, c->race, c->arg);
+      else free(c->race);
     } else if (!p->done) {
       finish(p, c->kind == CMD_FAIL ? END_ERROR : END_CANCELLED, -1, p->add_errno);
     }
@@ -687,6 +692,8 @@ static void *relay_thread(void *unused) {
     if (paused_listeners && (due < 0 || due > ACCEPT_PAUSE_MS)) due = ACCEPT_PAUSE_MS;
     int failures_due = failing_listeners ? failures_timeout() : -1;
     if (failures_due >= 0 && (due < 0 || due > failures_due)) due = failures_due;
+    int race_due = race_timeout();
+    if (race_due >= 0 && (due < 0 || due > race_due)) due = race_due;
     int wait_ms = due >= 0 && (timeout < 0 || due < timeout) ? due : timeout;
     int window = __atomic_load_n(&busy_poll_us, __ATOMIC_RELAXED);
     udp_before_wait();
@@ -701,6 +708,7 @@ static void *relay_thread(void *unused) {
       watch_t *w = events[i].data.ptr;
       if (w->pair == NULL && w->side == WATCH_UDP) udp_event(w, events[i].events);
       else if (w->pair == NULL) native_accept(w);
+      else if (w->side == WATCH_ATTEMPT) attempt_event(w, events[i].events);
       else on_socket_event(w->pair, w->side, events[i].events);
     }
     if (timeout >= 0) {
@@ -714,9 +722,11 @@ static void *relay_thread(void *unused) {
       }
     }
     if (failing_listeners) tell_due_failures(now_ms(), NULL);
+    run_due_races(now_ms());
     flush_messages(now_ms());
     if (paused_listeners) resume_listeners(now_ms());
     bury_ended();
+    bury_races();
     bury_listeners();
   }
   return NULL;
@@ -824,10 +834,9 @@ static void send_command_to(int kind, pair_t *p, void *listener, int arg) {
   queue_command(new_command(kind, p, listener, arg));
 }
 
-static void send_dial_command(pair_t *p, int family, const void *addr, int len, int rule) {
+static void send_dial_command(pair_t *p, struct race *r, int rule) {
   command_t *c = new_command(CMD_DIAL, p, NULL, rule);
-  c->family = family;
-  memcpy(c->addr, addr, (size_t)len);
+  c->race = r;
   queue_command(c);
 }
 
@@ -1347,12 +1356,17 @@ struct handshake {
   int naming;          /* a CONNECT to a name: JavaScript resolves it (and decides), then names the address to dial */
   int dial_local;      /* connect() failed at once on a socket whose address is the wildcard: 4 or 6, else 0 */
   int dial_local_port; /* and its port (0: the kernel released it) */
+  struct race *race;   /* a name's connects, while they run (see native_dial) */
+  int dial_failed;     /* the address (its index in the race) whose failure the session is handed over with, -1: none */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
 };
 
+static void end_race(handshake_t *h);
+
 static void free_handshake(pair_t *p) {
   if (!p->hs) return;
+  end_race(p->hs);
   settings_unref(p->hs->settings);
   free(p->hs);
   p->hs = NULL;
@@ -1484,6 +1498,7 @@ static void hand_over(pair_t *p, int resume, int err, int timed_out) {
   m->n[5] = h ? h->err : 0;
   m->n[6] = h ? h->dial_local : 0;
   m->n[7] = h ? h->dial_local_port : 0;
+  m->n[8] = h ? h->dial_failed : -1;
   free_handshake(p);
   post(m);
 }
@@ -1732,10 +1747,10 @@ static int unspecified_address(int atyp, const unsigned char *addr) {
 
 /*
  * A CONNECT to a name (ATYP 3): JavaScript decides it and resolves the name,
- * then names one address to dial (CMD_DIAL), or takes the connection (several
- * addresses to race, none, a refusal). The connect deadline runs from now, as
+ * then gives the addresses to race (CMD_DIAL, native_dial), or takes the
+ * connection (no address, a refusal). The connect deadline runs from now, as
  * the node engine's dial budget covers the lookup too. The request stays in
- * the buffer: p->request gets the address form once JavaScript names one.
+ * the buffer: p->request gets the address form of the address that wins.
  */
 static int step_named_request(pair_t *p) {
   handshake_t *h = p->hs;
@@ -1824,18 +1839,24 @@ static void advance(pair_t *p) {
  * only that is passed on (family and port); any other address is not, and
  * JavaScript words the failure without it.
  */
-static void failed_at_once(handshake_t *h, int fd) {
+static int wildcard_local(int fd, int *port) {
   struct sockaddr_storage local;
   socklen_t len = sizeof local;
-  if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return;
+  if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return 0;
   static const unsigned char any6[16] = {0};
   if (local.ss_family == AF_INET && ((struct sockaddr_in *)&local)->sin_addr.s_addr == htonl(INADDR_ANY)) {
-    h->dial_local = 4;
-    h->dial_local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
-  } else if (local.ss_family == AF_INET6 && memcmp(&((struct sockaddr_in6 *)&local)->sin6_addr, any6, 16) == 0) {
-    h->dial_local = 6;
-    h->dial_local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+    *port = ntohs(((struct sockaddr_in *)&local)->sin_port);
+    return 4;
   }
+  if (local.ss_family == AF_INET6 && memcmp(&((struct sockaddr_in6 *)&local)->sin6_addr, any6, 16) == 0) {
+    *port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+    return 6;
+  }
+  return 0;
+}
+
+static void failed_at_once(handshake_t *h, int fd) {
+  h->dial_local = wildcard_local(fd, &h->dial_local_port);
 }
 
 static void connect_failed(pair_t *p, int err, int timed_out) {
@@ -1862,7 +1883,7 @@ static void start_connect(pair_t *p) {
     to_len = sizeof *a;
   }
   p->phase = PHASE_CONNECTING;
-  if (!h->naming) p->deadline = deadline_after(p, h->settings->connect_ms); /* a name's runs from its lookup */
+  p->deadline = deadline_after(p, h->settings->connect_ms);
   int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     connect_failed(p, errno, 0);
@@ -2019,25 +2040,270 @@ static void native_answer(pair_t *p, int kind, int remember_as) {
   advance(p);
 }
 
+/* ---- a name's addresses, raced (Happy Eyeballs, RFC 8305) ---- */
+
 /*
- * JavaScript resolved a name and its rules allowed the request (`rule`, -1:
- * no rules): dial `addr`. p->request takes the address form, the port the
- * request's own, for the dial and the record of what was connected.
+ * The connects to a name's addresses, as the direct dialer makes them
+ * (connectFirst in src/upstream/dialer.ts): in JavaScript's order (families
+ * interleaved), the next one as soon as one fails or when `delay_ms` passed
+ * without an answer, the first to connect wins and the others are closed.
+ * When every one failed, the session is handed over with the most telling
+ * failure (see failure_rank). The connect deadline (p->deadline, from the
+ * request) bounds the whole race, as the dialer's budget does.
  */
-static void native_dial(pair_t *p, int family, const unsigned char addr[16], int rule) {
+typedef struct attempt {
+  watch_t watch; /* first: the epoll event points here (side WATCH_ATTEMPT) */
+  struct race *race;
+  int fd;        /* -1: not started, or over */
+  int family;    /* 4 or 6 */
+  unsigned char addr[16];
+} attempt_t;
+
+typedef struct race {
+  pair_t *pair;
+  struct race *prev, *next; /* in `races`, while it runs */
+  int over;      /* ended: an event still in this batch for one of its connects is ignored */
+  int count, started, pending;
+  int delay_ms;
+  int64_t next_at; /* when the next address is tried if none has answered by then, 0: none is waiting */
+  int best_errno, best_index, best_local, best_local_port;
+  attempt_t attempts[];
+} race_t;
+
+/* Relay thread only: races running, and races over but perhaps still pointed at by this batch's events. */
+static race_t *races, *retired_races;
+
+/* A race for `count` addresses (17 bytes each: the family, 4 or 6, and 16 bytes, an IPv4 address in the first 4). */
+static race_t *new_race(const unsigned char *addresses, int count, int delay_ms) {
+  race_t *r = calloc(1, sizeof *r + (size_t)count * sizeof(attempt_t));
+  if (!r) abort();
+  r->count = count;
+  r->delay_ms = delay_ms;
+  r->best_index = -1;
+  for (int i = 0; i < count; i++) {
+    attempt_t *a = &r->attempts[i];
+    a->watch.side = WATCH_ATTEMPT;
+    a->race = r;
+    a->fd = -1;
+    a->family = addresses[i * 17];
+    memcpy(a->addr, addresses + i * 17 + 1, 16);
+  }
+  return r;
+}
+
+/* The order in which connectFirst (src/upstream/dialer.ts) ranks failures: a refusal says the most. */
+static int failure_rank(int err) {
+  switch (err) {
+    case ECONNREFUSED: return 0;
+    case ETIMEDOUT: return 1;
+    case EHOSTUNREACH: return 2;
+    case ENETUNREACH: return 3;
+    default: return 4;
+  }
+}
+
+/* An address failed: kept when it is the most telling failure so far (the first of equals, as a stable sort keeps it). */
+static void attempt_failed(race_t *r, attempt_t *a, int err, int local, int local_port) {
+  if (r->best_index < 0 || failure_rank(err) < failure_rank(r->best_errno)) {
+    r->best_errno = err;
+    r->best_index = (int)(a - r->attempts);
+    r->best_local = local;
+    r->best_local_port = local_port;
+  }
+}
+
+static void close_attempt(attempt_t *a) {
+  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, a->fd, NULL);
+  close(a->fd);
+  a->fd = -1;
+}
+
+/* Ends the race (the handshake is being freed, or one address won): closes the connects still running. */
+static void end_race(handshake_t *h) {
+  race_t *r = h->race;
+  if (!r) return;
+  h->race = NULL;
+  for (int i = 0; i < r->started; i++)
+    if (r->attempts[i].fd >= 0) close_attempt(&r->attempts[i]);
+  if (r->prev) r->prev->next = r->next;
+  else races = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->over = 1;
+  r->next = retired_races;
+  retired_races = r;
+}
+
+static void bury_races(void) {
+  while (retired_races) {
+    race_t *r = retired_races;
+    retired_races = r->next;
+    free(r);
+  }
+}
+
+/* The request in address form, the port the name's: what was connected, for the record. */
+static void request_address(pair_t *p, const attempt_t *a) {
   handshake_t *h = p->hs;
-  if (p->phase != PHASE_DECIDE_WAIT || !h->naming || (family != 4 && family != 6)) return;
-  int len = family == 4 ? 4 : 16;
+  int len = a->family == 4 ? 4 : 16;
   p->request[0] = 5;
   p->request[1] = 1;
   p->request[2] = 0;
-  p->request[3] = family == 4 ? 1 : 4;
-  memcpy(p->request + 4, addr, (size_t)len);
+  p->request[3] = a->family == 4 ? 1 : 4;
+  memcpy(p->request + 4, a->addr, (size_t)len);
   p->request[4 + len] = h->buf[h->request_bytes - 2];
   p->request[5 + len] = h->buf[h->request_bytes - 1];
   p->request_len = 6 + len;
+}
+
+/* `a` connected: it becomes the destination socket (`watched`: it is in the epoll set already). */
+static void attempt_won(pair_t *p, attempt_t *a, int watched) {
+  p->fd[1] = a->fd;
+  a->fd = -1; /* not closed with the losers */
+  request_address(p, a);
+  end_race(p->hs);
+  connected(p, watched);
+}
+
+/* Starts a connect to `a`: 1 when it connected at once, 0 when it is under way, -1 when it failed (counted). */
+static int attempt_connect(pair_t *p, race_t *r, attempt_t *a) {
+  handshake_t *h = p->hs;
+  struct sockaddr_storage to;
+  socklen_t to_len;
+  memset(&to, 0, sizeof to);
+  if (a->family == 6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&to;
+    s6->sin6_family = AF_INET6;
+    memcpy(&s6->sin6_addr, a->addr, 16);
+    memcpy(&s6->sin6_port, h->buf + h->request_bytes - 2, 2);
+    to_len = sizeof *s6;
+  } else {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&to;
+    s4->sin_family = AF_INET;
+    memcpy(&s4->sin_addr, a->addr, 4);
+    memcpy(&s4->sin_port, h->buf + h->request_bytes - 2, 2);
+    to_len = sizeof *s4;
+  }
+  int fd = socket(a->family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    attempt_failed(r, a, errno, 0, 0);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  a->fd = fd;
+  if (connect(fd, (struct sockaddr *)&to, to_len) == 0) return 1;
+  if (errno != EINPROGRESS) {
+    int err = errno, port = 0;
+    int local = wildcard_local(fd, &port); /* Node words such a failure with it (see failed_at_once) */
+    close(fd);
+    a->fd = -1;
+    attempt_failed(r, a, err, local, port);
+    return -1;
+  }
+  struct sockaddr_storage peer; /* over loopback the handshake has usually completed inside connect() */
+  socklen_t peer_len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) return 1;
+  a->watch.pair = p;
+  struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &a->watch};
+  if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    int err = errno;
+    close(fd);
+    a->fd = -1;
+    attempt_failed(r, a, err, 0, 0);
+    return -1;
+  }
+  return 0;
+}
+
+/* Every address failed: the session is handed over with the most telling failure, worded with its address. */
+static void race_lost(pair_t *p) {
+  handshake_t *h = p->hs;
+  race_t *r = h->race;
+  h->dial_failed = r->best_index;
+  h->dial_local = r->best_local;
+  h->dial_local_port = r->best_local_port;
+  connect_failed(p, r->best_errno, 0);
+}
+
+/* Starts the next address, and the ones after it while each fails at once (connectFirst's startNext). */
+static void race_next(pair_t *p) {
+  race_t *r = p->hs->race;
+  while (r->started < r->count) {
+    attempt_t *a = &r->attempts[r->started++];
+    r->next_at = r->started < r->count ? now_ms() + r->delay_ms : 0;
+    int outcome = attempt_connect(p, r, a);
+    if (outcome > 0) {
+      attempt_won(p, a, 0);
+      return;
+    }
+    if (outcome == 0) {
+      r->pending++;
+      return;
+    }
+  }
+  r->next_at = 0;
+  if (r->pending == 0) race_lost(p);
+}
+
+/* A racing connect finished (an event on its socket). */
+static void attempt_event(watch_t *w, uint32_t events) {
+  (void)events;
+  attempt_t *a = (attempt_t *)w;
+  race_t *r = a->race;
+  if (r->over || a->fd < 0) return;
+  pair_t *p = r->pair;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err == 0) {
+    attempt_won(p, a, 1);
+    return;
+  }
+  close_attempt(a);
+  r->pending--;
+  attempt_failed(r, a, err, 0, 0);
+  race_next(p);
+}
+
+/* How long epoll_wait may sleep before a race's next address is due (-1: none is waiting). */
+static int race_timeout(void) {
+  int64_t soonest = 0;
+  for (race_t *r = races; r; r = r->next)
+    if (r->next_at > 0 && (soonest == 0 || r->next_at < soonest)) soonest = r->next_at;
+  if (soonest == 0) return -1;
+  int64_t left = soonest - now_ms();
+  return left > 0 ? (int)left : 0;
+}
+
+/* Starts the next address of every race whose current ones did not answer in time. */
+static void run_due_races(int64_t now) {
+  race_t *r = races;
+  while (r) {
+    race_t *next = r->next; /* race_next may end this race (retired: its `next` changes) */
+    if (!r->over && r->next_at > 0 && now >= r->next_at) race_next(r->pair);
+    r = next;
+  }
+}
+
+/*
+ * JavaScript resolved a name and its rules allowed the request (`rule`, -1:
+ * no rules): race its addresses (`r`, this thread's from now on). The
+ * connect deadline has run since the request.
+ */
+static void native_dial(pair_t *p, race_t *r, int rule) {
+  handshake_t *h = p->hs;
+  if (p->phase != PHASE_DECIDE_WAIT || !h->naming) {
+    free(r);
+    return;
+  }
   p->rule = rule;
-  start_connect(p);
+  p->phase = PHASE_CONNECTING;
+  r->pair = p;
+  r->next = races;
+  if (races) races->prev = r;
+  races = r;
+  h->race = r;
+  race_next(p);
 }
 
 /*
@@ -2110,6 +2376,8 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
   h->dial_local = h->dial_local_port = 0;
   h->request_bytes = h->naming = 0;
+  h->race = NULL;
+  h->dial_failed = -1;
   h->settings = s;
   h->client = *addr;
   p->rule = -1;
@@ -2698,24 +2966,34 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* dial(handle, family, address, rule): after MSG_DECIDE for a name, the address to connect to (see native_dial). */
+/*
+ * dial(handle, addresses, rule, attemptDelayMs): after MSG_DECIDE for a
+ * name, the addresses to race (17 bytes each: 4 or 6, then 16 bytes, an IPv4
+ * address in the first 4; at most DIAL_ADDRESSES_MAX) and the rule that
+ * allowed it (-1: no rules). See native_dial.
+ */
+#define DIAL_ADDRESSES_MAX 64
 static napi_value js_dial(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
   void *p;
-  int32_t family, rule;
+  int32_t rule, delay_ms;
   void *data;
   size_t len;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_external(env, argv[0], &p));
-  CHECK(napi_get_value_int32(env, argv[1], &family));
-  CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
-  CHECK(napi_get_value_int32(env, argv[3], &rule));
-  if ((family != 4 || len != 4) && (family != 6 || len != 16)) {
-    napi_throw_range_error(env, NULL, "dial: an IPv4 address is 4 bytes, an IPv6 address 16");
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  CHECK(napi_get_value_int32(env, argv[2], &rule));
+  CHECK(napi_get_value_int32(env, argv[3], &delay_ms));
+  const unsigned char *bytes = data;
+  int count = (int)(len / 17);
+  int valid = len > 0 && len % 17 == 0 && count <= DIAL_ADDRESSES_MAX && delay_ms >= 0;
+  for (int i = 0; valid && i < count; i++) valid = bytes[i * 17] == 4 || bytes[i * 17] == 6;
+  if (!valid) {
+    napi_throw_range_error(env, NULL, "dial: 1 to 64 addresses of 17 bytes (4 or 6, then the address), and a delay >= 0");
     return NULL;
   }
-  send_dial_command(p, family, data, (int)len, rule);
+  send_dial_command(p, new_race(bytes, count, delay_ms), rule);
   return NULL;
 }
 
@@ -2842,7 +3120,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 13
+#define ADDON_INTERFACE 14
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

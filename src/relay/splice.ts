@@ -48,8 +48,13 @@ export interface Addon {
   configure(listener: object, settings: Buffer): void;
   unlisten(listener: object): void;
   answer(session: object, goOn: boolean, rememberAs: number): void;
-  /** After a decide for a name: the one address to connect to (4 or 16 bytes), and the rule that allowed it (-1: no rules). */
-  dial(session: object, family: 4 | 6, address: Buffer, rule: number): void;
+  /**
+   * After a decide for a name: the addresses to race (17 bytes each: the
+   * family, 4 or 6, then 16 bytes, an IPv4 address in the first 4; at most
+   * NATIVE_DIAL_ADDRESSES), the rule that allowed it (-1: no rules), and the
+   * delay before the next address while one is pending.
+   */
+  dial(session: object, addresses: Buffer, rule: number, attemptDelayMs: number): void;
   /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
   siphash(key: Buffer, data: Buffer): Buffer;
   /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */
@@ -131,7 +136,10 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 13;
+const ADDON_INTERFACE = 14;
+
+/** The most addresses of a name the relay thread races (DIAL_ADDRESSES_MAX in native/splice.c). */
+export const NATIVE_DIAL_ADDRESSES = 64;
 
 const DEFAULT_ADDON = fileURLToPath(new URL('../../../build/socksgate_splice.node', import.meta.url));
 

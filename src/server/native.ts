@@ -20,8 +20,8 @@ import { type Destination, NEED_MORE, formatDestination, peerAddress } from '../
 import { promiseFrom } from '../callbacks.js';
 import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
-import { type Addon, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
-import { connectTimeoutError, resolveDialable } from '../upstream/dialer.js';
+import { type Addon, NATIVE_DIAL_ADDRESSES, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
+import { ATTEMPT_DELAY_MS, connectTimeoutError, resolveDialable } from '../upstream/dialer.js';
 import type { ResolvedAddress } from '../upstream/resolver.js';
 import { type SessionContext, type SessionResume, elapsedMs } from './session.js';
 
@@ -290,6 +290,16 @@ function addressBytes(address: string, family: 4 | 6): Buffer {
   return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
 }
 
+/** A name's addresses as the addon's dial() takes them: 17 bytes each, the family (4 or 6), then the address. */
+function dialList(addresses: readonly ResolvedAddress[]): Buffer {
+  const list = Buffer.alloc(addresses.length * 17);
+  addresses.forEach(({ address, family }, i) => {
+    list[i * 17] = family;
+    addressBytes(address, family).copy(list, i * 17 + 1);
+  });
+  return list;
+}
+
 function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, payload]: NativeMessage): void {
   if (type === Message.LISTENER_CLOSED) {
     state.owners.delete(n0);
@@ -330,7 +340,7 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
       const dialLocal = n6 === 4 || n6 === 6 ? { family: n6, port: n7 } as const : null;
-      return session.handOver({ fd: n0, resume: n1, method: n2, connectErrno: n3, timedOut: n4 === 1, clientErrno: n5, dialLocal }, user, rest);
+      return session.handOver({ fd: n0, resume: n1, method: n2, connectErrno: n3, timedOut: n4 === 1, clientErrno: n5, dialLocal, dialFailed: n8 }, user, rest);
     }
     case Message.END: {
       state.sessions.delete(id);
@@ -380,6 +390,8 @@ interface NativeHandOver {
   readonly clientErrno: number;
   /** connect() failed at once on a socket left at the wildcard address of this family, on this port. */
   readonly dialLocal: { readonly family: 4 | 6; readonly port: number } | null;
+  /** A name's: the index of the address whose failure connectErrno is (-1: none). */
+  readonly dialFailed: number;
 }
 
 function methodName(method: number): 'none' | 'userpass' | null {
@@ -413,8 +425,8 @@ export class NativeSession {
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
-  /** A CONNECT to a name: the request's destination, and the address the relay thread was told to dial. */
-  #named: { readonly destination: Destination; dialled: string | null } | null = null;
+  /** A CONNECT to a name: the request's destination, and the addresses the relay thread was told to race. */
+  #named: { readonly destination: Destination; addresses: readonly ResolvedAddress[] } | null = null;
   /** The lookup of a name failed: the session it is handed to refuses with this, without looking it up again. */
   #lookupFailure: SocksError | null = null;
 
@@ -512,25 +524,24 @@ export class NativeSession {
 
   /**
    * A name the rules allowed: look it up as the node engine's dialer would,
-   * and have the relay thread dial its one address. Several addresses are
-   * raced by that dialer (Happy Eyeballs), so such a name is handed over
-   * with the answer kept for it, and a failed lookup too: the session taking
-   * over refuses it without looking again.
+   * and have the relay thread race its addresses as that dialer does (Happy
+   * Eyeballs). A failed lookup is handed over with its failure: the session
+   * taking over refuses it without looking again. So is an answer longer
+   * than the relay thread takes, with the answer kept for the dialer.
    */
   #resolve(destination: Destination, rule: number): void {
-    this.#named = { destination, dialled: null };
+    this.#named = { destination, addresses: [] };
     this.#abort ??= new AbortController();
     const lookup = { client: this.clientAddress, signal: this.#abort.signal };
     resolveDialable(this.ctx.resolver, destination.host, lookup).then(
       (addresses) => {
         if (this.#gone) return;
-        const only = addresses.length === 1 ? addresses[0]! : null;
-        if (only === null) {
+        if (addresses.length > NATIVE_DIAL_ADDRESSES) {
           this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
           return this.#answer(false);
         }
-        this.#named!.dialled = only.address;
-        this.#addon.dial(this.#handle, only.family, addressBytes(only.address, only.family), rule);
+        this.#named!.addresses = addresses;
+        this.#addon.dial(this.#handle, dialList(addresses), rule, ATTEMPT_DELAY_MS);
       },
       (err: unknown) => {
         this.#lookupFailure = toSocksError(err);
@@ -553,7 +564,7 @@ export class NativeSession {
     if (!this.#gone) this.#addon.answer(this.#handle, goOn, rememberAs);
   }
 
-  handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno, dialLocal }: NativeHandOver, user: string | null, buffer: Buffer): void {
+  handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno, dialLocal, dialFailed }: NativeHandOver, user: string | null, buffer: Buffer): void {
     this.#letGo();
     this.#user = user;
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
@@ -572,17 +583,17 @@ export class NativeSession {
       user: this.#user,
       timedOut: timedOut && connectErrno === 0,
       authRefused: this.#authRefused,
-      dialFailure: phase !== 'request' ? null : connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut, dialLocal) : this.#lookupFailure,
+      dialFailure: phase !== 'request' ? null : connectErrno !== 0 ? this.#dialFailure(buffer, connectErrno, timedOut, dialLocal, dialFailed) : this.#lookupFailure,
       clientError: clientErrno !== 0 ? errnoError('read', clientErrno) : null,
     });
   }
 
-  #dialFailure(request: Buffer, errno: number, timedOut: boolean, local: NativeHandOver['dialLocal']): SocksError {
+  #dialFailure(request: Buffer, errno: number, timedOut: boolean, local: NativeHandOver['dialLocal'], failed: number): SocksError {
     const decoded = decodeRequest(request);
     const target = decoded === NEED_MORE ? { host: '?', port: 0 } : decoded.value.destination;
     if (timedOut) return connectTimeoutError(target, this.ctx.connectMs);
-    // A name: Node words the failure with the address it dialled.
-    const host = this.#named?.dialled ?? target.host;
+    // A name: Node words the failure with the address whose failure it kept.
+    const host = this.#named?.addresses[failed]?.address ?? target.host;
     // Worded as Node words a failed connect (no brackets around IPv6), as the node engine records it;
     // a connect() that failed at once names the socket's own address too, as Node's internalConnect does.
     const own = local ? ` - Local (${local.family === 6 ? '::' : '0.0.0.0'}:${local.port})` : '';
@@ -594,7 +605,7 @@ export class NativeSession {
     this.#user = user;
     const ctx = this.ctx;
     const decoded = request.length > 0 ? decodeRequest(request) : NEED_MORE;
-    // What was dialled (for a name, the address the relay thread was given), and what was asked for.
+    // What was dialled (for a name, the address that won the race), and what was asked for.
     const dialled = decoded !== NEED_MORE ? decoded.value.destination : null;
     const destination = this.#named?.destination ?? dialled;
     const relayed = dialled !== null && destination !== null && replied === 1;

@@ -158,7 +158,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #config: Config;
   readonly #dialer: Dialer;
   readonly #resolver: Resolver;
-  /** Native sessions' lookups of names with several addresses, for the node engine's dialer that takes them over. */
+  /** Native sessions' lookups of names with more addresses than the relay thread races, for the node engine's dialer that takes them over. */
   readonly #lookupHandOff = new LookupHandOff();
   /** UDP associations per client address, against udp.maxAssociationsPerClient (updated by reload). */
   readonly #udpSlots: ClientSlots;

@@ -30,9 +30,12 @@ export interface DirectDialerOptions {
   readonly attemptDelayMs?: number;
 }
 
+/** RFC 8305's suggestion for the delay before the next address; the relay thread's races use it too. */
+export const ATTEMPT_DELAY_MS = 250;
+
 export function createDirectDialer(options: DirectDialerOptions = {}): Dialer {
   const resolver = options.resolver ?? systemResolver;
-  const attemptDelayMs = options.attemptDelayMs ?? 250;
+  const attemptDelayMs = options.attemptDelayMs ?? ATTEMPT_DELAY_MS;
   return {
     async dial(target, { timeoutMs, signal, client }) {
       if (target.kind !== 'domain') {

@@ -201,9 +201,11 @@ export async function writeByteByByte(client: RawClient, bytes: Buffer, pauseMs 
  * the listener drops every SYN, so a connect stays in SYN-SENT (the kernel
  * retries for about two minutes). Before it is used, a plain connect is
  * checked to hang; if it does not, the fixture throws rather than letting a
- * test pass or fail for the wrong reason.
+ * test pass or fail for the wrong reason. `at`: its address (127.0.0.1) and
+ * port (any free one).
  */
-export async function startBlackHole(): Promise<{ readonly port: number; open(): void; close(): Promise<void> }> {
+export async function startBlackHole(at: { readonly host?: string; readonly port?: number } = {}): Promise<{ readonly port: number; open(): void; close(): Promise<void> }> {
+  const host = at.host ?? '127.0.0.1';
   const shared = new SharedArrayBuffer(4);
   // open() (flag 2) lets the worker's loop run: it accepts what is queued and
   // echoes, and a dropped SYN's retransmission then completes its connect.
@@ -212,14 +214,14 @@ export async function startBlackHole(): Promise<{ readonly port: number; open():
     const net = require('node:net');
     const server = net.createServer((socket) => socket.pipe(socket));
     server.on('error', (err) => parentPort.postMessage({ error: err.message }));
-    server.listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => {
+    server.listen({ host: workerData.host, port: workerData.port, backlog: 1 }, () => {
       parentPort.postMessage({ port: server.address().port });
       const flag = new Int32Array(workerData.shared);
       Atomics.wait(flag, 0, 0); // nothing accepts from here on
       if (Atomics.load(flag, 0) !== 2) server.close();
       else parentPort.on('message', () => server.close(() => parentPort.close()));
     });`;
-  const worker = new Worker(code, { eval: true, workerData: { shared } });
+  const worker = new Worker(code, { eval: true, workerData: { shared, host, port: at.port ?? 0 } });
   const sockets: Socket[] = [];
   const flag = new Int32Array(shared);
   const open = () => {
@@ -241,7 +243,7 @@ export async function startBlackHole(): Promise<{ readonly port: number; open():
     if (message.port === undefined) throw new Error(`black hole: ${message.error}`);
     const port = message.port;
     const attempt = async (): Promise<'connected' | 'failed' | 'hung'> => {
-      const socket = connect({ port, host: '127.0.0.1' });
+      const socket = connect({ port, host });
       sockets.push(socket);
       socket.on('error', () => {});
       const outcome = await Promise.race([

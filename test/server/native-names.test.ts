@@ -1,17 +1,21 @@
 /**
  * A CONNECT to a name on the native engine: JavaScript decides it and looks
  * the name up (the server's resolver, as the node engine's dialer does), and
- * the relay thread dials the one address and relays. Several addresses, a
- * refusal by the rules, a lookup that fails: the answer and the record the
- * node engine gives, the case by case below, each run on both engines.
+ * the relay thread races the addresses as that dialer does (Happy Eyeballs)
+ * and relays. Several addresses, a refusal by the rules, a lookup that
+ * fails: the answer and the record the node engine gives, the case by case
+ * below, each run on both engines.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { ResolvedAddress, Resolver, ServerOptions, SessionRecord } from '../../src/index.js';
 import { RawClient, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer } from '../helpers/server.js';
 import {
-  ENGINES, type Engine, type NativeCounters, comparable, countersSince, maskBound, nativeCounters, readSocks5Reply, recordOf, startEngineProxy,
+  ENGINES, type Engine, type EngineProxy, type NativeCounters, comparable, countersSince, maskBound, nativeCounters, readSocks5Reply, recordOf, startBlackHole,
+  startEngineProxy,
 } from './native-helpers.js';
 
 const opts = { timeout: 20_000 };
@@ -51,6 +55,8 @@ interface Case {
   readonly rep: number;
   /** How many times the resolver is asked on the native engine. */
   readonly lookups: number;
+  /** timeouts.connect, if not 300 ms. */
+  readonly connectMs?: number;
   readonly check?: (record: SessionRecord, ports: { echo: number; closed: number }) => void;
 }
 
@@ -70,8 +76,66 @@ const CASES: readonly Case[] = [
     },
   },
   {
-    name: 'several addresses: handed over with the answer, and the node engine races them (the first refuses) without looking again',
+    name: 'several addresses, the first refuses: the relay thread moves on to the next at once and relays',
     host: 'two.test',
+    port: 'echo',
+    counters: STAYED_NATIVE,
+    rep: 0,
+    lookups: 1,
+    check: (r, p) => assert.equal(r.connected, `127.0.0.1:${p.echo}`),
+  },
+  {
+    name: 'several addresses, the first never answers: the next is tried after the attempt delay (250 ms) and wins',
+    host: 'late.test',
+    port: 'echo',
+    counters: STAYED_NATIVE,
+    rep: 0,
+    lookups: 1,
+    connectMs: 5000,
+    check: (r, p) => {
+      assert.equal(r.connected, `127.0.0.1:${p.echo}`);
+      assert.equal(r.relay, 'splice');
+    },
+  },
+  {
+    name: 'several addresses, all refuse: 05 05, worded with the first refusal',
+    host: 'refusing.test',
+    port: 'closed',
+    counters: HANDED_OVER,
+    rep: 5,
+    lookups: 1,
+    check: (r, p) => assert.equal(r.error, `connect ECONNREFUSED 127.0.0.2:${p.closed}`),
+  },
+  {
+    name: 'an unreachable address, then a refusing one: the refusal is the failure recorded (the more telling one)',
+    host: 'unreachable-first.test',
+    port: 'closed',
+    counters: HANDED_OVER,
+    rep: 5,
+    lookups: 1,
+    check: (r, p) => assert.equal(r.error, `connect ECONNREFUSED 127.0.0.3:${p.closed}`),
+  },
+  {
+    name: 'a refusing address, then an unreachable one: still the refusal',
+    host: 'unreachable-last.test',
+    port: 'closed',
+    counters: HANDED_OVER,
+    rep: 5,
+    lookups: 1,
+    check: (r, p) => assert.equal(r.error, `connect ECONNREFUSED 127.0.0.3:${p.closed}`),
+  },
+  {
+    name: 'only unreachable addresses: 05 03, worded as Node words a connect that failed at once',
+    host: 'unreachable.test',
+    port: 'closed',
+    counters: HANDED_OVER,
+    rep: 3,
+    lookups: 1,
+    check: (r, p) => assert.equal(r.error, `connect ENETUNREACH 127.255.255.255:${p.closed} - Local (0.0.0.0:0)`),
+  },
+  {
+    name: 'more addresses than the relay thread races (64): handed over with the answer, and the node engine races them without looking again',
+    host: 'many.test',
     port: 'echo',
     counters: HANDED_OVER,
     rep: 0,
@@ -127,18 +191,24 @@ const CASES: readonly Case[] = [
 
 describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
   let echo: Fixture;
+  let hole: Awaited<ReturnType<typeof startBlackHole>>;
   let ports: { echo: number; closed: number };
 
   before(async () => {
     echo = await startEchoServer();
+    // late.test's first address: the echo server's port on another loopback address, where connects hang.
+    hole = await startBlackHole({ host: '127.0.0.4', port: echo.port });
     ports = { echo: echo.port, closed: await closedPort() };
   });
-  after(() => echo.close());
+  after(async () => {
+    await hole.close();
+    await echo.close();
+  });
 
-  function options(resolver: Resolver): ServerOptions {
+  function options(resolver: Resolver, connectMs: number): ServerOptions {
     return {
       resolver,
-      timeouts: { connect: 300 },
+      timeouts: { connect: connectMs },
       rules: [
         { name: 'no-denied-names', deny: { to: { hosts: ['denied.test'] } } },
         { name: 'tests-allowed', allow: { from: { nets: ['127.0.0.0/8'] } } },
@@ -151,6 +221,15 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
       'one.test': [V4('127.0.0.1')],
       // 127.0.0.2 has no listener: the node engine's dialer moves on to the next.
       'two.test': [V4('127.0.0.2'), V4('127.0.0.1')],
+      'late.test': [V4('127.0.0.4'), V4('127.0.0.1')],
+      'refusing.test': [V4('127.0.0.2'), V4('127.0.0.3')],
+      // 127.255.255.255 is loopback's broadcast address: connect() fails at once, nothing is sent.
+      'unreachable-first.test': [V4('127.255.255.255'), V4('127.0.0.3')],
+      'unreachable-last.test': [V4('127.0.0.3'), V4('127.255.255.255')],
+      'unreachable.test': [V4('127.255.255.255')],
+      'hole.test': [V4('127.0.0.4')],
+      // 64 addresses where nothing listens, then the echo server's.
+      'many.test': [...Array.from({ length: 64 }, (_, i) => V4(`127.0.1.${i + 1}`)), V4('127.0.0.1')],
       'denied.test': [V4('127.0.0.1')],
       'zero.test': [V4('0.0.0.0')],
       'slow.test': 'slow',
@@ -159,7 +238,7 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
 
   async function run(engine: Engine, c: Case): Promise<{ answer: Buffer; record: SessionRecord; counters: NativeCounters; lookups: number }> {
     const resolver = table();
-    const proxy = await startEngineProxy(engine, options(resolver));
+    const proxy = await startEngineProxy(engine, options(resolver, c.connectMs ?? 300));
     try {
       const before = nativeCounters();
       const client = await RawClient.connect(proxy.port);
@@ -193,4 +272,58 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
       c.check?.(native.record, ports);
     });
   }
+
+  /** Connects still waiting for the black hole's handshake (SYN-SENT to 127.0.0.4:port), from /proc/net/tcp. */
+  async function waitingForHole(): Promise<number> {
+    const hole = `0400007F:${ports.echo.toString(16).toUpperCase().padStart(4, '0')}`;
+    const rows = (await readFile('/proc/net/tcp', 'utf8')).split('\n').slice(1).map((row) => row.trim().split(/\s+/));
+    return rows.filter((row) => row[2] === hole && row[3] === '02').length;
+  }
+
+  /** Until `count` connects wait for the black hole (bounded: the relay thread starts its connect within milliseconds). */
+  async function untilWaiting(count: number): Promise<void> {
+    for (let i = 0; i < 200 && (await waitingForHole()) !== count; i++) await delay(10);
+    assert.equal(await waitingForHole(), count, 'connects waiting for the black hole');
+  }
+
+  /** A native session racing for hole.test (one address that never answers), its client and proxy; `end` ends the race somehow. */
+  async function raceForHole(end: (client: RawClient, proxy: EngineProxy) => Promise<void>): Promise<void> {
+    const idle = await waitingForHole();
+    const proxy = await startEngineProxy('native', options(table(), 5000));
+    try {
+      const client = await RawClient.connect(proxy.port);
+      try {
+        client.write(Buffer.concat([hex(NO_AUTH), connectRequestByName('hole.test', ports.echo)]));
+        await untilWaiting(idle + 1);
+        await end(client, proxy);
+        await untilWaiting(idle);
+      } finally {
+        client.destroy();
+      }
+    } finally {
+      await proxy.close();
+    }
+  }
+
+  test('the address that lost the race is closed once another one won', opts, async () => {
+    const idle = await waitingForHole();
+    const native = await run(ENGINES[0], CASES.find((c) => c.host === 'late.test')!);
+    assert.equal(native.answer[3], 0);
+    assert.equal(await waitingForHole(), idle, 'the connect to the black hole was closed');
+  });
+
+  test('a client that resets while the race runs: its connects are closed, and it is recorded as gone', opts, async () => {
+    await raceForHole(async (client, proxy) => {
+      client.socket.resetAndDestroy();
+      const record = await recordOf(proxy, client.localPort);
+      assert.equal(record.reason, 'client-gone');
+    });
+  });
+
+  test('a server that shuts down while a race runs: its connects are closed', opts, async () => {
+    await raceForHole(async (client, proxy) => {
+      await proxy.close();
+      assert.equal(await client.ended, 'end');
+    });
+  });
 });
