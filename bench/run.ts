@@ -20,7 +20,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { availableParallelism, cpus, release, tmpdir, totalmem, type } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { hashPassword } from '../src/index.js';
@@ -121,18 +121,24 @@ function cpuList(n: number): { load: string; proxy: string } | null {
 
 /** The native splice addon, relative to the project root (src/relay/splice.ts loads it from there). */
 const ADDON = join('build', 'socksgate_splice.node');
+const LAUNCHER = join('bin', 'socksgate.cjs');
 
 /**
- * Copies dist/src, the native addon (build/*.node, when built) and
- * package.json (with node_modules linked) into the temporary directory and
- * runs socksgate from there: others may rebuild dist/ or the addon while the
- * benchmark runs, and every instance must be the same build. The layout is
- * the project's, so the snapshot's dist/src finds the addon at ../../../build.
+ * Copies dist/src, the launcher (bin/socksgate.cjs), the native addon
+ * (build/*.node, when built) and package.json (with node_modules linked) into
+ * the temporary directory and runs socksgate from there: others may rebuild
+ * dist/ or the addon while the benchmark runs, and every instance must be the
+ * same build. The layout is the project's, so the snapshot's dist/src finds
+ * the addon at ../../../build. socksgate is started as operators start it,
+ * through the launcher (the `socksgate` command and `npm start`), which sizes
+ * libuv's thread pool (name lookups, password checks, file writes).
  */
 function snapshotSocksgate(tmpDir: string): { cli: string; hash: string; addon: string | null } {
   const dir = join(tmpDir, 'socksgate');
   cpSync(join(ROOT, 'dist', 'src'), join(dir, 'dist', 'src'), { recursive: true });
   copyFileSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
+  mkdirSync(join(dir, 'bin'));
+  copyFileSync(join(ROOT, LAUNCHER), join(dir, LAUNCHER));
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
   const hash = createHash('sha256');
   let names: string[] = [];
@@ -159,7 +165,8 @@ function snapshotSocksgate(tmpDir: string): { cli: string; hash: string; addon: 
     }
   };
   walk(join(dir, 'dist', 'src'));
-  return { cli: join(dir, 'dist', 'src', 'cli.js'), hash: hash.digest('hex').slice(0, 12), addon };
+  hash.update(LAUNCHER).update(readFileSync(join(dir, LAUNCHER)));
+  return { cli: join(dir, LAUNCHER), hash: hash.digest('hex').slice(0, 12), addon };
 }
 
 /** Exit code and output of the snapshot's CLI (15 s at most). */
@@ -189,7 +196,8 @@ function machineInfo(bin: Binaries, pinning: string, buildHash: string, addon: s
     gcc: output('gcc', ['--version']).split('\n')[0] ?? 'gcc',
     dante: `${output(bin.danted, ['-v']).split('\n')[0]?.replace(/\s+Copyright.*$/, '') ?? 'Dante'} (Debian dante-server ${dpkg('dante-server') || '?'})`,
     microsocks: `Debian microsocks ${dpkg('microsocks') || '?'}`,
-    socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; snapshot ${buildHash} of dist/src and build/*.node, taken when the run started)`,
+    socksgate: `${pkg.version} (git ${rev || '?'}${dirty ? ', src/ modified' : ''}; snapshot ${buildHash} of dist/src, ${LAUNCHER} and build/*.node, taken when the run started)`,
+    started: `\`node ${relative(dirname(dirname(bin.cli)), bin.cli)}\` in the snapshot (the \`socksgate\` command and \`npm start\` run the same launcher)`,
     relay: `${addon ?? `${ADDON} not built`}` +
       `${process.env.SOCKSGATE_SPLICE_ADDON ? ` (SOCKSGATE_SPLICE_ADDON=${process.env.SOCKSGATE_SPLICE_ADDON} in the environment)` : ''}; ` +
       'socksgate, socksgate (userpass) and socksgate (production) ran with `--relay-engine splice`, socksgate (stream relay) with `--relay-engine stream`',
@@ -264,7 +272,7 @@ async function main(): Promise<number> {
   const outPath = resolve(values.out ?? join(ROOT, 'bench', 'RESULTS.md'));
 
   // What the benchmark needs on this machine: fail clearly if something is missing.
-  const cli = join(ROOT, 'dist', 'src', 'cli.js');
+  const cli = join(ROOT, 'dist', 'src', 'cli.js'); // the launcher (bin/socksgate.cjs) imports it
   const danted = which('danted', ['/usr/sbin/danted']);
   const microsocks = which('microsocks');
   const missing: string[] = [];

@@ -27,6 +27,8 @@ export interface Machine {
   readonly dante: string;
   readonly microsocks: string;
   readonly socksgate: string;
+  /** How socksgate was started (runs before 2026-11-24's twenty-first session have none: \`node dist/src/cli.js\`). */
+  readonly started?: string;
   /** Whether build/socksgate_splice.node was there, and which relay engines the variants asked for. */
   readonly relay: string;
   /** Whether the production configuration carried rules. */
@@ -170,6 +172,7 @@ export function renderMarkdown(results: Results): string {
     'open files limit': machine.openFiles,
     node: machine.node,
     socksgate: machine.socksgate,
+    'socksgate started as': machine.started ?? '`node dist/src/cli.js` (libuv\'s 4 threads)',
     Dante: machine.dante,
     microsocks: machine.microsocks,
     'relay engine': machine.relay,

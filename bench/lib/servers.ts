@@ -39,7 +39,7 @@ export const SERVERS: readonly ServerInfo[] = [
     label: 'socksgate',
     proxy: true,
     udp: true,
-    describe: '`node dist/src/cli.js --listen 127.0.0.1:P --log-level warn --log-format json --relay-engine splice` (no auth; the access log is at info, so nothing is logged for normal sessions; the native splice(2) relay asked for explicitly, so a missing addon fails the run instead of measuring the stream relay; with it, UDP associations run on the addon\'s relay thread too)',
+    describe: '`node bin/socksgate.cjs --listen 127.0.0.1:P --log-level warn --log-format json --relay-engine splice` (the `socksgate` command: dist/src/cli.js with libuv\'s thread pool at 16; no auth; the access log is at info, so nothing is logged for normal sessions; the native splice(2) relay asked for explicitly, so a missing addon fails the run instead of measuring the stream relay; with it, UDP associations run on the addon\'s relay thread too)',
   },
   {
     id: 'socksgate-stream',
@@ -64,7 +64,7 @@ export const SERVERS: readonly ServerInfo[] = [
     proxy: true,
     udp: true,
     groups: ['handshake'],
-    describe: '`node dist/src/cli.js --config CONFIG.yaml --relay-engine splice`, handshakes only: the production configuration\'s `listen` and `auth` ' +
+    describe: '`node bin/socksgate.cjs --config CONFIG.yaml --relay-engine splice`, handshakes only: the production configuration\'s `listen` and `auth` ' +
       '(the same users file), `log` level warn, no rules. socksgate\'s own price for the RFC 1929 round trip (next to microsocks\'), and the base ' +
       'that shows what the rules and the access log cost the production configuration',
   },
@@ -73,7 +73,7 @@ export const SERVERS: readonly ServerInfo[] = [
     label: 'socksgate (production)',
     proxy: true,
     udp: true,
-    describe: '`node dist/src/cli.js --config CONFIG.yaml --relay-engine splice`, stdout redirected to a file; the YAML file has `listen` 127.0.0.1:P, ' +
+    describe: '`node bin/socksgate.cjs --config CONFIG.yaml --relay-engine splice`, stdout redirected to a file; the YAML file has `listen` 127.0.0.1:P, ' +
       '`auth` methods [userpass] with usersFile (one user, bcrypt cost 10), `log` level info and format json (one JSON access-log line per session), ' +
       `and ${PRODUCTION_RULE_COUNT} \`rules\`: 49 deny rules that never match the benchmark's traffic (destination networks, host patterns, ports, ` +
       'commands, users, client networks, several of them matching in one field and failing in another) and a last one that allows clients from 127.0.0.0/8 ' +

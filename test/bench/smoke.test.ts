@@ -100,6 +100,7 @@ describe('benchmark harness, quick mode', () => {
       assert.match(report, /## Summary/);
       assert.match(report, /\| localhost resolves to \| \S/, 'the report says what the by-name handshakes\' name resolved to');
       assert.match(report, /Quick mode/);
+      assert.match(report, /\| socksgate started as \| `node bin\/socksgate\.cjs`/, 'socksgate runs as operators run it, through the launcher');
       assert.doesNotMatch(report, /\*\*missing\*\*/);
       assert.match(report, /n\/a \(no UDP ASSOCIATE\)/, 'microsocks is n/a for UDP');
       assert.match(report, /stream ÷ splice/);
