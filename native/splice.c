@@ -2061,7 +2061,7 @@ typedef struct attempt {
 
 typedef struct race {
   pair_t *pair;
-  struct race *prev, *next; /* in `races`, while it runs */
+  struct race *prev, *next; /* in the waiting line while next_at is set; `next` also links retired races */
   int over;      /* ended: an event still in this batch for one of its connects is ignored */
   int count, started, pending;
   int delay_ms;
@@ -2070,8 +2070,33 @@ typedef struct race {
   attempt_t attempts[];
 } race_t;
 
-/* Relay thread only: races running, and races over but perhaps still pointed at by this batch's events. */
-static race_t *races, *retired_races;
+/*
+ * Relay thread only. The races waiting to try their next address, in the
+ * order that is due: every race waits the same delay (ATTEMPT_DELAY_MS, from
+ * JavaScript), so a race that starts waiting joins at the end, and the first
+ * is always the next due. No walk over the races, however many connects hang.
+ * And the races over, perhaps still pointed at by this batch's events.
+ */
+static race_t *waiting_first, *waiting_last, *retired_races;
+
+static void stop_waiting(race_t *r) {
+  if (r->next_at == 0) return;
+  r->next_at = 0;
+  if (r->prev) r->prev->next = r->next;
+  else waiting_first = r->next;
+  if (r->next) r->next->prev = r->prev;
+  else waiting_last = r->prev;
+  r->prev = r->next = NULL;
+}
+
+static void wait_for_next(race_t *r) {
+  stop_waiting(r);
+  r->next_at = now_ms() + r->delay_ms;
+  r->prev = waiting_last;
+  if (waiting_last) waiting_last->next = r;
+  else waiting_first = r;
+  waiting_last = r;
+}
 
 /* A race for `count` addresses (17 bytes each: the family, 4 or 6, and 16 bytes, an IPv4 address in the first 4). */
 static race_t *new_race(const unsigned char *addresses, int count, int delay_ms) {
@@ -2125,9 +2150,7 @@ static void end_race(handshake_t *h) {
   h->race = NULL;
   for (int i = 0; i < r->started; i++)
     if (r->attempts[i].fd >= 0) close_attempt(&r->attempts[i]);
-  if (r->prev) r->prev->next = r->next;
-  else races = r->next;
-  if (r->next) r->next->prev = r->prev;
+  stop_waiting(r);
   r->over = 1;
   r->next = retired_races;
   retired_races = r;
@@ -2230,7 +2253,8 @@ static void race_next(pair_t *p) {
   race_t *r = p->hs->race;
   while (r->started < r->count) {
     attempt_t *a = &r->attempts[r->started++];
-    r->next_at = r->started < r->count ? now_ms() + r->delay_ms : 0;
+    if (r->started < r->count) wait_for_next(r);
+    else stop_waiting(r);
     int outcome = attempt_connect(p, r, a);
     if (outcome > 0) {
       attempt_won(p, a, 0);
@@ -2241,7 +2265,6 @@ static void race_next(pair_t *p) {
       return;
     }
   }
-  r->next_at = 0;
   if (r->pending == 0) race_lost(p);
 }
 
@@ -2267,22 +2290,15 @@ static void attempt_event(watch_t *w, uint32_t events) {
 
 /* How long epoll_wait may sleep before a race's next address is due (-1: none is waiting). */
 static int race_timeout(void) {
-  int64_t soonest = 0;
-  for (race_t *r = races; r; r = r->next)
-    if (r->next_at > 0 && (soonest == 0 || r->next_at < soonest)) soonest = r->next_at;
-  if (soonest == 0) return -1;
-  int64_t left = soonest - now_ms();
+  if (!waiting_first) return -1;
+  int64_t left = waiting_first->next_at - now_ms();
   return left > 0 ? (int)left : 0;
 }
 
 /* Starts the next address of every race whose current ones did not answer in time. */
 static void run_due_races(int64_t now) {
-  race_t *r = races;
-  while (r) {
-    race_t *next = r->next; /* race_next may end this race (retired: its `next` changes) */
-    if (!r->over && r->next_at > 0 && now >= r->next_at) race_next(r->pair);
-    r = next;
-  }
+  /* race_next takes the race out of the line (or to its end, with a later next_at): this ends. */
+  while (waiting_first && now >= waiting_first->next_at) race_next(waiting_first->pair);
 }
 
 /*
@@ -2299,9 +2315,6 @@ static void native_dial(pair_t *p, race_t *r, int rule) {
   p->rule = rule;
   p->phase = PHASE_CONNECTING;
   r->pair = p;
-  r->next = races;
-  if (races) races->prev = r;
-  races = r;
   h->race = r;
   race_next(p);
 }

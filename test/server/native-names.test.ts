@@ -98,6 +98,16 @@ const CASES: readonly Case[] = [
     },
   },
   {
+    name: 'three addresses, the first two never answer: each next one 250 ms after the one before, the third wins',
+    host: 'later.test',
+    port: 'echo',
+    counters: STAYED_NATIVE,
+    rep: 0,
+    lookups: 1,
+    connectMs: 5000,
+    check: (r, p) => assert.equal(r.connected, `127.0.0.1:${p.echo}`),
+  },
+  {
     name: 'several addresses, all refuse: 05 05, worded with the first refusal',
     host: 'refusing.test',
     port: 'closed',
@@ -222,6 +232,7 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
       // 127.0.0.2 has no listener: the node engine's dialer moves on to the next.
       'two.test': [V4('127.0.0.2'), V4('127.0.0.1')],
       'late.test': [V4('127.0.0.4'), V4('127.0.0.1')],
+      'later.test': [V4('127.0.0.4'), V4('127.0.0.4'), V4('127.0.0.1')],
       'refusing.test': [V4('127.0.0.2'), V4('127.0.0.3')],
       // 127.255.255.255 is loopback's broadcast address: connect() fails at once, nothing is sent.
       'unreachable-first.test': [V4('127.255.255.255'), V4('127.0.0.3')],
