@@ -722,7 +722,7 @@ static void *relay_thread(void *unused) {
       }
     }
     if (failing_listeners) tell_due_failures(now_ms(), NULL);
-    run_due_races(now_ms());
+    if (race_timeout() == 0) run_due_races(now_ms());
     flush_messages(now_ms());
     if (paused_listeners) resume_listeners(now_ms());
     bury_ended();
