@@ -398,6 +398,9 @@ function methodName(method: number): 'none' | 'userpass' | null {
   return method === Method.USERPASS ? 'userpass' : method === Method.NONE ? 'none' : null;
 }
 
+/** Why a password check or lookup was dropped: one object for every session, as an Error's stack costs microseconds. */
+const LET_GO = new Error('the session left the relay thread');
+
 /**
  * A session the relay thread negotiates (and then splices), as the server
  * sees it: enough to count it, shut it down, and write its record.
@@ -422,6 +425,8 @@ export class NativeSession {
   #authRefused: { readonly error: unknown } | null = null;
   /** Aborted once the addon lets the session go, so a password check still waiting is dropped. */
   #abort: AbortController | null = null;
+  /** Password checks and lookups under way: what #letGo drops (aborting a signal nobody listens to costs microseconds). */
+  #underWay = 0;
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
@@ -478,8 +483,10 @@ export class NativeSession {
     const context = { clientAddress: this.clientAddress, signal: this.#abort.signal };
     const { authenticator } = ctx;
     const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
+    this.#underWay++;
     verdict.then(
       (ok) => {
+        this.#underWay--;
         // Only true accepts (as in the node engine): a truthy string from a
         // careless authenticator is not a yes, and the addon takes booleans only.
         const accepted = ok === true;
@@ -487,6 +494,7 @@ export class NativeSession {
         this.#answer(accepted, accepted && this.#owner.rememberCredentials ? 1 : -1);
       },
       (err: unknown) => {
+        this.#underWay--;
         // The session the refusal is handed to records the failure; it does not ask again.
         this.#authRefused = { error: err ?? new Error('rejected without a reason') };
         this.#answer(false);
@@ -533,8 +541,10 @@ export class NativeSession {
     this.#named = { destination, addresses: [] };
     this.#abort ??= new AbortController();
     const lookup = { client: this.clientAddress, signal: this.#abort.signal };
+    this.#underWay++;
     resolveDialable(this.ctx.resolver, destination.host, lookup).then(
       (addresses) => {
+        this.#underWay--;
         if (this.#gone) return;
         if (addresses.length > NATIVE_DIAL_ADDRESSES) {
           this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
@@ -544,6 +554,7 @@ export class NativeSession {
         this.#addon.dial(this.#handle, dialList(addresses), rule, ATTEMPT_DELAY_MS);
       },
       (err: unknown) => {
+        this.#underWay--;
         this.#lookupFailure = toSocksError(err);
         this.#answer(false);
       },
@@ -551,13 +562,13 @@ export class NativeSession {
   }
 
   /**
-   * The addon has forgotten the handle. A password check still waiting is
-   * dropped: nobody reads its answer (a session taking the connection over
-   * asks again if it still needs one).
+   * The addon has forgotten the handle. A password check or a lookup still
+   * under way is dropped: nobody reads its answer (a session taking the
+   * connection over asks again if it still needs one).
    */
   #letGo(): void {
     this.#gone = true;
-    this.#abort?.abort(new Error('the session left the relay thread'));
+    if (this.#underWay > 0) this.#abort?.abort(LET_GO);
   }
 
   #answer(goOn: boolean, rememberAs = -1): void {
