@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import fc from 'fast-check';
 import type { ResolvedAddress, Resolver, ServerOptions, SessionRecord } from '../../src/index.js';
 import { RawClient, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, closedPort, startEchoServer } from '../helpers/server.js';
@@ -247,8 +248,7 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
     });
   }
 
-  async function run(engine: Engine, c: Case): Promise<{ answer: Buffer; record: SessionRecord; counters: NativeCounters; lookups: number }> {
-    const resolver = table();
+  async function run(engine: Engine, c: Case, resolver = table()): Promise<{ answer: Buffer; record: SessionRecord; counters: NativeCounters; lookups: number }> {
     const proxy = await startEngineProxy(engine, options(resolver, c.connectMs ?? 300));
     try {
       const before = nativeCounters();
@@ -283,6 +283,31 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
       c.check?.(native.record, ports);
     });
   }
+
+  /*
+   * Any mix of addresses that answer at once (the echo server's, refusing
+   * ones, an unreachable one, IPv6 loopback, where nothing listens on the
+   * port): the relay thread's race gives the answer and record the node
+   * engine's dialer gives, whichever wins or whatever failure is kept.
+   */
+  test('a race over any mix of accepting, refusing and unreachable addresses: the node engine\'s answer and record', { timeout: 120_000 }, async () => {
+    const address = fc.constantFrom<ResolvedAddress>(
+      V4('127.0.0.1'), V4('127.0.0.2'), V4('127.0.0.3'), V4('127.255.255.255'), { address: '::1', family: 6 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(address, { minLength: 1, maxLength: 4 }), async (addresses) => {
+        const c: Case = { name: 'generated', host: 'mix.test', port: 'echo', counters: STAYED_NATIVE, rep: 0, lookups: 1 };
+        const resolver = () => new TableResolver({ 'mix.test': addresses });
+        const [native, node] = [await run(ENGINES[0], c, resolver()), await run(ENGINES[1], c, resolver())];
+        assert.deepEqual(native.answer, node.answer, 'the same answer on both engines');
+        assert.deepEqual(comparable(native.record), comparable(node.record), 'the same record on both engines');
+        assert.equal(native.lookups, 1, 'looked up once on the native engine');
+        const wins = addresses.some((a) => a.address === '127.0.0.1');
+        assert.deepEqual(native.counters, wins ? STAYED_NATIVE : HANDED_OVER, 'a win stays native, a failure is handed over');
+      }),
+      { numRuns: 30, includeErrorInReport: true },
+    );
+  });
 
   /** Connects still waiting for the black hole's handshake (SYN-SENT to 127.0.0.4:port), from /proc/net/tcp. */
   async function waitingForHole(): Promise<number> {
