@@ -10,6 +10,7 @@ import {
   realpathSync, renameSync, rmSync, statSync, writeFileSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { HELP_HINT, type OptionValues, argsProblem } from '../cli-args.js';
 import { MAX_COST, MIN_BCRYPT_COST, isUsableCost, tooLongForBcrypt } from './hash-format.js';
@@ -48,7 +49,7 @@ export async function runPasswd(argv: string[]): Promise<number> {
 
 async function update(file: string, user: string, cost: number, remove: boolean): Promise<number> {
   if (remove) {
-    write(file, edited(file, user, null));
+    await whileLocked(file, () => write(file, edited(file, user, null)));
     return done(`${user} is removed from ${file}`);
   }
   // Refuse a file we could not rewrite before asking for the password...
@@ -63,7 +64,7 @@ async function update(file: string, user: string, cost: number, remove: boolean)
   if (tooLongForBcrypt(password)) return fail(TOO_LONG_FOR_BCRYPT);
   const line = `${user}:${await hashPassword(password, cost)}`;
   // ...and read it again now: the prompt may have waited while someone else changed it.
-  write(file, edited(file, user, line));
+  await whileLocked(file, () => write(file, edited(file, user, line)));
   return done(`${user}'s password is set in ${file}`);
 }
 
@@ -186,6 +187,57 @@ function checkWritableDirectory(target: string, file: string): void {
   } catch (err) {
     throw fsError('write', file, err);
   }
+}
+
+/** How long passwd waits for another passwd's lock on the same file, and how often it looks. */
+const LOCK_WAIT_MS = 5000;
+const LOCK_RETRY_MS = 20;
+
+/**
+ * Runs `change` (read, edit, replace the file) holding FILE.lock, made with
+ * O_EXCL beside the file: two passwd runs on one file each read it, edit it
+ * and rename their version over it, and without the lock the second rename
+ * would drop the first one's change. The lock is held for milliseconds (no
+ * prompt, no hashing inside), so a lock that stays past LOCK_WAIT_MS is one
+ * a passwd left behind when it was killed: passwd then says so, naming the
+ * lock and whether the process that made it still runs, rather than guess
+ * and remove another run's lock.
+ */
+async function whileLocked(file: string, change: () => void): Promise<void> {
+  const lock = `${resolveLink(file)}.lock`;
+  const giveUpAt = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      writeFileSync(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fsError('write', file, err);
+    }
+    if (Date.now() >= giveUpAt) throw new PasswdError(`cannot change ${file}: ${lock} ${lockHolder(lock)}`);
+    await delay(LOCK_RETRY_MS);
+  }
+  try {
+    change();
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
+
+/** Who holds a lock (passwd writes its pid in it), and what to do about it. */
+function lockHolder(lock: string): string {
+  let pid = Number.NaN;
+  try {
+    pid = Number.parseInt(readFileSync(lock, 'utf8'), 10);
+  } catch {
+    // gone meanwhile, or unreadable
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return 'is held, naming no process: remove it if no passwd is running';
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return `is held by process ${pid}, which is no longer running: remove it`;
+  }
+  return `is held by process ${pid}, still running: try again once it is done`;
 }
 
 /**

@@ -6,9 +6,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import {
-  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync,
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import bcrypt from 'bcryptjs';
 import { parseUsersFile } from '../../src/auth/users.js';
 import { startEchoServer, type Fixture } from '../helpers/server.js';
@@ -171,6 +173,39 @@ describe('socksgate passwd', () => {
     const users = readUsers(file);
     assert.deepEqual([...users.keys()].sort(), ['alice', 'bob', 'carol'], 'bob, added meanwhile, is still there');
     assert.ok(bcrypt.compareSync('carol-pw', users.get('carol')!));
+  });
+
+  it('waits while another passwd holds FILE.lock, then makes its change (no lost update)', async () => {
+    const file = dir.file('locked.users');
+    writeFileSync(file, `alice:${bcrypt.hashSync('alice-pw', 4)}\n`);
+    // Another passwd in the middle of its change: the lock names a running process (this one).
+    writeFileSync(`${file}.lock`, `${process.pid}\n`);
+    const { child, done } = startPasswd([file, 'bob', '--cost', '4']);
+    child.stdin!.end('bob-pw\n');
+    const early = await Promise.race([done, delay(1500).then(() => null)]);
+    assert.equal(early, null, `passwd went on while the file was locked: ${early?.stderr}`);
+    assert.deepEqual([...readUsers(file).keys()], ['alice'], 'nothing written while locked');
+    // The other passwd replaces the file and lets go: this one reads the new file.
+    writeFileSync(file, `alice:${bcrypt.hashSync('alice-pw', 4)}\ncarol:${bcrypt.hashSync('carol-pw', 4)}\n`);
+    rmSync(`${file}.lock`);
+    const r = await done;
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual([...readUsers(file).keys()], ['alice', 'carol', 'bob'], 'the other change is kept');
+    assert.equal(existsSync(`${file}.lock`), false, 'its own lock is gone');
+  });
+
+  it('a lock left by a passwd that was killed: refused after waiting, naming the lock and that its process is gone', async () => {
+    const file = dir.file('stale-lock.users');
+    const before = `alice:${bcrypt.hashSync('alice-pw', 4)}\n`;
+    writeFileSync(file, before);
+    const gone = spawn(process.execPath, ['-e', '']);
+    await once(gone, 'exit');
+    writeFileSync(`${file}.lock`, `${gone.pid}\n`);
+    const r = await setPassword(file, 'bob', 'bob-pw');
+    assert.equal(r.code, 2);
+    assertOneLine(r.stderr, new RegExp(`cannot change .*stale-lock\\.users: .*stale-lock\\.users\\.lock is held by process ${gone.pid}, which is no longer running: remove it`));
+    assert.equal(readFileSync(file, 'utf8'), before, 'the file is unchanged');
+    assert.ok(existsSync(`${file}.lock`), 'another run\'s lock is not removed by guesswork');
   });
 
   it('finds a user as the daemon reads the file: past leading spaces, a tab, a BOM', async () => {
