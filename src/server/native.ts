@@ -290,6 +290,11 @@ function addressBytes(address: string, family: 4 | 6): Buffer {
   return Buffer.from(family === 4 ? ipaddr.IPv4.parse(address).toByteArray() : ipaddr.IPv6.parse(address).toByteArray());
 }
 
+/** An IPv6 address naming its interface (`fe80::1%eth0`), which the addon's dial() cannot carry. */
+function hasZone({ address }: ResolvedAddress): boolean {
+  return address.includes('%');
+}
+
 /** A name's addresses as the addon's dial() takes them: 17 bytes each, the family (4 or 6), then the address. */
 function dialList(addresses: readonly ResolvedAddress[]): Buffer {
   const list = Buffer.alloc(addresses.length * 17);
@@ -534,8 +539,10 @@ export class NativeSession {
    * A name the rules allowed: look it up as the node engine's dialer would,
    * and have the relay thread race its addresses as that dialer does (Happy
    * Eyeballs). A failed lookup is handed over with its failure: the session
-   * taking over refuses it without looking again. So is an answer longer
-   * than the relay thread takes, with the answer kept for the dialer.
+   * taking over refuses it without looking again. So is an answer the
+   * relay thread does not take, with the answer kept for the dialer: more
+   * than NATIVE_DIAL_ADDRESSES addresses, or an IPv6 address with a zone
+   * (`fe80::1%eth0`: the relay thread takes 16 bytes, no interface).
    */
   #resolve(destination: Destination, rule: number): void {
     this.#named = { destination, addresses: [] };
@@ -546,7 +553,7 @@ export class NativeSession {
       (addresses) => {
         this.#underWay--;
         if (this.#gone) return;
-        if (addresses.length > NATIVE_DIAL_ADDRESSES) {
+        if (addresses.length > NATIVE_DIAL_ADDRESSES || addresses.some(hasZone)) {
           this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
           return this.#answer(false);
         }

@@ -154,6 +154,16 @@ const CASES: readonly Case[] = [
     check: (r, p) => assert.equal(r.connected, `127.0.0.1:${p.echo}`),
   },
   {
+    name: 'an IPv6 address with a zone (fe80::1%lo): handed over with the answer, as the relay thread cannot name the interface',
+    host: 'zoned.test',
+    port: 'echo',
+    counters: HANDED_OVER,
+    rep: 3,
+    lookups: 1,
+    // The node engine connects on lo, which has no fe80::1: the network is unreachable (the zone dropped would be EINVAL).
+    check: (r, p) => assert.equal(r.error, `connect ENETUNREACH fe80::1%lo:${p.echo} - Local (:::0)`),
+  },
+  {
     name: 'a name that does not resolve: 05 04, looked up once (the session it is handed to does not ask again)',
     host: 'missing.test',
     port: 'echo',
@@ -240,6 +250,7 @@ describe('native handshakes: a CONNECT to a name', { timeout: 120_000 }, () => {
       'unreachable-last.test': [V4('127.0.0.3'), V4('127.255.255.255')],
       'unreachable.test': [V4('127.255.255.255')],
       'hole.test': [V4('127.0.0.4')],
+      'zoned.test': [{ address: 'fe80::1%lo', family: 6 }],
       // 64 addresses where nothing listens, then the echo server's.
       'many.test': [...Array.from({ length: 64 }, (_, i) => V4(`127.0.1.${i + 1}`)), V4('127.0.0.1')],
       'denied.test': [V4('127.0.0.1')],
