@@ -1863,56 +1863,60 @@ static void connect_failed(pair_t *p, int err, int timed_out) {
   hand_over(p, RESUME_REQUEST, err, timed_out);
 }
 
-static void start_connect(pair_t *p) {
-  handshake_t *h = p->hs;
-  int v6 = p->request[3] == 4;
+/*
+ * Starts a non-blocking connect to `addr` (family 4: its first 4 bytes, 6: 16)
+ * and `port` (2 bytes, network order), with Nagle off. Returns 1 when it
+ * connected at once, 0 when it is under way (not yet watched), or -errno when
+ * it failed; *fd is the socket, or -1 when none could be made.
+ */
+static int open_connect(int family, const unsigned char *addr, const unsigned char *port, int *fd) {
   struct sockaddr_storage to;
   socklen_t to_len;
   memset(&to, 0, sizeof to);
-  if (v6) {
+  if (family == 6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&to;
     a->sin6_family = AF_INET6;
-    memcpy(&a->sin6_addr, p->request + 4, 16);
-    memcpy(&a->sin6_port, p->request + 20, 2);
+    memcpy(&a->sin6_addr, addr, 16);
+    memcpy(&a->sin6_port, port, 2);
     to_len = sizeof *a;
   } else {
     struct sockaddr_in *a = (struct sockaddr_in *)&to;
     a->sin_family = AF_INET;
-    memcpy(&a->sin_addr, p->request + 4, 4);
-    memcpy(&a->sin_port, p->request + 8, 2);
+    memcpy(&a->sin_addr, addr, 4);
+    memcpy(&a->sin_port, port, 2);
     to_len = sizeof *a;
   }
-  p->phase = PHASE_CONNECTING;
-  p->deadline = deadline_after(p, h->settings->connect_ms);
-  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    connect_failed(p, errno, 0);
-    return;
-  }
+  *fd = socket(family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (*fd < 0) return -errno;
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  p->fd[1] = fd;
-  if (connect(fd, (struct sockaddr *)&to, to_len) == 0) {
-    connected(p, 0);
-    return;
-  }
-  if (errno != EINPROGRESS) {
-    int err = errno;
-    failed_at_once(h, fd);
-    connect_failed(p, err, 0);
-    return;
-  }
+  setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(*fd, (struct sockaddr *)&to, to_len) == 0) return 1;
+  if (errno != EINPROGRESS) return -errno;
   /* Over loopback the handshake has usually completed inside connect(): a
    * connected socket has a peer, and the epoll round for EPOLLOUT is saved. */
   struct sockaddr_storage peer;
   socklen_t peer_len = sizeof peer;
-  if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
+  return getpeername(*fd, (struct sockaddr *)&peer, &peer_len) == 0 ? 1 : 0;
+}
+
+static void start_connect(pair_t *p) {
+  handshake_t *h = p->hs;
+  int v6 = p->request[3] == 4;
+  p->phase = PHASE_CONNECTING;
+  p->deadline = deadline_after(p, h->settings->connect_ms);
+  int outcome = open_connect(v6 ? 6 : 4, p->request + 4, p->request + (v6 ? 20 : 8), &p->fd[1]);
+  if (outcome > 0) {
     connected(p, 0);
+    return;
+  }
+  if (outcome < 0) {
+    if (p->fd[1] >= 0) failed_at_once(h, p->fd[1]);
+    connect_failed(p, -outcome, 0);
     return;
   }
   struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &p->watch[1]};
   pthread_mutex_lock(&pairs_lock);
-  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+  int rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[1], &ev);
   pthread_mutex_unlock(&pairs_lock);
   if (rc < 0) connect_failed(p, errno, 0);
 }
@@ -2190,52 +2194,22 @@ static void attempt_won(pair_t *p, attempt_t *a, int watched) {
 /* Starts a connect to `a`: 1 when it connected at once, 0 when it is under way, -1 when it failed (counted). */
 static int attempt_connect(pair_t *p, race_t *r, attempt_t *a) {
   handshake_t *h = p->hs;
-  struct sockaddr_storage to;
-  socklen_t to_len;
-  memset(&to, 0, sizeof to);
-  if (a->family == 6) {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&to;
-    s6->sin6_family = AF_INET6;
-    memcpy(&s6->sin6_addr, a->addr, 16);
-    memcpy(&s6->sin6_port, h->buf + h->request_bytes - 2, 2);
-    to_len = sizeof *s6;
-  } else {
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&to;
-    s4->sin_family = AF_INET;
-    memcpy(&s4->sin_addr, a->addr, 4);
-    memcpy(&s4->sin_port, h->buf + h->request_bytes - 2, 2);
-    to_len = sizeof *s4;
+  int outcome = open_connect(a->family, a->addr, h->buf + h->request_bytes - 2, &a->fd);
+  if (outcome == 0) {
+    a->watch.pair = p;
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &a->watch};
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, a->fd, &ev) == 0) return 0;
+    outcome = -errno;
   }
-  int fd = socket(a->family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    attempt_failed(r, a, errno, 0, 0);
-    return -1;
-  }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  a->fd = fd;
-  if (connect(fd, (struct sockaddr *)&to, to_len) == 0) return 1;
-  if (errno != EINPROGRESS) {
-    int err = errno, port = 0;
-    int local = wildcard_local(fd, &port); /* Node words such a failure with it (see failed_at_once) */
-    close(fd);
+  if (outcome > 0) return 1;
+  int local = 0, port = 0;
+  if (a->fd >= 0) {
+    local = wildcard_local(a->fd, &port); /* Node words a failure at once with it (see failed_at_once) */
+    close(a->fd);
     a->fd = -1;
-    attempt_failed(r, a, err, local, port);
-    return -1;
   }
-  struct sockaddr_storage peer; /* over loopback the handshake has usually completed inside connect() */
-  socklen_t peer_len = sizeof peer;
-  if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) return 1;
-  a->watch.pair = p;
-  struct epoll_event ev = {.events = EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &a->watch};
-  if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-    int err = errno;
-    close(fd);
-    a->fd = -1;
-    attempt_failed(r, a, err, 0, 0);
-    return -1;
-  }
-  return 0;
+  attempt_failed(r, a, -outcome, local, port);
+  return -1;
 }
 
 /* Every address failed: the session is handed over with the most telling failure, worded with its address. */
