@@ -2076,9 +2076,10 @@ typedef struct race {
 
 /*
  * Relay thread only. The races waiting to try their next address, in the
- * order that is due: every race waits the same delay (ATTEMPT_DELAY_MS, from
- * JavaScript), so a race that starts waiting joins at the end, and the first
- * is always the next due. No walk over the races, however many connects hang.
+ * order that is due, so the first is always the next due. Every race waits
+ * the same delay (ATTEMPT_DELAY_MS, from JavaScript), so a race that starts
+ * waiting joins at the end without a walk over the others, however many
+ * connects hang (one with a shorter delay would walk back to its place).
  * And the races over, perhaps still pointed at by this batch's events.
  */
 static race_t *waiting_first, *waiting_last, *retired_races;
@@ -2096,10 +2097,14 @@ static void stop_waiting(race_t *r) {
 static void wait_for_next(race_t *r) {
   stop_waiting(r);
   r->next_at = now_ms() + r->delay_ms;
-  r->prev = waiting_last;
-  if (waiting_last) waiting_last->next = r;
+  race_t *before = waiting_last;
+  while (before && before->next_at > r->next_at) before = before->prev;
+  r->prev = before;
+  r->next = before ? before->next : waiting_first;
+  if (r->next) r->next->prev = r;
+  else waiting_last = r;
+  if (before) before->next = r;
   else waiting_first = r;
-  waiting_last = r;
 }
 
 /* A race for `count` addresses (17 bytes each: the family, 4 or 6, and 16 bytes, an IPv4 address in the first 4). */
