@@ -428,7 +428,7 @@ export class NativeSession {
   #user: string | null = null;
   /** The credentials were refused: by the authenticator (error null), or because it failed (its error). */
   #authRefused: { readonly error: unknown } | null = null;
-  /** Aborted once the addon lets the session go, so a password check still waiting is dropped. */
+  /** Aborted once the addon lets the session go, so a password check or lookup still under way is dropped. */
   #abort: AbortController | null = null;
   /** Password checks and lookups under way: what #letGo drops (aborting a signal nobody listens to costs microseconds). */
   #underWay = 0;
