@@ -208,6 +208,17 @@ describe('socksgate passwd', () => {
     assert.ok(existsSync(`${file}.lock`), 'another run\'s lock is not removed by guesswork');
   });
 
+  it('a lock naming no process (empty, or not a pid): refused after waiting, and left', async () => {
+    const file = dir.file('odd-lock.users');
+    writeFileSync(file, '');
+    writeFileSync(`${file}.lock`, 'not a pid\n');
+    const r = await setPassword(file, 'bob', 'bob-pw');
+    assert.equal(r.code, 2);
+    assertOneLine(r.stderr, /odd-lock\.users\.lock is held, naming no process: remove it if no passwd is running$/m);
+    assert.equal(readFileSync(file, 'utf8'), '', 'the file is unchanged');
+    assert.ok(existsSync(`${file}.lock`));
+  });
+
   it('finds a user as the daemon reads the file: past leading spaces, a tab, a BOM', async () => {
     const hash = (pw: string) => bcrypt.hashSync(pw, 4);
     const file = dir.file('indented.users');
