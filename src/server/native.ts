@@ -428,10 +428,13 @@ export class NativeSession {
   #user: string | null = null;
   /** The credentials were refused: by the authenticator (error null), or because it failed (its error). */
   #authRefused: { readonly error: unknown } | null = null;
-  /** Aborted once the addon lets the session go, so a password check or lookup still under way is dropped. */
-  #abort: AbortController | null = null;
-  /** Password checks and lookups under way: what #letGo drops (aborting a signal nobody listens to costs microseconds). */
-  #underWay = 0;
+  /**
+   * The password check or lookup under way, if any: aborted if the addon lets
+   * the session go first. Dropped as soon as it answers, so a relayed session
+   * holds none (with its signal's listeners, about 760 bytes each), and the
+   * end aborts nothing (aborting a signal nobody listens to costs microseconds).
+   */
+  #underWay: AbortController | null = null;
   /** Handed over or ended: the addon has forgotten the handle. */
   #gone = false;
   #shutdown = false;
@@ -484,14 +487,13 @@ export class NativeSession {
       return this.#answer(false); // the session decodes it again and says why
     }
     this.#user = username;
-    this.#abort ??= new AbortController();
-    const context = { clientAddress: this.clientAddress, signal: this.#abort.signal };
+    const check = this.#begin();
+    const context = { clientAddress: this.clientAddress, signal: check.signal };
     const { authenticator } = ctx;
     const verdict = authenticator ? promiseFrom(() => authenticator.verify(username, password, context)) : Promise.resolve(false);
-    this.#underWay++;
     verdict.then(
       (ok) => {
-        this.#underWay--;
+        this.#settled(check);
         // Only true accepts (as in the node engine): a truthy string from a
         // careless authenticator is not a yes, and the addon takes booleans only.
         const accepted = ok === true;
@@ -499,7 +501,7 @@ export class NativeSession {
         this.#answer(accepted, accepted && this.#owner.rememberCredentials ? 1 : -1);
       },
       (err: unknown) => {
-        this.#underWay--;
+        this.#settled(check);
         // The session the refusal is handed to records the failure; it does not ask again.
         this.#authRefused = { error: err ?? new Error('rejected without a reason') };
         this.#answer(false);
@@ -546,12 +548,10 @@ export class NativeSession {
    */
   #resolve(destination: Destination, rule: number): void {
     this.#named = { destination, addresses: [] };
-    this.#abort ??= new AbortController();
-    const lookup = { client: this.clientAddress, signal: this.#abort.signal };
-    this.#underWay++;
-    resolveDialable(this.ctx.resolver, destination.host, lookup).then(
+    const lookup = this.#begin();
+    resolveDialable(this.ctx.resolver, destination.host, { client: this.clientAddress, signal: lookup.signal }).then(
       (addresses) => {
-        this.#underWay--;
+        this.#settled(lookup);
         if (this.#gone) return;
         if (addresses.length > NATIVE_DIAL_ADDRESSES || addresses.some(hasZone)) {
           this.#owner.keepLookup(this.clientAddress, destination.host, addresses);
@@ -561,7 +561,7 @@ export class NativeSession {
         this.#addon.dial(this.#handle, dialList(addresses), rule, ATTEMPT_DELAY_MS);
       },
       (err: unknown) => {
-        this.#underWay--;
+        this.#settled(lookup);
         this.#lookupFailure = toSocksError(err);
         this.#answer(false);
       },
@@ -575,7 +575,20 @@ export class NativeSession {
    */
   #letGo(): void {
     this.#gone = true;
-    if (this.#underWay > 0) this.#abort?.abort(LET_GO);
+    this.#underWay?.abort(LET_GO);
+    this.#underWay = null;
+  }
+
+  /** A password check or lookup starts: #letGo drops it until it answers. */
+  #begin(): AbortController {
+    const work = new AbortController();
+    this.#underWay = work;
+    return work;
+  }
+
+  /** It answered: nothing is left to drop. */
+  #settled(work: AbortController): void {
+    if (this.#underWay === work) this.#underWay = null;
   }
 
   #answer(goOn: boolean, rememberAs = -1): void {

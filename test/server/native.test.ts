@@ -14,6 +14,9 @@ import { type Socket, connect, createServer as createNetServer } from 'node:net'
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { SocksClient } from 'socks';
 import type { CloseReason, ServerOptions, SessionRecord } from '../../src/index.js';
 import { spliceStats } from '../../src/relay/splice.js';
 import { RawClient, connectRequest, connectRequestByName, hex } from '../helpers/raw.js';
@@ -1056,6 +1059,68 @@ describe('native handshakes: how sessions end, compared with the node engine', (
     assertSameEnding(runs);
   });
 });
+
+/*
+ * An idle relayed session is about 1 KiB in all, so what JavaScript keeps
+ * per session counts: a password check's or lookup's AbortController, with
+ * its signal's listeners, is about 760 bytes. Each is dropped once it has
+ * answered. WeakRefs to the signals the authenticator and the resolver were
+ * given show it: they are collected while the session still relays.
+ */
+describe('native handshakes: a relayed session keeps nothing of its password check and lookup', () => {
+  test('userpass and a CONNECT by name (npm socks client): both signals are collected while the session relays', opts, async () => {
+    const gc = garbageCollector();
+    const signals: Array<WeakRef<AbortSignal>> = [];
+    const authenticator = {
+      verify: async (user: string, password: string, { signal }: { signal: AbortSignal }) => {
+        signals.push(new WeakRef(signal));
+        signal.addEventListener('abort', () => {});
+        return user === ALICE.name && password === ALICE.password;
+      },
+    };
+    const resolver = {
+      resolve: async (_host: string, options?: { signal?: AbortSignal }) => {
+        if (options?.signal) signals.push(new WeakRef(options.signal));
+        return [{ address: '127.0.0.1', family: 4 as const }];
+      },
+    };
+    const echo = await startEchoServer();
+    const proxy = await startEngineProxy('native', { auth: USERPASS_ONLY, authenticator, resolver });
+    try {
+      const before = nativeCounters();
+      const { socket } = await SocksClient.createConnection({
+        proxy: { host: '127.0.0.1', port: proxy.port, type: 5, userId: ALICE.name, password: ALICE.password },
+        command: 'connect',
+        destination: { host: 'echo.test', port: echo.port },
+        timeout: 10_000,
+      });
+      socket.write('ping');
+      assert.equal(String((await once(socket, 'data'))[0]), 'ping');
+      assert.equal(signals.length, 2, 'the authenticator and the resolver were each given a signal');
+      // A WeakRef keeps its target for the rest of the job that made or read it.
+      for (let turn = 0; turn < 3; turn++) {
+        await delay(10);
+        gc();
+      }
+      assert.deepEqual(signals.map((s) => s.deref() === undefined), [true, true], 'the check\'s and the lookup\'s signals were collected');
+      socket.write('pong');
+      assert.equal(String((await once(socket, 'data'))[0]), 'pong', 'the session still relays');
+      assert.deepEqual(countersSince(before), STAYED_NATIVE);
+      socket.end();
+      const record = await recordOf(proxy, socket.localPort!);
+      assert.deepEqual([record.user, record.requested, record.relay], [ALICE.name, `echo.test:${echo.port}`, 'splice']);
+    } finally {
+      await proxy.close();
+      await echo.close();
+    }
+  });
+});
+
+/** V8's collector, which Node exposes only behind a flag: set at run time, then read from a fresh context. */
+function garbageCollector(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
 
 /**
  * A destination that collects what it reads until the client's FIN, then
