@@ -90,6 +90,32 @@ export class FileLines extends EventEmitter {
     return true;
   }
 
+  /**
+   * For a line encoded straight into the batch (log.ts's access lines): makes
+   * at least `maxBytes` of room in `batch` from `used`, writing the batch out
+   * first if need be; the encoder then writes there and calls commit(). False
+   * while writes fail, or for a line that may not fit a batch: write() it then.
+   */
+  makeRoom(maxBytes: number): boolean {
+    if (this.#failing || maxBytes > this.#batchBytes) return false;
+    if (maxBytes > this.#batch.length - this.#used) this.#batchFull();
+    return !this.#failing;
+  }
+
+  /** Where makeRoom() made room. */
+  get batch(): Buffer {
+    return this.#batch;
+  }
+
+  get used(): number {
+    return this.#used;
+  }
+
+  /** An encoded line ends at `end` in the batch. */
+  commit(end: number): void {
+    this.#used = end;
+  }
+
   /** Writes everything now; `callback` follows on the next tick (pino's and StdoutSink's flush). */
   flush(callback?: (err?: Error) => void): void {
     this.#retry();

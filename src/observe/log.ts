@@ -9,6 +9,8 @@ import type { ReloadResult, SocksServer } from '../server/server.js';
 import { formatDestination } from '../protocol/address.js';
 import { type CloseReason, type ListenerInfo, type SessionRecord, sessionsOpen } from './events.js';
 import { StdoutSink, doneWithin, openLogFile } from './stdout.js';
+import { FileLines } from './file-lines.js';
+import { JSON_NUMBER_BOUND, jsonTextBound, writeJsonNumber, writeJsonString, writeJsonText, writeNumberText, writeRaw } from './json-bytes.js';
 
 export interface LoggerOptions {
   readonly level: string;
@@ -152,6 +154,8 @@ const WARN_REASONS: ReadonlySet<CloseReason> = new Set([
 export function attachLogger(server: SocksServer, log: Logger): () => void {
   const stream = streamOf(log);
   const fast = writesPlainLines(log);
+  // A regular file (stdout redirected, or log.file): lines are encoded straight into its batch.
+  const file = fast && stream instanceof FileLines ? stream : null;
   const onListening = (info: ListenerInfo) => {
     const listener = formatDestination({ host: info.address, port: info.port });
     log.info({ event: 'listening', listener, socks4: info.socks4 }, `listening on ${listener}`);
@@ -160,7 +164,8 @@ export function attachLogger(server: SocksServer, log: Logger): () => void {
   const onSession = (record: SessionRecord) => {
     const level = record.reason === 'relay-error' ? 'error' : WARN_REASONS.has(record.reason) ? 'warn' : 'info';
     if (!log.isLevelEnabled(level)) return; // don't build the line for nothing
-    const msg = `session ${record.id} ${record.reason}${record.error ? `: ${record.error}` : ''}`;
+    if (file && writeSessionLine(file, log.levels.values[level]!, chindings(log), record)) return;
+    const msg = sessionMessage(record);
     if (fast) stream.write(sessionLine(log.levels.values[level]!, chindings(log), record, msg));
     else log[level]({ event: 'session', ...record }, msg);
   };
@@ -233,6 +238,62 @@ export function sessionLine(level: number, bindings: string, record: SessionReco
   let line = `{"level":${level}${isoTime()}${bindings},"event":"session"`;
   for (const field of SESSION_FIELDS) line += `,"${field}":${jsonValue(record[field])}`;
   return `${line},"msg":${JSON.stringify(msg)}}\n`;
+}
+
+/** The message of a session's access line. */
+export function sessionMessage(record: SessionRecord): string {
+  return `session ${record.id} ${record.reason}${record.error ? `: ${record.error}` : ''}`;
+}
+
+/** `,"id":` and so on: each field's key as the access line has it. */
+const FIELD_KEYS = SESSION_FIELDS.map((field) => `,"${field}":`);
+const LINE_START = '{"level":';
+const EVENT = ',"event":"session"';
+const MESSAGE_START = ',"msg":"session ';
+const LINE_END = '"}\n';
+/** Everything of a line but its variable parts: the keys and punctuation, then the level, the id and the gaps of the message. */
+const FIXED_BYTES = LINE_START.length + EVENT.length + FIELD_KEYS.join('').length + MESSAGE_START.length + LINE_END.length
+  + 2 * JSON_NUMBER_BOUND + ' : '.length;
+
+/**
+ * Writes the line `sessionLine(level, bindings, record, sessionMessage(record))`
+ * straight into `file`'s batch, byte for byte the same but without building
+ * the string (see json-bytes.ts for why). False if it cannot (the file is
+ * failing, or the line may not fit a batch): write the string then.
+ */
+export function writeSessionLine(file: FileLines, level: number, bindings: string, record: SessionRecord): boolean {
+  if (!file.makeRoom(sessionLineBound(bindings, record))) return false;
+  const buf = file.batch;
+  let at = writeRaw(buf, file.used, LINE_START);
+  at = writeNumberText(buf, at, level);
+  at = writeRaw(buf, at, isoTime());
+  at = writeRaw(buf, at, bindings);
+  at = writeRaw(buf, at, EVENT);
+  for (let i = 0; i < SESSION_FIELDS.length; i++) {
+    at = writeRaw(buf, at, FIELD_KEYS[i]!);
+    const value = record[SESSION_FIELDS[i]!];
+    at = typeof value === 'string' ? writeJsonString(buf, at, value) : typeof value === 'number' ? writeJsonNumber(buf, at, value) : writeRaw(buf, at, 'null');
+  }
+  at = writeRaw(buf, at, MESSAGE_START);
+  at = writeNumberText(buf, at, record.id);
+  at = writeRaw(buf, at, ' ');
+  at = writeJsonText(buf, at, record.reason);
+  if (record.error) {
+    at = writeRaw(buf, at, ': ');
+    at = writeJsonText(buf, at, record.error);
+  }
+  file.commit(writeRaw(buf, at, LINE_END));
+  return true;
+}
+
+/** The most bytes writeSessionLine() may write for `record`. */
+function sessionLineBound(bindings: string, record: SessionRecord): number {
+  let bound = FIXED_BYTES + isoTime().length + 3 * bindings.length + jsonTextBound(record.reason.length) + jsonTextBound(record.error?.length ?? 0);
+  for (const field of SESSION_FIELDS) {
+    const value = record[field];
+    bound += typeof value === 'string' ? 2 + jsonTextBound(value.length) : JSON_NUMBER_BOUND;
+  }
+  return bound;
 }
 
 let timeMs = NaN;

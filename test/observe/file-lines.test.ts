@@ -176,3 +176,56 @@ test('flushSync throws while writes fail (the exit flush says it could not), and
     file.done();
   }
 });
+
+/** Encodes `text` (ASCII) straight into the batch, as log.ts's access lines are: false if makeRoom() refused. */
+function encodeLine(lines: FileLines, text: string, bound = text.length): boolean {
+  if (!lines.makeRoom(bound)) return false;
+  lines.commit(lines.used + lines.batch.write(text, lines.used, 'latin1'));
+  return true;
+}
+
+test('lines encoded straight into the batch keep their place among written ones; a batch without room for the bound is written out first', () => {
+  const counting = flakyWrite(() => false);
+  const file = onTempFile({ batchBytes: 64, writeSync: counting.write });
+  try {
+    file.lines.write('{"a":1}\n');
+    assert.ok(encodeLine(file.lines, '{"b":2}\n'));
+    assert.equal(counting.calls(), 0, 'both wait in the batch');
+    // 16 bytes used: a bound of 49 does not fit the 48 left, so the batch is written first.
+    assert.ok(encodeLine(file.lines, '{"c":3}\n', 49));
+    assert.equal(counting.calls(), 1);
+    assert.equal(file.read(), '{"a":1}\n{"b":2}\n');
+    assert.equal(file.lines.used, 8, 'the new line starts a fresh batch');
+    file.lines.write('{"d":4}\n');
+    file.lines.flush();
+    assert.equal(file.read(), '{"a":1}\n{"b":2}\n{"c":3}\n{"d":4}\n');
+  } finally {
+    file.done();
+  }
+});
+
+test('makeRoom refuses a bound larger than a batch, and refuses while writes fail (write() takes those lines: it keeps or drops them)', () => {
+  const big = onTempFile({ batchBytes: 64 });
+  try {
+    assert.equal(big.lines.makeRoom(65), false);
+    assert.equal(big.lines.makeRoom(64), true);
+  } finally {
+    big.done();
+  }
+  const file = onFailingFile({ batchBytes: 32 });
+  const errors: Error[] = [];
+  file.lines.on('error', (err: Error) => errors.push(err));
+  try {
+    file.lines.write(`${'x'.repeat(30)}\n`);
+    file.lines.write('{"n":1}\n'); // the batch is full: its write fails
+    assert.equal(errors.length, 1);
+    assert.equal(encodeLine(file.lines, '{"n":2}\n'), false, 'refused while failing');
+    file.lines.write('{"n":2}\n');
+    file.recover();
+    file.lines.flush();
+    assert.equal(file.read(), `${'x'.repeat(30)}\n{"n":1}\n{"n":2}\n`);
+    assert.equal(encodeLine(file.lines, '{"n":3}\n'), true, 'taken again once writes go through');
+  } finally {
+    file.done();
+  }
+});
