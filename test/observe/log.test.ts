@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { attachLogger, createLogger } from '../../src/index.js';
 import fc from 'fast-check';
 import type { CloseReason, SessionRecord } from '../../src/observe/events.js';
-import { flushLog, isoTime, sessionLine, sessionMessage, writeSessionLine } from '../../src/observe/log.js';
+import { flushLog, isoTime, sessionLine, sessionLineBound, sessionMessage, writeSessionLine } from '../../src/observe/log.js';
 import { STDOUT_BATCHING, StdoutSink, isRegularFile } from '../../src/observe/stdout.js';
 import { FileLines } from '../../src/observe/file-lines.js';
 import { RawClient, hex } from '../helpers/raw.js';
@@ -130,8 +130,22 @@ test('an access line encoded straight into a file batch is sessionLine()\'s, byt
   fc.assert(fc.property(text, text, text, number, number, reason, bindings, fc.nat(), (user, error, requested, bytesUp, durationMs, why, bound, id) => {
     const record = { ...sampleRecord, id, user, error, requested, bytesUp, durationMs, reason: why };
     assert.equal(writeSessionLine(file.lines, 30, bound, record), true);
-    assert.equal(withoutTime(file.text()), withoutTime(sessionLine(30, bound, record, sessionMessage(record))));
+    const line = sessionLine(30, bound, record, sessionMessage(record));
+    assert.equal(withoutTime(file.text()), withoutTime(line));
+    // The room made for it: what follows the line's start ({"level":…,"event":"session") at most.
+    const start = line.slice(0, line.indexOf(',"id":'));
+    assert.ok(Buffer.byteLength(line) - Buffer.byteLength(start) <= sessionLineBound(record), 'within the bound');
   }), { numRuns: 500 });
+});
+
+test('the room made for an access line covers every text field at its longest (a control character escaped is 6 bytes)', () => {
+  const fields = ['listener', 'clientAddress', 'authMethod', 'user', 'command', 'requested', 'connected', 'relay', 'reason', 'error', 'rule'] as const;
+  for (const field of fields) {
+    const record = { ...sampleRecord, [field]: '\u0000'.repeat(200) } as SessionRecord;
+    const line = sessionLine(30, '', record, sessionMessage(record));
+    const start = line.slice(0, line.indexOf(',"id":'));
+    assert.ok(Buffer.byteLength(line) - Buffer.byteLength(start) <= sessionLineBound(record), field);
+  }
 });
 
 test('an access line that may not fit a file batch is not encoded there (the string path writes it, as it writes lines while the file fails)', () => {
