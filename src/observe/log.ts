@@ -263,17 +263,17 @@ const FIXED_BYTES = SESSION_FIELDS.reduce((sum, field) => sum + KEY[field].lengt
   + MESSAGE_START.length + LINE_END.length + JSON_NUMBER_BOUND + ' : '.length;
 
 /** The start of the lines written last (`{"level":30,"time":"…"…,"event":"session"`): lines written in the same millisecond share it. */
-const start = { level: NaN, time: '', bindings: '', bytes: Buffer.alloc(0) };
+const lastStart = { level: NaN, time: '', bindings: '', bytes: Buffer.alloc(0) };
 
 function lineStart(level: number, bindings: string): Buffer {
   const time = isoTime();
-  if (level !== start.level || time !== start.time || bindings !== start.bindings) {
-    start.level = level;
-    start.time = time;
-    start.bindings = bindings;
-    start.bytes = Buffer.from(`{"level":${level}${time}${bindings}${EVENT}`);
+  if (level !== lastStart.level || time !== lastStart.time || bindings !== lastStart.bindings) {
+    lastStart.level = level;
+    lastStart.time = time;
+    lastStart.bindings = bindings;
+    lastStart.bytes = Buffer.from(`{"level":${level}${time}${bindings}${EVENT}`);
   }
-  return start.bytes;
+  return lastStart.bytes;
 }
 
 /**

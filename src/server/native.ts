@@ -431,7 +431,7 @@ export class NativeSession {
   /**
    * The password check or lookup under way, if any: aborted if the addon lets
    * the session go first. Dropped as soon as it answers, so a relayed session
-   * holds none (with its signal's listeners, about 760 bytes each), and the
+   * holds none (one whose signal has been read is about 760 bytes), and the
    * end aborts nothing (aborting a signal nobody listens to costs microseconds).
    */
   #underWay: AbortController | null = null;
