@@ -2357,7 +2357,7 @@ static int address_text(const struct sockaddr_storage *addr, char *text, socklen
 }
 
 /* A connection accepted; `s` is a reference to the listener's settings, now
- * the session's. `refusal` (REFUSE_*): JavaScript closes it at once and
+ * the session's. `refusal` (REFUSE_*): closed here at once, and JavaScript
  * records why, as for its own listeners; ADMIT: the handshake begins.
  * `holds_slot`: it took a slot of its client's, given back here when the
  * session ends here, by JavaScript when it was handed over. */
@@ -2416,11 +2416,17 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   pairs = p;
   pthread_mutex_unlock(&pairs_lock);
   if (refusal != ADMIT) {
-    /* The FIN now: JavaScript closes it only once the batch reaches it, when
-     * the client's first bytes have usually arrived, and a close with unread
-     * bytes is a reset; this way the client reads an end first, as it does
-     * from Node's listeners, which close before those bytes come. */
+    /* Closed here, not by JavaScript once the batch reaches it: while
+     * JavaScript lags, each refused connection would hold a descriptor, and a
+     * flood of them ran the process out (accept EMFILE) though the session
+     * limit leaves room for the sessions alone. The FIN first, and what the
+     * client already sent dropped, so the close is clean (a close with
+     * unread bytes is a reset): the client reads an end, as it does from
+     * Node's listeners. The hand-over carries no descriptor (-1). */
     shutdown(fd, SHUT_WR);
+    discard_unread(fd);
+    close(fd);
+    p->fd[0] = -1;
     hand_over(p, refusal == REFUSE_LIMIT ? RESUME_LIMIT : refusal == REFUSE_CLIENT_LIMIT ? RESUME_CLIENT_LIMIT : RESUME_DENIED, 0, 0);
     return;
   }

@@ -62,8 +62,10 @@ export interface NativeOwner {
   nextId(): number;
   /** A session began (it is not yet known whether it stays native). */
   opened(session: NativeSession): void;
-  /** The session left the native path: go on with `socket` from `resume`, or close it, refused as `resume` says. */
-  handedOver(session: NativeSession, socket: Socket, resume: SessionResume | Refusal): void;
+  /** The session left the native path: go on with `socket` from `resume`. */
+  handedOver(session: NativeSession, socket: Socket, resume: SessionResume): void;
+  /** The relay thread refused the connection and closed it: record why. */
+  refused(session: NativeSession, why: Refusal): void;
   /** A name's addresses, looked up before the session is handed over, for the dialer that takes it (see LookupHandOff). */
   keepLookup(client: string, host: string, addresses: readonly ResolvedAddress[]): void;
   /** The relay thread could not accept for want of descriptors (told at most once a second). */
@@ -598,10 +600,11 @@ export class NativeSession {
   handOver({ fd, resume: resumeCode, method, connectErrno, timedOut, clientErrno, dialLocal, dialFailed }: NativeHandOver, user: string | null, buffer: Buffer): void {
     this.#letGo();
     this.#user = user;
+    // A refusal comes without a descriptor: the relay thread closed it.
+    if (resumeCode === RESUME_DENIED) return this.#owner.refused(this, 'not-allowed');
+    if (resumeCode === RESUME_LIMIT) return this.#owner.refused(this, 'limit-reached');
+    if (resumeCode === RESUME_CLIENT_LIMIT) return this.#owner.refused(this, 'client-limit');
     const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
-    if (resumeCode === RESUME_DENIED) return this.#owner.handedOver(this, socket, 'not-allowed');
-    if (resumeCode === RESUME_LIMIT) return this.#owner.handedOver(this, socket, 'limit-reached');
-    if (resumeCode === RESUME_CLIENT_LIMIT) return this.#owner.handedOver(this, socket, 'client-limit');
     const phase = RESUME_PHASES[resumeCode] ?? 'version';
     this.#owner.handedOver(this, socket, {
       phase,

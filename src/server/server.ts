@@ -539,6 +539,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
         }
       },
       handedOver: (native, socket, resume) => this.#adopt(native, socket, resume),
+      refused: (native, why) => this.#refuse(native.id, null, native.ctx, native.clientAddress, native.clientPort, why, native.limitSeen),
       keepLookup: (client, host, addresses) => this.#lookupHandOff.keep(client, host, addresses),
       acceptFailed: (error) => this.#tell('listener-error', { listener: slot.ctx.listener, error }),
     };
@@ -557,11 +558,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   /** A connection the addon accepted leaves the native path: a Node session goes on with it. */
-  #adopt(native: NativeSession, socket: Socket, resume: SessionResume | Refusal): void {
+  #adopt(native: NativeSession, socket: Socket, resume: SessionResume): void {
     const ctx = native.ctx!;
     const slot = this.#slotsHeld.get(native.id);
     if (slot) slot.handedOver = true; // its slot is now JavaScript's to give back
-    if (typeof resume === 'string') return this.#refuse(native.id, socket, ctx, native.clientAddress, native.clientPort, resume, native.limitSeen);
     const session = new Session(native.id, socket, ctx, resume);
     this.#track(native.id, session);
     session.start();
@@ -619,9 +619,10 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   }
 
   /** Closes a connection as soon as it was accepted, before a byte is read, and records why. */
-  #refuse(id: number, socket: Socket, ctx: SessionContext, address: string, port: number, why: Refusal, seen: PlacesTaken | null = null): void {
-    socket.on('error', () => {});
-    socket.destroy();
+  /** Closes a connection refused before its session began (null: the relay thread closed it), and records why. */
+  #refuse(id: number, socket: Socket | null, ctx: SessionContext, address: string, port: number, why: Refusal, seen: PlacesTaken | null = null): void {
+    socket?.on('error', () => {});
+    socket?.destroy();
     const now = this.#now();
     if (why === 'not-allowed') return this.#onSessionClose(deniedRecord(id, ctx, address, port, now));
     if (why === 'client-limit') {

@@ -8,6 +8,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 import { type Socket, connect } from 'node:net';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { SocksClient } from 'socks';
 import { type ServerOptions, type SessionRecord, createServer } from '../../src/index.js';
 import { openFilesLimit, sessionLimit } from '../../src/server/session-limit.js';
@@ -323,3 +328,49 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+/**
+ * A child process that opens `count` connections to `port` at once and, once
+ * every one has been closed, writes the file `done`: it runs while this
+ * process's JavaScript thread is kept busy.
+ */
+const REFUSED_CLIENTS = `
+  const [port, count, done] = process.argv.slice(1);
+  let open = Number(count);
+  for (let i = 0; i < Number(count); i++) {
+    const socket = require('node:net').connect(Number(port), '127.0.0.1');
+    socket.on('error', () => {});
+    socket.on('close', () => { if (--open === 0) require('node:fs').writeFileSync(done, ''); });
+    socket.resume();
+  }`;
+
+test('native handshakes: connections refused at the limit hold no descriptor while JavaScript is busy (the relay thread closes them itself)', { timeout: 60_000 }, async () => {
+  // The relay thread handed each refusal over with its descriptor, which
+  // JavaScript closed once it got to it: while it lagged, a flood of refused
+  // connections held a descriptor each and ran the process out (accept EMFILE).
+  const echo = await startEchoServer();
+  const done = join(mkdtempSync(join(tmpdir(), 'socksgate-refused-')), 'done');
+  const COUNT = 40;
+  try {
+    await withEngineProxy('native', { limits: { sessions: 1 } }, async (proxy) => {
+      const held = await relayed(proxy, echo);
+      const records = recordsFrom(proxy);
+      const before = readdirSync('/proc/self/fd').length;
+      const child = spawn(process.execPath, ['-e', REFUSED_CLIENTS, String(proxy.port), String(COUNT), done], { stdio: 'ignore' });
+      const exited = once(child, 'exit');
+      // Busy (no turn of the event loop) until every client has been refused and has closed; bounded.
+      const giveUp = Date.now() + 20_000;
+      while (!existsSync(done) && Date.now() < giveUp) { /* JavaScript lags */ }
+      const during = readdirSync('/proc/self/fd').length;
+      assert.ok(existsSync(done), 'every client was refused (a FIN) while JavaScript was busy');
+      assert.ok(during - before < 10, `${during - before} more descriptors open while ${COUNT} refused connections waited for JavaScript`);
+      await until(() => proxy.records.filter((r) => r.reason === 'limit-reached').length === COUNT);
+      await records((r) => r.reason === 'limit-reached');
+      held.destroy();
+      await exited;
+    });
+  } finally {
+    rmSync(dirname(done), { recursive: true, force: true });
+    await echo.close();
+  }
+});
