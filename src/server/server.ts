@@ -158,7 +158,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   #config: Config;
   readonly #dialer: Dialer;
   readonly #resolver: Resolver;
-  /** Native sessions' lookups of names with more addresses than the relay thread races, for the node engine's dialer that takes them over. */
+  /** Native sessions' lookups whose answers the relay thread does not race (over 64 addresses, or an IPv6 address with a zone), for the node engine's dialer that takes them over. */
   readonly #lookupHandOff = new LookupHandOff();
   /** UDP associations per client address, against udp.maxAssociationsPerClient (updated by reload). */
   readonly #udpSlots: ClientSlots;
@@ -618,8 +618,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
     session.start();
   }
 
-  /** Closes a connection as soon as it was accepted, before a byte is read, and records why. */
-  /** Closes a connection refused before its session began (null: the relay thread closed it), and records why. */
+  /** Closes a connection refused as soon as it was accepted, before a byte is read (null: the relay thread closed it), and records why. */
   #refuse(id: number, socket: Socket | null, ctx: SessionContext, address: string, port: number, why: Refusal, seen: PlacesTaken | null = null): void {
     socket?.on('error', () => {});
     socket?.destroy();

@@ -1,7 +1,8 @@
 /**
  * Lookups a native session made before it handed its CONNECT over to the
- * node engine: a name with more addresses than the relay thread races
- * (NATIVE_DIAL_ADDRESSES), which the direct dialer takes. The dialer of the session
+ * node engine: a name whose answer the relay thread does not race (more
+ * than NATIVE_DIAL_ADDRESSES addresses, or an IPv6 address with a zone),
+ * which the direct dialer takes. The dialer of the session
  * that takes over asks for the same name for the same client at once; it
  * gets this answer instead of a second lookup (a second DNS round trip, or a
  * second answer that differs). Each answer is taken once, and only within a
