@@ -63,12 +63,12 @@ export function writeJsonText(buf: Buffer, at: number, text: string): number {
 
 /** A number as JSON.stringify writes it: null for NaN and the infinities. */
 export function writeJsonNumber(buf: Buffer, at: number, value: number): number {
-  return Number.isFinite(value) ? writeNumberText(buf, at, value) : writeAscii(buf, at, 'null');
+  return Number.isFinite(value) ? writeNumberText(buf, at, value) : writeRaw(buf, at, 'null');
 }
 
 /** A number as String() writes it (what a template literal puts in a message). */
 export function writeNumberText(buf: Buffer, at: number, value: number): number {
-  if (!Number.isSafeInteger(value)) return writeAscii(buf, at, String(value)); // fractions, exponents, NaN: rare here
+  if (!Number.isSafeInteger(value)) return writeRaw(buf, at, String(value)); // fractions, exponents, NaN: rare here
   if (value < 0) {
     buf[at++] = 0x2d;
     value = -value;
@@ -93,11 +93,6 @@ export function writeRaw(buf: Buffer, at: number, text: string): number {
     if (c >= 0x80) return at + buf.write(text.slice(i), at);
     buf[at++] = c;
   }
-  return at;
-}
-
-function writeAscii(buf: Buffer, at: number, text: string): number {
-  for (let i = 0; i < text.length; i++) buf[at++] = text.charCodeAt(i);
   return at;
 }
 
