@@ -175,6 +175,7 @@ static void native_finished(pair_t *p);
 static void native_expired(pair_t *p);
 static void native_answer(pair_t *p, int kind, int remember);
 static void native_dial(pair_t *p, struct race *r, int rule);
+static struct race *new_race(const unsigned char *addresses, int count, int delay_ms);
 static void attempt_event(watch_t *w, uint32_t events);
 static int race_timeout(void);
 static void run_due_races(int64_t now);
@@ -972,7 +973,7 @@ enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 
 /* Why a connection is refused as soon as it is accepted (MSG_OPEN's n[3]). */
 enum { ADMIT = 0, REFUSE_NOT_ALLOWED = 1, REFUSE_LIMIT = 2, REFUSE_CLIENT_LIMIT = 3 };
 /* Messages to JavaScript. */
-enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6 };
+enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6, MSG_NAMED = 7 };
 /* Messages nobody waits for (a session opened or ended) are posted together
  * at most this late, so a short session does not wake the main thread twice
  * while the relay thread is busy with the next handshake on the same core. */
@@ -1006,6 +1007,25 @@ typedef struct {
 #define CREDENTIALS_CACHED 256
 #define DECISIONS_CACHED 1024
 
+/*
+ * A name's answer, remembered under a decision's key (the client, the
+ * request, the user) for as long as the resolver allows (its reuseMs,
+ * passed with CMD_DIAL): the rules' verdict and the lookup's addresses, so
+ * that the next CONNECT to the same name is dialled at once instead of
+ * asking JavaScript. Like a decision, it repeats an answer for identical
+ * input; unlike one it expires, and a race over it that fails forgets it.
+ */
+typedef struct {
+  uint64_t tag[2]; /* all zero: empty */
+  int rule;
+  int count;        /* addresses, 17 bytes each (see new_race) */
+  int delay_ms;
+  int64_t until;    /* now_ms() from which it is asked for again */
+  unsigned char *addresses;
+} named_t;
+
+#define NAMES_CACHED 256
+
 /* A listener's settings for new sessions; JavaScript replaces them on reload.
  * Shared by the listener and its sessions still negotiating (refs). */
 typedef struct {
@@ -1020,6 +1040,7 @@ typedef struct {
   uint64_t key[4]; /* two SipHash keys: 128-bit tags */
   verdict_t *credentials; /* CREDENTIALS_CACHED slots */
   verdict_t *decisions;   /* DECISIONS_CACHED slots */
+  named_t *names;         /* NAMES_CACHED slots (relay thread only) */
   int allow_count; /* -1: every client may talk to the proxy */
   network_t allow[];
 } settings_t;
@@ -1028,6 +1049,8 @@ static void settings_unref(settings_t *s) {
   if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   free(s->credentials);
   free(s->decisions);
+  for (int i = 0; s->names && i < NAMES_CACHED; i++) free(s->names[i].addresses);
+  free(s->names);
   free(s);
 }
 
@@ -1358,6 +1381,8 @@ struct handshake {
   int dial_local_port; /* and its port (0: the kernel released it) */
   struct race *race;   /* a name's connects, while they run (see native_dial) */
   int dial_failed;     /* the address (its index in the race) whose failure the session is handed over with, -1: none */
+  uint64_t name_tag[2]; /* a name's request: its key in settings->names */
+  int reused;          /* the race is over a remembered answer (settings->names), not one JavaScript just gave */
   settings_t *settings; /* a reference: the listener's when this session was accepted */
   struct sockaddr_storage client;
 };
@@ -1706,13 +1731,14 @@ static int step_credentials(pair_t *p) {
 static void start_connect(pair_t *p);
 
 /*
- * Everything a rule can look at in a CONNECT to an address on this listener:
- * the client's address (and port, when a rule looks at ports), the request,
- * and the username. Its tag keys a remembered decision.
+ * Everything a rule can look at in a CONNECT on this listener: the client's
+ * address (and port, when a rule looks at ports), the request (an address's,
+ * or a name's up to 262 bytes), and the username. Its tag keys a remembered
+ * decision, or a name's remembered answer.
  */
-static void decision_key(pair_t *p, uint64_t tag[2]) {
+static void request_key(pair_t *p, const unsigned char *request, int request_len, uint64_t tag[2]) {
   const handshake_t *h = p->hs;
-  unsigned char key[18 + 2 + 22 + 2 + 255];
+  unsigned char key[18 + 2 + 262 + 2 + 255];
   size_t at = 0;
   memset(key, 0, 20);
   if (h->client.ss_family == AF_INET6) {
@@ -1727,14 +1753,33 @@ static void decision_key(pair_t *p, uint64_t tag[2]) {
     if (h->settings->key_client_port) memcpy(key + 18, &a->sin_port, 2);
   }
   at = 20;
-  memcpy(key + at, p->request, (size_t)p->request_len);
-  at += (size_t)p->request_len;
+  memcpy(key + at, request, (size_t)request_len);
+  at += (size_t)request_len;
   key[at++] = p->user != NULL;
   int ulen = p->user ? p->user->len : 0;
   key[at++] = (unsigned char)ulen;
   if (ulen > 0) memcpy(key + at, p->user->bytes, (size_t)ulen);
   at += (size_t)ulen;
   tag_of(h->settings, key, at, tag);
+}
+
+static void decision_key(pair_t *p, uint64_t tag[2]) {
+  request_key(p, p->request, p->request_len, tag);
+}
+
+/* The answer remembered for this name's request, while it holds; NULL: ask JavaScript. Compared in constant time. */
+static const named_t *recall_name(const settings_t *s, const uint64_t tag[2]) {
+  const named_t *n = &s->names[tag[0] % NAMES_CACHED];
+  uint64_t diff = (n->tag[0] ^ tag[0]) | (n->tag[1] ^ tag[1]);
+  return diff == 0 && now_ms() < n->until ? n : NULL;
+}
+
+/* Forgets the answer remembered for this name's request, if any. */
+static void forget_name(settings_t *s, const uint64_t tag[2]) {
+  named_t *n = &s->names[tag[0] % NAMES_CACHED];
+  if (n->tag[0] != tag[0] || n->tag[1] != tag[1]) return;
+  free(n->addresses);
+  memset(n, 0, sizeof *n);
 }
 
 /* Whether a request's address (ATYP 1: 4 bytes, 4: 16) is 0.0.0.0, ::, or ::ffff:0.0.0.0. */
@@ -1769,6 +1814,15 @@ static int step_named_request(pair_t *p) {
   h->naming = 1;
   p->phase = PHASE_DECIDE_WAIT;
   p->deadline = deadline_after(p, h->settings->connect_ms);
+  request_key(p, h->buf, size, h->name_tag);
+  const named_t *known = recall_name(h->settings, h->name_tag);
+  if (known) {
+    /* JavaScript learns what was asked for (for the record) without being waited for. */
+    h->reused = 1;
+    post(message_with_user(MSG_NAMED, p, h->buf, size));
+    native_dial(p, new_race(known->addresses, known->count, known->delay_ms), known->rule);
+    return STEP_STOP;
+  }
   post(message_with_user(MSG_DECIDE, p, h->buf, size));
   return STEP_STOP;
 }
@@ -2069,6 +2123,7 @@ typedef struct race {
   int over;      /* ended: an event still in this batch for one of its connects is ignored */
   int count, started, pending;
   int delay_ms;
+  int reuse_ms;    /* how long the answer may be remembered (the resolver's reuseMs), 0: not at all */
   int64_t next_at; /* when the next address is tried if none has answered by then, 0: none is waiting */
   int best_errno, best_index, best_local, best_local_port;
   attempt_t attempts[];
@@ -2217,10 +2272,20 @@ static int attempt_connect(pair_t *p, race_t *r, attempt_t *a) {
   return -1;
 }
 
-/* Every address failed: the session is handed over with the most telling failure, worded with its address. */
+/*
+ * Every address failed: the session is handed over with the most telling
+ * failure, worded with its address. The answer is not remembered any more;
+ * and when it was a remembered one, which may be stale, the session is
+ * handed over without a failure, to look the name up afresh and dial that.
+ */
 static void race_lost(pair_t *p) {
   handshake_t *h = p->hs;
   race_t *r = h->race;
+  forget_name(h->settings, h->name_tag);
+  if (h->reused) {
+    hand_over(p, RESUME_REQUEST, 0, 0);
+    return;
+  }
   h->dial_failed = r->best_index;
   h->dial_local = r->best_local;
   h->dial_local_port = r->best_local_port;
@@ -2280,10 +2345,30 @@ static void run_due_races(int64_t now) {
   while (waiting_first && now >= waiting_first->next_at) race_next(waiting_first->pair);
 }
 
+/* Remembers JavaScript's answer to a name's request (see named_t); without memory for it, it is asked again next time. */
+static void remember_name(settings_t *s, const uint64_t tag[2], const race_t *r, int rule) {
+  unsigned char *addresses = malloc((size_t)r->count * 17);
+  if (!addresses) return;
+  for (int i = 0; i < r->count; i++) {
+    addresses[i * 17] = (unsigned char)r->attempts[i].family;
+    memcpy(addresses + i * 17 + 1, r->attempts[i].addr, 16);
+  }
+  named_t *n = &s->names[tag[0] % NAMES_CACHED];
+  free(n->addresses);
+  n->tag[0] = tag[0];
+  n->tag[1] = tag[1];
+  n->rule = rule;
+  n->count = r->count;
+  n->delay_ms = r->delay_ms;
+  n->until = now_ms() + r->reuse_ms;
+  n->addresses = addresses;
+}
+
 /*
  * JavaScript resolved a name and its rules allowed the request (`rule`, -1:
- * no rules): race its addresses (`r`, this thread's from now on). The
- * connect deadline has run since the request.
+ * no rules), or the relay thread remembered its answer (h->reused): race its
+ * addresses (`r`, this thread's from now on). The connect deadline has run
+ * since the request.
  */
 static void native_dial(pair_t *p, race_t *r, int rule) {
   handshake_t *h = p->hs;
@@ -2295,6 +2380,7 @@ static void native_dial(pair_t *p, race_t *r, int rule) {
   p->phase = PHASE_CONNECTING;
   r->pair = p;
   h->race = r;
+  if (r->reuse_ms > 0) remember_name(h->settings, h->name_tag, r, rule);
   race_next(p);
 }
 
@@ -2307,6 +2393,7 @@ static void native_dial(pair_t *p, race_t *r, int rule) {
  */
 static void native_expired(pair_t *p) {
   if (p->phase == PHASE_CONNECTING || (p->phase == PHASE_DECIDE_WAIT && p->hs->naming)) {
+    if (p->hs->naming) forget_name(p->hs->settings, p->hs->name_tag); /* as race_lost does */
     connect_failed(p, ETIMEDOUT, 1);
     return;
   }
@@ -2367,7 +2454,7 @@ static void open_native(listener_t *l, int fd, const struct sockaddr_storage *ad
   if (!p || !h) abort();
   h->len = h->eof = h->err = h->msg_len = h->unread = h->full = 0;
   h->dial_local = h->dial_local_port = 0;
-  h->request_bytes = h->naming = 0;
+  h->request_bytes = h->naming = h->reused = 0;
   h->race = NULL;
   h->dial_failed = -1;
   h->settings = s;
@@ -2697,7 +2784,8 @@ static settings_t *parse_settings(napi_env env, napi_value value) {
   s->key_client_port = b[41];
   s->credentials = calloc(CREDENTIALS_CACHED, sizeof(verdict_t));
   s->decisions = calloc(DECISIONS_CACHED, sizeof(verdict_t));
-  if (!s->credentials || !s->decisions || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key || !username_key_ready()) {
+  s->names = calloc(NAMES_CACHED, sizeof(named_t));
+  if (!s->credentials || !s->decisions || !s->names || getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key || !username_key_ready()) {
     settings_unref(s);
     return NULL;
   }
@@ -2965,17 +3053,19 @@ static napi_value js_answer(napi_env env, napi_callback_info info) {
 }
 
 /*
- * dial(handle, addresses, rule, attemptDelayMs): after MSG_DECIDE for a
- * name, the addresses to race (17 bytes each: 4 or 6, then 16 bytes, an IPv4
- * address in the first 4; at most DIAL_ADDRESSES_MAX) and the rule that
- * allowed it (-1: no rules). See native_dial.
+ * dial(handle, addresses, rule, attemptDelayMs, reuseMs): after MSG_DECIDE
+ * for a name, the addresses to race (17 bytes each: 4 or 6, then 16 bytes,
+ * an IPv4 address in the first 4; at most DIAL_ADDRESSES_MAX), the rule that
+ * allowed it (-1: no rules), and how long the same request may be dialled
+ * from this answer without asking (0: not at all; see named_t). See
+ * native_dial.
  */
 #define DIAL_ADDRESSES_MAX 64
 static napi_value js_dial(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   void *p;
-  int32_t rule, delay_ms;
+  int32_t rule, delay_ms, reuse_ms;
   void *data;
   size_t len;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -2983,15 +3073,18 @@ static napi_value js_dial(napi_env env, napi_callback_info info) {
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
   CHECK(napi_get_value_int32(env, argv[2], &rule));
   CHECK(napi_get_value_int32(env, argv[3], &delay_ms));
+  CHECK(napi_get_value_int32(env, argv[4], &reuse_ms));
   const unsigned char *bytes = data;
   int count = (int)(len / 17);
-  int valid = len > 0 && len % 17 == 0 && count <= DIAL_ADDRESSES_MAX && delay_ms >= 0;
+  int valid = len > 0 && len % 17 == 0 && count <= DIAL_ADDRESSES_MAX && delay_ms >= 0 && reuse_ms >= 0;
   for (int i = 0; valid && i < count; i++) valid = bytes[i * 17] == 4 || bytes[i * 17] == 6;
   if (!valid) {
-    napi_throw_range_error(env, NULL, "dial: 1 to 64 addresses of 17 bytes (4 or 6, then the address), and a delay >= 0");
+    napi_throw_range_error(env, NULL, "dial: 1 to 64 addresses of 17 bytes (4 or 6, then the address), a delay >= 0 and a reuse >= 0");
     return NULL;
   }
-  send_dial_command(p, new_race(bytes, count, delay_ms), rule);
+  race_t *r = new_race(bytes, count, delay_ms);
+  r->reuse_ms = reuse_ms;
+  send_dial_command(p, r, rule);
   return NULL;
 }
 
@@ -3118,7 +3211,7 @@ static napi_value js_peer_name(napi_env env, napi_callback_info info) {
  * or a message's layout changes, so a stale build (an old file named by
  * SOCKSGATE_SPLICE_ADDON, a build/ left from another checkout) is refused
  * with a reason instead of misread. */
-#define ADDON_INTERFACE 14
+#define ADDON_INTERFACE 15
 
 NAPI_MODULE_INIT() {
   napi_value interface_version;

@@ -51,10 +51,13 @@ export interface Addon {
   /**
    * After a decide for a name: the addresses to race (17 bytes each: the
    * family, 4 or 6, then 16 bytes, an IPv4 address in the first 4; at most
-   * NATIVE_DIAL_ADDRESSES), the rule that allowed it (-1: no rules), and the
-   * delay before the next address while one is pending.
+   * NATIVE_DIAL_ADDRESSES), the rule that allowed it (-1: no rules), the
+   * delay before the next address while one is pending, and how long the
+   * relay thread may dial the same request (client, name, port, user) from
+   * this answer without a decide (0: not at all; the resolver's reuseMs).
+   * Forgotten on a reload, and when a race over it fails.
    */
-  dial(session: object, addresses: Buffer, rule: number, attemptDelayMs: number): void;
+  dial(session: object, addresses: Buffer, rule: number, attemptDelayMs: number, reuseMs: number): void;
   /** SipHash-2-4 of `data` under a 16-byte key, as the relay thread keys its remembered verdicts (for tests). */
   siphash(key: Buffer, data: Buffer): Buffer;
   /** A TCP socket on address:port with SO_REUSEPORT, listening unless backlog < 0: [fd, port], or [-errno, 0]. */
@@ -136,7 +139,7 @@ interface StreamHandle {
  * The addon interface this code speaks (ADDON_INTERFACE in native/splice.c,
  * raised together). A file built from other sources is refused, not misread.
  */
-const ADDON_INTERFACE = 14;
+const ADDON_INTERFACE = 15;
 
 /** The most addresses of a name the relay thread races (DIAL_ADDRESSES_MAX in native/splice.c). */
 export const NATIVE_DIAL_ADDRESSES = 64;

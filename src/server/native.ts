@@ -22,7 +22,7 @@ import { Method, decodeRequest } from '../protocol/socks5.js';
 import { decodeUserPass } from '../protocol/userpass.js';
 import { type Addon, NATIVE_DIAL_ADDRESSES, type NativeMessage, errnoError, fromAddon, spliceAddon, spliceEnd } from '../relay/splice.js';
 import { ATTEMPT_DELAY_MS, connectTimeoutError, resolveDialable } from '../upstream/dialer.js';
-import type { ResolvedAddress } from '../upstream/resolver.js';
+import { type ResolvedAddress, answerReuseMs } from '../upstream/resolver.js';
 import { type SessionContext, type SessionResume, elapsedMs } from './session.js';
 
 const enum Message {
@@ -33,6 +33,8 @@ const enum Message {
   END = 4,
   LISTENER_CLOSED = 5,
   ACCEPT_FAILED = 6,
+  /** A name's request the relay thread dialled from an answer it remembered: for the record. */
+  NAMED = 7,
 }
 
 const RESUME_PHASES = ['version', 'auth', 'request'] as const;
@@ -343,6 +345,10 @@ function dispatch(state: Frontend, [type, id, handle, n0, n1, n2, n3, n4, n5, n6
       const { user, rest } = splitUser(bytes);
       return session.decide(user, rest);
     }
+    case Message.NAMED: {
+      const { user, rest } = splitUser(bytes);
+      return session.named(user, rest);
+    }
     case Message.HAND_OVER: {
       state.sessions.delete(id);
       const { user, rest } = splitUser(bytes);
@@ -560,7 +566,7 @@ export class NativeSession {
           return this.#answer(false);
         }
         this.#named!.addresses = addresses;
-        this.#addon.dial(this.#handle, dialList(addresses), rule, ATTEMPT_DELAY_MS);
+        this.#addon.dial(this.#handle, dialList(addresses), rule, ATTEMPT_DELAY_MS, answerReuseMs(this.ctx.resolver));
       },
       (err: unknown) => {
         this.#settled(lookup);
@@ -568,6 +574,18 @@ export class NativeSession {
         this.#answer(false);
       },
     );
+  }
+
+  /**
+   * The relay thread dialled a name's request from an answer it remembered
+   * (the same client, request and user within the resolver's reuseMs),
+   * without a decide: what was asked for, for the record. Should that race
+   * fail, the session is handed over to look the name up afresh.
+   */
+  named(user: string | null, request: Buffer): void {
+    this.#user = user;
+    const decoded = decodeRequest(request);
+    if (decoded !== NEED_MORE) this.#named = { destination: decoded.value.destination, addresses: [] };
   }
 
   /**

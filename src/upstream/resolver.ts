@@ -28,7 +28,30 @@ export interface ResolveOptions {
 export interface Resolver {
   /** Every address of `hostname`, in the order they should be tried. Rejects with an errno-coded error. */
   resolve(hostname: string, options?: ResolveOptions): Promise<readonly ResolvedAddress[]>;
+  /**
+   * How long (ms) an answer may be used again for the same CONNECT (the
+   * same client, name, port and user) without asking again. Absent or 0:
+   * every request asks. The native engine honours it (its relay thread
+   * dials a repeated request at once); a connect that fails over a reused
+   * answer looks the name up afresh, and a reload forgets every answer.
+   */
+  readonly reuseMs?: number;
 }
+
+/** A resolver's reuseMs as a whole number of milliseconds the addon takes (0 to 2^31-1). */
+export function answerReuseMs(resolver: Resolver): number {
+  const ms = resolver.reuseMs;
+  return typeof ms === 'number' && ms > 0 ? Math.min(Math.floor(ms), 2_147_483_647) : 0;
+}
+
+/**
+ * How long the system resolver's answer to a CONNECT is used again. getaddrinfo
+ * tells no TTL; a minute is what the UDP relay keeps a name's answer for
+ * (NAME_TTL_MS in src/relay/udp.ts) and Chrome's host cache its entries, and
+ * a stale answer costs one failed connect, after which the name is looked up
+ * again.
+ */
+export const SYSTEM_ANSWER_REUSE_MS = 60_000;
 
 /**
  * libuv's thread pool size as libuv reads UV_THREADPOOL_SIZE: 4 unless set;
@@ -83,6 +106,7 @@ export function nameLookups(): FairGateStats {
  */
 export const systemResolver: Resolver = {
   resolve: (hostname, options) => lookups.run(() => getaddrinfo(hostname), options),
+  reuseMs: SYSTEM_ANSWER_REUSE_MS,
 };
 
 async function getaddrinfo(hostname: string): Promise<readonly ResolvedAddress[]> {
