@@ -974,9 +974,10 @@ enum { RESUME_VERSION = 0, RESUME_AUTH = 1, RESUME_REQUEST = 2, RESUME_DENIED = 
 enum { ADMIT = 0, REFUSE_NOT_ALLOWED = 1, REFUSE_LIMIT = 2, REFUSE_CLIENT_LIMIT = 3 };
 /* Messages to JavaScript. */
 enum { MSG_OPEN = 0, MSG_AUTH = 1, MSG_DECIDE = 2, MSG_HAND_OVER = 3, MSG_END = 4, MSG_LISTENER_CLOSED = 5, MSG_ACCEPT_FAILED = 6, MSG_NAMED = 7 };
-/* Messages nobody waits for (a session opened or ended) are posted together
- * at most this late, so a short session does not wake the main thread twice
- * while the relay thread is busy with the next handshake on the same core. */
+/* Messages nobody waits for (a session opened or ended, a name dialled from a
+ * remembered answer) are posted together at most this late, so a short
+ * session does not wake the main thread twice while the relay thread is busy
+ * with the next handshake on the same core. */
 #define FLUSH_MS 2
 
 /* A greeting is at most 257 bytes, a username/password message 513, a
@@ -1424,7 +1425,7 @@ static void post(message_t *m) {
   if (unsent_tail) unsent_tail->next = m;
   else unsent_head = m;
   unsent_tail = m;
-  if (m->type != MSG_OPEN && m->type != MSG_END) unsent_urgent = 1;
+  if (m->type != MSG_OPEN && m->type != MSG_END && m->type != MSG_NAMED) unsent_urgent = 1;
 }
 
 static void free_messages(message_t *m) {
