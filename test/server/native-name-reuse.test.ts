@@ -161,6 +161,16 @@ describe('native handshakes: a name\'s answer used again', { timeout: 120_000 },
     }
   });
 
+  test('when a rule looks at client ports, the port is part of the key: every connection asks again', opts, async () => {
+    const resolver = new CountingResolver([V4('127.0.0.1')], 60_000);
+    const byPort = { rules: [{ name: 'unprivileged-ports', allow: { from: { nets: ['127.0.0.0/8'], ports: ['1024-65535'] } } }] };
+    await withProxy('native', options(resolver, byPort), async (proxy) => {
+      const outcomes = [await connectOnce(proxy, 'again.test', echo.port), await connectOnce(proxy, 'again.test', echo.port)];
+      assert.deepEqual(outcomes.map((o) => [o.rep, o.record.rule]), [[0, 'unprivileged-ports'], [0, 'unprivileged-ports']]);
+      assert.equal(resolver.lookups, 2, 'each client port is a request of its own');
+    });
+  });
+
   test('an answer is used for reuseMs only, and a reload forgets it', opts, async () => {
     const resolver = new CountingResolver([V4('127.0.0.1')], 300);
     await withProxy('native', options(resolver), async (proxy) => {
