@@ -53,6 +53,16 @@ export async function startEngineProxy(engine: Engine, options: ServerOptions = 
   return Object.assign(proxy, { opens });
 }
 
+/** Runs `body` with a fresh proxy whose handshakes run on `engine`, and closes the proxy after, pass or fail. */
+export async function withProxy<T>(engine: Engine, options: ServerOptions, body: (proxy: EngineProxy) => Promise<T>): Promise<T> {
+  const proxy = await startEngineProxy(engine, options);
+  try {
+    return await body(proxy);
+  } finally {
+    await proxy.close();
+  }
+}
+
 /** Failure guard for a record that never comes (the session hung, or its record names another client). */
 const RECORD_WAIT_MS = 10_000;
 

@@ -18,7 +18,7 @@ import { SYSTEM_ANSWER_REUSE_MS, systemResolver } from '../../src/upstream/resol
 import { RawClient, connectRequestByName, hex } from '../helpers/raw.js';
 import { type Fixture, startEchoServer } from '../helpers/server.js';
 import {
-  type Engine, type EngineProxy, type NativeCounters, comparable, countersSince, credentials, nativeCounters, readSocks5Reply, recordOf, startEngineProxy,
+  type EngineProxy, type NativeCounters, comparable, countersSince, credentials, nativeCounters, readSocks5Reply, recordOf, startEngineProxy, withProxy,
 } from './native-helpers.js';
 
 const opts = { timeout: 20_000 };
@@ -75,14 +75,6 @@ async function connectOnce(proxy: EngineProxy, host: string, port: number, how: 
   }
 }
 
-async function withProxy<T>(engine: Engine, serverOptions: ServerOptions, body: (proxy: EngineProxy) => Promise<T>): Promise<T> {
-  const proxy = await startEngineProxy(engine, serverOptions);
-  try {
-    return await body(proxy);
-  } finally {
-    await proxy.close();
-  }
-}
 
 /** A TCP echo server on `host:port` (another loopback address, the same port as one elsewhere). */
 async function echoAt(host: string, port: number): Promise<Server> {

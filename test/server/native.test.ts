@@ -42,6 +42,7 @@ import {
   socksConnect,
   startBlackHole,
   startEngineProxy,
+  withProxy,
   writeByteByByte,
 } from './native-helpers.js';
 
@@ -112,15 +113,6 @@ async function digestSession(proxy: EngineProxy, targetPort: number, size: numbe
   }
 }
 
-/** Runs `body` with a fresh proxy whose handshakes run on `engine`, and closes the proxy after, pass or fail. */
-async function withProxy<T>(engine: Engine, options: ServerOptions, body: (proxy: EngineProxy) => Promise<T>): Promise<T> {
-  const proxy = await startEngineProxy(engine, options);
-  try {
-    return await body(proxy);
-  } finally {
-    await proxy.close();
-  }
-}
 
 /**
  * One raw client of `proxy`: `exchange` talks to the proxy, then the client
