@@ -24,6 +24,7 @@ import { type Addon, NATIVE_DIAL_ADDRESSES, type NativeMessage, errnoError, from
 import { ATTEMPT_DELAY_MS, connectTimeoutError, resolveDialable } from '../upstream/dialer.js';
 import { type ResolvedAddress, answerReuseMs } from '../upstream/resolver.js';
 import { type SessionContext, type SessionResume, elapsedMs } from './session.js';
+import { SessionTable } from './session-table.js';
 
 const enum Message {
   OPEN = 0,
@@ -191,7 +192,7 @@ interface Frontend {
   /** By listener tag, until the addon confirms the listener closed. */
   readonly owners: Map<number, { readonly owner: NativeOwner; readonly generations: Generations }>;
   readonly closing: Map<number, () => void>;
-  readonly sessions: Map<number, NativeSession>;
+  readonly sessions: SessionTable<NativeSession>;
   nextTag: number;
 }
 
@@ -201,7 +202,7 @@ function frontendOrNull(): Frontend | null {
   if (frontend) return frontend;
   const addon = spliceAddon();
   if (!addon) return null;
-  const state: Frontend = { addon, owners: new Map(), closing: new Map(), sessions: new Map(), nextTag: 1 };
+  const state: Frontend = { addon, owners: new Map(), closing: new Map(), sessions: new SessionTable(), nextTag: 1 };
   addon.nativeInit(fromAddon((...message: NativeMessage) => dispatch(state, message)));
   frontend = state;
   return state;

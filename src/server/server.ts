@@ -19,6 +19,7 @@ import { type Dialer, createDirectDialer } from '../upstream/dialer.js';
 import { LookupHandOff } from '../upstream/lookup-hand-off.js';
 import { type Resolver, systemResolver } from '../upstream/resolver.js';
 import { Session, type SessionContext, type SessionResume } from './session.js';
+import { SessionTable } from './session-table.js';
 import {
   type AllowedNetwork, type NativeListener, type NativeOwner, type NativeSession, type PlacesTaken, type Refusal, type SessionGate,
   bindReusePort, listenNatively, sessionGate,
@@ -175,7 +176,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   readonly #listeners: ListenerSlot[] = [];
   readonly #servers: NetServer[] = [];
   readonly #bound: ListenerInfo[] = [];
-  readonly #sessions = new Map<number, Session | NativeSession>();
+  readonly #sessions = new SessionTable<Session | NativeSession>();
   /** `limits.sessions` as this process applies it (Infinity: none). */
   #sessionLimit: number;
   /** Processes sharing the listeners (ListenOptions.sharedBy). */
