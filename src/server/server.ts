@@ -186,7 +186,7 @@ export class SocksServer extends EventEmitter<SocksServerEvents> {
   /** Sessions per client (`limits.sessionsPerClient`) of the connections Node accepts; the relay thread counts its own. */
   readonly #clientSessions: ClientSlots;
   /** The client slot each session holds, by session id: what to give back when it ends. */
-  readonly #slotsHeld = new Map<number, { readonly native: boolean; readonly client: string; handedOver?: boolean }>();
+  readonly #slotsHeld = new SessionTable<{ readonly native: boolean; readonly client: string; handedOver?: boolean }>();
   /** Connections refused at the limit since `session-limit` was last told, and when (performance.now()). */
   #refusedAtLimit = 0;
   #limitToldAt = -Infinity;
