@@ -39,3 +39,16 @@ test('examples/reload.mjs: a reload applies, two mistakes are refused naming the
   const readme = readFileSync(`${ROOT}README.md`, 'utf8');
   assert.ok(readme.includes(`\`\`\`js\n${readFileSync(`${ROOT}examples/reload.mjs`, 'utf8')}\`\`\``), 'README.md shows examples/reload.mjs verbatim');
 });
+
+test('examples/resolver.mjs: two requests by name through a resolver of its own make one lookup on the native engine; the README shows the file as it is', async () => {
+  const env = { ...process.env };
+  for (const key of Object.keys(env)) if (/_proxy$/i.test(key)) delete env[key];
+  const result = await run(process.execPath, [`${ROOT}examples/resolver.mjs`], { env, timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr.toString());
+  const lines = result.stdout.toString().trim().split('\n');
+  assert.deepEqual(lines.slice(0, 2), ['hello from app.internal', 'hello from app.internal']);
+  // The node engine (no addon built) asks every time.
+  assert.match(lines[2] ?? '', /^(native handshakes: 2 requests, 1 lookup|node handshakes: 2 requests, 2 lookups)$/);
+  const readme = readFileSync(`${ROOT}README.md`, 'utf8');
+  assert.ok(readme.includes(`\`\`\`js\n${readFileSync(`${ROOT}examples/resolver.mjs`, 'utf8')}\`\`\``), 'README.md shows examples/resolver.mjs verbatim');
+});
